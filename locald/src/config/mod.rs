@@ -1,0 +1,976 @@
+//! `locald.toml`: finding it, reading it in two stages, and the checked
+//! [`Config`] the rest of locald works with.
+//!
+//! Stage one ([`raw`]) is serde into types that mirror the file and keep
+//! spans. Stage two ([`Config::from_raw`]) turns them into [`Config`] and is
+//! where every cross-field check lives; each failure becomes a
+//! [`Diagnostic`] with the span of the value at fault, so the user sees
+//! `file:line:column`, the line, and a hint. Everything downstream can rely on
+//! a `Config` being valid: names are safe for D-Bus paths and journal fields,
+//! dependencies exist and have no cycles, commands are not empty.
+
+mod diagnostic;
+pub mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use nix::sys::signal::Signal;
+use toml::Spanned;
+
+pub use diagnostic::{did_you_mean, line_col, ConfigError, Diagnostic};
+pub use raw::RestartPolicy;
+
+use raw::{EnvValue, RawBuild, RawCommand, RawFile, RawHealth, RawService};
+
+/// The file name locald looks for.
+pub const FILE_NAME: &str = "locald.toml";
+
+/// Why a project's configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No `locald.toml` in the directory or any parent.
+    #[error("no {FILE_NAME} in {} or any parent directory", dir.display())]
+    NotFound {
+        /// Where the search started.
+        dir: PathBuf,
+    },
+    /// The path is not a directory.
+    #[error("{} is not a directory", path.display())]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Reading a file failed.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+}
+
+/// A checked project configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The `locald.toml` it came from.
+    pub file: PathBuf,
+    /// The project directory (the file's parent), absolute.
+    pub root: PathBuf,
+    /// Project name.
+    pub name: String,
+    /// Services in the order the file declares them.
+    pub services: IndexMap<String, ServiceConfig>,
+}
+
+/// How to run a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandSpec {
+    /// `sh -c STRING`.
+    Shell(String),
+    /// An argv, run without a shell.
+    Argv(Vec<String>),
+}
+
+impl CommandSpec {
+    /// The argv to execute.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            CommandSpec::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            CommandSpec::Argv(v) => v.clone(),
+        }
+    }
+
+    /// A short human form for status lines.
+    pub fn display(&self) -> String {
+        match self {
+            CommandSpec::Shell(s) => s.clone(),
+            CommandSpec::Argv(v) => v.join(" "),
+        }
+    }
+}
+
+/// One service, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Name, unique in the project.
+    pub name: String,
+    /// What to run.
+    pub command: CommandSpec,
+    /// Absolute working directory.
+    pub workdir: PathBuf,
+    /// Environment added for the process (env_file first, then `env`).
+    pub env: Vec<(String, String)>,
+    /// How it is built before start, if at all.
+    pub build: Option<BuildSpec>,
+    /// Services that must be healthy first.
+    pub depends_on: Vec<String>,
+    /// Health check.
+    pub health: Option<HealthCheck>,
+    /// Restart policy and its timing.
+    pub restart: RestartConfig,
+    /// Signal to stop with.
+    pub stop_signal: Signal,
+    /// Time between `stop_signal` and SIGKILL.
+    pub stop_timeout: Duration,
+    /// Required `WATCHDOG=1` interval.
+    pub watchdog: Option<Duration>,
+}
+
+/// Restart policy and backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartConfig {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// First delay; doubles each consecutive failure.
+    pub delay: Duration,
+    /// Longest delay.
+    pub delay_max: Duration,
+    /// Failures within `interval` that make the service Failed.
+    pub burst: u32,
+    /// Window for `burst`.
+    pub interval: Duration,
+}
+
+/// How a service is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildSpec {
+    /// A command run on the host.
+    Host(HostBuild),
+    /// A Cloud Native Buildpacks build.
+    Cnb(CnbBuild),
+}
+
+/// A host build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBuild {
+    /// What to run.
+    pub command: CommandSpec,
+    /// Globs (relative to the project) whose content decides whether to rebuild;
+    /// empty means "run on every up", as seed 001 specifies for the string form.
+    pub inputs: Vec<String>,
+    /// Paths (relative to the project) the build produces.
+    pub outputs: Vec<String>,
+    /// Extra environment for the build.
+    pub env: Vec<(String, String)>,
+}
+
+/// A CNB build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CnbBuild {
+    /// Builder image reference.
+    pub builder: String,
+    /// Explicit buildpacks.
+    pub buildpacks: Vec<String>,
+    /// Source directory, absolute.
+    pub path: PathBuf,
+    /// Build environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// What makes a service Healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The probe.
+    pub kind: HealthKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+    /// Consecutive failures (after the start period) that count as unhealthy.
+    pub retries: u32,
+    /// Grace period after start.
+    pub start_period: Duration,
+}
+
+/// A health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// TCP connect to 127.0.0.1:port.
+    Tcp(u16),
+    /// HTTP GET; 2xx/3xx is healthy.
+    Http(HttpUrl),
+    /// A command that exits 0 when healthy.
+    Command(CommandSpec),
+    /// `READY=1` on the notify socket.
+    Notify,
+}
+
+/// A parsed `http://host:port/path` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Host name or address.
+    pub host: String,
+    /// Port (default 80).
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    /// The URL as written.
+    pub text: String,
+}
+
+impl HttpUrl {
+    /// Parses plain `http://` URLs; TLS is not needed for local health checks.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("http://")
+            .ok_or("only http:// URLs are supported")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("invalid port `{p}`"))?;
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                    port,
+                )
+            }
+            _ => (authority.to_owned(), 80),
+        };
+        Ok(Self {
+            host,
+            port,
+            path: path.to_owned(),
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// Finds the project file: `dir/locald.toml`, else the nearest parent's.
+pub fn find_project_file(dir: &Path) -> Result<PathBuf, LoadError> {
+    let meta = std::fs::metadata(dir).map_err(|source| LoadError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(LoadError::NotADirectory {
+            path: dir.to_owned(),
+        });
+    }
+    let dir = dir.canonicalize().map_err(|source| LoadError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    dir.ancestors()
+        .map(|d| d.join(FILE_NAME))
+        .find(|f| f.is_file())
+        .ok_or(LoadError::NotFound { dir })
+}
+
+/// Finds and loads the project containing `dir`.
+pub fn load_project(dir: &Path) -> Result<Config, LoadError> {
+    let file = find_project_file(dir)?;
+    Config::load(&file)
+}
+
+impl Config {
+    /// Reads and checks a `locald.toml`.
+    pub fn load(file: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Read {
+            path: file.to_owned(),
+            source,
+        })?;
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        Ok(Config::parse(&file, &text)?)
+    }
+
+    /// Checks `text` as if it were the file at `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let error = |diagnostics| ConfigError {
+            path: file.to_owned(),
+            text: text.to_owned(),
+            diagnostics,
+        };
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| error(vec![Diagnostic::from_toml(&e)]))?;
+        let root = file.parent().map(Path::to_owned).unwrap_or_default();
+        Config::from_raw(raw, file, &root).map_err(error)
+    }
+
+    /// Stage two: every check that needs more than one value.
+    pub fn from_raw(raw: RawFile, file: &Path, root: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let mut c = Checker {
+            diags: Vec::new(),
+            root: root.to_owned(),
+        };
+        let name = match raw.project.and_then(|p| p.name) {
+            Some(n) => {
+                c.check_name(&n, "project");
+                n.into_inner()
+            }
+            None => root
+                .file_name()
+                .map(|n| sanitize_name(&n.to_string_lossy()))
+                .unwrap_or_else(|| "project".into()),
+        };
+
+        let mut raw_services = Vec::new();
+        match (raw.services, raw.service) {
+            (Some(a), Some(b)) => {
+                if let Some((k, _)) = b.first() {
+                    c.push(
+                        "both [services] and [service] are used",
+                        Some(k.span()),
+                        Some("use one of them; `services` is preferred".into()),
+                    );
+                }
+                raw_services.extend(a);
+            }
+            (Some(s), None) | (None, Some(s)) => raw_services.extend(s),
+            (None, None) => {}
+        }
+        if raw_services.is_empty() {
+            c.push(
+                "no services defined",
+                None,
+                Some("add a [services.NAME] table with a `command`".into()),
+            );
+        }
+
+        let names: Vec<String> = raw_services
+            .iter()
+            .map(|(k, _)| k.get_ref().clone())
+            .collect();
+        let mut services = IndexMap::new();
+        let mut dep_spans: HashMap<String, Vec<Spanned<String>>> = HashMap::new();
+        for (key, svc) in raw_services {
+            c.check_name(&key, "service");
+            let span = svc.span();
+            let svc = svc.into_inner();
+            dep_spans.insert(
+                key.get_ref().clone(),
+                svc.depends_on.clone().unwrap_or_default(),
+            );
+            if let Some(s) = c.service(key.get_ref(), svc, span, &names) {
+                services.insert(s.name.clone(), s);
+            }
+        }
+        c.check_cycles(&names, &dep_spans);
+
+        if c.diags.is_empty() {
+            Ok(Config {
+                file: file.to_owned(),
+                root: root.to_owned(),
+                name,
+                services,
+            })
+        } else {
+            Err(c.diags)
+        }
+    }
+
+    /// Service names in an order where every service comes after its dependencies.
+    pub fn start_order(&self) -> Vec<String> {
+        let mut order = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        fn visit(
+            c: &Config,
+            n: &str,
+            seen: &mut std::collections::HashSet<String>,
+            order: &mut Vec<String>,
+        ) {
+            if !seen.insert(n.to_owned()) {
+                return;
+            }
+            if let Some(s) = c.services.get(n) {
+                for d in &s.depends_on {
+                    visit(c, d, seen, order);
+                }
+            }
+            order.push(n.to_owned());
+        }
+        for n in self.services.keys() {
+            visit(self, n, &mut seen, &mut order);
+        }
+        order
+    }
+}
+
+/// Turns a directory name into a valid project name.
+fn sanitize_name(s: &str) -> String {
+    let n: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if n.is_empty() {
+        "project".into()
+    } else {
+        n
+    }
+}
+
+/// Accumulates diagnostics while converting.
+struct Checker {
+    diags: Vec<Diagnostic>,
+    root: PathBuf,
+}
+
+const NAME_HINT: &str =
+    "names use letters, digits, `-` and `_`, start with a letter or digit, and are at most 64 long";
+
+impl Checker {
+    fn push(
+        &mut self,
+        message: impl Into<String>,
+        span: Option<Range<usize>>,
+        hint: Option<String>,
+    ) {
+        self.diags.push(Diagnostic::new(message, span, hint));
+    }
+
+    fn check_name(&mut self, name: &Spanned<String>, what: &str) {
+        let n = name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            self.push(
+                format!("invalid {what} name `{n}`"),
+                Some(name.span()),
+                Some(NAME_HINT.into()),
+            );
+        }
+    }
+
+    fn command(&mut self, cmd: Spanned<RawCommand>, what: &str) -> Option<CommandSpec> {
+        let span = cmd.span();
+        match cmd.into_inner() {
+            RawCommand::Shell(s) if s.trim().is_empty() => {
+                self.push(
+                    format!("{what} is empty"),
+                    Some(span),
+                    Some("write the command to run, e.g. \"python3 -m http.server 8000\"".into()),
+                );
+                None
+            }
+            RawCommand::Argv(v) if v.first().is_none_or(|a| a.is_empty()) => {
+                self.push(
+                    format!("{what} is empty"),
+                    Some(span),
+                    Some("the first element of the array is the program to run".into()),
+                );
+                None
+            }
+            RawCommand::Shell(s) => Some(CommandSpec::Shell(s)),
+            RawCommand::Argv(v) => Some(CommandSpec::Argv(v)),
+        }
+    }
+
+    fn rel_path(&mut self, p: &Spanned<String>, what: &str) -> Option<PathBuf> {
+        let path = Path::new(p.get_ref());
+        if p.get_ref().is_empty() {
+            self.push(format!("{what} is empty"), Some(p.span()), None);
+            return None;
+        }
+        Some(if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.root.join(path)
+        })
+    }
+
+    fn env(&mut self, env: Option<IndexMap<String, Spanned<EnvValue>>>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (k, v) in env.unwrap_or_default() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                self.push(
+                    format!("invalid environment variable name `{k}`"),
+                    Some(v.span()),
+                    Some("names may not be empty or contain `=`".into()),
+                );
+                continue;
+            }
+            if v.get_ref().0.contains('\0') {
+                self.push(
+                    format!("environment variable `{k}` contains a NUL byte"),
+                    Some(v.span()),
+                    None,
+                );
+                continue;
+            }
+            out.push((k, v.into_inner().0));
+        }
+        out
+    }
+
+    fn env_file(&mut self, file: &Spanned<String>) -> Vec<(String, String)> {
+        let Some(path) = self.rel_path(file, "env_file") else {
+            return Vec::new();
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => parse_env_file(&text),
+            Err(e) => {
+                self.push(
+                    format!("cannot read env_file {}: {e}", path.display()),
+                    Some(file.span()),
+                    Some("the path is relative to the directory holding locald.toml".into()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn service(
+        &mut self,
+        name: &str,
+        svc: RawService,
+        span: Range<usize>,
+        names: &[String],
+    ) -> Option<ServiceConfig> {
+        let errors_before = self.diags.len();
+        let command = match svc.command {
+            Some(cmd) => self.command(cmd, "command"),
+            None => {
+                self.push(
+                    format!("service `{name}` has no `command`"),
+                    Some(span.clone()),
+                    Some("add `command = \"...\"`: what to run after the build".into()),
+                );
+                None
+            }
+        };
+        let workdir = match &svc.workdir {
+            Some(w) => self.rel_path(w, "workdir"),
+            None => Some(self.root.clone()),
+        };
+        let mut env = svc
+            .env_file
+            .as_ref()
+            .map(|f| self.env_file(f))
+            .unwrap_or_default();
+        env.extend(self.env(svc.env));
+
+        let mut depends_on = Vec::new();
+        for dep in svc.depends_on.unwrap_or_default() {
+            let d = dep.get_ref();
+            if d == name {
+                self.push(
+                    format!("service `{name}` depends on itself"),
+                    Some(dep.span()),
+                    Some("remove it from depends_on".into()),
+                );
+            } else if !names.iter().any(|n| n == d) {
+                let hint = match did_you_mean(d, names.iter().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("services in this project: {}", names.join(", ")),
+                };
+                self.push(
+                    format!("service `{name}` depends on unknown service `{d}`"),
+                    Some(dep.span()),
+                    Some(hint),
+                );
+            } else if depends_on.contains(d) {
+                self.push(
+                    format!("`{d}` is listed twice in depends_on"),
+                    Some(dep.span()),
+                    None,
+                );
+            } else {
+                depends_on.push(d.clone());
+            }
+        }
+
+        let build = svc.build.and_then(|b| self.build(b));
+        let health = svc.health.and_then(|h| self.health(h));
+        let restart = RestartConfig {
+            policy: svc.restart.map(Spanned::into_inner).unwrap_or_default(),
+            delay: svc
+                .restart_delay
+                .map_or(Duration::from_millis(500), |d| d.into_inner().0),
+            delay_max: svc
+                .restart_delay_max
+                .map_or(Duration::from_secs(30), |d| d.into_inner().0),
+            burst: svc.start_limit_burst.as_ref().map_or(5, |b| *b.get_ref()),
+            interval: svc
+                .start_limit_interval
+                .map_or(Duration::from_secs(60), |d| d.into_inner().0),
+        };
+        if restart.delay > restart.delay_max {
+            self.push(
+                "restart_delay is longer than restart_delay_max",
+                None,
+                Some(format!(
+                    "in service `{name}`, make restart_delay_max at least {}",
+                    humantime::format_duration(restart.delay)
+                )),
+            );
+        }
+        if let Some(b) = &svc.start_limit_burst {
+            if *b.get_ref() == 0 {
+                self.push("start_limit_burst must be at least 1", Some(b.span()), None);
+            }
+        }
+        let watchdog = svc.watchdog_sec.map(|d| d.into_inner().0);
+        if watchdog == Some(Duration::ZERO) {
+            self.push(
+                "watchdog_sec must be greater than zero",
+                None,
+                Some(format!(
+                    "in service `{name}`, remove it to disable the watchdog"
+                )),
+            );
+        }
+
+        if self.diags.len() > errors_before {
+            return None;
+        }
+        Some(ServiceConfig {
+            name: name.to_owned(),
+            command: command?,
+            workdir: workdir?,
+            env,
+            build,
+            depends_on,
+            health,
+            restart,
+            stop_signal: svc
+                .stop_signal
+                .map_or(Signal::SIGTERM, |s| s.into_inner().0),
+            stop_timeout: svc
+                .stop_timeout
+                .map_or(Duration::from_secs(10), |d| d.into_inner().0),
+            watchdog,
+        })
+    }
+
+    fn build(&mut self, build: Spanned<RawBuild>) -> Option<BuildSpec> {
+        let span = build.span();
+        match build.into_inner() {
+            RawBuild::Command(s) => {
+                let cmd =
+                    self.command(Spanned::new(span, RawCommand::Shell(s)), "build command")?;
+                Some(BuildSpec::Host(HostBuild {
+                    command: cmd,
+                    inputs: Vec::new(),
+                    outputs: Vec::new(),
+                    env: Vec::new(),
+                }))
+            }
+            RawBuild::Table(t) => {
+                match (t.command, t.builder) {
+                    (Some(_), Some(b)) => {
+                        self.push(
+                        "a build table has both `command` and `builder`",
+                        Some(b.span()),
+                        Some("use `command` for a host build or `builder` for a buildpacks build, not both".into()),
+                    );
+                        None
+                    }
+                    (None, None) => {
+                        self.push(
+                        "a build table needs `command` or `builder`",
+                        Some(span),
+                        Some("e.g. build = { command = \"make\" } or build = { builder = \"paketobuildpacks/builder:base\" }".into()),
+                    );
+                        None
+                    }
+                    (Some(cmd), None) => {
+                        for (field, v) in [
+                            ("buildpacks", t.buildpacks.is_some()),
+                            ("path", t.path.is_some()),
+                        ] {
+                            if v {
+                                self.push(
+                                    format!("`{field}` is for buildpacks builds"),
+                                    Some(span.clone()),
+                                    Some("add `builder`, or remove it".into()),
+                                );
+                            }
+                        }
+                        let command = self.command(cmd, "build command")?;
+                        let inputs = self.globs(t.inputs, "inputs");
+                        let outputs = t
+                            .outputs
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(Spanned::into_inner)
+                            .collect();
+                        let env = self.env(t.env);
+                        Some(BuildSpec::Host(HostBuild {
+                            command,
+                            inputs,
+                            outputs,
+                            env,
+                        }))
+                    }
+                    (None, Some(builder)) => {
+                        for (field, v) in [
+                            ("inputs", t.inputs.is_some()),
+                            ("outputs", t.outputs.is_some()),
+                        ] {
+                            if v {
+                                self.push(
+                                    format!("`{field}` is for host builds"),
+                                    Some(span.clone()),
+                                    Some(
+                                        "buildpacks builds hash the whole source tree; remove it"
+                                            .into(),
+                                    ),
+                                );
+                            }
+                        }
+                        if builder.get_ref().trim().is_empty()
+                            || builder.get_ref().contains(char::is_whitespace)
+                        {
+                            self.push(
+                            format!("invalid builder image `{}`", builder.get_ref()),
+                            Some(builder.span()),
+                            Some("use an image reference such as \"paketobuildpacks/builder:base\"".into()),
+                        );
+                            return None;
+                        }
+                        let path = match &t.path {
+                            Some(p) => self.rel_path(p, "path")?,
+                            None => self.root.clone(),
+                        };
+                        let buildpacks = t
+                            .buildpacks
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(Spanned::into_inner)
+                            .collect();
+                        let env = self.env(t.env);
+                        Some(BuildSpec::Cnb(CnbBuild {
+                            builder: builder.into_inner(),
+                            buildpacks,
+                            path,
+                            env,
+                        }))
+                    }
+                }
+            }
+        }
+    }
+
+    fn globs(&mut self, globs: Option<Vec<Spanned<String>>>, what: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in globs.unwrap_or_default() {
+            if g.get_ref().is_empty() {
+                self.push(format!("empty pattern in `{what}`"), Some(g.span()), None);
+            } else {
+                out.push(g.into_inner());
+            }
+        }
+        out
+    }
+
+    fn health(&mut self, health: Spanned<RawHealth>) -> Option<HealthCheck> {
+        let span = health.span();
+        let h = health.into_inner();
+        let mut kinds = Vec::new();
+        if let Some(port) = h.tcp {
+            if *port.get_ref() == 0 {
+                self.push(
+                    "tcp port 0 cannot be checked",
+                    Some(port.span()),
+                    Some("use the port the service listens on".into()),
+                );
+            }
+            kinds.push(HealthKind::Tcp(port.into_inner()));
+        }
+        if let Some(url) = h.http {
+            match HttpUrl::parse(url.get_ref()) {
+                Ok(u) => kinds.push(HealthKind::Http(u)),
+                Err(e) => self.push(
+                    format!("invalid health URL `{}`: {e}", url.get_ref()),
+                    Some(url.span()),
+                    Some("write e.g. \"http://127.0.0.1:8000/health\"".into()),
+                ),
+            }
+        }
+        if let Some(cmd) = h.command {
+            if let Some(cmd) = self.command(cmd, "health command") {
+                kinds.push(HealthKind::Command(cmd));
+            }
+        }
+        if let Some(n) = h.notify {
+            if *n.get_ref() {
+                kinds.push(HealthKind::Notify);
+            }
+        }
+        if kinds.len() != 1 {
+            self.push(
+                if kinds.is_empty() { "health check has no kind" } else { "health check has more than one kind" },
+                Some(span),
+                Some("use exactly one of `tcp = PORT`, `http = \"URL\"`, `command = \"...\"`, `notify = true`".into()),
+            );
+            return None;
+        }
+        Some(HealthCheck {
+            kind: kinds.pop()?,
+            interval: h
+                .interval
+                .map_or(Duration::from_secs(1), |d| d.into_inner().0),
+            timeout: h
+                .timeout
+                .map_or(Duration::from_secs(5), |d| d.into_inner().0),
+            retries: h.retries.map_or(3, |r| r.into_inner()),
+            start_period: h
+                .start_period
+                .map_or(Duration::from_secs(30), |d| d.into_inner().0),
+        })
+    }
+
+    fn check_cycles(&mut self, names: &[String], deps: &HashMap<String, Vec<Spanned<String>>>) {
+        // Iterative DFS with colours; on a back edge the stack holds the cycle.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        let mut mark: BTreeMap<&str, Mark> =
+            names.iter().map(|n| (n.as_str(), Mark::New)).collect();
+        for start in names {
+            if mark.get(start.as_str()) != Some(&Mark::New) {
+                continue;
+            }
+            let mut stack: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+            mark.insert(start, Mark::Active);
+            while let Some((node, idx)) = stack.last().copied() {
+                let edges = deps.get(node).map(Vec::as_slice).unwrap_or(&[]);
+                if let Some(edge) = edges.get(idx) {
+                    if let Some(top) = stack.last_mut() {
+                        top.1 += 1;
+                    }
+                    let next = edge.get_ref().as_str();
+                    match mark.get(next).copied() {
+                        Some(Mark::New) => {
+                            mark.insert(next, Mark::Active);
+                            stack.push((next, 0));
+                        }
+                        Some(Mark::Active) if next != node => {
+                            let pos = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
+                            let mut cycle: Vec<&str> =
+                                stack[pos..].iter().map(|(n, _)| *n).collect();
+                            cycle.push(next);
+                            self.push(
+                                format!("dependency cycle: {}", cycle.join(" -> ")),
+                                Some(edge.span()),
+                                Some("remove one of these depends_on entries".into()),
+                            );
+                            return;
+                        }
+                        _ => {}
+                    }
+                } else {
+                    mark.insert(node, Mark::Done);
+                    stack.pop();
+                }
+            }
+        }
+    }
+}
+
+/// Parses `KEY=value` lines; `#` comments, blank lines, `export ` and
+/// surrounding single or double quotes are handled as shells and dotenv do.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The JSON Schema of `locald.toml`, as published in `docs/locald.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawFile);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/p/locald.toml"), text)
+    }
+
+    #[test]
+    fn minimal_service() {
+        let c = parse("[services.web]\ncommand = \"python3 -m http.server\"\n").unwrap();
+        assert_eq!(c.name, "p");
+        let web = &c.services["web"];
+        assert_eq!(
+            web.command,
+            CommandSpec::Shell("python3 -m http.server".into())
+        );
+        assert_eq!(web.stop_signal, Signal::SIGTERM);
+        assert_eq!(web.workdir, Path::new("/p"));
+    }
+
+    #[test]
+    fn singular_service_table_is_accepted() {
+        let c = parse("[service.web]\ncommand = [\"a\", \"b\"]\nbuild = { builder = \"x/y:z\" }\n")
+            .unwrap();
+        assert!(matches!(c.services["web"].build, Some(BuildSpec::Cnb(_))));
+    }
+
+    #[test]
+    fn start_order_puts_dependencies_first() {
+        let c = parse(
+            "[services.a]\ncommand='x'\ndepends_on=['b']\n[services.b]\ncommand='x'\ndepends_on=['c']\n[services.c]\ncommand='x'\n",
+        )
+        .unwrap();
+        assert_eq!(c.start_order(), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn env_file_parsing() {
+        let v = parse_env_file("# c\nA=1\nexport B=\"two words\"\nC='x'\n\nbad\n");
+        assert_eq!(
+            v,
+            [
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn http_urls() {
+        let u = HttpUrl::parse("http://127.0.0.1:8000/health?x=1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8000, "/health?x=1")
+        );
+        assert_eq!(HttpUrl::parse("http://localhost").unwrap().port, 80);
+        assert!(HttpUrl::parse("https://x").is_err());
+    }
+}

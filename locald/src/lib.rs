@@ -1,0 +1,10 @@
+//! locald: a local-development service manager that lives in the user's
+//! systemd session.
+//!
+//! This crate is the engine. [`config`] reads `locald.toml`; the supervisor
+//! runs a project's services through their lifecycle; the binary `locald` is a
+//! thin edge over it (`locald up` in the foreground, `locald daemon` on the
+//! session bus). See `ARCHITECTURE.md` at the repository root for the map.
+#![deny(missing_docs)]
+
+pub mod config;
