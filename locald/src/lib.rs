@@ -2,9 +2,12 @@
 //! systemd session.
 //!
 //! This crate is the engine. [`config`] reads `locald.toml`; the supervisor
-//! runs a project's services through their lifecycle; the binary `locald` is a
+//! runs a project's services through their lifecycle and reports [`event`]s;
+//! [`output`] carries their output lines to sinks. The binary `locald` is a
 //! thin edge over it (`locald up` in the foreground, `locald daemon` on the
 //! session bus). See `ARCHITECTURE.md` at the repository root for the map.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod event;
+pub mod output;

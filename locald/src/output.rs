@@ -1,0 +1,52 @@
+//! Where output lines go: the [`LogSink`] seam between the pipes the
+//! supervisor reads and the places lines end up (the terminal in `locald up`,
+//! journald, live D-Bus subscribers).
+//!
+//! A sink is awaited for every line from the reader task of that one pipe, so
+//! a slow sink slows only the service that writes to it: its pipe fills and
+//! the service blocks in `write(2)`, as it would under systemd. Sinks must not
+//! buffer without bound.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::event::LogLine;
+
+/// A boxed future, for object-safe async sinks.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Receives output lines.
+pub trait LogSink: Send + Sync + 'static {
+    /// Takes one line. Returning applies backpressure to the writer's pipe.
+    fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()>;
+}
+
+/// Sends each line to several sinks, in order.
+#[derive(Clone, Default)]
+pub struct Fanout {
+    sinks: Vec<Arc<dyn LogSink>>,
+}
+
+impl Fanout {
+    /// No sinks: lines are dropped (used in tests that do not care).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a sink.
+    pub fn with(mut self, sink: Arc<dyn LogSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+}
+
+impl LogSink for Fanout {
+    fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for s in &self.sinks {
+                s.write(line).await;
+            }
+        })
+    }
+}
