@@ -9,5 +9,6 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod engine;
 pub mod event;
 pub mod output;
