@@ -9,6 +9,8 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod daemon;
+pub mod dbus;
 pub mod engine;
 pub mod event;
 pub mod output;

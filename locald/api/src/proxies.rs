@@ -1,0 +1,166 @@
+//! Client proxies for the three locald interfaces. The daemon's
+//! introspection XML in `docs/dbus/` is the same contract, for clients in
+//! other languages.
+
+use zbus::proxy;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::{BuildInfo, Error, ProjectEntry, ReloadResult};
+
+/// `dev.locald.Manager1` at `/dev/locald/Locald1`.
+#[proxy(
+    interface = "dev.locald.Manager1",
+    default_service = "dev.locald.Locald1",
+    default_path = "/dev/locald/Locald1",
+    gen_blocking = false
+)]
+pub trait Manager1 {
+    /// Brings up the project containing `directory` (absolute), or reloads it
+    /// if it is up already; returns the project object.
+    fn up(&self, directory: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// Stops every service of the project and forgets it.
+    fn down(&self, project: &str) -> Result<(), Error>;
+
+    /// Re-reads the project's file; touches only services whose config changed.
+    fn reload(&self, project: &str) -> Result<ReloadResult, Error>;
+
+    /// Starts a stopped or failed service.
+    fn start_service(&self, project: &str, service: &str) -> Result<(), Error>;
+
+    /// Stops a service; it stays stopped until started.
+    fn stop_service(&self, project: &str, service: &str) -> Result<(), Error>;
+
+    /// Restarts a service, running its build again.
+    fn restart_service(&self, project: &str, service: &str) -> Result<(), Error>;
+
+    /// Builds a service now (skipped when up to date unless `force`); returns
+    /// once the build ended.
+    fn build(&self, project: &str, service: &str, force: bool) -> Result<BuildInfo, Error>;
+
+    /// Every project that is up.
+    fn list_projects(&self) -> Result<Vec<ProjectEntry>, Error>;
+
+    /// The object of a project.
+    fn get_project(&self, project: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// The object of a service.
+    fn get_service(&self, project: &str, service: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// A build moved on to step `step` of `total`.
+    #[zbus(signal)]
+    fn build_progress(
+        &self,
+        project: String,
+        service: String,
+        build_id: String,
+        step: u32,
+        total: u32,
+        label: String,
+    ) -> zbus::Result<()>;
+
+    /// A build ended, or was skipped as up to date.
+    #[zbus(signal)]
+    fn build_finished(
+        &self,
+        project: String,
+        service: String,
+        build: BuildInfo,
+    ) -> zbus::Result<()>;
+
+    /// The daemon's version.
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+
+    /// The objects of every project that is up.
+    #[zbus(property)]
+    fn projects(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+}
+
+/// `dev.locald.Project1`: one per project that is up.
+#[proxy(
+    interface = "dev.locald.Project1",
+    default_service = "dev.locald.Locald1",
+    gen_blocking = false
+)]
+pub trait Project1 {
+    /// Project name.
+    #[zbus(property)]
+    fn name(&self) -> zbus::Result<String>;
+
+    /// Project directory.
+    #[zbus(property)]
+    fn path(&self) -> zbus::Result<String>;
+
+    /// Service objects, in file order.
+    #[zbus(property)]
+    fn services(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+
+    /// Summary state (see `PROJECT_STATES`).
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+}
+
+/// `dev.locald.Service1`: one per service of a project that is up.
+#[proxy(
+    interface = "dev.locald.Service1",
+    default_service = "dev.locald.Locald1",
+    gen_blocking = false
+)]
+pub trait Service1 {
+    /// Starts sending `LogLine` for this service while the caller stays on the bus.
+    fn subscribe_logs(&self) -> Result<(), Error>;
+
+    /// Stops sending `LogLine` for this caller.
+    fn unsubscribe_logs(&self) -> Result<(), Error>;
+
+    /// One output line; only emitted while somebody is subscribed.
+    #[zbus(signal)]
+    fn log_line(
+        &self,
+        service: String,
+        phase: String,
+        stream: String,
+        line: Vec<u8>,
+    ) -> zbus::Result<()>;
+
+    /// Service name.
+    #[zbus(property)]
+    fn name(&self) -> zbus::Result<String>;
+
+    /// Project name.
+    #[zbus(property)]
+    fn project(&self) -> zbus::Result<String>;
+
+    /// Lifecycle state (see `SERVICE_STATES`).
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+
+    /// Why it is in that state; may be empty.
+    #[zbus(property)]
+    fn state_reason(&self) -> zbus::Result<String>;
+
+    /// The last `STATUS=` the service sent.
+    #[zbus(property)]
+    fn status_text(&self) -> zbus::Result<String>;
+
+    /// PID of the main process, 0 when none runs.
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+
+    /// Exit status of the last process (128+signal when killed), -1 when none exited.
+    #[zbus(property)]
+    fn exit_status(&self) -> zbus::Result<i32>;
+
+    /// Restarts since `up`.
+    #[zbus(property)]
+    fn restart_count(&self) -> zbus::Result<u32>;
+
+    /// When the current process started, µs since the epoch; 0 when none.
+    #[zbus(property)]
+    fn started_at(&self) -> zbus::Result<u64>;
+
+    /// The last build.
+    #[zbus(property)]
+    fn last_build(&self) -> zbus::Result<BuildInfo>;
+}

@@ -1,0 +1,248 @@
+//! `dev.locald.Manager1` at `/dev/locald/Locald1`: bring projects up and
+//! down, act on services, look objects up; build progress and result signals.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::{interface, Connection};
+
+use locald_api::{
+    project_path, service_path, BuildInfo, Error, ProjectEntry, ReloadResult, MANAGER_INTERFACE,
+    MANAGER_PATH,
+};
+
+use super::error::to_dbus;
+use super::{emit_changed, lock, service, Shared};
+
+/// The manager object.
+pub struct Manager1 {
+    shared: Arc<Shared>,
+}
+
+impl Manager1 {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The project's name if it is up, else `NoSuchProject`.
+    fn known_project(&self, project: &str) -> Result<(), Error> {
+        if self.shared.engine.project(project).is_some() {
+            Ok(())
+        } else {
+            Err(Error::NoSuchProject(format!(
+                "no project named `{project}` is up"
+            )))
+        }
+    }
+}
+
+/// Emits `PropertiesChanged` for `Projects`.
+pub(crate) async fn emit_projects_changed(conn: &Connection, shared: &Shared) -> zbus::Result<()> {
+    let projects: Vec<OwnedObjectPath> = lock(&shared.projects)
+        .keys()
+        .map(|n| project_path(n))
+        .collect();
+    emit_changed(
+        conn,
+        MANAGER_PATH,
+        MANAGER_INTERFACE,
+        vec![("Projects", Value::from(projects))],
+    )
+    .await
+}
+
+#[interface(name = "dev.locald.Manager1")]
+impl Manager1 {
+    /// Brings up the project containing `directory` (an absolute path), or
+    /// reloads it if it is up already. Returns the project object.
+    async fn up(
+        &self,
+        directory: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.shared.access.check(&header).await?;
+        let dir = Path::new(&directory);
+        if !dir.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "`{directory}` is not an absolute path; the daemon has no current directory of yours"
+            )));
+        }
+        // Canonical, so one project has one identity however it is named.
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        let name = self.shared.engine.up(&dir).await.map_err(to_dbus)?;
+        self.shared.reconcile(&name).await;
+        Ok(project_path(&name))
+    }
+
+    /// Stops every service of the project (reverse dependency order) and forgets it.
+    async fn down(&self, project: String, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.shared.access.check(&header).await?;
+        self.shared.engine.down(&project).await.map_err(to_dbus)?;
+        self.shared.reconcile(&project).await;
+        Ok(())
+    }
+
+    /// Re-reads the project's file and touches only the services whose
+    /// config changed. Returns the services added, removed, changed and unchanged.
+    async fn reload(
+        &self,
+        project: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<ReloadResult, Error> {
+        self.shared.access.check(&header).await?;
+        let summary = self.shared.engine.reload(&project).await.map_err(to_dbus)?;
+        self.shared.reconcile(&project).await;
+        Ok(ReloadResult {
+            added: summary.added,
+            removed: summary.removed,
+            changed: summary.changed,
+            unchanged: summary.unchanged,
+        })
+    }
+
+    /// Starts a stopped or failed service.
+    async fn start_service(
+        &self,
+        project: String,
+        service: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.shared.access.check(&header).await?;
+        self.shared
+            .engine
+            .start_service(&project, &service)
+            .await
+            .map_err(to_dbus)
+    }
+
+    /// Stops a service; it stays stopped until started.
+    async fn stop_service(
+        &self,
+        project: String,
+        service: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.shared.access.check(&header).await?;
+        self.shared
+            .engine
+            .stop_service(&project, &service)
+            .await
+            .map_err(to_dbus)
+    }
+
+    /// Restarts a service, running its build again.
+    async fn restart_service(
+        &self,
+        project: String,
+        service: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.shared.access.check(&header).await?;
+        self.shared
+            .engine
+            .restart_service(&project, &service)
+            .await
+            .map_err(to_dbus)
+    }
+
+    /// Builds a service now (skipped when up to date unless `force`) and
+    /// returns the build once it ended. Progress arrives as `BuildProgress`
+    /// signals meanwhile; a failed build is the `BuildFailed` error.
+    async fn build(
+        &self,
+        project: String,
+        service: String,
+        force: bool,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<BuildInfo, Error> {
+        self.shared.access.check(&header).await?;
+        let record = self
+            .shared
+            .engine
+            .build(&project, &service, force)
+            .await
+            .map_err(to_dbus)?;
+        Ok(service::build_info(Some(&record)))
+    }
+
+    /// Every project that is up: name, directory, state and object.
+    async fn list_projects(&self) -> Vec<ProjectEntry> {
+        let cells: Vec<_> = lock(&self.shared.projects).values().cloned().collect();
+        cells
+            .iter()
+            .map(|c| ProjectEntry {
+                name: c.name.clone(),
+                path: c.path.clone(),
+                state: c.state().to_owned(),
+                object: project_path(&c.name),
+            })
+            .collect()
+    }
+
+    /// The object of a project.
+    async fn get_project(&self, project: String) -> Result<OwnedObjectPath, Error> {
+        if self.shared.project_cell(&project).is_none() {
+            self.known_project(&project)?;
+            self.shared.reconcile(&project).await;
+        }
+        Ok(project_path(&project))
+    }
+
+    /// The object of a service.
+    async fn get_service(
+        &self,
+        project: String,
+        service: String,
+    ) -> Result<OwnedObjectPath, Error> {
+        if self.shared.service_cell(&project, &service).is_none() {
+            self.known_project(&project)?;
+            self.shared.reconcile(&project).await;
+            if self.shared.service_cell(&project, &service).is_none() {
+                return Err(Error::NoSuchService(format!(
+                    "project `{project}` has no service `{service}`"
+                )));
+            }
+        }
+        Ok(service_path(&project, &service))
+    }
+
+    /// A build moved on to step `step` (1-based) of `total`.
+    #[zbus(signal)]
+    pub(crate) async fn build_progress(
+        emitter: &SignalEmitter<'_>,
+        project: &str,
+        service: &str,
+        build_id: &str,
+        step: u32,
+        total: u32,
+        label: &str,
+    ) -> zbus::Result<()>;
+
+    /// A build ended (`result` is `succeeded` or `failed`) or was skipped as
+    /// up to date (`skipped`).
+    #[zbus(signal)]
+    pub(crate) async fn build_finished(
+        emitter: &SignalEmitter<'_>,
+        project: &str,
+        service: &str,
+        build: BuildInfo,
+    ) -> zbus::Result<()>;
+
+    /// The daemon's version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+
+    /// The objects of every project that is up.
+    #[zbus(property(emits_changed_signal = "true"))]
+    async fn projects(&self) -> Vec<OwnedObjectPath> {
+        lock(&self.shared.projects)
+            .keys()
+            .map(|n| project_path(n))
+            .collect()
+    }
+}

@@ -1,0 +1,330 @@
+//! The D-Bus layer: translates between the session bus and the [`Engine`].
+//!
+//! It holds no state of its own beyond a copy of the engine's snapshots, kept
+//! current by one task that follows the engine's events ([`events`]), so that
+//! property reads never wait on the engine. One file per interface:
+//! [`manager`] (`dev.locald.Manager1` at `/dev/locald/Locald1`, with the
+//! ObjectManager beside it), [`project`] (`dev.locald.Project1`) and
+//! [`service`] (`dev.locald.Service1`). Engine errors become named
+//! `dev.locald.Error.*` errors only here ([`error`]); callers of another uid
+//! are refused ([`access`]); live output lines go out through [`logs`].
+//!
+//! Locking: property getters only take short `std` mutexes on the cells and
+//! never await while holding one. Adding and removing objects is serialized
+//! by one async mutex ([`Shared::reconcile`]) that no getter takes, so a
+//! `GetManagedObjects` in progress can never deadlock against a change.
+
+mod access;
+pub mod error;
+mod events;
+pub mod logs;
+mod manager;
+mod project;
+mod service;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use indexmap::IndexMap;
+use tokio::task::JoinHandle;
+use zbus::fdo::{ObjectManager, Properties};
+use zbus::names::InterfaceName;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::Value;
+use zbus::Connection;
+
+use locald_api::{project_path, service_path, MANAGER_PATH};
+
+use crate::engine::Engine;
+use crate::event::{ProjectSnapshot, ServiceSnapshot, ServiceState};
+
+pub use logs::DbusLogSink;
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it:
+/// every cell holds plain snapshots that are whole after any single write.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Emits one `PropertiesChanged` carrying every property in `changed`.
+pub(crate) async fn emit_changed(
+    conn: &Connection,
+    path: &str,
+    interface: &'static str,
+    changed: Vec<(&'static str, Value<'_>)>,
+) -> zbus::Result<()> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let emitter = SignalEmitter::new(conn, path)?;
+    let map: HashMap<&str, Value<'_>> = changed.into_iter().collect();
+    Properties::properties_changed(
+        &emitter,
+        InterfaceName::from_static_str_unchecked(interface),
+        map,
+        Cow::Borrowed(&[]),
+    )
+    .await
+}
+
+/// What the bus sees of one service: its latest snapshot.
+pub(crate) struct ServiceCell {
+    pub(crate) project: String,
+    pub(crate) name: String,
+    pub(crate) snapshot: Mutex<ServiceSnapshot>,
+}
+
+/// What the bus sees of one project.
+pub(crate) struct ProjectCell {
+    pub(crate) name: String,
+    pub(crate) path: String,
+    pub(crate) services: Mutex<IndexMap<String, Arc<ServiceCell>>>,
+}
+
+impl ProjectCell {
+    /// The summary state, from the services' states (see `PROJECT_STATES`).
+    pub(crate) fn state(&self) -> &'static str {
+        let states: Vec<ServiceState> = lock(&self.services)
+            .values()
+            .map(|s| lock(&s.snapshot).state)
+            .collect();
+        project_state(&states)
+    }
+}
+
+/// The summary state of a project whose services are in `states`.
+pub fn project_state(states: &[ServiceState]) -> &'static str {
+    use ServiceState as S;
+    if states.iter().any(|s| matches!(s, S::Failed | S::Error)) {
+        "degraded"
+    } else if states
+        .iter()
+        .any(|s| matches!(s, S::Pending | S::Building | S::Starting | S::Backoff))
+    {
+        "starting"
+    } else if states.iter().any(|s| matches!(s, S::Stopping)) {
+        "stopping"
+    } else if states.iter().all(|s| matches!(s, S::Stopped)) {
+        "stopped"
+    } else {
+        "running"
+    }
+}
+
+/// What every interface object shares: the engine, the bus, the cells.
+pub(crate) struct Shared {
+    pub(crate) engine: Engine,
+    pub(crate) conn: Connection,
+    pub(crate) access: Arc<access::Access>,
+    pub(crate) logs: Arc<DbusLogSink>,
+    pub(crate) projects: Mutex<BTreeMap<String, Arc<ProjectCell>>>,
+    /// Serializes adding and removing objects.
+    structure: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn project_cell(&self, name: &str) -> Option<Arc<ProjectCell>> {
+        lock(&self.projects).get(name).cloned()
+    }
+
+    pub(crate) fn service_cell(&self, project: &str, service: &str) -> Option<Arc<ServiceCell>> {
+        let p = self.project_cell(project)?;
+        let services = lock(&p.services);
+        services.get(service).cloned()
+    }
+
+    /// Makes the objects of `project` match the engine's snapshot of it:
+    /// adds and removes project and service objects, updates every cell and
+    /// emits the changes. Idempotent; safe to call from a method handler and
+    /// from the event task at once.
+    pub(crate) async fn reconcile(&self, project: &str) {
+        let _guard = self.structure.lock().await;
+        let snapshot = self.engine.project(project);
+        let result = match snapshot {
+            Some(snapshot) => self.apply_project(snapshot).await,
+            None => self.remove_project(project).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(project, "cannot update the D-Bus objects: {e}");
+        }
+    }
+
+    /// Reconciles every project the engine has and drops those it has not.
+    pub(crate) async fn reconcile_all(&self) {
+        let mut names: Vec<String> = self.engine.projects().into_iter().map(|p| p.name).collect();
+        names.extend(lock(&self.projects).keys().cloned());
+        names.sort();
+        names.dedup();
+        for name in names {
+            self.reconcile(&name).await;
+        }
+    }
+
+    async fn apply_project(&self, snapshot: ProjectSnapshot) -> zbus::Result<()> {
+        let server = self.conn.object_server();
+        let existing = self.project_cell(&snapshot.name);
+        let is_new = existing.is_none();
+        let cell = match existing {
+            Some(c) => c,
+            None => {
+                let cell = Arc::new(ProjectCell {
+                    name: snapshot.name.clone(),
+                    path: snapshot.path.display().to_string(),
+                    services: Mutex::new(IndexMap::new()),
+                });
+                lock(&self.projects).insert(snapshot.name.clone(), cell.clone());
+                cell
+            }
+        };
+        let state_before = cell.state();
+        let names_before: Vec<String> = lock(&cell.services).keys().cloned().collect();
+        if is_new {
+            server
+                .at(
+                    project_path(&cell.name),
+                    project::Project1::new(cell.clone()),
+                )
+                .await?;
+        }
+
+        // Services gone from the snapshot.
+        let wanted: Vec<String> = snapshot.services.iter().map(|s| s.name.clone()).collect();
+        for gone in names_before.iter().filter(|n| !wanted.contains(n)) {
+            lock(&cell.services).shift_remove(gone);
+            server
+                .remove::<service::Service1, _>(service_path(&cell.name, gone))
+                .await?;
+        }
+        // New and changed services, then the file's order.
+        for snap in snapshot.services {
+            let known = lock(&cell.services).get(&snap.name).cloned();
+            match known {
+                Some(svc) => service::update(&self.conn, &svc, snap).await?,
+                None => {
+                    let svc = Arc::new(ServiceCell {
+                        project: cell.name.clone(),
+                        name: snap.name.clone(),
+                        snapshot: Mutex::new(snap),
+                    });
+                    lock(&cell.services).insert(svc.name.clone(), svc.clone());
+                    server
+                        .at(
+                            service_path(&cell.name, &svc.name),
+                            service::Service1::new(svc, self.access.clone(), self.logs.clone()),
+                        )
+                        .await?;
+                }
+            }
+        }
+        {
+            let mut services = lock(&cell.services);
+            services.sort_by_cached_key(|name, _| wanted.iter().position(|w| w == name));
+        }
+        let names_after: Vec<String> = lock(&cell.services).keys().cloned().collect();
+        if !is_new {
+            project::emit_changes(
+                &self.conn,
+                &cell,
+                names_before != names_after,
+                state_before != cell.state(),
+            )
+            .await?;
+        }
+        if is_new {
+            manager::emit_projects_changed(&self.conn, self).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_project(&self, name: &str) -> zbus::Result<()> {
+        let Some(cell) = self.project_cell(name) else {
+            return Ok(());
+        };
+        let server = self.conn.object_server();
+        let services: Vec<String> = lock(&cell.services).keys().cloned().collect();
+        for s in services.iter().rev() {
+            server
+                .remove::<service::Service1, _>(service_path(name, s))
+                .await?;
+        }
+        server
+            .remove::<project::Project1, _>(project_path(name))
+            .await?;
+        lock(&self.projects).remove(name);
+        manager::emit_projects_changed(&self.conn, self).await
+    }
+}
+
+/// A running D-Bus layer: its objects are served on the connection for as
+/// long as the connection lives; dropping this stops following the engine.
+pub struct Server {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// The connection the objects are served on.
+    pub fn connection(&self) -> &Connection {
+        &self.shared.conn
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Serves the locald objects on `conn` for `engine` and starts following its
+/// events. `logs` must be the sink the engine was created with (or part of
+/// it) so that `LogLine` signals carry the engine's output. Does not take the
+/// well-known name: the caller does that once the objects are in place, so
+/// nobody activated by name finds an empty tree.
+pub async fn serve(
+    conn: &Connection,
+    engine: Engine,
+    logs: Arc<DbusLogSink>,
+) -> Result<Server, zbus::Error> {
+    // Subscribe before the first snapshot so no change falls between them.
+    let events = engine.subscribe();
+    let shared = Arc::new(Shared {
+        engine,
+        conn: conn.clone(),
+        access: Arc::new(access::Access::new(conn).await?),
+        logs: logs.clone(),
+        projects: Mutex::new(BTreeMap::new()),
+        structure: tokio::sync::Mutex::new(()),
+    });
+    logs.attach(conn.clone());
+    let server = conn.object_server();
+    server.at(MANAGER_PATH, ObjectManager).await?;
+    server
+        .at(MANAGER_PATH, manager::Manager1::new(shared.clone()))
+        .await?;
+    shared.reconcile_all().await;
+    let tasks = vec![
+        tokio::spawn(events::follow(shared.clone(), events)),
+        tokio::spawn(access::forget_departed(shared.clone())),
+    ];
+    Ok(Server { shared, tasks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ServiceState as S;
+
+    #[test]
+    fn project_state_summarizes() {
+        assert_eq!(project_state(&[]), "stopped");
+        assert_eq!(project_state(&[S::Healthy, S::Running]), "running");
+        assert_eq!(project_state(&[S::Healthy, S::Stopped]), "running");
+        assert_eq!(project_state(&[S::Healthy, S::Building]), "starting");
+        assert_eq!(project_state(&[S::Backoff, S::Failed]), "degraded");
+        assert_eq!(project_state(&[S::Stopping, S::Stopped]), "stopping");
+        assert_eq!(project_state(&[S::Stopped, S::Stopped]), "stopped");
+    }
+}
