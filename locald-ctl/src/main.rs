@@ -1,6 +1,106 @@
 //! `locald-ctl`: the command-line client of the locald daemon.
+//!
+//! Every command is a D-Bus call through the proxies of `locald-api`; the
+//! only thing read locally is which project contains the current directory
+//! (and `check`, which validates a file without the daemon). Exit codes: 0
+//! ok, 1 failure (including an unreachable daemon), 2 usage or config error.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("locald-ctl: the daemon control plane is not built yet; use `locald up`");
-    std::process::ExitCode::from(1)
+mod build;
+mod cli;
+mod client;
+mod status;
+mod watch;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+use client::{Client, CtlError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "locald-ctl", &mut out);
+            // A closed pipe (`| head`) is not worth a panic.
+            let _ = std::io::stdout().write_all(&out);
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(Cli::command());
+            let mut out = Vec::new();
+            if let Err(e) = man.render(&mut out) {
+                eprintln!("locald-ctl: cannot render the man page: {e}");
+                return ExitCode::FAILURE;
+            }
+            let _ = std::io::stdout().write_all(&out);
+            return ExitCode::SUCCESS;
+        }
+        Command::Check { ref dir } => return check(dir.as_deref()),
+        _ => {}
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("locald-ctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => e.report(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
+    let client = Client::connect(cli.bus_address.as_deref(), cli.project.clone()).await?;
+    match cli.command {
+        Command::Up { dir } => client.up(dir.as_deref()).await,
+        Command::Down { dir } => {
+            let project = client.resolve(dir.as_deref()).await?;
+            client
+                .manager
+                .down(&project)
+                .await
+                .map_err(CtlError::call)?;
+            println!("{project} is down");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => status::status(&client, json).await,
+        Command::Start { service } => client.service_call("start", &service).await,
+        Command::Stop { service } => client.service_call("stop", &service).await,
+        Command::Restart { service } => client.service_call("restart", &service).await,
+        Command::Build { service, force } => build::build(&client, service, force).await,
+        Command::Watch => watch::watch(&client).await,
+        Command::Reload => client.reload().await,
+        Command::Check { .. } | Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `check [DIR]`: validates the project file locally, no daemon needed.
+fn check(dir: Option<&std::path::Path>) -> ExitCode {
+    let dir = dir.map_or_else(|| std::path::PathBuf::from("."), ToOwned::to_owned);
+    match locald::config::load_project(&dir) {
+        Ok(config) => {
+            let n = config.services.len();
+            println!(
+                "{}: ok, project `{}`, {n} service{}",
+                config.file.display(),
+                config.name,
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }

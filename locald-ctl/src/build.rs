@@ -1,0 +1,152 @@
+//! `build [SERVICE] [--force]`: calls `Build` and, while it runs, draws a
+//! progress bar from the daemon's `BuildProgress` signals; when it ends the
+//! bar folds into one ✓/✗ line.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+
+use locald_api::{BuildInfo, Error};
+
+use crate::client::{Client, CtlError};
+
+/// One build's outcome as a line: `✓ web built in 3.2s`, `✓ web: Build up
+/// to date`, `✗ web: build failed: …`.
+pub fn result_line(service: &str, outcome: &Result<BuildInfo, String>, secs: f64) -> String {
+    match outcome {
+        Ok(b) if b.result == "skipped" => format!("✓ {service}: Build up to date"),
+        Ok(_) => format!("✓ {service} built in {secs:.1}s"),
+        Err(reason) => format!("✗ {service}: {reason}"),
+    }
+}
+
+/// The bar for step `step` of `total`.
+pub fn bar(service: &str, step: u32, total: u32, label: &str) -> String {
+    const WIDTH: u32 = 20;
+    let total = total.max(1);
+    let filled = (step.min(total) * WIDTH / total) as usize;
+    format!(
+        "{service} [{}{}] {step}/{total} {label}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled)
+    )
+}
+
+async fn build_one(
+    client: &Client,
+    project: &str,
+    service: &str,
+    force: bool,
+    tty: bool,
+) -> Result<Result<BuildInfo, String>, Error> {
+    // Subscribe before calling so the first step is not missed.
+    let mut progress = client.manager.receive_build_progress().await?;
+    let started = Instant::now();
+    let call = client.manager.build(project, service, force);
+    tokio::pin!(call);
+    let mut stderr = std::io::stderr();
+    let outcome = loop {
+        tokio::select! {
+            result = &mut call => break result,
+            Some(signal) = progress.next() => {
+                let Ok(a) = signal.args() else { continue };
+                if a.project() != project || a.service() != service {
+                    continue;
+                }
+                let line = bar(service, *a.step(), *a.total(), a.label());
+                if tty {
+                    let _ = write!(stderr, "\r\x1b[2K{line}");
+                    let _ = stderr.flush();
+                } else {
+                    let _ = writeln!(stderr, "{line}");
+                }
+            }
+        }
+    };
+    if tty {
+        let _ = write!(stderr, "\r\x1b[2K");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let outcome = match outcome {
+        Ok(b) => Ok(b),
+        Err(Error::BuildFailed(reason)) => Err(reason),
+        Err(e) => return Err(e),
+    };
+    println!("{}", result_line(service, &outcome, secs));
+    Ok(outcome)
+}
+
+/// `build [SERVICE] [--force]`.
+pub async fn build(
+    client: &Client,
+    service: Option<String>,
+    force: bool,
+) -> Result<ExitCode, CtlError> {
+    let project = client.resolve(None).await?;
+    let tty = std::io::stderr().is_terminal();
+    let services = match service {
+        Some(s) => vec![(s, true)],
+        None => crate::status::fetch(client)
+            .await?
+            .into_iter()
+            .filter(|p| p.name == project)
+            .flat_map(|p| p.services)
+            .map(|s| (s.name, false))
+            .collect(),
+    };
+    let (mut failed, mut built) = (0, 0);
+    for (service, named) in services {
+        match build_one(client, &project, &service, force, tty).await {
+            Ok(Ok(_)) => built += 1,
+            Ok(Err(_)) => failed += 1,
+            // Asked for all: services without a build are not an error.
+            Err(Error::NoBuild(_)) if !named => {}
+            Err(e) => return Err(CtlError::call(e)),
+        }
+    }
+    if built == 0 && failed == 0 {
+        println!("no service of {project} has a build");
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_fold_build_results() {
+        let skipped = BuildInfo {
+            result: "skipped".into(),
+            ..Default::default()
+        };
+        let ok = BuildInfo {
+            result: "succeeded".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            result_line("web", &Ok(skipped), 0.0),
+            "✓ web: Build up to date"
+        );
+        assert_eq!(result_line("web", &Ok(ok), 3.21), "✓ web built in 3.2s");
+        assert_eq!(
+            result_line("web", &Err("exit status 2".into()), 1.0),
+            "✗ web: exit status 2"
+        );
+    }
+
+    #[test]
+    fn bar_fills_with_steps() {
+        assert_eq!(
+            bar("w", 1, 2, "compile"),
+            "w [##########----------] 1/2 compile"
+        );
+        assert_eq!(bar("w", 5, 0, "x"), format!("w [{}] 5/1 x", "#".repeat(20)));
+    }
+}

@@ -1,0 +1,89 @@
+//! The command line, as clap sees it; also the source of the man page and
+//! the shell completions.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Control the locald daemon: bring projects up and down, see and follow
+/// their services, build and restart them.
+///
+/// The project is the one containing the current directory unless
+/// `--project` names one. Exit status: 0 ok, 1 failure, 2 usage or
+/// configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "locald-ctl", version, propagate_version = true)]
+pub struct Cli {
+    /// Act on the project of this name instead of the current directory's.
+    #[arg(short, long, global = true, value_name = "NAME")]
+    pub project: Option<String>,
+
+    /// Talk to the daemon on this D-Bus address instead of the session bus.
+    #[arg(long, global = true, value_name = "ADDR", env = "LOCALD_BUS_ADDRESS")]
+    pub bus_address: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hand the project in DIR (default: the current directory) to the daemon and return.
+    Up {
+        /// A directory inside the project.
+        dir: Option<PathBuf>,
+    },
+    /// Stop every service of the project and forget it.
+    Down {
+        /// A directory inside the project.
+        dir: Option<PathBuf>,
+    },
+    /// Show each service: state, pid, uptime, restarts, last build.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped or failed service.
+    Start {
+        /// Service name.
+        service: String,
+    },
+    /// Stop a service; it stays stopped until started.
+    Stop {
+        /// Service name.
+        service: String,
+    },
+    /// Restart a service, running its build again.
+    Restart {
+        /// Service name.
+        service: String,
+    },
+    /// Build one service, or every service that has a build.
+    Build {
+        /// Service name; default: every service with a build.
+        service: Option<String>,
+        /// Build even when the sources have not changed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Follow state changes and builds live, until interrupted.
+    Watch,
+    /// Re-read locald.toml; only services whose config changed are touched.
+    Reload,
+    /// Check the locald.toml of DIR (default: the current directory) without running anything.
+    Check {
+        /// A directory inside the project.
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}

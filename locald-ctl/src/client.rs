@@ -1,0 +1,248 @@
+//! The connection to the daemon, finding the project to act on, and turning
+//! failures into messages and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use zbus::proxy::CacheProperties;
+use zbus::Connection;
+
+use locald_api::{Error, Manager1Proxy};
+
+/// The hint printed whenever the daemon cannot be reached.
+pub const START_HINT: &str =
+    "cannot reach the daemon: start it with `systemctl --user start locald`";
+
+/// Why a command failed, and so which exit code it gets.
+#[derive(Debug)]
+pub enum CtlError {
+    /// No bus, or nobody owns `dev.locald.Locald1` and activation did not start it.
+    Unreachable(String),
+    /// The daemon answered with an error.
+    Call(Error),
+    /// A usage or configuration problem found here (exit 2).
+    Usage(String),
+    /// Any other failure (exit 1).
+    Failed(String),
+}
+
+impl CtlError {
+    /// Classifies an error from a call.
+    pub fn call(e: Error) -> Self {
+        if e.is_unreachable() {
+            CtlError::Unreachable(e.message())
+        } else {
+            CtlError::Call(e)
+        }
+    }
+
+    /// Classifies a zbus error (property reads, signal streams).
+    pub fn zbus(e: zbus::Error) -> Self {
+        Self::call(Error::from(e))
+    }
+
+    /// Prints the error and returns the exit code.
+    pub fn report(self) -> ExitCode {
+        match self {
+            CtlError::Unreachable(detail) => {
+                eprintln!("locald-ctl: {START_HINT}");
+                if !detail.is_empty() {
+                    eprintln!("  ({detail})");
+                }
+                ExitCode::from(1)
+            }
+            CtlError::Call(e) => {
+                let name = e.short_name();
+                eprintln!("locald-ctl: {} [{name}]", e.message());
+                ExitCode::from(exit_code_of(&name))
+            }
+            CtlError::Usage(text) => {
+                eprintln!("locald-ctl: {text}");
+                ExitCode::from(2)
+            }
+            CtlError::Failed(text) => {
+                eprintln!("locald-ctl: {text}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// 2 for errors the user fixes in their config or command line, else 1.
+pub fn exit_code_of(error_short_name: &str) -> u8 {
+    match error_short_name {
+        "ConfigInvalid" | "ConfigNotFound" | "NotADirectory" | "InvalidArgument" => 2,
+        _ => 1,
+    }
+}
+
+/// A connection to the daemon and the project override from `--project`.
+pub struct Client {
+    /// The bus connection.
+    pub conn: Connection,
+    /// `dev.locald.Manager1`.
+    pub manager: Manager1Proxy<'static>,
+    project: Option<String>,
+}
+
+impl Client {
+    /// Connects to the bus at `address`, else the session bus.
+    pub async fn connect(address: Option<&str>, project: Option<String>) -> Result<Self, CtlError> {
+        let builder = match address {
+            Some(a) => zbus::connection::Builder::address(a),
+            None => zbus::connection::Builder::session(),
+        };
+        let conn = match builder {
+            Ok(b) => b.build().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| CtlError::Unreachable(e.to_string()))?;
+        // No property cache: it would cost a GetAll and a match rule on
+        // every start, and most commands make one call. Calls go to the
+        // well-known name without NO_AUTO_START, so the bus activates the
+        // daemon (through systemd) when it is installed.
+        let manager = Manager1Proxy::builder(&conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(CtlError::zbus)?;
+        Ok(Self {
+            conn,
+            manager,
+            project,
+        })
+    }
+
+    /// The project to act on: `--project`, else the one that is up from the
+    /// directory containing `dir` (default: the current directory).
+    pub async fn resolve(&self, dir: Option<&Path>) -> Result<String, CtlError> {
+        if let Some(p) = &self.project {
+            return Ok(p.clone());
+        }
+        let root = project_root(dir)?;
+        let projects = self.manager.list_projects().await.map_err(CtlError::call)?;
+        projects
+            .into_iter()
+            .find(|p| Path::new(&p.path) == root)
+            .map(|p| p.name)
+            .ok_or_else(|| {
+                CtlError::Failed(format!(
+                    "the project in {} is not up; run `locald-ctl up` there first",
+                    root.display()
+                ))
+            })
+    }
+
+    /// Like [`resolve`](Self::resolve), but `None` instead of an error when
+    /// the current directory is in no project.
+    pub async fn resolve_optional(&self) -> Result<Option<String>, CtlError> {
+        if self.project.is_some() {
+            return self.resolve(None).await.map(Some);
+        }
+        match project_root(None) {
+            Ok(_) => self.resolve(None).await.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// `up [DIR]`.
+    pub async fn up(&self, dir: Option<&Path>) -> Result<ExitCode, CtlError> {
+        let dir = absolute(dir)?;
+        let text = dir
+            .to_str()
+            .ok_or_else(|| CtlError::Usage(format!("{} is not valid UTF-8", dir.display())))?;
+        match self.manager.up(text).await {
+            Ok(path) => {
+                let name = locald_api::Project1Proxy::builder(&self.conn)
+                    .path(path)
+                    .map_err(CtlError::zbus)?
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await
+                    .map_err(CtlError::zbus)?
+                    .name()
+                    .await
+                    .map_err(CtlError::zbus)?;
+                println!("{name} is up; `locald-ctl status` shows its services");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(Error::ConfigInvalid(summary)) => {
+                // The daemon's one-line summary points at the spot; the local
+                // parser can show the whole report with the line and hints.
+                match locald::config::load_project(&dir) {
+                    Err(e @ locald::config::LoadError::Invalid(_)) => eprintln!("{e}"),
+                    _ => eprintln!("locald-ctl: {summary}"),
+                }
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => Err(CtlError::call(e)),
+        }
+    }
+
+    /// `start|stop|restart SERVICE`.
+    pub async fn service_call(&self, verb: &str, service: &str) -> Result<ExitCode, CtlError> {
+        let project = self.resolve(None).await?;
+        let result = match verb {
+            "start" => self.manager.start_service(&project, service).await,
+            "stop" => self.manager.stop_service(&project, service).await,
+            _ => self.manager.restart_service(&project, service).await,
+        };
+        result.map_err(CtlError::call)?;
+        let done = match verb {
+            "start" => "started",
+            "stop" => "stopped",
+            _ => "restarted",
+        };
+        println!("{project}/{service} {done}");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `reload`.
+    pub async fn reload(&self) -> Result<ExitCode, CtlError> {
+        let project = self.resolve(None).await?;
+        let r = self
+            .manager
+            .reload(&project)
+            .await
+            .map_err(CtlError::call)?;
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        println!("{project} reloaded");
+        println!("  added:     {}", list(&r.added));
+        println!("  removed:   {}", list(&r.removed));
+        println!("  changed:   {}", list(&r.changed));
+        println!("  unchanged: {}", list(&r.unchanged));
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn absolute(dir: Option<&Path>) -> Result<PathBuf, CtlError> {
+    let dir = dir.map_or_else(|| PathBuf::from("."), ToOwned::to_owned);
+    std::path::absolute(&dir).map_err(|e| CtlError::Usage(format!("{}: {e}", dir.display())))
+}
+
+/// The directory of the `locald.toml` that governs `dir`, canonical.
+fn project_root(dir: Option<&Path>) -> Result<PathBuf, CtlError> {
+    let dir = absolute(dir)?;
+    let file =
+        locald::config::find_project_file(&dir).map_err(|e| CtlError::Usage(e.to_string()))?;
+    Ok(file.parent().map_or(file.clone(), ToOwned::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_exit_2() {
+        assert_eq!(exit_code_of("ConfigInvalid"), 2);
+        assert_eq!(exit_code_of("NotADirectory"), 2);
+        assert_eq!(exit_code_of("NoSuchProject"), 1);
+        assert_eq!(exit_code_of("org.freedesktop.DBus.Error.AccessDenied"), 1);
+    }
+}

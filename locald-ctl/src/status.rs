@@ -1,0 +1,241 @@
+//! `status [--json]`: one `GetManagedObjects` call fetches every project and
+//! service with all their properties, so the command costs one round trip
+//! however many services there are.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use zbus::fdo::{ManagedObjects, ObjectManagerProxy};
+use zbus::proxy::CacheProperties;
+
+use locald_api::{
+    ProjectInfo, ServiceInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE,
+};
+
+use crate::client::{Client, CtlError};
+
+/// One project as `status --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ProjectStatus {
+    /// Name.
+    pub name: String,
+    /// Directory.
+    pub path: String,
+    /// Summary state.
+    pub state: String,
+    /// Services in file order.
+    pub services: Vec<ServiceInfo>,
+}
+
+/// Every project the daemon has, decoded from one `GetManagedObjects`.
+pub async fn fetch(client: &Client) -> Result<Vec<ProjectStatus>, CtlError> {
+    let om = ObjectManagerProxy::builder(&client.conn)
+        .destination(BUS_NAME)
+        .and_then(|b| b.path(MANAGER_PATH))
+        .map_err(CtlError::zbus)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(CtlError::zbus)?;
+    let objects = om
+        .get_managed_objects()
+        .await
+        .map_err(|e| CtlError::zbus(e.into()))?;
+    decode(&objects)
+}
+
+fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
+    let bad = |e: locald_api::DecodeError| {
+        CtlError::Failed(format!("unexpected reply from the daemon: {e}"))
+    };
+    let mut projects = BTreeMap::new();
+    let mut services = BTreeMap::new();
+    for (path, interfaces) in objects {
+        for (iface, props) in interfaces {
+            if iface.as_str() == PROJECT_INTERFACE {
+                let p = ProjectInfo::from_properties(props).map_err(bad)?;
+                projects.insert(path.to_string(), p);
+            } else if iface.as_str() == SERVICE_INTERFACE {
+                let s = ServiceInfo::from_properties(props).map_err(bad)?;
+                services.insert(path.to_string(), s);
+            }
+        }
+    }
+    Ok(projects
+        .into_values()
+        .map(|p| ProjectStatus {
+            services: p
+                .services
+                .iter()
+                .filter_map(|s| services.remove(s.as_str()))
+                .collect(),
+            name: p.name,
+            path: p.path,
+            state: p.state,
+        })
+        .collect())
+}
+
+/// `status [--json]`.
+pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
+    let wanted = client.resolve_optional().await?;
+    let mut projects = fetch(client).await?;
+    if let Some(name) = &wanted {
+        projects.retain(|p| &p.name == name);
+        if projects.is_empty() {
+            return Err(CtlError::Call(locald_api::Error::NoSuchProject(format!(
+                "no project named `{name}` is up"
+            ))));
+        }
+    }
+    if json {
+        let text = if wanted.is_some() {
+            serde_json::to_string_pretty(&projects[0])
+        } else {
+            serde_json::to_string_pretty(&projects)
+        }
+        .map_err(|e| CtlError::Failed(e.to_string()))?;
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if projects.is_empty() {
+        println!("no project is up");
+    }
+    let now = SystemTime::now();
+    for (i, p) in projects.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("{} ({}) — {}", p.name, p.state, p.path);
+        print!("{}", table(&p.services, now));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn since(usec: u64, now: SystemTime) -> Option<Duration> {
+    if usec == 0 {
+        return None;
+    }
+    now.duration_since(UNIX_EPOCH + Duration::from_micros(usec))
+        .ok()
+}
+
+/// A duration as a short age: `42s`, `3m12s`, `5h03m`, `2d04h`.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// The status table of one project's services.
+pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
+    let mut rows = vec![[
+        "SERVICE".to_owned(),
+        "STATE".to_owned(),
+        "PID".to_owned(),
+        "UPTIME".to_owned(),
+        "RESTARTS".to_owned(),
+        "LAST BUILD".to_owned(),
+    ]];
+    for s in services {
+        let mut state = s.state.clone();
+        if !s.state_reason.is_empty() {
+            state = format!("{state} ({})", s.state_reason);
+        }
+        let pid = if s.main_pid == 0 {
+            "-".to_owned()
+        } else {
+            s.main_pid.to_string()
+        };
+        let uptime = if s.main_pid == 0 {
+            "-".to_owned()
+        } else {
+            since(s.started_at, now).map_or("-".to_owned(), short)
+        };
+        let build = if s.last_build.is_empty() {
+            "-".to_owned()
+        } else {
+            let at = if s.last_build.finished_at != 0 {
+                s.last_build.finished_at
+            } else {
+                s.last_build.started_at
+            };
+            match since(at, now) {
+                Some(d) => format!("{} {} ago", s.last_build.result, short(d)),
+                None => s.last_build.result.clone(),
+            }
+        };
+        rows.push([
+            s.name.clone(),
+            state,
+            pid,
+            uptime,
+            s.restart_count.to_string(),
+            build,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(short(Duration::from_secs(42)), "42s");
+        assert_eq!(short(Duration::from_secs(192)), "3m12s");
+        assert_eq!(short(Duration::from_secs(5 * 3600 + 180)), "5h03m");
+        assert_eq!(short(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d04h");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        let web = ServiceInfo {
+            name: "web".into(),
+            state: "healthy".into(),
+            main_pid: 1234,
+            started_at: 940_000_000,
+            restart_count: 2,
+            ..Default::default()
+        };
+        let db = ServiceInfo {
+            name: "database".into(),
+            state: "failed".into(),
+            state_reason: "exited with status 1".into(),
+            ..Default::default()
+        };
+        let t = table(&[web, db], now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("web       healthy"), "{t}");
+        assert!(lines[1].contains("1m00s"), "{t}");
+        assert!(lines[2].contains("failed (exited with status 1)"), "{t}");
+    }
+}
