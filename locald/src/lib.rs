@@ -11,4 +11,8 @@
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod foreground;
 pub mod output;
+pub mod runtime;
+pub mod supervisor;
+pub mod term;
