@@ -17,7 +17,7 @@ use crate::event::{BuildRecord, BuildResult, Event, ProjectSnapshot};
 use crate::output::LogSink;
 use crate::runtime::host::HostRuntime;
 use crate::runtime::Runtime;
-use crate::supervisor::{Env, Project, ServiceSender};
+use crate::supervisor::{Env, Project, ProjectView, ServiceSender};
 
 /// How to create an [`Engine`].
 pub struct EngineOptions {
@@ -115,8 +115,8 @@ struct Inner {
 struct ProjectEntry {
     path: PathBuf,
     project: tokio::sync::Mutex<Option<Project>>,
-    /// Last snapshot source: read without taking the async lock.
-    snapshot: std::sync::Mutex<Option<ProjectSnapshot>>,
+    /// Live view of the services, read without taking the async lock.
+    view: std::sync::Mutex<Option<ProjectView>>,
 }
 
 impl Engine {
@@ -133,56 +133,14 @@ impl Engine {
             sink: opts.sink,
             runtime,
         };
-        let engine = Engine {
+        Engine {
             inner: Arc::new(Inner {
                 env,
                 state_dir: opts.state_dir,
                 projects: std::sync::Mutex::new(IndexMap::new()),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
             }),
-        };
-        engine.spawn_snapshot_keeper();
-        engine
-    }
-
-    /// Keeps each project's cached snapshot current from the event stream, so
-    /// readers never wait for a project's lock.
-    fn spawn_snapshot_keeper(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let mut rx = self.inner.env.events.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let ev = rx.recv().await;
-                let Some(inner) = weak.upgrade() else { return };
-                match ev {
-                    Ok(Event::ServiceChanged { project, service }) => {
-                        let entry = lock(&inner.projects).get(&project).cloned();
-                        if let Some(entry) = entry {
-                            if let Some(snap) = lock(&entry.snapshot).as_mut() {
-                                if let Some(s) =
-                                    snap.services.iter_mut().find(|s| s.name == service.name)
-                                {
-                                    *s = service;
-                                }
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed changes: re-read every project.
-                        let entries: Vec<_> = lock(&inner.projects).values().cloned().collect();
-                        for e in entries {
-                            if let Ok(p) = e.project.try_lock() {
-                                if let Some(p) = p.as_ref() {
-                                    *lock(&e.snapshot) = Some(p.snapshot());
-                                }
-                            }
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
+        }
     }
 
     fn entry(&self, project: &str) -> Result<Arc<ProjectEntry>, EngineError> {
@@ -225,7 +183,7 @@ impl Engine {
         let entry = Arc::new(ProjectEntry {
             path: config.root.clone(),
             project: tokio::sync::Mutex::new(None),
-            snapshot: std::sync::Mutex::new(None),
+            view: std::sync::Mutex::new(None),
         });
         let mut guard = entry.project.lock().await;
         lock(&self.inner.projects).insert(name.clone(), entry.clone());
@@ -233,7 +191,7 @@ impl Engine {
             project: name.clone(),
         });
         let project = Project::start(config, self.inner.env.clone());
-        *lock(&entry.snapshot) = Some(project.snapshot());
+        *lock(&entry.view) = Some(project.view());
         *guard = Some(project);
         drop(guard);
         self.save_state();
@@ -271,7 +229,7 @@ impl Engine {
             return Err(EngineError::NoSuchProject(project.into()));
         };
         let summary = p.reload(config).await;
-        *lock(&entry.snapshot) = Some(p.snapshot());
+        *lock(&entry.view) = Some(p.view());
         Ok(summary)
     }
 
@@ -356,14 +314,14 @@ impl Engine {
         let entries: Vec<_> = lock(&self.inner.projects).values().cloned().collect();
         entries
             .iter()
-            .filter_map(|e| lock(&e.snapshot).clone())
+            .filter_map(|e| lock(&e.view).as_ref().map(ProjectView::snapshot))
             .collect()
     }
 
     /// One project.
     pub fn project(&self, name: &str) -> Option<ProjectSnapshot> {
         let entry = lock(&self.inner.projects).get(name).cloned()?;
-        let snap = lock(&entry.snapshot).clone();
+        let snap = lock(&entry.view).as_ref().map(ProjectView::snapshot);
         snap
     }
 

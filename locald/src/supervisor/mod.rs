@@ -134,16 +134,12 @@ impl Project {
         );
     }
 
-    /// Everything about the project now.
-    pub fn snapshot(&self) -> ProjectSnapshot {
-        ProjectSnapshot {
+    /// Live handles on the services' snapshots, readable without the project.
+    pub fn view(&self) -> ProjectView {
+        ProjectView {
             name: self.config.name.clone(),
             path: self.config.root.clone(),
-            services: self
-                .slots
-                .values()
-                .map(|s| s.snapshot.borrow().clone())
-                .collect(),
+            services: self.slots.values().map(|s| s.snapshot.clone()).collect(),
         }
     }
 
@@ -267,6 +263,27 @@ impl Project {
         self.slots
             .sort_by_cached_key(|k, _| order.iter().position(|n| n == k).unwrap_or(usize::MAX));
         summary
+    }
+}
+
+/// Read-only access to a project's current state. Each service's snapshot
+/// is updated before its change event is sent, so a reader reacting to an
+/// event always sees at least that state.
+#[derive(Clone)]
+pub(crate) struct ProjectView {
+    name: String,
+    path: std::path::PathBuf,
+    services: Vec<Arc<watch::Sender<ServiceSnapshot>>>,
+}
+
+impl ProjectView {
+    /// The project now.
+    pub fn snapshot(&self) -> ProjectSnapshot {
+        ProjectSnapshot {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            services: self.services.iter().map(|s| s.borrow().clone()).collect(),
+        }
     }
 }
 

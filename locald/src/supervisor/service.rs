@@ -267,7 +267,6 @@ impl ServiceTask {
             s.reason = String::new();
             s.main_pid = Some(pid);
             s.started_at = Some(SystemTime::now());
-            s.exit_status = None;
             s.status_text = String::new();
         });
 
