@@ -13,4 +13,8 @@ pub mod daemon;
 pub mod dbus;
 pub mod engine;
 pub mod event;
+pub mod foreground;
 pub mod output;
+pub mod runtime;
+pub mod supervisor;
+pub mod term;
