@@ -272,11 +272,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         notifier.clone(),
     ));
 
-    // RESTORE: bring back the projects that were up when the last daemon
-    // stopped or was killed, adopting or stopping its processes. Needs
-    // `Engine::restore()` from the lead; until then a restarted daemon starts
-    // with no projects.
-    // engine.restore().await;
+    // Bring back the projects that were up when the last daemon stopped or
+    // was killed; the engine stops what that daemon left running first.
+    notifier.send("STATUS=restoring projects");
+    for (path, e) in engine.restore().await {
+        tracing::warn!("cannot bring back the project in {}: {e}", path.display());
+    }
 
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&engine)));
     tracing::info!("locald {} serving {BUS_NAME}", env!("CARGO_PKG_VERSION"));

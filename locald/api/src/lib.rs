@@ -55,6 +55,8 @@ pub enum Error {
     BuildFailed(String),
     /// A project of that name is already up from another directory.
     NameTaken(String),
+    /// The file now names the project differently; `down` it and `up` again.
+    ProjectRenamed(String),
     /// The daemon is shutting down.
     ShuttingDown(String),
     /// An argument is malformed (e.g. a relative directory).

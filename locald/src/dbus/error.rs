@@ -33,6 +33,7 @@ pub fn to_dbus(e: EngineError) -> Error {
         EngineError::NoBuild { .. } => Error::NoBuild(chain(&e)),
         EngineError::BuildFailed { .. } => Error::BuildFailed(chain(&e)),
         EngineError::NameTaken { .. } => Error::NameTaken(chain(&e)),
+        EngineError::Renamed { .. } => Error::ProjectRenamed(chain(&e)),
         EngineError::ShuttingDown => Error::ShuttingDown(chain(&e)),
     }
 }
