@@ -94,7 +94,7 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
     let wanted = |path: &str| {
         prefix
             .as_deref()
-            .map_or(true, |p| path == p || path.starts_with(&format!("{p}/")))
+            .is_none_or(|p| path == p || path.starts_with(&format!("{p}/")))
     };
     loop {
         let msg = tokio::select! {
@@ -162,14 +162,14 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
                     msg.body()
                         .deserialize::<(String, String, String, u32, u32, String)>()
                 {
-                    if project.as_ref().map_or(true, |n| n == &p) {
+                    if project.as_ref().is_none_or(|n| n == &p) {
                         println!("{} {p}/{s} build {step}/{total} {label}", now());
                     }
                 }
             }
             "BuildFinished" => {
                 if let Ok((p, s, b)) = msg.body().deserialize::<(String, String, BuildInfo)>() {
-                    if project.as_ref().map_or(true, |n| n == &p) {
+                    if project.as_ref().is_none_or(|n| n == &p) {
                         println!("{} {p}/{s} build {} {}", now(), b.result, b.reason);
                     }
                 }
