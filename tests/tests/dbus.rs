@@ -744,3 +744,96 @@ fn ctl_watch_prints_state_changes_live() {
     let _ = watch.wait();
     assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
 }
+
+/// The `<interface name="NAME">…</interface>` element of an introspection
+/// document, re-indented as a child of a top-level `<node>`.
+fn interface_xml(doc: &str, name: &str) -> Option<String> {
+    let open = format!("<interface name=\"{name}\">");
+    let start = doc.find(&open)?;
+    let line_start = doc[..start].rfind('\n').map_or(0, |i| i + 1);
+    let indent = start - line_start;
+    let end = start + doc[start..].find("</interface>")? + "</interface>".len();
+    let mut out = String::new();
+    for line in doc[line_start..end].lines() {
+        out.push_str("  ");
+        out.push_str(line.get(indent..).unwrap_or(line.trim_start()));
+        out.push('\n');
+    }
+    Some(out)
+}
+
+fn interface_doc(name: &str, body: &str) -> String {
+    format!(
+        r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+<!-- {name}, introspected from a running `locald daemon` by the test
+     introspection_xml_matches_docs in tests/tests/dbus.rs. Do not edit:
+     regenerate with LOCALD_BLESS=1 cargo test -p locald-tests --test dbus introspection -->
+<node>
+{body}</node>
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_xml_matches_docs() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("intro-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = sleepers(&marker, &["web"]);
+    let name = project_name(&p);
+    let conn = bus.connect().await;
+    let m = Manager1Proxy::new(&conn).await.expect("proxy");
+    m.up(p.path().to_str().expect("utf-8")).await.expect("up");
+
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dbus");
+    let bless = std::env::var_os("LOCALD_BLESS").is_some();
+    let objects = [
+        (locald_api::MANAGER_INTERFACE, locald_api::MANAGER_PATH.to_owned()),
+        (
+            locald_api::PROJECT_INTERFACE,
+            locald_api::project_path(&name).to_string(),
+        ),
+        (
+            locald_api::SERVICE_INTERFACE,
+            locald_api::service_path(&name, "web").to_string(),
+        ),
+    ];
+    let mut drift = Vec::new();
+    for (iface, path) in objects {
+        let intro = zbus::fdo::IntrospectableProxy::builder(&conn)
+            .destination(locald_api::BUS_NAME)
+            .expect("destination")
+            .path(path.as_str())
+            .expect("path")
+            .build()
+            .await
+            .expect("introspectable proxy")
+            .introspect()
+            .await
+            .expect("Introspect");
+        let body = interface_xml(&intro, iface)
+            .unwrap_or_else(|| panic!("{path} does not implement {iface}:\n{intro}"));
+        let live = interface_doc(iface, &body);
+        let file = docs.join(format!("{iface}.xml"));
+        if bless {
+            std::fs::create_dir_all(&docs).expect("mkdir docs/dbus");
+            std::fs::write(&file, &live).expect("write introspection xml");
+            continue;
+        }
+        let stored = std::fs::read_to_string(&file).unwrap_or_default();
+        if stored != live {
+            drift.push(format!(
+                "{} differs from the running daemon; regenerate with \
+                 LOCALD_BLESS=1 cargo test -p locald-tests --test dbus introspection\n--- live ---\n{live}",
+                file.display()
+            ));
+        }
+    }
+    m.down(&name).await.expect("down");
+    assert!(drift.is_empty(), "{}", drift.join("\n"));
+}
