@@ -14,6 +14,7 @@ packages=(
   dbus-bin         # dbus-send, dbus-monitor
   libglib2.0-bin   # gdbus, a D-Bus client nobody here wrote
   systemd          # systemd-journald, journalctl, busctl, systemd-cat
+  python3-jeepney  # the editor client in docs/editors/, run by the D-Bus tests
 )
 
 missing=()

@@ -793,7 +793,10 @@ async fn introspection_xml_matches_docs() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dbus");
     let bless = std::env::var_os("LOCALD_BLESS").is_some();
     let objects = [
-        (locald_api::MANAGER_INTERFACE, locald_api::MANAGER_PATH.to_owned()),
+        (
+            locald_api::MANAGER_INTERFACE,
+            locald_api::MANAGER_PATH.to_owned(),
+        ),
         (
             locald_api::PROJECT_INTERFACE,
             locald_api::project_path(&name).to_string(),
@@ -836,4 +839,81 @@ async fn introspection_xml_matches_docs() {
     }
     m.down(&name).await.expect("down");
     assert!(drift.is_empty(), "{}", drift.join("\n"));
+}
+
+#[test]
+fn editor_client_follows_state_changes() {
+    if no_bus() {
+        return;
+    }
+    // Debian's python3 has python3-jeepney; a virtualenv's may not.
+    let python = "/usr/bin/python3";
+    let has_jeepney = Command::new(python)
+        .args(["-c", "import jeepney"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if require(
+        has_jeepney,
+        "python3-jeepney is not installed (tests/setup-debian.sh installs it)",
+    ) {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("editor-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = sleepers(&marker, &["web", "db"]);
+    let name = project_name(&p);
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    wait_states(&bus, p.path(), UP, Duration::from_secs(10));
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/editors/locald_watch.py");
+    let list = Command::new(python)
+        .arg(&script)
+        .args(["--address", bus.address(), "--list"])
+        .output()
+        .expect("run the editor client");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{list:?}");
+    assert!(text.contains(&format!("{name}/web running pid=")), "{text}");
+    assert!(text.contains(&format!("{name}/db running pid=")), "{text}");
+
+    let mut live = Command::new(python)
+        .arg(&script)
+        .args(["--address", bus.address()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the editor client");
+    let stdout = live.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut wait_line = |want: &str| {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(l) => {
+                    let hit = l.contains(want);
+                    got.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!("the editor client never printed {want:?}; got {got:?}"),
+            }
+        }
+    };
+    wait_line("-- watching");
+    assert_eq!(ctl(&bus, p.path(), &["stop", "db"]).code, 0);
+    wait_line(&format!("{name}/db State stopped"));
+    let _ = live.kill();
+    let _ = live.wait();
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
 }
