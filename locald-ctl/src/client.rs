@@ -76,6 +76,16 @@ pub fn exit_code_of(error_short_name: &str) -> u8 {
     }
 }
 
+/// Which projects a command looks at.
+pub enum Selection {
+    /// The one of this name.
+    Name(String),
+    /// The one whose directory this is.
+    Dir(PathBuf),
+    /// Every project.
+    All,
+}
+
 /// A connection to the daemon and the project override from `--project`.
 pub struct Client {
     /// The bus connection.
@@ -142,6 +152,16 @@ impl Client {
         match project_root(None) {
             Ok(_) => self.resolve(None).await.map(Some),
             Err(_) => Ok(None),
+        }
+    }
+
+    /// What `status` shows, decided without a call: `--project`, else the
+    /// directory of the current project, else everything.
+    pub fn selection(&self) -> Selection {
+        match (&self.project, project_root(None)) {
+            (Some(name), _) => Selection::Name(name.clone()),
+            (None, Ok(root)) => Selection::Dir(root),
+            (None, Err(_)) => Selection::All,
         }
     }
 

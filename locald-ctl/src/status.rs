@@ -14,7 +14,7 @@ use locald_api::{
     ProjectInfo, ServiceInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE,
 };
 
-use crate::client::{Client, CtlError};
+use crate::client::{Client, CtlError, Selection};
 
 /// One project as `status --json` prints it.
 #[derive(Debug, Serialize)]
@@ -80,18 +80,32 @@ fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
 
 /// `status [--json]`.
 pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
-    let wanted = client.resolve_optional().await?;
+    // Filter here rather than asking the daemon which project this is: one
+    // round trip for the whole command.
+    let selection = client.selection();
     let mut projects = fetch(client).await?;
-    if let Some(name) = &wanted {
-        projects.retain(|p| &p.name == name);
-        if projects.is_empty() {
-            return Err(CtlError::Call(locald_api::Error::NoSuchProject(format!(
-                "no project named `{name}` is up"
-            ))));
+    match &selection {
+        Selection::Name(name) => {
+            projects.retain(|p| &p.name == name);
+            if projects.is_empty() {
+                return Err(CtlError::Call(locald_api::Error::NoSuchProject(format!(
+                    "no project named `{name}` is up"
+                ))));
+            }
         }
+        Selection::Dir(root) => {
+            projects.retain(|p| std::path::Path::new(&p.path) == root);
+            if projects.is_empty() {
+                return Err(CtlError::Failed(format!(
+                    "the project in {} is not up; run `locald-ctl up` there first",
+                    root.display()
+                )));
+            }
+        }
+        Selection::All => {}
     }
     if json {
-        let text = if wanted.is_some() {
+        let text = if !matches!(selection, Selection::All) {
             serde_json::to_string_pretty(&projects[0])
         } else {
             serde_json::to_string_pretty(&projects)
