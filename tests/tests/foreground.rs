@@ -103,13 +103,14 @@ command = "echo worker up; touch worker-started; exec sleep 100"
 #[test]
 fn exits_non_zero_when_a_service_fails_and_nothing_else_runs() {
     let p = TestProject::new(&format!(
-        "[project]\nname = \"{}\"\n[services.broken]\ncommand = \"exit 7\"\nrestart = \"never\"\n\
+        "[project]\nname = \"{}\"\n[services.broken]\nbuild = \"exit 7\"\ncommand = \"sleep 100\"\nstart_limit_burst = 1\n\
          [services.after]\ncommand = \"sleep 100\"\ndepends_on = [\"broken\"]\n",
         unique("fgfail")
     ));
     let (code, out, err) = finish(spawn_up(&p), Duration::from_secs(10));
     assert_eq!(code, Some(1), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(err.contains("broken failed: exited with status 7"), "{err}");
+    assert!(err.contains("broken failed: start limit hit"), "{err}");
+    assert!(err.contains("build command exited with status 7"), "{err}");
 }
 
 #[test]
@@ -119,4 +120,30 @@ fn broken_config_exits_2_before_running_anything() {
     assert_eq!(code, Some(2));
     assert!(err.contains("locald.toml:3:15"), "{err}");
     assert!(!p.join("ran").exists());
+}
+
+#[test]
+fn second_ctrl_c_kills_at_once() {
+    let marker = format!("{}.{}", 800_000 + std::process::id() % 90_000, 7);
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{}\"\n[services.stubborn]\ncommand = \"trap '' TERM INT; touch started; exec sleep {marker}\"\nstop_timeout = \"60s\"\n",
+        unique("fgkill")
+    ));
+    let child = spawn_up(&p);
+    wait_file(&p, "started", Duration::from_secs(10));
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).expect("first SIGINT");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    kill(pid, Signal::SIGINT).expect("second SIGINT");
+    let (code, out, _err) = finish(child, Duration::from_secs(10));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "did not wait for the 60 s stop timeout"
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        locald_tests::pids_with(&format!("sleep {marker}")),
+        Vec::<i32>::new()
+    );
 }
