@@ -11,9 +11,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 fn spawn_up(p: &TestProject) -> std::process::Child {
+    spawn_up_with(p, &[])
+}
+
+fn spawn_up_with(p: &TestProject, env: &[(&str, &str)]) -> std::process::Child {
     Command::new(bin("locald"))
         .arg("up")
         .arg(p.path())
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -146,4 +151,60 @@ fn second_ctrl_c_kills_at_once() {
         locald_tests::pids_with(&format!("sleep {marker}")),
         Vec::<i32>::new()
     );
+}
+
+/// `locald up` killed with SIGKILL leaves its services running; the next
+/// `locald up` of the project stops them before starting, so nothing runs
+/// twice. Checked with cgroups and with only the recorded pid.
+#[test]
+fn a_killed_locald_never_leaves_a_second_copy() {
+    for cgroup in ["auto", "off"] {
+        let marker = format!("{}.{}", 700_000 + std::process::id() % 90_000, cgroup.len());
+        let p = TestProject::new(&format!(
+            "[project]\nname = \"{}\"\n[services.svc]\ncommand = [\"sleep\", \"{marker}\"]\n",
+            unique("fgstale")
+        ));
+        let env: Vec<(&str, &str)> = if cgroup == "off" {
+            vec![("LOCALD_CGROUP", "off")]
+        } else {
+            vec![]
+        };
+        let first = spawn_up_with(&p, &env);
+        let pattern = format!("sleep {marker}");
+        let end = Instant::now() + Duration::from_secs(10);
+        while locald_tests::pids_with(&pattern).is_empty() {
+            assert!(Instant::now() < end, "service never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let old = locald_tests::pids_with(&pattern);
+        kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).expect("SIGKILL locald");
+        let _ = finish(first, Duration::from_secs(5));
+        assert_eq!(
+            locald_tests::pids_with(&pattern),
+            old,
+            "the orphan still runs"
+        );
+
+        let second = spawn_up_with(&p, &env);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = locald_tests::pids_with(&pattern);
+            if now.len() == 1 && now != old {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "({cgroup}) expected one new copy, have {now:?} (old {old:?})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(Pid::from_raw(second.id() as i32), Signal::SIGINT).expect("SIGINT");
+        let (code, out, _) = finish(second, Duration::from_secs(10));
+        assert_eq!(code, Some(0), "{out}");
+        assert_eq!(
+            locald_tests::pids_with(&pattern),
+            Vec::<i32>::new(),
+            "({cgroup}) nothing left"
+        );
+    }
 }
