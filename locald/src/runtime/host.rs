@@ -79,9 +79,15 @@ impl Runtime for HostRuntime {
                 });
             }
         }
-        let child = cmd
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn { program, source })?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove_if_empty();
+                }
+                return Err(RuntimeError::Spawn { program, source });
+            }
+        };
         drop(procs_fd);
         let pid = child.id().unwrap_or(0);
         lock(&self.live).insert(pid, cgroup.clone());
