@@ -124,7 +124,12 @@ pub fn pids_with(marker: &str) -> Vec<i32> {
                 .filter(|pid| *pid != me)
                 .filter(|pid| {
                     std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                        // Arguments are NUL-separated; match as a shell would show them.
+                        .map(|c| {
+                            String::from_utf8_lossy(&c)
+                                .replace('\0', " ")
+                                .contains(marker)
+                        })
                         .unwrap_or(false)
                 })
                 .collect()

@@ -407,3 +407,52 @@ fn schema_keys_match_the_parser() {
         }
     }
 }
+
+/// Editors validate with the schema, locald with the parser: on good files
+/// both accept, on a misspelt key both reject.
+#[test]
+fn schema_and_parser_agree_on_files() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&locald::config::json_schema()).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello/locald.toml"),
+    )
+    .expect("example");
+    let good = [
+        example.as_str(),
+        "[service.web]\ncommand = [\"a\", \"b\"]\nbuild = { builder = \"x/y:z\", buildpacks = [\"p\"] }\n",
+        "[services.w]\ncommand = \"x\"\nbuild = { command = \"make\", inputs = [\"src/**\"], outputs = [\"dist\"] }\n\
+         health = { http = \"http://127.0.0.1:1/\", interval = 2, timeout = \"1s\", retries = 2, start_period = 0.5 }\n\
+         stop_signal = \"INT\"\nrestart = \"never\"\nenv = { A = \"1\" }\n",
+    ];
+    for text in good {
+        let value: serde_json::Value = toml::from_str(text).expect("toml");
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "schema rejects a good file: {errors:?}\n{text}"
+        );
+        Config::parse(Path::new("/proj/locald.toml"), text)
+            .unwrap_or_else(|e| panic!("parser rejects a good file:\n{e}"));
+    }
+    let bad = [
+        "[services.web]\ncomand = \"x\"\n",
+        "[services.web]\ncommand = \"x\"\nhealth = { tcp = 1, intervall = 2 }\n",
+        "[servics.web]\ncommand = \"x\"\n",
+    ];
+    for text in bad {
+        let value: serde_json::Value = toml::from_str(text).expect("toml");
+        assert!(
+            !validator.is_valid(&value),
+            "schema accepts a bad file:\n{text}"
+        );
+        assert!(
+            Config::parse(Path::new("/proj/locald.toml"), text).is_err(),
+            "parser accepts a bad file:\n{text}"
+        );
+    }
+}

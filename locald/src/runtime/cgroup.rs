@@ -123,6 +123,14 @@ impl Cgroup {
             .unwrap_or_default()
     }
 
+    /// Removes it if it is empty (after a failed spawn).
+    pub fn remove_if_empty(&self) {
+        let _ = fs::remove_dir(&self.path);
+        if let Some(project) = self.path.parent() {
+            let _ = fs::remove_dir(project);
+        }
+    }
+
     /// Sends `sig` to every process in it.
     pub fn signal(&self, sig: Signal) {
         for pid in self.pids() {
@@ -151,7 +159,19 @@ impl Cgroup {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let _ = fs::remove_dir(&self.path);
+        // A process that just exited may keep the cgroup busy for a moment.
+        for _ in 0..100 {
+            match fs::remove_dir(&self.path) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => break,
+            }
+        }
+        // The project's directory goes with its last unit (fails while others remain).
+        if let Some(project) = self.path.parent() {
+            let _ = fs::remove_dir(project);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use super::cgroup::{Cgroup, CgroupRoot};
 use super::{ExitStatus, LaunchSpec, Process, Runtime, RuntimeError};
 use crate::output::BoxFuture;
+use crate::supervisor::notify::runtime_dir;
 
 /// Starts units as host processes.
 #[derive(Debug, Clone)]
@@ -77,27 +79,38 @@ impl Runtime for HostRuntime {
                 });
             }
         }
-        let child = cmd
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn { program, source })?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove_if_empty();
+                }
+                return Err(RuntimeError::Spawn { program, source });
+            }
+        };
         drop(procs_fd);
         let pid = child.id().unwrap_or(0);
         lock(&self.live).insert(pid, cgroup.clone());
+        let record = PidRecord::path(&spec.project, &spec.unit);
+        PidRecord::write(&record, pid);
         Ok(Box::new(HostProcess {
             child,
             pid,
             cgroup,
             exit: None,
             live: self.live.clone(),
+            record,
         }))
     }
 
     fn clean_stale<'a>(&'a self, project: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move {
-            let Some(root) = &self.cgroups else { return 0 };
-            let cg = root.unit(project, unit);
-            let n = cg.pids().len();
-            cg.kill_and_remove().await;
+            let mut n = PidRecord::kill_stale(&PidRecord::path(project, unit)).await;
+            if let Some(root) = &self.cgroups {
+                let cg = root.unit(project, unit);
+                n += cg.pids().len();
+                cg.kill_and_remove().await;
+            }
             n
         })
     }
@@ -122,6 +135,7 @@ struct HostProcess {
     cgroup: Option<Cgroup>,
     exit: Option<ExitStatus>,
     live: Arc<Mutex<HashMap<u32, Option<Cgroup>>>>,
+    record: PathBuf,
 }
 
 impl Process for HostProcess {
@@ -173,6 +187,66 @@ impl Process for HostProcess {
             }
             let _ = self.wait().await;
             lock(&self.live).remove(&self.pid);
+            let _ = std::fs::remove_file(&self.record);
         })
     }
+}
+
+/// A record of a unit's main pid and its start time, so a later locald can
+/// find what an earlier one (killed, crashed) left behind even without a
+/// cgroup. The start time guards against a recycled pid.
+struct PidRecord;
+
+impl PidRecord {
+    fn path(project: &str, unit: &str) -> PathBuf {
+        runtime_dir()
+            .join("units")
+            .join(project)
+            .join(format!("{unit}.pid"))
+    }
+
+    fn write(path: &Path, pid: u32) {
+        let Some(start) = start_time(pid) else { return };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(path, format!("{pid} {start}\n"));
+    }
+
+    /// Kills the recorded process group if the recorded process still
+    /// exists; returns how many groups it killed (0 or 1).
+    async fn kill_stale(path: &Path) -> usize {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return 0;
+        };
+        let _ = std::fs::remove_file(path);
+        let mut parts = text.split_whitespace();
+        let (Some(pid), Some(start)) = (
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+            parts.next(),
+        ) else {
+            return 0;
+        };
+        if start_time(pid).as_deref() != Some(start) {
+            return 0;
+        }
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        for _ in 0..200 {
+            if start_time(pid).as_deref() != Some(start) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        1
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let field = rest.split_whitespace().nth(19)?;
+    // A zombie is as good as gone.
+    (rest.split_whitespace().next()? != "Z").then(|| field.to_owned())
 }
