@@ -139,6 +139,30 @@ fn send_abstract(sock: &UnixDatagram, name: &str, message: &str) -> std::io::Res
     sock.send_to_addr(message.as_bytes(), &addr).map(drop)
 }
 
+/// Writes each line to the daemon's stderr as `project/service: line`, which
+/// systemd sends to the journal. A stopgap until the journald sink exists.
+struct StderrSink;
+
+impl LogSink for StderrSink {
+    fn write<'a>(&'a self, line: &'a crate::event::LogLine) -> crate::output::BoxFuture<'a, ()> {
+        use std::io::Write;
+        let mut out = Vec::with_capacity(line.line.len() + 32);
+        out.extend_from_slice(line.project.as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(line.service.as_bytes());
+        out.extend_from_slice(if line.phase == crate::event::Phase::Build {
+            b" (build): "
+        } else {
+            b": "
+        });
+        out.extend_from_slice(&line.line);
+        out.push(b'\n');
+        // One write per line so lines of different services never interleave.
+        let _ = std::io::stderr().lock().write_all(&out);
+        Box::pin(std::future::ready(()))
+    }
+}
+
 /// `$XDG_STATE_HOME/locald`, else `~/.local/state/locald`.
 pub fn default_state_dir() -> Option<PathBuf> {
     let from = |var: &str| {
@@ -228,9 +252,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
     let bus_logs = Arc::new(DbusLogSink::new());
-    // JOURNAL: the journald sink (issue 4) goes into this fanout beside the
-    // bus sink once it lands in `output`.
-    let sink: Arc<dyn LogSink> = Arc::new(Fanout::new().with(bus_logs.clone()));
+    // JOURNAL: the journald sink (issue 4) replaces `StderrSink` in this
+    // fanout once it lands in `output`; until then lines reach the journal
+    // through the unit's stderr, without per-service fields.
+    let sink: Arc<dyn LogSink> = Arc::new(
+        Fanout::new()
+            .with(Arc::new(StderrSink))
+            .with(bus_logs.clone()),
+    );
     let engine = Engine::new(EngineOptions {
         sink,
         state_dir: Some(state_dir),
