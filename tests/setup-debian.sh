@@ -15,6 +15,8 @@ packages=(
   libglib2.0-bin   # gdbus, a D-Bus client nobody here wrote
   systemd          # systemd-journald, journalctl, busctl, systemd-cat
   python3-jeepney  # the editor client in docs/editors/, run by the D-Bus tests
+  systemd-container # systemd-nspawn: a real user manager for the unit's end-to-end test
+  debootstrap      # the container's root file system (cached in /var/cache/locald-tests)
 )
 
 missing=()

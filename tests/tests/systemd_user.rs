@@ -1,0 +1,135 @@
+//! End to end in a real systemd user manager (a container booted with
+//! systemd-nspawn): the unit and the D-Bus activation file installed by hand
+//! as docs/daemon.md says, then `locald-ctl up` activates the daemon,
+//! `Type=notify` and `STATUS=` reach systemd, the watchdog keeps it alive, a
+//! SIGKILLed daemon is restarted by systemd with each service once, and
+//! `systemctl --user stop` stops every service.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use locald_tests::nspawn::{self, Container, HOME};
+use locald_tests::{bin, pids_with, require, unique};
+
+fn install(root: &Path, marker: &str) {
+    let home = root.join(HOME.trim_start_matches('/'));
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let copy = |from: &Path, to: &Path| {
+        if let Some(d) = to.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    copy(&bin("locald"), &home.join(".cargo/bin/locald"));
+    copy(&bin("locald-ctl"), &home.join(".cargo/bin/locald-ctl"));
+    copy(
+        &repo.join("systemd/locald.service"),
+        &home.join(".config/systemd/user/locald.service"),
+    );
+    copy(
+        &repo.join("systemd/dev.locald.Locald1.service"),
+        &home.join(".local/share/dbus-1/services/dev.locald.Locald1.service"),
+    );
+    // A short watchdog so the test sees the daemon survive several periods.
+    let dropin = home.join(".config/systemd/user/locald.service.d/test.conf");
+    std::fs::create_dir_all(dropin.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&dropin, "[Service]\nWatchdogSec=2s\n").expect("drop-in");
+    let project = home.join("proj/locald.toml");
+    std::fs::create_dir_all(project.parent().expect("parent")).expect("mkdir");
+    let mut toml = String::from("[project]\nname = \"shop\"\n");
+    for s in ["db", "web"] {
+        toml.push_str(&format!(
+            "\n[services.{s}]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"{marker}-{s}\"]\nstop_timeout = \"2s\"\n"
+        ));
+    }
+    std::fs::write(&project, toml).expect("locald.toml");
+    let st = std::process::Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(&home)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+}
+
+fn show(c: &Container, prop: &str) -> String {
+    let out = c.user(
+        HOME,
+        &format!("systemctl --user show locald -p {prop} --value"),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn unit_installed_by_hand_runs_in_a_real_user_manager() {
+    if require(
+        nspawn::available().is_ok(),
+        &format!(
+            "cannot boot a systemd container: {}",
+            nspawn::available().err().unwrap_or_default()
+        ),
+    ) {
+        return;
+    }
+    let marker = unique("e2e-marker");
+    let c = Container::boot(|root| install(root, &marker));
+    let reload = c.user(HOME, "systemctl --user daemon-reload");
+    assert!(reload.status.success(), "{reload:?}");
+    assert_eq!(show(&c, "ActiveState"), "inactive");
+
+    // The first call activates the daemon through the bus and systemd.
+    let up = c.user(&format!("{HOME}/proj"), "locald-ctl up");
+    assert!(
+        up.status.success(),
+        "locald-ctl up: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(show(&c, "ActiveState"), "active");
+    wait_until(
+        Duration::from_secs(15),
+        "STATUS= with both services",
+        || show(&c, "StatusText") == "1 project, 2 running, 0 failed",
+    );
+    let status = c.user(&format!("{HOME}/proj"), "locald-ctl status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("shop (running)"), "{text}");
+
+    // Several watchdog periods pass without a restart.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(show(&c, "ActiveState"), "active");
+    assert_eq!(show(&c, "NRestarts"), "0", "the watchdog must be fed");
+
+    // SIGKILL: systemd restarts the daemon, which brings the project back
+    // with each service exactly once.
+    let old = show(&c, "MainPID");
+    let k = c.root(&["sh", "-c", &format!("kill -KILL {old}")]);
+    assert!(k.status.success(), "{k:?}");
+    wait_until(Duration::from_secs(20), "systemd to restart locald", || {
+        let pid = show(&c, "MainPID");
+        pid != old && pid != "0" && show(&c, "StatusText") == "1 project, 2 running, 0 failed"
+    });
+    assert_eq!(show(&c, "NRestarts"), "1");
+    std::thread::sleep(Duration::from_millis(500));
+    let web = pids_with(&format!("{marker}-web"));
+    let db = pids_with(&format!("{marker}-db"));
+    assert_eq!((web.len(), db.len()), (1, 1), "web {web:?}, db {db:?}");
+
+    // Stopping the unit stops every service.
+    let stop = c.user(HOME, "systemctl --user stop locald");
+    assert!(stop.status.success(), "{stop:?}");
+    assert_eq!(show(&c, "ActiveState"), "inactive");
+    wait_until(Duration::from_secs(10), "services gone after stop", || {
+        pids_with(&marker).is_empty()
+    });
+    // With the daemon stopped and activation available, a call brings it back.
+    let again = c.user(&format!("{HOME}/proj"), "locald-ctl status");
+    assert_eq!(show(&c, "ActiveState"), "active", "{again:?}");
+}
