@@ -104,3 +104,37 @@ fn check(dir: Option<&std::path::Path>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `docs/man/locald-ctl.1` is generated from the CLI definition; this
+    /// fails when they drift. Regenerate with
+    /// `LOCALD_BLESS=1 cargo test -p locald-ctl man_page`.
+    #[test]
+    fn man_page_matches_docs() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .expect("render man page");
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/man/locald-ctl.1");
+        if std::env::var_os("LOCALD_BLESS").is_some() {
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir docs/man");
+            std::fs::write(&file, &out).expect("write man page");
+            return;
+        }
+        let stored = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            stored == out,
+            "{} is out of date: LOCALD_BLESS=1 cargo test -p locald-ctl man_page",
+            file.display()
+        );
+    }
+}

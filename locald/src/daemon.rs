@@ -61,6 +61,10 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The bus went away while serving; exiting non-zero lets
+    /// `Restart=on-failure` bring the daemon back on the new bus.
+    #[error("lost the connection to the bus")]
+    LostBus,
     /// No home directory to put the state in.
     #[error("cannot find a state directory: neither XDG_STATE_HOME nor HOME is set")]
     NoStateDir,
@@ -325,9 +329,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         })
     });
 
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let lost_bus = tokio::select! {
+        _ = terminate.recv() => false,
+        _ = interrupt.recv() => false,
+        () = server.closed() => true,
+    };
+    if lost_bus {
+        tracing::error!("lost the connection to the bus; stopping");
     }
     notifier.send("STOPPING=1\nSTATUS=stopping services");
     tracing::info!("stopping every project");
@@ -335,6 +343,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     status_task.abort();
     if let Some(t) = watchdog_task {
         t.abort();
+    }
+    if lost_bus {
+        return Err(DaemonError::LostBus);
     }
     let _ = conn.release_name(BUS_NAME).await;
     drop(server);

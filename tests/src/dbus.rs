@@ -124,6 +124,11 @@ impl TestBus {
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "b true")
     }
 
+    /// Kills the bus daemon, as when a session bus goes away.
+    pub fn kill(&self) {
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+    }
+
     /// Runs `busctl --address=… ARGS`.
     pub fn busctl(&self, args: &[&str]) -> Output {
         Command::new("busctl")

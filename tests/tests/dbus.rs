@@ -917,3 +917,33 @@ fn editor_client_follows_state_changes() {
     let _ = live.wait();
     assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
 }
+
+#[test]
+fn daemon_stops_services_and_fails_when_the_bus_goes_away() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let mut daemon = Daemon::start(&bus);
+    let marker = unique("lostbus-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = sleepers(&marker, &["web"]);
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    wait_states(&bus, p.path(), UP, Duration::from_secs(10));
+    bus.kill();
+    let status = daemon
+        .wait(Duration::from_secs(15))
+        .expect("the daemon exits when its bus is gone");
+    assert!(
+        !status.success(),
+        "a non-zero exit lets Restart=on-failure bring it back: {status}"
+    );
+    assert!(
+        daemon.log().contains("lost the connection to the bus"),
+        "{}",
+        daemon.log()
+    );
+    wait_until(Duration::from_secs(5), "services stopped", || {
+        pids_with(&marker).is_empty()
+    });
+}

@@ -76,7 +76,8 @@ impl Access {
 }
 
 /// Forgets what is known about a connection once it leaves the bus: its
-/// cached uid and its log subscriptions.
+/// cached uid and its log subscriptions. Returns when the daemon's own
+/// connection is gone (the stream ends).
 pub(crate) async fn forget_departed(shared: Arc<Shared>) {
     let mut changes = match shared.access.dbus.receive_name_owner_changed().await {
         Ok(s) => s,

@@ -261,9 +261,17 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Server {
+    /// Resolves once the connection to the bus is lost (the bus daemon went
+    /// away). The objects are unreachable from then on.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.wait_for(|c| *c).await;
+    }
+
     /// The connection the objects are served on.
     pub fn connection(&self) -> &Connection {
         &self.shared.conn
@@ -305,11 +313,21 @@ pub async fn serve(
         .at(MANAGER_PATH, manager::Manager1::new(shared.clone()))
         .await?;
     shared.reconcile_all().await;
+    let (closed_tx, closed) = tokio::sync::watch::channel(false);
+    let departed = shared.clone();
     let tasks = vec![
         tokio::spawn(events::follow(shared.clone(), events)),
-        tokio::spawn(access::forget_departed(shared.clone())),
+        // The bus's NameOwnerChanged stream ends only with the connection.
+        tokio::spawn(async move {
+            access::forget_departed(departed).await;
+            let _ = closed_tx.send(true);
+        }),
     ];
-    Ok(Server { shared, tasks })
+    Ok(Server {
+        shared,
+        tasks,
+        closed,
+    })
 }
 
 #[cfg(test)]
