@@ -947,3 +947,32 @@ fn daemon_stops_services_and_fails_when_the_bus_goes_away() {
         pids_with(&marker).is_empty()
     });
 }
+
+#[test]
+fn second_daemon_on_the_same_bus_refuses_to_start() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _first = Daemon::start(&bus);
+    let mut second = Daemon::start_with(
+        &bus,
+        DaemonSetup {
+            state_dir: Some(bus.dir().join("second-state")),
+            no_wait: true,
+            ..Default::default()
+        },
+    );
+    let status = second
+        .wait(Duration::from_secs(10))
+        .expect("the second daemon exits");
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("another locald already owns dev.locald.Locald1"),
+        "{}",
+        second.log()
+    );
+    assert!(bus.name_has_owner(), "the first daemon keeps serving");
+}

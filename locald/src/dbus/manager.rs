@@ -169,9 +169,13 @@ impl Manager1 {
     }
 
     /// Every project that is up: name, directory, state and object.
-    async fn list_projects(&self) -> Vec<ProjectEntry> {
+    async fn list_projects(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<ProjectEntry>, Error> {
+        self.shared.access.check(&header).await?;
         let cells: Vec<_> = lock(&self.shared.projects).values().cloned().collect();
-        cells
+        Ok(cells
             .iter()
             .map(|c| ProjectEntry {
                 name: c.name.clone(),
@@ -179,11 +183,16 @@ impl Manager1 {
                 state: c.state().to_owned(),
                 object: project_path(&c.name),
             })
-            .collect()
+            .collect())
     }
 
     /// The object of a project.
-    async fn get_project(&self, project: String) -> Result<OwnedObjectPath, Error> {
+    async fn get_project(
+        &self,
+        project: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.shared.access.check(&header).await?;
         if self.shared.project_cell(&project).is_none() {
             self.known_project(&project)?;
             self.shared.reconcile(&project).await;
