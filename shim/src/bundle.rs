@@ -83,6 +83,9 @@ pub fn ensure_root_dir(path: &Path, mode: u32) -> Result<(), ShimError> {
             message: "must be a directory owned by root and writable by root only".into(),
         });
     }
+    if meta.gid() != 0 {
+        std::os::unix::fs::lchown(path, Some(0), Some(0)).map_err(ShimError::io("chown", path))?;
+    }
     if meta.mode() & 0o7777 != mode {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .map_err(ShimError::io("chmod", path))?;

@@ -282,14 +282,18 @@ fn run(
     if dirs.runc_has(id) || std::fs::symlink_metadata(&staging).is_ok() {
         return Err(ShimError::Exists(id.to_string()));
     }
+    // A private mount namespace before opening anything of the caller's: a
+    // bind mount's source must belong to the namespace it is mounted in (an
+    // fd opened before unshare does not). It changes nothing on the host and
+    // goes away with the shim and runc.
+    sys::unshare_private_mounts()
+        .map_err(ShimError::io("unshare mount namespace for", &staging))?;
     let caller_bundle = bundle::read_bundle(bundle_path, caller)?;
     let plan = policy::validate_bytes(&caller_bundle.config, caller).map_err(ShimError::Refused)?;
     let rootfs = bundle::open_rootfs(&caller_bundle, &plan.rootfs, caller)?;
     let binds = bundle::open_binds(&plan.binds, caller)?;
 
     // Everything checked: from here on the shim acts, and undoes on failure.
-    sys::unshare_private_mounts()
-        .map_err(ShimError::io("unshare mount namespace for", &staging))?;
     match std::fs::create_dir(&staging) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

@@ -101,6 +101,14 @@ pub fn harden() -> Result<Mode, ShimError> {
         (r, e) if r == e => Mode::Unprivileged { uid: r },
         (_, e) => return Err(ShimError::NotRootOwned { euid: e }),
     };
+    if let Mode::Setuid { .. } = mode {
+        // Files the shim creates must be group root, not the caller's group;
+        // the real gid keeps the caller's identity.
+        // SAFETY: plain syscall; euid is 0 so this cannot fail for gid 0.
+        if unsafe { libc::setresgid(u32::MAX, 0, 0) } != 0 {
+            return Err(fail("setresgid")(io::Error::last_os_error()));
+        }
+    }
     Ok(mode)
 }
 
