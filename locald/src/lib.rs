@@ -11,3 +11,4 @@
 pub mod config;
 pub mod event;
 pub mod output;
+pub mod shim_client;
