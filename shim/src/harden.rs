@@ -76,6 +76,9 @@ pub fn harden() -> Result<Mode, ShimError> {
                 libc::signal(sig, libc::SIG_DFL);
             }
         }
+        // Writing to a pipe the caller closed must fail with EPIPE, not kill
+        // the shim half-way through.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(set.as_mut_ptr());
         libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());

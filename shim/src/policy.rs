@@ -902,6 +902,25 @@ fn check_process(
     if let Err(msg) = container_path_ok(p.cwd()) {
         v.push(Violation::new("process.cwd", msg));
     }
+    // Defense in depth against leaked-fd escapes (CVE-2024-21626): nothing
+    // a dev service needs starts in or runs from /proc.
+    if p.cwd().starts_with("/proc") {
+        v.push(Violation::new(
+            "process.cwd",
+            "a working directory under /proc is not allowed",
+        ));
+    }
+    if p.args()
+        .iter()
+        .flatten()
+        .next()
+        .is_some_and(|a| Path::new(a).starts_with("/proc"))
+    {
+        v.push(Violation::new(
+            "process.args",
+            "running a program from /proc is not allowed",
+        ));
+    }
     let user = p.user();
     if !uid_ranges.is_empty() && !in_ranges(user.uid(), uid_ranges) {
         v.push(Violation::new(
@@ -1212,4 +1231,395 @@ pub fn finalize(
 /// Whether a mount in a finalized spec is a bind mount (used by tests).
 pub fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn caller() -> Caller {
+        Caller {
+            uid: 1000,
+            gid: 1000,
+            subuids: vec![IdRange {
+                start: 100_000,
+                count: 65536,
+            }],
+            subgids: vec![IdRange {
+                start: 100_000,
+                count: 65536,
+            }],
+            rlimit_hard: vec![
+                (PosixRlimitType::RlimitNofile, 20000),
+                (PosixRlimitType::RlimitNproc, 1000),
+            ],
+            oom_score_adj: 0,
+        }
+    }
+
+    fn base() -> Value {
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/",
+                        "env": ["PATH=/bin"],
+                        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]},
+            "root": {"path": "rootfs"},
+            "hostname": "h",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+                {"destination": "/data", "type": "bind", "source": "/home/u/data", "options": ["rbind", "ro"]}
+            ],
+            "linux": {
+                "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1},
+                                {"containerID": 1, "hostID": 100000, "size": 65536}],
+                "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1},
+                                {"containerID": 1, "hostID": 100000, "size": 65536}],
+                "namespaces": [{"type": "user"}, {"type": "mount"}, {"type": "pid"},
+                               {"type": "uts"}, {"type": "ipc"}, {"type": "network"}],
+                "devices": [{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}],
+                "sysctl": {"net.ipv4.ip_forward": "1", "kernel.shmmax": "100"},
+                "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"},
+                "resources": {"memory": {"limit": 100000000}, "pids": {"limit": 100},
+                              "devices": [{"allow": false, "access": "rwm"}]}
+            }
+        })
+    }
+
+    /// Apply `edit` to the base config and return the refusal text.
+    fn refusal(edit: impl FnOnce(&mut Value)) -> String {
+        let mut c = base();
+        edit(&mut c);
+        match validate(&c, &caller()) {
+            Ok(_) => panic!("accepted: {c:#}"),
+            Err(r) => r.to_string(),
+        }
+    }
+
+    fn assert_refused(edit: impl FnOnce(&mut Value), expected: &str) {
+        let text = refusal(edit);
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+
+    #[test]
+    fn base_config_passes_and_yields_the_bind() {
+        let plan = validate(&base(), &caller()).expect("base config is valid");
+        assert_eq!(plan.rootfs, PathBuf::from("rootfs"));
+        assert_eq!(
+            plan.binds,
+            vec![BindRequest {
+                index: 2,
+                source: "/home/u/data".into(),
+                readonly: true
+            }]
+        );
+    }
+
+    #[test]
+    fn finalize_points_at_staging_and_forces_cgroup() {
+        let mut c = base();
+        c["linux"]["cgroupsPath"] = json!("/evil");
+        c["annotations"] = json!({"a": "b"});
+        let plan = validate(&c, &caller()).expect("valid");
+        let spec = finalize(
+            &plan,
+            Path::new("/stage/rootfs"),
+            &[PathBuf::from("/stage/mnt/0")],
+            &cgroups_path(1000, "x"),
+        );
+        assert_eq!(spec.root().as_ref().map(|r| r.path().clone()), Some("/stage/rootfs".into()));
+        let mounts = spec.mounts().clone().unwrap_or_default();
+        assert_eq!(mounts[2].source().clone(), Some("/stage/mnt/0".into()));
+        assert!(is_bind(&mounts[2]));
+        let opts = mounts[2].options().clone().unwrap_or_default();
+        assert!(opts.contains(&"nosuid".to_string()) && opts.contains(&"nodev".to_string()));
+        assert_eq!(mounts[0].source().clone(), Some("proc".into()));
+        assert_eq!(
+            spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()),
+            Some("/locald-shim/u1000/x".into())
+        );
+        assert!(spec.annotations().is_none());
+    }
+
+    #[test]
+    fn user_namespace_rules() {
+        assert_refused(
+            |c| c["linux"]["namespaces"] = json!([{"type": "mount"}]),
+            "no user namespace",
+        );
+        assert_refused(
+            |c| c["linux"]["namespaces"][0]["path"] = json!("/proc/1/ns/user"),
+            "user namespace joined by path",
+        );
+        assert_refused(
+            |c| c["linux"]["namespaces"][5]["path"] = json!("/proc/1/ns/net"),
+            "joining an existing net namespace by path /proc/1/ns/net",
+        );
+        assert_refused(
+            |c| c["linux"]["namespaces"] = json!([{"type": "user"}]),
+            "no mount namespace",
+        );
+        assert_refused(
+            |c| c["linux"]["namespaces"][2] = json!({"type": "user"}),
+            "user namespace listed twice",
+        );
+    }
+
+    #[test]
+    fn mapping_rules() {
+        assert_refused(
+            |c| c["linux"]["uidMappings"][0]["hostID"] = json!(0),
+            "maps host uid 0 (root)",
+        );
+        assert_refused(
+            |c| c["linux"]["uidMappings"][1]["size"] = json!(65537),
+            "maps host uid 165536",
+        );
+        assert_refused(
+            |c| c["linux"]["gidMappings"][0]["hostID"] = json!(1001),
+            "maps host gid 1001, which is neither yours",
+        );
+        assert_refused(|c| c["linux"]["uidMappings"] = json!([]), "no uid mappings");
+        assert_refused(
+            |c| c["linux"]["uidMappings"][1]["containerID"] = json!(0),
+            "container ids overlap",
+        );
+        assert_refused(
+            |c| {
+                c["linux"]["uidMappings"][1]["containerID"] = json!(5);
+                c["linux"]["uidMappings"][1]["size"] = json!(1);
+                c["linux"]["uidMappings"]
+                    .as_array_mut()
+                    .map(|a| a.push(json!({"containerID": 7, "hostID": 100000, "size": 1})));
+            },
+            "host ids overlap",
+        );
+        assert_refused(
+            |c| c["linux"]["uidMappings"][1] = json!({"containerID": 1, "hostID": 4294967295u64, "size": 1}),
+            "past the largest valid id",
+        );
+        assert_refused(
+            |c| c["process"]["user"]["uid"] = json!(70000),
+            "uid 70000 is outside the user namespace's uid mapping",
+        );
+        assert_refused(
+            |c| c["process"]["user"]["gid"] = json!(70000),
+            "gid 70000 is outside",
+        );
+        assert_refused(
+            |c| c["process"]["user"]["additionalGids"] = json!([1, 70000]),
+            "process.user.additionalGids: gid 70000",
+        );
+    }
+
+    #[test]
+    fn hooks_and_unknown_fields() {
+        assert_refused(
+            |c| c["hooks"] = json!({"prestart": [{"path": "/bin/sh"}]}),
+            "OCI hooks are not allowed",
+        );
+        assert_refused(|c| c["hooks"] = json!({}), "hooks: OCI hooks");
+        assert_refused(|c| c["linux"]["netDevices"] = json!({}), "linux.netDevices: unknown");
+        assert_refused(|c| c["process"]["user"]["username"] = json!("x"), "username");
+        assert_refused(|c| c["mounts"][0]["uidMappings"] = json!([]), "mounts[0].uidMappings");
+        assert_refused(|c| c["vm"] = json!({}), "vm: virtual-machine");
+    }
+
+    #[test]
+    fn mount_rules() {
+        assert_refused(
+            |c| c["mounts"][0]["type"] = json!("overlay"),
+            "mount type \"overlay\" is not allowed",
+        );
+        assert_refused(
+            |c| c["mounts"][1]["options"] = json!(["rshared"]),
+            "mount option \"rshared\" is not allowed",
+        );
+        assert_refused(
+            |c| c["mounts"][1]["options"] = json!(["mode=755,uid=0"]),
+            "is not allowed",
+        );
+        assert_refused(
+            |c| c["mounts"][2]["source"] = json!("data"),
+            "must be an absolute path",
+        );
+        assert_refused(
+            |c| c["mounts"][2]["destination"] = json!("/a/../../etc"),
+            "contains `..`",
+        );
+        assert_refused(
+            |c| c["mounts"][2]["destination"] = json!("rel"),
+            "is not an absolute path",
+        );
+        // A bind written the runc-spec way (no type, bind option) is a bind.
+        let mut c = base();
+        c["mounts"][2]["type"] = json!(null);
+        c["mounts"][2].as_object_mut().map(|o| o.remove("type"));
+        let plan = validate(&c, &caller()).expect("valid");
+        assert_eq!(plan.binds.len(), 1);
+    }
+
+    #[test]
+    fn device_sysctl_rlimit_oom_rules() {
+        assert_refused(
+            |c| c["linux"]["devices"][0] = json!({"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}),
+            "device /dev/sda (b 8:0) is not in the allowed set",
+        );
+        assert_refused(
+            |c| c["linux"]["devices"][0]["path"] = json!("/dev/zero"),
+            "device /dev/zero (c 1:3)",
+        );
+        assert_refused(
+            |c| c["linux"]["devices"][0]["fileMode"] = json!(0o4666),
+            "has bits beyond 0666",
+        );
+        assert_refused(
+            |c| c["linux"]["sysctl"] = json!({"kernel.core_pattern": "|x"}),
+            "linux.sysctl.kernel.core_pattern: is not a namespaced sysctl",
+        );
+        assert_refused(
+            |c| {
+                c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .map(|a| a.retain(|n| n["type"] != "network"));
+            },
+            "linux.sysctl.net.ipv4.ip_forward: is not a namespaced sysctl",
+        );
+        assert_refused(
+            |c| c["process"]["rlimits"][0]["hard"] = json!(20001),
+            "RLIMIT_NOFILE hard limit 20001 is above your own hard limit 20000",
+        );
+        assert_refused(
+            |c| c["process"]["rlimits"] = json!([{"type": "RLIMIT_CORE", "hard": 1, "soft": 1}]),
+            "RLIMIT_CORE is not a limit the shim knows",
+        );
+        assert_refused(
+            |c| c["process"]["oomScoreAdj"] = json!(-1),
+            "-1 is lower than your own oom_score_adj 0",
+        );
+    }
+
+    #[test]
+    fn security_label_and_misc_rules() {
+        assert_refused(
+            |c| c["linux"]["seccomp"]["listenerPath"] = json!("/run/x.sock"),
+            "seccomp listenerPath /run/x.sock is not allowed",
+        );
+        assert_refused(
+            |c| c["linux"]["seccomp"]["defaultAction"] = json!("SCMP_ACT_NOTIFY"),
+            "SCMP_ACT_NOTIFY is not allowed",
+        );
+        assert_refused(
+            |c| c["process"]["apparmorProfile"] = json!("unconfined"),
+            "custom AppArmor profiles are not allowed",
+        );
+        assert_refused(
+            |c| c["process"]["selinuxLabel"] = json!("x"),
+            "custom SELinux labels are not allowed",
+        );
+        assert_refused(
+            |c| c["linux"]["mountLabel"] = json!("x"),
+            "custom SELinux mount labels",
+        );
+        assert_refused(|c| c["linux"]["intelRdt"] = json!({}), "intelRdt is not allowed");
+        assert_refused(
+            |c| c["linux"]["personality"] = json!({"domain": "LINUX"}),
+            "personality is not allowed",
+        );
+        assert_refused(
+            |c| c["linux"]["resources"]["devices"][0]["allow"] = json!(true),
+            "device cgroup allow rules are not allowed",
+        );
+        assert_refused(
+            |c| c["linux"]["resources"]["unified"] = json!({"memory.max": "1"}),
+            "raw cgroup v2 files are not allowed",
+        );
+        assert_refused(
+            |c| c["linux"]["resources"]["cpu"] = json!({"realtimeRuntime": 1000}),
+            "realtime scheduling budgets",
+        );
+        assert_refused(
+            |c| c["linux"]["rootfsPropagation"] = json!("shared"),
+            "only private or slave propagation",
+        );
+        assert_refused(|c| c["process"]["terminal"] = json!(true), "terminals are not supported");
+        assert_refused(
+            |c| c["process"]["cwd"] = json!("/proc/self/fd/7"),
+            "working directory under /proc",
+        );
+        assert_refused(
+            |c| c["process"]["args"] = json!(["/proc/self/fd/7/../../bin/sh"]),
+            "running a program from /proc",
+        );
+        assert_refused(|c| c["process"]["args"] = json!([]), "process.args: is empty");
+        assert_refused(|c| c["ociVersion"] = json!("2.0.0"), "is not a 1.x");
+        assert_refused(
+            |c| c["linux"]["namespaces"] = json!([{"type": "user"}, {"type": "mount"}]),
+            "setting a hostname requires a new uts namespace",
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicking() {
+        for bytes in [&b""[..], b"null", b"[]", b"{", b"{\"linux\": 5}", b"\"x\""] {
+            assert!(validate_bytes(bytes, &caller()).is_err());
+        }
+        let big = vec![b' '; MAX_CONFIG_BYTES + 1];
+        assert!(validate_bytes(&big, &caller()).is_err());
+    }
+
+    fn facts(kind: FileKind, uid: u32, canonical: &str, readable: bool) -> FileFacts {
+        FileFacts {
+            kind,
+            uid,
+            dev_ino: (1, 2),
+            canonical: canonical.into(),
+            caller_can_read: readable,
+        }
+    }
+
+    #[test]
+    fn rootfs_facts() {
+        let c = caller();
+        let p = Path::new("rootfs");
+        assert!(check_rootfs(p, &facts(FileKind::Directory, 1000, "/r", true), (9, 9), &c).is_ok());
+        let host = check_rootfs(p, &facts(FileKind::Directory, 0, "/", true), (1, 2), &c);
+        assert!(host.is_err_and(|v| v.message.contains("host root")));
+        let other = check_rootfs(p, &facts(FileKind::Directory, 1001, "/x", true), (9, 9), &c);
+        assert!(other.is_err_and(|v| v.message.contains("not by you")));
+        let file = check_rootfs(p, &facts(FileKind::Regular, 1000, "/x", true), (9, 9), &c);
+        assert!(file.is_err_and(|v| v.message.contains("not a directory")));
+    }
+
+    #[test]
+    fn bind_source_facts() {
+        let c = caller();
+        let req = |src: &str, ro: bool| BindRequest {
+            index: 0,
+            source: src.into(),
+            readonly: ro,
+        };
+        let own = facts(FileKind::Directory, 1000, "/home/u/d", true);
+        assert!(check_bind_source(&req("/home/u/d", false), &own, &c).is_ok());
+        let resolv = facts(FileKind::Regular, 0, "/run/resolvconf/resolv.conf", true);
+        assert!(check_bind_source(&req("/etc/resolv.conf", true), &resolv, &c).is_ok());
+        let rw = check_bind_source(&req("/etc/resolv.conf", false), &resolv, &c);
+        assert!(rw.is_err_and(|v| v.message.contains("must be read-only")));
+        // A caller's symlink to an allow-listed file resolves to it: fine.
+        let hosts = facts(FileKind::Regular, 0, "/etc/hosts", true);
+        assert!(check_bind_source(&req("/home/u/link", true), &hosts, &c).is_ok());
+        let shadow = facts(FileKind::Regular, 0, "/etc/shadow", false);
+        let r = check_bind_source(&req("/home/u/link", true), &shadow, &c);
+        assert!(r.is_err_and(|v| v.message.contains("not readable by you")));
+        let passwd = facts(FileKind::Regular, 0, "/etc/passwd", true);
+        let r = check_bind_source(&req("/etc/passwd", true), &passwd, &c);
+        assert!(r.is_err_and(|v| v.message.contains("owned by uid 0")));
+        let sock = facts(FileKind::Socket, 1000, "/run/user/1000/s", true);
+        let r = check_bind_source(&req("/run/user/1000/s", false), &sock, &c);
+        assert!(r.is_err_and(|v| v.message.contains("is a socket")));
+        let dev = facts(FileKind::Device, 1000, "/dev/x", true);
+        assert!(check_bind_source(&req("/dev/x", false), &dev, &c).is_err());
+    }
 }
