@@ -387,6 +387,8 @@ fn self_check(mode: Mode) -> Result<u8, ShimError> {
 
 fn cgroup_mode() -> &'static str {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // f_type's width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
     let fs_type = |p: &str| {
         let c = std::ffi::CString::new(p).ok()?;
         let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();

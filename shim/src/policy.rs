@@ -1328,7 +1328,10 @@ mod tests {
             &[PathBuf::from("/stage/mnt/0")],
             &cgroups_path(1000, "x"),
         );
-        assert_eq!(spec.root().as_ref().map(|r| r.path().clone()), Some("/stage/rootfs".into()));
+        assert_eq!(
+            spec.root().as_ref().map(|r| r.path().clone()),
+            Some("/stage/rootfs".into())
+        );
         let mounts = spec.mounts().clone().unwrap_or_default();
         assert_eq!(mounts[2].source().clone(), Some("/stage/mnt/0".into()));
         assert!(is_bind(&mounts[2]));
@@ -1389,14 +1392,17 @@ mod tests {
             |c| {
                 c["linux"]["uidMappings"][1]["containerID"] = json!(5);
                 c["linux"]["uidMappings"][1]["size"] = json!(1);
-                c["linux"]["uidMappings"]
-                    .as_array_mut()
-                    .map(|a| a.push(json!({"containerID": 7, "hostID": 100000, "size": 1})));
+                if let Some(a) = c["linux"]["uidMappings"].as_array_mut() {
+                    a.push(json!({"containerID": 7, "hostID": 100000, "size": 1}));
+                }
             },
             "host ids overlap",
         );
         assert_refused(
-            |c| c["linux"]["uidMappings"][1] = json!({"containerID": 1, "hostID": 4294967295u64, "size": 1}),
+            |c| {
+                c["linux"]["uidMappings"][1] =
+                    json!({"containerID": 1, "hostID": 4294967295u64, "size": 1})
+            },
             "past the largest valid id",
         );
         assert_refused(
@@ -1420,9 +1426,18 @@ mod tests {
             "OCI hooks are not allowed",
         );
         assert_refused(|c| c["hooks"] = json!({}), "hooks: OCI hooks");
-        assert_refused(|c| c["linux"]["netDevices"] = json!({}), "linux.netDevices: unknown");
-        assert_refused(|c| c["process"]["user"]["username"] = json!("x"), "username");
-        assert_refused(|c| c["mounts"][0]["uidMappings"] = json!([]), "mounts[0].uidMappings");
+        assert_refused(
+            |c| c["linux"]["netDevices"] = json!({}),
+            "linux.netDevices: unknown",
+        );
+        assert_refused(
+            |c| c["process"]["user"]["username"] = json!("x"),
+            "username",
+        );
+        assert_refused(
+            |c| c["mounts"][0]["uidMappings"] = json!([]),
+            "mounts[0].uidMappings",
+        );
         assert_refused(|c| c["vm"] = json!({}), "vm: virtual-machine");
     }
 
@@ -1463,7 +1478,10 @@ mod tests {
     #[test]
     fn device_sysctl_rlimit_oom_rules() {
         assert_refused(
-            |c| c["linux"]["devices"][0] = json!({"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}),
+            |c| {
+                c["linux"]["devices"][0] =
+                    json!({"path": "/dev/sda", "type": "b", "major": 8, "minor": 0})
+            },
             "device /dev/sda (b 8:0) is not in the allowed set",
         );
         assert_refused(
@@ -1481,9 +1499,9 @@ mod tests {
         assert_refused(
             |c| {
                 c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
-                c["linux"]["namespaces"]
-                    .as_array_mut()
-                    .map(|a| a.retain(|n| n["type"] != "network"));
+                if let Some(a) = c["linux"]["namespaces"].as_array_mut() {
+                    a.retain(|n| n["type"] != "network");
+                }
             },
             "linux.sysctl.net.ipv4.ip_forward: is not a namespaced sysctl",
         );
@@ -1523,7 +1541,10 @@ mod tests {
             |c| c["linux"]["mountLabel"] = json!("x"),
             "custom SELinux mount labels",
         );
-        assert_refused(|c| c["linux"]["intelRdt"] = json!({}), "intelRdt is not allowed");
+        assert_refused(
+            |c| c["linux"]["intelRdt"] = json!({}),
+            "intelRdt is not allowed",
+        );
         assert_refused(
             |c| c["linux"]["personality"] = json!({"domain": "LINUX"}),
             "personality is not allowed",
@@ -1544,7 +1565,10 @@ mod tests {
             |c| c["linux"]["rootfsPropagation"] = json!("shared"),
             "only private or slave propagation",
         );
-        assert_refused(|c| c["process"]["terminal"] = json!(true), "terminals are not supported");
+        assert_refused(
+            |c| c["process"]["terminal"] = json!(true),
+            "terminals are not supported",
+        );
         assert_refused(
             |c| c["process"]["cwd"] = json!("/proc/self/fd/7"),
             "working directory under /proc",
@@ -1553,7 +1577,10 @@ mod tests {
             |c| c["process"]["args"] = json!(["/proc/self/fd/7/../../bin/sh"]),
             "running a program from /proc",
         );
-        assert_refused(|c| c["process"]["args"] = json!([]), "process.args: is empty");
+        assert_refused(
+            |c| c["process"]["args"] = json!([]),
+            "process.args: is empty",
+        );
         assert_refused(|c| c["ociVersion"] = json!("2.0.0"), "is not a 1.x");
         assert_refused(
             |c| c["linux"]["namespaces"] = json!([{"type": "user"}, {"type": "mount"}]),
