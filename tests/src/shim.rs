@@ -387,9 +387,35 @@ pub fn shim_as(shim: &Path, user: &TestUser, args: &[&str]) -> Command {
     cmd
 }
 
+/// Retry `op` while exec fails with ETXTBSY: another test thread may have
+/// forked while a freshly copied binary was still open for writing, and
+/// that child holds the write fd until it execs.
+fn retry_busy<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match op() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `cmd.spawn()`, retried on ETXTBSY.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    retry_busy(|| cmd.spawn())
+}
+
+/// `cmd.output()`, retried on ETXTBSY.
+pub fn output(cmd: &mut Command) -> std::io::Result<Output> {
+    retry_busy(|| cmd.output())
+}
+
 /// Run the shim as `user` and collect its output.
 pub fn run_as(shim: &Path, user: &TestUser, args: &[&str]) -> Result<Output> {
-    Ok(shim_as(shim, user, args).output()?)
+    Ok(output(&mut shim_as(shim, user, args))?)
 }
 
 /// Text of a process's stdout and stderr, for assertion messages.

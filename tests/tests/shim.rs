@@ -80,10 +80,11 @@ fn state_list_kill_and_cgroup_confinement() -> Result<()> {
     let b = Bundle::new(&u1, &["sleep", "30"])?;
     let id = unique_id("kill");
     let bundle = b.dir.to_string_lossy().to_string();
-    let child = shim_as(&shim.path, &u1, &["run", "--bundle", &bundle, "--id", &id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let child = spawn(
+        shim_as(&shim.path, &u1, &["run", "--bundle", &bundle, "--id", &id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
     let state = wait_for_status(&shim.path, &u1, &id, "running", Duration::from_secs(10))?;
     let pid = state["pid"].as_u64().expect("pid in state");
     // The host sees the container's root as the caller.
@@ -131,10 +132,11 @@ fn delete_force_stops_and_removes() -> Result<()> {
     let b = Bundle::new(&u1, &["sleep", "30"])?;
     let id = unique_id("del");
     let bundle = b.dir.to_string_lossy().to_string();
-    let mut child = shim_as(&shim.path, &u1, &["run", "--bundle", &bundle, "--id", &id])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = spawn(
+        shim_as(&shim.path, &u1, &["run", "--bundle", &bundle, "--id", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
     wait_for_status(&shim.path, &u1, &id, "running", Duration::from_secs(10))?;
     let del = run_as(&shim.path, &u1, &["delete", "--id", &id, "--force"])?;
     assert!(del.status.success(), "{}", describe(&del));
@@ -142,6 +144,46 @@ fn delete_force_stops_and_removes() -> Result<()> {
     assert_ne!(status.code(), Some(0));
     let state = run_as(&shim.path, &u1, &["state", "--id", &id])?;
     assert_eq!(state.status.code(), Some(SHIM_ERROR));
+    assert_clean(&u1, &id);
+    Ok(())
+}
+
+#[test]
+fn run_forwards_the_callers_signals_to_the_container() -> Result<()> {
+    let Some((shim, u1, _)) = setup() else {
+        return Ok(());
+    };
+    let b = Bundle::new(
+        &u1,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 5' TERM; sleep 30 & wait",
+        ],
+    )?;
+    let id = unique_id("sig");
+    let child = spawn(
+        shim_as(
+            &shim.path,
+            &u1,
+            &["run", "--bundle", &b.dir.to_string_lossy(), "--id", &id],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    )?;
+    wait_for_status(&shim.path, &u1, &id, "running", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(300));
+    // The caller (not root) signals the shim, as locald would.
+    use std::os::unix::process::CommandExt;
+    let kill = std::process::Command::new("/bin/kill")
+        .args(["-TERM", &child.id().to_string()])
+        .uid(u1.uid)
+        .gid(u1.gid)
+        .status()?;
+    assert!(kill.success());
+    let out = child.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got-term\n");
     assert_clean(&u1, &id);
     Ok(())
 }
@@ -642,16 +684,17 @@ fn attack_caller_path_and_ld_preload_are_ignored() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(evil.join("runc"), fs::Permissions::from_mode(0o755))?;
     let id = unique_id("env");
-    let out = shim_as(
-        &shim.path,
-        &u1,
-        &["run", "--bundle", &b.dir.to_string_lossy(), "--id", &id],
-    )
-    .env("PATH", format!("{}:/usr/sbin:/usr/bin", evil.display()))
-    .env("LD_PRELOAD", evil.join("evil.so"))
-    .env("LD_LIBRARY_PATH", &evil)
-    .env("LOCALD_CANARY", "leak")
-    .output()?;
+    let out = output(
+        shim_as(
+            &shim.path,
+            &u1,
+            &["run", "--bundle", &b.dir.to_string_lossy(), "--id", &id],
+        )
+        .env("PATH", format!("{}:/usr/sbin:/usr/bin", evil.display()))
+        .env("LD_PRELOAD", evil.join("evil.so"))
+        .env("LD_LIBRARY_PATH", &evil)
+        .env("LOCALD_CANARY", "leak"),
+    )?;
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(!marker.exists(), "the caller's PATH chose runc");
     let env = String::from_utf8_lossy(&out.stdout);
@@ -761,14 +804,15 @@ fn swapping_the_bundle_after_start_changes_nothing() -> Result<()> {
     };
     let b = Bundle::new(&u1, &["sh", "-c", "sleep 1; cat /marker"])?;
     let id = unique_id("swap");
-    let child = shim_as(
-        &shim.path,
-        &u1,
-        &["run", "--bundle", &b.dir.to_string_lossy(), "--id", &id],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()?;
+    let child = spawn(
+        shim_as(
+            &shim.path,
+            &u1,
+            &["run", "--bundle", &b.dir.to_string_lossy(), "--id", &id],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    )?;
     wait_for_status(&shim.path, &u1, &id, "running", Duration::from_secs(10))?;
     // The config runc uses is the shim's root-owned copy, not the caller's.
     let staged = Path::new("/run/locald-shim")
@@ -817,6 +861,22 @@ mod client {
     use super::*;
     use locald::shim_client::{BundleSpec, ShimClient, ShimError};
 
+    /// `client.run`, retried while another test thread's fork still holds
+    /// this test's freshly copied shim open for writing (ETXTBSY).
+    async fn run(client: &ShimClient, bundle: &Path, id: &str) -> Result<tokio::process::Child> {
+        for _ in 0..100 {
+            match client.run(bundle, id) {
+                Err(ShimError::Spawn { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                r => return Ok(r?),
+            }
+        }
+        anyhow::bail!("shim stayed busy")
+    }
+
     #[tokio::test]
     async fn client_writes_a_bundle_and_runs_it() -> Result<()> {
         let Some((shim, _, _)) = setup() else {
@@ -840,7 +900,7 @@ mod client {
         let client = ShimClient::new(&shim.path);
         client.check_installed()?;
         let id = unique_id("client");
-        let child = client.run(&bundle, &id)?;
+        let child = run(&client, &bundle, &id).await?;
         let out = child.wait_with_output().await?;
         assert_eq!(out.status.code(), Some(4));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "client\n");
@@ -864,7 +924,7 @@ mod client {
             .write(&tmp.path().join("bundle"))?;
         let client = ShimClient::new(&shim.path);
         let id = unique_id("cstate");
-        let child = client.run(&bundle, &id)?;
+        let child = run(&client, &bundle, &id).await?;
         let mut state = None;
         for _ in 0..200 {
             if let Ok(s) = client.state(&id).await {
