@@ -316,9 +316,26 @@ fn run(
         runc.run_foreground(&staging, id.as_str())
     })();
     let cleaned = bundle::remove_staging(&staging);
+    if !dirs.runc_has(id) {
+        // runc leaves empty cgroups behind on some failure paths.
+        remove_empty_cgroups(&policy::cgroups_path(caller.uid, id.as_str()));
+    }
     let code = result?;
     cleaned?;
     Ok(code)
+}
+
+/// `rmdir` (never recursive: only an empty cgroup goes) the container's
+/// cgroup in every hierarchy under `/sys/fs/cgroup`.
+fn remove_empty_cgroups(cgroup: &std::path::Path) {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let _ = std::fs::remove_dir(root.join(rel));
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir(e.path().join(rel));
+        }
+    }
 }
 
 fn self_check(mode: Mode) -> Result<u8, ShimError> {

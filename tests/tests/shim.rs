@@ -189,6 +189,24 @@ fn run_forwards_the_callers_signals_to_the_container() -> Result<()> {
 }
 
 #[test]
+fn runc_failure_leaves_nothing_behind() -> Result<()> {
+    let Some((shim, u1, _)) = setup() else {
+        return Ok(());
+    };
+    let b = Bundle::new(&u1, &["/no/such/program"])?;
+    let id = unique_id("fail");
+    let out = run_bundle(&shim.path, &u1, &b, &id);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such file"),
+        "{}",
+        describe(&out)
+    );
+    assert_clean(&u1, &id);
+    Ok(())
+}
+
+#[test]
 fn self_check_and_version() -> Result<()> {
     let Some((shim, u1, _)) = setup() else {
         return Ok(());
