@@ -294,6 +294,7 @@ fn run(
     let binds = bundle::open_binds(&plan.binds, caller)?;
 
     // Everything checked: from here on the shim acts, and undoes on failure.
+    runc::block_forwarded_signals();
     match std::fs::create_dir(&staging) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -301,8 +302,8 @@ fn run(
         }
         Err(e) => return Err(ShimError::io("create directory", &staging)(e)),
     }
-    bundle::ensure_root_dir(&staging, 0o711)?;
     let result = (|| {
+        bundle::ensure_root_dir(&staging, 0o711)?;
         let staged = bundle::stage(&staging, &rootfs, &binds)?;
         let spec = policy::finalize(
             &plan,

@@ -174,29 +174,7 @@ impl Runc {
     /// Run `runc run` in the foreground, forwarding the caller's signals to
     /// it (runc forwards them to the container), and return the exit code.
     pub fn run_foreground(&self, bundle: &Path, id: &str) -> Result<u8, ShimError> {
-        let forwarded = [
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-            libc::SIGWINCH,
-        ];
-        // Block the forwarded signals and SIGCHLD, then wait for them
-        // synchronously: no handlers, no races. std clears the mask in the
-        // child before exec.
-        // SAFETY: sigset manipulation on a local set; single-threaded.
-        let set = unsafe {
-            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(set.as_mut_ptr());
-            for s in forwarded.iter().chain([&libc::SIGCHLD]) {
-                libc::sigaddset(set.as_mut_ptr(), *s);
-            }
-            let set = set.assume_init();
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            set
-        };
+        let set = block_forwarded_signals();
         let bundle_s = bundle.to_string_lossy();
         let mut child = self
             .command(&["run", "--bundle", &bundle_s, id])
@@ -237,6 +215,36 @@ impl Runc {
             .next()
             .unwrap_or("")
             .to_string())
+    }
+}
+
+/// The signals `run` forwards to runc.
+const FORWARDED: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// Block the forwarded signals and SIGCHLD and return the set, to be waited
+/// for synchronously with `sigtimedwait`: no handlers, no races. Called as
+/// soon as `run` starts acting, so a signal during staging is held and then
+/// forwarded instead of killing the shim half-way. std clears the mask in
+/// the child before exec, so runc starts with nothing blocked.
+pub fn block_forwarded_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; the shim is single-threaded.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in FORWARDED.iter().chain([&libc::SIGCHLD]) {
+            libc::sigaddset(set.as_mut_ptr(), *s);
+        }
+        let set = set.assume_init();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
 }
 
