@@ -963,6 +963,90 @@ mod client {
         Ok(())
     }
 
+    /// Runs only when spawned by `client_as_the_unprivileged_user`, as that
+    /// user: the client builds the bundle from the user's own ids and subuid
+    /// ranges and runs it through the setuid shim.
+    #[tokio::test]
+    #[ignore = "spawned as the unprivileged test user by client_as_the_unprivileged_user"]
+    async fn client_inner_as_user() -> Result<()> {
+        let (Ok(shim), Ok(rootfs), Ok(work)) = (
+            std::env::var("LOCALD_SHIM_TEST_SHIM"),
+            std::env::var("LOCALD_SHIM_TEST_ROOTFS"),
+            std::env::var("LOCALD_SHIM_TEST_WORK"),
+        ) else {
+            return Ok(());
+        };
+        let spec = BundleSpec::for_current_user(
+            Path::new(&rootfs),
+            vec!["sh".into(), "-c".into(), "id -u; cat /marker".into()],
+        )?
+        .env(vec!["PATH=/bin".into()]);
+        assert!(
+            spec.uid_mappings.len() >= 2,
+            "subuid range not found: {spec:?}"
+        );
+        let bundle = spec.write(&Path::new(&work).join("bundle"))?;
+        let client = ShimClient::new(shim);
+        client.check_installed()?;
+        let id = unique_id("cuser");
+        let out = run(&client, &bundle, &id).await?.wait_with_output().await?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\nuser");
+        println!("INNER-OK");
+        Ok(())
+    }
+
+    #[test]
+    fn client_as_the_unprivileged_user() -> Result<()> {
+        let Some((shim, u1, _)) = setup() else {
+            return Ok(());
+        };
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let tmp = tempfile::Builder::new()
+            .prefix("locald-shim-client-")
+            .tempdir_in("/tmp")?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
+        // This test binary, copied where the user can run it.
+        let exe = tmp.path().join("shim-tests");
+        fs::copy(std::env::current_exe()?, &exe)?;
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755))?;
+        let rootfs = tmp.path().join("rootfs");
+        make_rootfs(&rootfs, (u1.uid, u1.gid), "user")?;
+        let work = tmp.path().join("work");
+        fs::create_dir(&work)?;
+        chown_tree(&work, (u1.uid, u1.gid))?;
+        let out = output(
+            std::process::Command::new(&exe)
+                .args([
+                    "client::client_inner_as_user",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("LOCALD_SHIM_TEST_SHIM", &shim.path)
+                .env("LOCALD_SHIM_TEST_ROOTFS", &rootfs)
+                .env("LOCALD_SHIM_TEST_WORK", &work)
+                .current_dir(&work)
+                .uid(u1.uid)
+                .gid(u1.gid),
+        )?;
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("INNER-OK"),
+            "{}",
+            describe(&out)
+        );
+        Ok(())
+    }
+
     #[test]
     fn client_explains_a_missing_or_plain_shim() -> Result<()> {
         let tmp = tempfile::tempdir()?;
