@@ -315,7 +315,60 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
         ));
         return Err(Refusal(v));
     };
+    let ns = check_namespaces(&spec, linux, &mut v);
 
+    // Id mappings: only the caller's own id and their subordinate ranges.
+    let uid_ranges = check_mappings(
+        "linux.uidMappings",
+        "uid",
+        "/etc/subuid",
+        linux.uid_mappings().as_deref(),
+        caller.uid,
+        &caller.subuids,
+        &mut v,
+    );
+    let gid_ranges = check_mappings(
+        "linux.gidMappings",
+        "gid",
+        "/etc/subgid",
+        linux.gid_mappings().as_deref(),
+        caller.gid,
+        &caller.subgids,
+        &mut v,
+    );
+
+    check_process(&spec, &uid_ranges, &gid_ranges, caller, &mut v);
+    check_devices(linux, &uid_ranges, &gid_ranges, &mut v);
+    check_sysctls(linux, &ns, &mut v);
+    check_resources(&spec, &mut v);
+    check_seccomp(linux, &mut v);
+    check_linux_misc(linux, &mut v);
+
+    let binds = check_mounts(&spec, &mut v);
+
+    if v.is_empty() {
+        Ok(Plan {
+            spec,
+            rootfs,
+            binds,
+        })
+    } else {
+        Err(Refusal(v))
+    }
+}
+
+/// Which namespaces the container creates (sysctls depend on them).
+struct Namespaces {
+    net: bool,
+    ipc: bool,
+}
+
+/// A fresh user and mount namespace are mandatory, nothing is joined.
+fn check_namespaces(
+    spec: &Spec,
+    linux: &oci_spec::runtime::Linux,
+    v: &mut Vec<Violation>,
+) -> Namespaces {
     // Namespaces: a fresh user namespace is mandatory, nothing is joined.
     let mut seen = Vec::new();
     let mut has_user = false;
@@ -392,28 +445,19 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
         ));
     }
 
-    // Id mappings: only the caller's own id and their subordinate ranges.
-    let uid_ranges = check_mappings(
-        "linux.uidMappings",
-        "uid",
-        "/etc/subuid",
-        linux.uid_mappings().as_deref(),
-        caller.uid,
-        &caller.subuids,
-        &mut v,
-    );
-    let gid_ranges = check_mappings(
-        "linux.gidMappings",
-        "gid",
-        "/etc/subgid",
-        linux.gid_mappings().as_deref(),
-        caller.gid,
-        &caller.subgids,
-        &mut v,
-    );
+    Namespaces {
+        net: has_net,
+        ipc: has_ipc,
+    }
+}
 
-    check_process(&spec, &uid_ranges, &gid_ranges, caller, &mut v);
-
+/// Devices: the standard set only, with mapped owners.
+fn check_devices(
+    linux: &oci_spec::runtime::Linux,
+    uid_ranges: &[(u64, u64)],
+    gid_ranges: &[(u64, u64)],
+    v: &mut Vec<Violation>,
+) {
     // Devices: the standard set only.
     for (i, d) in linux.devices().iter().flatten().enumerate() {
         let field = format!("linux.devices[{i}]");
@@ -443,7 +487,7 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
             }
         }
         if let Some(uid) = d.uid() {
-            if !in_ranges(uid, &uid_ranges) {
+            if !in_ranges(uid, uid_ranges) {
                 v.push(Violation::new(
                     &field,
                     format!("device owner uid {uid} is not mapped"),
@@ -451,7 +495,7 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
             }
         }
         if let Some(gid) = d.gid() {
-            if !in_ranges(gid, &gid_ranges) {
+            if !in_ranges(gid, gid_ranges) {
                 v.push(Violation::new(
                     &field,
                     format!("device group gid {gid} is not mapped"),
@@ -459,7 +503,10 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
             }
         }
     }
+}
 
+/// Sysctls: only those that live in a namespace the container creates.
+fn check_sysctls(linux: &oci_spec::runtime::Linux, ns: &Namespaces, v: &mut Vec<Violation>) {
     // Sysctls: only those that live in a namespace the container owns.
     if let Some(sysctl) = linux.sysctl() {
         let mut keys: Vec<_> = sysctl.iter().collect();
@@ -467,8 +514,8 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
         for (k, val) in keys {
             let field = format!("linux.sysctl.{k}");
             let namespaced = (IPC_SYSCTLS.contains(&k.as_str()) || k.starts_with("fs.mqueue."))
-                && has_ipc
-                || k.starts_with("net.") && has_net;
+                && ns.ipc
+                || k.starts_with("net.") && ns.net;
             let well_formed = !k.is_empty()
                 && k.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
@@ -484,9 +531,9 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
             }
         }
     }
+}
 
-    check_resources(&spec, &mut v);
-
+fn check_seccomp(linux: &oci_spec::runtime::Linux, v: &mut Vec<Violation>) {
     // Seccomp can only restrict, except for the notify listener: that makes
     // runc (root) connect to a socket of the caller's choosing.
     if let Some(seccomp) = linux.seccomp() {
@@ -519,7 +566,10 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
             ));
         }
     }
+}
 
+/// Propagation, masked/read-only paths, and the fields that are refused.
+fn check_linux_misc(linux: &oci_spec::runtime::Linux, v: &mut Vec<Violation>) {
     if let Some(p) = linux.rootfs_propagation() {
         if !["private", "rprivate", "slave", "rslave"].contains(&p.as_str()) {
             v.push(Violation::new(
@@ -564,18 +614,6 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
             "linux.timeOffsets",
             "time namespace offsets are not allowed",
         ));
-    }
-
-    let binds = check_mounts(&spec, &mut v);
-
-    if v.is_empty() {
-        Ok(Plan {
-            spec,
-            rootfs,
-            binds,
-        })
-    } else {
-        Err(Refusal(v))
     }
 }
 

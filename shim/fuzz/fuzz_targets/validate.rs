@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
             let h1 = h0 + u64::from(m.size());
             assert!(h1 > h0, "empty mapping passed");
             // Own id or inside the one subordinate range, end to end.
-            let ok = (h0 == 1000 && h1 == 1001) || (allowed(h0) && allowed(h1 - 1) && h0 >= 100_000);
+            let ok =
+                (h0 == 1000 && h1 == 1001) || (allowed(h0) && allowed(h1 - 1) && h0 >= 100_000);
             assert!(ok, "mapping {h0}..{h1} passed");
         }
     }
