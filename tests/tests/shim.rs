@@ -112,6 +112,15 @@ fn state_list_kill_and_cgroup_confinement() -> Result<()> {
             "{cmd}: {err}"
         );
     }
+    // The id is taken while it runs.
+    let again = run_as(&shim.path, &u1, &["run", "--bundle", &bundle, "--id", &id])?;
+    assert_eq!(
+        again.status.code(),
+        Some(SHIM_ERROR),
+        "{}",
+        describe(&again)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     let other_list = run_as(&shim.path, &u2, &["list"])?;
     assert!(!String::from_utf8_lossy(&other_list.stdout).contains(&id));
     wait_for_status(&shim.path, &u1, &id, "running", Duration::from_secs(1))?;
@@ -204,6 +213,33 @@ fn runc_failure_leaves_nothing_behind() -> Result<()> {
     );
     assert_clean(&u1, &id);
     Ok(())
+}
+
+#[test]
+fn system_allow_list_binds_read_only_only() -> Result<()> {
+    let Some((shim, u1, _)) = setup() else {
+        return Ok(());
+    };
+    let mut b = Bundle::new(&u1, &["cat", "/etc/hosts"])?;
+    push_mount(
+        &mut b.config,
+        json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "ro"]}),
+    );
+    b.write()?;
+    let id = unique_id("hosts");
+    let out = run_bundle(&shim.path, &u1, &b, &id);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(out.stdout, fs::read("/etc/hosts")?);
+    assert_clean(&u1, &id);
+    refused(
+        |c, _, _| {
+            push_mount(
+                c,
+                json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "rw"]}),
+            )
+        },
+        "bind mount of system path /etc/hosts must be read-only",
+    )
 }
 
 #[test]
