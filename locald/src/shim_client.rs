@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 pub const DEFAULT_SHIM_PATH: &str = "/usr/libexec/locald/locald-shim";
 
 /// How to install the shim, repeated in every installation error.
-const INSTALL_HINT: &str = "install it owned by root with mode 4755 (owner root, mode 4755: \
-     `install -o root -g root -m 4755 locald-shim PATH`) on a filesystem not mounted nosuid";
+const INSTALL_HINT: &str = "install it with owner root and mode 4755 \
+     (`install -o root -g root -m 4755 locald-shim PATH`) on a filesystem not mounted nosuid";
 
 /// Errors from writing bundles or driving the shim.
 #[derive(Debug, thiserror::Error)]

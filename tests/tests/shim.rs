@@ -1089,7 +1089,7 @@ mod client {
         let missing = ShimClient::new(tmp.path().join("nope"));
         let e = missing.check_installed().expect_err("missing");
         assert!(matches!(e, ShimError::NotInstalled { .. }), "{e}");
-        assert!(e.to_string().contains("owner root, mode 4755"), "{e}");
+        assert!(e.to_string().contains("owner root and mode 4755"), "{e}");
 
         let plain = tmp.path().join("plain");
         fs::write(&plain, b"#!/bin/sh\n")?;
@@ -1099,7 +1099,27 @@ mod client {
             .check_installed()
             .expect_err("not setuid");
         assert!(matches!(e, ShimError::NotSetuid { .. }), "{e}");
-        assert!(e.to_string().contains("mode 4755"), "{e}");
+        assert!(e.to_string().contains("not mounted nosuid"), "{e}");
+
+        // Setuid root but on a nosuid mount: the bit would be ignored.
+        if nix::unistd::geteuid().is_root() {
+            let mnt = tmp.path().join("nosuid");
+            fs::create_dir(&mnt)?;
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "nosuid,size=1m", "tmpfs"])
+                .arg(&mnt)
+                .status()?;
+            assert!(mounted.success(), "mount tmpfs");
+            let shim = mnt.join("locald-shim");
+            let checked = fs::write(&shim, b"#!/bin/sh\n")
+                .and_then(|()| fs::set_permissions(&shim, fs::Permissions::from_mode(0o4755)))
+                .map(|()| ShimClient::new(&shim).check_installed());
+            let unmounted = std::process::Command::new("umount").arg(&mnt).status()?;
+            assert!(unmounted.success(), "umount");
+            let e = checked?.expect_err("nosuid");
+            assert!(matches!(e, ShimError::NosuidMount { .. }), "{e}");
+            assert!(e.to_string().contains("mounted nosuid"), "{e}");
+        }
         Ok(())
     }
 }
