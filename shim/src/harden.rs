@@ -46,8 +46,18 @@ pub fn harden() -> Result<Mode, ShimError> {
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             let null = sys::openat(None, "/dev/null".as_ref(), libc::O_RDWR)
                 .map_err(fail("open /dev/null"))?;
-            // SAFETY: dup2 onto a closed standard fd; the O_CLOEXEC flag is not copied.
-            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&null);
+            let ok = if raw == fd {
+                // open() took the lowest free fd, which is this one: keep it
+                // open past `null`'s drop and across exec.
+                let raw = std::os::fd::IntoRawFd::into_raw_fd(null);
+                // SAFETY: clearing FD_CLOEXEC on an fd this process owns.
+                unsafe { libc::fcntl(raw, libc::F_SETFD, 0) >= 0 }
+            } else {
+                // SAFETY: dup2 onto a closed standard fd; FD_CLOEXEC is not copied.
+                unsafe { libc::dup2(raw, fd) >= 0 }
+            };
+            if !ok {
                 return Err(fail("reopen standard fds")(io::Error::last_os_error()));
             }
         }
