@@ -243,6 +243,43 @@ fn system_allow_list_binds_read_only_only() -> Result<()> {
 }
 
 #[test]
+fn inherited_fds_do_not_reach_the_container() -> Result<()> {
+    let Some((shim, u1, _)) = setup() else {
+        return Ok(());
+    };
+    let b = Bundle::new(&u1, &["ls", "/proc/self/fd"])?;
+    let id = unique_id("fds");
+    let secret = fs::File::open("/etc/hostname").or_else(|_| fs::File::open("/etc/hosts"))?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&secret);
+    let mut cmd = shim_as(
+        &shim.path,
+        &u1,
+        &["run", "--bundle", &b.dir.to_string_lossy(), "--id", &id],
+    );
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 is async-signal-safe; it leaves a non-CLOEXEC fd 7 open
+    // in the child, as a careless (or hostile) caller would.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = output(&mut cmd)?;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let fds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(!fds.contains(&"7".to_string()), "fd 7 leaked: {fds:?}");
+    assert!(fds.len() <= 4, "unexpected fds in the container: {fds:?}");
+    assert_clean(&u1, &id);
+    Ok(())
+}
+
+#[test]
 fn self_check_and_version() -> Result<()> {
     let Some((shim, u1, _)) = setup() else {
         return Ok(());
