@@ -261,6 +261,60 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 mod tests {
     use super::*;
 
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn conf_file_must_be_root_owned_in_a_root_only_chain() {
+        use std::os::unix::fs::PermissionsExt;
+        // /tmp is world-writable, so nothing under it is trusted.
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("shim.conf");
+        fs::write(&f, "runc = /usr/sbin/runc\n").unwrap();
+        assert!(ShimConf::load_from(&f).is_err());
+        // A missing file means the compiled-in default.
+        assert_eq!(
+            ShimConf::load_from(&tmp.path().join("absent")).unwrap(),
+            ShimConf::default()
+        );
+        if !is_root() || !Path::new("/run").is_dir() {
+            return;
+        }
+        let dir = tempfile::tempdir_in("/run").unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let f = dir.path().join("shim.conf");
+        fs::write(&f, "runc = /opt/runc\n").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            ShimConf::load_from(&f).unwrap().runc,
+            PathBuf::from("/opt/runc")
+        );
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(ShimConf::load_from(&f).is_err(), "group-writable accepted");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::chown(&f, Some(1), None).unwrap();
+        assert!(ShimConf::load_from(&f).is_err(), "non-root owner accepted");
+    }
+
+    #[test]
+    fn runc_path_checks() {
+        assert!(check_runc(Path::new("runc")).is_err());
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = tmp.path().join("runc");
+        fs::write(&fake, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            check_runc(&fake).is_err(),
+            "runc under world-writable /tmp accepted"
+        );
+        if Path::new("/usr/sbin/runc").exists() {
+            assert!(check_runc(Path::new("/usr/sbin/runc")).is_ok());
+        }
+    }
+
     #[test]
     fn conf_parses_and_refuses_junk() {
         assert_eq!(ShimConf::parse("").unwrap(), ShimConf::default());
