@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# Install the Debian packages the integration tests use. Idempotent: only
-# missing packages are installed. Run as root (CI does).
+# Installs what locald's tests and examples need on a Debian 12 machine.
+# Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
 packages=(
-    runc            # the OCI runtime the shim drives
-    busybox-static  # a static busybox for test rootfs images
-    uidmap          # newuidmap/newgidmap and subordinate-id tooling
-    passwd          # useradd, for the shim tests' unprivileged users
-    util-linux      # setpriv, unshare, mount
+  python3          # examples/hello and test services
+  procps           # ps, for test diagnostics
+  util-linux       # setpriv, setsid
+  runc             # container runtime behind locald-shim
+  busybox-static   # rootfs for container test bundles
+  uidmap           # newuidmap/newgidmap, subuid ranges
+  passwd           # useradd, for the shim tests' unprivileged users
+  dbus             # dbus-daemon for private session buses
+  dbus-bin         # dbus-send, dbus-monitor
+  libglib2.0-bin   # gdbus, a D-Bus client nobody here wrote
+  systemd          # systemd-journald, journalctl, busctl, systemd-cat
 )
 
 missing=()
 for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-if ((${#missing[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup-debian: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+command -v cargo >/dev/null || { echo "setup-debian: cargo is missing; install Rust with rustup" >&2; exit 1; }

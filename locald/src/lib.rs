@@ -9,6 +9,11 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod engine;
 pub mod event;
+pub mod foreground;
 pub mod output;
+pub mod runtime;
 pub mod shim_client;
+pub mod supervisor;
+pub mod term;

@@ -17,11 +17,6 @@ use serde_json::{json, Value};
 /// Exit status the shim uses for its own errors and refusals.
 pub const SHIM_ERROR: i32 = 125;
 
-/// Whether a missing precondition must fail the test (CI) or may skip it.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// Check the machine can run these tests: root, runc, busybox-static, a
 /// /tmp that honours setuid. Returns false (after saying why) when the test
 /// should be skipped; panics instead under `CI=true`.
@@ -46,7 +41,7 @@ pub fn preconditions() -> bool {
         return true;
     }
     let why = missing.join("; ");
-    if in_ci() {
+    if crate::is_ci() {
         panic!("precondition missing under CI=true: {why}");
     }
     eprintln!("skipping: {why}");
