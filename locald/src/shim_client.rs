@@ -427,7 +427,8 @@ impl ShimClient {
 
     /// Start `run --bundle DIR --id ID` with stdout and stderr piped; the
     /// child's exit status is the container's. Checks the installation first
-    /// so a broken install gives the install hint, not a refusal.
+    /// so a broken install gives the install hint, not a refusal. Must be
+    /// called inside a tokio runtime (the child is a `tokio::process::Child`).
     pub fn run(&self, bundle: &Path, id: &str) -> Result<tokio::process::Child, ShimError> {
         self.check_installed()?;
         self.command([
