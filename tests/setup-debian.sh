@@ -10,6 +10,7 @@ packages=(
   runc             # container runtime behind locald-shim
   busybox-static   # rootfs for container test bundles
   uidmap           # newuidmap/newgidmap, subuid ranges
+  passwd           # useradd, for the shim tests' unprivileged users
   dbus             # dbus-daemon for private session buses
   dbus-bin         # dbus-send, dbus-monitor
   libglib2.0-bin   # gdbus, a D-Bus client nobody here wrote

@@ -16,5 +16,6 @@ pub mod event;
 pub mod foreground;
 pub mod output;
 pub mod runtime;
+pub mod shim_client;
 pub mod supervisor;
 pub mod term;

@@ -4,6 +4,7 @@
 
 pub mod dbus;
 pub mod nspawn;
+pub mod shim;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
