@@ -1,12 +1,15 @@
 //! `locald daemon`: one engine for the user's session, served on D-Bus.
 //!
-//! Startup order matters to the callers: the objects are in place before the
-//! well-known name `dev.locald.Locald1` is taken (so a client activated by
-//! name never finds an empty tree), projects that were up are restored, and
-//! only then does systemd hear `READY=1`. While running, `STATUS=` follows
-//! the services ("2 projects, 5 running, 1 failed") and `WATCHDOG=1` is sent
-//! at half of `$WATCHDOG_USEC`. On SIGTERM or SIGINT it says `STOPPING=1` and
-//! stops every project in order before exiting.
+//! Startup order matters to the callers: the state directory is locked (two
+//! daemons restoring from it would stop each other's services), the objects
+//! are put in place, the projects that were up are restored, and only then
+//! is the well-known name `dev.locald.Locald1` taken and `READY=1` sent. A
+//! client whose call activated the daemon waits in the bus until the name
+//! has an owner, so it sees the restored projects, never an empty tree.
+//! While running, `STATUS=` follows the services ("2 projects, 5 running,
+//! 1 failed") and `WATCHDOG=1` is sent at half of `$WATCHDOG_USEC`. On
+//! SIGTERM or SIGINT it says `STOPPING=1` and stops every project in order
+//! before exiting; when the bus goes away it does the same and exits 1.
 //!
 //! The notify protocol is a datagram on `$NOTIFY_SOCKET` (a path, or an
 //! abstract name starting with `@`); it is small enough to speak directly.
@@ -65,6 +68,21 @@ pub enum DaemonError {
     /// `Restart=on-failure` bring the daemon back on the new bus.
     #[error("lost the connection to the bus")]
     LostBus,
+    /// Another daemon uses the same state directory.
+    #[error("another locald uses the state directory {}", dir.display())]
+    StateLocked {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The state directory cannot be created or locked.
+    #[error("cannot lock the state directory {}", dir.display())]
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// No home directory to put the state in.
     #[error("cannot find a state directory: neither XDG_STATE_HOME nor HOME is set")]
     NoStateDir,
@@ -180,6 +198,30 @@ pub fn default_state_dir() -> Option<PathBuf> {
         .map(|d| d.join("locald"))
 }
 
+/// Takes `DIR/daemon.lock` with `flock`; released when the file is closed,
+/// even when the daemon is killed.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let io = |source| DaemonError::StateDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("daemon.lock"))
+        .map_err(io)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => DaemonError::StateLocked {
+                dir: dir.to_owned(),
+            },
+            e => io(std::io::Error::from(e)),
+        },
+    )
+}
+
 /// The one-line status for `STATUS=`.
 pub fn status_line(engine: &Engine) -> String {
     let projects = engine.projects();
@@ -252,6 +294,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Some(d) => d,
         None => default_state_dir().ok_or(DaemonError::NoStateDir)?,
     };
+    // Two daemons restoring from one state directory would stop each other's
+    // services; the lock is held for the daemon's whole life.
+    let _state_lock = lock_state_dir(&state_dir)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
@@ -284,17 +329,14 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let server = dbus::serve(&conn, engine.clone(), bus_logs)
         .await
         .map_err(DaemonError::Serve)?;
-    let reply = conn
-        .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
+    // Fail fast, before touching any process, when another daemon serves
+    // this bus; the request below settles a race between two starting ones.
+    let dbus = zbus::fdo::DBusProxy::new(&conn)
         .await
-        .map_err(|e| match e {
-            zbus::Error::NameTaken => DaemonError::NameTaken,
-            e => DaemonError::Serve(e),
-        })?;
-    if !matches!(
-        reply,
-        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner
-    ) {
+        .map_err(DaemonError::Serve)?;
+    let bus_name = zbus::names::BusName::from_static_str(BUS_NAME)
+        .map_err(|e| DaemonError::Serve(e.into()))?;
+    if dbus.name_has_owner(bus_name).await.unwrap_or(false) {
         return Err(DaemonError::NameTaken);
     }
 
@@ -306,10 +348,28 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     ));
 
     // Bring back the projects that were up when the last daemon stopped or
-    // was killed; the engine stops what that daemon left running first.
+    // was killed; the engine stops what that daemon left running first. This
+    // happens before the name is taken, so a client activated by its call
+    // (which the bus holds until the name has an owner) sees them back.
     notifier.send("STATUS=restoring projects");
     for (path, e) in engine.restore().await {
         tracing::warn!("cannot bring back the project in {}: {e}", path.display());
+    }
+
+    let reply = conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
+        .await;
+    let owned = matches!(
+        reply,
+        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner)
+    );
+    if !owned {
+        // Lost a start-up race: stop what was restored (the saved list stays).
+        engine.shutdown().await;
+        return Err(match reply {
+            Err(e) if !matches!(e, zbus::Error::NameTaken) => DaemonError::Serve(e),
+            _ => DaemonError::NameTaken,
+        });
     }
 
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&engine)));

@@ -976,3 +976,32 @@ fn second_daemon_on_the_same_bus_refuses_to_start() {
     );
     assert!(bus.name_has_owner(), "the first daemon keeps serving");
 }
+
+#[test]
+fn second_daemon_on_the_same_state_refuses_to_start() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let other_bus = TestBus::start();
+    let _first = Daemon::start(&bus);
+    let mut second = Daemon::start_with(
+        &other_bus,
+        DaemonSetup {
+            state_dir: Some(bus.dir().join("state")),
+            no_wait: true,
+            ..Default::default()
+        },
+    );
+    let status = second
+        .wait(Duration::from_secs(10))
+        .expect("the second daemon exits");
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("another locald uses the state directory"),
+        "{}",
+        second.log()
+    );
+}
