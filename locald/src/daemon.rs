@@ -51,13 +51,13 @@ pub enum DaemonError {
     Connect {
         /// The address given, if any.
         address: Option<String>,
-        /// Why.
+        /// Why (boxed: zbus errors are large).
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// Serving the objects or asking for the name failed.
     #[error("cannot serve the locald objects on the bus")]
-    Serve(#[source] zbus::Error),
+    Serve(#[source] Box<zbus::Error>),
     /// Another daemon owns the name already.
     #[error("another locald already owns {BUS_NAME} on this bus")]
     NameTaken,
@@ -324,18 +324,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     .map_err(|source| DaemonError::Connect {
         address: opts.bus_address.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let server = dbus::serve(&conn, engine.clone(), bus_logs)
         .await
-        .map_err(DaemonError::Serve)?;
+        .map_err(|e| DaemonError::Serve(Box::new(e)))?;
     // Fail fast, before touching any process, when another daemon serves
     // this bus; the request below settles a race between two starting ones.
     let dbus = zbus::fdo::DBusProxy::new(&conn)
         .await
-        .map_err(DaemonError::Serve)?;
+        .map_err(|e| DaemonError::Serve(Box::new(e)))?;
     let bus_name = zbus::names::BusName::from_static_str(BUS_NAME)
-        .map_err(|e| DaemonError::Serve(e.into()))?;
+        .map_err(|e| DaemonError::Serve(Box::new(e.into())))?;
     if dbus.name_has_owner(bus_name).await.unwrap_or(false) {
         return Err(DaemonError::NameTaken);
     }
@@ -367,7 +367,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         // Lost a start-up race: stop what was restored (the saved list stays).
         engine.shutdown().await;
         return Err(match reply {
-            Err(e) if !matches!(e, zbus::Error::NameTaken) => DaemonError::Serve(e),
+            Err(e) if !matches!(e, zbus::Error::NameTaken) => DaemonError::Serve(Box::new(e)),
             _ => DaemonError::NameTaken,
         });
     }
