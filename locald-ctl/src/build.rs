@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
@@ -43,13 +43,29 @@ async fn build_one(
 ) -> Result<Result<BuildInfo, String>, Error> {
     // Subscribe before calling so the first step is not missed.
     let mut progress = client.manager.receive_build_progress().await?;
+    let mut finished = client.manager.receive_build_finished().await?;
     let started = Instant::now();
     let call = client.manager.build(project, service, force);
     tokio::pin!(call);
     let mut stderr = std::io::stderr();
-    let outcome = loop {
+    let mut outcome = None;
+    let mut finished_seen = false;
+    // The daemon's reply can overtake its signals (they come from another
+    // task); after the reply, wait a little for BuildFinished, which follows
+    // every BuildProgress of the build, so no step goes unshown.
+    let grace = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(grace);
+    loop {
+        let waiting_for_signals = outcome
+            .as_ref()
+            .is_some_and(|o: &Result<BuildInfo, Error>| {
+                matches!(o, Ok(_) | Err(Error::BuildFailed(_)))
+            });
+        if outcome.is_some() && (finished_seen || !waiting_for_signals) {
+            break;
+        }
         tokio::select! {
-            result = &mut call => break result,
+            biased;
             Some(signal) = progress.next() => {
                 let Ok(a) = signal.args() else { continue };
                 if a.project() != project || a.service() != service {
@@ -63,16 +79,32 @@ async fn build_one(
                     let _ = writeln!(stderr, "{line}");
                 }
             }
+            Some(signal) = finished.next() => {
+                let Ok(a) = signal.args() else { continue };
+                if a.project() == project && a.service() == service {
+                    finished_seen = true;
+                }
+            }
+            result = &mut call, if outcome.is_none() => {
+                outcome = Some(result);
+                grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3));
+            }
+            () = &mut grace, if outcome.is_some() => break,
         }
-    };
+    }
     if tty {
         let _ = write!(stderr, "\r\x1b[2K");
     }
     let secs = started.elapsed().as_secs_f64();
     let outcome = match outcome {
-        Ok(b) => Ok(b),
-        Err(Error::BuildFailed(reason)) => Err(reason),
-        Err(e) => return Err(e),
+        Some(Ok(b)) => Ok(b),
+        Some(Err(Error::BuildFailed(reason))) => Err(reason),
+        Some(Err(e)) => return Err(e),
+        None => {
+            return Err(Error::ZBus(zbus::Error::Failure(
+                "no reply to Build".into(),
+            )))
+        }
     };
     println!("{}", result_line(service, &outcome, secs));
     Ok(outcome)

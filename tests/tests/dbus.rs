@@ -661,6 +661,12 @@ fn ctl_build_folds_progress_into_one_line() {
         results[0].starts_with("✓ web built in") || results[0] == "✓ web: Build up to date",
         "{out:?}"
     );
+    // Not a terminal: the progress fed by BuildProgress comes as plain lines.
+    assert!(
+        out.stderr
+            .contains("web [####################] 1/1 running echo compiling"),
+        "{out:?}"
+    );
 
     // All builds: the service without a build is skipped, not an error.
     let out = ctl(&bus, p.path(), &["build", "--force"]);
