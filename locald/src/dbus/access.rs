@@ -5,7 +5,9 @@
 //! start processes as ours. The bus daemon is asked for the sender's uid
 //! (`GetConnectionUnixUser`), which it learned from the socket's credentials,
 //! so the caller cannot lie about it. Unique names are never reused on a bus,
-//! so the answer is cached per name until the name leaves the bus.
+//! so the answer is cached per name until the name leaves the bus. Every
+//! locald method checks; the standard `Properties`/`ObjectManager` reads are
+//! answered by zbus and left to the bus's own policy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
