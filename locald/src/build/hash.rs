@@ -1,0 +1,810 @@
+//! Tree hashing: one digest for a project's sources, and the per-file list
+//! that explains what changed.
+//!
+//! The walk uses the `ignore` crate in parallel, so what counts as source is
+//! what git would show the user: `.gitignore` (also outside a git
+//! repository), `.ignore`, the global git excludes and `.git/info/exclude`
+//! are honoured, hidden files are included, and `.git` and `.locald` are
+//! always skipped (`.locald` holds our own state and outputs; hashing it
+//! would make every build invalidate itself).
+//!
+//! The tree hash covers, for every regular file and symlink sorted by the
+//! bytes of its relative path: the path, a git-like normalised mode
+//! (`100644`, `100755` or `120000`, so a umask difference between machines
+//! does not count but `chmod +x` does) and the BLAKE3 hash of the contents
+//! or of the symlink target. Directories, sockets, FIFOs and devices do not
+//! count, as in git. The result does not depend on the walk order, the
+//! absolute location of the project or the machine.
+//!
+//! Unchanged files are not read again when the [`StatCache`] says their
+//! `stat` data is what it was when they were hashed.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkBuilder, WalkState};
+
+use super::statcache::{StatCache, StatKey};
+use super::{BuildError, Digest};
+
+/// Files at least this big are hashed through a memory map with rayon, so
+/// one large file uses every core; smaller ones are read into a reused buffer
+/// because mapping and unmapping costs more than a copy for them.
+const MMAP_THRESHOLD: u64 = 4 << 20;
+
+/// Read size for files below [`MMAP_THRESHOLD`]; large enough that BLAKE3
+/// can use its wide SIMD paths on each `update`.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Directory names never hashed, at any depth.
+const ALWAYS_SKIPPED: [&str; 2] = [".git", ".locald"];
+
+/// What kind of entry a file is, in the git sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A regular file without the owner's execute bit.
+    File,
+    /// A regular file with the owner's execute bit.
+    Executable,
+    /// A symbolic link (its target is hashed, not followed).
+    Symlink,
+}
+
+impl FileKind {
+    /// The normalised mode hashed into the tree, as git writes it.
+    pub fn mode(self) -> u32 {
+        match self {
+            FileKind::File => 0o100644,
+            FileKind::Executable => 0o100755,
+            FileKind::Symlink => 0o120000,
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            FileKind::File => b'f',
+            FileKind::Executable => b'x',
+            FileKind::Symlink => b'l',
+        }
+    }
+
+    fn from_tag(t: u8) -> Option<FileKind> {
+        match t {
+            b'f' => Some(FileKind::File),
+            b'x' => Some(FileKind::Executable),
+            b'l' => Some(FileKind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// One file of a hashed tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Path relative to the hashed root, `/`-separated.
+    pub path: PathBuf,
+    /// File, executable or symlink.
+    pub kind: FileKind,
+    /// BLAKE3 of the contents, or of the symlink target.
+    pub digest: Digest,
+}
+
+/// What [`hash_tree`] did, for logs and for the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashStats {
+    /// Files and symlinks in the tree.
+    pub files: usize,
+    /// Files whose contents were read because the stat cache did not vouch
+    /// for them.
+    pub hashed: usize,
+    /// Bytes read for those.
+    pub bytes_hashed: u64,
+    /// Files taken from the stat cache without reading them.
+    pub cache_hits: usize,
+}
+
+/// The hash of a tree and the files it covers.
+#[derive(Debug, Clone)]
+pub struct TreeHash {
+    /// The tree hash.
+    pub digest: Digest,
+    /// Every file, sorted by the bytes of its path.
+    pub files: Vec<FileEntry>,
+    /// How the hash was obtained.
+    pub stats: HashStats,
+}
+
+/// What to hash.
+#[derive(Debug, Clone)]
+pub struct HashScope {
+    /// The directory to walk; paths in the result are relative to it.
+    pub root: PathBuf,
+    /// `None` hashes the whole tree. `Some(globs)` hashes only files that
+    /// match one of the globs (a host build's `inputs`): `*` stays within a
+    /// path component, `**` crosses them, and a pattern naming a directory
+    /// covers everything under it. Files the ignore rules exclude stay
+    /// excluded, except that a pattern without wildcards (`.env`) names its
+    /// file even when it is ignored, because the user asked for it.
+    pub inputs: Option<Vec<String>>,
+    /// Paths relative to `root` to leave out with everything under them
+    /// (a build's own outputs and caches when they live in the tree).
+    pub exclude: Vec<PathBuf>,
+}
+
+impl HashScope {
+    /// The whole tree under `root`.
+    pub fn tree(root: impl Into<PathBuf>) -> Self {
+        HashScope {
+            root: root.into(),
+            inputs: None,
+            exclude: Vec::new(),
+        }
+    }
+
+    /// Only the files under `root` that match `inputs`.
+    pub fn inputs(root: impl Into<PathBuf>, inputs: &[String]) -> Self {
+        HashScope {
+            root: root.into(),
+            inputs: Some(inputs.to_vec()),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// Which files changed between two hashed trees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSummary {
+    /// Files only in the new tree.
+    pub added: usize,
+    /// Files only in the old tree.
+    pub removed: usize,
+    /// Files in both whose contents or mode differ.
+    pub modified: usize,
+    /// Up to three changed paths, in path order.
+    pub examples: Vec<PathBuf>,
+}
+
+impl ChangeSummary {
+    /// How many files differ (a rename counts twice: removed and added).
+    pub fn total(&self) -> usize {
+        self.added + self.removed + self.modified
+    }
+
+    /// Compares two sorted file lists (as [`TreeHash::files`] keeps them).
+    pub fn between(old: &[FileEntry], new: &[FileEntry]) -> Self {
+        let mut s = ChangeSummary::default();
+        let (mut i, mut j) = (0, 0);
+        let note = |s: &mut ChangeSummary, p: &Path| {
+            if s.examples.len() < 3 {
+                s.examples.push(p.to_path_buf());
+            }
+        };
+        while i < old.len() || j < new.len() {
+            let ord = match (old.get(i), new.get(j)) {
+                (Some(a), Some(b)) => path_bytes(&a.path).cmp(path_bytes(&b.path)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, _) => std::cmp::Ordering::Greater,
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    s.removed += 1;
+                    note(&mut s, &old[i].path);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    s.added += 1;
+                    note(&mut s, &new[j].path);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if old[i].kind != new[j].kind || old[i].digest != new[j].digest {
+                        s.modified += 1;
+                        note(&mut s, &new[j].path);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        s
+    }
+}
+
+impl fmt::Display for ChangeSummary {
+    /// `3 files (1 added, 2 modified), e.g. src/main.rs`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.total();
+        write!(f, "{n} file{}", if n == 1 { "" } else { "s" })?;
+        let parts: Vec<String> = [
+            (self.added, "added"),
+            (self.removed, "removed"),
+            (self.modified, "modified"),
+        ]
+        .iter()
+        .filter(|(c, _)| *c > 0)
+        .map(|(c, w)| format!("{c} {w}"))
+        .collect();
+        if !parts.is_empty() {
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        if let Some(p) = self.examples.first() {
+            write!(f, ", e.g. {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Hashes what `scope` covers, using and refreshing `cache`.
+///
+/// `cache` is updated in memory; the caller saves it with
+/// [`StatCache::save`] (which writes only when something changed).
+pub fn hash_tree(scope: &HashScope, cache: &mut StatCache) -> Result<TreeHash, BuildError> {
+    let root = scope.root.as_path();
+    match fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(BuildError::io(
+                "cannot hash",
+                root,
+                io::Error::other("not a directory"),
+            ))
+        }
+        Err(e) => return Err(BuildError::io("cannot hash", root, e)),
+    }
+    let matcher = match &scope.inputs {
+        Some(globs) => Some(InputMatcher::new(globs)?),
+        None => None,
+    };
+
+    // Taken before anything is read: a file whose mtime is not older than
+    // this may change again without its stat data changing (the racy-git
+    // case), so the cache will not vouch for it next time.
+    let stamp = cache.begin_scan();
+
+    let exclude: Arc<HashSet<PathBuf>> = Arc::new(scope.exclude.iter().cloned().collect());
+    let filter_root = root.to_path_buf();
+    let mut builder = WalkBuilder::new(root);
+    builder
+        .hidden(false)
+        .parents(true)
+        .ignore(true)
+        .git_ignore(true)
+        .git_global(true)
+        .git_exclude(true)
+        .require_git(false)
+        .follow_links(false)
+        .filter_entry(move |e| {
+            if e.depth() == 0 {
+                return true;
+            }
+            let name = e.file_name();
+            if ALWAYS_SKIPPED.iter().any(|s| name == *s) {
+                return false;
+            }
+            if exclude.is_empty() {
+                return true;
+            }
+            match e.path().strip_prefix(&filter_root) {
+                Ok(rel) => !exclude.contains(rel),
+                Err(_) => true,
+            }
+        });
+
+    let shared = Shared {
+        root,
+        cache,
+        inputs: matcher.as_ref(),
+        out: Mutex::new(Vec::new()),
+        error: Mutex::new(None),
+    };
+    builder
+        .build_parallel()
+        .visit(&mut VisitorBuilder { shared: &shared });
+
+    if let Some(e) = lock(&shared.error).take() {
+        return Err(e);
+    }
+    let mut records = std::mem::take(&mut *lock(&shared.out));
+
+    // Literal inputs name their file even when an ignore rule hides it.
+    if let Some(m) = &matcher {
+        let seen: HashSet<&[u8]> = records.iter().map(|r| &*r.path).collect();
+        let mut extra = Vec::new();
+        let mut buf = Vec::new();
+        for lit in &m.literals {
+            let bytes = lit.as_os_str().as_bytes();
+            if seen.contains(bytes) || skipped_path(lit, &scope.exclude) {
+                continue;
+            }
+            let abs = root.join(lit);
+            let meta = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(BuildError::io("cannot stat", abs, e)),
+            };
+            if let Some(r) = visit_file(&abs, bytes, &meta, cache, &mut buf)? {
+                extra.push(r);
+            }
+        }
+        records.extend(extra);
+    }
+
+    records.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    records.dedup_by(|a, b| a.path == b.path);
+
+    let mut stats = HashStats {
+        files: records.len(),
+        ..HashStats::default()
+    };
+    for r in &records {
+        if r.hit {
+            stats.cache_hits += 1;
+        } else if r.kind != FileKind::Symlink {
+            stats.hashed += 1;
+            stats.bytes_hashed += r.stat.as_ref().map_or(0, |s| s.size);
+        }
+    }
+
+    let mut files = Vec::with_capacity(records.len());
+    let mut fresh = Vec::with_capacity(records.len());
+    for r in records {
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&r.path));
+        files.push(FileEntry {
+            path,
+            kind: r.kind,
+            digest: r.digest,
+        });
+        if let Some(st) = r.stat {
+            fresh.push((r.path, st, r.digest, r.hit));
+        }
+    }
+    cache.replace(stamp, fresh);
+
+    Ok(TreeHash {
+        digest: tree_digest(&files),
+        files,
+        stats,
+    })
+}
+
+/// The tree hash of a sorted file list.
+pub fn tree_digest(files: &[FileEntry]) -> Digest {
+    let mut h = blake3::Hasher::new_derive_key("locald tree hash v1");
+    h.update(&(files.len() as u64).to_le_bytes());
+    for f in files {
+        let p = path_bytes(&f.path);
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+        h.update(&[f.kind.tag()]);
+        h.update(&f.kind.mode().to_le_bytes());
+        h.update(&f.digest.0);
+    }
+    h.finalize().into()
+}
+
+const FILES_MAGIC: &[u8; 8] = b"LDSRC\0v1";
+
+/// Encodes a file list for `artifacts/sources.bin`: magic, count, then per
+/// file the path length, path, kind tag and digest; a BLAKE3 of all of that
+/// at the end so a damaged file reads as absent instead of as wrong.
+pub fn encode_files(files: &[FileEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + files.len() * 64);
+    out.extend_from_slice(FILES_MAGIC);
+    out.extend_from_slice(&(files.len() as u64).to_le_bytes());
+    for f in files {
+        let p = path_bytes(&f.path);
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(p);
+        out.push(f.kind.tag());
+        out.extend_from_slice(&f.digest.0);
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+/// Decodes what [`encode_files`] wrote; `None` if it is damaged.
+pub fn decode_files(data: &[u8]) -> Option<Vec<FileEntry>> {
+    let body_len = data.len().checked_sub(32)?;
+    let (body, sum) = data.split_at(body_len);
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut r = body.strip_prefix(FILES_MAGIC.as_slice())?;
+    let n = u64::from_le_bytes(take(&mut r, 8)?.try_into().ok()?);
+    let mut files = Vec::with_capacity(usize::try_from(n).ok()?.min(1 << 20));
+    for _ in 0..n {
+        let len = u32::from_le_bytes(take(&mut r, 4)?.try_into().ok()?) as usize;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(take(&mut r, len)?));
+        let kind = FileKind::from_tag(take(&mut r, 1)?[0])?;
+        let digest = Digest(take(&mut r, 32)?.try_into().ok()?);
+        files.push(FileEntry { path, kind, digest });
+    }
+    r.is_empty().then_some(files)
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if r.len() < n {
+        return None;
+    }
+    let (a, b) = r.split_at(n);
+    *r = b;
+    Some(a)
+}
+
+fn path_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn skipped_path(rel: &Path, exclude: &[PathBuf]) -> bool {
+    rel.components().any(|c| {
+        let c = c.as_os_str();
+        ALWAYS_SKIPPED.iter().any(|s| c == *s)
+    }) || exclude.iter().any(|e| rel.starts_with(e))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic in a walker thread leaves the data usable: the vectors are
+    // only ever pushed to.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `inputs` globs, compiled.
+struct InputMatcher {
+    set: GlobSet,
+    /// Patterns without wildcards, as relative paths.
+    literals: Vec<PathBuf>,
+}
+
+impl InputMatcher {
+    fn new(patterns: &[String]) -> Result<Self, BuildError> {
+        let mut b = GlobSetBuilder::new();
+        let mut literals = Vec::new();
+        for raw in patterns {
+            let p = normalise_pattern(raw);
+            if p.is_empty() {
+                continue;
+            }
+            let glob = GlobBuilder::new(p)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|source| BuildError::Glob {
+                    pattern: raw.clone(),
+                    source,
+                })?;
+            b.add(glob);
+            if !p.contains(['*', '?', '[', '{', '\\']) {
+                literals.push(PathBuf::from(p));
+            }
+        }
+        let set = b.build().map_err(|source| BuildError::Glob {
+            pattern: patterns.join(", "),
+            source,
+        })?;
+        Ok(InputMatcher { set, literals })
+    }
+
+    /// True when `rel` or one of its parent directories matches.
+    fn matches(&self, rel: &Path) -> bool {
+        let mut p = Some(rel);
+        while let Some(x) = p {
+            if x.as_os_str().is_empty() {
+                break;
+            }
+            if self.set.is_match(x) {
+                return true;
+            }
+            p = x.parent();
+        }
+        false
+    }
+}
+
+/// `./src/` and `/src` both mean `src`.
+fn normalise_pattern(p: &str) -> &str {
+    let mut p = p.trim();
+    while let Some(rest) = p.strip_prefix("./") {
+        p = rest;
+    }
+    p = p.trim_start_matches('/');
+    p.trim_end_matches('/')
+}
+
+/// One file as the walker saw it.
+struct Record {
+    path: Box<[u8]>,
+    kind: FileKind,
+    digest: Digest,
+    /// `None` for symlinks, which are not cached (reading a link is as cheap
+    /// as checking a cache entry).
+    stat: Option<StatKey>,
+    hit: bool,
+}
+
+struct Shared<'a> {
+    root: &'a Path,
+    cache: &'a StatCache,
+    inputs: Option<&'a InputMatcher>,
+    out: Mutex<Vec<Record>>,
+    error: Mutex<Option<BuildError>>,
+}
+
+struct VisitorBuilder<'a> {
+    shared: &'a Shared<'a>,
+}
+
+impl<'s> ParallelVisitorBuilder<'s> for VisitorBuilder<'s> {
+    fn build(&mut self) -> Box<dyn ParallelVisitor + 's> {
+        Box::new(Visitor {
+            shared: self.shared,
+            local: Vec::new(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// One walker thread: collects its records locally and hands them over when
+/// the walk ends, so threads do not contend on a lock per file.
+struct Visitor<'a> {
+    shared: &'a Shared<'a>,
+    local: Vec<Record>,
+    buf: Vec<u8>,
+}
+
+impl Visitor<'_> {
+    fn fail(&self, e: BuildError) -> WalkState {
+        let mut slot = lock(&self.shared.error);
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        WalkState::Quit
+    }
+
+    fn entry(&mut self, entry: &DirEntry) -> Result<(), BuildError> {
+        let Some(ft) = entry.file_type() else {
+            return Ok(());
+        };
+        if !(ft.is_file() || ft.is_symlink()) {
+            return Ok(());
+        }
+        let abs = entry.path();
+        let Ok(rel) = abs.strip_prefix(self.shared.root) else {
+            return Ok(());
+        };
+        if let Some(m) = self.shared.inputs {
+            if !m.matches(rel) {
+                return Ok(());
+            }
+        }
+        let meta = match fs::symlink_metadata(abs) {
+            Ok(m) => m,
+            // Deleted since the directory was read: it is not part of the tree.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(BuildError::io("cannot stat", abs, e)),
+        };
+        let rel = rel.as_os_str().as_bytes();
+        if let Some(r) = visit_file(abs, rel, &meta, self.shared.cache, &mut self.buf)? {
+            self.local.push(r);
+        }
+        Ok(())
+    }
+}
+
+impl ParallelVisitor for Visitor<'_> {
+    fn visit(&mut self, entry: Result<DirEntry, ignore::Error>) -> WalkState {
+        match entry {
+            Ok(e) => match self.entry(&e) {
+                Ok(()) => WalkState::Continue,
+                Err(err) => self.fail(err),
+            },
+            Err(err) if is_not_found(&err) => WalkState::Continue,
+            Err(err) => self.fail(BuildError::Walk {
+                root: self.shared.root.to_path_buf(),
+                source: err,
+            }),
+        }
+    }
+}
+
+impl Drop for Visitor<'_> {
+    fn drop(&mut self) {
+        let mut out = lock(&self.shared.out);
+        if out.is_empty() {
+            *out = std::mem::take(&mut self.local);
+        } else {
+            out.append(&mut self.local);
+        }
+    }
+}
+
+fn is_not_found(e: &ignore::Error) -> bool {
+    e.io_error()
+        .is_some_and(|io| io.kind() == io::ErrorKind::NotFound)
+}
+
+/// Hashes one file or symlink, or takes its digest from the cache.
+fn visit_file(
+    abs: &Path,
+    rel: &[u8],
+    meta: &fs::Metadata,
+    cache: &StatCache,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Record>, BuildError> {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = match fs::read_link(abs) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(BuildError::io("cannot read link", abs, e)),
+        };
+        return Ok(Some(Record {
+            path: rel.into(),
+            kind: FileKind::Symlink,
+            digest: blake3::hash(target.as_os_str().as_bytes()).into(),
+            stat: None,
+            hit: false,
+        }));
+    }
+    if !ft.is_file() {
+        return Ok(None);
+    }
+    let kind = if meta.mode() & 0o100 != 0 {
+        FileKind::Executable
+    } else {
+        FileKind::File
+    };
+    let key = StatKey::from_metadata(meta);
+    if let Some(d) = cache.lookup(rel, &key) {
+        return Ok(Some(Record {
+            path: rel.into(),
+            kind,
+            digest: d,
+            stat: Some(key),
+            hit: true,
+        }));
+    }
+    let digest = match hash_file(abs, meta.len(), buf) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BuildError::io("cannot read", abs, e)),
+    };
+    Ok(Some(Record {
+        path: rel.into(),
+        kind,
+        digest,
+        stat: Some(key),
+        hit: false,
+    }))
+}
+
+/// BLAKE3 of a file's contents.
+///
+/// Reads to the end whatever the size said: a file that grew or shrank
+/// since `stat` is hashed as it is now, and its new stat data will not match
+/// the cache entry next time.
+pub fn hash_file(path: &Path, size_hint: u64, buf: &mut Vec<u8>) -> io::Result<Digest> {
+    let mut hasher = blake3::Hasher::new();
+    if size_hint >= MMAP_THRESHOLD {
+        hasher.update_mmap_rayon(path)?;
+        return Ok(hasher.finalize().into());
+    }
+    let mut f = File::open(path)?;
+    if buf.len() < READ_CHUNK {
+        buf.resize(READ_CHUNK, 0);
+    }
+    loop {
+        let n = match f.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(p: &str, kind: FileKind, d: u8) -> FileEntry {
+        FileEntry {
+            path: PathBuf::from(p),
+            kind,
+            digest: Digest([d; 32]),
+        }
+    }
+
+    #[test]
+    fn change_summary_counts_and_examples() {
+        let old = vec![
+            entry("a", FileKind::File, 1),
+            entry("b", FileKind::File, 2),
+            entry("c", FileKind::File, 3),
+        ];
+        let new = vec![
+            entry("a", FileKind::File, 1),
+            entry("b", FileKind::Executable, 2),
+            entry("d", FileKind::File, 3),
+        ];
+        let s = ChangeSummary::between(&old, &new);
+        assert_eq!((s.added, s.removed, s.modified), (1, 1, 1));
+        assert_eq!(
+            s.to_string(),
+            "3 files (1 added, 1 removed, 1 modified), e.g. b"
+        );
+    }
+
+    #[test]
+    fn tree_digest_depends_on_path_mode_and_content() {
+        let base = vec![entry("a", FileKind::File, 1)];
+        let d = tree_digest(&base);
+        assert_ne!(d, tree_digest(&[entry("b", FileKind::File, 1)]));
+        assert_ne!(d, tree_digest(&[entry("a", FileKind::Executable, 1)]));
+        assert_ne!(d, tree_digest(&[entry("a", FileKind::File, 2)]));
+        assert_eq!(d, tree_digest(&base));
+        // Length prefixes keep ("ab") and ("a","b") apart.
+        assert_ne!(
+            tree_digest(&[entry("ab", FileKind::File, 1)]),
+            tree_digest(&[entry("a", FileKind::File, 1), entry("b", FileKind::File, 1)])
+        );
+    }
+
+    #[test]
+    fn files_round_trip_and_damage_is_detected() {
+        let files = vec![
+            entry("src/main.rs", FileKind::File, 7),
+            entry("run.sh", FileKind::Executable, 8),
+            entry("link", FileKind::Symlink, 9),
+        ];
+        let mut data = encode_files(&files);
+        assert_eq!(decode_files(&data), Some(files));
+        data[12] ^= 1;
+        assert_eq!(decode_files(&data), None);
+        assert_eq!(decode_files(&[]), None);
+    }
+
+    #[test]
+    fn input_patterns_match_files_and_directories() {
+        let m = InputMatcher::new(&[
+            "src/**".into(),
+            "./package.json".into(),
+            "assets/".into(),
+            "*.toml".into(),
+        ])
+        .unwrap();
+        for yes in [
+            "src/a.rs",
+            "src/x/y.rs",
+            "package.json",
+            "assets/img/x.png",
+            "Cargo.toml",
+        ] {
+            assert!(m.matches(Path::new(yes)), "{yes}");
+        }
+        for no in ["srcs/a.rs", "lib/package.json", "sub/Cargo.toml", "README"] {
+            assert!(!m.matches(Path::new(no)), "{no}");
+        }
+        assert_eq!(
+            m.literals,
+            vec![PathBuf::from("package.json"), PathBuf::from("assets")]
+        );
+    }
+
+    #[test]
+    fn bad_glob_is_a_typed_error() {
+        let Err(err) = InputMatcher::new(&["src/[".into()]) else {
+            panic!("accepted a bad glob");
+        };
+        assert!(matches!(err, BuildError::Glob { .. }), "{err}");
+    }
+}

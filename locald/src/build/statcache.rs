@@ -1,0 +1,448 @@
+//! The stat cache: `stat` data per file → content hash, so a file that did
+//! not change is not read again (what git's index does for `git status`).
+//!
+//! An entry is trusted when the file's size, mtime, ctime, inode and mode
+//! are exactly what they were when it was hashed. That alone is not enough
+//! on filesystems whose timestamps are coarser than the time between two
+//! writes: a file hashed and then rewritten within the same tick keeps its
+//! stat data but not its contents. This is git's "racy git" problem, and
+//! the rule is git's too: an entry whose mtime or ctime is not strictly
+//! older than the cache's stamp is not trusted, and the file is re-hashed
+//! on the next check. The stamp is the filesystem's own clock (the mtime of
+//! a file written just before the scan starts), so it has the same
+//! granularity as the timestamps it is compared with, and it is taken
+//! before any file is read, which closes the window between hashing a file
+//! and writing the cache.
+//!
+//! # Format
+//!
+//! One file per service under `.locald/state/`, written to a temporary file
+//! and renamed into place. It is a plain little-endian binary format rather
+//! than bincode or postcard: the fields are fixed-width so loading is one
+//! read and a linear scan with no varint decoding, the format is versioned
+//! by its magic instead of by a dependency's release, and it costs no new
+//! crate. A BLAKE3 of the body at the end turns a damaged file into an
+//! empty cache (everything is re-hashed once) rather than wrong answers,
+//! which is also why the cache is not fsynced: it is a hint.
+//!
+//! ```text
+//! magic "LDSTAT\0\x01" | stamp: i64 sec, u32 nsec | count: u64
+//! count × { path_len: u32, path, size: u64, mtime: i64 sec + u32 nsec,
+//!           ctime: i64 sec + u32 nsec, inode: u64, mode: u32, digest: [u8; 32] }
+//! blake3(everything above): [u8; 32]
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{BuildError, Digest};
+
+const MAGIC: &[u8; 8] = b"LDSTAT\0\x01";
+
+/// How far back the stamp goes when the filesystem's clock cannot be read:
+/// longer than any filesystem's timestamp granularity in practice (FAT has
+/// two seconds), so files written just before a scan are never trusted.
+const FALLBACK_MARGIN: Duration = Duration::from_secs(2);
+
+/// A file timestamp, as `stat` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub sec: i64,
+    /// Nanoseconds within the second.
+    pub nsec: u32,
+}
+
+impl Timestamp {
+    fn from_system(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp {
+                sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nsec: d.subsec_nanos(),
+            },
+            Err(_) => Timestamp { sec: 0, nsec: 0 },
+        }
+    }
+}
+
+/// The `stat` data an entry is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatKey {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification.
+    pub mtime: Timestamp,
+    /// Last status change; catches changes that set mtime back.
+    pub ctime: Timestamp,
+    /// Inode; catches a file replaced by rename with the same times.
+    pub ino: u64,
+    /// Mode bits, type included.
+    pub mode: u32,
+}
+
+impl StatKey {
+    /// Takes the fields from `lstat` data.
+    pub fn from_metadata(m: &fs::Metadata) -> Self {
+        StatKey {
+            size: m.size(),
+            mtime: Timestamp {
+                sec: m.mtime(),
+                nsec: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+            },
+            ctime: Timestamp {
+                sec: m.ctime(),
+                nsec: u32::try_from(m.ctime_nsec()).unwrap_or(0),
+            },
+            ino: m.ino(),
+            mode: m.mode(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: StatKey,
+    digest: Digest,
+}
+
+/// Stat data → content hash, loaded from and saved to one file.
+#[derive(Debug, Default)]
+pub struct StatCache {
+    path: Option<PathBuf>,
+    /// Entries are trusted only if their file is strictly older than this.
+    stamp: Option<Timestamp>,
+    entries: HashMap<Box<[u8]>, Entry>,
+    dirty: bool,
+}
+
+impl StatCache {
+    /// A cache that is never saved; every file is hashed on the first scan.
+    pub fn in_memory() -> Self {
+        StatCache::default()
+    }
+
+    /// Loads the cache at `path`. A missing, unreadable or damaged file
+    /// gives an empty cache (which costs one full hash, never a wrong one).
+    pub fn load(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let mut cache = StatCache {
+            path: Some(path.clone()),
+            ..StatCache::default()
+        };
+        match fs::read(&path) {
+            Ok(data) => match decode(&data) {
+                Some((stamp, entries)) => {
+                    cache.stamp = Some(stamp);
+                    cache.entries = entries;
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "stat cache is damaged; hashing everything once");
+                    cache.dirty = true;
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the stat cache; hashing everything once");
+            }
+        }
+        cache
+    }
+
+    /// Where it is saved, if anywhere.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The stamp the entries are judged against (`None` before the first
+    /// scan).
+    pub fn stamp(&self) -> Option<Timestamp> {
+        self.stamp
+    }
+
+    /// Something changed since it was loaded or saved.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The cached digest for `path` if its stat data is unchanged and not
+    /// racy.
+    pub fn lookup(&self, path: &[u8], key: &StatKey) -> Option<Digest> {
+        let stamp = self.stamp?;
+        let e = self.entries.get(path)?;
+        (e.key == *key && trusted(key, stamp)).then_some(e.digest)
+    }
+
+    /// Reads the filesystem's clock for a scan about to start, by writing a
+    /// small file next to the cache and reading back its mtime.
+    pub fn begin_scan(&mut self) -> Timestamp {
+        let fallback = || Timestamp::from_system(SystemTime::now() - FALLBACK_MARGIN);
+        let Some(path) = &self.path else {
+            return fallback();
+        };
+        let mut clock = path.clone().into_os_string();
+        clock.push(".clock");
+        match fs_clock(Path::new(&clock)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the filesystem clock; using the system clock");
+                fallback()
+            }
+        }
+    }
+
+    /// Replaces the entries with what a scan that started at `stamp` saw:
+    /// `(path, stat, digest, came from the cache)` per file. Entries for
+    /// files the scan did not see are dropped. When every file came from the
+    /// cache and none disappeared nothing changes, so a no-op check writes
+    /// nothing.
+    pub fn replace(&mut self, stamp: Timestamp, fresh: Vec<(Box<[u8]>, StatKey, Digest, bool)>) {
+        let hits = fresh.iter().filter(|f| f.3).count();
+        if hits == fresh.len() && hits == self.entries.len() {
+            return;
+        }
+        self.entries = fresh
+            .into_iter()
+            .map(|(p, key, digest, _)| (p, Entry { key, digest }))
+            .collect();
+        self.stamp = Some(stamp);
+        self.dirty = true;
+    }
+
+    /// Writes the cache if it changed: a temporary file, then a rename.
+    pub fn save(&mut self) -> Result<(), BuildError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        let Some(stamp) = self.stamp else {
+            return Ok(());
+        };
+        let data = encode(stamp, &self.entries);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| BuildError::io("cannot create", dir, e))?;
+        }
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(format!(".tmp.{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&data)?;
+            fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(BuildError::io("cannot write", path, e));
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// The racy-git rule: both times strictly older than the stamp.
+fn trusted(key: &StatKey, stamp: Timestamp) -> bool {
+    key.mtime < stamp && key.ctime < stamp
+}
+
+fn fs_clock(path: &Path) -> io::Result<Timestamp> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut f = File::create(path)?;
+    f.write_all(b"x")?;
+    let m = f.metadata()?;
+    Ok(Timestamp {
+        sec: m.mtime(),
+        nsec: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+    })
+}
+
+fn put_ts(out: &mut Vec<u8>, t: Timestamp) {
+    out.extend_from_slice(&t.sec.to_le_bytes());
+    out.extend_from_slice(&t.nsec.to_le_bytes());
+}
+
+fn encode(stamp: Timestamp, entries: &HashMap<Box<[u8]>, Entry>) -> Vec<u8> {
+    let paths: usize = entries.keys().map(|k| k.len()).sum();
+    let mut out = Vec::with_capacity(60 + paths + entries.len() * 80);
+    out.extend_from_slice(MAGIC);
+    put_ts(&mut out, stamp);
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (p, e) in entries {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(&e.key.size.to_le_bytes());
+        put_ts(&mut out, e.key.mtime);
+        put_ts(&mut out, e.key.ctime);
+        out.extend_from_slice(&e.key.ino.to_le_bytes());
+        out.extend_from_slice(&e.key.mode.to_le_bytes());
+        out.extend_from_slice(&e.digest.0);
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.bytes(N)?.try_into().ok()
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+    fn ts(&mut self) -> Option<Timestamp> {
+        Some(Timestamp {
+            sec: self.array().map(i64::from_le_bytes)?,
+            nsec: self.u32()?,
+        })
+    }
+}
+
+fn decode(data: &[u8]) -> Option<(Timestamp, HashMap<Box<[u8]>, Entry>)> {
+    let body_len = data.len().checked_sub(32)?;
+    let (body, sum) = data.split_at(body_len);
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut r = Reader(body.strip_prefix(MAGIC.as_slice())?);
+    let stamp = r.ts()?;
+    let n = usize::try_from(r.u64()?).ok()?;
+    // Bounded by what the body can hold, so a bad count cannot allocate much.
+    let mut entries = HashMap::with_capacity(n.min(body.len() / 80));
+    for _ in 0..n {
+        let len = r.u32()? as usize;
+        let path: Box<[u8]> = r.bytes(len)?.into();
+        let key = StatKey {
+            size: r.u64()?,
+            mtime: r.ts()?,
+            ctime: r.ts()?,
+            ino: r.u64()?,
+            mode: r.u32()?,
+        };
+        let digest = Digest(r.array()?);
+        entries.insert(path, Entry { key, digest });
+    }
+    r.0.is_empty().then_some((stamp, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(mtime: i64, ctime: i64) -> StatKey {
+        StatKey {
+            size: 3,
+            mtime: Timestamp { sec: mtime, nsec: 5 },
+            ctime: Timestamp { sec: ctime, nsec: 5 },
+            ino: 42,
+            mode: 0o100644,
+        }
+    }
+
+    fn fresh(p: &str, k: StatKey, d: u8, hit: bool) -> (Box<[u8]>, StatKey, Digest, bool) {
+        (p.as_bytes().into(), k, Digest([d; 32]), hit)
+    }
+
+    #[test]
+    fn racy_entries_are_not_trusted() {
+        let stamp = Timestamp { sec: 100, nsec: 5 };
+        let mut c = StatCache::in_memory();
+        c.replace(
+            stamp,
+            vec![
+                fresh("old", key(99, 99), 1, false),
+                fresh("same-tick", key(100, 100), 2, false),
+                fresh("ctime-only", key(99, 100), 3, false),
+                fresh("future", key(200, 99), 4, false),
+            ],
+        );
+        assert_eq!(c.lookup(b"old", &key(99, 99)), Some(Digest([1; 32])));
+        assert_eq!(c.lookup(b"same-tick", &key(100, 100)), None);
+        assert_eq!(c.lookup(b"ctime-only", &key(99, 100)), None);
+        assert_eq!(c.lookup(b"future", &key(200, 99)), None);
+        // Any stat difference is a miss.
+        let mut k = key(99, 99);
+        k.ino = 43;
+        assert_eq!(c.lookup(b"old", &k), None);
+    }
+
+    #[test]
+    fn round_trip_and_no_write_when_nothing_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/web.statcache");
+        let mut c = StatCache::load(&path);
+        assert!(c.is_empty());
+        let stamp = c.begin_scan();
+        c.replace(stamp, vec![fresh("a", key(1, 1), 7, false)]);
+        assert!(c.is_dirty());
+        c.save().unwrap();
+        assert!(!c.is_dirty());
+
+        let mut c = StatCache::load(&path);
+        assert_eq!(c.stamp(), Some(stamp));
+        assert_eq!(c.lookup(b"a", &key(1, 1)), Some(Digest([7; 32])));
+        // Every file a hit and none gone: nothing to write.
+        let later = c.begin_scan();
+        c.replace(later, vec![fresh("a", key(1, 1), 7, true)]);
+        assert!(!c.is_dirty());
+        assert_eq!(c.stamp(), Some(stamp));
+        // A file gone: written, with the new stamp.
+        c.replace(later, vec![]);
+        assert!(c.is_dirty());
+        assert_eq!(c.stamp(), Some(later));
+    }
+
+    #[test]
+    fn damaged_cache_loads_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let mut c = StatCache::load(&path);
+        c.replace(Timestamp { sec: 9, nsec: 0 }, vec![fresh("a", key(1, 1), 7, false)]);
+        c.save().unwrap();
+        let mut data = fs::read(&path).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+        let c = StatCache::load(&path);
+        assert!(c.is_empty());
+        assert!(c.stamp().is_none());
+    }
+
+    #[test]
+    fn fs_clock_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = StatCache::load(dir.path().join("c"));
+        let a = c.begin_scan();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = c.begin_scan();
+        assert!(b > a, "{a:?} then {b:?}");
+    }
+}
