@@ -1,1 +1,3 @@
 //! Helpers for the integration tests: starting real components and cleaning up.
+
+pub mod incremental;

@@ -146,7 +146,11 @@ impl Layout {
         fs::create_dir_all(&state).map_err(|e| BuildError::io("cannot create", &state, e))?;
         let gi = self.root.join(".gitignore");
         if !gi.exists() {
-            write_atomic(&gi, b"# Written by locald: build artifacts and state.\n*\n", false)?;
+            write_atomic(
+                &gi,
+                b"# Written by locald: build artifacts and state.\n*\n",
+                false,
+            )?;
         }
         Ok(())
     }
@@ -306,9 +310,7 @@ impl ServiceLayout {
                     service: self.service.clone(),
                 })
             }
-            Err((_, errno)) => {
-                return Err(BuildError::io("cannot lock", &lock_path, errno.into()))
-            }
+            Err((_, errno)) => return Err(BuildError::io("cannot lock", &lock_path, errno.into())),
         };
 
         self.recover()?;
@@ -317,10 +319,7 @@ impl ServiceLayout {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = self.sibling(&format!(
-            "{STAGING_PREFIX}{}-{nanos}",
-            std::process::id()
-        ));
+        let dir = self.sibling(&format!("{STAGING_PREFIX}{}-{nanos}", std::process::id()));
         fs::create_dir(&dir).map_err(|e| BuildError::io("cannot create", &dir, e))?;
         Ok(Staging {
             layout: self.clone(),
@@ -335,7 +334,10 @@ impl ServiceLayout {
     /// possible where `RENAME_EXCHANGE` is not supported).
     fn recover(&self) -> Result<(), BuildError> {
         let parent = self.parent();
-        let Some(base) = self.artifacts.file_name().map(|n| n.to_string_lossy().into_owned())
+        let Some(base) = self
+            .artifacts
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
         else {
             return Ok(());
         };
@@ -441,7 +443,8 @@ impl Drop for Staging {
 fn swap_in(staged: &Path, target: &Path, layout: &ServiceLayout) -> Result<(), BuildError> {
     match fs::symlink_metadata(target) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return fs::rename(staged, target).map_err(|e| BuildError::io("cannot rename", staged, e));
+            return fs::rename(staged, target)
+                .map_err(|e| BuildError::io("cannot rename", staged, e));
         }
         Err(e) => return Err(BuildError::io("cannot stat", target, e)),
         Ok(_) => {}
@@ -609,7 +612,9 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(
-            names.iter().all(|n| !n.contains(STAGING_PREFIX) && !n.contains(OLD_PREFIX)),
+            names
+                .iter()
+                .all(|n| !n.contains(STAGING_PREFIX) && !n.contains(OLD_PREFIX)),
             "{names:?}"
         );
     }

@@ -282,7 +282,10 @@ pub fn needs_rebuild(
             for out in &h.outputs {
                 let p = opts.project_path.join(out);
                 if std::fs::symlink_metadata(&p).is_err() {
-                    return Ok(decide(Reason::OutputMissing(PathBuf::from(out)), Some(tree)));
+                    return Ok(decide(
+                        Reason::OutputMissing(PathBuf::from(out)),
+                        Some(tree),
+                    ));
                 }
             }
         }

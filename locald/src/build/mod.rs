@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 pub use artifact::{Layout, Manifest, ServiceLayout, Staging};
 pub use decision::{config_hash, needs_rebuild, BuildOptions, Decision, Reason};
-pub use hash::{ChangeSummary, FileEntry, FileKind, HashScope, TreeHash};
+pub use hash::{hash_tree, ChangeSummary, FileEntry, FileKind, HashScope, TreeHash};
 pub use statcache::StatCache;
 
 /// A BLAKE3 digest: of a file's contents, a symlink's target, a whole tree or
@@ -46,7 +46,9 @@ impl Digest {
 
     /// Parses the form [`Digest::to_hex`] writes.
     pub fn from_hex(s: &str) -> Option<Digest> {
-        blake3::Hash::from_hex(s).ok().map(|h| Digest(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| Digest(*h.as_bytes()))
     }
 
     /// The first 12 hex digits, enough for a human to compare two hashes.

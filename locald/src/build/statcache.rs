@@ -360,8 +360,14 @@ mod tests {
     fn key(mtime: i64, ctime: i64) -> StatKey {
         StatKey {
             size: 3,
-            mtime: Timestamp { sec: mtime, nsec: 5 },
-            ctime: Timestamp { sec: ctime, nsec: 5 },
+            mtime: Timestamp {
+                sec: mtime,
+                nsec: 5,
+            },
+            ctime: Timestamp {
+                sec: ctime,
+                nsec: 5,
+            },
             ino: 42,
             mode: 0o100644,
         }
@@ -425,7 +431,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c");
         let mut c = StatCache::load(&path);
-        c.replace(Timestamp { sec: 9, nsec: 0 }, vec![fresh("a", key(1, 1), 7, false)]);
+        c.replace(
+            Timestamp { sec: 9, nsec: 0 },
+            vec![fresh("a", key(1, 1), 7, false)],
+        );
         c.save().unwrap();
         let mut data = fs::read(&path).unwrap();
         let mid = data.len() / 2;
