@@ -32,7 +32,6 @@
 //! blake3(everything above): [u8; 32]
 //! ```
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
@@ -85,6 +84,23 @@ pub struct StatKey {
 }
 
 impl StatKey {
+    /// Takes the fields from a raw `lstat` result.
+    pub fn from_stat(st: &libc::stat) -> Self {
+        StatKey {
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime: Timestamp {
+                sec: st.st_mtime,
+                nsec: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            },
+            ctime: Timestamp {
+                sec: st.st_ctime,
+                nsec: u32::try_from(st.st_ctime_nsec).unwrap_or(0),
+            },
+            ino: st.st_ino,
+            mode: st.st_mode,
+        }
+    }
+
     /// Takes the fields from `lstat` data.
     pub fn from_metadata(m: &fs::Metadata) -> Self {
         StatKey {
@@ -103,19 +119,19 @@ impl StatKey {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    key: StatKey,
-    digest: Digest,
-}
-
 /// Stat data → content hash, loaded from and saved to one file.
+///
+/// The file's bytes are kept as loaded (one allocation however many files)
+/// and read in order by a scan, which merges them with its own sorted list.
 #[derive(Debug, Default)]
 pub struct StatCache {
     path: Option<PathBuf>,
     /// Entries are trusted only if their file is strictly older than this.
     stamp: Option<Timestamp>,
-    entries: HashMap<Box<[u8]>, Entry>,
+    /// The encoded file (see the module docs), checksum included.
+    data: Vec<u8>,
+    /// Number of entries in `data`.
+    count: usize,
     dirty: bool,
 }
 
@@ -134,10 +150,11 @@ impl StatCache {
             ..StatCache::default()
         };
         match fs::read(&path) {
-            Ok(data) => match decode(&data) {
-                Some((stamp, entries)) => {
+            Ok(data) => match check(&data) {
+                Some((stamp, count)) => {
                     cache.stamp = Some(stamp);
-                    cache.entries = entries;
+                    cache.count = count;
+                    cache.data = data;
                 }
                 None => {
                     tracing::warn!(path = %path.display(), "stat cache is damaged; hashing everything once");
@@ -159,12 +176,12 @@ impl StatCache {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count
     }
 
     /// No entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
     }
 
     /// The stamp the entries are judged against (`None` before the first
@@ -178,12 +195,33 @@ impl StatCache {
         self.dirty
     }
 
+    /// Every entry, in the order they were stored (path order, as
+    /// [`crate::build::hash::hash_tree`] stores them).
+    pub fn entries(&self) -> Entries<'_> {
+        let start = MAGIC.len() + 12 + 8;
+        let end = self.data.len().saturating_sub(32);
+        Entries {
+            data: self.data.get(..end).unwrap_or_default(),
+            off: start.min(end),
+        }
+    }
+
+    /// Whether an entry stored with `cached` stat data may stand for a file
+    /// whose stat data is now `now`: they are equal, and the file is not
+    /// racy (both its times are strictly older than the stamp).
+    pub fn vouches(&self, cached: &StatKey, now: &StatKey) -> bool {
+        self.stamp
+            .is_some_and(|stamp| cached == now && trusted(now, stamp))
+    }
+
     /// The cached digest for `path` if its stat data is unchanged and not
-    /// racy.
+    /// racy. A linear search: for tests and one-off questions; a scan
+    /// merges with [`StatCache::entries`] instead.
     pub fn lookup(&self, path: &[u8], key: &StatKey) -> Option<Digest> {
-        let stamp = self.stamp?;
-        let e = self.entries.get(path)?;
-        (e.key == *key && trusted(key, stamp)).then_some(e.digest)
+        self.entries()
+            .find(|(p, _, _)| *p == path)
+            .filter(|(_, k, _)| self.vouches(k, key))
+            .map(|(_, _, d)| d)
     }
 
     /// Reads the filesystem's clock for a scan about to start, by writing a
@@ -204,20 +242,23 @@ impl StatCache {
         }
     }
 
-    /// Replaces the entries with what a scan that started at `stamp` saw:
-    /// `(path, stat, digest, came from the cache)` per file. Entries for
-    /// files the scan did not see are dropped. When every file came from the
-    /// cache and none disappeared nothing changes, so a no-op check writes
-    /// nothing.
-    pub fn replace(&mut self, stamp: Timestamp, fresh: Vec<(Box<[u8]>, StatKey, Digest, bool)>) {
-        let hits = fresh.iter().filter(|f| f.3).count();
-        if hits == fresh.len() && hits == self.entries.len() {
-            return;
-        }
-        self.entries = fresh
-            .into_iter()
-            .map(|(p, key, digest, _)| (p, Entry { key, digest }))
-            .collect();
+    /// Whether a scan that saw `files` files, `hits` of them from the cache,
+    /// changes the cache. It does not when every file came from the cache
+    /// and none disappeared, so a no-op check writes nothing.
+    pub fn would_change(&self, files: usize, hits: usize) -> bool {
+        !(hits == files && hits == self.count)
+    }
+
+    /// Replaces the entries with what a scan that started at `stamp` saw,
+    /// `(path, stat, digest)` per file. Entries for files the scan did not
+    /// see are dropped.
+    pub fn replace<'a>(
+        &mut self,
+        stamp: Timestamp,
+        fresh: impl ExactSizeIterator<Item = (&'a [u8], &'a StatKey, Digest)>,
+    ) {
+        self.count = fresh.len();
+        self.data = encode(stamp, fresh);
         self.stamp = Some(stamp);
         self.dirty = true;
     }
@@ -227,13 +268,9 @@ impl StatCache {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        if !self.dirty {
+        if !self.dirty || self.stamp.is_none() {
             return Ok(());
         }
-        let Some(stamp) = self.stamp else {
-            return Ok(());
-        };
-        let data = encode(stamp, &self.entries);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| BuildError::io("cannot create", dir, e))?;
         }
@@ -242,7 +279,7 @@ impl StatCache {
         let tmp = PathBuf::from(tmp);
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
-            f.write_all(&data)?;
+            f.write_all(&self.data)?;
             fs::rename(&tmp, path)
         };
         if let Err(e) = write() {
@@ -277,21 +314,27 @@ fn put_ts(out: &mut Vec<u8>, t: Timestamp) {
     out.extend_from_slice(&t.nsec.to_le_bytes());
 }
 
-fn encode(stamp: Timestamp, entries: &HashMap<Box<[u8]>, Entry>) -> Vec<u8> {
-    let paths: usize = entries.keys().map(|k| k.len()).sum();
-    let mut out = Vec::with_capacity(60 + paths + entries.len() * 80);
+/// Bytes of a record after its path.
+const FIXED: usize = 8 + 12 + 12 + 8 + 4 + 32;
+
+fn encode<'a>(
+    stamp: Timestamp,
+    entries: impl ExactSizeIterator<Item = (&'a [u8], &'a StatKey, Digest)>,
+) -> Vec<u8> {
+    let n = entries.len();
+    let mut out = Vec::with_capacity(60 + n * (FIXED + 4 + 48));
     out.extend_from_slice(MAGIC);
     put_ts(&mut out, stamp);
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (p, e) in entries {
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    for (p, key, digest) in entries {
         out.extend_from_slice(&(p.len() as u32).to_le_bytes());
         out.extend_from_slice(p);
-        out.extend_from_slice(&e.key.size.to_le_bytes());
-        put_ts(&mut out, e.key.mtime);
-        put_ts(&mut out, e.key.ctime);
-        out.extend_from_slice(&e.key.ino.to_le_bytes());
-        out.extend_from_slice(&e.key.mode.to_le_bytes());
-        out.extend_from_slice(&e.digest.0);
+        out.extend_from_slice(&key.size.to_le_bytes());
+        put_ts(&mut out, key.mtime);
+        put_ts(&mut out, key.ctime);
+        out.extend_from_slice(&key.ino.to_le_bytes());
+        out.extend_from_slice(&key.mode.to_le_bytes());
+        out.extend_from_slice(&digest.0);
     }
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
@@ -326,7 +369,24 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode(data: &[u8]) -> Option<(Timestamp, HashMap<Box<[u8]>, Entry>)> {
+/// The record at `off`: path, stat data, digest.
+fn record_at(data: &[u8], off: usize) -> Option<(&[u8], StatKey, Digest)> {
+    let mut r = Reader(data.get(off..)?);
+    let len = r.u32()? as usize;
+    let path = r.bytes(len)?;
+    let key = StatKey {
+        size: r.u64()?,
+        mtime: r.ts()?,
+        ctime: r.ts()?,
+        ino: r.u64()?,
+        mode: r.u32()?,
+    };
+    Some((path, key, Digest(r.array()?)))
+}
+
+/// Checks a whole encoded cache: checksum, magic and that its records
+/// parse to the end. Returns the stamp and the number of entries.
+fn check(data: &[u8]) -> Option<(Timestamp, usize)> {
     let body_len = data.len().checked_sub(32)?;
     let (body, sum) = data.split_at(body_len);
     if blake3::hash(body).as_bytes() != sum {
@@ -335,22 +395,29 @@ fn decode(data: &[u8]) -> Option<(Timestamp, HashMap<Box<[u8]>, Entry>)> {
     let mut r = Reader(body.strip_prefix(MAGIC.as_slice())?);
     let stamp = r.ts()?;
     let n = usize::try_from(r.u64()?).ok()?;
-    // Bounded by what the body can hold, so a bad count cannot allocate much.
-    let mut entries = HashMap::with_capacity(n.min(body.len() / 80));
     for _ in 0..n {
         let len = r.u32()? as usize;
-        let path: Box<[u8]> = r.bytes(len)?.into();
-        let key = StatKey {
-            size: r.u64()?,
-            mtime: r.ts()?,
-            ctime: r.ts()?,
-            ino: r.u64()?,
-            mode: r.u32()?,
-        };
-        let digest = Digest(r.array()?);
-        entries.insert(path, Entry { key, digest });
+        r.bytes(len)?;
+        r.bytes(FIXED)?;
     }
-    r.0.is_empty().then_some((stamp, entries))
+    r.0.is_empty().then_some((stamp, n))
+}
+
+/// Iterator over a cache's entries: `(path, stat data, digest)`.
+#[derive(Debug)]
+pub struct Entries<'a> {
+    data: &'a [u8],
+    off: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = (&'a [u8], StatKey, Digest);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (p, k, d) = record_at(self.data, self.off)?;
+        self.off += 4 + p.len() + FIXED;
+        Some((p, k, d))
+    }
 }
 
 #[cfg(test)]
@@ -373,27 +440,34 @@ mod tests {
         }
     }
 
-    fn fresh(p: &str, k: StatKey, d: u8, hit: bool) -> (Box<[u8]>, StatKey, Digest, bool) {
-        (p.as_bytes().into(), k, Digest([d; 32]), hit)
+    fn fill(c: &mut StatCache, stamp: Timestamp, files: &[(&str, StatKey, u8)]) {
+        let keys: Vec<(Vec<u8>, StatKey, Digest)> = files
+            .iter()
+            .map(|(p, k, d)| (p.as_bytes().to_vec(), *k, Digest([*d; 32])))
+            .collect();
+        c.replace(stamp, keys.iter().map(|(p, k, d)| (p.as_slice(), k, *d)));
     }
 
     #[test]
     fn racy_entries_are_not_trusted() {
         let stamp = Timestamp { sec: 100, nsec: 5 };
         let mut c = StatCache::in_memory();
-        c.replace(
+        fill(
+            &mut c,
             stamp,
-            vec![
-                fresh("old", key(99, 99), 1, false),
-                fresh("same-tick", key(100, 100), 2, false),
-                fresh("ctime-only", key(99, 100), 3, false),
-                fresh("future", key(200, 99), 4, false),
+            &[
+                ("old", key(99, 99), 1),
+                ("same-tick", key(100, 100), 2),
+                ("ctime-only", key(99, 100), 3),
+                ("future", key(200, 99), 4),
             ],
         );
+        assert_eq!(c.len(), 4);
         assert_eq!(c.lookup(b"old", &key(99, 99)), Some(Digest([1; 32])));
         assert_eq!(c.lookup(b"same-tick", &key(100, 100)), None);
         assert_eq!(c.lookup(b"ctime-only", &key(99, 100)), None);
         assert_eq!(c.lookup(b"future", &key(200, 99)), None);
+        assert_eq!(c.lookup(b"missing", &key(99, 99)), None);
         // Any stat difference is a miss.
         let mut k = key(99, 99);
         k.ino = 43;
@@ -407,23 +481,21 @@ mod tests {
         let mut c = StatCache::load(&path);
         assert!(c.is_empty());
         let stamp = c.begin_scan();
-        c.replace(stamp, vec![fresh("a", key(1, 1), 7, false)]);
+        fill(&mut c, stamp, &[("a", key(1, 1), 7), ("b/c", key(2, 2), 8)]);
         assert!(c.is_dirty());
         c.save().unwrap();
         assert!(!c.is_dirty());
 
-        let mut c = StatCache::load(&path);
+        let c = StatCache::load(&path);
         assert_eq!(c.stamp(), Some(stamp));
         assert_eq!(c.lookup(b"a", &key(1, 1)), Some(Digest([7; 32])));
+        assert_eq!(c.lookup(b"b/c", &key(2, 2)), Some(Digest([8; 32])));
         // Every file a hit and none gone: nothing to write.
-        let later = c.begin_scan();
-        c.replace(later, vec![fresh("a", key(1, 1), 7, true)]);
-        assert!(!c.is_dirty());
-        assert_eq!(c.stamp(), Some(stamp));
-        // A file gone: written, with the new stamp.
-        c.replace(later, vec![]);
-        assert!(c.is_dirty());
-        assert_eq!(c.stamp(), Some(later));
+        assert!(!c.would_change(2, 2));
+        // A file gone, a file new, or a file re-hashed: written.
+        assert!(c.would_change(1, 1));
+        assert!(c.would_change(3, 2));
+        assert!(c.would_change(2, 1));
     }
 
     #[test]
@@ -431,9 +503,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c");
         let mut c = StatCache::load(&path);
-        c.replace(
+        fill(
+            &mut c,
             Timestamp { sec: 9, nsec: 0 },
-            vec![fresh("a", key(1, 1), 7, false)],
+            &[("a", key(1, 1), 7)],
         );
         c.save().unwrap();
         let mut data = fs::read(&path).unwrap();
