@@ -60,6 +60,75 @@ fn unchanged_tree_is_up_to_date_without_reading_files() -> Result<()> {
     assert_eq!(src.stats.files, 4);
     assert_eq!(src.stats.hashed, 0, "{:?}", src.stats);
     assert_eq!(src.stats.cache_hits, 4);
+    assert!(!src.stats.walked, "no directory changed, yet it walked");
+    Ok(())
+}
+
+/// The no-op check does not read directories when none changed; these are
+/// the changes that must still be seen without reading them.
+#[test]
+fn changes_the_directory_walk_would_find_are_seen() -> Result<()> {
+    if !have("git") {
+        return Ok(());
+    }
+    let (p, opts) = built_project(true)?;
+    let walked = |opts: &BuildOptions| -> Result<(Reason, bool)> {
+        let d = needs_rebuild(opts, None)?;
+        let walked = d.source.as_ref().is_some_and(|s| s.stats.walked);
+        Ok((d.reason, walked))
+    };
+    assert_eq!(walked(&opts)?, (Reason::UpToDate, false));
+
+    // A new file deep down: its directory's mtime changed.
+    p.write("src/deep/new.rs", "x")?;
+    let (r, w) = walked(&opts)?;
+    assert!(w);
+    assert_eq!(source_changed(&r).0, 1);
+    build(&opts, None)?;
+    sleep(TICK);
+
+    // An ignore file that ignores itself, edited in place.
+    p.write("gen/.gitignore", "*\n")?;
+    p.write("gen/out.txt", "x")?;
+    build(&opts, None)?;
+    sleep(TICK);
+    assert_eq!(walked(&opts)?, (Reason::UpToDate, false));
+    p.write("gen/.gitignore", "#\n")?;
+    let (r, _) = walked(&opts)?;
+    assert_eq!(source_changed(&r).0, 2, "{r:?}");
+    build(&opts, None)?;
+    sleep(TICK);
+
+    // .git/info/exclude, edited in place.
+    assert_eq!(walked(&opts)?, (Reason::UpToDate, false));
+    p.write(".git/info/exclude", "README.md\n")?;
+    let (r, _) = walked(&opts)?;
+    assert_eq!(source_changed(&r).1, 1, "{r:?}");
+    build(&opts, None)?;
+    sleep(TICK);
+
+    // A .gitignore in a directory above the project.
+    let outer = tempfile::tempdir()?;
+    let inner = outer.path().join("proj");
+    fs::create_dir(&inner)?;
+    fs::write(inner.join("a.txt"), "a")?;
+    fs::write(inner.join("b.log"), "b")?;
+    let spec = p.cnb("example/builder:1", &[])?.spec;
+    let spec = match spec {
+        BuildSpec::Cnb(mut c) => {
+            c.path = inner.clone();
+            BuildSpec::Cnb(c)
+        }
+        other => other,
+    };
+    let o = BuildOptions::new(&inner, "web", spec, false)?;
+    sleep(TICK);
+    build(&o, None)?;
+    sleep(TICK);
+    assert_eq!(walked(&o)?, (Reason::UpToDate, false));
+    fs::write(outer.path().join(".gitignore"), "*.log\n")?;
+    let (r, _) = walked(&o)?;
+    assert_eq!(source_changed(&r).1, 1, "{r:?}");
     Ok(())
 }
 

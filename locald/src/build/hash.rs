@@ -26,7 +26,9 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -34,10 +36,10 @@ use ignore::{DirEntry, ParallelVisitor, ParallelVisitorBuilder, WalkBuilder, Wal
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode};
-use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
+use rayon::iter::{IntoParallelRefIterator, IntoParallelRefMutIterator, ParallelIterator};
 use rayon::slice::ParallelSliceMut;
 
-use super::statcache::{StatCache, StatKey};
+use super::statcache::{Aux, StatCache, StatKey, WalkRecord};
 use super::{BuildError, Digest};
 
 /// Files at least this big are hashed through a memory map with rayon, so
@@ -114,6 +116,9 @@ pub struct HashStats {
     pub bytes_hashed: u64,
     /// Files taken from the stat cache without reading them.
     pub cache_hits: usize,
+    /// Directories were read and ignore rules matched (a full walk), as
+    /// opposed to only `stat`ing the files known from the last walk.
+    pub walked: bool,
 }
 
 /// The hash of a tree and the files it covers.
@@ -249,11 +254,15 @@ impl fmt::Display for ChangeSummary {
 
 /// Hashes what `scope` covers, using and refreshing `cache`.
 ///
-/// Three passes: a parallel walk that only `stat`s (relative to a
-/// descriptor of the root, so the kernel does not resolve the root's path
-/// again for every file); a sort and one sequential merge with the cache,
-/// which is kept in path order so that no per-file lookup jumps around in
-/// memory; and a parallel hash of the files the cache did not vouch for.
+/// Finding the files: when the cache's [`WalkRecord`] shows that no
+/// directory and no ignore-rule file changed since the last full walk, the
+/// files are the cached ones and each is only `stat`ed, in parallel (what
+/// `git status` does with its index). Otherwise a full walk: in parallel,
+/// honouring the ignore rules, `stat`ing relative to a descriptor of the
+/// root so the kernel does not resolve the root's path for every file;
+/// then a sort and one sequential merge with the cache, which is kept in
+/// path order so that no per-file lookup jumps around in memory. Either
+/// way, the files the cache does not vouch for are then hashed in parallel.
 ///
 /// `cache` is updated in memory; the caller saves it with
 /// [`StatCache::save`] (which writes only when something changed).
@@ -271,16 +280,197 @@ pub fn hash_tree(scope: &HashScope, cache: &mut StatCache) -> Result<TreeHash, B
         }
         Err(e) => return Err(BuildError::io("cannot hash", root, e)),
     }
+    let root_fd = root_dir.as_raw_fd();
     let matcher = match &scope.inputs {
         Some(globs) => Some(InputMatcher::new(globs)?),
         None => None,
     };
 
-    // Taken before anything is read: a file whose mtime is not older than
-    // this may change again without its stat data changing (the racy-git
-    // case), so the cache will not vouch for it next time.
+    // Taken before anything is read: a file or directory whose mtime is not
+    // older than this may change again without its stat data changing (the
+    // racy-git case), so the cache will not vouch for it next time.
     let stamp = cache.begin_scan();
 
+    let fingerprint = walk_fingerprint(scope);
+    let known = match cache.walk() {
+        Some(w) if w.fingerprint == fingerprint => known_files(root_fd, cache, w),
+        _ => None,
+    };
+    let (mut records, walk) = match known {
+        Some(records) => (records, None),
+        None => {
+            let (records, walk) = full_walk(scope, root_fd, matcher.as_ref(), cache, fingerprint)?;
+            (records, Some(walk))
+        }
+    };
+
+    // Hash the rest, spread over all cores.
+    records
+        .par_iter_mut()
+        .filter(|r| !r.hit)
+        .try_for_each_init(Vec::new, |buf, r| hash_record(root_fd, root, r, buf))?;
+    records.retain(|r| !r.gone);
+
+    let mut stats = HashStats {
+        files: records.len(),
+        walked: walk.is_some(),
+        ..HashStats::default()
+    };
+    for r in &records {
+        if r.hit {
+            stats.cache_hits += 1;
+        } else if r.kind != FileKind::Symlink {
+            stats.hashed += 1;
+            stats.bytes_hashed += r.stat.size;
+        }
+    }
+    if walk.is_some() || cache.would_change(records.len(), stats.cache_hits) {
+        let fresh: Vec<_> = records
+            .iter()
+            .map(|r| (&*r.path, &r.stat, r.digest))
+            .collect();
+        // A walk that met a layout it cannot vouch for records none, so
+        // the next check walks again.
+        let walk = walk.map(|w| {
+            w.unwrap_or(WalkRecord {
+                fingerprint: Digest([0; 32]),
+                dirs: Vec::new(),
+                aux: Vec::new(),
+            })
+        });
+        cache.replace(stamp, fresh.into_iter(), walk);
+    }
+
+    let files: Vec<FileEntry> = records
+        .into_iter()
+        .map(|r| FileEntry {
+            path: PathBuf::from(std::ffi::OsString::from_vec(r.path.into_vec())),
+            kind: r.kind,
+            digest: r.digest,
+        })
+        .collect();
+
+    Ok(TreeHash {
+        digest: tree_digest(&files),
+        files,
+        stats,
+    })
+}
+
+/// Everything besides directories and ignore files that decides which files
+/// a walk finds.
+fn walk_fingerprint(scope: &HashScope) -> Digest {
+    let mut h = blake3::Hasher::new_derive_key("locald walk v1");
+    let mut field = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(scope.root.as_os_str().as_bytes());
+    match &scope.inputs {
+        None => field(b"tree"),
+        Some(globs) => {
+            field(b"inputs");
+            for g in globs {
+                field(g.as_bytes());
+            }
+        }
+    }
+    field(b"exclude");
+    for e in &scope.exclude {
+        field(e.as_os_str().as_bytes());
+    }
+    for var in GIT_ENV {
+        field(var.as_bytes());
+        field(std::env::var_os(var).unwrap_or_default().as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The environment the `ignore` crate reads to find global git config.
+const GIT_ENV: [&str; 4] = [
+    "HOME",
+    "XDG_CONFIG_HOME",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_CONFIG_SYSTEM",
+];
+
+/// The fast path: if no recorded directory or ignore file changed, the
+/// cached files with their current stat data, in path order. `None` means
+/// "walk".
+fn known_files(root_fd: RawFd, cache: &StatCache, walk: &WalkRecord) -> Option<Vec<Record>> {
+    if walk.dirs.is_empty() {
+        return None;
+    }
+    for (path, aux) in &walk.aux {
+        if aux_now(path) != Some(*aux) || !aux_trusted(cache, aux) {
+            return None;
+        }
+    }
+    let dirs_unchanged = walk.dirs.par_iter().all(|(rel, key)| {
+        let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+        fstatat(Some(root_fd), rel, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| cache.unchanged(key, &StatKey::from_stat(&st)))
+    });
+    if !dirs_unchanged {
+        return None;
+    }
+    let entries: Vec<_> = cache.entries().collect();
+    let records: Option<Vec<Option<Record>>> = entries
+        .par_iter()
+        .map(|(rel, key, digest)| {
+            let st = match fstatat(Some(root_fd), *rel, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => return Some(None),
+                Err(_) => return None,
+            };
+            let now = StatKey::from_stat(&st);
+            let kind = kind_of(now.mode)?;
+            let hit = cache.unchanged(key, &now);
+            Some(Some(Record {
+                path: (*rel).into(),
+                kind,
+                digest: if hit { *digest } else { Digest([0; 32]) },
+                stat: now,
+                hit,
+                gone: false,
+            }))
+        })
+        .collect();
+    Some(records?.into_iter().flatten().collect())
+}
+
+/// What is at `path` now, in the terms [`Aux`] records it (`None` on an
+/// error other than absence).
+fn aux_now(path: &Path) -> Option<Aux> {
+    let kind_only = path.file_name().is_some_and(|n| n == ".git");
+    match fs::symlink_metadata(path) {
+        Ok(m) if kind_only => Some(Aux::Exists(m.mode() & libc::S_IFMT)),
+        Ok(m) => Some(Aux::Exact(StatKey::from_metadata(&m))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Aux::Absent),
+        // `.git` is a file (a worktree or submodule), so `.git/info/exclude`
+        // cannot be looked up: not a layout the fast path vouches for.
+        Err(_) => None,
+    }
+}
+
+fn aux_trusted(cache: &StatCache, aux: &Aux) -> bool {
+    match aux {
+        Aux::Exact(k) => cache.unchanged(k, k),
+        Aux::Absent | Aux::Exists(_) => true,
+    }
+}
+
+/// The full walk. Returns the records in path order, cache hits filled in,
+/// and what the walk depended on (`None` if it met something the fast path
+/// cannot vouch for, such as a `.git` file).
+fn full_walk(
+    scope: &HashScope,
+    root_fd: RawFd,
+    matcher: Option<&InputMatcher>,
+    cache: &StatCache,
+    fingerprint: Digest,
+) -> Result<(Vec<Record>, Option<WalkRecord>), BuildError> {
+    let root = scope.root.as_path();
     let exclude: Arc<HashSet<PathBuf>> = Arc::new(scope.exclude.iter().cloned().collect());
     let filter_root = root.to_path_buf();
     let mut builder = WalkBuilder::new(root);
@@ -312,9 +502,12 @@ pub fn hash_tree(scope: &HashScope, cache: &mut StatCache) -> Result<TreeHash, B
 
     let shared = Shared {
         root,
-        root_fd: root_dir.as_raw_fd(),
-        inputs: matcher.as_ref(),
+        root_fd,
+        inputs: matcher,
         out: Mutex::new(Vec::new()),
+        dirs: Mutex::new(Vec::new()),
+        aux: Mutex::new(Vec::new()),
+        unrecordable: AtomicBool::new(false),
         error: Mutex::new(None),
     };
     builder
@@ -325,17 +518,27 @@ pub fn hash_tree(scope: &HashScope, cache: &mut StatCache) -> Result<TreeHash, B
         return Err(e);
     }
     let mut records = std::mem::take(&mut *lock(&shared.out));
+    let mut aux = std::mem::take(&mut *lock(&shared.aux));
 
-    // Literal inputs name their file even when an ignore rule hides it.
-    if let Some(m) = &matcher {
+    // Literal inputs name their file even when an ignore rule hides it; its
+    // directory may not be walked, so its existence is recorded on its own.
+    if let Some(m) = matcher {
         let seen: HashSet<&[u8]> = records.iter().map(|r| &*r.path).collect();
         let mut extra = Vec::new();
         for lit in &m.literals {
             let bytes = lit.as_os_str().as_bytes();
-            if seen.contains(bytes) || skipped_path(lit, &scope.exclude) {
+            if skipped_path(lit, &scope.exclude) {
                 continue;
             }
-            if let Some(r) = stat_record(shared.root_fd, root, bytes)? {
+            let abs = root.join(lit);
+            match aux_now(&abs) {
+                Some(a) => aux.push((abs, a)),
+                None => shared.unrecordable.store(true, Ordering::Relaxed),
+            }
+            if seen.contains(bytes) {
+                continue;
+            }
+            if let Some(r) = stat_record(root_fd, root, bytes)? {
                 extra.push(r);
             }
         }
@@ -349,60 +552,59 @@ pub fn hash_tree(scope: &HashScope, cache: &mut StatCache) -> Result<TreeHash, B
     // Take what the cache vouches for, in one pass over both sorted lists.
     let mut cached = cache.entries().peekable();
     for r in records.iter_mut() {
-        let Some(key) = &r.stat else { continue };
         while cached.next_if(|(p, _, _)| *p < &*r.path).is_some() {}
         if let Some((_, old, digest)) = cached.next_if(|(p, _, _)| *p == &*r.path) {
-            if cache.vouches(&old, key) {
+            if cache.unchanged(&old, &r.stat) {
                 r.digest = digest;
                 r.hit = true;
             }
         }
     }
-    drop(cached);
 
-    // Hash the rest, spread over all cores.
-    records
-        .par_iter_mut()
-        .filter(|r| !r.hit)
-        .try_for_each_init(Vec::new, |buf, r| hash_record(shared.root_fd, root, r, buf))?;
-    records.retain(|r| !r.gone);
-
-    let mut stats = HashStats {
-        files: records.len(),
-        ..HashStats::default()
-    };
-    let mut with_stat = 0;
-    for r in &records {
-        if r.hit {
-            stats.cache_hits += 1;
-        } else if r.kind != FileKind::Symlink {
-            stats.hashed += 1;
-            stats.bytes_hashed += r.stat.as_ref().map_or(0, |s| s.size);
+    // Ignore rules from above the root and from the user's git config.
+    for dir in root.ancestors().skip(1) {
+        for name in [".gitignore", ".ignore", ".git", ".git/info/exclude"] {
+            let p = dir.join(name);
+            match aux_now(&p) {
+                Some(a) => aux.push((p, a)),
+                None => shared.unrecordable.store(true, Ordering::Relaxed),
+            }
         }
-        with_stat += usize::from(r.stat.is_some());
     }
-    if cache.would_change(with_stat, stats.cache_hits) {
-        let fresh: Vec<_> = records
-            .iter()
-            .filter_map(|r| r.stat.as_ref().map(|s| (&*r.path, s, r.digest)))
-            .collect();
-        cache.replace(stamp, fresh.into_iter());
-    }
-
-    let files: Vec<FileEntry> = records
+    let mut global: Vec<PathBuf> = ignore::gitignore::gitconfig_excludes_path()
         .into_iter()
-        .map(|r| FileEntry {
-            path: PathBuf::from(std::ffi::OsString::from_vec(r.path.into_vec())),
-            kind: r.kind,
-            digest: r.digest,
-        })
         .collect();
+    let var = |v: &str| {
+        std::env::var_os(v)
+            .filter(|x| !x.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = var("HOME");
+    global.extend(var("GIT_CONFIG_GLOBAL"));
+    global.push(var("GIT_CONFIG_SYSTEM").unwrap_or_else(|| PathBuf::from("/etc/gitconfig")));
+    global.extend(home.as_ref().map(|h| h.join(".gitconfig")));
+    global.extend(
+        var("XDG_CONFIG_HOME")
+            .or_else(|| home.as_ref().map(|h| h.join(".config")))
+            .map(|x| x.join("git/config")),
+    );
+    for p in global {
+        match aux_now(&p) {
+            Some(a) => aux.push((p, a)),
+            None => shared.unrecordable.store(true, Ordering::Relaxed),
+        }
+    }
 
-    Ok(TreeHash {
-        digest: tree_digest(&files),
-        files,
-        stats,
-    })
+    let walk = (!shared.unrecordable.load(Ordering::Relaxed)).then(|| {
+        let mut dirs = std::mem::take(&mut *lock(&shared.dirs));
+        dirs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        WalkRecord {
+            fingerprint,
+            dirs,
+            aux,
+        }
+    });
+    Ok((records, walk))
 }
 
 /// The tree hash of a sorted file list.
@@ -559,9 +761,9 @@ struct Record {
     path: Box<[u8]>,
     kind: FileKind,
     digest: Digest,
-    /// `None` for symlinks, which are not cached (reading a link is as cheap
-    /// as checking a cache entry).
-    stat: Option<StatKey>,
+    /// Its `lstat` data (symlinks are cached too: a link cannot change in
+    /// place, so unchanged stat data means an unchanged target).
+    stat: StatKey,
     hit: bool,
     /// Deleted between the walk and the hash: not part of the tree.
     gone: bool,
@@ -572,6 +774,10 @@ struct Shared<'a> {
     root_fd: RawFd,
     inputs: Option<&'a InputMatcher>,
     out: Mutex<Vec<Record>>,
+    dirs: Mutex<Vec<(Box<[u8]>, StatKey)>>,
+    aux: Mutex<Vec<(PathBuf, Aux)>>,
+    /// The walk met something the fast path cannot vouch for.
+    unrecordable: AtomicBool,
     error: Mutex<Option<BuildError>>,
 }
 
@@ -584,6 +790,8 @@ impl<'s> ParallelVisitorBuilder<'s> for VisitorBuilder<'s> {
         Box::new(Visitor {
             shared: self.shared,
             local: Vec::new(),
+            dirs: Vec::new(),
+            aux: Vec::new(),
         })
     }
 }
@@ -593,6 +801,8 @@ impl<'s> ParallelVisitorBuilder<'s> for VisitorBuilder<'s> {
 struct Visitor<'a> {
     shared: &'a Shared<'a>,
     local: Vec<Record>,
+    dirs: Vec<(Box<[u8]>, StatKey)>,
+    aux: Vec<(PathBuf, Aux)>,
 }
 
 impl Visitor<'_> {
@@ -608,6 +818,9 @@ impl Visitor<'_> {
         let Some(ft) = entry.file_type() else {
             return Ok(());
         };
+        if ft.is_dir() {
+            return self.dir(entry);
+        }
         if !(ft.is_file() || ft.is_symlink()) {
             return Ok(());
         }
@@ -635,6 +848,50 @@ impl Visitor<'_> {
     }
 }
 
+impl Visitor<'_> {
+    /// Records a directory the walk enters, and the ignore files in it.
+    ///
+    /// The walker has already read the directory when it shows it to us, so
+    /// this `stat` comes after the read: a change in between is newer than
+    /// the scan's stamp, which makes the record untrusted (the racy rule),
+    /// and the next check walks again.
+    fn dir(&mut self, entry: &DirEntry) -> Result<(), BuildError> {
+        let abs = entry.path();
+        let Some(rel) = abs
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(self.shared.root.as_os_str().as_bytes())
+        else {
+            return Ok(());
+        };
+        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+        let at: &[u8] = if rel.is_empty() { b"." } else { rel };
+        match fstatat(Some(self.shared.root_fd), at, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => self.dirs.push((rel.into(), StatKey::from_stat(&st))),
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(BuildError::io("cannot stat", abs, e.into())),
+        }
+        // A new ignore file changes the directory's mtime; one edited in
+        // place does not, so those present are recorded. `.git/info/exclude`
+        // is recorded present or absent, because creating it changes `.git`,
+        // not this directory.
+        for name in [".gitignore", ".ignore", ".git/info/exclude"] {
+            let p = abs.join(name);
+            match aux_now(&p) {
+                Some(Aux::Absent) if name != ".git/info/exclude" => {}
+                Some(Aux::Absent) => {
+                    if fs::symlink_metadata(abs.join(".git")).is_ok() {
+                        self.aux.push((p, Aux::Absent));
+                    }
+                }
+                Some(a) => self.aux.push((p, a)),
+                None => self.shared.unrecordable.store(true, Ordering::Relaxed),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ParallelVisitor for Visitor<'_> {
     fn visit(&mut self, entry: Result<DirEntry, ignore::Error>) -> WalkState {
         match entry {
@@ -653,12 +910,9 @@ impl ParallelVisitor for Visitor<'_> {
 
 impl Drop for Visitor<'_> {
     fn drop(&mut self) {
-        let mut out = lock(&self.shared.out);
-        if out.is_empty() {
-            *out = std::mem::take(&mut self.local);
-        } else {
-            out.append(&mut self.local);
-        }
+        lock(&self.shared.out).append(&mut self.local);
+        lock(&self.shared.dirs).append(&mut self.dirs);
+        lock(&self.shared.aux).append(&mut self.aux);
     }
 }
 
@@ -682,13 +936,9 @@ fn stat_record(root_fd: RawFd, root: &Path, rel: &[u8]) -> Result<Option<Record>
             ))
         }
     };
-    let (kind, stat) = match st.st_mode & libc::S_IFMT {
-        libc::S_IFLNK => (FileKind::Symlink, None),
-        libc::S_IFREG if st.st_mode & 0o100 != 0 => {
-            (FileKind::Executable, Some(StatKey::from_stat(&st)))
-        }
-        libc::S_IFREG => (FileKind::File, Some(StatKey::from_stat(&st))),
-        _ => return Ok(None),
+    let stat = StatKey::from_stat(&st);
+    let Some(kind) = kind_of(stat.mode) else {
+        return Ok(None);
     };
     Ok(Some(Record {
         path: rel.into(),
@@ -698,6 +948,16 @@ fn stat_record(root_fd: RawFd, root: &Path, rel: &[u8]) -> Result<Option<Record>
         hit: false,
         gone: false,
     }))
+}
+
+/// File, executable or symlink, from `st_mode`; `None` for anything else.
+fn kind_of(mode: u32) -> Option<FileKind> {
+    match mode & libc::S_IFMT {
+        libc::S_IFLNK => Some(FileKind::Symlink),
+        libc::S_IFREG if mode & 0o100 != 0 => Some(FileKind::Executable),
+        libc::S_IFREG => Some(FileKind::File),
+        _ => None,
+    }
 }
 
 /// Fills in the digest of a record the cache did not vouch for.
@@ -716,7 +976,7 @@ fn hash_record(
         }
         return Ok(());
     }
-    let size = r.stat.as_ref().map_or(0, |s| s.size);
+    let size = r.stat.size;
     let result = if size >= MMAP_THRESHOLD {
         let mut hasher = blake3::Hasher::new();
         hasher
@@ -746,21 +1006,9 @@ fn hash_record(
     Ok(())
 }
 
-/// BLAKE3 of a file's contents.
-///
-/// Reads to the end whatever the size said: a file that grew or shrank
-/// since `stat` is hashed as it is now, and its new stat data will not match
-/// the cache entry next time.
-pub fn hash_file(path: &Path) -> io::Result<Digest> {
-    let size = fs::metadata(path)?.len();
-    if size >= MMAP_THRESHOLD {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(path)?;
-        return Ok(hasher.finalize().into());
-    }
-    hash_reader(File::open(path)?, &mut Vec::new())
-}
-
+/// BLAKE3 of what `f` reads to its end, whatever its size was when it was
+/// `stat`ed: a file that changed since is hashed as it is now, and its new
+/// stat data will not match the cache entry next time.
 fn hash_reader(mut f: File, buf: &mut Vec<u8>) -> io::Result<Digest> {
     let mut hasher = blake3::Hasher::new();
     if buf.len() < READ_CHUNK {

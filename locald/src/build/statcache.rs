@@ -26,21 +26,40 @@
 //! which is also why the cache is not fsynced: it is a hint.
 //!
 //! ```text
-//! magic "LDSTAT\0\x01" | stamp: i64 sec, u32 nsec | count: u64
-//! count × { path_len: u32, path, size: u64, mtime: i64 sec + u32 nsec,
-//!           ctime: i64 sec + u32 nsec, inode: u64, mode: u32, digest: [u8; 32] }
+//! magic "LDSTAT\0\x02" | stamp: i64 sec, u32 nsec | count: u64
+//! count × { path_len: u32, path, stat, digest: [u8; 32] }     (path order)
+//! walk: u8 (0: none) | fingerprint: [u8; 32]
+//!       dirs: u64 × { path_len: u32, path, stat }
+//!       aux:  u64 × { path_len: u32, path, present: u8, stat }
 //! blake3(everything above): [u8; 32]
+//!
+//! stat = size: u64, mtime: i64 sec + u32 nsec, ctime: i64 sec + u32 nsec,
+//!        inode: u64, mode: u32
 //! ```
+//!
+//! # The walk record
+//!
+//! Besides files, the cache remembers what decided *which* files there are
+//! (see [`WalkRecord`]): the stat data of every directory the last full walk
+//! entered and of every file the ignore rules came from (present or
+//! absent). When none of those changed, no entry was added, removed or
+//! renamed anywhere and no ignore rule changed, so the next check can skip
+//! reading directories and matching ignore rules and only `stat` the known
+//! files, in parallel, as `git status` does with its index. Directories
+//! follow the same racy rule as files: one changed at or after the stamp
+//! forces a full walk.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{BuildError, Digest};
 
-const MAGIC: &[u8; 8] = b"LDSTAT\0\x01";
+const MAGIC: &[u8; 8] = b"LDSTAT\0\x02";
 
 /// How far back the stamp goes when the filesystem's clock cannot be read:
 /// longer than any filesystem's timestamp granularity in practice (FAT has
@@ -84,6 +103,15 @@ pub struct StatKey {
 }
 
 impl StatKey {
+    /// Stands for "no such file" in the encoding; never compared.
+    const ABSENT: StatKey = StatKey {
+        size: 0,
+        mtime: Timestamp { sec: 0, nsec: 0 },
+        ctime: Timestamp { sec: 0, nsec: 0 },
+        ino: 0,
+        mode: 0,
+    };
+
     /// Takes the fields from a raw `lstat` result.
     pub fn from_stat(st: &libc::stat) -> Self {
         StatKey {
@@ -132,6 +160,9 @@ pub struct StatCache {
     data: Vec<u8>,
     /// Number of entries in `data`.
     count: usize,
+    /// Where the entries end in `data` (the walk record follows).
+    entries_end: usize,
+    walk: Option<WalkRecord>,
     dirty: bool,
 }
 
@@ -151,9 +182,16 @@ impl StatCache {
         };
         match fs::read(&path) {
             Ok(data) => match check(&data) {
-                Some((stamp, count)) => {
+                Some(Checked {
+                    stamp,
+                    count,
+                    entries_end,
+                    walk,
+                }) => {
                     cache.stamp = Some(stamp);
                     cache.count = count;
+                    cache.entries_end = entries_end;
+                    cache.walk = walk;
                     cache.data = data;
                 }
                 None => {
@@ -199,11 +237,21 @@ impl StatCache {
     /// [`crate::build::hash::hash_tree`] stores them).
     pub fn entries(&self) -> Entries<'_> {
         let start = MAGIC.len() + 12 + 8;
-        let end = self.data.len().saturating_sub(32);
+        let end = self.entries_end;
         Entries {
             data: self.data.get(..end).unwrap_or_default(),
             off: start.min(end),
         }
+    }
+
+    /// What the last full walk saw, if it was recorded.
+    pub fn walk(&self) -> Option<&WalkRecord> {
+        self.walk.as_ref()
+    }
+
+    /// Whether `now` is the stat data `cached` recorded and not racy.
+    pub fn unchanged(&self, cached: &StatKey, now: &StatKey) -> bool {
+        self.vouches(cached, now)
     }
 
     /// Whether an entry stored with `cached` stat data may stand for a file
@@ -250,15 +298,22 @@ impl StatCache {
     }
 
     /// Replaces the entries with what a scan that started at `stamp` saw,
-    /// `(path, stat, digest)` per file. Entries for files the scan did not
-    /// see are dropped.
+    /// `(path, stat, digest)` per file in path order. Entries for files the
+    /// scan did not see are dropped. `walk` replaces the walk record when
+    /// the scan walked; `None` keeps the current one (the scan verified it).
     pub fn replace<'a>(
         &mut self,
         stamp: Timestamp,
         fresh: impl ExactSizeIterator<Item = (&'a [u8], &'a StatKey, Digest)>,
+        walk: Option<WalkRecord>,
     ) {
+        if walk.is_some() {
+            self.walk = walk;
+        }
         self.count = fresh.len();
-        self.data = encode(stamp, fresh);
+        let (data, entries_end) = encode(stamp, fresh, self.walk.as_ref());
+        self.data = data;
+        self.entries_end = entries_end;
         self.stamp = Some(stamp);
         self.dirty = true;
     }
@@ -317,28 +372,75 @@ fn put_ts(out: &mut Vec<u8>, t: Timestamp) {
 /// Bytes of a record after its path.
 const FIXED: usize = 8 + 12 + 12 + 8 + 4 + 32;
 
+fn put_key(out: &mut Vec<u8>, key: &StatKey) {
+    out.extend_from_slice(&key.size.to_le_bytes());
+    put_ts(out, key.mtime);
+    put_ts(out, key.ctime);
+    out.extend_from_slice(&key.ino.to_le_bytes());
+    out.extend_from_slice(&key.mode.to_le_bytes());
+}
+
+fn put_path(out: &mut Vec<u8>, p: &[u8]) {
+    out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+    out.extend_from_slice(p);
+}
+
+/// Encodes a cache; also returns where the entries end.
 fn encode<'a>(
     stamp: Timestamp,
     entries: impl ExactSizeIterator<Item = (&'a [u8], &'a StatKey, Digest)>,
-) -> Vec<u8> {
+    walk: Option<&WalkRecord>,
+) -> (Vec<u8>, usize) {
     let n = entries.len();
     let mut out = Vec::with_capacity(60 + n * (FIXED + 4 + 48));
     out.extend_from_slice(MAGIC);
     put_ts(&mut out, stamp);
     out.extend_from_slice(&(n as u64).to_le_bytes());
     for (p, key, digest) in entries {
-        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        out.extend_from_slice(p);
-        out.extend_from_slice(&key.size.to_le_bytes());
-        put_ts(&mut out, key.mtime);
-        put_ts(&mut out, key.ctime);
-        out.extend_from_slice(&key.ino.to_le_bytes());
-        out.extend_from_slice(&key.mode.to_le_bytes());
+        put_path(&mut out, p);
+        put_key(&mut out, key);
         out.extend_from_slice(&digest.0);
+    }
+    let entries_end = out.len();
+    match walk {
+        None => out.push(0),
+        Some(w) => {
+            out.push(1);
+            out.extend_from_slice(&w.fingerprint.0);
+            out.extend_from_slice(&(w.dirs.len() as u64).to_le_bytes());
+            for (p, key) in &w.dirs {
+                put_path(&mut out, p);
+                put_key(&mut out, key);
+            }
+            out.extend_from_slice(&(w.aux.len() as u64).to_le_bytes());
+            for (p, aux) in &w.aux {
+                put_path(&mut out, p.as_os_str().as_bytes());
+                match aux {
+                    Aux::Absent => {
+                        out.push(0);
+                        put_key(&mut out, &StatKey::ABSENT);
+                    }
+                    Aux::Exact(k) => {
+                        out.push(1);
+                        put_key(&mut out, k);
+                    }
+                    Aux::Exists(kind) => {
+                        out.push(2);
+                        put_key(
+                            &mut out,
+                            &StatKey {
+                                mode: *kind,
+                                ..StatKey::ABSENT
+                            },
+                        );
+                    }
+                }
+            }
+        }
     }
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
-    out
+    (out, entries_end)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -367,6 +469,19 @@ impl<'a> Reader<'a> {
             nsec: self.u32()?,
         })
     }
+    fn key(&mut self) -> Option<StatKey> {
+        Some(StatKey {
+            size: self.u64()?,
+            mtime: self.ts()?,
+            ctime: self.ts()?,
+            ino: self.u64()?,
+            mode: self.u32()?,
+        })
+    }
+    fn path(&mut self) -> Option<&'a [u8]> {
+        let len = self.u32()? as usize;
+        self.bytes(len)
+    }
 }
 
 /// The record at `off`: path, stat data, digest.
@@ -384,9 +499,16 @@ fn record_at(data: &[u8], off: usize) -> Option<(&[u8], StatKey, Digest)> {
     Some((path, key, Digest(r.array()?)))
 }
 
-/// Checks a whole encoded cache: checksum, magic and that its records
-/// parse to the end. Returns the stamp and the number of entries.
-fn check(data: &[u8]) -> Option<(Timestamp, usize)> {
+struct Checked {
+    stamp: Timestamp,
+    count: usize,
+    entries_end: usize,
+    walk: Option<WalkRecord>,
+}
+
+/// Checks a whole encoded cache: checksum, magic and that it parses to the
+/// end.
+fn check(data: &[u8]) -> Option<Checked> {
     let body_len = data.len().checked_sub(32)?;
     let (body, sum) = data.split_at(body_len);
     if blake3::hash(body).as_bytes() != sum {
@@ -394,13 +516,78 @@ fn check(data: &[u8]) -> Option<(Timestamp, usize)> {
     }
     let mut r = Reader(body.strip_prefix(MAGIC.as_slice())?);
     let stamp = r.ts()?;
-    let n = usize::try_from(r.u64()?).ok()?;
-    for _ in 0..n {
-        let len = r.u32()? as usize;
-        r.bytes(len)?;
+    let count = usize::try_from(r.u64()?).ok()?;
+    for _ in 0..count {
+        r.path()?;
         r.bytes(FIXED)?;
     }
-    r.0.is_empty().then_some((stamp, n))
+    let entries_end = body.len() - r.0.len();
+    let walk = match r.bytes(1)?[0] {
+        0 => None,
+        _ => {
+            let fingerprint = Digest(r.array()?);
+            let n = usize::try_from(r.u64()?).ok()?;
+            let mut dirs = Vec::with_capacity(n.min(r.0.len() / (FIXED - 32)));
+            for _ in 0..n {
+                let p: Box<[u8]> = r.path()?.into();
+                dirs.push((p, r.key()?));
+            }
+            let n = usize::try_from(r.u64()?).ok()?;
+            let mut aux = Vec::with_capacity(n.min(r.0.len() / (FIXED - 32)));
+            for _ in 0..n {
+                let p = PathBuf::from(OsStr::from_bytes(r.path()?));
+                let tag = r.bytes(1)?[0];
+                let key = r.key()?;
+                aux.push((
+                    p,
+                    match tag {
+                        0 => Aux::Absent,
+                        1 => Aux::Exact(key),
+                        2 => Aux::Exists(key.mode),
+                        _ => return None,
+                    },
+                ));
+            }
+            Some(WalkRecord {
+                fingerprint,
+                dirs,
+                aux,
+            })
+        }
+    };
+    r.0.is_empty().then_some(Checked {
+        stamp,
+        count,
+        entries_end,
+        walk,
+    })
+}
+
+/// What decided which files a full walk found: see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkRecord {
+    /// Hash of everything else the walk depended on: the root, the scope's
+    /// patterns and the environment that locates global git config.
+    pub fingerprint: Digest,
+    /// Every directory the walk entered, relative to the root (`""` for the
+    /// root itself), with its stat data.
+    pub dirs: Vec<(Box<[u8]>, StatKey)>,
+    /// Files ignore rules were or could have been read from (absolute
+    /// paths), and what was there.
+    pub aux: Vec<(PathBuf, Aux)>,
+}
+
+/// What was at a path in [`WalkRecord::aux`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aux {
+    /// Nothing.
+    Absent,
+    /// A file with this stat data; any change counts.
+    Exact(StatKey),
+    /// Something of this file type (`mode & S_IFMT`); only a change of
+    /// type or existence counts (for `.git`, which git writes to all the
+    /// time, while only its existence changes how ignore rules apply).
+    Exists(u32),
 }
 
 /// Iterator over a cache's entries: `(path, stat data, digest)`.
@@ -445,7 +632,11 @@ mod tests {
             .iter()
             .map(|(p, k, d)| (p.as_bytes().to_vec(), *k, Digest([*d; 32])))
             .collect();
-        c.replace(stamp, keys.iter().map(|(p, k, d)| (p.as_slice(), k, *d)));
+        c.replace(
+            stamp,
+            keys.iter().map(|(p, k, d)| (p.as_slice(), k, *d)),
+            None,
+        );
     }
 
     #[test]
@@ -496,6 +687,49 @@ mod tests {
         assert!(c.would_change(1, 1));
         assert!(c.would_change(3, 2));
         assert!(c.would_change(2, 1));
+    }
+
+    #[test]
+    fn walk_record_round_trips_and_survives_entry_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let walk = WalkRecord {
+            fingerprint: Digest([3; 32]),
+            dirs: vec![
+                (b"".as_slice().into(), key(1, 1)),
+                (b"src".as_slice().into(), key(2, 2)),
+            ],
+            aux: vec![
+                (PathBuf::from("/p/.gitignore"), Aux::Exact(key(3, 3))),
+                (PathBuf::from("/home/u/.gitconfig"), Aux::Absent),
+                (PathBuf::from("/.git"), Aux::Exists(0o040000)),
+            ],
+        };
+        let mut c = StatCache::load(&path);
+        let k = key(1, 1);
+        let stamp = Timestamp { sec: 9, nsec: 0 };
+        c.replace(
+            stamp,
+            [(b"a".as_slice(), &k, Digest([7; 32]))].into_iter(),
+            Some(walk.clone()),
+        );
+        c.save().unwrap();
+        let mut c = StatCache::load(&path);
+        assert_eq!(c.walk(), Some(&walk));
+        assert_eq!(c.lookup(b"a", &k), Some(Digest([7; 32])));
+        // New entries without a new walk keep the recorded walk.
+        c.replace(
+            stamp,
+            [(b"b".as_slice(), &k, Digest([8; 32]))].into_iter(),
+            None,
+        );
+        c.save().unwrap();
+        let c = StatCache::load(&path);
+        assert_eq!(c.walk(), Some(&walk));
+        assert_eq!(
+            c.entries().map(|e| e.0.to_vec()).collect::<Vec<_>>(),
+            vec![b"b".to_vec()]
+        );
     }
 
     #[test]
