@@ -230,6 +230,25 @@ fn ignored_files_locald_and_git_do_not_trigger_a_rebuild() -> Result<()> {
 }
 
 #[test]
+fn a_bad_ignore_pattern_does_not_fail_the_check() -> Result<()> {
+    let p = Project::new()?;
+    p.write(".gitignore", "a[\n*.log\n")?;
+    p.write("x.txt", "x")?;
+    p.write("x.log", "x")?;
+    let opts = p.cnb("example/builder:1", &[])?;
+    let d = needs_rebuild(&opts, None)?;
+    let files: Vec<_> = d
+        .source
+        .context("hashed")?
+        .files
+        .iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, [".gitignore", "x.txt"]);
+    Ok(())
+}
+
+#[test]
 fn gitignore_is_honoured_outside_a_git_repository() -> Result<()> {
     let p = Project::new()?;
     p.write(".gitignore", "node_modules/\n")?;

@@ -900,6 +900,12 @@ impl ParallelVisitor for Visitor<'_> {
                 Err(err) => self.fail(err),
             },
             Err(err) if is_not_found(&err) => WalkState::Continue,
+            // A bad pattern in an ignore file: git skips such lines too, and
+            // failing every build over one would be worse than a warning.
+            Err(err) if err.io_error().is_none() => {
+                tracing::warn!(error = %err, "ignoring a bad ignore rule");
+                WalkState::Continue
+            }
             Err(err) => self.fail(BuildError::Walk {
                 root: self.shared.root.to_path_buf(),
                 source: err,
