@@ -228,6 +228,9 @@ impl fmt::Display for Decision {
 /// The source tree is hashed even when the answer is already "rebuild"
 /// (forced, config changed, ...), because the build records the hash in its
 /// manifest. The stat cache in `.locald/state/` is refreshed on the way.
+///
+/// This blocks (file I/O, and hashing spread over rayon's threads): call it
+/// from `tokio::task::spawn_blocking` in async code.
 pub fn needs_rebuild(
     opts: &BuildOptions,
     builder_digest: Option<&str>,
