@@ -10,5 +10,10 @@
 
 pub mod build;
 pub mod config;
+pub mod engine;
 pub mod event;
+pub mod foreground;
 pub mod output;
+pub mod runtime;
+pub mod supervisor;
+pub mod term;

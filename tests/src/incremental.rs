@@ -119,11 +119,8 @@ pub fn have(tool: &str) -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("`{tool}` is required (run tests/setup-debian.sh)");
-        }
-        eprintln!("skipping: `{tool}` is not installed (run tests/setup-debian.sh)");
-    }
-    found
+    !crate::require(
+        found,
+        &format!("`{tool}` is not installed (run tests/setup-debian.sh)"),
+    )
 }
