@@ -10,6 +10,7 @@
 //!   services/<name>/cache/                     # kept between builds
 //!   services/<name>/artifacts.lock             # held while a build of <name> runs
 //!   state/<name>.statcache                     # stat cache (see statcache.rs)
+//!   state/<name>.statcache.clock               # its stamp source, rewritten at each check
 //! ```
 //!
 //! A build never writes into `artifacts/`. [`ServiceLayout::stage`] takes the
