@@ -249,15 +249,10 @@ impl StatCache {
         self.walk.as_ref()
     }
 
-    /// Whether `now` is the stat data `cached` recorded and not racy.
-    pub fn unchanged(&self, cached: &StatKey, now: &StatKey) -> bool {
-        self.vouches(cached, now)
-    }
-
     /// Whether an entry stored with `cached` stat data may stand for a file
     /// whose stat data is now `now`: they are equal, and the file is not
     /// racy (both its times are strictly older than the stamp).
-    pub fn vouches(&self, cached: &StatKey, now: &StatKey) -> bool {
+    pub fn unchanged(&self, cached: &StatKey, now: &StatKey) -> bool {
         self.stamp
             .is_some_and(|stamp| cached == now && trusted(now, stamp))
     }
@@ -268,7 +263,7 @@ impl StatCache {
     pub fn lookup(&self, path: &[u8], key: &StatKey) -> Option<Digest> {
         self.entries()
             .find(|(p, _, _)| *p == path)
-            .filter(|(_, k, _)| self.vouches(k, key))
+            .filter(|(_, k, _)| self.unchanged(k, key))
             .map(|(_, _, d)| d)
     }
 
