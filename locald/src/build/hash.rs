@@ -17,7 +17,9 @@
 //! absolute location of the project or the machine.
 //!
 //! Unchanged files are not read again when the [`StatCache`] says their
-//! `stat` data is what it was when they were hashed.
+//! `stat` data is what it was when they were hashed; and when no directory
+//! and no ignore file changed since the last walk, directories are not read
+//! either (see [`hash_tree`]).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
