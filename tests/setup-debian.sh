@@ -15,6 +15,7 @@ packages=(
   dbus-bin         # dbus-send, dbus-monitor
   libglib2.0-bin   # gdbus, a D-Bus client nobody here wrote
   systemd          # systemd-journald, journalctl, busctl, systemd-cat
+  git              # incremental builds: real repositories for .gitignore and info/exclude
 )
 
 missing=()

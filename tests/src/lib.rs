@@ -3,6 +3,7 @@
 //! preconditions (skip with a reason on a laptop, fail under `CI=true`).
 
 pub mod shim;
+pub mod incremental;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
