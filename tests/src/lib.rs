@@ -2,8 +2,8 @@
 //! throw-away projects, waiting for conditions, and the CI rule for missing
 //! preconditions (skip with a reason on a laptop, fail under `CI=true`).
 
-pub mod shim;
 pub mod incremental;
+pub mod shim;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
