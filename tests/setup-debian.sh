@@ -18,6 +18,7 @@ packages=(
   python3-jeepney  # the editor client in docs/editors/, run by the D-Bus tests
   systemd-container # systemd-nspawn: a real user manager for the unit's end-to-end test
   debootstrap      # the container's root file system (cached in /var/cache/locald-tests)
+  git              # incremental builds: real repositories for .gitignore and info/exclude
 )
 
 missing=()

@@ -10,7 +10,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions};
-use crate::event::{Event, ProjectSnapshot, ServiceState};
+use crate::event::{BuildResult, Event, ProjectSnapshot, ServiceState};
 use crate::output::{Fanout, LogSink};
 use crate::term::Terminal;
 
@@ -101,6 +101,61 @@ pub fn dead_end(p: &ProjectSnapshot) -> Option<String> {
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+/// `locald build [SERVICE] [--force]` in the foreground, with no daemon:
+/// builds one service (or every service that has a build), printing build
+/// output and one line per service with what happened. Returns whether every
+/// build succeeded or was up to date.
+pub async fn build(
+    config: &Config,
+    service: Option<&str>,
+    force: bool,
+    extra: Vec<Arc<dyn LogSink>>,
+) -> bool {
+    let names: Vec<String> = match service {
+        Some(s) => vec![s.to_owned()],
+        None => config
+            .services
+            .iter()
+            .filter(|(_, s)| s.build.is_some())
+            .map(|(n, _)| n.clone())
+            .collect(),
+    };
+    let term = Arc::new(Terminal::new(&names));
+    if names.is_empty() {
+        term.note("no service of this project has a build");
+        return true;
+    }
+    let mut sink = Fanout::new().with(term.clone());
+    for s in extra {
+        sink = sink.with(s);
+    }
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let env = crate::supervisor::Env {
+        events,
+        sink: Arc::new(sink),
+        runtime: Arc::new(crate::runtime::host::HostRuntime::detect()),
+    };
+    let records = crate::supervisor::build_services(config, &names, force, env).await;
+    let mut ok = true;
+    for (name, r) in &records {
+        let took = r
+            .finished_at
+            .and_then(|f| f.duration_since(r.started_at).ok())
+            .map(|d| format!(" in {:.1}s", d.as_secs_f64()))
+            .unwrap_or_default();
+        let line = match r.result {
+            BuildResult::Succeeded => format!("✓ {name}: built{took} ({})", r.reason),
+            BuildResult::Skipped => format!("✓ {name}: {}", r.reason),
+            _ => {
+                ok = false;
+                format!("✗ {name}: {}", r.reason)
+            }
+        };
+        term.note(&line);
+    }
+    ok
 }
 
 /// `locald check`: loads and checks the project containing `dir`.

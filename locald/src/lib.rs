@@ -8,6 +8,7 @@
 //! session bus). See `ARCHITECTURE.md` at the repository root for the map.
 #![deny(missing_docs)]
 
+pub mod build;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

@@ -30,6 +30,19 @@ enum Cmd {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Build a project's services in the foreground, without the daemon.
+    ///
+    /// Skips a build whose inputs did not change ("Build up to date").
+    Build {
+        /// The service to build (default: every service that has a build).
+        service: Option<String>,
+        /// Build even if up to date.
+        #[arg(long)]
+        force: bool,
+        /// Project directory (or any directory inside it).
+        #[arg(long, short = 'C', default_value = ".")]
+        dir: PathBuf,
+    },
     /// Print the JSON Schema of locald.toml.
     Schema,
     /// Serve every project of this user on D-Bus (what `locald.service` runs).
@@ -58,6 +71,46 @@ fn main() -> ExitCode {
         Cmd::Schema => {
             print!("{}", locald::config::json_schema());
             ExitCode::SUCCESS
+        }
+        Cmd::Build {
+            service,
+            force,
+            dir,
+        } => {
+            let config = match foreground::check(&dir) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            if let Some(s) = &service {
+                match config.services.get(s) {
+                    None => {
+                        eprintln!("locald: project `{}` has no service `{s}`", config.name);
+                        return ExitCode::from(2);
+                    }
+                    Some(svc) if svc.build.is_none() => {
+                        eprintln!("locald: service `{s}` has no build");
+                        return ExitCode::from(2);
+                    }
+                    Some(_) => {}
+                }
+            }
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("locald: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if rt.block_on(foreground::build(
+                &config,
+                service.as_deref(),
+                force,
+                Vec::new(),
+            )) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Cmd::Up { dir } => {
             let config = match foreground::check(&dir) {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::event::LogLine;
+use crate::event::{BuildRecord, LogLine};
 
 /// A boxed future, for object-safe async sinks.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -20,6 +20,30 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait LogSink: Send + Sync + 'static {
     /// Takes one line. Returning applies backpressure to the writer's pipe.
     fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()>;
+
+    /// A build of `service` was decided on (runs, or is up to date): the
+    /// record carries the decision and the source hash. Sinks that keep
+    /// history (journald) record it; others ignore it.
+    fn build_started<'a>(
+        &'a self,
+        project: &'a str,
+        service: &'a str,
+        record: &'a BuildRecord,
+    ) -> BoxFuture<'a, ()> {
+        let _ = (project, service, record);
+        Box::pin(std::future::ready(()))
+    }
+
+    /// A build ended; see [`LogSink::build_started`].
+    fn build_finished<'a>(
+        &'a self,
+        project: &'a str,
+        service: &'a str,
+        record: &'a BuildRecord,
+    ) -> BoxFuture<'a, ()> {
+        let _ = (project, service, record);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Sends each line to several sinks, in order.
@@ -46,6 +70,32 @@ impl LogSink for Fanout {
         Box::pin(async move {
             for s in &self.sinks {
                 s.write(line).await;
+            }
+        })
+    }
+
+    fn build_started<'a>(
+        &'a self,
+        project: &'a str,
+        service: &'a str,
+        record: &'a BuildRecord,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for s in &self.sinks {
+                s.build_started(project, service, record).await;
+            }
+        })
+    }
+
+    fn build_finished<'a>(
+        &'a self,
+        project: &'a str,
+        service: &'a str,
+        record: &'a BuildRecord,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for s in &self.sinks {
+                s.build_finished(project, service, record).await;
             }
         })
     }

@@ -101,8 +101,8 @@ impl Terminal {
             Event::BuildFinished {
                 service, record, ..
             } => match record.result {
-                BuildResult::Succeeded => format!("{service} build succeeded"),
-                BuildResult::Skipped => format!("{service} build up to date ({})", record.reason),
+                BuildResult::Succeeded => format!("{service} build succeeded ({})", record.reason),
+                BuildResult::Skipped => format!("{service} {}", record.reason),
                 BuildResult::Failed => format!("{service} build failed: {}", record.reason),
                 BuildResult::Running => return false,
             },

@@ -5,6 +5,7 @@
 //! A build is a unit of its own (`NAME.build`) with its own process group and
 //! cgroup, so stopping a service mid-build leaves nothing of the build behind.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +13,8 @@ use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::pipe::{pump, PipeOwner};
+use super::service::error_chain;
+use crate::build::{needs_rebuild, BuildOptions};
 use crate::config::{BuildSpec, HostBuild, ServiceConfig};
 use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
 use crate::output::LogSink;
@@ -23,6 +26,8 @@ pub(crate) struct Builder {
     pub project: Arc<str>,
     pub service: Arc<str>,
     pub cfg: Arc<ServiceConfig>,
+    /// The project directory, where `.locald/` lives.
+    pub root: PathBuf,
     pub sink: Arc<dyn LogSink>,
     pub runtime: Arc<dyn Runtime>,
     pub events: broadcast::Sender<Event>,
@@ -44,46 +49,100 @@ pub(crate) fn new_build_id() -> String {
 }
 
 impl Builder {
-    /// Runs the build (or decides it is up to date) and returns its record.
+    /// Decides whether a build is needed, runs it if so, and returns its
+    /// record. The previous artifact stays in place until a build succeeds.
     pub async fn build(&self, force: bool) -> BuildRecord {
         let _one_at_a_time = self.lock.lock().await;
         let build_id = new_build_id();
+        let started = SystemTime::now();
         let mut record = BuildRecord {
             build_id: build_id.clone(),
             result: BuildResult::Running,
-            reason: if force {
-                "forced".into()
-            } else {
-                "runs on every up".into()
-            },
+            reason: "checking sources".into(),
             source_hash: None,
-            started_at: SystemTime::now(),
+            started_at: started,
             finished_at: None,
         };
         self.publish(&record);
-        let outcome = match &self.cfg.build {
-            Some(BuildSpec::Host(host)) => self.host(host, &build_id).await,
-            Some(BuildSpec::Cnb(cnb)) => Err(format!(
-                "buildpacks builds (builder {}) are not available in this version of locald",
-                cnb.builder
-            )),
-            None => Err("the service has no build".into()),
-        };
+        let outcome = self
+            .decide_and_run(force, &build_id, started, &mut record)
+            .await;
         record.finished_at = Some(SystemTime::now());
         match outcome {
-            Ok(()) => record.result = BuildResult::Succeeded,
+            Ok(result) => record.result = result,
             Err(reason) => {
                 record.result = BuildResult::Failed;
                 record.reason = reason;
             }
         }
         self.publish(&record);
+        self.sink
+            .build_finished(&self.project, &self.service, &record)
+            .await;
         let _ = self.events.send(Event::BuildFinished {
             project: self.project.to_string(),
             service: self.service.to_string(),
             record: record.clone(),
         });
         record
+    }
+
+    async fn decide_and_run(
+        &self,
+        force: bool,
+        build_id: &str,
+        started: SystemTime,
+        record: &mut BuildRecord,
+    ) -> Result<BuildResult, String> {
+        let Some(spec) = self.cfg.build.clone() else {
+            return Err("the service has no build".into());
+        };
+        if let BuildSpec::Cnb(cnb) = &spec {
+            return Err(format!(
+                "buildpacks builds (builder {}) are not available in this version of locald",
+                cnb.builder
+            ));
+        }
+        self.progress(build_id, 1, 3, "checking sources".into());
+        let opts = BuildOptions::new(&self.root, &self.service, spec.clone(), force)
+            .map_err(|e| error_chain(&e))?;
+        let decision = {
+            let opts = opts.clone();
+            tokio::task::spawn_blocking(move || needs_rebuild(&opts, None))
+                .await
+                .map_err(|e| format!("source check crashed: {e}"))?
+                .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
+        };
+        record.source_hash = decision.source_hash().map(|d| d.to_hex());
+        record.reason = decision.to_string();
+        self.publish(record);
+        self.sink
+            .build_started(&self.project, &self.service, record)
+            .await;
+        if !decision.rebuild() {
+            return Ok(BuildResult::Skipped);
+        }
+        let BuildSpec::Host(host) = &spec else {
+            return Err("unsupported build kind".into());
+        };
+        let staging = opts.service_layout().stage().map_err(|e| error_chain(&e))?;
+        self.progress(
+            build_id,
+            2,
+            3,
+            format!("running {}", host.command.display()),
+        );
+        self.host(host, build_id).await?;
+        self.progress(build_id, 3, 3, "saving the artifact".into());
+        let manifest = decision.manifest(&opts, started, SystemTime::now());
+        tokio::task::spawn_blocking(move || {
+            let files = decision.source.as_ref().map(|s| s.files.as_slice());
+            staging.commit(&manifest, files)
+        })
+        .await
+        .map_err(|e| format!("saving the artifact crashed: {e}"))?
+        .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
+        Ok(BuildResult::Succeeded)
     }
 
     fn publish(&self, record: &BuildRecord) {

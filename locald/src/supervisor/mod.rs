@@ -104,6 +104,7 @@ impl Project {
             project: project.clone(),
             service: service.clone(),
             cfg: Arc::new(cfg.clone()),
+            root: self.config.root.clone(),
             sink: self.env.sink.clone(),
             runtime: self.env.runtime.clone(),
             events: self.env.events.clone(),
@@ -264,6 +265,48 @@ impl Project {
             .sort_by_cached_key(|k, _| order.iter().position(|n| n == k).unwrap_or(usize::MAX));
         summary
     }
+}
+
+/// Builds services of `config` outside any running project (`locald build`):
+/// the same builder, decisions and `.locald/` artifacts as `up` uses.
+/// Services without a build are skipped. Returns each service's record.
+pub(crate) async fn build_services(
+    config: &Config,
+    services: &[String],
+    force: bool,
+    env: Env,
+) -> Vec<(String, BuildRecord)> {
+    let mut runs = Vec::new();
+    for name in services {
+        let Some(cfg) = config.services.get(name) else {
+            continue;
+        };
+        if cfg.build.is_none() {
+            continue;
+        }
+        let builder = Builder {
+            project: config.name.as_str().into(),
+            service: name.as_str().into(),
+            cfg: Arc::new(cfg.clone()),
+            root: config.root.clone(),
+            sink: env.sink.clone(),
+            runtime: env.runtime.clone(),
+            events: env.events.clone(),
+            snapshot: Arc::new(watch::Sender::new(ServiceSnapshot::new(name))),
+            lock: Arc::new(Mutex::new(())),
+        };
+        let name = name.clone();
+        runs.push(tokio::spawn(
+            async move { (name, builder.build(force).await) },
+        ));
+    }
+    let mut out = Vec::new();
+    for r in runs {
+        if let Ok(pair) = r.await {
+            out.push(pair);
+        }
+    }
+    out
 }
 
 /// Read-only access to a project's current state. Each service's snapshot
