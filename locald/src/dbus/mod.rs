@@ -1,17 +1,17 @@
 //! The D-Bus layer: translates between the session bus and the [`Engine`].
 //!
 //! It holds no state of its own beyond a copy of the engine's snapshots, kept
-//! current by one task that follows the engine's events ([`events`]), so that
+//! current by one task that follows the engine's events (`events`), so that
 //! property reads never wait on the engine. One file per interface:
-//! [`manager`] (`dev.locald.Manager1` at `/dev/locald/Locald1`, with the
-//! ObjectManager beside it), [`project`] (`dev.locald.Project1`) and
-//! [`service`] (`dev.locald.Service1`). Engine errors become named
+//! `manager` (`dev.locald.Manager1` at `/dev/locald/Locald1`, with the
+//! ObjectManager beside it), `project` (`dev.locald.Project1`) and
+//! `service` (`dev.locald.Service1`). Engine errors become named
 //! `dev.locald.Error.*` errors only here ([`error`]); callers of another uid
-//! are refused ([`access`]); live output lines go out through [`logs`].
+//! are refused (`access`); live output lines go out through [`logs`].
 //!
 //! Locking: property getters only take short `std` mutexes on the cells and
 //! never await while holding one. Adding and removing objects is serialized
-//! by one async mutex ([`Shared::reconcile`]) that no getter takes, so a
+//! by one async mutex (`Shared::reconcile`) that no getter takes, so a
 //! `GetManagedObjects` in progress can never deadlock against a change.
 
 mod access;
