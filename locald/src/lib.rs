@@ -10,4 +10,5 @@
 
 pub mod config;
 pub mod event;
+pub mod journal;
 pub mod output;
