@@ -1,1 +1,2 @@
 //! Helpers for the integration tests: starting real components and cleaning up.
+pub mod journald;
