@@ -105,6 +105,8 @@ pub struct JournalStats {
     pub undelivered_lines: u64,
     /// Times journald was found gone.
     pub outages: u64,
+    /// Entries too big for a datagram, sent through a memfd.
+    pub memfd_entries: u64,
 }
 
 /// Receives the writer's notices (journald gone, back, refusing). The
@@ -123,14 +125,18 @@ struct Inner {
     /// The socket, behind a fair (FIFO) lock: writers take turns in the
     /// order they arrived, whatever their rate.
     link: tokio::sync::Mutex<Link>,
-    services: RwLock<HashMap<Arc<str>, HashMap<Arc<str>, ServiceLogOptions>>>,
+    services: RwLock<ServiceOptionsMap>,
     lines: AtomicU64,
     entries: AtomicU64,
     split_lines: AtomicU64,
     undelivered: AtomicU64,
     outages: AtomicU64,
+    memfd_entries: AtomicU64,
     notify: Notifier,
 }
+
+/// Options by project, then service.
+type ServiceOptionsMap = HashMap<Arc<str>, HashMap<Arc<str>, ServiceLogOptions>>;
 
 enum Link {
     Up(Connection),
@@ -181,6 +187,7 @@ impl JournalSink {
                 split_lines: AtomicU64::new(0),
                 undelivered: AtomicU64::new(0),
                 outages: AtomicU64::new(0),
+                memfd_entries: AtomicU64::new(0),
                 notify,
             }),
         }
@@ -227,6 +234,7 @@ impl JournalSink {
             split_lines: i.split_lines.load(Ordering::Relaxed),
             undelivered_lines: i.undelivered.load(Ordering::Relaxed),
             outages: i.outages.load(Ordering::Relaxed),
+            memfd_entries: i.memfd_entries.load(Ordering::Relaxed),
         }
     }
 
@@ -292,7 +300,12 @@ impl JournalSink {
         loop {
             match link {
                 Link::Up(conn) => match conn.send(entry).await {
-                    Ok(()) => return Sent::Yes,
+                    Ok(via) => {
+                        if via == native::Via::Memfd {
+                            inner.memfd_entries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return Sent::Yes;
+                    }
                     Err(e) if native::is_gone(&e) && connected_now => {
                         self.outage(link, &e);
                         return Sent::No;

@@ -27,6 +27,15 @@ use tokio::net::UnixDatagram;
 /// entry. Kernel memory, not ours, and bounded by this number.
 const SNDBUF: usize = 8 * 1024 * 1024;
 
+/// How an entry went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// In the datagram itself.
+    Datagram,
+    /// Through a sealed memfd.
+    Memfd,
+}
+
 /// A connected native-protocol socket.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -51,15 +60,16 @@ impl Connection {
     }
 
     /// Sends one encoded entry, waiting while journald's queue is full.
-    pub(crate) async fn send(&self, entry: &[u8]) -> io::Result<()> {
+    /// Says whether it went through a memfd.
+    pub(crate) async fn send(&self, entry: &[u8]) -> io::Result<Via> {
         match self.sock.send(entry).await {
-            Ok(n) if n == entry.len() => Ok(()),
+            Ok(n) if n == entry.len() => Ok(Via::Datagram),
             Ok(n) => Err(io::Error::other(format!(
                 "short datagram write: {n} of {} bytes",
                 entry.len()
             ))),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS)) => {
-                self.send_memfd(entry).await
+                self.send_memfd(entry).await.map(|()| Via::Memfd)
             }
             Err(e) => Err(e),
         }
