@@ -144,11 +144,31 @@ pub fn put_field(buf: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 /// Appends a field whose value is known to be plain text without newlines
-/// (numbers, enum names), skipping the checks.
-fn put_plain(buf: &mut Vec<u8>, name: &str, value: impl fmt::Display) {
-    use std::io::Write as _;
-    // Writing into a Vec cannot fail.
-    let _ = writeln!(buf, "{name}={value}");
+/// (enum names), skipping the checks.
+fn put_plain(buf: &mut Vec<u8>, name: &str, value: &str) {
+    buf.extend_from_slice(name.as_bytes());
+    buf.push(b'=');
+    buf.extend_from_slice(value.as_bytes());
+    buf.push(b'\n');
+}
+
+/// Appends a numeric field without going through `fmt` (this runs for
+/// every line).
+fn put_number(buf: &mut Vec<u8>, name: &str, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(name.as_bytes());
+    buf.push(b'=');
+    buf.extend_from_slice(&digits[i..]);
+    buf.push(b'\n');
 }
 
 /// Splits `bytes` into pieces of at most `max` bytes. A cut that would fall
@@ -216,7 +236,7 @@ pub fn encode_entry(
 ) {
     buf.clear();
     put_field(buf, "MESSAGE", message);
-    put_plain(buf, "PRIORITY", priority.value());
+    put_number(buf, "PRIORITY", u64::from(priority.value()));
     put_field(buf, "SYSLOG_IDENTIFIER", line.service.as_bytes());
     put_field(buf, "LOCALD_PROJECT", line.project.as_bytes());
     put_field(buf, "LOCALD_SERVICE", line.service.as_bytes());
@@ -226,9 +246,9 @@ pub fn encode_entry(
         put_field(buf, "LOCALD_BUILD_ID", id.as_bytes());
     }
     if let Some(pid) = line.pid {
-        put_plain(buf, "LOCALD_PID", pid);
+        put_number(buf, "LOCALD_PID", u64::from(pid));
         // Lets `journalctl -o short` show `web[1234]` rather than locald's pid.
-        put_plain(buf, "SYSLOG_PID", pid);
+        put_number(buf, "SYSLOG_PID", u64::from(pid));
     }
     if let Some(v) = brk.as_str() {
         put_plain(buf, LINE_BREAK_FIELD, v);
@@ -286,6 +306,14 @@ mod tests {
         b.clear();
         put_field(&mut b, "A", b"\xff");
         assert_eq!(b, b"A\n\x01\0\0\0\0\0\0\0\xff\n");
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut b = Vec::new();
+        put_number(&mut b, "N", 0);
+        put_number(&mut b, "N", 4_294_967_295);
+        assert_eq!(b, b"N=0\nN=4294967295\n");
     }
 
     #[test]

@@ -86,93 +86,100 @@ fn pipe_sink(args: &[String]) -> Result<()> {
     let project: Arc<str> = flag(opts, "--project").context("--project")?.into();
     let service: Arc<str> = flag(opts, "--service").context("--service")?.into();
     let quiet: Option<Arc<str>> = flag(opts, "--quiet").map(Into::into);
-    let program = cmd.first().context("a command after --")?;
+    let program = cmd.first().context("a command after --")?.clone();
+    let cmd_args: Vec<String> = cmd[1..].to_vec();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The work runs in a spawned task, on a worker thread beside the I/O
+    // driver, as the supervisor's reader tasks do (not on the block_on
+    // thread, which would need a cross-thread wakeup for every wait).
     rt.block_on(async move {
-        let config = JournalConfig {
-            socket_path: PathBuf::from(socket),
-            ..JournalConfig::default()
-        };
-        let sink: Arc<dyn LogSink> = Arc::new(JournalSink::new(config));
-        let start = Instant::now();
-        let mut child = tokio::process::Command::new(program)
-            .args(&cmd[1..])
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning {program}"))?;
-        let pid = child.id();
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-        let quiet_task = quiet.map(|q| {
-            let sink = Arc::clone(&sink);
-            let project = Arc::clone(&project);
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                let mut tick = tokio::time::interval(Duration::from_millis(50));
-                while !*done_rx.borrow() {
-                    tick.tick().await;
-                    let line = LogLine {
-                        project: Arc::clone(&project),
-                        service: Arc::clone(&q),
-                        phase: Phase::Run,
-                        stream: Stream::Stdout,
-                        pid: None,
-                        build_id: None,
-                        line: format!("quiet {n} sent_us={}", now_us()).into_bytes(),
-                        partial: false,
-                    };
-                    sink.write(&line).await;
-                    n += 1;
-                }
-                n
-            })
-        });
-        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
-        let mut buf = Vec::with_capacity(1024);
-        let mut lines = 0u64;
-        loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf).await? == 0 {
-                break;
-            }
-            let partial = buf.last() != Some(&b'\n');
-            if !partial {
-                buf.pop();
-            }
-            let line = LogLine {
-                project: Arc::clone(&project),
-                service: Arc::clone(&service),
-                phase: Phase::Run,
-                stream: Stream::Stdout,
-                pid,
-                build_id: None,
-                line: std::mem::take(&mut buf),
-                partial,
+        tokio::spawn(async move {
+            let config = JournalConfig {
+                socket_path: PathBuf::from(socket),
+                ..JournalConfig::default()
             };
-            sink.write(&line).await;
-            buf = line.line;
-            lines += 1;
-        }
-        let status = child.wait().await?;
-        let seconds = start.elapsed().as_secs_f64();
-        let _ = done_tx.send(true);
-        let quiet_lines = match quiet_task {
-            Some(t) => t.await?,
-            None => 0,
-        };
-        let summary = serde_json::json!({
-            "lines": lines,
-            "quiet_lines": quiet_lines,
-            "seconds": seconds,
-            "child_ok": status.success(),
-            "vm_hwm_kib": vm_hwm_kib(),
-        });
-        println!("{summary}");
-        anyhow::Ok(())
+            let sink: Arc<dyn LogSink> = Arc::new(JournalSink::new(config));
+            let start = Instant::now();
+            let mut child = tokio::process::Command::new(&program)
+                .args(&cmd_args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("spawning {program}"))?;
+            let pid = child.id();
+            let stdout = child.stdout.take().context("child stdout")?;
+            let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+            let quiet_task = quiet.map(|q| {
+                let sink = Arc::clone(&sink);
+                let project = Arc::clone(&project);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    let mut tick = tokio::time::interval(Duration::from_millis(50));
+                    while !*done_rx.borrow() {
+                        tick.tick().await;
+                        let line = LogLine {
+                            project: Arc::clone(&project),
+                            service: Arc::clone(&q),
+                            phase: Phase::Run,
+                            stream: Stream::Stdout,
+                            pid: None,
+                            build_id: None,
+                            line: format!("quiet {n} sent_us={}", now_us()).into_bytes(),
+                            partial: false,
+                        };
+                        sink.write(&line).await;
+                        n += 1;
+                    }
+                    n
+                })
+            });
+            let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
+            let mut buf = Vec::with_capacity(1024);
+            let mut lines = 0u64;
+            loop {
+                buf.clear();
+                if reader.read_until(b'\n', &mut buf).await? == 0 {
+                    break;
+                }
+                let partial = buf.last() != Some(&b'\n');
+                if !partial {
+                    buf.pop();
+                }
+                let line = LogLine {
+                    project: Arc::clone(&project),
+                    service: Arc::clone(&service),
+                    phase: Phase::Run,
+                    stream: Stream::Stdout,
+                    pid,
+                    build_id: None,
+                    line: std::mem::take(&mut buf),
+                    partial,
+                };
+                sink.write(&line).await;
+                buf = line.line;
+                lines += 1;
+            }
+            let status = child.wait().await?;
+            let seconds = start.elapsed().as_secs_f64();
+            let _ = done_tx.send(true);
+            let quiet_lines = match quiet_task {
+                Some(t) => t.await?,
+                None => 0,
+            };
+            let summary = serde_json::json!({
+                "lines": lines,
+                "quiet_lines": quiet_lines,
+                "seconds": seconds,
+                "child_ok": status.success(),
+                "vm_hwm_kib": vm_hwm_kib(),
+            });
+            println!("{summary}");
+            anyhow::Ok(())
+        })
+        .await?
     })
 }
 
