@@ -457,3 +457,45 @@ fn a_flood_arrives_whole_and_does_not_stall_a_quiet_service() -> Result<()> {
     );
     Ok(())
 }
+
+/// The daemon's own log goes to the journal through tracing-journald, with
+/// its fields under the `LOCALD_` prefix, and to stderr when asked.
+#[test]
+fn the_daemons_own_log_goes_to_the_journal_with_its_fields() -> Result<()> {
+    let mut j = journald_or_skip!("the_daemons_own_log_goes_to_the_journal_with_its_fields");
+    let p = project("daemonlog");
+    let bench = env!("CARGO_BIN_EXE_journal-bench");
+    let out = j
+        .command_with_default_paths(bench)
+        .args(["daemon-log", "auto", "--project", &p])
+        .env_remove("JOURNAL_STREAM")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "daemon-log: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "journal");
+    let e = j.synced_query(&[("LOCALD_PROJECT", &p)])?;
+    let e = one(&e)?;
+    assert_eq!(e.field("MESSAGE"), "service web exited with status 1");
+    assert_eq!(e.field("SYSLOG_IDENTIFIER"), "locald");
+    assert_eq!(e.field("LOCALD_SERVICE"), "web");
+    assert_eq!(e.field("PRIORITY"), "4");
+
+    let out = std::process::Command::new(bench)
+        .args(["daemon-log", "stderr", "--project", &p])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "daemon-log: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stderr");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("service web exited with status 1") && err.contains(&p),
+        "{err}"
+    );
+    Ok(())
+}

@@ -10,8 +10,10 @@
 //! service blocks in `write(2)`, as under systemd. Writers take turns in
 //! arrival order (a FIFO lock around the socket), so a flooding service gets
 //! one entry in for each waiting line of a quiet one and cannot starve it.
-//! Memory is bounded by one encoded entry (at most `line_max` plus the
-//! fields, about 49 KiB by default) per pipe that is writing.
+//! Memory is bounded: entries are encoded one at a time into a single
+//! buffer (at most `line_max` plus the fields, about 52 KiB by default,
+//! whatever the number of services); the lines themselves belong to the
+//! callers, one per waiting pipe.
 //!
 //! If journald is not there, lines are counted as undelivered rather than
 //! waited for (the service keeps running), the outage is reported once on
@@ -124,7 +126,7 @@ struct Inner {
     config: JournalConfig,
     /// The socket, behind a fair (FIFO) lock: writers take turns in the
     /// order they arrived, whatever their rate.
-    link: tokio::sync::Mutex<Link>,
+    link: tokio::sync::Mutex<Writer>,
     services: RwLock<ServiceOptionsMap>,
     lines: AtomicU64,
     entries: AtomicU64,
@@ -134,6 +136,16 @@ struct Inner {
     memfd_entries: AtomicU64,
     notify: Notifier,
 }
+
+/// The socket and the one buffer entries are encoded in, taken together.
+struct Writer {
+    link: Link,
+    buf: Vec<u8>,
+}
+
+/// The encode buffer keeps up to this capacity between lines: an entry of a
+/// full default `LineMax` piece and its fields.
+const KEPT_BUFFER: usize = DEFAULT_LINE_MAX + 4096;
 
 /// Options by project, then service.
 type ServiceOptionsMap = HashMap<Arc<str>, HashMap<Arc<str>, ServiceLogOptions>>;
@@ -177,9 +189,12 @@ impl JournalSink {
         Self {
             inner: Arc::new(Inner {
                 config,
-                link: tokio::sync::Mutex::new(Link::Down {
-                    retry_at: Instant::now(),
-                    reported: None,
+                link: tokio::sync::Mutex::new(Writer {
+                    link: Link::Down {
+                        retry_at: Instant::now(),
+                        reported: None,
+                    },
+                    buf: Vec::with_capacity(KEPT_BUFFER),
                 }),
                 services: RwLock::new(HashMap::new()),
                 lines: AtomicU64::new(0),
@@ -265,12 +280,12 @@ impl JournalSink {
         if body.len() > line_max {
             inner.split_lines.fetch_add(1, Ordering::Relaxed);
         }
-        let mut buf = Vec::with_capacity(body.len().min(line_max) + 256);
         let mut pieces = split_line(body, line_max).peekable();
 
         // Held for the whole line so that the pieces of a split line are
         // consecutive in the journal.
-        let mut link = inner.link.lock().await;
+        let mut guard = inner.link.lock().await;
+        let Writer { link, buf } = &mut *guard;
         while let Some(piece) = pieces.next() {
             let brk = if pieces.peek().is_some() {
                 LineBreak::LineMax
@@ -279,8 +294,14 @@ impl JournalSink {
             } else {
                 LineBreak::End
             };
-            encode_entry(&mut buf, line, piece, priority, brk);
-            match self.send_entry(&mut link, &buf, line).await {
+            encode_entry(buf, line, piece, priority, brk);
+            let sent = self.send_entry(link, buf, line).await;
+            if buf.capacity() > KEPT_BUFFER {
+                // A long line (with a raised line_max) must not pin its
+                // buffer for the life of the daemon.
+                *buf = Vec::with_capacity(KEPT_BUFFER);
+            }
+            match sent {
                 Sent::Yes => {
                     inner.entries.fetch_add(1, Ordering::Relaxed);
                 }

@@ -7,6 +7,8 @@
 //!   awaits `JournalSink` per line; with `--quiet`, a second service writes a
 //!   timestamped line every 50 ms through the same sink while the flood
 //!   lasts. Prints a JSON summary (lines, seconds, sink stats, peak RSS).
+//! - `daemon-log [auto|journal|stderr] --project P`: sets up locald's own
+//!   log and logs one event (for the tests).
 //! - `run [--lines N] [--rounds K] [--sd-send PATH] [--locald PATH]`: K
 //!   rounds of: a private journald per case and floods it (a) through JournalSink (or, with
 //!   `--locald`, through `locald up` of a one-service project), (b) through
@@ -33,8 +35,26 @@ fn main() -> Result<()> {
         Some("generate") => generate(&args[1..]),
         Some("pipe-sink") => pipe_sink(&args[1..]),
         Some("run") => run(&args[1..]),
+        Some("daemon-log") => daemon_log(&args[1..]),
         _ => bail!("usage: journal-bench generate N | pipe-sink … -- CMD… | run [--lines N] [--sd-send PATH] [--locald PATH]"),
     }
+}
+
+/// Sets up locald's own logging as the daemon does and logs one event with
+/// project and service fields; prints where it went (`journal` or
+/// `stderr`). For the tests of `init_daemon_logging`.
+fn daemon_log(args: &[String]) -> Result<()> {
+    use locald::journal::{init_daemon_logging, LogOutput};
+    let output = match args.first().map(String::as_str) {
+        Some("stderr") => LogOutput::Stderr,
+        Some("journal") => LogOutput::Journal,
+        _ => LogOutput::Auto,
+    };
+    let project = flag(args, "--project").unwrap_or_default();
+    let to_journal = init_daemon_logging(output, "info")?;
+    tracing::warn!(project = %project, service = "web", "service web exited with status 1");
+    println!("{}", if to_journal { "journal" } else { "stderr" });
+    Ok(())
 }
 
 /// The one generator all cases share.
@@ -257,7 +277,7 @@ fn run_round(
             let _ = child.wait();
             format!("locald up ({})", locald.display())
         } else {
-            let out = Command::new(&me)
+            let out = Command::new(me)
                 .args(["pipe-sink", "--socket"])
                 .arg(j.socket())
                 .args([
@@ -267,7 +287,7 @@ fn run_round(
                     &service,
                     "--",
                 ])
-                .arg(&me)
+                .arg(me)
                 .args(["generate", &n.to_string()])
                 .output()?;
             if !out.status.success() {
@@ -298,7 +318,7 @@ fn run_round(
             .command_with_default_paths("sh")
             .arg("-c")
             .arg(r#""$0" generate "$1" | "$2" "$3" "$4""#)
-            .arg(&me)
+            .arg(me)
             .arg(n.to_string())
             .arg(sd_send)
             .arg(format!("{tag}-b"))
@@ -328,7 +348,7 @@ fn run_round(
         let status = j
             .command_with_default_paths("systemd-cat")
             .args(["-t", &ident])
-            .arg(&me)
+            .arg(me)
             .args(["generate", &n.to_string()])
             .status()?;
         if !status.success() {
