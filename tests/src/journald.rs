@@ -11,6 +11,9 @@
 //! removed when the value is dropped.
 //!
 //! Traps this handles:
+//! - Without systemd as PID 1, `net.unix.max_dgram_qlen` stays at the
+//!   kernel's 10 (systemd sets 512): journald runs in its own network
+//!   namespace with 512, so queueing behaves as on a user's machine.
 //! - A namespace instance exits after 30 s without stdout-stream clients
 //!   (it expects socket activation). A kept-open stream connection holds it.
 //! - `journalctl -o json` prints fields over 4096 bytes as `null` without
@@ -84,6 +87,25 @@ pub fn missing_precondition() -> Option<String> {
         return Some("/etc/machine-id is missing (journalctl needs it)".into());
     }
     None
+}
+
+/// Whether journald can get a network namespace of its own (see
+/// `start_daemon`); checked once.
+fn can_unshare_net() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        Command::new("unshare")
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                "echo 512 > /proc/sys/net/unix/max_dgram_qlen",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 fn which(prog: &str) -> Option<PathBuf> {
@@ -181,7 +203,21 @@ impl Journald {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(JOURNALD)
+        // systemd as PID 1 raises net.unix.max_dgram_qlen from the kernel's
+        // 10 to 512 at boot; this machine's PID 1 does not. The queue length
+        // of journald's socket comes from the network namespace it is made
+        // in, so give journald one of its own with systemd's value, as on a
+        // user's machine. Path-bound unix sockets work across namespaces.
+        let mut cmd = if can_unshare_net() {
+            let mut c = Command::new("unshare");
+            c.args(["--net", "sh", "-c"])
+                .arg(r#"echo 512 > /proc/sys/net/unix/max_dgram_qlen && exec "$0" "$@""#)
+                .arg(JOURNALD);
+            c
+        } else {
+            Command::new(JOURNALD)
+        };
+        let child = cmd
             .arg(&self.namespace)
             .env("SYSTEMD_LOG_TARGET", "console")
             .stdin(Stdio::null())

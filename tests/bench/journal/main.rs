@@ -206,9 +206,24 @@ fn pipe_sink(args: &[String]) -> Result<()> {
 
 struct Case {
     name: &'static str,
+    round: usize,
     what: String,
     lines: usize,
     seconds: f64,
+    /// CPU seconds of the client side (generator and sender, not journald).
+    client_cpu: f64,
+}
+
+/// User and system CPU seconds of all waited-for children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN is valid and `ru` is a valid out pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn run(args: &[String]) -> Result<()> {
@@ -223,6 +238,7 @@ fn run(args: &[String]) -> Result<()> {
         eprintln!("round {}/{rounds}", round + 1);
         run_round(
             n,
+            round,
             &tag,
             &me,
             sd_send.as_deref(),
@@ -236,6 +252,7 @@ fn run(args: &[String]) -> Result<()> {
 /// One measurement of each case, each into a fresh journald.
 fn run_round(
     n: usize,
+    round: usize,
     tag: &str,
     me: &Path,
     sd_send: Option<&Path>,
@@ -247,6 +264,7 @@ fn run_round(
         let mut j = Journald::start()?;
         let service = format!("flood-{tag}");
         let matches = [("LOCALD_SERVICE", service.as_str())];
+        let cpu0 = children_cpu();
         let t0 = Instant::now();
         let what = if let Some(locald) = locald {
             let dir = tempfile::tempdir()?;
@@ -303,6 +321,8 @@ fn run_round(
         let lines = count_exact(&j, &matches, n)?;
         cases.push(Case {
             name: "a",
+            round,
+            client_cpu: children_cpu() - cpu0,
             what,
             lines,
             seconds,
@@ -313,6 +333,7 @@ fn run_round(
     if let Some(sd_send) = sd_send {
         let mut j = Journald::start()?;
         let service = format!("flood-{tag}-b");
+        let cpu0 = children_cpu();
         let t0 = Instant::now();
         let status = j
             .command_with_default_paths("sh")
@@ -332,6 +353,8 @@ fn run_round(
         let lines = count_exact(&j, &[("LOCALD_SERVICE", service.as_str())], n)?;
         cases.push(Case {
             name: "b",
+            round,
+            client_cpu: children_cpu() - cpu0,
             what: "sd_journal_sendv(), same fields (journald's ceiling)".into(),
             lines,
             seconds,
@@ -344,6 +367,7 @@ fn run_round(
     {
         let mut j = Journald::start()?;
         let ident = format!("flood-{tag}-c");
+        let cpu0 = children_cpu();
         let t0 = Instant::now();
         let status = j
             .command_with_default_paths("systemd-cat")
@@ -359,6 +383,8 @@ fn run_round(
         let lines = count_exact(&j, &[("SYSLOG_IDENTIFIER", ident.as_str())], n)?;
         cases.push(Case {
             name: "c",
+            round,
+            client_cpu: children_cpu() - cpu0,
             what: "systemd-cat (stream protocol)".into(),
             lines,
             seconds,
@@ -399,15 +425,48 @@ fn report(n: usize, cases: &[Case]) -> Result<()> {
             .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))
     };
     for name in ["a", "b", "c"] {
+        let cpu: Vec<f64> = cases
+            .iter()
+            .filter(|c| c.name == name)
+            .map(|c| c.client_cpu / c.lines as f64 * 1e6)
+            .collect();
         if let Some(r) = best(name) {
-            println!("best ({name}) {r:>9.0} lines/s");
+            let cpu = cpu.iter().sum::<f64>() / cpu.len() as f64;
+            println!("best ({name}) {r:>9.0} lines/s   client CPU {cpu:.2} us/line");
         }
     }
+    // Ratios of the same round (runs close in time) are less disturbed by
+    // the machine's other load than ratios of bests.
+    let paired = |x: &str, y: &str| {
+        let mut v: Vec<f64> = cases
+            .iter()
+            .filter(|c| c.name == x)
+            .filter_map(|cx| {
+                let cy = cases.iter().find(|c| c.name == y && c.round == cx.round)?;
+                Some(rate(cx) / rate(cy))
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let median = v.get(v.len() / 2).copied();
+        (v, median)
+    };
     if let (Some(a), Some(b)) = (best("a"), best("b")) {
-        println!("a/b = {:.2} (target >= 0.9)", a / b);
+        let (v, median) = paired("a", "b");
+        println!(
+            "a/b = {:.2} (bests; target >= 0.9); per round {:.2?}, median {:.2}",
+            a / b,
+            v,
+            median.unwrap_or(f64::NAN)
+        );
     }
     if let (Some(a), Some(c)) = (best("a"), best("c")) {
-        println!("a/c = {:.2}", a / c);
+        let (v, median) = paired("a", "c");
+        println!(
+            "a/c = {:.2} (bests); per round {:.2?}, median {:.2}",
+            a / c,
+            v,
+            median.unwrap_or(f64::NAN)
+        );
     }
     Ok(())
 }
