@@ -1,20 +1,37 @@
 #!/usr/bin/env bash
-# Installs what the integration tests and benchmarks need on Debian 12, if
-# missing. Idempotent: run it as often as you like.
+# Installs what locald's tests and examples need on a Debian 12 machine.
+# Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
+
 packages=(
-    systemd          # systemd-journald, journalctl, systemd-cat (journal tests)
-    libsystemd-dev   # sd_journal_sendv() for the journal benchmark's sender
-    gcc              # builds that sender
-    libc6-dev
-    util-linux       # unshare (points default-path tools at a private journald)
+  python3          # examples/hello and test services
+  procps           # ps, for test diagnostics
+  util-linux       # setpriv, setsid
+  runc             # container runtime behind locald-shim
+  busybox-static   # rootfs for container test bundles
+  uidmap           # newuidmap/newgidmap, subuid ranges
+  passwd           # useradd, for the shim tests' unprivileged users
+  dbus             # dbus-daemon for private session buses
+  dbus-bin         # dbus-send, dbus-monitor
+  libglib2.0-bin   # gdbus, a D-Bus client nobody here wrote
+  systemd          # systemd-journald, journalctl, busctl, systemd-cat
+  git              # incremental builds: real repositories for .gitignore and info/exclude
+  libsystemd-dev   # sd_journal_sendv() for the journal benchmark's reference sender
+  gcc              # builds that sender (tests/bench/journal/run.sh)
+  libc6-dev
 )
+
 missing=()
 for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ "${#missing[@]}" -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
+
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup-debian: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+command -v cargo >/dev/null || { echo "setup-debian: cargo is missing; install Rust with rustup" >&2; exit 1; }

@@ -196,7 +196,8 @@ pub struct ServiceSnapshot {
     pub status_text: String,
     /// PID of the main process while one runs.
     pub main_pid: Option<u32>,
-    /// Exit status of the last process: the code, or 128+signal when killed.
+    /// Exit status of the last process that exited (kept while a new one runs):
+    /// the code, or 128+signal when killed.
     pub exit_status: Option<i32>,
     /// How many times the process was restarted since `up`.
     pub restart_count: u32,

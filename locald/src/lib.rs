@@ -8,7 +8,14 @@
 //! session bus). See `ARCHITECTURE.md` at the repository root for the map.
 #![deny(missing_docs)]
 
+pub mod build;
 pub mod config;
+pub mod engine;
 pub mod event;
+pub mod foreground;
 pub mod journal;
 pub mod output;
+pub mod runtime;
+pub mod shim_client;
+pub mod supervisor;
+pub mod term;

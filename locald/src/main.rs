@@ -1,5 +1,96 @@
-//! The `locald` binary: parses arguments and hands over to the library.
+//! The `locald` binary: parses arguments, sets up logging and signals, and
+//! hands over to the library.
 
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use locald::config::LoadError;
+use locald::foreground::{self, UpOutcome};
+
+/// Local-development service manager.
+#[derive(Parser)]
+#[command(name = "locald", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build and run a project in the foreground until Ctrl-C.
+    Up {
+        /// Project directory (or any directory inside it).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Check a project's locald.toml without running anything.
+    Check {
+        /// Project directory (or any directory inside it).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print the JSON Schema of locald.toml.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Cmd::Check { dir } => match foreground::check(&dir) {
+            Ok(c) => {
+                println!(
+                    "{}: ok, project `{}` with {} services",
+                    c.file.display(),
+                    c.name,
+                    c.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Cmd::Schema => {
+            print!("{}", locald::config::json_schema());
+            ExitCode::SUCCESS
+        }
+        Cmd::Up { dir } => {
+            let config = match foreground::check(&dir) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("locald: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(foreground::up(&config, Vec::new())) {
+                Ok(UpOutcome::Stopped) => ExitCode::SUCCESS,
+                Ok(UpOutcome::Failed(reason)) => {
+                    eprintln!("locald: {reason}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("locald: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_error(e: &LoadError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
+}
+
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LOCALD_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

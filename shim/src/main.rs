@@ -1,6 +1,7 @@
-//! `locald-shim`: the setuid-root runc shim. Placeholder until its issue lands.
+//! `locald-shim`: see the library crate (`shim/src/lib.rs`) and
+//! `shim/SECURITY.md`. The binary only hands over to [`locald_shim::cli::main`],
+//! which hardens the process before it looks at anything else.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("locald-shim: not built yet");
-    std::process::ExitCode::from(1)
+    locald_shim::cli::main()
 }

@@ -63,7 +63,7 @@ pub fn precondition(ok: bool, test: &str, why: &str) -> Result<bool> {
     if ok {
         return Ok(true);
     }
-    if std::env::var("CI").as_deref() == Ok("true") {
+    if crate::is_ci() {
         bail!("{test}: precondition missing under CI=true: {why}");
     }
     eprintln!("skipping {test}: {why}");

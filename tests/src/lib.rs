@@ -1,2 +1,175 @@
-//! Helpers for the integration tests: starting real components and cleaning up.
+//! Helpers for the integration tests: finding the built binaries, making
+//! throw-away projects, waiting for conditions, and the CI rule for missing
+//! preconditions (skip with a reason on a laptop, fail under `CI=true`).
+
+pub mod incremental;
 pub mod journald;
+pub mod shim;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_owned()
+}
+
+/// Path of a workspace binary; panics with how to build it when missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (tests/run.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Whether this run is CI, where a missing precondition is a failure.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Skips the calling test (returns `true`) when `ok` is false, saying why;
+/// under `CI=true` it panics instead.
+pub fn require(ok: bool, why: &str) -> bool {
+    if ok {
+        return false;
+    }
+    assert!(!is_ci(), "precondition missing under CI=true: {why}");
+    eprintln!("SKIPPED: {why}");
+    true
+}
+
+/// A throw-away project directory.
+pub struct TestProject {
+    /// The directory; removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestProject {
+    /// A project with this `locald.toml`.
+    pub fn new(toml: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("locald-test-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::write(dir.path().join("locald.toml"), toml).expect("write locald.toml");
+        Self { dir }
+    }
+
+    /// The project directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the project.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file inside the project.
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(p, content).expect("write");
+    }
+
+    /// Reads a file inside the project ("" if missing).
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.join(rel)).unwrap_or_default()
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A name unique to this test run, for things that are machine-wide
+/// (journal entries, cgroups, ports).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        t % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Pids of processes whose command line contains `marker`.
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| *pid != me)
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        // Arguments are NUL-separated; match as a shell would show them.
+                        .map(|c| {
+                            String::from_utf8_lossy(&c)
+                                .replace('\0', " ")
+                                .contains(marker)
+                        })
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A sink that keeps every line, for assertions.
+#[derive(Default)]
+pub struct CollectSink(pub std::sync::Mutex<Vec<locald::event::LogLine>>);
+
+impl locald::output::LogSink for CollectSink {
+    fn write<'a>(&'a self, line: &'a locald::event::LogLine) -> locald::output::BoxFuture<'a, ()> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(line.clone());
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl CollectSink {
+    /// Lines of one service as text.
+    pub fn lines(&self, service: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|l| &*l.service == service)
+            .map(|l| String::from_utf8_lossy(&l.line).into_owned())
+            .collect()
+    }
+}

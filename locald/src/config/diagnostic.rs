@@ -42,7 +42,12 @@ impl Diagnostic {
             Some((m, h)) => (m.to_owned(), Some(h.to_owned())),
             None => {
                 let hint = hint_for_serde_message(&raw);
-                (raw, hint)
+                // The hint names the close match; the full list of keys is noise.
+                let message = match raw.split_once(", expected one of") {
+                    Some((m, _)) if raw.starts_with("unknown ") => m.to_owned(),
+                    _ => raw,
+                };
+                (message, hint)
             }
         };
         Self {
@@ -76,22 +81,22 @@ fn hint_for_serde_message(message: &str) -> Option<String> {
             },
         );
     }
-    if message.starts_with("invalid type") {
-        return Some(
-            "check the value's type: strings need quotes, tables use { } or a [header]".into(),
-        );
+    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        return Some("check the value's type: strings need quotes, lists use [ ], tables use { } or a [header]".into());
     }
     if message.starts_with("duplicate key") {
         return Some("each key may appear once per table".into());
     }
-    if message.contains("missing field") {
+    if message.starts_with("missing field") {
         return None;
     }
-    if !message.starts_with("unknown") && !message.starts_with("invalid") {
-        // A TOML syntax error.
-        return Some("see https://toml.io for the syntax; strings need quotes".into());
+    // Anything else comes from the TOML grammar itself.
+    if message.contains("string") {
+        return Some(
+            "close the string on the same line, or use \"\"\" for a multi-line string".into(),
+        );
     }
-    None
+    Some("this is not valid TOML here; see https://toml.io for the syntax".into())
 }
 
 fn backticked(s: &str) -> Vec<String> {

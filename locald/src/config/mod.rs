@@ -780,6 +780,7 @@ impl Checker {
     fn health(&mut self, health: Spanned<RawHealth>) -> Option<HealthCheck> {
         let span = health.span();
         let h = health.into_inner();
+        let errors_before = self.diags.len();
         let mut kinds = Vec::new();
         if let Some(port) = h.tcp {
             if *port.get_ref() == 0 {
@@ -810,6 +811,9 @@ impl Checker {
             if *n.get_ref() {
                 kinds.push(HealthKind::Notify);
             }
+        }
+        if self.diags.len() > errors_before {
+            return None;
         }
         if kinds.len() != 1 {
             self.push(

@@ -178,7 +178,7 @@ pub enum RawBuild {
     /// A host build command run with `sh -c` once before the service starts.
     Command(String),
     /// A build table.
-    Table(RawBuildTable),
+    Table(Box<RawBuildTable>),
 }
 
 impl<'de> Deserialize<'de> for RawBuild {
@@ -196,7 +196,7 @@ impl<'de> Deserialize<'de> for RawBuild {
                 // Deserializing through the parser's own MapAccess keeps its
                 // spans on errors inside the table (unknown keys, bad values).
                 RawBuildTable::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawBuild::Table)
+                    .map(|t| RawBuild::Table(Box::new(t)))
             }
         }
         d.deserialize_any(V)

@@ -1,0 +1,109 @@
+//! `locald up` in the foreground: one project, no bus, no systemd; output and
+//! state changes on the terminal; Ctrl-C stops everything in reverse
+//! dependency order, a second Ctrl-C kills at once.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineOptions};
+use crate::event::{Event, ProjectSnapshot, ServiceState};
+use crate::output::{Fanout, LogSink};
+use crate::term::Terminal;
+
+/// How `locald up` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpOutcome {
+    /// Stopped by a signal, or every service ended successfully.
+    Stopped,
+    /// A service failed and nothing else runs.
+    Failed(String),
+}
+
+/// Runs `config`'s project until a signal or until nothing can run any more.
+/// `extra` sinks get every output line besides the terminal (e.g. journald).
+pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Result<UpOutcome> {
+    let names: Vec<String> = config.services.keys().cloned().collect();
+    let term = Arc::new(Terminal::new(&names));
+    let mut sink = Fanout::new().with(term.clone());
+    for s in extra {
+        sink = sink.with(s);
+    }
+    let engine = Engine::new(EngineOptions {
+        sink: Arc::new(sink),
+        state_dir: None,
+    });
+    let mut events = engine.subscribe();
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    let project = match engine.up(&config.root).await {
+        Ok(p) => p,
+        Err(e) => return Ok(UpOutcome::Failed(e.to_string())),
+    };
+
+    let outcome = loop {
+        tokio::select! {
+            _ = sigint.recv() => break UpOutcome::Stopped,
+            _ = sigterm.recv() => break UpOutcome::Stopped,
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    term.event(&ev);
+                    if matches!(ev, Event::ServiceChanged { .. }) {
+                        if let Some(reason) = engine.project(&project).and_then(|p| dead_end(&p)) {
+                            break UpOutcome::Failed(reason);
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break UpOutcome::Stopped,
+            },
+        }
+    };
+
+    term.note("stopping (press Ctrl-C again to kill at once)");
+    let stop = engine.shutdown();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = sigint.recv() => { engine.kill_all(); }
+            _ = sigterm.recv() => { engine.kill_all(); }
+            ev = events.recv() => if let Ok(ev) = ev { term.event(&ev); },
+        }
+    }
+    term.note("stopped");
+    Ok(outcome)
+}
+
+/// When a service has failed and nothing else runs or can run, the reason.
+pub fn dead_end(p: &ProjectSnapshot) -> Option<String> {
+    let failed: Vec<_> = p
+        .services
+        .iter()
+        .filter(|s| s.state == ServiceState::Failed)
+        .collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let stuck = p.services.iter().all(|s| match s.state {
+        ServiceState::Failed | ServiceState::Stopped => true,
+        ServiceState::Pending => s.reason.starts_with("waiting for"),
+        _ => false,
+    });
+    stuck.then(|| {
+        failed
+            .iter()
+            .map(|s| format!("{} failed: {}", s.name, s.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// `locald check`: loads and checks the project containing `dir`.
+pub fn check(dir: &Path) -> Result<Config, crate::config::LoadError> {
+    crate::config::load_project(dir)
+}

@@ -1,0 +1,252 @@
+//! Host processes: each unit in its own process group, and in its own cgroup
+//! where [`CgroupRoot::detect`] finds a writable hierarchy.
+//!
+//! Without a cgroup, stopping reaches the process group only: a descendant
+//! that called `setsid` or changed its process group survives a stop. The
+//! user documentation (`docs/config.md`) says so.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+use super::cgroup::{Cgroup, CgroupRoot};
+use super::{ExitStatus, LaunchSpec, Process, Runtime, RuntimeError};
+use crate::output::BoxFuture;
+use crate::supervisor::notify::runtime_dir;
+
+/// Starts units as host processes.
+#[derive(Debug, Clone)]
+pub struct HostRuntime {
+    cgroups: Option<CgroupRoot>,
+    /// Units that may still have processes: main pid (= process group) → cgroup.
+    live: Arc<Mutex<HashMap<u32, Option<Cgroup>>>>,
+}
+
+impl HostRuntime {
+    /// A runtime using cgroups when the machine allows.
+    pub fn detect() -> Self {
+        Self {
+            cgroups: CgroupRoot::detect(),
+            live: Arc::default(),
+        }
+    }
+
+    /// Whether units get their own cgroup.
+    pub fn has_cgroups(&self) -> bool {
+        self.cgroups.is_some()
+    }
+}
+
+impl Runtime for HostRuntime {
+    fn spawn(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+        let program = spec.argv.first().cloned().unwrap_or_default();
+        let mut cmd = Command::new(&program);
+        cmd.args(spec.argv.iter().skip(1))
+            .current_dir(&spec.cwd)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+
+        let cgroup = self
+            .cgroups
+            .as_ref()
+            .and_then(|r| r.create(&spec.project, &spec.unit).ok());
+        let procs_fd = cgroup.as_ref().and_then(|c| c.procs_fd().ok());
+        if let Some(fd) = &procs_fd {
+            let raw = fd.as_raw_fd();
+            // SAFETY: the closure runs in the child between fork and exec and
+            // only calls write(2), which is async-signal-safe. `raw` stays
+            // open in the parent until spawn returns (procs_fd lives past it)
+            // and is close-on-exec, so the service never inherits it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let n = libc::write(raw, b"0".as_ptr().cast(), 1);
+                    if n == 1 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove_if_empty();
+                }
+                return Err(RuntimeError::Spawn { program, source });
+            }
+        };
+        drop(procs_fd);
+        let pid = child.id().unwrap_or(0);
+        lock(&self.live).insert(pid, cgroup.clone());
+        let record = PidRecord::path(&spec.project, &spec.unit);
+        PidRecord::write(&record, pid);
+        Ok(Box::new(HostProcess {
+            child,
+            pid,
+            cgroup,
+            exit: None,
+            live: self.live.clone(),
+            record,
+        }))
+    }
+
+    fn clean_stale<'a>(&'a self, project: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let mut n = PidRecord::kill_stale(&PidRecord::path(project, unit)).await;
+            if let Some(root) = &self.cgroups {
+                let cg = root.unit(project, unit);
+                n += cg.pids().len();
+                cg.kill_and_remove().await;
+            }
+            n
+        })
+    }
+
+    fn kill_all(&self) {
+        for (pid, cg) in lock(&self.live).iter() {
+            let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            if let Some(cg) = cg {
+                cg.signal(Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct HostProcess {
+    child: Child,
+    pid: u32,
+    cgroup: Option<Cgroup>,
+    exit: Option<ExitStatus>,
+    live: Arc<Mutex<HashMap<u32, Option<Cgroup>>>>,
+    record: PathBuf,
+}
+
+impl Process for HostProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            if let Some(e) = self.exit {
+                return e;
+            }
+            let status = match self.child.wait().await {
+                Ok(s) => ExitStatus::from_std(s),
+                Err(_) => ExitStatus::Exited(-1),
+            };
+            self.exit = Some(status);
+            status
+        })
+    }
+
+    fn signal(&self, sig: Signal) -> Result<(), RuntimeError> {
+        let group = killpg(Pid::from_raw(self.pid as i32), sig);
+        if let Some(cg) = &self.cgroup {
+            cg.signal(sig);
+        }
+        match group {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(source) => Err(RuntimeError::Signal {
+                pid: self.pid,
+                source,
+            }),
+        }
+    }
+
+    fn kill_remaining(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            if let Some(cg) = &self.cgroup {
+                cg.kill_and_remove().await;
+            }
+            let _ = self.wait().await;
+            lock(&self.live).remove(&self.pid);
+            let _ = std::fs::remove_file(&self.record);
+        })
+    }
+}
+
+/// A record of a unit's main pid and its start time, so a later locald can
+/// find what an earlier one (killed, crashed) left behind even without a
+/// cgroup. The start time guards against a recycled pid.
+struct PidRecord;
+
+impl PidRecord {
+    fn path(project: &str, unit: &str) -> PathBuf {
+        runtime_dir()
+            .join("units")
+            .join(project)
+            .join(format!("{unit}.pid"))
+    }
+
+    fn write(path: &Path, pid: u32) {
+        let Some(start) = start_time(pid) else { return };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(path, format!("{pid} {start}\n"));
+    }
+
+    /// Kills the recorded process group if the recorded process still
+    /// exists; returns how many groups it killed (0 or 1).
+    async fn kill_stale(path: &Path) -> usize {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return 0;
+        };
+        let _ = std::fs::remove_file(path);
+        let mut parts = text.split_whitespace();
+        let (Some(pid), Some(start)) = (
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+            parts.next(),
+        ) else {
+            return 0;
+        };
+        if start_time(pid).as_deref() != Some(start) {
+            return 0;
+        }
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        for _ in 0..200 {
+            if start_time(pid).as_deref() != Some(start) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        1
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let field = rest.split_whitespace().nth(19)?;
+    // A zombie is as good as gone.
+    (rest.split_whitespace().next()? != "Z").then(|| field.to_owned())
+}

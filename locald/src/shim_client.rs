@@ -1,0 +1,554 @@
+//! The daemon's side of the setuid shim: write an OCI bundle for a container
+//! service and drive `locald-shim` (run, kill, delete, state) as a child
+//! process.
+//!
+//! locald runs as the user; the shim (root-owned, setuid, normally at
+//! [`DEFAULT_SHIM_PATH`]) checks each bundle and runs runc on it. This module
+//! builds bundles that pass the shim's policy (a user namespace that maps the
+//! user's own uid to root and their `/etc/subuid` ranges after it), and turns
+//! a missing or badly installed shim into [`ShimError`]s that say how to
+//! install it. It is self-contained: the container-services and CNB features
+//! call it without knowing the shim's command line.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Where packages install the shim.
+pub const DEFAULT_SHIM_PATH: &str = "/usr/libexec/locald/locald-shim";
+
+/// How to install the shim, repeated in every installation error.
+const INSTALL_HINT: &str = "install it with owner root and mode 4755 \
+     (`install -o root -g root -m 4755 locald-shim PATH`) on a filesystem not mounted nosuid";
+
+/// Errors from writing bundles or driving the shim.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The shim binary does not exist.
+    #[error("the container shim {path} is missing: {INSTALL_HINT}")]
+    NotInstalled {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The shim exists but is not setuid root.
+    #[error(
+        "the container shim {path} is not setuid root (owner uid {owner}, mode {mode:o}): \
+         {INSTALL_HINT}"
+    )]
+    NotSetuid {
+        /// The shim's path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The shim is setuid but on a `nosuid` mount, so the bit is ignored.
+    #[error("the container shim {path} is on a filesystem mounted nosuid: {INSTALL_HINT}")]
+    NosuidMount {
+        /// The shim's path.
+        path: PathBuf,
+    },
+    /// Reading or writing a file failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The shim could not be started.
+    #[error("cannot start the container shim {path}: {source}")]
+    Spawn {
+        /// The shim's path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The shim ran and failed or refused; its message is in `stderr`.
+    #[error("locald-shim {command} failed ({status}): {stderr}")]
+    Failed {
+        /// The shim subcommand.
+        command: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on stderr (each line starts with `locald-shim:`).
+        stderr: String,
+    },
+    /// The shim's output was not the JSON expected.
+    #[error("unexpected output from locald-shim {command}: {source}")]
+    Output {
+        /// The shim subcommand.
+        command: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+}
+
+/// The subset of runc's state the daemon needs.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ContainerState {
+    /// The container id.
+    pub id: String,
+    /// `creating`, `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+    /// Host pid of the container's init, when it has one.
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+/// One uid or gid mapping line of the user namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdMap {
+    /// First id inside the container.
+    pub container_id: u32,
+    /// First id on the host.
+    pub host_id: u32,
+    /// Number of ids.
+    pub size: u32,
+}
+
+/// A bind mount from the user's files into the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host path (absolute, owned by the user, or an allowed system file).
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub destination: String,
+    /// Mount it read-only.
+    pub readonly: bool,
+}
+
+/// What a container should run, from which the bundle's `config.json` is
+/// written. Build with [`BundleSpec::for_current_user`] and the setters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleSpec {
+    /// The rootfs directory (absolute; owned by the user).
+    pub rootfs: PathBuf,
+    /// Program and arguments.
+    pub args: Vec<String>,
+    /// `NAME=value` entries.
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    pub cwd: String,
+    /// Hostname inside the container.
+    pub hostname: String,
+    /// uid mappings.
+    pub uid_mappings: Vec<IdMap>,
+    /// gid mappings.
+    pub gid_mappings: Vec<IdMap>,
+    /// Share the host's network (the default: dev services listen on
+    /// localhost); otherwise the container gets its own loopback only.
+    pub host_network: bool,
+    /// Extra bind mounts.
+    pub binds: Vec<BindMount>,
+}
+
+impl BundleSpec {
+    /// A spec for the current user: their uid and gid map to 0, and their
+    /// `/etc/subuid` / `/etc/subgid` ranges map to 1 and up.
+    pub fn for_current_user(rootfs: &Path, args: Vec<String>) -> Result<Self, ShimError> {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let subuids = parse_subid(&read("/etc/subuid"), name.as_deref(), uid);
+        let subgids = parse_subid(&read("/etc/subgid"), name.as_deref(), uid);
+        Ok(Self {
+            rootfs: absolute(rootfs)?,
+            args,
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            cwd: "/".into(),
+            hostname: "locald".into(),
+            uid_mappings: mappings(uid, &subuids),
+            gid_mappings: mappings(gid, &subgids),
+            host_network: true,
+            binds: Vec::new(),
+        })
+    }
+
+    /// Replace the environment.
+    pub fn env(mut self, env: Vec<String>) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Set the working directory.
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = cwd.into();
+        self
+    }
+
+    /// Share the host network or not.
+    pub fn host_network(mut self, yes: bool) -> Self {
+        self.host_network = yes;
+        self
+    }
+
+    /// Add a bind mount.
+    pub fn bind(mut self, source: PathBuf, destination: impl Into<String>, readonly: bool) -> Self {
+        self.binds.push(BindMount {
+            source,
+            destination: destination.into(),
+            readonly,
+        });
+        self
+    }
+
+    /// The OCI `config.json` for this spec.
+    pub fn config(&self) -> Value {
+        let map = |m: &[IdMap]| {
+            m.iter()
+                .map(
+                    |m| json!({"containerID": m.container_id, "hostID": m.host_id, "size": m.size}),
+                )
+                .collect::<Vec<_>>()
+        };
+        let caps = json!([
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_KILL",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT"
+        ]);
+        let mut namespaces = vec![
+            json!({"type": "pid"}),
+            json!({"type": "ipc"}),
+            json!({"type": "uts"}),
+            json!({"type": "mount"}),
+            json!({"type": "user"}),
+        ];
+        if !self.host_network {
+            namespaces.push(json!({"type": "network"}));
+        }
+        let mut mounts = vec![
+            json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+            // No gid= option: gid 5 need not be mapped in a user namespace.
+            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                   "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                   "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                   "options": ["nosuid", "noexec", "nodev"]}),
+        ];
+        for b in &self.binds {
+            mounts.push(json!({
+                "destination": b.destination,
+                "type": "bind",
+                "source": b.source,
+                "options": ["rbind", if b.readonly { "ro" } else { "rw" }],
+            }));
+        }
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": self.args,
+                "env": self.env,
+                "cwd": self.cwd,
+                "noNewPrivileges": true,
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            },
+            "root": {"path": self.rootfs, "readonly": false},
+            "hostname": self.hostname,
+            "mounts": mounts,
+            "linux": {
+                "uidMappings": map(&self.uid_mappings),
+                "gidMappings": map(&self.gid_mappings),
+                "namespaces": namespaces,
+                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+                                "/proc/scsi", "/sys/firmware"],
+                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
+                                  "/proc/sys", "/proc/sysrq-trigger"],
+            }
+        })
+    }
+
+    /// Create `dir` (mode 0700) and write `config.json` into it; the rootfs
+    /// stays where it is (`root.path` is absolute). Returns the bundle dir.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, ShimError> {
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ShimError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod", dir))?;
+        let path = dir.join("config.json");
+        let text = serde_json::to_vec_pretty(&self.config()).map_err(|e| ShimError::Io {
+            what: "serialize",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        // Write-then-rename so the shim never reads a half-written config.
+        let tmp = dir.join(".config.json.tmp");
+        std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        absolute(dir)
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ShimError> {
+    std::path::absolute(p).map_err(|source| ShimError::Io {
+        what: "resolve",
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+/// `owner:start:count` lines of `/etc/subuid` for a name or numeric uid.
+fn parse_subid(content: &str, name: Option<&str>, uid: u32) -> Vec<(u32, u32)> {
+    let uid_s = uid.to_string();
+    content
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.trim().split(':');
+            let owner = f.next()?;
+            let start = f.next()?.parse().ok()?;
+            let count: u32 = f.next()?.parse().ok()?;
+            let mine = owner == uid_s || name == Some(owner);
+            (mine && count > 0 && f.next().is_none()).then_some((start, count))
+        })
+        .collect()
+}
+
+/// Own id → 0, then each subordinate range after the previous one.
+fn mappings(own: u32, sub: &[(u32, u32)]) -> Vec<IdMap> {
+    let mut out = vec![IdMap {
+        container_id: 0,
+        host_id: own,
+        size: 1,
+    }];
+    let mut next: u32 = 1;
+    for &(start, count) in sub {
+        // Keep container ids below 2^32 - 1 (the kernel's invalid id).
+        let room = (u32::MAX - 1).saturating_sub(next);
+        let size = count.min(room);
+        if size == 0 {
+            break;
+        }
+        out.push(IdMap {
+            container_id: next,
+            host_id: start,
+            size,
+        });
+        next += size;
+    }
+    out
+}
+
+/// Drives one installed shim binary.
+#[derive(Clone, Debug)]
+pub struct ShimClient {
+    path: PathBuf,
+}
+
+impl Default for ShimClient {
+    fn default() -> Self {
+        Self::new(DEFAULT_SHIM_PATH)
+    }
+}
+
+impl ShimClient {
+    /// A client for the shim at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The shim's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Check the shim is installed so that its setuid bit works: present,
+    /// owned by root, mode includes 04000 and execute, not on a nosuid mount.
+    pub fn check_installed(&self) -> Result<(), ShimError> {
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ShimError::NotInstalled {
+                    path: self.path.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(ShimError::Io {
+                    what: "stat",
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() != 0 || mode & 0o4000 == 0 || mode & 0o001 == 0 {
+            return Err(ShimError::NotSetuid {
+                path: self.path.clone(),
+                owner: meta.uid(),
+                mode,
+            });
+        }
+        let nosuid = nix::sys::statvfs::statvfs(&self.path)
+            .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID))
+            .unwrap_or(false);
+        if nosuid {
+            return Err(ShimError::NosuidMount {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn command<I, S>(&self, args: I) -> tokio::process::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = tokio::process::Command::new(&self.path);
+        cmd.args(args).stdin(Stdio::null()).kill_on_drop(false);
+        cmd
+    }
+
+    /// Start `run --bundle DIR --id ID` with stdout and stderr piped; the
+    /// child's exit status is the container's. Checks the installation first
+    /// so a broken install gives the install hint, not a refusal. Must be
+    /// called inside a tokio runtime (the child is a `tokio::process::Child`).
+    pub fn run(&self, bundle: &Path, id: &str) -> Result<tokio::process::Child, ShimError> {
+        self.check_installed()?;
+        self.command([
+            OsStr::new("run"),
+            OsStr::new("--bundle"),
+            bundle.as_os_str(),
+            OsStr::new("--id"),
+            OsStr::new(id),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ShimError::Spawn {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    async fn short(&self, args: &[&str]) -> Result<Vec<u8>, ShimError> {
+        self.check_installed()?;
+        let out = self
+            .command(args)
+            .output()
+            .await
+            .map_err(|source| ShimError::Spawn {
+                path: self.path.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(ShimError::Failed {
+                command: args.first().copied().unwrap_or("").to_string(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+            })
+        }
+    }
+
+    /// Send `signal` (a name such as `TERM` or `KILL`) to the container.
+    pub async fn kill(&self, id: &str, signal: &str) -> Result<(), ShimError> {
+        self.short(&["kill", "--id", id, "--signal", signal])
+            .await
+            .map(drop)
+    }
+
+    /// Delete the container (with `force`, kill it first if running).
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), ShimError> {
+        let mut args = vec!["delete", "--id", id];
+        if force {
+            args.push("--force");
+        }
+        self.short(&args).await.map(drop)
+    }
+
+    /// The container's state.
+    pub async fn state(&self, id: &str) -> Result<ContainerState, ShimError> {
+        let out = self.short(&["state", "--id", id]).await?;
+        serde_json::from_slice(&out).map_err(|source| ShimError::Output {
+            command: "state".into(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_put_own_id_first_then_ranges() {
+        let m = mappings(1000, &[(100000, 65536), (300000, 10)]);
+        assert_eq!(
+            m,
+            vec![
+                IdMap {
+                    container_id: 0,
+                    host_id: 1000,
+                    size: 1
+                },
+                IdMap {
+                    container_id: 1,
+                    host_id: 100000,
+                    size: 65536
+                },
+                IdMap {
+                    container_id: 65537,
+                    host_id: 300000,
+                    size: 10
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn subid_lines_by_name_or_uid() {
+        let s = "a:100:5\n7:200:3\nb:1:1\nbad\na:9:0\n";
+        assert_eq!(parse_subid(s, Some("a"), 7), vec![(100, 5), (200, 3)]);
+    }
+
+    #[test]
+    fn config_has_user_namespace_and_absolute_root() {
+        let spec = BundleSpec {
+            rootfs: "/r".into(),
+            args: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            hostname: "h".into(),
+            uid_mappings: mappings(1000, &[]),
+            gid_mappings: mappings(1000, &[]),
+            host_network: true,
+            binds: vec![],
+        };
+        let c = spec.config();
+        assert_eq!(c["root"]["path"], "/r");
+        let ns = c["linux"]["namespaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(ns.iter().any(|n| n["type"] == "user"));
+        assert!(!ns.iter().any(|n| n["type"] == "network"));
+    }
+}

@@ -1,0 +1,188 @@
+//! Running a service's build from the supervisor: one build at a time per
+//! service, its output tagged as the build phase with a build id, its progress
+//! and result reported as events and in the service's `last_build`.
+//!
+//! A build is a unit of its own (`NAME.build`) with its own process group and
+//! cgroup, so stopping a service mid-build leaves nothing of the build behind.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{broadcast, watch, Mutex};
+
+use super::pipe::{pump, PipeOwner};
+use crate::config::{BuildSpec, HostBuild, ServiceConfig};
+use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
+use crate::output::LogSink;
+use crate::runtime::{LaunchSpec, Process, Runtime};
+
+/// Builds one service. Cheap to clone; clones share the one-at-a-time lock.
+#[derive(Clone)]
+pub(crate) struct Builder {
+    pub project: Arc<str>,
+    pub service: Arc<str>,
+    pub cfg: Arc<ServiceConfig>,
+    pub sink: Arc<dyn LogSink>,
+    pub runtime: Arc<dyn Runtime>,
+    pub events: broadcast::Sender<Event>,
+    pub snapshot: Arc<watch::Sender<ServiceSnapshot>>,
+    pub lock: Arc<Mutex<()>>,
+}
+
+/// A fresh id for a build: 16 hex digits, unique enough to find its lines.
+pub(crate) fn new_build_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
+}
+
+impl Builder {
+    /// Runs the build (or decides it is up to date) and returns its record.
+    pub async fn build(&self, force: bool) -> BuildRecord {
+        let _one_at_a_time = self.lock.lock().await;
+        let build_id = new_build_id();
+        let mut record = BuildRecord {
+            build_id: build_id.clone(),
+            result: BuildResult::Running,
+            reason: if force {
+                "forced".into()
+            } else {
+                "runs on every up".into()
+            },
+            source_hash: None,
+            started_at: SystemTime::now(),
+            finished_at: None,
+        };
+        self.publish(&record);
+        let outcome = match &self.cfg.build {
+            Some(BuildSpec::Host(host)) => self.host(host, &build_id).await,
+            Some(BuildSpec::Cnb(cnb)) => Err(format!(
+                "buildpacks builds (builder {}) are not available in this version of locald",
+                cnb.builder
+            )),
+            None => Err("the service has no build".into()),
+        };
+        record.finished_at = Some(SystemTime::now());
+        match outcome {
+            Ok(()) => record.result = BuildResult::Succeeded,
+            Err(reason) => {
+                record.result = BuildResult::Failed;
+                record.reason = reason;
+            }
+        }
+        self.publish(&record);
+        let _ = self.events.send(Event::BuildFinished {
+            project: self.project.to_string(),
+            service: self.service.to_string(),
+            record: record.clone(),
+        });
+        record
+    }
+
+    fn publish(&self, record: &BuildRecord) {
+        self.snapshot
+            .send_modify(|s| s.last_build = Some(record.clone()));
+        let snap = self.snapshot.borrow().clone();
+        let _ = self.events.send(Event::ServiceChanged {
+            project: self.project.to_string(),
+            service: snap,
+        });
+    }
+
+    fn progress(&self, build_id: &str, step: u32, total: u32, label: String) {
+        let _ = self.events.send(Event::BuildProgress {
+            project: self.project.to_string(),
+            service: self.service.to_string(),
+            build_id: build_id.to_owned(),
+            step,
+            total,
+            label,
+        });
+    }
+
+    async fn host(&self, host: &HostBuild, build_id: &str) -> Result<(), String> {
+        self.progress(
+            build_id,
+            1,
+            1,
+            format!("running {}", host.command.display()),
+        );
+        let mut env = self.cfg.env.clone();
+        env.extend(host.env.iter().cloned());
+        env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
+        env.push(("LOCALD_SERVICE".into(), self.service.to_string()));
+        env.push(("LOCALD_BUILD_ID".into(), build_id.to_owned()));
+        let spec = LaunchSpec {
+            project: self.project.to_string(),
+            unit: format!("{}.build", self.service),
+            argv: host.command.argv(),
+            cwd: self.cfg.workdir.clone(),
+            env,
+        };
+        let proc = self
+            .runtime
+            .spawn(&spec)
+            .map_err(|e| super::service::error_chain(&e))?;
+        let mut guard = KillOnDrop(Some(proc));
+        let Some(proc) = guard.0.as_mut() else {
+            return Err("build process vanished".into());
+        };
+        let owner = PipeOwner {
+            project: self.project.clone(),
+            service: self.service.clone(),
+            phase: Phase::Build,
+            pid: Some(proc.pid()),
+            build_id: Some(build_id.into()),
+        };
+        let mut pumps = Vec::new();
+        if let Some(out) = proc.take_stdout() {
+            pumps.push(tokio::spawn(pump(
+                out,
+                owner.clone(),
+                Stream::Stdout,
+                self.sink.clone(),
+            )));
+        }
+        if let Some(err) = proc.take_stderr() {
+            pumps.push(tokio::spawn(pump(
+                err,
+                owner,
+                Stream::Stderr,
+                self.sink.clone(),
+            )));
+        }
+        let status = proc.wait().await;
+        proc.kill_remaining().await;
+        guard.0 = None;
+        // Let the last lines land before the result is announced; a
+        // descendant that keeps the pipe open must not hold the build up.
+        for p in pumps {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+        }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("build command {status}"))
+        }
+    }
+}
+
+/// Kills a build's processes if the build future is dropped (the service was
+/// stopped mid-build).
+struct KillOnDrop(Option<Box<dyn Process>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.0.take() {
+            let _ = p.signal(Signal::SIGKILL);
+            tokio::spawn(async move { p.kill_remaining().await });
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Health probes: TCP connect, HTTP GET, a command. (`notify = true` is
+//! answered by the notify socket, not probed.)
+//!
+//! A checker runs as its own task beside the service and reports through a
+//! channel, so a slow probe never blocks the supervisor. Failures during the
+//! start period do not count; after it, `retries` consecutive failures make the
+//! service unhealthy, which the state machine treats like a crash.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::config::{CommandSpec, HealthCheck, HealthKind, HttpUrl};
+
+/// What a checker reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// The first passing probe (or the first after a failing streak).
+    Passed,
+    /// Probes failed `retries` times in a row after the start period.
+    Failed(String),
+}
+
+/// Where command probes run.
+#[derive(Debug, Clone)]
+pub struct ProbeContext {
+    /// Working directory.
+    pub cwd: std::path::PathBuf,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Probes until the service is unhealthy or the receiver is gone.
+pub async fn run_checker(check: HealthCheck, ctx: ProbeContext, tx: mpsc::Sender<HealthEvent>) {
+    let started = Instant::now();
+    if check.kind == HealthKind::Notify {
+        // READY=1 arrives on the notify socket; here we only enforce the deadline.
+        sleep(check.start_period + check.interval * check.retries).await;
+        let _ = tx
+            .send(HealthEvent::Failed(format!(
+                "no READY=1 on $NOTIFY_SOCKET within {}",
+                humantime::format_duration(check.start_period + check.interval * check.retries)
+            )))
+            .await;
+        return;
+    }
+    let mut healthy = false;
+    let mut failures = 0u32;
+    loop {
+        let result = match timeout(check.timeout, probe(&check.kind, &ctx)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "health check timed out after {}",
+                humantime::format_duration(check.timeout)
+            )),
+        };
+        match result {
+            Ok(()) => {
+                failures = 0;
+                if !healthy {
+                    healthy = true;
+                    if tx.send(HealthEvent::Passed).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(reason) => {
+                let in_grace = !healthy && started.elapsed() < check.start_period;
+                if !in_grace {
+                    failures += 1;
+                    if failures >= check.retries.max(1) {
+                        let _ = tx.send(HealthEvent::Failed(reason)).await;
+                        return;
+                    }
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        sleep(check.interval).await;
+    }
+}
+
+/// One probe.
+pub async fn probe(kind: &HealthKind, ctx: &ProbeContext) -> Result<(), String> {
+    match kind {
+        HealthKind::Tcp(port) => TcpStream::connect(("127.0.0.1", *port))
+            .await
+            .map(drop)
+            .map_err(|e| format!("tcp port {port}: {e}")),
+        HealthKind::Http(url) => http_get(url).await,
+        HealthKind::Command(cmd) => command(cmd, ctx).await,
+        HealthKind::Notify => Ok(()),
+    }
+}
+
+async fn http_get(url: &HttpUrl) -> Result<(), String> {
+    let mut s = TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| format!("{}: {e}", url.text))?;
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: locald\r\nConnection: close\r\n\r\n",
+        url.path, url.host
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("{}: {e}", url.text))?;
+    // Read the whole (bounded) response: closing with unread data makes the
+    // kernel send a reset, which servers log as an error.
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(k) => {
+                if head.len() < 512 {
+                    head.extend_from_slice(&buf[..k.min(512 - head.len())]);
+                }
+            }
+            Err(e) if head.is_empty() => return Err(format!("{}: {e}", url.text)),
+            Err(_) => break,
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{}: not an HTTP response", url.text))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("{} answered {code}", url.text))
+    }
+}
+
+async fn command(cmd: &CommandSpec, ctx: &ProbeContext) -> Result<(), String> {
+    let argv = cmd.argv();
+    let mut c = tokio::process::Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .current_dir(&ctx.cwd)
+        .envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    match c.status().await {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("health command {s}")),
+        Err(e) => Err(format!("health command: {e}")),
+    }
+}

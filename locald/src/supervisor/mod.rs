@@ -1,0 +1,325 @@
+//! Supervising one project: a task per service, wired to its dependencies.
+//!
+//! [`Project`] owns the service tasks and their snapshot channels. A
+//! service's snapshot channel outlives its task, so when a reload replaces a
+//! service, dependents that watch it keep working. Stopping goes in reverse
+//! dependency order, layer by layer: a service stops only after everything
+//! that depends on it has stopped.
+
+pub(crate) mod build;
+pub mod health;
+pub mod notify;
+pub mod pipe;
+mod service;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ServiceConfig};
+use crate::engine::ReloadSummary;
+use crate::event::{BuildRecord, Event, ProjectSnapshot, ServiceSnapshot};
+use crate::output::LogSink;
+use crate::runtime::Runtime;
+
+use build::Builder;
+use service::{Command, Dep, ServiceTask};
+
+/// What a project needs from its surroundings.
+#[derive(Clone)]
+pub(crate) struct Env {
+    pub events: broadcast::Sender<Event>,
+    pub sink: Arc<dyn LogSink>,
+    pub runtime: Arc<dyn Runtime>,
+}
+
+struct Slot {
+    cfg: ServiceConfig,
+    snapshot: Arc<watch::Sender<ServiceSnapshot>>,
+    cmds: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+/// One project that is up.
+pub(crate) struct Project {
+    pub config: Config,
+    env: Env,
+    slots: IndexMap<String, Slot>,
+}
+
+impl Project {
+    /// Starts every service of `config`.
+    pub fn start(config: Config, env: Env) -> Project {
+        let mut p = Project {
+            config,
+            env,
+            slots: IndexMap::new(),
+        };
+        let names: Vec<String> = p.config.services.keys().cloned().collect();
+        for name in &names {
+            let _ = p.env.events.send(Event::ServiceAdded {
+                project: p.config.name.clone(),
+                service: name.clone(),
+            });
+        }
+        // Dependencies first, so their snapshot channels exist when dependents are wired.
+        for name in p.config.start_order() {
+            p.spawn(&name, None, true);
+        }
+        p.slots
+            .sort_by_cached_key(|k, _| names.iter().position(|n| n == k).unwrap_or(usize::MAX));
+        p
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        snapshot: Option<Arc<watch::Sender<ServiceSnapshot>>>,
+        start: bool,
+    ) {
+        let Some(cfg) = self.config.services.get(name).cloned() else {
+            return;
+        };
+        let snapshot =
+            snapshot.unwrap_or_else(|| Arc::new(watch::Sender::new(ServiceSnapshot::new(name))));
+        let deps = cfg
+            .depends_on
+            .iter()
+            .filter_map(|d| {
+                let slot = self.slots.get(d)?;
+                Some(Dep {
+                    name: d.clone(),
+                    snapshot: slot.snapshot.subscribe(),
+                    has_health: slot.cfg.health.is_some(),
+                })
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(16);
+        let project: Arc<str> = self.config.name.as_str().into();
+        let service: Arc<str> = name.into();
+        let builder = Builder {
+            project: project.clone(),
+            service: service.clone(),
+            cfg: Arc::new(cfg.clone()),
+            sink: self.env.sink.clone(),
+            runtime: self.env.runtime.clone(),
+            events: self.env.events.clone(),
+            snapshot: snapshot.clone(),
+            lock: Arc::new(Mutex::new(())),
+        };
+        let task = ServiceTask {
+            project,
+            name: service,
+            cfg: cfg.clone(),
+            snapshot: snapshot.clone(),
+            events: self.env.events.clone(),
+            sink: self.env.sink.clone(),
+            runtime: self.env.runtime.clone(),
+            deps,
+            cmds: rx,
+            builder,
+        };
+        let handle = tokio::spawn(task.run(start));
+        self.slots.insert(
+            name.to_owned(),
+            Slot {
+                cfg,
+                snapshot,
+                cmds: tx,
+                task: handle,
+            },
+        );
+    }
+
+    /// Live handles on the services' snapshots, readable without the project.
+    pub fn view(&self) -> ProjectView {
+        ProjectView {
+            name: self.config.name.clone(),
+            path: self.config.root.clone(),
+            services: self.slots.values().map(|s| s.snapshot.clone()).collect(),
+        }
+    }
+
+    /// The service's config, if it exists.
+    pub fn service_config(&self, name: &str) -> Option<&ServiceConfig> {
+        self.slots.get(name).map(|s| &s.cfg)
+    }
+
+    /// A handle to send requests to a service without holding the project.
+    pub fn sender(&self, name: &str) -> Option<ServiceSender> {
+        self.slots.get(name).map(|s| ServiceSender(s.cmds.clone()))
+    }
+
+    /// Stops every service, dependents before their dependencies, and ends the tasks.
+    pub async fn shutdown(&mut self) {
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        self.stop_in_order(&names, true).await;
+        for (_, slot) in self.slots.drain(..) {
+            let _ = slot.task.await;
+        }
+    }
+
+    /// Stops (or shuts down) `names` in reverse dependency order, in layers.
+    async fn stop_in_order(&self, names: &[String], shutdown: bool) {
+        let mut left: Vec<String> = names.to_vec();
+        while !left.is_empty() {
+            // A service may stop once no service still left depends on it.
+            let layer: Vec<String> = left
+                .iter()
+                .filter(|n| {
+                    !left.iter().any(|o| {
+                        self.slots
+                            .get(o)
+                            .is_some_and(|s| s.cfg.depends_on.contains(n))
+                    })
+                })
+                .cloned()
+                .collect();
+            let layer = if layer.is_empty() {
+                left.clone()
+            } else {
+                layer
+            };
+            let mut waits = Vec::new();
+            for n in &layer {
+                if let Some(slot) = self.slots.get(n) {
+                    let (tx, rx) = oneshot::channel();
+                    let cmd = if shutdown {
+                        Command::Shutdown(tx)
+                    } else {
+                        Command::Stop(tx)
+                    };
+                    if slot.cmds.send(cmd).await.is_ok() {
+                        waits.push(rx);
+                    }
+                }
+            }
+            for w in waits {
+                let _ = w.await;
+            }
+            left.retain(|n| !layer.contains(n));
+        }
+    }
+
+    /// Applies a new config: stops removed services, restarts changed ones,
+    /// starts new ones, and leaves the rest alone. A replaced service keeps its
+    /// snapshot channel, so its dependents keep running and keep watching it.
+    pub async fn reload(&mut self, new: Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        for (name, slot) in &self.slots {
+            match new.services.get(name) {
+                None => summary.removed.push(name.clone()),
+                Some(c) if *c != slot.cfg => summary.changed.push(name.clone()),
+                Some(_) => summary.unchanged.push(name.clone()),
+            }
+        }
+        summary.added = new
+            .services
+            .keys()
+            .filter(|n| !self.slots.contains_key(*n))
+            .cloned()
+            .collect();
+
+        let mut to_stop: Vec<String> = summary
+            .removed
+            .iter()
+            .chain(&summary.changed)
+            .cloned()
+            .collect();
+        self.stop_in_order(&to_stop, true).await;
+        let project = self.config.name.clone();
+        let mut kept_snapshots: HashMap<String, Arc<watch::Sender<ServiceSnapshot>>> =
+            HashMap::new();
+        for name in to_stop.drain(..) {
+            if let Some(slot) = self.slots.shift_remove(&name) {
+                let _ = slot.task.await;
+                if new.services.contains_key(&name) {
+                    kept_snapshots.insert(name, slot.snapshot);
+                } else {
+                    let _ = self.env.events.send(Event::ServiceRemoved {
+                        project: project.clone(),
+                        service: name,
+                    });
+                }
+            }
+        }
+        self.config = new;
+        for name in &summary.added {
+            let _ = self.env.events.send(Event::ServiceAdded {
+                project: project.clone(),
+                service: name.clone(),
+            });
+        }
+        for name in self.config.start_order() {
+            if !self.slots.contains_key(&name) {
+                let snap = kept_snapshots.remove(&name);
+                self.spawn(&name, snap, true);
+            }
+        }
+        let order: Vec<String> = self.config.services.keys().cloned().collect();
+        self.slots
+            .sort_by_cached_key(|k, _| order.iter().position(|n| n == k).unwrap_or(usize::MAX));
+        summary
+    }
+}
+
+/// Read-only access to a project's current state. Each service's snapshot
+/// is updated before its change event is sent, so a reader reacting to an
+/// event always sees at least that state.
+#[derive(Clone)]
+pub(crate) struct ProjectView {
+    name: String,
+    path: std::path::PathBuf,
+    services: Vec<Arc<watch::Sender<ServiceSnapshot>>>,
+}
+
+impl ProjectView {
+    /// The project now.
+    pub fn snapshot(&self) -> ProjectSnapshot {
+        ProjectSnapshot {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            services: self.services.iter().map(|s| s.borrow().clone()).collect(),
+        }
+    }
+}
+
+/// Sends requests to one service task.
+#[derive(Clone)]
+pub(crate) struct ServiceSender(mpsc::Sender<Command>);
+
+impl ServiceSender {
+    /// Asks the service to start; returns at once.
+    pub async fn start(&self) {
+        let _ = self.0.send(Command::Start).await;
+    }
+
+    /// Stops the service; returns once it is stopped.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Command::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Restarts the service (with its build); returns once the old process is gone.
+    pub async fn restart(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Command::Restart(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Builds now and returns the record.
+    pub async fn build(&self, force: bool) -> Option<BuildRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(Command::Build { force, reply: tx })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+}

@@ -1,0 +1,589 @@
+//! The state machine of one service, run as one tokio task.
+//!
+//! ```text
+//! Pending ─(deps healthy)→ Building → Starting → Running → Healthy
+//!    ↑                        │           │         │         │
+//!    │                        └──────→ Error ←──────┴─────────┘
+//!    │                                   │
+//!    └──────────── Backoff ←─────────────┤ (start limit hit) → Failed
+//! Stop: … → Stopping → Stopped
+//! ```
+//!
+//! Every transition updates the service's snapshot (a `watch` channel the
+//! project and dependents read) and is broadcast as an [`Event`]. The task
+//! never blocks on a build, a probe or a pipe: those run in their own tasks or
+//! as futures raced against the task's command channel, so `stop` always
+//! answers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{sleep, sleep_until, Instant};
+
+use super::build::Builder;
+use super::health::{run_checker, HealthEvent, ProbeContext};
+use super::notify::{runtime_dir, Notice, NotifySocket};
+use super::pipe::{pump, PipeOwner};
+use crate::config::{HealthKind, RestartPolicy, ServiceConfig};
+use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
+use crate::output::LogSink;
+use crate::runtime::{ExitStatus, LaunchSpec, Process, Runtime};
+
+/// A request to a service task. Replies are sent once the request is done.
+pub(crate) enum Command {
+    /// Start if stopped or failed.
+    Start,
+    /// Stop and stay stopped.
+    Stop(oneshot::Sender<()>),
+    /// Stop if running, build again, start.
+    Restart(oneshot::Sender<()>),
+    /// Build now; does not restart a running process.
+    Build {
+        force: bool,
+        reply: oneshot::Sender<BuildRecord>,
+    },
+    /// Stop and end the task.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A dependency as seen by a dependent.
+pub(crate) struct Dep {
+    pub name: String,
+    pub snapshot: watch::Receiver<ServiceSnapshot>,
+    pub has_health: bool,
+}
+
+impl Dep {
+    fn satisfied(&self) -> bool {
+        let s = self.snapshot.borrow().state;
+        s == ServiceState::Healthy || (!self.has_health && s == ServiceState::Running)
+    }
+}
+
+/// Everything one service task owns.
+pub(crate) struct ServiceTask {
+    pub project: Arc<str>,
+    pub name: Arc<str>,
+    pub cfg: ServiceConfig,
+    pub snapshot: Arc<watch::Sender<ServiceSnapshot>>,
+    pub events: broadcast::Sender<Event>,
+    pub sink: Arc<dyn LogSink>,
+    pub runtime: Arc<dyn Runtime>,
+    pub deps: Vec<Dep>,
+    pub cmds: mpsc::Receiver<Command>,
+    pub builder: Builder,
+}
+
+enum Next {
+    Run,
+    Idle,
+    Exit,
+}
+
+/// Why a running process ended from the supervisor's point of view.
+enum Ended {
+    Exited(ExitStatus),
+    Unhealthy(String),
+    Watchdog,
+    Stopped(Next),
+}
+
+static NOTIFY_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl ServiceTask {
+    pub(crate) async fn run(mut self, start: bool) {
+        let stale = self.runtime.clean_stale(&self.project, &self.name).await
+            + self
+                .runtime
+                .clean_stale(&self.project, &format!("{}.build", self.name))
+                .await;
+        if stale > 0 {
+            tracing::warn!(project = %self.project, service = %self.name, "stopped {stale} processes left from an earlier run");
+        }
+        let mut fsm = Fsm {
+            build_needed: true,
+            failures: VecDeque::new(),
+            consecutive: 0,
+        };
+        let mut next = if start { Next::Run } else { Next::Idle };
+        if !start {
+            self.set_state(ServiceState::Stopped, "");
+        }
+        loop {
+            next = match next {
+                Next::Exit => return,
+                Next::Idle => self.idle(&mut fsm).await,
+                Next::Run => self.attempt(&mut fsm).await,
+            };
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ServiceSnapshot)) {
+        self.snapshot.send_modify(f);
+        let snap = self.snapshot.borrow().clone();
+        let _ = self.events.send(Event::ServiceChanged {
+            project: self.project.to_string(),
+            service: snap,
+        });
+    }
+
+    fn set_state(&self, state: ServiceState, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.update(|s| {
+            s.state = state;
+            s.reason = reason;
+            if !state.is_active() {
+                s.main_pid = None;
+            }
+        });
+    }
+
+    /// Stopped or failed: wait for a request.
+    async fn idle(&mut self, fsm: &mut Fsm) -> Next {
+        loop {
+            match self.cmds.recv().await {
+                None => return Next::Exit,
+                Some(Command::Start) => {
+                    fsm.reset();
+                    return Next::Run;
+                }
+                Some(Command::Restart(reply)) => {
+                    fsm.reset();
+                    fsm.build_needed = true;
+                    let _ = reply.send(());
+                    return Next::Run;
+                }
+                Some(Command::Stop(reply)) => {
+                    let _ = reply.send(());
+                }
+                Some(Command::Shutdown(reply)) => {
+                    let _ = reply.send(());
+                    return Next::Exit;
+                }
+                Some(Command::Build { force, reply }) => {
+                    let before = self.snapshot.borrow().state;
+                    let before_reason = self.snapshot.borrow().reason.clone();
+                    self.set_state(ServiceState::Building, "");
+                    let record = self.builder.build(force).await;
+                    self.set_state(before, before_reason);
+                    let _ = reply.send(record);
+                }
+            }
+        }
+    }
+
+    /// Handles a request that arrives while the service is not yet running.
+    /// Returns where to go, or `None` to carry on.
+    fn early_command(&mut self, cmd: Option<Command>, fsm: &mut Fsm) -> Option<Next> {
+        match cmd {
+            None => Some(Next::Exit),
+            Some(Command::Start) => None,
+            Some(Command::Stop(reply)) => {
+                self.set_state(ServiceState::Stopped, "stopped");
+                let _ = reply.send(());
+                Some(Next::Idle)
+            }
+            Some(Command::Shutdown(reply)) => {
+                self.set_state(ServiceState::Stopped, "stopped");
+                let _ = reply.send(());
+                Some(Next::Exit)
+            }
+            Some(Command::Restart(reply)) => {
+                fsm.build_needed = true;
+                let _ = reply.send(());
+                Some(Next::Run)
+            }
+            Some(Command::Build { force, reply }) => {
+                let builder = self.builder.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(builder.build(force).await);
+                });
+                None
+            }
+        }
+    }
+
+    /// One try: wait for dependencies, build if needed, run until the process ends.
+    async fn attempt(&mut self, fsm: &mut Fsm) -> Next {
+        if let Some(next) = self.wait_for_deps(fsm).await {
+            return next;
+        }
+
+        if self.cfg.build.is_some() && fsm.build_needed {
+            self.set_state(ServiceState::Building, "");
+            let builder = self.builder.clone();
+            let build = builder.build(false);
+            tokio::pin!(build);
+            let record = loop {
+                tokio::select! {
+                    r = &mut build => break r,
+                    cmd = self.cmds.recv() => {
+                        if let Some(next) = self.early_command(cmd, fsm) {
+                            return next;
+                        }
+                    }
+                }
+            };
+            if record.result == crate::event::BuildResult::Failed {
+                return self
+                    .failure(fsm, format!("build failed: {}", record.reason), None)
+                    .await;
+            }
+            fsm.build_needed = false;
+        }
+
+        // The notify socket lives as long as this attempt.
+        let notify = self.bind_notify();
+        let mut env = self.cfg.env.clone();
+        env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
+        env.push(("LOCALD_SERVICE".into(), self.name.to_string()));
+        if let Some(n) = &notify {
+            env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
+        }
+        if let Some(w) = self.cfg.watchdog {
+            env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
+        }
+        let spec = LaunchSpec {
+            project: self.project.to_string(),
+            unit: self.name.to_string(),
+            argv: self.cfg.command.argv(),
+            cwd: self.cfg.workdir.clone(),
+            env,
+        };
+        self.set_state(ServiceState::Starting, "");
+        let mut proc = match self.runtime.spawn(&spec) {
+            Ok(p) => p,
+            Err(e) => return self.failure(fsm, error_chain(&e), None).await,
+        };
+        let pid = proc.pid();
+        self.start_pumps(proc.as_mut(), pid);
+        let started = Instant::now();
+        self.update(|s| {
+            s.state = ServiceState::Running;
+            s.reason = String::new();
+            s.main_pid = Some(pid);
+            s.started_at = Some(SystemTime::now());
+            s.status_text = String::new();
+        });
+
+        let ended = self.supervise(proc.as_mut(), notify.as_ref(), fsm).await;
+        proc.kill_remaining().await;
+        if started.elapsed() > self.cfg.restart.delay_max {
+            fsm.consecutive = 0;
+        }
+        match ended {
+            Ended::Stopped(next) => next,
+            Ended::Unhealthy(reason) => {
+                self.failure(fsm, format!("unhealthy: {reason}"), None)
+                    .await
+            }
+            Ended::Watchdog => {
+                self.failure(fsm, "watchdog timeout: no WATCHDOG=1 in time".into(), None)
+                    .await
+            }
+            Ended::Exited(status) => {
+                let restart = match self.cfg.restart.policy {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => !status.success(),
+                    RestartPolicy::Never => false,
+                };
+                if restart {
+                    self.failure(fsm, status.to_string(), Some(status)).await
+                } else {
+                    self.update(|s| s.exit_status = Some(status.code()));
+                    if status.success() {
+                        self.set_state(ServiceState::Stopped, "exited successfully");
+                    } else {
+                        self.set_state(ServiceState::Failed, status.to_string());
+                    }
+                    Next::Idle
+                }
+            }
+        }
+    }
+
+    async fn wait_for_deps(&mut self, fsm: &mut Fsm) -> Option<Next> {
+        let mut changes = self.events.subscribe();
+        loop {
+            let waiting: Vec<&str> = self
+                .deps
+                .iter()
+                .filter(|d| !d.satisfied())
+                .map(|d| d.name.as_str())
+                .collect();
+            if waiting.is_empty() {
+                return None;
+            }
+            let reason = format!("waiting for {}", waiting.join(", "));
+            if self.snapshot.borrow().state != ServiceState::Pending
+                || self.snapshot.borrow().reason != reason
+            {
+                self.set_state(ServiceState::Pending, reason);
+            }
+            tokio::select! {
+                // Any service change may be a dependency's; re-check on each.
+                r = changes.recv() => {
+                    if let Err(broadcast::error::RecvError::Closed) = r {
+                        return Some(Next::Exit);
+                    }
+                }
+                cmd = self.cmds.recv() => {
+                    if let Some(next) = self.early_command(cmd, fsm) {
+                        return Some(next);
+                    }
+                }
+            }
+        }
+    }
+
+    fn bind_notify(&self) -> Option<NotifySocket> {
+        let dir = runtime_dir().join("notify");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                dir.parent().unwrap_or(&dir),
+                std::fs::Permissions::from_mode(0o700),
+            );
+        }
+        let seq = NOTIFY_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}-{seq}.sock", std::process::id()));
+        match NotifySocket::bind(&path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(service = %self.name, "no notify socket at {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn start_pumps(&self, proc: &mut dyn Process, pid: u32) {
+        let owner = PipeOwner {
+            project: self.project.clone(),
+            service: self.name.clone(),
+            phase: Phase::Run,
+            pid: Some(pid),
+            build_id: None,
+        };
+        if let Some(out) = proc.take_stdout() {
+            tokio::spawn(pump(out, owner.clone(), Stream::Stdout, self.sink.clone()));
+        }
+        if let Some(err) = proc.take_stderr() {
+            tokio::spawn(pump(err, owner, Stream::Stderr, self.sink.clone()));
+        }
+    }
+
+    /// Watches a running process until it ends or a request ends it.
+    async fn supervise(
+        &mut self,
+        proc: &mut dyn Process,
+        notify: Option<&NotifySocket>,
+        fsm: &mut Fsm,
+    ) -> Ended {
+        let (health_tx, mut health_rx) = mpsc::channel(4);
+        let checker = self.cfg.health.clone().map(|check| {
+            let ctx = ProbeContext {
+                cwd: self.cfg.workdir.clone(),
+                env: self.cfg.env.clone(),
+            };
+            tokio::spawn(run_checker(check, ctx, health_tx))
+        });
+        let _abort = AbortOnDrop(checker);
+        let notify_health = self
+            .cfg
+            .health
+            .as_ref()
+            .is_some_and(|h| h.kind == HealthKind::Notify);
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let mut watchdog = self.cfg.watchdog.map_or(far, |w| Instant::now() + w);
+
+        loop {
+            tokio::select! {
+                status = proc.wait() => {
+                    self.update(|s| s.exit_status = Some(status.code()));
+                    return Ended::Exited(status);
+                }
+                Some(ev) = health_rx.recv() => match ev {
+                    HealthEvent::Passed => self.set_state(ServiceState::Healthy, ""),
+                    HealthEvent::Failed(reason) => {
+                        self.stop_process(proc, &reason).await;
+                        return Ended::Unhealthy(reason);
+                    }
+                },
+                notices = recv_notify(notify) => {
+                    for n in notices {
+                        match n {
+                            Notice::Ready if notify_health => self.set_state(ServiceState::Healthy, ""),
+                            Notice::Status(text) => self.update(|s| s.status_text = text),
+                            Notice::Watchdog => {
+                                if let Some(w) = self.cfg.watchdog {
+                                    watchdog = Instant::now() + w;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ = sleep_until(watchdog) => {
+                    self.stop_process(proc, "watchdog timeout").await;
+                    return Ended::Watchdog;
+                }
+                cmd = self.cmds.recv() => match cmd {
+                    None => {
+                        self.stop_process(proc, "shutting down").await;
+                        return Ended::Stopped(Next::Exit);
+                    }
+                    Some(Command::Start) => {}
+                    Some(Command::Stop(reply)) => {
+                        self.stop_process(proc, "stop requested").await;
+                        proc.kill_remaining().await;
+                        self.set_state(ServiceState::Stopped, "stopped");
+                        let _ = reply.send(());
+                        return Ended::Stopped(Next::Idle);
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        self.stop_process(proc, "shutting down").await;
+                        proc.kill_remaining().await;
+                        self.set_state(ServiceState::Stopped, "stopped");
+                        let _ = reply.send(());
+                        return Ended::Stopped(Next::Exit);
+                    }
+                    Some(Command::Restart(reply)) => {
+                        self.stop_process(proc, "restart requested").await;
+                        proc.kill_remaining().await;
+                        fsm.build_needed = true;
+                        fsm.reset();
+                        let _ = reply.send(());
+                        return Ended::Stopped(Next::Run);
+                    }
+                    Some(Command::Build { force, reply }) => {
+                        let builder = self.builder.clone();
+                        tokio::spawn(async move {
+                            let _ = reply.send(builder.build(force).await);
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// `stop_signal`, then SIGKILL after `stop_timeout`; returns once the main process is gone.
+    async fn stop_process(&self, proc: &mut dyn Process, reason: &str) {
+        self.set_state(ServiceState::Stopping, reason);
+        let _ = proc.signal(self.cfg.stop_signal);
+        // A stopped process would never see SIGTERM.
+        let _ = proc.signal(Signal::SIGCONT);
+        tokio::select! {
+            status = proc.wait() => { self.update(|s| s.exit_status = Some(status.code())); }
+            _ = sleep(self.cfg.stop_timeout) => {
+                let _ = proc.signal(Signal::SIGKILL);
+                let status = proc.wait().await;
+                self.update(|s| s.exit_status = Some(status.code()));
+            }
+        }
+    }
+
+    /// Records a failure; decides between Backoff and Failed.
+    async fn failure(&mut self, fsm: &mut Fsm, reason: String, status: Option<ExitStatus>) -> Next {
+        if let Some(st) = status {
+            self.update(|s| s.exit_status = Some(st.code()));
+        }
+        self.set_state(ServiceState::Error, reason.clone());
+        let now = Instant::now();
+        let r = &self.cfg.restart;
+        fsm.failures.push_back(now);
+        while fsm
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > r.interval)
+        {
+            fsm.failures.pop_front();
+        }
+        if fsm.failures.len() >= r.burst as usize {
+            self.set_state(
+                ServiceState::Failed,
+                format!(
+                    "start limit hit: {} failures within {}; last: {reason}",
+                    fsm.failures.len(),
+                    humantime::format_duration(r.interval)
+                ),
+            );
+            return Next::Idle;
+        }
+        let delay = r
+            .delay
+            .saturating_mul(1u32 << fsm.consecutive.min(20))
+            .min(r.delay_max);
+        fsm.consecutive += 1;
+        self.set_state(
+            ServiceState::Backoff,
+            format!(
+                "restarting in {}: {reason}",
+                humantime::format_duration(delay)
+            ),
+        );
+        let wake = sleep(delay);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                _ = &mut wake => break,
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Command::Start) => break,
+                    other => {
+                        if let Some(next) = self.early_command(other, fsm) {
+                            return next;
+                        }
+                    }
+                }
+            }
+        }
+        self.update(|s| s.restart_count += 1);
+        Next::Run
+    }
+}
+
+async fn recv_notify(sock: Option<&NotifySocket>) -> Vec<Notice> {
+    match sock {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Restart bookkeeping of one service.
+struct Fsm {
+    build_needed: bool,
+    failures: VecDeque<Instant>,
+    consecutive: u32,
+}
+
+impl Fsm {
+    fn reset(&mut self) {
+        self.failures.clear();
+        self.consecutive = 0;
+    }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// `{:#}`-style chain of an error for a one-line reason.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,134 @@
+//! The terminal face of `locald up`: output lines prefixed by their service
+//! (and marked when they come from a build), state changes as they happen,
+//! coloured on a TTY and plain under `NO_COLOR` or a pipe.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use crate::event::{BuildResult, Event, LogLine, Phase, ServiceState};
+use crate::output::{BoxFuture, LogSink};
+
+const PALETTE: [u8; 6] = [36, 33, 35, 32, 34, 31];
+
+/// Prints to stdout.
+pub struct Terminal {
+    color: bool,
+    width: usize,
+    names: Vec<String>,
+    out: Mutex<()>,
+    /// Last state and reason printed per service, to print changes only.
+    shown: Mutex<HashMap<String, (ServiceState, String)>>,
+}
+
+impl Terminal {
+    /// A printer for services with these names (to align and colour them).
+    pub fn new(names: &[String]) -> Self {
+        let color = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Self::with_color(names, color)
+    }
+
+    /// Same, with colour chosen by the caller.
+    pub fn with_color(names: &[String], color: bool) -> Self {
+        let width = names.iter().map(|n| n.len()).max().unwrap_or(4) + ":build".len();
+        Self {
+            color,
+            width,
+            names: names.to_vec(),
+            out: Mutex::new(()),
+            shown: Mutex::default(),
+        }
+    }
+
+    fn paint(&self, service: &str, text: &str) -> String {
+        if !self.color {
+            return text.to_owned();
+        }
+        let i = self.names.iter().position(|n| n == service).unwrap_or(0);
+        format!("\x1b[{}m{text}\x1b[0m", PALETTE[i % PALETTE.len()])
+    }
+
+    fn emit(&self, bytes: &[u8]) {
+        let _guard = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
+
+    /// Formats one output line.
+    pub fn format_line(&self, line: &LogLine) -> Vec<u8> {
+        let tag = match line.phase {
+            Phase::Build => format!("{}:build", line.service),
+            Phase::Run => line.service.to_string(),
+        };
+        let prefix = self.paint(&line.service, &format!("{tag:>w$} |", w = self.width));
+        let mut buf = Vec::with_capacity(prefix.len() + line.line.len() + 2);
+        buf.extend_from_slice(prefix.as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(&line.line);
+        buf.push(b'\n');
+        buf
+    }
+
+    /// Prints an event worth a line; returns whether it printed.
+    pub fn event(&self, ev: &Event) -> bool {
+        let text = match ev {
+            Event::ServiceChanged { service, .. } => {
+                let now = (service.state, service.reason.clone());
+                let mut shown = self
+                    .shown
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if shown.get(&service.name) == Some(&now) {
+                    return false;
+                }
+                shown.insert(service.name.clone(), now);
+                let mut t = format!("{} {}", service.name, service.state);
+                if !service.reason.is_empty() {
+                    t.push_str(&format!(" ({})", service.reason));
+                }
+                if service.state == ServiceState::Running {
+                    if let Some(pid) = service.main_pid {
+                        t.push_str(&format!(" pid {pid}"));
+                    }
+                }
+                t
+            }
+            Event::BuildFinished {
+                service, record, ..
+            } => match record.result {
+                BuildResult::Succeeded => format!("{service} build succeeded"),
+                BuildResult::Skipped => format!("{service} build up to date ({})", record.reason),
+                BuildResult::Failed => format!("{service} build failed: {}", record.reason),
+                BuildResult::Running => return false,
+            },
+            _ => return false,
+        };
+        let line = format!("{:>w$} {}\n", "locald", text, w = self.width + 1);
+        let line = if self.color {
+            format!("\x1b[2m{}\x1b[0m\n", line.trim_end())
+        } else {
+            line
+        };
+        self.emit(line.as_bytes());
+        true
+    }
+
+    /// Prints a message from locald itself.
+    pub fn note(&self, text: &str) {
+        let line = format!("{:>w$} {}\n", "locald", text, w = self.width + 1);
+        self.emit(line.as_bytes());
+    }
+}
+
+impl LogSink for Terminal {
+    fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()> {
+        let bytes = self.format_line(line);
+        self.emit(&bytes);
+        Box::pin(std::future::ready(()))
+    }
+}
