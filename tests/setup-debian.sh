@@ -16,6 +16,9 @@ packages=(
   libglib2.0-bin   # gdbus, a D-Bus client nobody here wrote
   systemd          # systemd-journald, journalctl, busctl, systemd-cat
   git              # incremental builds: real repositories for .gitignore and info/exclude
+  libsystemd-dev   # sd_journal_sendv() for the journal benchmark's reference sender
+  gcc              # builds that sender (tests/bench/journal/run.sh)
+  libc6-dev
 )
 
 missing=()

@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod foreground;
+pub mod journal;
 pub mod output;
 pub mod runtime;
 pub mod shim_client;

@@ -3,6 +3,7 @@
 //! preconditions (skip with a reason on a laptop, fail under `CI=true`).
 
 pub mod incremental;
+pub mod journald;
 pub mod shim;
 
 use std::path::{Path, PathBuf};
