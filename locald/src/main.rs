@@ -100,7 +100,7 @@ fn main() -> ExitCode {
                 &config,
                 service.as_deref(),
                 force,
-                Vec::new(),
+                foreground::journal_sinks(),
             )) {
                 ExitCode::SUCCESS
             } else {
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(foreground::up(&config, Vec::new())) {
+            match rt.block_on(foreground::up(&config, foreground::journal_sinks())) {
                 Ok(UpOutcome::Stopped) => ExitCode::SUCCESS,
                 Ok(UpOutcome::Failed(reason)) => {
                     eprintln!("locald: {reason}");

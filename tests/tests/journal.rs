@@ -26,6 +26,7 @@ fn line(project: &str, service: &str, stream: Stream, text: &[u8]) -> LogLine {
         build_id: None,
         line: text.to_vec(),
         partial: false,
+        continues: false,
     }
 }
 

@@ -34,7 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::event::{LogLine, Stream};
+use crate::config::ServiceConfig;
+use crate::event::{BuildRecord, BuildResult, LogLine, Phase, Stream};
 use crate::output::{BoxFuture, LogSink};
 
 pub use daemon_log::{init_daemon_logging, journal_is_there, LogOutput, LoggingError};
@@ -287,7 +288,7 @@ impl JournalSink {
         let mut guard = inner.link.lock().await;
         let Writer { link, buf } = &mut *guard;
         while let Some(piece) = pieces.next() {
-            let brk = if pieces.peek().is_some() {
+            let brk = if pieces.peek().is_some() || line.continues {
                 LineBreak::LineMax
             } else if line.partial {
                 LineBreak::Partial
@@ -404,8 +405,89 @@ impl JournalSink {
     }
 }
 
+impl JournalSink {
+    /// Records a build decision or result as one entry of the build's
+    /// phase, with the decision, result and source hash as fields of their
+    /// own (`LOCALD_BUILD_DECISION`, `LOCALD_BUILD_RESULT`,
+    /// `LOCALD_SOURCE_HASH`).
+    async fn write_build(&self, project: &str, service: &str, record: &BuildRecord, done: bool) {
+        let message = match (done, record.result) {
+            (false, _) => format!("build {}: {}", record.build_id, record.reason),
+            (true, BuildResult::Failed) => {
+                format!("build {} failed: {}", record.build_id, record.reason)
+            }
+            (true, r) => format!("build {} {}", record.build_id, r.as_str()),
+        };
+        let priority = if record.result == BuildResult::Failed {
+            Priority::ERR
+        } else {
+            Priority::INFO
+        };
+        // Identifies the entry in error messages only.
+        let ident = LogLine {
+            project: project.into(),
+            service: service.into(),
+            phase: Phase::Build,
+            stream: Stream::Stdout,
+            pid: None,
+            build_id: Some(record.build_id.as_str().into()),
+            line: Vec::new(),
+            partial: false,
+            continues: false,
+        };
+        let mut guard = self.inner.link.lock().await;
+        let Writer { link, buf } = &mut *guard;
+        buf.clear();
+        encode::put_field(buf, "MESSAGE", message.as_bytes());
+        encode::put_field(buf, "PRIORITY", priority.value().to_string().as_bytes());
+        encode::put_field(buf, "SYSLOG_IDENTIFIER", service.as_bytes());
+        encode::put_field(buf, "LOCALD_PROJECT", project.as_bytes());
+        encode::put_field(buf, "LOCALD_SERVICE", service.as_bytes());
+        encode::put_field(buf, "LOCALD_PHASE", b"build");
+        encode::put_field(buf, "LOCALD_BUILD_ID", record.build_id.as_bytes());
+        encode::put_field(buf, "LOCALD_BUILD_DECISION", record.reason.as_bytes());
+        encode::put_field(
+            buf,
+            "LOCALD_BUILD_RESULT",
+            record.result.as_str().as_bytes(),
+        );
+        if let Some(h) = &record.source_hash {
+            encode::put_field(buf, "LOCALD_SOURCE_HASH", h.as_bytes());
+        }
+        let _ = self.send_entry(link, buf, &ident).await;
+    }
+}
+
 impl LogSink for JournalSink {
     fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()> {
         Box::pin(self.write_line(line))
+    }
+
+    fn configure_service(&self, project: &str, service: &ServiceConfig) {
+        self.set_service_options(
+            project,
+            &service.name,
+            ServiceLogOptions {
+                stderr_priority: service.stderr_priority,
+            },
+        );
+    }
+
+    fn build_started<'a>(
+        &'a self,
+        project: &'a str,
+        service: &'a str,
+        record: &'a BuildRecord,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(self.write_build(project, service, record, false))
+    }
+
+    fn build_finished<'a>(
+        &'a self,
+        project: &'a str,
+        service: &'a str,
+        record: &'a BuildRecord,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(self.write_build(project, service, record, true))
     }
 }

@@ -150,6 +150,7 @@ fn pipe_sink(args: &[String]) -> Result<()> {
                             build_id: None,
                             line: format!("quiet {n} sent_us={}", now_us()).into_bytes(),
                             partial: false,
+                            continues: false,
                         };
                         sink.write(&line).await;
                         n += 1;
@@ -178,6 +179,7 @@ fn pipe_sink(args: &[String]) -> Result<()> {
                     build_id: None,
                     line: std::mem::take(&mut buf),
                     partial,
+                    continues: false,
                 };
                 sink.write(&line).await;
                 buf = line.line;
