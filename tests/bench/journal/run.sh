@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Journald flood benchmark (issue 4): the same 1,000,000-line generator
-#   (a) through locald into journald with locald's fields — until `locald up`
-#       writes to the journal, through JournalSink fed from a pipe the way the
-#       supervisor does; set LOCALD=/path/to/locald (or pass --locald PATH) to
-#       measure a real `locald up` of a one-service project instead,
+#   (a) through a real `locald up` of a one-service project into journald
+#       with locald's fields (LOCALD=stand-in measures the JournalSink fed
+#       from a pipe instead, without the supervisor),
 #   (b) straight into journald with the same fields via sd_journal_sendv(),
 #   (c) through systemd-cat (stream protocol, no fields),
 # each into a fresh private journald (a journal namespace without rate
@@ -23,13 +22,14 @@ if ! [ -e /usr/include/systemd/sd-journal.h ] || ! command -v cc >/dev/null; the
     bash "$root/tests/setup-debian.sh"
 fi
 
-cargo build --release --manifest-path "$root/Cargo.toml" -p locald-tests --bin journal-bench
+cargo build --release --manifest-path "$root/Cargo.toml" -p locald-tests --bin journal-bench -p locald --bin locald
 bench="$target/release/journal-bench"
 sd_send="$target/release/journal-bench-sd-send"
 cc -O2 -Wall -o "$sd_send" "$here/sd_send.c" -lsystemd
 
 args=(run --rounds "${ROUNDS:-3}" --sd-send "$sd_send")
-if [ -n "${LOCALD:-}" ]; then
-    args+=(--locald "$LOCALD")
-fi
+case "${LOCALD:-$target/release/locald}" in
+    stand-in) ;;
+    *) args+=(--locald "${LOCALD:-$target/release/locald}") ;;
+esac
 exec "$bench" "${args[@]}" "$@"
