@@ -19,6 +19,9 @@ packages=(
   systemd-container # systemd-nspawn: a real user manager for the unit's end-to-end test
   debootstrap      # the container's root file system (cached in /var/cache/locald-tests)
   git              # incremental builds: real repositories for .gitignore and info/exclude
+  libsystemd-dev   # sd_journal_sendv() for the journal benchmark's reference sender
+  gcc              # builds that sender (tests/bench/journal/run.sh)
+  libc6-dev
 )
 
 missing=()

@@ -161,8 +161,8 @@ fn send_abstract(sock: &UnixDatagram, name: &str, message: &str) -> std::io::Res
     sock.send_to_addr(message.as_bytes(), &addr).map(drop)
 }
 
-/// Writes each line to the daemon's stderr as `project/service: line`, which
-/// systemd sends to the journal. A stopgap until the journald sink exists.
+/// Writes each line to the daemon's stderr as `project/service: line`; used
+/// only when there is no journal to write to.
 struct StderrSink;
 
 impl LogSink for StderrSink {
@@ -256,6 +256,11 @@ pub struct DaemonArgs {
 /// the daemon. Call from `main` before any other thread exists.
 pub fn main(args: DaemonArgs) -> std::process::ExitCode {
     let notify = take_notify_env();
+    // The daemon's own log: the journal when there is one (under systemd),
+    // else stderr.
+    if let Err(e) = crate::journal::init_daemon_logging(crate::journal::LogOutput::Auto, "info") {
+        eprintln!("locald: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -301,14 +306,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
     let bus_logs = Arc::new(DbusLogSink::new());
-    // JOURNAL: the journald sink (issue 4) replaces `StderrSink` in this
-    // fanout once it lands in `output`; until then lines reach the journal
-    // through the unit's stderr, without per-service fields.
-    let sink: Arc<dyn LogSink> = Arc::new(
-        Fanout::new()
-            .with(Arc::new(StderrSink))
-            .with(bus_logs.clone()),
-    );
+    // Output lines go to the journal (with per-service fields) and to live
+    // D-Bus subscribers. Without a journal (a test bus, a container without
+    // journald) they go to stderr so they are not lost.
+    let journal = crate::foreground::journal_sinks();
+    let mut fanout = Fanout::new();
+    if journal.is_empty() {
+        fanout = fanout.with(Arc::new(StderrSink));
+    }
+    for j in journal {
+        fanout = fanout.with(j);
+    }
+    let sink: Arc<dyn LogSink> = Arc::new(fanout.with(bus_logs.clone()));
     let engine = Engine::new(EngineOptions {
         sink,
         state_dir: Some(state_dir),

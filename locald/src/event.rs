@@ -135,9 +135,11 @@ pub struct LogLine {
     pub build_id: Option<Arc<str>>,
     /// The bytes of the line, without its newline; may be any bytes.
     pub line: Vec<u8>,
-    /// The line ended without a newline (the process exited or the line was
-    /// split because it was too long).
+    /// The line ended without a newline: the pipe closed after it.
     pub partial: bool,
+    /// The line was cut because it was too long; the next line from the same
+    /// pipe continues it.
+    pub continues: bool,
 }
 
 /// The outcome of a build.

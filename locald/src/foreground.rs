@@ -14,6 +14,17 @@ use crate::event::{BuildResult, Event, ProjectSnapshot, ServiceState};
 use crate::output::{Fanout, LogSink};
 use crate::term::Terminal;
 
+/// The journal sink when journald is there (`locald up` and `locald build`
+/// write to the journal as the daemon does, besides the terminal).
+pub fn journal_sinks() -> Vec<Arc<dyn LogSink>> {
+    let config = crate::journal::JournalConfig::from_env();
+    if config.socket_path.exists() || crate::journal::journal_is_there() {
+        vec![Arc::new(crate::journal::JournalSink::new(config))]
+    } else {
+        Vec::new()
+    }
+}
+
 /// How `locald up` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpOutcome {

@@ -15,6 +15,7 @@ pub mod dbus;
 pub mod engine;
 pub mod event;
 pub mod foreground;
+pub mod journal;
 pub mod output;
 pub mod runtime;
 pub mod shim_client;

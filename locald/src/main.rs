@@ -51,7 +51,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The daemon sets up its own log (the journal when there is one).
+    if !matches!(cli.command, Cmd::Daemon(_)) {
+        init_logging();
+    }
     match cli.command {
         // Before anything starts a thread: it takes the notify variables out
         // of the environment.
@@ -105,7 +108,7 @@ fn main() -> ExitCode {
                 &config,
                 service.as_deref(),
                 force,
-                Vec::new(),
+                foreground::journal_sinks(),
             )) {
                 ExitCode::SUCCESS
             } else {
@@ -124,7 +127,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(foreground::up(&config, Vec::new())) {
+            match rt.block_on(foreground::up(&config, foreground::journal_sinks())) {
                 Ok(UpOutcome::Stopped) => ExitCode::SUCCESS,
                 Ok(UpOutcome::Failed(reason)) => {
                     eprintln!("locald: {reason}");

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::config::ServiceConfig;
 use crate::event::{BuildRecord, LogLine};
 
 /// A boxed future, for object-safe async sinks.
@@ -20,6 +21,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait LogSink: Send + Sync + 'static {
     /// Takes one line. Returning applies backpressure to the writer's pipe.
     fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()>;
+
+    /// A service's settings, given before its first line and again after a
+    /// reload changed them. Sinks that care (the journal's stderr priority)
+    /// keep what they need.
+    fn configure_service(&self, project: &str, service: &ServiceConfig) {
+        let _ = (project, service);
+    }
 
     /// A build of `service` was decided on (runs, or is up to date): the
     /// record carries the decision and the source hash. Sinks that keep
@@ -72,6 +80,12 @@ impl LogSink for Fanout {
                 s.write(line).await;
             }
         })
+    }
+
+    fn configure_service(&self, project: &str, service: &ServiceConfig) {
+        for s in &self.sinks {
+            s.configure_service(project, service);
+        }
     }
 
     fn build_started<'a>(

@@ -4,6 +4,7 @@
 
 pub mod dbus;
 pub mod incremental;
+pub mod journald;
 pub mod nspawn;
 pub mod shim;
 

@@ -39,7 +39,7 @@ fn install(root: &Path, marker: &str) {
     let mut toml = String::from("[project]\nname = \"shop\"\n");
     for s in ["db", "web"] {
         toml.push_str(&format!(
-            "\n[services.{s}]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"{marker}-{s}\"]\nstop_timeout = \"2s\"\n"
+            "\n[services.{s}]\ncommand = [\"sh\", \"-c\", \"echo hello from {s}; sleep 1000; true\", \"{marker}-{s}\"]\nstop_timeout = \"2s\"\n"
         ));
     }
     std::fs::write(&project, toml).expect("locald.toml");
@@ -101,6 +101,18 @@ fn unit_installed_by_hand_runs_in_a_real_user_manager() {
     let status = c.user(&format!("{HOME}/proj"), "locald-ctl status");
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("shop (running)"), "{text}");
+    // Service output reaches the journal with the service's fields.
+    wait_until(Duration::from_secs(10), "web's line in the journal", || {
+        let out = c.root(&[
+            "journalctl",
+            "-q",
+            "-o",
+            "cat",
+            "LOCALD_PROJECT=shop",
+            "LOCALD_SERVICE=web",
+        ]);
+        String::from_utf8_lossy(&out.stdout).contains("hello from web")
+    });
 
     // Several watchdog periods pass without a restart.
     std::thread::sleep(Duration::from_secs(5));
@@ -134,8 +146,9 @@ fn unit_installed_by_hand_runs_in_a_real_user_manager() {
     // taken and this very call sees it.
     let again = c.user(&format!("{HOME}/proj"), "locald-ctl status");
     assert!(again.status.success(), "{again:?}");
+    let text = String::from_utf8_lossy(&again.stdout);
     assert!(
-        String::from_utf8_lossy(&again.stdout).contains("shop (running)"),
+        text.contains("shop (") && text.contains("web") && text.contains("db"),
         "{again:?}"
     );
     wait_until(Duration::from_secs(10), "locald active again", || {

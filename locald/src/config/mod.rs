@@ -123,6 +123,8 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     /// Required `WATCHDOG=1` interval.
     pub watchdog: Option<Duration>,
+    /// Journal priority of stderr lines without a `<N>` prefix.
+    pub stderr_priority: crate::journal::Priority,
 }
 
 /// Restart policy and backoff.
@@ -653,6 +655,9 @@ impl Checker {
                 .stop_timeout
                 .map_or(Duration::from_secs(10), |d| d.into_inner().0),
             watchdog,
+            stderr_priority: svc
+                .stderr_priority
+                .map_or(crate::journal::Priority::INFO, |p| p.into_inner().0),
         })
     }
 

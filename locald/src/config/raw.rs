@@ -104,6 +104,42 @@ pub struct RawService {
     /// If set, the service must send `WATCHDOG=1` on `$NOTIFY_SOCKET` at least this often.
     #[schemars(with = "Option<RawDurationSchema>")]
     pub watchdog_sec: Option<Spanned<RawDuration>>,
+    /// Journal priority of stderr lines that carry no `<N>` prefix: "err",
+    /// "warning", "info" (default), ... or 0-7.
+    #[schemars(with = "Option<String>")]
+    pub stderr_priority: Option<Spanned<RawPriority>>,
+}
+
+/// A syslog priority name ("err", "warning", ...) or number 0-7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPriority(pub crate::journal::Priority);
+
+const PRIORITY_HINT: &str =
+    "use emerg, alert, crit, err, warning, notice, info or debug, or a number from 0 to 7";
+
+impl<'de> Deserialize<'de> for RawPriority {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawPriority;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a syslog priority such as \"warning\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawPriority, E> {
+                s.parse()
+                    .map(RawPriority)
+                    .map_err(|_| custom_with_hint(format!("unknown priority `{s}`"), PRIORITY_HINT))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPriority, E> {
+                u8::try_from(v)
+                    .ok()
+                    .and_then(crate::journal::Priority::new)
+                    .map(RawPriority)
+                    .ok_or_else(|| custom_with_hint(format!("unknown priority {v}"), PRIORITY_HINT))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A command: a shell string or an argv array.

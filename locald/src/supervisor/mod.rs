@@ -83,6 +83,7 @@ impl Project {
         let Some(cfg) = self.config.services.get(name).cloned() else {
             return;
         };
+        self.env.sink.configure_service(&self.config.name, &cfg);
         let snapshot =
             snapshot.unwrap_or_else(|| Arc::new(watch::Sender::new(ServiceSnapshot::new(name))));
         let deps = cfg

@@ -12,8 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::event::{LogLine, Phase, Stream};
 use crate::output::LogSink;
 
-/// Longest line kept in one piece; longer lines arrive in pieces marked partial.
-pub const MAX_LINE: usize = 1 << 20;
+/// Longest line kept in one piece; longer lines arrive in pieces marked
+/// `continues`. A multiple of journald's default line limit (48 KiB), so the
+/// journal's own split points fall where ours do.
+pub const MAX_LINE: usize = 21 * 48 * 1024;
 
 /// Who is writing into a pipe.
 #[derive(Clone)]
@@ -31,7 +33,7 @@ pub struct PipeOwner {
 }
 
 impl PipeOwner {
-    fn line(&self, stream: Stream, line: Vec<u8>, partial: bool) -> LogLine {
+    fn line(&self, stream: Stream, line: Vec<u8>, partial: bool, continues: bool) -> LogLine {
         LogLine {
             project: self.project.clone(),
             service: self.service.clone(),
@@ -41,6 +43,7 @@ impl PipeOwner {
             build_id: self.build_id.clone(),
             line,
             partial,
+            continues,
         }
     }
 }
@@ -64,17 +67,17 @@ pub async fn pump(
             pending.extend_from_slice(&chunk[..i]);
             chunk = &chunk[i + 1..];
             let line = std::mem::take(&mut pending);
-            sink.write(&owner.line(stream, line, false)).await;
+            sink.write(&owner.line(stream, line, false, false)).await;
         }
         pending.extend_from_slice(chunk);
         while pending.len() >= MAX_LINE {
             let rest = pending.split_off(MAX_LINE);
             let line = std::mem::replace(&mut pending, rest);
-            sink.write(&owner.line(stream, line, true)).await;
+            sink.write(&owner.line(stream, line, false, true)).await;
         }
     }
     if !pending.is_empty() {
-        sink.write(&owner.line(stream, pending, true)).await;
+        sink.write(&owner.line(stream, pending, true, false)).await;
     }
 }
 
