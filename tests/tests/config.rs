@@ -391,6 +391,7 @@ fn schema_keys_match_the_parser() {
             "restart" => "\"always\"".to_owned(),
             "start_limit_burst" => "3".to_owned(),
             "stop_signal" => "\"SIGINT\"".to_owned(),
+            "stderr_priority" => "\"warning\"".to_owned(),
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");

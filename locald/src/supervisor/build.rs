@@ -167,12 +167,6 @@ impl Builder {
     }
 
     async fn host(&self, host: &HostBuild, build_id: &str) -> Result<(), String> {
-        self.progress(
-            build_id,
-            1,
-            1,
-            format!("running {}", host.command.display()),
-        );
         let mut env = self.cfg.env.clone();
         env.extend(host.env.iter().cloned());
         env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
