@@ -12,12 +12,13 @@ use locald_api::{BuildInfo, Error};
 
 use crate::client::{Client, CtlError};
 
-/// One build's outcome as a line: `✓ web built in 3.2s`, `✓ web: Build up
-/// to date`, `✗ web: build failed: …`.
+/// One build's outcome as a line: `✓ web built in 3.2s (source changed: …)`,
+/// `✓ web: Build up to date`, `✗ web: build failed: …`.
 pub fn result_line(service: &str, outcome: &Result<BuildInfo, String>, secs: f64) -> String {
     match outcome {
         Ok(b) if b.result == "skipped" => format!("✓ {service}: Build up to date"),
-        Ok(_) => format!("✓ {service} built in {secs:.1}s"),
+        Ok(b) if b.reason.is_empty() => format!("✓ {service} built in {secs:.1}s"),
+        Ok(b) => format!("✓ {service} built in {secs:.1}s ({})", b.reason),
         Err(reason) => format!("✗ {service}: {reason}"),
     }
 }
@@ -167,6 +168,15 @@ mod tests {
             "✓ web: Build up to date"
         );
         assert_eq!(result_line("web", &Ok(ok), 3.21), "✓ web built in 3.2s");
+        let why = BuildInfo {
+            result: "succeeded".into(),
+            reason: "source changed: 1 file (1 modified), e.g. src/a.rs".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            result_line("web", &Ok(why), 0.5),
+            "✓ web built in 0.5s (source changed: 1 file (1 modified), e.g. src/a.rs)"
+        );
         assert_eq!(
             result_line("web", &Err("exit status 2".into()), 1.0),
             "✗ web: exit status 2"

@@ -1017,3 +1017,41 @@ fn second_daemon_on_the_same_state_refuses_to_start() {
         second.log()
     );
 }
+
+/// Issue 5 through the daemon: a build with `inputs` says why it builds, then
+/// "Build up to date" until an input changes; `status --json` carries the
+/// same decision in LastBuild.
+#[test]
+fn ctl_build_says_why_and_when_up_to_date() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("incr-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{}\"\n\n[services.web]\nbuild = {{ command = \"cp src/a.txt out.txt\", inputs = [\"src/**\"], outputs = [\"out.txt\"] }}\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"{marker}\"]\n",
+        unique("incr")
+    ));
+    p.write("src/a.txt", "one\n");
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    wait_states(&bus, p.path(), UP, Duration::from_secs(15));
+
+    let out = ctl(&bus, p.path(), &["build", "web"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "✓ web: Build up to date", "{out:?}");
+    let status = ctl(&bus, p.path(), &["status", "--json"]);
+    assert!(status.stdout.contains("Build up to date"), "{status:?}");
+
+    p.write("src/a.txt", "two\n");
+    let out = ctl(&bus, p.path(), &["build", "web"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("(source changed: 1 file (1 modified), e.g. src/a.txt)"),
+        "{out:?}"
+    );
+    assert_eq!(p.read("out.txt"), "two\n");
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
