@@ -438,18 +438,10 @@ impl ServiceTask {
                     }
                     Some(Command::Start) => {}
                     Some(Command::Stop(reply)) => {
-                        self.stop_process(proc, "stop requested").await;
-                        proc.kill_remaining().await;
-                        self.set_state(ServiceState::Stopped, "stopped");
-                        let _ = reply.send(());
-                        return Ended::Stopped(Next::Idle);
+                        return self.stop_for_good(proc, "stop requested", reply, Next::Idle).await;
                     }
                     Some(Command::Shutdown(reply)) => {
-                        self.stop_process(proc, "shutting down").await;
-                        proc.kill_remaining().await;
-                        self.set_state(ServiceState::Stopped, "stopped");
-                        let _ = reply.send(());
-                        return Ended::Stopped(Next::Exit);
+                        return self.stop_for_good(proc, "shutting down", reply, Next::Exit).await;
                     }
                     Some(Command::Restart(reply)) => {
                         self.stop_process(proc, "restart requested").await;
@@ -468,6 +460,22 @@ impl ServiceTask {
                 },
             }
         }
+    }
+
+    /// Stops the process and everything it started, marks the service
+    /// Stopped, and answers the request.
+    async fn stop_for_good(
+        &self,
+        proc: &mut dyn Process,
+        reason: &str,
+        reply: oneshot::Sender<()>,
+        next: Next,
+    ) -> Ended {
+        self.stop_process(proc, reason).await;
+        proc.kill_remaining().await;
+        self.set_state(ServiceState::Stopped, "stopped");
+        let _ = reply.send(());
+        Ended::Stopped(next)
     }
 
     /// `stop_signal`, then SIGKILL after `stop_timeout`; returns once the main process is gone.
