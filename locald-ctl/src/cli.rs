@@ -71,6 +71,29 @@ pub enum Command {
     },
     /// Follow state changes and builds live, until interrupted.
     Watch,
+    /// Show build and run output from the journal (no daemon needed).
+    Logs {
+        /// Only this service.
+        service: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only build or only run output.
+        #[arg(long, value_parser = ["build", "run"])]
+        phase: Option<String>,
+        /// Lines since this time (journalctl syntax: "-10m", "today", "2026-11-22 10:00").
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines.
+        #[arg(short = 'n', long = "lines")]
+        lines: Option<u64>,
+        /// Print the journal entries as JSON, one per line.
+        #[arg(long)]
+        json: bool,
+        /// Read a journal namespace (journalctl --namespace).
+        #[arg(long, env = "LOCALD_JOURNAL_NAMESPACE", hide = true)]
+        journal_namespace: Option<String>,
+    },
     /// Re-read locald.toml; only services whose config changed are touched.
     Reload,
     /// Check the locald.toml of DIR (default: the current directory) without running anything.

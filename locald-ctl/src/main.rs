@@ -8,10 +8,12 @@
 mod build;
 mod cli;
 mod client;
+mod logs;
 mod status;
 mod watch;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -41,6 +43,39 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Check { ref dir } => return check(dir.as_deref()),
+        Command::Logs {
+            ref service,
+            follow,
+            ref phase,
+            ref since,
+            lines,
+            json,
+            ref journal_namespace,
+        } => {
+            // The project's name comes from --project or the file: the
+            // journal has its lines whether or not the daemon runs.
+            let (project, services) = match &cli.project {
+                Some(p) => (p.clone(), Vec::new()),
+                None => match locald::config::load_project(Path::new(".")) {
+                    Ok(c) => (c.name.clone(), c.services.keys().cloned().collect()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            return logs::run(&logs::LogsArgs {
+                project,
+                services,
+                service: service.clone(),
+                follow,
+                phase: phase.clone(),
+                since: since.clone(),
+                lines,
+                json,
+                namespace: journal_namespace.clone(),
+            });
+        }
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -80,7 +115,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Build { service, force } => build::build(&client, service, force).await,
         Command::Watch => watch::watch(&client).await,
         Command::Reload => client.reload().await,
-        Command::Check { .. } | Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
+        Command::Check { .. }
+        | Command::Logs { .. }
+        | Command::Completions { .. }
+        | Command::Man => Ok(ExitCode::SUCCESS),
     }
 }
 

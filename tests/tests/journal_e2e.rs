@@ -247,3 +247,58 @@ command = ["python3", "-c", "import time\nfor i in range(100000):\n    print(f't
     );
     Ok(())
 }
+
+#[test]
+fn locald_ctl_logs_reads_the_journal_by_field() -> Result<()> {
+    let j = journald_or_skip!("locald_ctl_logs_reads_the_journal_by_field");
+    let project = unique("jlogs");
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{project}\"\n\n[services.web]\nbuild = \"echo compiled\"\ncommand = \"echo hello; echo oops >&2; touch done; exec sleep 100\"\n\n[services.db]\ncommand = \"echo db ready; exec sleep 100\"\n"
+    ));
+    let child = up(&j, &p)?;
+    let q = [("LOCALD_PROJECT", project.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while j.synced_query(&q)?.len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(child)?;
+    let ns = j.namespace().to_owned();
+    let ctl = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(bin("locald-ctl"))
+            .arg("logs")
+            .args(args)
+            .current_dir(p.path())
+            .env("LOCALD_JOURNAL_NAMESPACE", &ns)
+            .env("NO_COLOR", "1")
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "locald-ctl logs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let all = ctl(&[])?;
+    for want in [
+        "web:build | compiled",
+        "      web | hello",
+        "      web | oops",
+        "       db | db ready",
+    ] {
+        ensure!(all.contains(want), "`{want}` in:\n{all}");
+    }
+    let build = ctl(&["web", "--phase", "build"])?;
+    ensure!(
+        build.contains("web:build | compiled") && !build.contains("hello"),
+        "{build}"
+    );
+    let run = ctl(&["web", "--phase", "run", "-n", "1"])?;
+    ensure!(run.lines().count() == 1, "{run}");
+    let json = ctl(&["db", "--json"])?;
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().context("a line")?)?;
+    ensure!(
+        first["LOCALD_SERVICE"] == "db" && first["LOCALD_PROJECT"] == project.as_str(),
+        "{first}"
+    );
+    Ok(())
+}

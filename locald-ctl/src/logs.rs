@@ -1,0 +1,197 @@
+//! `logs [SERVICE] [-f] [--phase build|run] [--since …] [-n N] [--json]`:
+//! a project's build and run output from the journal, printed the way
+//! `locald up` prints it.
+//!
+//! It reads through `journalctl --output=json` rather than linking the
+//! sd-journal API: journalctl already handles the user's and the system's
+//! journal files, access rights, `--since` parsing, following, and journal
+//! namespaces, and keeps `locald-ctl` free of a C library. It needs no
+//! daemon: the lines are in the journal whether or not locald runs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+
+use locald::event::{LogLine, Phase, Stream};
+use locald::term::Terminal;
+use serde_json::Value;
+
+/// What to show.
+pub struct LogsArgs {
+    /// Project name.
+    pub project: String,
+    /// Services known to the project (for alignment and colour).
+    pub services: Vec<String>,
+    /// One service, or all.
+    pub service: Option<String>,
+    /// Keep printing new lines.
+    pub follow: bool,
+    /// Only build or run lines.
+    pub phase: Option<String>,
+    /// journalctl's `--since`.
+    pub since: Option<String>,
+    /// Last N lines.
+    pub lines: Option<u64>,
+    /// Print journalctl's JSON entries as they are.
+    pub json: bool,
+    /// A journal namespace (`journalctl --namespace`), e.g. for tests.
+    pub namespace: Option<String>,
+}
+
+/// The journalctl arguments for `args`.
+pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
+    let mut v = vec![
+        "--output=json".to_owned(),
+        "--all".to_owned(),
+        "--no-pager".to_owned(),
+    ];
+    if let Some(ns) = &args.namespace {
+        v.push(format!("--namespace={ns}"));
+    }
+    if args.follow {
+        v.push("--follow".into());
+    }
+    if let Some(s) = &args.since {
+        v.push(format!("--since={s}"));
+    }
+    if let Some(n) = args.lines {
+        v.push(format!("--lines={n}"));
+    }
+    v.push(format!("LOCALD_PROJECT={}", args.project));
+    if let Some(s) = &args.service {
+        v.push(format!("LOCALD_SERVICE={s}"));
+    }
+    if let Some(p) = &args.phase {
+        v.push(format!("LOCALD_PHASE={p}"));
+    }
+    v
+}
+
+/// A field's bytes: journalctl prints text as a string and other bytes as
+/// an array of numbers.
+fn bytes(entry: &Value, field: &str) -> Option<Vec<u8>> {
+    match entry.get(field)? {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Array(a) => a
+            .iter()
+            .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
+            .collect(),
+        _ => None,
+    }
+}
+
+fn text(entry: &Value, field: &str) -> Option<String> {
+    bytes(entry, field).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Turns one journal entry into the line `locald up` would have printed.
+pub fn entry_to_line(entry: &Value) -> Option<LogLine> {
+    let service = text(entry, "LOCALD_SERVICE")?;
+    let phase = match text(entry, "LOCALD_PHASE").as_deref() {
+        Some("build") => Phase::Build,
+        _ => Phase::Run,
+    };
+    let stream = match text(entry, "LOCALD_STREAM").as_deref() {
+        Some("stderr") => Stream::Stderr,
+        _ => Stream::Stdout,
+    };
+    Some(LogLine {
+        project: text(entry, "LOCALD_PROJECT").unwrap_or_default().into(),
+        service: service.into(),
+        phase,
+        stream,
+        pid: text(entry, "LOCALD_PID").and_then(|p| p.parse().ok()),
+        build_id: text(entry, "LOCALD_BUILD_ID").map(Into::into),
+        line: bytes(entry, "MESSAGE").unwrap_or_default(),
+        partial: false,
+        continues: false,
+    })
+}
+
+/// Runs journalctl and prints what it finds.
+pub fn run(args: &LogsArgs) -> ExitCode {
+    let mut child = match Command::new("journalctl")
+        .args(journalctl_args(args))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("locald-ctl: cannot run journalctl: {e}; the logs are in the journal (install systemd's journalctl)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        return ExitCode::FAILURE;
+    };
+    let term = Arc::new(Terminal::new(&args.services));
+    let out = std::io::stdout();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let written = if args.json {
+            writeln!(out.lock(), "{line}")
+        } else {
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            match entry_to_line(&entry) {
+                Some(l) => out.lock().write_all(&term.format_line(&l)),
+                None => Ok(()),
+            }
+        };
+        // A closed pipe (`| head`) ends the command quietly.
+        if written.is_err() {
+            let _ = child.kill();
+            break;
+        }
+    }
+    match child.wait() {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_project_service_and_phase() {
+        let a = LogsArgs {
+            project: "shop".into(),
+            services: vec![],
+            service: Some("web".into()),
+            follow: true,
+            phase: Some("build".into()),
+            since: Some("-10m".into()),
+            lines: Some(5),
+            json: false,
+            namespace: None,
+        };
+        let v = journalctl_args(&a);
+        for want in [
+            "--follow",
+            "--since=-10m",
+            "--lines=5",
+            "LOCALD_PROJECT=shop",
+            "LOCALD_SERVICE=web",
+            "LOCALD_PHASE=build",
+        ] {
+            assert!(v.iter().any(|x| x == want), "{want} in {v:?}");
+        }
+    }
+
+    #[test]
+    fn entries_become_lines_with_bytes_kept() {
+        let e: Value = serde_json::from_str(
+            r#"{"LOCALD_PROJECT":"p","LOCALD_SERVICE":"web","LOCALD_PHASE":"build","LOCALD_STREAM":"stderr","MESSAGE":[104,255]}"#,
+        )
+        .expect("json");
+        let l = entry_to_line(&e).expect("a line");
+        assert_eq!(
+            (l.phase, l.stream, l.line.as_slice()),
+            (Phase::Build, Stream::Stderr, &[104u8, 255][..])
+        );
+    }
+}
