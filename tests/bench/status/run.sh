@@ -16,7 +16,7 @@ calls=${2:-100}
 
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release --locked -p locald -p locald-ctl >&2
-bin="$target/release"
+bin="$(cd "$target/release" && pwd)"
 
 work=$(mktemp -d /tmp/locald-bench-status.XXXXXX)
 bus_pid=""
