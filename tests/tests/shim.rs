@@ -242,6 +242,21 @@ fn system_allow_list_binds_read_only_only() -> Result<()> {
     )
 }
 
+/// runc applies mount options in order: `ro` followed by `rw` is a writable
+/// bind, so it must not pass the read-only rule for system files.
+#[test]
+fn attack_system_bind_ro_then_rw() -> Result<()> {
+    refused(
+        |c, _, _| {
+            push_mount(
+                c,
+                json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "ro", "rw"]}),
+            )
+        },
+        "bind mount of system path /etc/hosts must be read-only",
+    )
+}
+
 #[test]
 fn inherited_fds_do_not_reach_the_container() -> Result<()> {
     let Some((shim, u1, _)) = setup() else {
