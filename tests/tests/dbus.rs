@@ -566,6 +566,40 @@ fn caller_of_another_uid_is_refused() {
 /// `GetService` was the one Manager1 method without the uid check: another
 /// user could probe which projects and services are up (and make the
 /// daemon reconcile a project's objects).
+/// `locald-ctl status | head -0` (a reader that went away) made every
+/// `println!` fail with EPIPE, and std's `println!` panics on that: exit
+/// status 101 and a panic message instead of the quiet end a pipe expects.
+#[test]
+fn ctl_status_into_a_closed_pipe_does_not_panic() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("pipe-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = sleepers(&marker, &["web"]);
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    let (read, write) = std::io::pipe().expect("pipe");
+    drop(read);
+    let out = Command::new(locald_tests::bin("locald-ctl"))
+        .arg("status")
+        .current_dir(p.path())
+        .env("LOCALD_BUS_ADDRESS", bus.address())
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdin(Stdio::null())
+        .stdout(write)
+        .output()
+        .expect("run locald-ctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && out.status.code() != Some(101),
+        "status into a closed pipe: {:?}\n{stderr}",
+        out.status
+    );
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
+
 #[test]
 fn get_service_refuses_another_uid() {
     if no_bus() {
