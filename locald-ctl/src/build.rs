@@ -25,13 +25,14 @@ pub fn result_line(service: &str, outcome: &Result<BuildInfo, String>, secs: f64
 
 /// The bar for step `step` of `total`.
 pub fn bar(service: &str, step: u32, total: u32, label: &str) -> String {
-    const WIDTH: u32 = 20;
+    const WIDTH: u64 = 20;
     let total = total.max(1);
-    let filled = (step.min(total) * WIDTH / total) as usize;
+    // In u64: step * WIDTH overflows u32 once step passes u32::MAX / 20.
+    let filled = u64::from(step.min(total)) * WIDTH / u64::from(total);
     format!(
         "{service} [{}{}] {step}/{total} {label}",
-        "#".repeat(filled),
-        "-".repeat(WIDTH as usize - filled)
+        "#".repeat(filled as usize),
+        "-".repeat((WIDTH - filled) as usize)
     )
 }
 
@@ -180,6 +181,24 @@ mod tests {
         assert_eq!(
             result_line("web", &Err("exit status 2".into()), 1.0),
             "✗ web: exit status 2"
+        );
+    }
+
+    /// `step * 20` overflowed u32 for totals above ~214 million: a panic in
+    /// debug builds, a wrapped width (and a huge `repeat`) in release.
+    #[test]
+    fn bar_with_huge_step_counts_does_not_overflow() {
+        let full = format!("w [{}] {m}/{m} x", "#".repeat(20), m = u32::MAX);
+        assert_eq!(bar("w", u32::MAX, u32::MAX, "x"), full);
+        assert_eq!(
+            bar("w", u32::MAX / 2, u32::MAX, "x"),
+            format!(
+                "w [{}{}] {}/{} x",
+                "#".repeat(9),
+                "-".repeat(11),
+                u32::MAX / 2,
+                u32::MAX
+            )
         );
     }
 

@@ -22,6 +22,14 @@ use cli::{Cli, Command};
 use client::{Client, CtlError};
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so once a reader such as `| head` goes away
+    // every println! fails with EPIPE and panics. Like other filters, end
+    // quietly on a closed pipe instead.
+    // SAFETY: restoring the default disposition before any thread exists
+    // installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Completions { shell } => {

@@ -1125,7 +1125,13 @@ fn check_mounts(spec: &Spec, v: &mut Vec<Violation>) -> Vec<BindRequest> {
                 Some(src) => binds.push(BindRequest {
                     index: i,
                     source: src.clone(),
-                    readonly: options.iter().any(|o| o == "ro"),
+                    // runc applies the options in order, so a later "rw"
+                    // undoes an earlier "ro": only the last one counts.
+                    readonly: options
+                        .iter()
+                        .rev()
+                        .find(|o| *o == "ro" || *o == "rw")
+                        .is_some_and(|o| o == "ro"),
                 }),
             }
         }
@@ -1477,6 +1483,21 @@ mod tests {
             "mounts[0].uidMappings",
         );
         assert_refused(|c| c["vm"] = json!({}), "vm: virtual-machine");
+    }
+
+    /// runc applies mount options in order, so `["ro", "rw"]` is a writable
+    /// mount: the bind must not count as read-only.
+    #[test]
+    fn bind_ro_then_rw_is_not_read_only() {
+        let readonly = |opts: Value| {
+            let mut c = base();
+            c["mounts"][2]["options"] = opts;
+            validate(&c, &caller()).expect("valid").binds[0].readonly
+        };
+        assert!(!readonly(json!(["rbind", "ro", "rw"])));
+        assert!(readonly(json!(["rbind", "rw", "ro"])));
+        assert!(readonly(json!(["ro"])));
+        assert!(!readonly(json!(["rbind"])));
     }
 
     #[test]

@@ -144,23 +144,90 @@ pub unsafe fn borrow_raw<'a>(fd: RawFd) -> BorrowedFd<'a> {
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
-/// While alive, the filesystem uid/gid are the caller's, so the kernel checks
-/// the caller's rights (and root's `CAP_DAC_*` no longer apply) on every path
-/// the shim opens. Dropping it restores root's.
-pub struct AsCaller(());
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 uses two of them.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// This thread's capability sets.
+fn capget() -> io::Result<[CapData; 2]> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a valid version-3 header and room for the two data structs
+    // that version needs.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(data)
+}
+
+/// Set this thread's capability sets.
+fn capset(data: &[CapData; 2]) -> io::Result<()> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: a valid version-3 header and the two data structs it needs.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// While alive, the filesystem uid/gid are the caller's and, for a caller
+/// other than root, the effective capability set is empty, so the kernel
+/// checks exactly the caller's rights on every path the shim opens. The fs
+/// ids alone drop only the `CAP_DAC_*`-like capabilities; `CAP_SYS_PTRACE`
+/// would still let path walks through `/proc/PID/{root,cwd,fd/N}` of other
+/// users' processes succeed where the caller's would fail. Dropping it
+/// restores root's ids and capabilities.
+pub struct AsCaller {
+    /// Capabilities to restore; `None` when none were dropped.
+    saved: Option<[CapData; 2]>,
+}
 
 impl AsCaller {
-    /// Switch the filesystem ids to `uid`/`gid`.
+    /// Switch the filesystem ids to `uid`/`gid` and, unless `uid` is root,
+    /// empty the effective capability set.
     pub fn enter(uid: u32, gid: u32) -> io::Result<Self> {
+        let saved = if uid != 0 { Some(capget()?) } else { None };
+        // Built before any change so that a failure half-way is undone.
+        let guard = Self { saved };
         set_fs_ids(uid, gid)?;
-        Ok(Self(()))
+        if let Some(caps) = guard.saved {
+            let mut none = caps;
+            for d in &mut none {
+                d.effective = 0;
+            }
+            capset(&none)?;
+        }
+        Ok(guard)
     }
 }
 
 impl Drop for AsCaller {
     fn drop(&mut self) {
-        if set_fs_ids(0, 0).is_err() {
-            // Continuing with the caller's fs ids would only fail later in a
+        let caps_back = self.saved.as_ref().is_none_or(|c| capset(c).is_ok());
+        if !caps_back || set_fs_ids(0, 0).is_err() {
+            // Continuing with the caller's rights would only fail later in a
             // confusing way; this cannot happen for a setuid-root process.
             std::process::abort();
         }

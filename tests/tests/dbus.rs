@@ -563,6 +563,80 @@ fn caller_of_another_uid_is_refused() {
     );
 }
 
+/// `GetService` was the one Manager1 method without the uid check: another
+/// user could probe which projects and services are up (and make the
+/// daemon reconcile a project's objects).
+/// `locald-ctl status | head -0` (a reader that went away) made every
+/// `println!` fail with EPIPE, and std's `println!` panics on that: exit
+/// status 101 and a panic message instead of the quiet end a pipe expects.
+#[test]
+fn ctl_status_into_a_closed_pipe_does_not_panic() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("pipe-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = sleepers(&marker, &["web"]);
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    let (read, write) = std::io::pipe().expect("pipe");
+    drop(read);
+    let out = Command::new(locald_tests::bin("locald-ctl"))
+        .arg("status")
+        .current_dir(p.path())
+        .env("LOCALD_BUS_ADDRESS", bus.address())
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdin(Stdio::null())
+        .stdout(write)
+        .output()
+        .expect("run locald-ctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && out.status.code() != Some(101),
+        "status into a closed pipe: {:?}\n{stderr}",
+        out.status
+    );
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
+
+#[test]
+fn get_service_refuses_another_uid() {
+    if no_bus() {
+        return;
+    }
+    let root = nix::unistd::getuid().is_root();
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
+    if require(
+        root && setpriv,
+        "needs root and setpriv to call as another uid",
+    ) {
+        return;
+    }
+    let bus = TestBus::start_with(true);
+    let _daemon = Daemon::start(&bus);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+        .arg(format!("--address={}", bus.address()))
+        .args([
+            "call",
+            locald_api::BUS_NAME,
+            locald_api::MANAGER_PATH,
+            locald_api::MANAGER_INTERFACE,
+            "GetService",
+            "ss",
+            "nope",
+            "web",
+        ])
+        .output()
+        .expect("busctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("caller runs as uid 65534"),
+        "another uid must be refused: {err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_flow_only_while_a_subscriber_is_on_the_bus() {
     if no_bus() {

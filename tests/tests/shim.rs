@@ -242,6 +242,80 @@ fn system_allow_list_binds_read_only_only() -> Result<()> {
     )
 }
 
+/// runc applies mount options in order: `ro` followed by `rw` is a writable
+/// bind, so it must not pass the read-only rule for system files.
+#[test]
+fn attack_system_bind_ro_then_rw() -> Result<()> {
+    refused(
+        |c, _, _| {
+            push_mount(
+                c,
+                json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "ro", "rw"]}),
+            )
+        },
+        "bind mount of system path /etc/hosts must be read-only",
+    )
+}
+
+/// Opening "as the caller" with only the fs ids switched kept root's
+/// `CAP_SYS_PTRACE`, so the shim followed another user's `/proc/PID/cwd`
+/// magic link, which the caller cannot, and judged a file in a directory the
+/// caller has no access to: the policy passed it, and only the kernel's
+/// refusal to bind-mount from another mount namespace stopped the run. The
+/// messages were an oracle for the existence, kind and owner of files the
+/// caller cannot reach; now the walk fails as the caller's own would.
+#[test]
+fn attack_bind_source_through_another_users_proc_cwd() -> Result<()> {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let Some((shim, u1, u2)) = setup() else {
+        return Ok(());
+    };
+    // u2's private directory; inside it u2's working directory holds a file
+    // of u1's that u1 cannot reach by any path.
+    let private = tempfile::Builder::new()
+        .prefix("locald-shim-private-")
+        .tempdir_in("/tmp")?;
+    chown(private.path(), Some(u2.uid), Some(u2.gid))?;
+    fs::set_permissions(private.path(), fs::Permissions::from_mode(0o700))?;
+    let work = private.path().join("work");
+    fs::create_dir(&work)?;
+    chown(&work, Some(u2.uid), Some(u2.gid))?;
+    fs::set_permissions(&work, fs::Permissions::from_mode(0o755))?;
+    let file = work.join("f");
+    fs::write(&file, "not for u1's eyes through u2's directory\n")?;
+    chown(&file, Some(u1.uid), Some(u1.gid))?;
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(&work)
+        .uid(u2.uid)
+        .gid(u2.gid)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let source = format!("/proc/{}/cwd/f", sleeper.id());
+    let mut b = Bundle::new(&u1, &["cat", "/f"])?;
+    push_mount(
+        &mut b.config,
+        json!({"destination": "/f", "type": "bind", "source": source, "options": ["rbind", "ro"]}),
+    );
+    b.write()?;
+    let id = unique_id("proc");
+    let out = run_bundle(&shim.path, &u1, &b, &id);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(out.status.code(), Some(SHIM_ERROR), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "bind mount source {source} cannot be accessed by you"
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert_clean(&u1, &id);
+    Ok(())
+}
+
 #[test]
 fn inherited_fds_do_not_reach_the_container() -> Result<()> {
     let Some((shim, u1, _)) = setup() else {

@@ -205,7 +205,9 @@ impl Manager1 {
         &self,
         project: String,
         service: String,
+        #[zbus(header)] header: Header<'_>,
     ) -> Result<OwnedObjectPath, Error> {
+        self.shared.access.check(&header).await?;
         if self.shared.service_cell(&project, &service).is_none() {
             self.known_project(&project)?;
             self.shared.reconcile(&project).await;
