@@ -302,3 +302,38 @@ fn locald_ctl_logs_reads_the_journal_by_field() -> Result<()> {
     );
     Ok(())
 }
+
+/// journald dies under a running `locald up`: the service keeps running
+/// (its pipe never blocks on a dead journal) and locald says so once.
+#[test]
+fn journald_gone_mid_run_is_reported_once_and_the_service_keeps_running() -> Result<()> {
+    let mut j = journald_or_skip!("journald_gone_mid_run");
+    let project = unique("jgone");
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{project}\"\n\n[services.ticker]\ncommand = [\"python3\", \"-c\", \"import time\\nfor i in range(100000):\\n    print(i, flush=True); open('count', 'w').write(str(i)); time.sleep(0.02)\"]\n"
+    ));
+    let child = up(&j, &p)?;
+    let q = [("LOCALD_PROJECT", project.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while j.synced_query(&q)?.len() < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        !j.synced_query(&q)?.is_empty(),
+        "lines reached the journal before it stopped"
+    );
+    j.stop()?;
+    let count = || p.read("count").parse::<u64>().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = count();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = count();
+    ensure!(
+        after > before + 20,
+        "the service kept printing with journald gone: {before} -> {after}"
+    );
+    let stderr = stop(child)?;
+    let reports = stderr.matches("journald is not reachable").count();
+    ensure!(reports == 1, "said once, not {reports} times:\n{stderr}");
+    Ok(())
+}
