@@ -826,18 +826,9 @@ impl Visitor<'_> {
         if !(ft.is_file() || ft.is_symlink()) {
             return Ok(());
         }
-        // The walker joins names onto the root as given, so the relative
-        // path is a byte suffix; cheaper than `Path::strip_prefix`, which
-        // parses components.
-        let Some(rel) = entry
-            .path()
-            .as_os_str()
-            .as_bytes()
-            .strip_prefix(self.shared.root.as_os_str().as_bytes())
-        else {
+        let Some(rel) = self.relative(entry.path()) else {
             return Ok(());
         };
-        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
         if let Some(m) = self.shared.inputs {
             if !m.matches(Path::new(OsStr::from_bytes(rel))) {
                 return Ok(());
@@ -851,6 +842,17 @@ impl Visitor<'_> {
 }
 
 impl Visitor<'_> {
+    /// `path` relative to the root, as bytes. The walker joins names onto
+    /// the root as given, so the relative path is a byte suffix; cheaper than
+    /// `Path::strip_prefix`, which parses components.
+    fn relative<'p>(&self, path: &'p Path) -> Option<&'p [u8]> {
+        let rel = path
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(self.shared.root.as_os_str().as_bytes())?;
+        Some(rel.strip_prefix(b"/").unwrap_or(rel))
+    }
+
     /// Records a directory the walk enters, and the ignore files in it.
     ///
     /// The walker has already read the directory when it shows it to us, so
@@ -859,14 +861,9 @@ impl Visitor<'_> {
     /// and the next check walks again.
     fn dir(&mut self, entry: &DirEntry) -> Result<(), BuildError> {
         let abs = entry.path();
-        let Some(rel) = abs
-            .as_os_str()
-            .as_bytes()
-            .strip_prefix(self.shared.root.as_os_str().as_bytes())
-        else {
+        let Some(rel) = self.relative(abs) else {
             return Ok(());
         };
-        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
         let at: &[u8] = if rel.is_empty() { b"." } else { rel };
         match fstatat(Some(self.shared.root_fd), at, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => self.dirs.push((rel.into(), StatKey::from_stat(&st))),
