@@ -83,6 +83,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The runtime directory is not safe to use.
+    #[error("cannot use the runtime directory")]
+    RuntimeDir(#[source] crate::fsutil::UnsafeFile),
+    /// The state file cannot be used.
+    #[error(transparent)]
+    State(crate::state::StateError),
     /// No home directory to put the state in.
     #[error("cannot find a state directory: neither XDG_STATE_HOME nor HOME is set")]
     NoStateDir,
@@ -205,7 +211,10 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
         dir: dir.to_owned(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::fsutil::private_dir(dir).map_err(|e| match e {
+        crate::fsutil::UnsafeFile::Io { source, .. } => io(source),
+        other => io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, other.to_string())),
+    })?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -220,6 +229,25 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
             e => io(std::io::Error::from(e)),
         },
     )
+}
+
+/// Raises the soft limit on open files to the hard limit: every service
+/// costs the daemon a few descriptors (two pipes, a notify socket, a pidfd),
+/// and systemd's default soft limit of 1024 would stop a large session at
+/// a few hundred services with EMFILE. Services get the limit they would
+/// have had (std resets nothing, so they inherit the raised soft limit,
+/// like services under systemd with `LimitNOFILE=`).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
 }
 
 /// The one-line status for `STATUS=`.
@@ -302,6 +330,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Two daemons restoring from one state directory would stop each other's
     // services; the lock is held for the daemon's whole life.
     let _state_lock = lock_state_dir(&state_dir)?;
+    // Pid records and project locks live here; a directory another user
+    // planted (the /tmp fallback) is refused before any service starts.
+    crate::supervisor::notify::runtime_dir().map_err(DaemonError::RuntimeDir)?;
+    raise_fd_limit();
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
@@ -321,7 +353,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let engine = Engine::new(EngineOptions {
         sink,
         state_dir: Some(state_dir),
+        instance: "the locald daemon".into(),
     });
+    // Refuse a state file from a newer locald before touching anything.
+    engine.check_state_version().map_err(DaemonError::State)?;
 
     let builder = match &opts.bus_address {
         Some(a) => zbus::connection::Builder::address(a.as_str()),
@@ -476,6 +511,7 @@ mod tests {
         let engine = Engine::new(EngineOptions {
             sink: Arc::new(Fanout::new()),
             state_dir: None,
+            instance: "test".into(),
         });
         assert_eq!(status_line(&engine), "0 projects, 0 running, 0 failed");
     }

@@ -13,6 +13,8 @@ use tokio::sync::broadcast;
 use indexmap::IndexMap;
 
 use crate::config::{load_project, LoadError};
+use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
+use crate::state::{StateError, StateFile};
 use crate::event::{BuildRecord, BuildResult, Event, ProjectSnapshot};
 use crate::output::LogSink;
 use crate::runtime::host::HostRuntime;
@@ -26,6 +28,9 @@ pub struct EngineOptions {
     /// Where the engine keeps state that outlives it (the set of projects that
     /// are up). `None` keeps nothing (foreground `locald up`).
     pub state_dir: Option<PathBuf>,
+    /// How this instance describes itself to another that finds a project
+    /// taken ("the locald daemon", "locald up").
+    pub instance: String,
 }
 
 /// What [`Engine::reload`] did.
@@ -92,6 +97,16 @@ pub enum EngineError {
         /// Name in the file.
         new: String,
     },
+    /// Another locald instance (the daemon, a foreground `locald up`) runs
+    /// the project in this directory.
+    #[error("project `{name}`: {source}; stop it there first (`locald-ctl down {name}` for the daemon)")]
+    Busy {
+        /// Project name.
+        name: String,
+        /// Who holds it.
+        #[source]
+        source: ClaimError,
+    },
     /// The engine is shutting down.
     #[error("locald is shutting down")]
     ShuttingDown,
@@ -105,7 +120,8 @@ pub struct Engine {
 
 struct Inner {
     env: Env,
-    state_dir: Option<PathBuf>,
+    state: Option<StateFile>,
+    instance: String,
     /// Projects by name. The async mutex serialises operations on one project
     /// (up, reload, down) without blocking the others.
     projects: std::sync::Mutex<IndexMap<String, Arc<ProjectEntry>>>,
@@ -114,7 +130,11 @@ struct Inner {
 
 struct ProjectEntry {
     path: PathBuf,
+    /// `None` until the first `up` has claimed and started the project, and
+    /// again once `down` took it away: whoever then finds the entry starts over.
     project: tokio::sync::Mutex<Option<Project>>,
+    /// This instance's claim on the project directory, held while it is up.
+    claim: std::sync::Mutex<Option<ProjectClaim>>,
     /// Live view of the services, read without taking the async lock.
     view: std::sync::Mutex<Option<ProjectView>>,
 }
@@ -136,7 +156,8 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 env,
-                state_dir: opts.state_dir,
+                state: opts.state_dir.map(StateFile::new),
+                instance: opts.instance,
                 projects: std::sync::Mutex::new(IndexMap::new()),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -163,39 +184,70 @@ impl Engine {
     }
 
     /// Brings up the project containing `dir` (or reloads it if it is up
-    /// already) and returns its name. Returns once the services are launched,
-    /// not when they are healthy.
+    /// already) and returns its name. Returns once the services are launched
+    /// and the set of projects is saved, not when they are healthy.
+    ///
+    /// Concurrent calls for one directory share one entry: the first claims
+    /// and starts the project while holding the entry's lock; the others wait
+    /// for it and then reload (a no-op when nothing changed), so a project is
+    /// never started twice.
     pub async fn up(&self, dir: &Path) -> Result<String, EngineError> {
         self.check_running()?;
-        let config = load_project(dir)?;
+        let config = load_off_runtime(dir.to_owned()).await?;
         let name = config.name.clone();
-        let existing = lock(&self.inner.projects).get(&name).cloned();
-        if let Some(entry) = existing {
-            if entry.path != config.root {
-                return Err(EngineError::NameTaken {
-                    name,
-                    path: entry.path.clone(),
-                });
+        loop {
+            let entry = {
+                let mut projects = lock(&self.inner.projects);
+                match projects.get(&name) {
+                    Some(e) if e.path != config.root => {
+                        return Err(EngineError::NameTaken {
+                            name,
+                            path: e.path.clone(),
+                        })
+                    }
+                    Some(e) => e.clone(),
+                    None => {
+                        let e = Arc::new(ProjectEntry {
+                            path: config.root.clone(),
+                            project: tokio::sync::Mutex::new(None),
+                            claim: std::sync::Mutex::new(None),
+                            view: std::sync::Mutex::new(None),
+                        });
+                        projects.insert(name.clone(), e.clone());
+                        e
+                    }
+                }
+            };
+            let mut guard = entry.project.lock().await;
+            if guard.is_some() {
+                drop(guard);
+                self.reload(&name).await?;
+                return Ok(name);
             }
-            self.reload(&name).await?;
+            // A `down` (or a failed `up`) removed the entry while we waited:
+            // start over with a fresh one.
+            let current = lock(&self.inner.projects).get(&name).cloned();
+            if !current.is_some_and(|c| Arc::ptr_eq(&c, &entry)) {
+                continue;
+            }
+            let key = project_key(&name, &config.root);
+            match ProjectClaim::acquire(&key, &config.root, &self.inner.instance) {
+                Ok(claim) => *lock(&entry.claim) = Some(claim),
+                Err(source) => {
+                    lock(&self.inner.projects).shift_remove(&name);
+                    return Err(EngineError::Busy { name, source });
+                }
+            }
+            let _ = self.inner.env.events.send(Event::ProjectAdded {
+                project: name.clone(),
+            });
+            let project = Project::start(config, self.inner.env.clone());
+            *lock(&entry.view) = Some(project.view());
+            *guard = Some(project);
+            drop(guard);
+            self.save_state().await;
             return Ok(name);
         }
-        let entry = Arc::new(ProjectEntry {
-            path: config.root.clone(),
-            project: tokio::sync::Mutex::new(None),
-            view: std::sync::Mutex::new(None),
-        });
-        let mut guard = entry.project.lock().await;
-        lock(&self.inner.projects).insert(name.clone(), entry.clone());
-        let _ = self.inner.env.events.send(Event::ProjectAdded {
-            project: name.clone(),
-        });
-        let project = Project::start(config, self.inner.env.clone());
-        *lock(&entry.view) = Some(project.view());
-        *guard = Some(project);
-        drop(guard);
-        self.save_state();
-        Ok(name)
     }
 
     /// Stops every service of the project (reverse dependency order) and forgets it.
@@ -205,11 +257,19 @@ impl Engine {
         if let Some(mut p) = guard.take() {
             p.shutdown().await;
         }
-        lock(&self.inner.projects).shift_remove(project);
+        lock(&entry.claim).take();
+        {
+            let mut projects = lock(&self.inner.projects);
+            if projects.get(project).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                projects.shift_remove(project);
+            }
+        }
+        drop(guard);
         let _ = self.inner.env.events.send(Event::ProjectRemoved {
             project: project.into(),
         });
-        self.save_state();
+        self.save_state().await;
+        release_memory();
         Ok(())
     }
 
@@ -217,7 +277,7 @@ impl Engine {
     pub async fn reload(&self, project: &str) -> Result<ReloadSummary, EngineError> {
         self.check_running()?;
         let entry = self.entry(project)?;
-        let config = load_project(&entry.path)?;
+        let config = load_off_runtime(entry.path.clone()).await?;
         if config.name != project {
             return Err(EngineError::Renamed {
                 old: project.into(),
@@ -230,6 +290,8 @@ impl Engine {
         };
         let summary = p.reload(config).await;
         *lock(&entry.view) = Some(p.view());
+        drop(guard);
+        release_memory();
         Ok(summary)
     }
 
@@ -358,80 +420,92 @@ impl Engine {
         self.inner.env.runtime.kill_all();
     }
 
-    /// Brings back the projects that were up when the state was last saved.
-    /// Processes an earlier daemon left behind are stopped before each service
-    /// starts again, so no service ever runs twice. Returns the projects that
-    /// could not be brought back, with why.
+    /// Brings back the projects that were up when the state was last saved,
+    /// then stops whatever earlier locald runs left that no live instance
+    /// claims (a project missing from a lost or corrupt state file still
+    /// has its pid records and cgroups). Processes an earlier daemon left
+    /// behind are stopped before each service starts again, so no service
+    /// ever runs twice. Returns the projects that could not be brought back,
+    /// with why; a state file that could not be read is reported through
+    /// [`Engine::state_problem`] and kept aside.
     pub async fn restore(&self) -> Vec<(PathBuf, EngineError)> {
         let mut failed = Vec::new();
-        for path in self.saved_projects() {
+        let saved = match &self.inner.state {
+            Some(state) => state.load_or_set_aside(),
+            None => Vec::new(),
+        };
+        for path in saved {
             if let Err(e) = self.up(&path).await {
                 failed.push((path, e));
             }
         }
+        let swept = self.inner.env.runtime.sweep_abandoned().await;
+        if swept > 0 {
+            tracing::warn!("stopped {swept} processes left by an earlier locald that no project claims");
+        }
         failed
     }
 
-    fn state_file(&self) -> Option<PathBuf> {
-        self.inner
-            .state_dir
-            .as_ref()
-            .map(|d| d.join("projects.json"))
+    /// What went wrong with the state file at the last restore, if anything
+    /// ("projects.json was not valid JSON; kept as …"), for `status`.
+    pub fn state_problem(&self) -> Option<String> {
+        self.inner.state.as_ref().and_then(StateFile::problem)
     }
 
-    fn saved_projects(&self) -> Vec<PathBuf> {
-        let Some(file) = self.state_file() else {
-            return Vec::new();
-        };
-        std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SavedState>(&b).ok())
-            .map(|s| s.projects)
-            .unwrap_or_default()
-    }
-
-    /// Writes the set of projects that are up (write, fsync, rename).
-    fn save_state(&self) {
-        let Some(file) = self.state_file() else {
-            return;
-        };
-        let projects: Vec<PathBuf> = lock(&self.inner.projects)
-            .values()
-            .map(|e| e.path.clone())
-            .collect();
-        let state = SavedState {
-            version: 1,
-            projects,
-        };
-        if let Err(e) = write_atomic(
-            &file,
-            &serde_json::to_vec_pretty(&state).unwrap_or_default(),
-        ) {
-            tracing::warn!("cannot save state to {}: {e}", file.display());
+    /// Refuses a state file written by a newer locald: reading it would
+    /// lose what it holds, and overwriting it would break the newer version.
+    pub fn check_state_version(&self) -> Result<(), StateError> {
+        match &self.inner.state {
+            Some(state) => state.check_version(),
+            None => Ok(()),
         }
     }
+
+    /// Writes the set of projects that are up. Concurrent calls are
+    /// serialized and coalesced: each waits until a write that began after
+    /// its call has landed, so a caller that returns knows the file holds at
+    /// least its change.
+    async fn save_state(&self) {
+        let Some(state) = self.inner.state.clone() else {
+            return;
+        };
+        let wanted = state.request();
+        let engine = self.clone();
+        let write = tokio::task::spawn_blocking(move || {
+            state.write_if_needed(wanted, || engine.project_paths())
+        });
+        if let Err(e) = write.await {
+            tracing::warn!("saving the state crashed: {e}");
+        }
+    }
+
+    fn project_paths(&self) -> Vec<PathBuf> {
+        lock(&self.inner.projects)
+            .values()
+            .filter(|e| lock(&e.claim).is_some())
+            .map(|e| e.path.clone())
+            .collect()
+    }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedState {
-    version: u32,
-    projects: Vec<PathBuf>,
+/// Loads a project's config on a blocking thread: reading files must never
+/// stall the runtime that answers the bus.
+async fn load_off_runtime(dir: PathBuf) -> Result<crate::config::Config, EngineError> {
+    tokio::task::spawn_blocking(move || load_project(&dir))
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+        .map_err(EngineError::Config)
 }
 
-/// Writes `data` to `path` so that a reader sees the old or the new content, never a mix.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+/// Gives freed memory back to the system after a project's config and
+/// services were dropped: glibc's allocator keeps freed arenas otherwise,
+/// and a daemon that once loaded a large config would hold it for good.
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Locks a std mutex, recovering from poisoning (a panicked holder leaves

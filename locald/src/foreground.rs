@@ -37,6 +37,13 @@ pub enum UpOutcome {
 /// Runs `config`'s project until a signal or until nothing can run any more.
 /// `extra` sinks get every output line besides the terminal (e.g. journald).
 pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Result<UpOutcome> {
+    if let Err(e) = crate::supervisor::notify::runtime_dir() {
+        return Ok(UpOutcome::Failed(format!(
+            "cannot use the runtime directory: {}",
+            crate::error_chain(&e)
+        )));
+    }
+    crate::daemon::raise_fd_limit();
     let names: Vec<String> = config.services.keys().cloned().collect();
     let term = Arc::new(Terminal::new(&names));
     let mut sink = Fanout::new().with(term.clone());
@@ -46,6 +53,7 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
     let engine = Engine::new(EngineOptions {
         sink: Arc::new(sink),
         state_dir: None,
+        instance: "locald up".into(),
     });
     let mut events = engine.subscribe();
     let mut sigint = signal(SignalKind::interrupt())?;

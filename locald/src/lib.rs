@@ -15,9 +15,25 @@ pub mod dbus;
 pub mod engine;
 pub mod event;
 pub mod foreground;
+pub mod fsutil;
 pub mod journal;
 pub mod output;
 pub mod runtime;
 pub mod shim_client;
+pub mod state;
 pub mod supervisor;
 pub mod term;
+
+/// An error and its sources on one line (`outer: inner: innermost`), as
+/// `anyhow`'s `{:#}` prints them: the one formatter for reasons shown to a
+/// user or sent over the bus.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

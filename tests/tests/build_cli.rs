@@ -112,6 +112,7 @@ async fn up_reuses_the_last_good_artifact() {
         let engine = Engine::new(EngineOptions {
             sink,
             state_dir: None,
+            instance: "test".into(),
         });
         let name = engine.up(p.path()).await.expect("up");
         let s = wait_for(Duration::from_secs(10), || {

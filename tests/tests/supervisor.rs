@@ -22,6 +22,7 @@ async fn up(p: &TestProject) -> Harness {
     let engine = Engine::new(EngineOptions {
         sink: sink.clone(),
         state_dir: None,
+        instance: "test".into(),
     });
     let events = engine.subscribe();
     let project = engine.up(p.path()).await.expect("up");

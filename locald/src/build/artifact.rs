@@ -70,6 +70,10 @@ pub struct Manifest {
     /// Digest of the builder image used (CNB builds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder_image_digest: Option<String>,
+    /// Tree hash (hex) of a host build's declared `outputs` as the build
+    /// left them; a later check that finds them different rebuilds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_hash: Option<String>,
     /// `CARGO_PKG_VERSION` of the locald that built it.
     pub locald_version: String,
     /// When the build started.
@@ -536,6 +540,7 @@ mod tests {
             source_hash: Some(hash.into()),
             config_hash: "c".into(),
             builder_image_digest: Some("sha256:abc".into()),
+            output_hash: None,
             locald_version: env!("CARGO_PKG_VERSION").into(),
             started_at: started,
             finished_at: started + Duration::from_millis(1500),

@@ -138,6 +138,9 @@ pub enum Reason {
     },
     /// A host build's declared output is gone.
     OutputMissing(PathBuf),
+    /// A host build's outputs differ from what the last good build left
+    /// (changed by hand, or overwritten by a build that failed since).
+    OutputChanged,
     /// The sources differ; `None` when the last build's file list is not
     /// available to say which files.
     SourceChanged(Option<ChangeSummary>),
@@ -159,6 +162,7 @@ impl fmt::Display for Reason {
                 write!(f, "builder image changed: now {new}")
             }
             Reason::OutputMissing(p) => write!(f, "output missing: {}", p.display()),
+            Reason::OutputChanged => f.write_str("outputs changed since the last good build"),
             Reason::SourceChanged(Some(s)) => write!(f, "source changed: {s}"),
             Reason::SourceChanged(None) => f.write_str("source changed"),
         }
@@ -204,6 +208,7 @@ impl Decision {
             source_hash: self.source_hash().map(|d| d.to_hex()),
             config_hash: self.config_hash.to_hex(),
             builder_image_digest: self.builder_digest.clone(),
+            output_hash: None,
             locald_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at,
             finished_at,
@@ -252,7 +257,7 @@ pub fn needs_rebuild(
         };
         return Ok(decide(reason, None));
     };
-    let tree = hash_with_cache(opts, &scope)?;
+    let tree = hash_with_cache(opts, &scope, &opts.service)?;
 
     if opts.force {
         return Ok(decide(Reason::Forced, Some(tree)));
@@ -291,6 +296,9 @@ pub fn needs_rebuild(
                     ));
                 }
             }
+            if output_hash(opts)? != manifest.output_hash {
+                return Ok(decide(Reason::OutputChanged, Some(tree)));
+            }
         }
     }
     if manifest.source_hash.as_deref() != Some(tree.digest.to_hex().as_str()) {
@@ -302,13 +310,32 @@ pub fn needs_rebuild(
     Ok(decide(Reason::UpToDate, Some(tree)))
 }
 
-/// Hashes `scope` with the service's stat cache, saving the cache when it
-/// changed. A `.locald/` that cannot be written (a read-only checkout) costs
+/// The tree hash (hex) of a host build's declared `outputs`, ignored files
+/// included; `None` for a build that declares none. Uses a stat cache of its
+/// own, so an unchanged output costs a `stat` per file, not a read.
+pub fn output_hash(opts: &BuildOptions) -> Result<Option<String>, BuildError> {
+    let BuildSpec::Host(h) = &opts.spec else {
+        return Ok(None);
+    };
+    if h.outputs.is_empty() {
+        return Ok(None);
+    }
+    let scope = HashScope::outputs(&opts.project_path, &h.outputs);
+    let tree = hash_with_cache(opts, &scope, &format!("{}.outputs", opts.service))?;
+    Ok(Some(tree.digest.to_hex()))
+}
+
+/// Hashes `scope` with the stat cache named `cache_name`, saving the cache
+/// when it changed. A `.locald/` that cannot be written (a read-only checkout) costs
 /// speed, not the answer.
-fn hash_with_cache(opts: &BuildOptions, scope: &HashScope) -> Result<TreeHash, BuildError> {
+fn hash_with_cache(
+    opts: &BuildOptions,
+    scope: &HashScope,
+    cache_name: &str,
+) -> Result<TreeHash, BuildError> {
     let layout = opts.layout();
     let mut cache = match layout.ensure() {
-        Ok(()) => StatCache::load(layout.stat_cache_path(&opts.service)),
+        Ok(()) => StatCache::load(layout.stat_cache_path(cache_name)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot create .locald/; hashing without a stat cache");
             StatCache::in_memory()

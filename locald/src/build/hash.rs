@@ -44,13 +44,17 @@ use rayon::slice::ParallelSliceMut;
 use super::statcache::{Aux, StatCache, StatKey, WalkRecord};
 use super::{BuildError, Digest};
 
-/// Files at least this big are hashed through a memory map with rayon, so
-/// one large file uses every core; smaller ones are read into a reused buffer
-/// because mapping and unmapping costs more than a copy for them.
-const MMAP_THRESHOLD: u64 = 4 << 20;
+/// Files at least this big are read in [`LARGE_CHUNK`] pieces, each hashed
+/// with rayon, so one large file uses every core. They are read, never
+/// memory-mapped: a file truncated while mapped raises SIGBUS, which would
+/// kill the daemon (ripgrep's searcher makes the same choice by default).
+const LARGE_FILE: u64 = 4 << 20;
 
-/// Read size for files below [`MMAP_THRESHOLD`]; large enough that BLAKE3
-/// can use its wide SIMD paths on each `update`.
+/// Read size for large files: big enough for rayon to split.
+const LARGE_CHUNK: usize = 4 << 20;
+
+/// Read size for smaller files; large enough that BLAKE3 can use its wide
+/// SIMD paths on each `update`.
 const READ_CHUNK: usize = 256 << 10;
 
 /// Directory names never hashed, at any depth.
@@ -149,6 +153,9 @@ pub struct HashScope {
     /// Paths relative to `root` to leave out with everything under them
     /// (a build's own outputs and caches when they live in the tree).
     pub exclude: Vec<PathBuf>,
+    /// Whether `.gitignore`, `.ignore` and git's excludes apply. Sources:
+    /// yes; a build's outputs (often ignored, e.g. `dist/`): no.
+    pub ignore_rules: bool,
 }
 
 impl HashScope {
@@ -158,6 +165,7 @@ impl HashScope {
             root: root.into(),
             inputs: None,
             exclude: Vec::new(),
+            ignore_rules: true,
         }
     }
 
@@ -167,6 +175,15 @@ impl HashScope {
             root: root.into(),
             inputs: Some(inputs.to_vec()),
             exclude: Vec::new(),
+            ignore_rules: true,
+        }
+    }
+
+    /// A build's declared outputs under `root`, ignore rules or not.
+    pub fn outputs(root: impl Into<PathBuf>, outputs: &[String]) -> Self {
+        HashScope {
+            ignore_rules: false,
+            ..HashScope::inputs(root, outputs)
         }
     }
 }
@@ -381,6 +398,7 @@ fn walk_fingerprint(scope: &HashScope) -> Digest {
     for e in &scope.exclude {
         field(e.as_os_str().as_bytes());
     }
+    field(if scope.ignore_rules { b"ignore" } else { b"plain" });
     for var in GIT_ENV {
         field(var.as_bytes());
         field(std::env::var_os(var).unwrap_or_default().as_bytes());
@@ -475,14 +493,15 @@ fn full_walk(
     let root = scope.root.as_path();
     let exclude: Arc<HashSet<PathBuf>> = Arc::new(scope.exclude.iter().cloned().collect());
     let filter_root = root.to_path_buf();
+    let rules = scope.ignore_rules;
     let mut builder = WalkBuilder::new(root);
     builder
         .hidden(false)
-        .parents(true)
-        .ignore(true)
-        .git_ignore(true)
-        .git_global(true)
-        .git_exclude(true)
+        .parents(rules && parent_rules_trusted(root))
+        .ignore(rules)
+        .git_ignore(rules)
+        .git_global(rules)
+        .git_exclude(rules)
         .require_git(false)
         .follow_links(false)
         .filter_entry(move |e| {
@@ -981,24 +1000,26 @@ fn hash_record(
         }
         return Ok(());
     }
-    let size = r.stat.size;
-    let result = if size >= MMAP_THRESHOLD {
-        let mut hasher = blake3::Hasher::new();
-        hasher
-            .update_mmap_rayon(root.join(rel))
-            .map(|h| h.finalize().into())
+    let chunk = if r.stat.size >= LARGE_FILE {
+        LARGE_CHUNK
     } else {
-        match openat(
-            Some(root_fd),
-            rel,
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY,
-            Mode::empty(),
-        ) {
-            // SAFETY: `openat` just returned this descriptor and nothing
-            // else owns it.
-            Ok(fd) => hash_reader(unsafe { File::from_raw_fd(fd) }, buf),
-            Err(e) => Err(e.into()),
-        }
+        READ_CHUNK
+    };
+    // O_NONBLOCK: a FIFO swapped in since the walk must not block the hash.
+    let result = match openat(
+        Some(root_fd),
+        rel,
+        OFlag::O_RDONLY
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NOCTTY
+            | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        // SAFETY: `openat` just returned this descriptor and nothing
+        // else owns it.
+        Ok(fd) => hash_reader(unsafe { File::from_raw_fd(fd) }, buf, chunk),
+        Err(e) => Err(e.into()),
     };
     match result {
         Ok(d) => r.digest = d,
@@ -1011,22 +1032,52 @@ fn hash_record(
     Ok(())
 }
 
+/// Whether the ignore files in `root`'s parents may be read: every
+/// `.gitignore` and `.ignore` above the project must belong to us or root.
+/// A parent like `/tmp` lets anyone plant one there, and a planted `*` would
+/// hide every source from the hash, so a build would be skipped forever. With
+/// an untrusted one, no parent's rules are used (and the walk says so).
+fn parent_rules_trusted(root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    for dir in root.ancestors().skip(1) {
+        for name in [".gitignore", ".ignore"] {
+            let f = dir.join(name);
+            if let Ok(m) = std::fs::symlink_metadata(&f) {
+                if !crate::fsutil::trusted_owner(m.uid()) {
+                    tracing::warn!(
+                        "ignoring the ignore rules above {}: {} belongs to uid {}",
+                        root.display(),
+                        f.display(),
+                        m.uid()
+                    );
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 /// BLAKE3 of what `f` reads to its end, whatever its size was when it was
 /// `stat`ed: a file that changed since is hashed as it is now, and its new
 /// stat data will not match the cache entry next time.
-fn hash_reader(mut f: File, buf: &mut Vec<u8>) -> io::Result<Digest> {
+fn hash_reader(mut f: File, buf: &mut Vec<u8>, chunk: usize) -> io::Result<Digest> {
     let mut hasher = blake3::Hasher::new();
-    if buf.len() < READ_CHUNK {
-        buf.resize(READ_CHUNK, 0);
+    if buf.len() < chunk {
+        buf.resize(chunk, 0);
     }
     loop {
-        let n = match f.read(buf) {
+        let n = match f.read(&mut buf[..chunk]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
+        if n >= LARGE_CHUNK / 2 {
+            hasher.update_rayon(&buf[..n]);
+        } else {
+            hasher.update(&buf[..n]);
+        }
     }
     Ok(hasher.finalize().into())
 }

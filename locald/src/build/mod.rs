@@ -29,7 +29,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use artifact::{Layout, Manifest, ServiceLayout, Staging};
-pub use decision::{config_hash, needs_rebuild, BuildOptions, Decision, Reason};
+pub use decision::{config_hash, needs_rebuild, output_hash, BuildOptions, Decision, Reason};
 pub use hash::{hash_tree, ChangeSummary, FileEntry, FileKind, HashScope, TreeHash};
 pub use statcache::StatCache;
 

@@ -21,6 +21,8 @@ use indexmap::IndexMap;
 use nix::sys::signal::Signal;
 use toml::Spanned;
 
+use crate::fsutil::{read_input, UnsafeFile, CONFIG_LIMIT, ENV_FILE_LIMIT};
+
 pub use diagnostic::{did_you_mean, line_col, ConfigError, Diagnostic};
 pub use raw::RestartPolicy;
 
@@ -32,11 +34,13 @@ pub const FILE_NAME: &str = "locald.toml";
 /// Why a project's configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// No `locald.toml` in the directory or any parent.
-    #[error("no {FILE_NAME} in {} or any parent directory", dir.display())]
+    /// No `locald.toml` in the directory or any parent the search may enter.
+    #[error("no {FILE_NAME} in {} or any parent directory{}", dir.display(), stopped.as_deref().map(|s| format!(" (the search stopped at {s})")).unwrap_or_default())]
     NotFound {
         /// Where the search started.
         dir: PathBuf,
+        /// Where and why the climb stopped before `/`, if it did.
+        stopped: Option<String>,
     },
     /// The path is not a directory.
     #[error("{} is not a directory", path.display())]
@@ -56,6 +60,10 @@ pub enum LoadError {
     /// The file is invalid.
     #[error("{0}")]
     Invalid(#[from] ConfigError),
+    /// The file is not one locald may trust or read: another user's, writable
+    /// by others, not a regular file, or too large.
+    #[error("{0}")]
+    Refused(#[from] UnsafeFile),
 }
 
 /// A checked project configuration.
@@ -165,6 +173,33 @@ pub struct HostBuild {
     pub env: Vec<(String, String)>,
 }
 
+impl BuildSpec {
+    /// Why this version of locald cannot run this build, if it cannot.
+    pub fn unsupported(&self) -> Option<String> {
+        match self {
+            BuildSpec::Host(_) => None,
+            BuildSpec::Cnb(c) => Some(format!(
+                "buildpacks builds (builder {}) are not available in this version of locald",
+                c.builder
+            )),
+        }
+    }
+}
+
+impl Config {
+    /// What `locald check` should warn about in a valid file: settings this
+    /// version accepts but cannot act on, each naming its service.
+    pub fn warnings(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter_map(|(name, s)| {
+                let why = s.build.as_ref()?.unsupported()?;
+                Some(format!("service `{name}`: {why}; it will be marked failed when started"))
+            })
+            .collect()
+    }
+}
+
 /// A CNB build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CnbBuild {
@@ -254,24 +289,52 @@ impl HttpUrl {
 }
 
 /// Finds the project file: `dir/locald.toml`, else the nearest parent's.
+///
+/// The climb stops (as git's does since CVE-2022-24765) at a directory owned
+/// by someone other than the caller or root, and at a file system boundary,
+/// so a `locald.toml` planted in a shared parent is never found from a
+/// directory below it. The file found is still checked when it is read
+/// ([`Config::load`]): it must belong to the caller or root.
 pub fn find_project_file(dir: &Path) -> Result<PathBuf, LoadError> {
-    let meta = std::fs::metadata(dir).map_err(|source| LoadError::Read {
-        path: dir.to_owned(),
+    use std::os::unix::fs::MetadataExt;
+    let read = |path: &Path, source| LoadError::Read {
+        path: path.to_owned(),
         source,
-    })?;
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| read(dir, e))?;
     if !meta.is_dir() {
         return Err(LoadError::NotADirectory {
             path: dir.to_owned(),
         });
     }
-    let dir = dir.canonicalize().map_err(|source| LoadError::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
-    dir.ancestors()
-        .map(|d| d.join(FILE_NAME))
-        .find(|f| f.is_file())
-        .ok_or(LoadError::NotFound { dir })
+    let dir = dir.canonicalize().map_err(|e| read(dir, e))?;
+    let mut stopped = None;
+    for d in dir.ancestors() {
+        let here = std::fs::metadata(d).map_err(|e| read(d, e))?;
+        if d != dir {
+            if here.dev() != meta.dev() {
+                stopped = Some(format!("{}: another file system", d.display()));
+                break;
+            }
+            if !crate::fsutil::trusted_owner(here.uid()) {
+                stopped = Some(format!(
+                    "{}: owned by uid {}, not by you or root",
+                    d.display(),
+                    here.uid()
+                ));
+                break;
+            }
+        }
+        let file = d.join(FILE_NAME);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not a "not found": a directory we may not read must say so.
+            Err(e) => return Err(read(&file, e)),
+        }
+    }
+    Err(LoadError::NotFound { dir, stopped })
 }
 
 /// Finds and loads the project containing `dir`.
@@ -283,9 +346,10 @@ pub fn load_project(dir: &Path) -> Result<Config, LoadError> {
 impl Config {
     /// Reads and checks a `locald.toml`.
     pub fn load(file: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Read {
+        let bytes = read_input(file, "locald.toml", CONFIG_LIMIT)?;
+        let text = String::from_utf8(bytes).map_err(|_| LoadError::Read {
             path: file.to_owned(),
-            source,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"),
         })?;
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
         Ok(Config::parse(&file, &text)?)
@@ -522,13 +586,24 @@ impl Checker {
         let Some(path) = self.rel_path(file, "env_file") else {
             return Vec::new();
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => parse_env_file(&text),
+        match read_input(&path, "an env_file", ENV_FILE_LIMIT) {
+            Ok(bytes) => parse_env_file(&String::from_utf8_lossy(&bytes)),
             Err(e) => {
+                let hint = match &e {
+                    UnsafeFile::Io { .. } => {
+                        "the path is relative to the directory holding locald.toml".to_owned()
+                    }
+                    UnsafeFile::TooLarge { .. } => format!(
+                        "an env_file holds KEY=VALUE lines; locald reads at most {}",
+                        crate::fsutil::human_size(ENV_FILE_LIMIT)
+                    ),
+                    _ => "locald reads only regular files that you (or root) own and others cannot write"
+                        .to_owned(),
+                };
                 self.push(
-                    format!("cannot read env_file {}: {e}", path.display()),
+                    format!("env_file: {}", crate::error_chain(&e)),
                     Some(file.span()),
-                    Some("the path is relative to the directory holding locald.toml".into()),
+                    Some(hint),
                 );
                 Vec::new()
             }

@@ -17,8 +17,10 @@ use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use super::cgroup::{Cgroup, CgroupRoot};
+use super::claim::ProjectClaim;
 use super::{ExitStatus, LaunchSpec, Process, Runtime, RuntimeError};
 use crate::output::BoxFuture;
+use crate::fsutil::{read_state, sub_dir, write_atomic};
 use crate::supervisor::notify::runtime_dir;
 
 /// Starts units as host processes.
@@ -57,10 +59,13 @@ impl Runtime for HostRuntime {
             .process_group(0)
             .kill_on_drop(false);
 
+        // Refuse before forking when the records cannot be kept safely: a
+        // process nobody can find after a daemon crash is a second copy later.
+        let record = PidRecord::path(&spec.key, &spec.unit)?;
         let cgroup = self
             .cgroups
             .as_ref()
-            .and_then(|r| r.create(&spec.project, &spec.unit).ok());
+            .and_then(|r| r.create(&spec.key, &spec.unit).ok());
         let procs_fd = cgroup.as_ref().and_then(|c| c.procs_fd().ok());
         if let Some(fd) = &procs_fd {
             let raw = fd.as_raw_fd();
@@ -91,7 +96,6 @@ impl Runtime for HostRuntime {
         drop(procs_fd);
         let pid = child.id().unwrap_or(0);
         lock(&self.live).insert(pid, cgroup.clone());
-        let record = PidRecord::path(&spec.project, &spec.unit);
         PidRecord::write(&record, pid);
         Ok(Box::new(HostProcess {
             child,
@@ -103,13 +107,53 @@ impl Runtime for HostRuntime {
         }))
     }
 
-    fn clean_stale<'a>(&'a self, project: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
+    fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move {
-            let mut n = PidRecord::kill_stale(&PidRecord::path(project, unit)).await;
+            let mut n = match PidRecord::path(key, unit) {
+                Ok(p) => PidRecord::kill_stale(&p).await,
+                Err(_) => 0,
+            };
             if let Some(root) = &self.cgroups {
-                let cg = root.unit(project, unit);
+                let cg = root.unit(key, unit);
                 n += cg.pids().len();
                 cg.kill_and_remove().await;
+            }
+            n
+        })
+    }
+
+    fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            let mut keys: Vec<String> = match runtime_dir() {
+                Ok(d) => list_dirs(&d.join("units")),
+                Err(_) => Vec::new(),
+            };
+            if let Some(root) = &self.cgroups {
+                keys.extend(list_dirs(root.base()));
+            }
+            keys.sort();
+            keys.dedup();
+            let mut n = 0;
+            for key in keys {
+                // Held while cleaning, so no new instance starts in between.
+                let Some(_claim) = ProjectClaim::take_abandoned(&key) else {
+                    continue;
+                };
+                let units: Vec<String> = match runtime_dir() {
+                    Ok(d) => list_files(&d.join("units").join(&key), ".pid"),
+                    Err(_) => Vec::new(),
+                };
+                for unit in units {
+                    n += self.clean_stale(&key, &unit).await;
+                }
+                if let Some(root) = &self.cgroups {
+                    for unit in root.units(&key) {
+                        n += self.clean_stale(&key, &unit).await;
+                    }
+                }
+                if let Ok(d) = runtime_dir() {
+                    let _ = std::fs::remove_dir(d.join("units").join(&key));
+                }
             }
             n
         })
@@ -192,34 +236,66 @@ impl Process for HostProcess {
     }
 }
 
+/// Names of the subdirectories of `dir` (none if it cannot be read).
+fn list_dirs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names (without `suffix`) of the regular files in `dir` ending in `suffix`.
+fn list_files(dir: &Path, suffix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|n| n.strip_suffix(suffix).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A record of a unit's main pid and its start time, so a later locald can
 /// find what an earlier one (killed, crashed) left behind even without a
-/// cgroup. The start time guards against a recycled pid.
+/// cgroup. Records live in the private runtime directory under the project
+/// instance's key; they are written by rename (a planted symlink is
+/// replaced, never followed) and read without following symlinks. Before a
+/// recorded process is killed, its start time *and* its owner are checked,
+/// so a recycled pid or another user's process is never signalled.
 struct PidRecord;
 
 impl PidRecord {
-    fn path(project: &str, unit: &str) -> PathBuf {
-        runtime_dir()
+    fn path(key: &str, unit: &str) -> Result<PathBuf, RuntimeError> {
+        Ok(runtime_dir()?
             .join("units")
-            .join(project)
-            .join(format!("{unit}.pid"))
+            .join(key)
+            .join(format!("{unit}.pid")))
     }
 
     fn write(path: &Path, pid: u32) {
         let Some(start) = start_time(pid) else { return };
         if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = sub_dir(dir);
         }
-        let _ = std::fs::write(path, format!("{pid} {start}\n"));
+        if let Err(e) = write_atomic(path, format!("{pid} {start}\n").as_bytes()) {
+            tracing::warn!("cannot record pid {pid} in {}: {e}", path.display());
+        }
     }
 
     /// Kills the recorded process group if the recorded process still
-    /// exists; returns how many groups it killed (0 or 1).
+    /// exists and is ours; returns how many groups it killed (0 or 1).
     async fn kill_stale(path: &Path) -> usize {
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(Some(bytes)) = read_state(path, 256) else {
             return 0;
         };
         let _ = std::fs::remove_file(path);
+        let text = String::from_utf8_lossy(&bytes);
         let mut parts = text.split_whitespace();
         let (Some(pid), Some(start)) = (
             parts.next().and_then(|p| p.parse::<u32>().ok()),
@@ -227,7 +303,7 @@ impl PidRecord {
         ) else {
             return 0;
         };
-        if start_time(pid).as_deref() != Some(start) {
+        if pid <= 1 || start_time(pid).as_deref() != Some(start) || !owned_by_us(pid) {
             return 0;
         }
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -239,6 +315,14 @@ impl PidRecord {
         }
         1
     }
+}
+
+/// Whether process `pid` runs as our uid (the owner of `/proc/PID` is the
+/// process's effective uid).
+fn owned_by_us(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
 }
 
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.

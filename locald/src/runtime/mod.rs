@@ -7,6 +7,7 @@
 //! kinds without the state machine knowing which.
 
 pub mod cgroup;
+pub mod claim;
 pub mod host;
 
 use std::fmt;
@@ -20,8 +21,12 @@ use crate::output::BoxFuture;
 /// Everything needed to start one process of a service or build.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
-    /// Project name (for the cgroup and process naming).
+    /// Project name (for messages).
     pub project: String,
+    /// The project instance's key ([`claim::project_key`]): name and
+    /// directory. Pid records and cgroups are kept under it, so two
+    /// instances of a project never mistake each other's processes.
+    pub key: String,
     /// Unit name inside the project: the service name, or `NAME.build` for its build.
     pub unit: String,
     /// Program and arguments.
@@ -80,6 +85,9 @@ impl fmt::Display for ExitStatus {
 /// Why a process could not be started or controlled.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The runtime directory, where pid records live, is not safe to use.
+    #[error(transparent)]
+    RuntimeDir(#[from] crate::fsutil::UnsafeFile),
     /// `fork`/`exec` failed.
     #[error("cannot start `{program}`")]
     Spawn {
@@ -100,15 +108,37 @@ pub enum RuntimeError {
     },
 }
 
+impl RuntimeError {
+    /// Whether trying again cannot help: the program or working directory
+    /// does not exist or may not be executed, or locald's runtime directory
+    /// is unsafe. Such a failure goes to Failed at once, without backoff.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RuntimeError::RuntimeDir(_) => true,
+            RuntimeError::Spawn { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ),
+            RuntimeError::Signal { .. } => false,
+        }
+    }
+}
+
 /// A kind of process runtime.
 pub trait Runtime: Send + Sync + 'static {
     /// Starts a process. Its stdin is `/dev/null`; stdout and stderr are pipes.
     fn spawn(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError>;
 
-    /// Kills whatever is left of `unit` from an earlier run (a previous daemon
-    /// that died, a crash) so a new start never makes a second copy. Returns
-    /// how many processes it found.
-    fn clean_stale<'a>(&'a self, project: &'a str, unit: &'a str) -> BoxFuture<'a, usize>;
+    /// Kills whatever is left of `unit` of the project instance `key` from an
+    /// earlier run (a previous daemon that died, a crash) so a new start
+    /// never makes a second copy. Only the holder of `key`'s
+    /// [`claim::ProjectClaim`] calls this. Returns how many processes it found.
+    fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize>;
+
+    /// Kills what is left of every project instance that no live locald
+    /// claims (its records outlived the locald that ran it, and no state
+    /// names it any more). Returns how many processes it found.
+    fn sweep_abandoned(&self) -> BoxFuture<'_, usize>;
 
     /// SIGKILLs every process of every unit this runtime started, at once
     /// (the second Ctrl-C). Does not wait.

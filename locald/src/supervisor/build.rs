@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::pipe::{pump, PipeOwner};
-use super::service::error_chain;
+use crate::error_chain;
 use crate::build::{needs_rebuild, BuildOptions};
 use crate::config::{BuildSpec, HostBuild, ServiceConfig};
 use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
@@ -24,6 +24,8 @@ use crate::runtime::{LaunchSpec, Process, Runtime};
 #[derive(Clone)]
 pub(crate) struct Builder {
     pub project: Arc<str>,
+    /// The project instance's key, under which its processes are recorded.
+    pub key: Arc<str>,
     pub service: Arc<str>,
     pub cfg: Arc<ServiceConfig>,
     /// The project directory, where `.locald/` lives.
@@ -49,6 +51,12 @@ pub(crate) fn new_build_id() -> String {
 }
 
 impl Builder {
+    /// Why this version of locald can never run the service's build, if so:
+    /// a permanent error, not one to retry with backoff.
+    pub fn unsupported(&self) -> Option<String> {
+        self.cfg.build.as_ref().and_then(BuildSpec::unsupported)
+    }
+
     /// Decides whether a build is needed, runs it if so, and returns its
     /// record. The previous artifact stays in place until a build succeeds.
     pub async fn build(&self, force: bool) -> BuildRecord {
@@ -97,11 +105,8 @@ impl Builder {
         let Some(spec) = self.cfg.build.clone() else {
             return Err("the service has no build".into());
         };
-        if let BuildSpec::Cnb(cnb) = &spec {
-            return Err(format!(
-                "buildpacks builds (builder {}) are not available in this version of locald",
-                cnb.builder
-            ));
+        if let Some(why) = self.unsupported() {
+            return Err(why);
         }
         self.progress(build_id, 1, 3, "checking sources".into());
         let opts = BuildOptions::new(&self.root, &self.service, spec.clone(), force)
@@ -115,6 +120,7 @@ impl Builder {
         };
         record.source_hash = decision.source_hash().map(|d| d.to_hex());
         record.reason = decision.to_string();
+        tracing::info!(project = %self.project, service = %self.service, build_id, "{}/{}: build {build_id}: {decision}", self.project, self.service);
         self.publish(record);
         self.sink
             .build_started(&self.project, &self.service, record)
@@ -134,8 +140,11 @@ impl Builder {
         );
         self.host(host, build_id).await?;
         self.progress(build_id, 3, 3, "saving the artifact".into());
-        let manifest = decision.manifest(&opts, started, SystemTime::now());
+        let mut manifest = decision.manifest(&opts, started, SystemTime::now());
         tokio::task::spawn_blocking(move || {
+            // What the build left, so a later check notices outputs that
+            // changed since (by hand, or by a build that failed half-way).
+            manifest.output_hash = crate::build::output_hash(&opts)?;
             let files = decision.source.as_ref().map(|s| s.files.as_slice());
             staging.commit(&manifest, files)
         })
@@ -174,6 +183,7 @@ impl Builder {
         env.push(("LOCALD_BUILD_ID".into(), build_id.to_owned()));
         let spec = LaunchSpec {
             project: self.project.to_string(),
+            key: self.key.to_string(),
             unit: format!("{}.build", self.service),
             argv: host.command.argv(),
             cwd: self.cfg.workdir.clone(),
@@ -182,7 +192,7 @@ impl Builder {
         let proc = self
             .runtime
             .spawn(&spec)
-            .map_err(|e| super::service::error_chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         let mut guard = KillOnDrop(Some(proc));
         let Some(proc) = guard.0.as_mut() else {
             return Err("build process vanished".into());

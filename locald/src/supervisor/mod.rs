@@ -100,9 +100,11 @@ impl Project {
             .collect();
         let (tx, rx) = mpsc::channel(16);
         let project: Arc<str> = self.config.name.as_str().into();
+        let key: Arc<str> = crate::runtime::claim::project_key(&self.config.name, &self.config.root).into();
         let service: Arc<str> = name.into();
         let builder = Builder {
             project: project.clone(),
+            key: key.clone(),
             service: service.clone(),
             cfg: Arc::new(cfg.clone()),
             root: self.config.root.clone(),
@@ -114,6 +116,7 @@ impl Project {
         };
         let task = ServiceTask {
             project,
+            key,
             name: service,
             cfg: cfg.clone(),
             snapshot: snapshot.clone(),
@@ -277,6 +280,21 @@ pub(crate) async fn build_services(
     force: bool,
     env: Env,
 ) -> Vec<(String, BuildRecord)> {
+    // A key of its own, claimed while building: a daemon running the same
+    // project never mistakes these build processes for its own leftovers,
+    // and its sweep leaves them alone.
+    let key = format!(
+        "{}~build{}",
+        crate::runtime::claim::project_key(&config.name, &config.root),
+        std::process::id()
+    );
+    let _claim = match crate::runtime::claim::ProjectClaim::acquire(&key, &config.root, "locald build") {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("building without a claim on the project: {}", crate::error_chain(&e));
+            None
+        }
+    };
     let mut runs = Vec::new();
     for name in services {
         let Some(cfg) = config.services.get(name) else {
@@ -287,6 +305,7 @@ pub(crate) async fn build_services(
         }
         let builder = Builder {
             project: config.name.as_str().into(),
+            key: key.as_str().into(),
             service: name.as_str().into(),
             cfg: Arc::new(cfg.clone()),
             root: config.root.clone(),

@@ -51,7 +51,7 @@ impl NotifySocket {
     /// Binds a fresh socket at `path` (replacing a stale one).
     pub fn bind(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::fsutil::sub_dir(dir)?;
         }
         let _ = std::fs::remove_file(path);
         let sock = UnixDatagram::bind(path)?;
@@ -82,13 +82,19 @@ impl Drop for NotifySocket {
     }
 }
 
-/// Where locald puts its runtime files: `$XDG_RUNTIME_DIR/locald`, else
-/// `/tmp/locald-<uid>`.
-pub fn runtime_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+/// Where locald puts its runtime files (pid records, notify sockets, project
+/// locks): `$XDG_RUNTIME_DIR/locald`, else `/tmp/locald-<uid>`.
+///
+/// Returned only once it is checked to be private: a real directory owned by
+/// us that nobody else can write. In `/tmp` another user can create the name
+/// first; such a directory is refused, never used.
+pub fn runtime_dir() -> Result<PathBuf, crate::fsutil::UnsafeFile> {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("locald"),
-        _ => PathBuf::from(format!("/tmp/locald-{}", nix::unistd::getuid())),
-    }
+        _ => PathBuf::from(format!("/tmp/locald-{}", nix::unistd::geteuid())),
+    };
+    crate::fsutil::private_dir(&dir)?;
+    Ok(dir)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use super::pipe::{pump, PipeOwner};
 use crate::config::{HealthKind, RestartPolicy, ServiceConfig};
 use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
 use crate::output::LogSink;
+use crate::error_chain;
 use crate::runtime::{ExitStatus, LaunchSpec, Process, Runtime};
 
 /// A request to a service task. Replies are sent once the request is done.
@@ -67,6 +68,8 @@ impl Dep {
 /// Everything one service task owns.
 pub(crate) struct ServiceTask {
     pub project: Arc<str>,
+    /// The project instance's key, under which its processes are recorded.
+    pub key: Arc<str>,
     pub name: Arc<str>,
     pub cfg: ServiceConfig,
     pub snapshot: Arc<watch::Sender<ServiceSnapshot>>,
@@ -96,10 +99,10 @@ static NOTIFY_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl ServiceTask {
     pub(crate) async fn run(mut self, start: bool) {
-        let stale = self.runtime.clean_stale(&self.project, &self.name).await
+        let stale = self.runtime.clean_stale(&self.key, &self.name).await
             + self
                 .runtime
-                .clean_stale(&self.project, &format!("{}.build", self.name))
+                .clean_stale(&self.key, &format!("{}.build", self.name))
                 .await;
         if stale > 0 {
             tracing::warn!(project = %self.project, service = %self.name, "stopped {stale} processes left from an earlier run");
@@ -207,10 +210,27 @@ impl ServiceTask {
         }
     }
 
+    /// Tells the journal (at info, with the project and service as fields)
+    /// what happened to the service, so `journalctl -t locald` tells its story.
+    fn tell(&self, what: &str) {
+        tracing::info!(project = %self.project, service = %self.name, "{}/{}: {what}", self.project, self.name);
+    }
+
+    /// A failure that no retry can mend (this version cannot run the build,
+    /// the program does not exist): Failed at once with the reason, no backoff.
+    fn permanent(&self, reason: String) -> Next {
+        self.tell(&format!("failed, not retrying: {reason}"));
+        self.set_state(ServiceState::Failed, reason);
+        Next::Idle
+    }
+
     /// One try: wait for dependencies, build if needed, run until the process ends.
     async fn attempt(&mut self, fsm: &mut Fsm) -> Next {
         if let Some(next) = self.wait_for_deps(fsm).await {
             return next;
+        }
+        if let Some(why) = self.builder.unsupported() {
+            return self.permanent(why);
         }
 
         if self.cfg.build.is_some() && fsm.build_needed {
@@ -249,6 +269,7 @@ impl ServiceTask {
         }
         let spec = LaunchSpec {
             project: self.project.to_string(),
+            key: self.key.to_string(),
             unit: self.name.to_string(),
             argv: self.cfg.command.argv(),
             cwd: self.cfg.workdir.clone(),
@@ -257,9 +278,11 @@ impl ServiceTask {
         self.set_state(ServiceState::Starting, "");
         let mut proc = match self.runtime.spawn(&spec) {
             Ok(p) => p,
+            Err(e) if e.is_permanent() => return self.permanent(error_chain(&e)),
             Err(e) => return self.failure(fsm, error_chain(&e), None).await,
         };
         let pid = proc.pid();
+        self.tell(&format!("started (pid {pid})"));
         self.start_pumps(proc.as_mut(), pid);
         let started = Instant::now();
         self.update(|s| {
@@ -274,6 +297,12 @@ impl ServiceTask {
         proc.kill_remaining().await;
         if started.elapsed() > self.cfg.restart.delay_max {
             fsm.consecutive = 0;
+        }
+        match &ended {
+            Ended::Exited(status) => self.tell(&format!("pid {pid} {status}")),
+            Ended::Unhealthy(reason) => self.tell(&format!("pid {pid} stopped: unhealthy: {reason}")),
+            Ended::Watchdog => self.tell(&format!("pid {pid} stopped: watchdog timeout")),
+            Ended::Stopped(_) => {}
         }
         match ended {
             Ended::Stopped(next) => next,
@@ -341,14 +370,13 @@ impl ServiceTask {
     }
 
     fn bind_notify(&self) -> Option<NotifySocket> {
-        let dir = runtime_dir().join("notify");
-        if std::fs::create_dir_all(&dir).is_ok() {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(
-                dir.parent().unwrap_or(&dir),
-                std::fs::Permissions::from_mode(0o700),
-            );
-        }
+        let dir = match runtime_dir() {
+            Ok(d) => d.join("notify"),
+            Err(e) => {
+                tracing::warn!(service = %self.name, "no notify socket: {}", error_chain(&e));
+                return None;
+            }
+        };
         let seq = NOTIFY_SEQ.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{}-{seq}.sock", std::process::id()));
         match NotifySocket::bind(&path) {
@@ -474,6 +502,7 @@ impl ServiceTask {
         self.stop_process(proc, reason).await;
         proc.kill_remaining().await;
         self.set_state(ServiceState::Stopped, "stopped");
+        self.tell("stopped");
         let _ = reply.send(());
         Ended::Stopped(next)
     }
@@ -511,14 +540,13 @@ impl ServiceTask {
             fsm.failures.pop_front();
         }
         if fsm.failures.len() >= r.burst as usize {
-            self.set_state(
-                ServiceState::Failed,
-                format!(
-                    "start limit hit: {} failures within {}; last: {reason}",
-                    fsm.failures.len(),
-                    humantime::format_duration(r.interval)
-                ),
+            let why = format!(
+                "start limit hit: {} failures within {}; last: {reason}",
+                fsm.failures.len(),
+                humantime::format_duration(r.interval)
             );
+            self.tell(&why);
+            self.set_state(ServiceState::Failed, why);
             return Next::Idle;
         }
         let delay = r
@@ -526,13 +554,12 @@ impl ServiceTask {
             .saturating_mul(1u32 << fsm.consecutive.min(20))
             .min(r.delay_max);
         fsm.consecutive += 1;
-        self.set_state(
-            ServiceState::Backoff,
-            format!(
-                "restarting in {}: {reason}",
-                humantime::format_duration(delay)
-            ),
+        let why = format!(
+            "restarting in {}: {reason}",
+            humantime::format_duration(delay)
         );
+        self.tell(&why);
+        self.set_state(ServiceState::Backoff, why);
         let wake = sleep(delay);
         tokio::pin!(wake);
         loop {
@@ -584,14 +611,3 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `{:#}`-style chain of an error for a one-line reason.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}

@@ -1,0 +1,143 @@
+//! Which locald instance runs a project: one lock file per project instance.
+//!
+//! The daemon and any number of foreground `locald up`s may run at once.
+//! Each must know which processes are its own, or a restart's clean-up of
+//! "what an earlier run left behind" kills another instance's services. A
+//! project instance is keyed by its name *and* its directory
+//! ([`project_key`]): pid records and cgroups live under that key, and the
+//! instance that runs it holds `RUNTIME_DIR/projects/KEY.lock` with `flock`
+//! for as long as it does. A second instance of the same directory is refused
+//! with the holder's description; a copy of the project elsewhere has
+//! another key and never touches the first one's processes. A lock nobody
+//! holds means whatever its records show is left over from a locald that
+//! died, and may be cleaned up.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::fsutil::{sub_dir, UnsafeFile};
+use crate::supervisor::notify::runtime_dir;
+
+/// The key of a project instance: its name and a hash of its directory,
+/// safe as a file and cgroup name.
+pub fn project_key(name: &str, root: &Path) -> String {
+    let hash = blake3::hash(std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str()));
+    format!("{name}-{}", &hash.to_hex()[..12])
+}
+
+/// Why a project could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// Another locald runs it.
+    #[error("{holder} already runs the project in {}", root.display())]
+    Held {
+        /// The project directory.
+        root: PathBuf,
+        /// Who, as the holder described itself ("the locald daemon (pid 42)").
+        holder: String,
+    },
+    /// The runtime directory is not safe to use.
+    #[error(transparent)]
+    RuntimeDir(#[from] UnsafeFile),
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A held claim on a project instance; released when dropped (or when the
+/// process dies, however it dies).
+#[derive(Debug)]
+pub struct ProjectClaim {
+    _lock: Flock<File>,
+}
+
+fn lock_path(key: &str) -> Result<PathBuf, ClaimError> {
+    let dir = runtime_dir()?.join("projects");
+    sub_dir(&dir).map_err(|source| ClaimError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir.join(format!("{key}.lock")))
+}
+
+fn open_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+impl ProjectClaim {
+    /// Claims the project `key` (directory `root`) for this process, which
+    /// describes itself as `holder` to anyone refused ("the locald daemon").
+    pub fn acquire(key: &str, root: &Path, holder: &str) -> Result<ProjectClaim, ClaimError> {
+        let path = lock_path(key)?;
+        let io = |source| ClaimError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = open_lock(&path).map_err(io)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = text.lines().next().unwrap_or("").trim();
+                return Err(ClaimError::Held {
+                    root: root.to_owned(),
+                    holder: if holder.is_empty() {
+                        "another locald".into()
+                    } else {
+                        holder.to_owned()
+                    },
+                });
+            }
+            Err((_, e)) => return Err(io(e.into())),
+        };
+        let text = format!("{holder} (pid {})\n{}\n", std::process::id(), root.display());
+        lock.set_len(0).map_err(io)?;
+        lock.rewind().map_err(io)?;
+        lock.write_all(text.as_bytes()).map_err(io)?;
+        Ok(ProjectClaim { _lock: lock })
+    }
+
+    /// Claims `key` only if nobody holds it, for cleaning up after a locald
+    /// that died; `None` when a live instance holds it (or it cannot be
+    /// checked: then nothing of it is touched).
+    pub fn take_abandoned(key: &str) -> Option<ProjectClaim> {
+        let path = lock_path(key).ok()?;
+        let file = open_lock(&path).ok()?;
+        Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .ok()
+            .map(|lock| ProjectClaim { _lock: lock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_directory() {
+        let a = project_key("hello", Path::new("/home/u/a"));
+        let b = project_key("hello", Path::new("/home/u/b"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("hello-"));
+        assert_eq!(a, project_key("hello", Path::new("/home/u/a")));
+    }
+}
