@@ -213,7 +213,10 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
     };
     crate::fsutil::private_dir(dir).map_err(|e| match e {
         crate::fsutil::UnsafeFile::Io { source, .. } => io(source),
-        other => io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, other.to_string())),
+        other => io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            other.to_string(),
+        )),
     })?;
     let file = std::fs::OpenOptions::new()
         .create(true)

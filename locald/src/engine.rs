@@ -13,12 +13,12 @@ use tokio::sync::broadcast;
 use indexmap::IndexMap;
 
 use crate::config::{load_project, LoadError};
-use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
-use crate::state::{StateError, StateFile};
 use crate::event::{BuildRecord, BuildResult, Event, ProjectSnapshot};
 use crate::output::LogSink;
+use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
 use crate::runtime::host::HostRuntime;
 use crate::runtime::Runtime;
+use crate::state::{StateError, StateFile};
 use crate::supervisor::{Env, Project, ProjectView, ServiceSender};
 
 /// How to create an [`Engine`].
@@ -99,7 +99,9 @@ pub enum EngineError {
     },
     /// Another locald instance (the daemon, a foreground `locald up`) runs
     /// the project in this directory.
-    #[error("project `{name}`: {source}; stop it there first (`locald-ctl down {name}` for the daemon)")]
+    #[error(
+        "project `{name}`: {source}; stop it there first (`locald-ctl down {name}` for the daemon)"
+    )]
     Busy {
         /// Project name.
         name: String,
@@ -230,8 +232,7 @@ impl Engine {
             if !current.is_some_and(|c| Arc::ptr_eq(&c, &entry)) {
                 continue;
             }
-            let key = project_key(&name, &config.root);
-            match ProjectClaim::acquire(&key, &config.root, &self.inner.instance) {
+            match self.claim(&name, &config.root).await {
                 Ok(claim) => *lock(&entry.claim) = Some(claim),
                 Err(source) => {
                     lock(&self.inner.projects).shift_remove(&name);
@@ -250,6 +251,23 @@ impl Engine {
         }
     }
 
+    /// Claims the project directory for this instance. Another locald that
+    /// is only cleaning up after a dead one holds it for a moment: wait for
+    /// it (up to 10 s) rather than refuse.
+    async fn claim(&self, name: &str, root: &Path) -> Result<ProjectClaim, ClaimError> {
+        let key = project_key(name, root);
+        let mut tries = 0;
+        loop {
+            match ProjectClaim::acquire(&key, root, &self.inner.instance) {
+                Err(ClaimError::CleaningUp { .. }) if tries < 200 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Stops every service of the project (reverse dependency order) and forgets it.
     pub async fn down(&self, project: &str) -> Result<(), EngineError> {
         let entry = self.entry(project)?;
@@ -260,7 +278,10 @@ impl Engine {
         lock(&entry.claim).take();
         {
             let mut projects = lock(&self.inner.projects);
-            if projects.get(project).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            if projects
+                .get(project)
+                .is_some_and(|e| Arc::ptr_eq(e, &entry))
+            {
                 projects.shift_remove(project);
             }
         }
@@ -441,7 +462,10 @@ impl Engine {
         }
         let swept = self.inner.env.runtime.sweep_abandoned().await;
         if swept > 0 {
-            tracing::warn!("stopped {swept} processes left by an earlier locald that no project claims");
+            tracing::warn!(
+                "stopped {swept} {} left by an earlier locald that no project claims",
+                if swept == 1 { "process" } else { "processes" }
+            );
         }
         failed
     }

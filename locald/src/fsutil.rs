@@ -180,7 +180,12 @@ pub fn read_input(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>
     read_limited(file, path, what, limit)
 }
 
-fn read_limited(file: File, path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, UnsafeFile> {
+fn read_limited(
+    file: File,
+    path: &Path,
+    what: &'static str,
+    limit: u64,
+) -> Result<Vec<u8>, UnsafeFile> {
     let too_large = || UnsafeFile::TooLarge {
         path: path.to_owned(),
         what,
@@ -234,7 +239,11 @@ pub fn read_state(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, UnsafeFile
 /// `dir` itself is checked, since it is what keeps others out of its
 /// contents.
 pub fn private_dir(dir: &Path) -> Result<(), UnsafeFile> {
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(UnsafeFile::io(dir, e)),
@@ -276,7 +285,11 @@ pub fn private_dir(dir: &Path) -> Result<(), UnsafeFile> {
 /// A subdirectory of a [`private_dir`]: created 0700 if missing, and never a
 /// symlink.
 pub fn sub_dir(dir: &Path) -> io::Result<()> {
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
@@ -301,10 +314,7 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// followed.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("state");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),

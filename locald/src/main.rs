@@ -61,6 +61,9 @@ fn main() -> ExitCode {
         Cmd::Daemon(args) => locald::daemon::main(args),
         Cmd::Check { dir } => match foreground::check(&dir) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok, project `{}` with {} services",
                     c.file.display(),
@@ -143,7 +146,11 @@ fn main() -> ExitCode {
 }
 
 fn config_error(e: &LoadError) -> ExitCode {
-    eprintln!("{e}");
+    match e {
+        // Rendered with the file's line, a caret and a hint.
+        LoadError::Invalid(_) => eprintln!("{e}"),
+        _ => eprintln!("locald: {}", locald::error_chain(e)),
+    }
     ExitCode::from(2)
 }
 

@@ -200,7 +200,10 @@ mod tests {
         let (_d, s) = state();
         let t = s.request();
         s.write_if_needed(t, || vec![PathBuf::from("/a"), PathBuf::from("/b")]);
-        assert_eq!(s.load_or_set_aside(), vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            s.load_or_set_aside(),
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
         assert!(s.problem().is_none());
     }
 
@@ -223,7 +226,9 @@ mod tests {
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .collect();
             assert!(
-                names.iter().any(|n| n.starts_with("projects.json.corrupt-")),
+                names
+                    .iter()
+                    .any(|n| n.starts_with("projects.json.corrupt-")),
                 "{names:?}"
             );
             assert!(!s.path().exists());

@@ -106,7 +106,7 @@ pub fn build(opts: &BuildOptions, builder_digest: Option<&str>) -> Result<Decisi
         oci.join("index.json"),
         format!("{{\"built-from\":\"{hash}\"}}"),
     )?;
-    let manifest = decision.manifest(opts, started, SystemTime::now());
+    let manifest = decision.manifest(opts, started, SystemTime::now())?;
     let files = decision.source.as_ref().map(|s| s.files.as_slice());
     staging.commit(&manifest, files)?;
     Ok(decision)

@@ -565,13 +565,15 @@ fn host_build_with_inputs_skips_until_an_input_changes_or_an_output_goes() -> Re
     let staging = opts.service_layout().stage()?;
     let files = d.source.as_ref().map(|s| s.files.as_slice());
     staging.commit(
-        &d.manifest(&opts, SystemTime::now(), SystemTime::now()),
+        &d.manifest(&opts, SystemTime::now(), SystemTime::now())?,
         files,
     )?;
 
     assert_eq!(reason(&opts)?, Reason::UpToDate);
     p.write("README.md", "more docs\n")?; // not an input
-    p.write("dist/app.js", "rebuilt\n")?; // an output
+    p.write("dist/app.js", "rebuilt\n")?; // an output, changed by hand
+    assert_eq!(reason(&opts)?, Reason::OutputChanged);
+    p.write("dist/app.js", "built\n")?; // as the build left it
     assert_eq!(reason(&opts)?, Reason::UpToDate);
     p.write(".env", "KEY=2\n")?;
     assert!(matches!(reason(&opts)?, Reason::SourceChanged(Some(_))));

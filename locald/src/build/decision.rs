@@ -193,28 +193,31 @@ impl Decision {
         self.source.as_ref().map(|s| s.digest)
     }
 
-    /// The manifest for a successful build made on this decision.
+    /// The manifest for a successful build made on this decision. Call it
+    /// once the build has run: it hashes the outputs the build left.
     pub fn manifest(
         &self,
         opts: &BuildOptions,
         started_at: SystemTime,
         finished_at: SystemTime,
-    ) -> Manifest {
+    ) -> Result<Manifest, BuildError> {
         let duration = finished_at.duration_since(started_at).unwrap_or_default();
-        Manifest {
+        Ok(Manifest {
             schema_version: SCHEMA_VERSION,
             kind: opts.kind(),
             service: opts.service.clone(),
             source_hash: self.source_hash().map(|d| d.to_hex()),
             config_hash: self.config_hash.to_hex(),
             builder_image_digest: self.builder_digest.clone(),
-            output_hash: None,
+            // What the build left, so a later check notices outputs that
+            // changed since (by hand, or by a build that failed half-way).
+            output_hash: output_hash(opts)?,
             locald_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at,
             finished_at,
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             result: BuildResult::Succeeded,
-        }
+        })
     }
 }
 

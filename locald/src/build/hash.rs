@@ -398,7 +398,11 @@ fn walk_fingerprint(scope: &HashScope) -> Digest {
     for e in &scope.exclude {
         field(e.as_os_str().as_bytes());
     }
-    field(if scope.ignore_rules { b"ignore" } else { b"plain" });
+    field(if scope.ignore_rules {
+        b"ignore"
+    } else {
+        b"plain"
+    });
     for var in GIT_ENV {
         field(var.as_bytes());
         field(std::env::var_os(var).unwrap_or_default().as_bytes());

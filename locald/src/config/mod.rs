@@ -62,7 +62,7 @@ pub enum LoadError {
     Invalid(#[from] ConfigError),
     /// The file is not one locald may trust or read: another user's, writable
     /// by others, not a regular file, or too large.
-    #[error("{0}")]
+    #[error(transparent)]
     Refused(#[from] UnsafeFile),
 }
 
@@ -194,7 +194,9 @@ impl Config {
             .iter()
             .filter_map(|(name, s)| {
                 let why = s.build.as_ref()?.unsupported()?;
-                Some(format!("service `{name}`: {why}; it will be marked failed when started"))
+                Some(format!(
+                    "service `{name}`: {why}; it will be marked failed when started"
+                ))
             })
             .collect()
     }

@@ -88,8 +88,19 @@ pub fn init_daemon_logging(output: LogOutput, default_filter: &str) -> Result<bo
     let journal = want_journal
         .then(|| {
             tracing_journald::layer().ok().map(|l| {
+                // Syslog's meaning of the levels: info is 6, as the docs and
+                // `journalctl -p info` expect (tracing-journald's default
+                // puts INFO at 5, notice).
+                let levels = tracing_journald::PriorityMappings {
+                    error: tracing_journald::Priority::Error,
+                    warn: tracing_journald::Priority::Warning,
+                    info: tracing_journald::Priority::Informational,
+                    debug: tracing_journald::Priority::Debug,
+                    trace: tracing_journald::Priority::Debug,
+                };
                 l.with_syslog_identifier("locald".to_owned())
                     .with_field_prefix(Some("LOCALD".to_owned()))
+                    .with_priority_mappings(levels)
             })
         })
         .flatten();

@@ -30,6 +30,10 @@ pub fn project_key(name: &str, root: &Path) -> String {
     format!("{name}-{}", &hash.to_hex()[..12])
 }
 
+/// How a lock's holder describes itself while it cleans up after a dead
+/// locald.
+const CLEANING: &str = "cleaning up after a locald that died";
+
 /// Why a project could not be claimed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
@@ -40,6 +44,13 @@ pub enum ClaimError {
         root: PathBuf,
         /// Who, as the holder described itself ("the locald daemon (pid 42)").
         holder: String,
+    },
+    /// A locald is cleaning up what a dead one left of this project; it holds
+    /// the claim for a moment only.
+    #[error("a locald is cleaning up what an earlier run left of the project in {}", root.display())]
+    CleaningUp {
+        /// The project directory.
+        root: PathBuf,
     },
     /// The runtime directory is not safe to use.
     #[error(transparent)]
@@ -98,6 +109,11 @@ impl ProjectClaim {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 let holder = text.lines().next().unwrap_or("").trim();
+                if holder.starts_with(CLEANING) {
+                    return Err(ClaimError::CleaningUp {
+                        root: root.to_owned(),
+                    });
+                }
                 return Err(ClaimError::Held {
                     root: root.to_owned(),
                     holder: if holder.is_empty() {
@@ -109,7 +125,11 @@ impl ProjectClaim {
             }
             Err((_, e)) => return Err(io(e.into())),
         };
-        let text = format!("{holder} (pid {})\n{}\n", std::process::id(), root.display());
+        let text = format!(
+            "{holder} (pid {})\n{}\n",
+            std::process::id(),
+            root.display()
+        );
         lock.set_len(0).map_err(io)?;
         lock.rewind().map_err(io)?;
         lock.write_all(text.as_bytes()).map_err(io)?;
@@ -122,9 +142,14 @@ impl ProjectClaim {
     pub fn take_abandoned(key: &str) -> Option<ProjectClaim> {
         let path = lock_path(key).ok()?;
         let file = open_lock(&path).ok()?;
-        Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .ok()
-            .map(|lock| ProjectClaim { _lock: lock })
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+        // Says so to an instance that wants the project meanwhile, which
+        // then waits a moment instead of being refused.
+        let text = format!("{CLEANING} (pid {})\n", std::process::id());
+        let _ = lock.set_len(0);
+        let _ = lock.rewind();
+        let _ = lock.write_all(text.as_bytes());
+        Some(ProjectClaim { _lock: lock })
     }
 }
 

@@ -19,8 +19,8 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use super::cgroup::{Cgroup, CgroupRoot};
 use super::claim::ProjectClaim;
 use super::{ExitStatus, LaunchSpec, Process, Runtime, RuntimeError};
-use crate::output::BoxFuture;
 use crate::fsutil::{read_state, sub_dir, write_atomic};
+use crate::output::BoxFuture;
 use crate::supervisor::notify::runtime_dir;
 
 /// Starts units as host processes.

@@ -13,9 +13,9 @@ use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::pipe::{pump, PipeOwner};
-use crate::error_chain;
 use crate::build::{needs_rebuild, BuildOptions};
 use crate::config::{BuildSpec, HostBuild, ServiceConfig};
+use crate::error_chain;
 use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
 use crate::output::LogSink;
 use crate::runtime::{LaunchSpec, Process, Runtime};
@@ -140,11 +140,9 @@ impl Builder {
         );
         self.host(host, build_id).await?;
         self.progress(build_id, 3, 3, "saving the artifact".into());
-        let mut manifest = decision.manifest(&opts, started, SystemTime::now());
+        let finished = SystemTime::now();
         tokio::task::spawn_blocking(move || {
-            // What the build left, so a later check notices outputs that
-            // changed since (by hand, or by a build that failed half-way).
-            manifest.output_hash = crate::build::output_hash(&opts)?;
+            let manifest = decision.manifest(&opts, started, finished)?;
             let files = decision.source.as_ref().map(|s| s.files.as_slice());
             staging.commit(&manifest, files)
         })
@@ -189,10 +187,7 @@ impl Builder {
             cwd: self.cfg.workdir.clone(),
             env,
         };
-        let proc = self
-            .runtime
-            .spawn(&spec)
-            .map_err(|e| error_chain(&e))?;
+        let proc = self.runtime.spawn(&spec).map_err(|e| error_chain(&e))?;
         let mut guard = KillOnDrop(Some(proc));
         let Some(proc) = guard.0.as_mut() else {
             return Err("build process vanished".into());

@@ -100,7 +100,8 @@ impl Project {
             .collect();
         let (tx, rx) = mpsc::channel(16);
         let project: Arc<str> = self.config.name.as_str().into();
-        let key: Arc<str> = crate::runtime::claim::project_key(&self.config.name, &self.config.root).into();
+        let key: Arc<str> =
+            crate::runtime::claim::project_key(&self.config.name, &self.config.root).into();
         let service: Arc<str> = name.into();
         let builder = Builder {
             project: project.clone(),
@@ -288,13 +289,17 @@ pub(crate) async fn build_services(
         crate::runtime::claim::project_key(&config.name, &config.root),
         std::process::id()
     );
-    let _claim = match crate::runtime::claim::ProjectClaim::acquire(&key, &config.root, "locald build") {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!("building without a claim on the project: {}", crate::error_chain(&e));
-            None
-        }
-    };
+    let _claim =
+        match crate::runtime::claim::ProjectClaim::acquire(&key, &config.root, "locald build") {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    "building without a claim on the project: {}",
+                    crate::error_chain(&e)
+                );
+                None
+            }
+        };
     let mut runs = Vec::new();
     for name in services {
         let Some(cfg) = config.services.get(name) else {

@@ -29,9 +29,9 @@ use super::health::{run_checker, HealthEvent, ProbeContext};
 use super::notify::{runtime_dir, Notice, NotifySocket};
 use super::pipe::{pump, PipeOwner};
 use crate::config::{HealthKind, RestartPolicy, ServiceConfig};
+use crate::error_chain;
 use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
 use crate::output::LogSink;
-use crate::error_chain;
 use crate::runtime::{ExitStatus, LaunchSpec, Process, Runtime};
 
 /// A request to a service task. Replies are sent once the request is done.
@@ -105,7 +105,8 @@ impl ServiceTask {
                 .clean_stale(&self.key, &format!("{}.build", self.name))
                 .await;
         if stale > 0 {
-            tracing::warn!(project = %self.project, service = %self.name, "stopped {stale} processes left from an earlier run");
+            let what = if stale == 1 { "process" } else { "processes" };
+            tracing::warn!(project = %self.project, service = %self.name, "stopped {stale} {what} left from an earlier run");
         }
         let mut fsm = Fsm {
             build_needed: true,
@@ -300,7 +301,9 @@ impl ServiceTask {
         }
         match &ended {
             Ended::Exited(status) => self.tell(&format!("pid {pid} {status}")),
-            Ended::Unhealthy(reason) => self.tell(&format!("pid {pid} stopped: unhealthy: {reason}")),
+            Ended::Unhealthy(reason) => {
+                self.tell(&format!("pid {pid} stopped: unhealthy: {reason}"))
+            }
             Ended::Watchdog => self.tell(&format!("pid {pid} stopped: watchdog timeout")),
             Ended::Stopped(_) => {}
         }
@@ -610,4 +613,3 @@ impl Drop for AbortOnDrop {
         }
     }
 }
-

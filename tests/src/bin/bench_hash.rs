@@ -116,7 +116,7 @@ fn main() -> Result<()> {
         std::fs::create_dir_all(staging.oci_layout_dir())?;
         let now = SystemTime::now();
         let files = d.source.as_ref().map(|s| s.files.as_slice());
-        staging.commit(&d.manifest(&opts, now, now), files)?;
+        staging.commit(&d.manifest(&opts, now, now)?, files)?;
     }
     std::thread::sleep(Duration::from_millis(50));
     needs_rebuild(&opts, None)?; // settles racy entries, warms the cache file
