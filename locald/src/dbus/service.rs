@@ -1,7 +1,8 @@
 //! `dev.locald.Service1`: one object per service, at
 //! `/dev/locald/Locald1/project/<project>/<service>` (escaped labels).
 //! Every property comes from the service's latest snapshot; [`update`] swaps
-//! in a new one and emits one `PropertiesChanged` with what differs.
+//! in a new one and emits one `PropertiesChanged` with what differs. Served
+//! behind [`Guarded`](super::guard::Guarded), like every locald object.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,20 +16,18 @@ use locald_api::{
     project_path, service_path, BuildInfo, Error, PROJECT_INTERFACE, SERVICE_INTERFACE,
 };
 
-use super::access::Access;
 use super::{emit_changed, lock, DbusLogSink, ServiceCell, Shared};
 use crate::event::{BuildRecord, ServiceSnapshot};
 
 /// A service object.
 pub struct Service1 {
     cell: Arc<ServiceCell>,
-    access: Arc<Access>,
     logs: Arc<DbusLogSink>,
 }
 
 impl Service1 {
-    pub(crate) fn new(cell: Arc<ServiceCell>, access: Arc<Access>, logs: Arc<DbusLogSink>) -> Self {
-        Self { cell, access, logs }
+    pub(crate) fn new(cell: Arc<ServiceCell>, logs: Arc<DbusLogSink>) -> Self {
+        Self { cell, logs }
     }
 
     fn snapshot(&self) -> std::sync::MutexGuard<'_, ServiceSnapshot> {
@@ -136,7 +135,6 @@ impl Service1 {
     /// Starts sending `LogLine` signals for this service. They stop with
     /// `UnsubscribeLogs` or when the caller leaves the bus.
     async fn subscribe_logs(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
-        self.access.check(&header).await?;
         if let Some(sender) = header.sender() {
             self.logs
                 .subscribe(sender.as_str(), &self.cell.project, &self.cell.name);
