@@ -655,7 +655,7 @@ async fn log_lines_flow_only_while_a_subscriber_is_on_the_bus() {
     ));
     let name = project_name(&p);
 
-    // An observer that never subscribes sees LogLine only while someone else is subscribed.
+    // A bus monitor sees every LogLine on the bus, whoever it is sent to.
     let observer = bus.connect().await;
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
@@ -663,9 +663,19 @@ async fn log_lines_flow_only_while_a_subscriber_is_on_the_bus() {
         .and_then(|b| b.member("LogLine"))
         .expect("rule")
         .build();
-    let mut seen = zbus::MessageStream::for_match_rule(rule, &observer, Some(1024))
+    let seen = zbus::MessageStream::from(&observer);
+    zbus::fdo::MonitoringProxy::new(&observer)
         .await
-        .expect("observer stream");
+        .expect("monitoring proxy")
+        .become_monitor(&[rule], 0)
+        .await
+        .expect("become a monitor");
+    let mut seen = seen.filter(|m| {
+        let is_log_line = m
+            .as_ref()
+            .is_ok_and(|m| m.header().member().is_some_and(|n| n.as_str() == "LogLine"));
+        std::future::ready(is_log_line)
+    });
 
     let conn = bus.connect().await;
     let m = Manager1Proxy::new(&conn).await.expect("proxy");
@@ -693,6 +703,18 @@ async fn log_lines_flow_only_while_a_subscriber_is_on_the_bus() {
     assert_eq!(args.phase(), "run");
     assert_eq!(args.stream(), "stdout");
     assert!(args.line().starts_with(b"tick-"), "{:?}", args.line());
+    // Sent to the subscriber alone, not broadcast.
+    let on_the_bus = tokio::time::timeout(Duration::from_secs(5), seen.next())
+        .await
+        .expect("the monitor sees the line")
+        .expect("monitor stream open")
+        .expect("a message");
+    let me = conn.unique_name().expect("unique name").to_owned();
+    assert_eq!(
+        on_the_bus.header().destination().map(|d| d.to_string()),
+        Some(me.to_string()),
+        "LogLine goes to its subscriber only"
+    );
 
     // The subscriber leaves the bus without unsubscribing: the lines stop.
     drop(lines);
@@ -710,7 +732,9 @@ async fn log_lines_flow_only_while_a_subscriber_is_on_the_bus() {
         "LogLine still emitted after the subscriber left"
     );
 
-    let m = Manager1Proxy::new(&observer).await.expect("proxy");
+    // A monitor may not send: bring the project down from a new connection.
+    let conn = bus.connect().await;
+    let m = Manager1Proxy::new(&conn).await.expect("proxy");
     m.down(&name).await.expect("down");
 }
 

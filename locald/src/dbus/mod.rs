@@ -7,7 +7,7 @@
 //! ObjectManager beside it), `project` (`dev.locald.Project1`) and
 //! `service` (`dev.locald.Service1`). Engine errors become named
 //! `dev.locald.Error.*` errors only here ([`error`]); live output lines go
-//! out through [`logs`].
+//! out through [`logs`], to each subscriber alone.
 //!
 //! Every object, zbus's ObjectManager included, is served wrapped in
 //! `guard::Guarded`: it refuses callers of another uid (`access`) on methods,

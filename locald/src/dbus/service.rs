@@ -132,8 +132,9 @@ pub(crate) async fn apply_change(
 
 #[interface(name = "dev.locald.Service1")]
 impl Service1 {
-    /// Starts sending `LogLine` signals for this service. They stop with
-    /// `UnsubscribeLogs` or when the caller leaves the bus.
+    /// Starts sending this service's `LogLine` signals to the caller, and to
+    /// nobody else. They stop with `UnsubscribeLogs` or when the caller
+    /// leaves the bus.
     async fn subscribe_logs(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
         if let Some(sender) = header.sender() {
             self.logs
@@ -152,8 +153,8 @@ impl Service1 {
     }
 
     /// One line of output: `phase` is `build` or `run`, `stream` is `stdout`
-    /// or `stderr`, `line` the bytes without the newline. Only emitted while
-    /// somebody is subscribed (`SubscribeLogs`).
+    /// or `stderr`, `line` the bytes without the newline. Sent only to the
+    /// connections that called `SubscribeLogs`, addressed to each of them.
     #[zbus(signal)]
     async fn log_line(
         emitter: &SignalEmitter<'_>,
