@@ -108,13 +108,15 @@ pub trait Project1 {
     gen_blocking = false
 )]
 pub trait Service1 {
-    /// Starts sending `LogLine` for this service while the caller stays on the bus.
+    /// Starts sending `LogLine` for this service to the caller (only), while
+    /// it stays on the bus.
     fn subscribe_logs(&self) -> Result<(), Error>;
 
     /// Stops sending `LogLine` for this caller.
     fn unsubscribe_logs(&self) -> Result<(), Error>;
 
-    /// One output line; only emitted while somebody is subscribed.
+    /// One output line; sent only to subscribers, addressed to each. The
+    /// stream from `receive_log_line` adds the match rule that receives it.
     #[zbus(signal)]
     fn log_line(
         &self,

@@ -5,20 +5,19 @@
 //! start processes as ours. The bus daemon is asked for the sender's uid
 //! (`GetConnectionUnixUser`), which it learned from the socket's credentials,
 //! so the caller cannot lie about it. Unique names are never reused on a bus,
-//! so the answer is cached per name until the name leaves the bus. Every
-//! locald method checks; the standard `Properties`/`ObjectManager` reads are
-//! answered by zbus and left to the bus's own policy.
+//! so the answer is cached per name until the name leaves the bus. The check
+//! runs in one place, the [`Guarded`](super::guard::Guarded) wrapper around
+//! every object, for methods and property reads alike; a refusal is
+//! `org.freedesktop.DBus.Error.AccessDenied`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use zbus::fdo::DBusProxy;
+use zbus::fdo::{self, DBusProxy};
 use zbus::message::Header;
 use zbus::names::BusName;
 use zbus::Connection;
-
-use locald_api::Error;
 
 use super::{lock, Shared};
 
@@ -27,12 +26,6 @@ pub(crate) struct Access {
     uid: u32,
     dbus: DBusProxy<'static>,
     known: Mutex<HashMap<String, u32>>,
-}
-
-fn denied(text: String) -> Error {
-    Error::ZBus(zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied(
-        text,
-    ))))
 }
 
 impl Access {
@@ -45,9 +38,9 @@ impl Access {
     }
 
     /// Refuses the call unless its sender runs as the daemon's uid.
-    pub(crate) async fn check(&self, header: &Header<'_>) -> Result<(), Error> {
+    pub(crate) async fn check(&self, header: &Header<'_>) -> fdo::Result<()> {
         let Some(sender) = header.sender() else {
-            return Err(denied("the call has no sender".into()));
+            return Err(fdo::Error::AccessDenied("the call has no sender".into()));
         };
         let cached = lock(&self.known).get(sender.as_str()).copied();
         let uid = match cached {
@@ -57,7 +50,9 @@ impl Access {
                     .dbus
                     .get_connection_unix_user(BusName::from(sender.to_owned()))
                     .await
-                    .map_err(|e| denied(format!("cannot learn the caller's uid: {e}")))?;
+                    .map_err(|e| {
+                        fdo::Error::AccessDenied(format!("cannot learn the caller's uid: {e}"))
+                    })?;
                 lock(&self.known).insert(sender.to_string(), uid);
                 uid
             }
@@ -65,7 +60,7 @@ impl Access {
         if uid == self.uid {
             Ok(())
         } else {
-            Err(denied(format!(
+            Err(fdo::Error::AccessDenied(format!(
                 "caller runs as uid {uid}; this locald serves uid {} only",
                 self.uid
             )))

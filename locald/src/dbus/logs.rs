@@ -1,5 +1,14 @@
-//! Live output lines on the bus: a [`LogSink`] that emits a service's
-//! `LogLine` signal only while some client has subscribed to that service.
+//! Live output lines on the bus: a [`LogSink`] that sends a service's
+//! `LogLine` signal (run output, and build output with phase `build`) to each
+//! client subscribed to that service, and to nobody else.
+//!
+//! Each signal is unicast: its destination is the subscriber's unique name,
+//! so the bus delivers it to that connection only. A broadcast would reach
+//! every connection with a matching rule, including another user's on a bus
+//! that admits other users, and service output carries secrets. Clients still
+//! receive it through their usual match rule (zbus's `receive_log_line`,
+//! GDBus subscriptions, jeepney filters): a match rule without a destination
+//! matches a signal addressed to its connection.
 //!
 //! The daemon puts this sink in a `Fanout` beside the journal sink. With no
 //! subscriber, a line costs one atomic load, so a flooding service is not
@@ -21,7 +30,7 @@ use crate::output::{BoxFuture, LogSink};
 /// project → service → subscriber unique name → number of subscriptions.
 type Subscribers = HashMap<String, HashMap<String, HashMap<String, u32>>>;
 
-/// Emits `LogLine` signals for subscribed services.
+/// Sends `LogLine` signals to the subscribers of each service.
 #[derive(Default)]
 pub struct DbusLogSink {
     conn: OnceLock<Connection>,
@@ -96,20 +105,29 @@ impl DbusLogSink {
 
     /// Whether anybody listens to a service's lines.
     pub fn is_subscribed(&self, project: &str, service: &str) -> bool {
+        !self.subscribers_of(project, service).is_empty()
+    }
+
+    /// The unique names subscribed to a service's lines, sorted.
+    fn subscribers_of(&self, project: &str, service: &str) -> Vec<String> {
         if self.count.load(Ordering::Relaxed) == 0 {
-            return false;
+            return Vec::new();
         }
-        lock(&self.subscribers)
+        let mut names: Vec<String> = lock(&self.subscribers)
             .get(project)
             .and_then(|s| s.get(service))
-            .is_some_and(|s| !s.is_empty())
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 }
 
 impl LogSink for DbusLogSink {
     fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if !self.is_subscribed(&line.project, &line.service) {
+            let subscribers = self.subscribers_of(&line.project, &line.service);
+            if subscribers.is_empty() {
                 return;
             }
             let Some(conn) = self.conn.get() else { return };
@@ -120,13 +138,17 @@ impl LogSink for DbusLogSink {
                 line.stream.as_str(),
                 line.line.as_slice(),
             );
-            // Awaiting the send gives backpressure: a bus that cannot keep up
-            // slows only this service's pipe, never drops its journal lines.
-            if let Err(e) = conn
-                .emit_signal(None::<()>, &path, SERVICE_INTERFACE, "LogLine", &body)
-                .await
-            {
-                tracing::debug!("cannot emit LogLine: {e}");
+            for subscriber in &subscribers {
+                // Awaiting each send gives backpressure: a bus that cannot
+                // keep up slows only this service's pipe, never drops its
+                // journal lines.
+                let to = Some(subscriber.as_str());
+                if let Err(e) = conn
+                    .emit_signal(to, &path, SERVICE_INTERFACE, "LogLine", &body)
+                    .await
+                {
+                    tracing::debug!(subscriber, "cannot send LogLine: {e}");
+                }
             }
         })
     }
@@ -145,6 +167,8 @@ mod tests {
         sink.subscribe(":1.2", "p", "web");
         sink.subscribe(":1.2", "p", "db");
         assert!(sink.is_subscribed("p", "web"));
+        assert_eq!(sink.subscribers_of("p", "web"), [":1.1", ":1.2"]);
+        assert_eq!(sink.subscribers_of("p", "db"), [":1.2"]);
         assert!(sink.unsubscribe(":1.1", "p", "web"));
         assert!(!sink.unsubscribe(":1.1", "p", "web"));
         assert!(sink.is_subscribed("p", "web"));

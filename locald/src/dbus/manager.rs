@@ -1,10 +1,11 @@
 //! `dev.locald.Manager1` at `/dev/locald/Locald1`: bring projects up and
 //! down, act on services, look objects up; build progress and result signals.
+//! Served behind [`Guarded`](super::guard::Guarded), which admits callers
+//! and checks argument types before any method here runs.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedObjectPath, Value};
 use zbus::{interface, Connection};
@@ -58,12 +59,7 @@ pub(crate) async fn emit_projects_changed(conn: &Connection, shared: &Shared) ->
 impl Manager1 {
     /// Brings up the project containing `directory` (an absolute path), or
     /// reloads it if it is up already. Returns the project object.
-    async fn up(
-        &self,
-        directory: String,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<OwnedObjectPath, Error> {
-        self.shared.access.check(&header).await?;
+    async fn up(&self, directory: String) -> Result<OwnedObjectPath, Error> {
         let dir = Path::new(&directory);
         if !dir.is_absolute() {
             return Err(Error::InvalidArgument(format!(
@@ -78,8 +74,7 @@ impl Manager1 {
     }
 
     /// Stops every service of the project (reverse dependency order) and forgets it.
-    async fn down(&self, project: String, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
-        self.shared.access.check(&header).await?;
+    async fn down(&self, project: String) -> Result<(), Error> {
         self.shared.engine.down(&project).await.map_err(to_dbus)?;
         self.shared.reconcile(&project).await;
         Ok(())
@@ -87,12 +82,7 @@ impl Manager1 {
 
     /// Re-reads the project's file and touches only the services whose
     /// config changed. Returns the services added, removed, changed and unchanged.
-    async fn reload(
-        &self,
-        project: String,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<ReloadResult, Error> {
-        self.shared.access.check(&header).await?;
+    async fn reload(&self, project: String) -> Result<ReloadResult, Error> {
         let summary = self.shared.engine.reload(&project).await.map_err(to_dbus)?;
         self.shared.reconcile(&project).await;
         Ok(ReloadResult {
@@ -104,13 +94,7 @@ impl Manager1 {
     }
 
     /// Starts a stopped or failed service.
-    async fn start_service(
-        &self,
-        project: String,
-        service: String,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<(), Error> {
-        self.shared.access.check(&header).await?;
+    async fn start_service(&self, project: String, service: String) -> Result<(), Error> {
         self.shared
             .engine
             .start_service(&project, &service)
@@ -119,13 +103,7 @@ impl Manager1 {
     }
 
     /// Stops a service; it stays stopped until started.
-    async fn stop_service(
-        &self,
-        project: String,
-        service: String,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<(), Error> {
-        self.shared.access.check(&header).await?;
+    async fn stop_service(&self, project: String, service: String) -> Result<(), Error> {
         self.shared
             .engine
             .stop_service(&project, &service)
@@ -134,13 +112,7 @@ impl Manager1 {
     }
 
     /// Restarts a service, running its build again.
-    async fn restart_service(
-        &self,
-        project: String,
-        service: String,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<(), Error> {
-        self.shared.access.check(&header).await?;
+    async fn restart_service(&self, project: String, service: String) -> Result<(), Error> {
         self.shared
             .engine
             .restart_service(&project, &service)
@@ -156,9 +128,7 @@ impl Manager1 {
         project: String,
         service: String,
         force: bool,
-        #[zbus(header)] header: Header<'_>,
     ) -> Result<BuildInfo, Error> {
-        self.shared.access.check(&header).await?;
         let record = self
             .shared
             .engine
@@ -169,11 +139,7 @@ impl Manager1 {
     }
 
     /// Every project that is up: name, directory, state and object.
-    async fn list_projects(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<Vec<ProjectEntry>, Error> {
-        self.shared.access.check(&header).await?;
+    async fn list_projects(&self) -> Result<Vec<ProjectEntry>, Error> {
         let cells: Vec<_> = lock(&self.shared.projects).values().cloned().collect();
         Ok(cells
             .iter()
@@ -187,12 +153,7 @@ impl Manager1 {
     }
 
     /// The object of a project.
-    async fn get_project(
-        &self,
-        project: String,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<OwnedObjectPath, Error> {
-        self.shared.access.check(&header).await?;
+    async fn get_project(&self, project: String) -> Result<OwnedObjectPath, Error> {
         if self.shared.project_cell(&project).is_none() {
             self.known_project(&project)?;
             self.shared.reconcile(&project).await;
@@ -205,9 +166,7 @@ impl Manager1 {
         &self,
         project: String,
         service: String,
-        #[zbus(header)] header: Header<'_>,
     ) -> Result<OwnedObjectPath, Error> {
-        self.shared.access.check(&header).await?;
         if self.shared.service_cell(&project, &service).is_none() {
             self.known_project(&project)?;
             self.shared.reconcile(&project).await;

@@ -6,8 +6,14 @@
 //! `manager` (`dev.locald.Manager1` at `/dev/locald/Locald1`, with the
 //! ObjectManager beside it), `project` (`dev.locald.Project1`) and
 //! `service` (`dev.locald.Service1`). Engine errors become named
-//! `dev.locald.Error.*` errors only here ([`error`]); callers of another uid
-//! are refused (`access`); live output lines go out through [`logs`].
+//! `dev.locald.Error.*` errors only here ([`error`]); live output lines go
+//! out through [`logs`], to each subscriber alone.
+//!
+//! Every object, zbus's ObjectManager included, is served wrapped in
+//! `guard::Guarded`: it refuses callers of another uid (`access`) on methods,
+//! `Properties.Get`/`GetAll` and `GetManagedObjects` alike, and answers
+//! arguments of the wrong type with `InvalidArgs`, before the interface's
+//! own code runs. Look objects up as `Guarded<Service1>` and so on.
 //!
 //! Locking: property getters only take short `std` mutexes on the cells and
 //! never await while holding one. Adding and removing objects is serialized
@@ -17,6 +23,7 @@
 mod access;
 pub mod error;
 mod events;
+mod guard;
 pub mod logs;
 mod manager;
 mod project;
@@ -35,6 +42,8 @@ use zbus::zvariant::Value;
 use zbus::Connection;
 
 use locald_api::{project_path, service_path, MANAGER_PATH};
+
+use guard::Guarded;
 
 use crate::engine::Engine;
 use crate::event::{ProjectSnapshot, ServiceSnapshot, ServiceState};
@@ -183,7 +192,7 @@ impl Shared {
             server
                 .at(
                     project_path(&cell.name),
-                    project::Project1::new(cell.clone()),
+                    Guarded::new(project::Project1::new(cell.clone()), self.access.clone()),
                 )
                 .await?;
         }
@@ -193,7 +202,7 @@ impl Shared {
         for gone in names_before.iter().filter(|n| !wanted.contains(n)) {
             lock(&cell.services).shift_remove(gone);
             server
-                .remove::<service::Service1, _>(service_path(&cell.name, gone))
+                .remove::<Guarded<service::Service1>, _>(service_path(&cell.name, gone))
                 .await?;
         }
         // New and changed services, then the file's order.
@@ -211,7 +220,10 @@ impl Shared {
                     server
                         .at(
                             service_path(&cell.name, &svc.name),
-                            service::Service1::new(svc, self.access.clone(), self.logs.clone()),
+                            Guarded::new(
+                                service::Service1::new(svc, self.logs.clone()),
+                                self.access.clone(),
+                            ),
                         )
                         .await?;
                 }
@@ -245,11 +257,11 @@ impl Shared {
         let services: Vec<String> = lock(&cell.services).keys().cloned().collect();
         for s in services.iter().rev() {
             server
-                .remove::<service::Service1, _>(service_path(name, s))
+                .remove::<Guarded<service::Service1>, _>(service_path(name, s))
                 .await?;
         }
         server
-            .remove::<project::Project1, _>(project_path(name))
+            .remove::<Guarded<project::Project1>, _>(project_path(name))
             .await?;
         lock(&self.projects).remove(name);
         manager::emit_projects_changed(&self.conn, self).await
@@ -308,9 +320,15 @@ pub async fn serve(
     });
     logs.attach(conn.clone());
     let server = conn.object_server();
-    server.at(MANAGER_PATH, ObjectManager).await?;
+    let access = shared.access.clone();
     server
-        .at(MANAGER_PATH, manager::Manager1::new(shared.clone()))
+        .at(MANAGER_PATH, Guarded::new(ObjectManager, access.clone()))
+        .await?;
+    server
+        .at(
+            MANAGER_PATH,
+            Guarded::new(manager::Manager1::new(shared.clone()), access),
+        )
         .await?;
     shared.reconcile_all().await;
     let (closed_tx, closed) = tokio::sync::watch::channel(false);

@@ -1,7 +1,8 @@
 //! `dev.locald.Service1`: one object per service, at
 //! `/dev/locald/Locald1/project/<project>/<service>` (escaped labels).
 //! Every property comes from the service's latest snapshot; [`update`] swaps
-//! in a new one and emits one `PropertiesChanged` with what differs.
+//! in a new one and emits one `PropertiesChanged` with what differs. Served
+//! behind [`Guarded`](super::guard::Guarded), like every locald object.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,20 +16,18 @@ use locald_api::{
     project_path, service_path, BuildInfo, Error, PROJECT_INTERFACE, SERVICE_INTERFACE,
 };
 
-use super::access::Access;
 use super::{emit_changed, lock, DbusLogSink, ServiceCell, Shared};
 use crate::event::{BuildRecord, ServiceSnapshot};
 
 /// A service object.
 pub struct Service1 {
     cell: Arc<ServiceCell>,
-    access: Arc<Access>,
     logs: Arc<DbusLogSink>,
 }
 
 impl Service1 {
-    pub(crate) fn new(cell: Arc<ServiceCell>, access: Arc<Access>, logs: Arc<DbusLogSink>) -> Self {
-        Self { cell, access, logs }
+    pub(crate) fn new(cell: Arc<ServiceCell>, logs: Arc<DbusLogSink>) -> Self {
+        Self { cell, logs }
     }
 
     fn snapshot(&self) -> std::sync::MutexGuard<'_, ServiceSnapshot> {
@@ -133,10 +132,10 @@ pub(crate) async fn apply_change(
 
 #[interface(name = "dev.locald.Service1")]
 impl Service1 {
-    /// Starts sending `LogLine` signals for this service. They stop with
-    /// `UnsubscribeLogs` or when the caller leaves the bus.
+    /// Starts sending this service's `LogLine` signals to the caller, and to
+    /// nobody else. They stop with `UnsubscribeLogs` or when the caller
+    /// leaves the bus.
     async fn subscribe_logs(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
-        self.access.check(&header).await?;
         if let Some(sender) = header.sender() {
             self.logs
                 .subscribe(sender.as_str(), &self.cell.project, &self.cell.name);
@@ -154,8 +153,8 @@ impl Service1 {
     }
 
     /// One line of output: `phase` is `build` or `run`, `stream` is `stdout`
-    /// or `stderr`, `line` the bytes without the newline. Only emitted while
-    /// somebody is subscribed (`SubscribeLogs`).
+    /// or `stderr`, `line` the bytes without the newline. Sent only to the
+    /// connections that called `SubscribeLogs`, addressed to each of them.
     #[zbus(signal)]
     async fn log_line(
         emitter: &SignalEmitter<'_>,
