@@ -72,6 +72,10 @@ pub trait Manager1 {
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 
+    /// Problems the daemon met that the user should know about, one line each.
+    #[zbus(property)]
+    fn warnings(&self) -> zbus::Result<Vec<String>>;
+
     /// The objects of every project that is up.
     #[zbus(property)]
     fn projects(&self) -> zbus::Result<Vec<OwnedObjectPath>>;

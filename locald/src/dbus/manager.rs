@@ -207,6 +207,13 @@ impl Manager1 {
         env!("CARGO_PKG_VERSION").to_owned()
     }
 
+    /// Problems the daemon met that the user should know about, one line
+    /// each (e.g. a state file that could not be read and was set aside).
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn warnings(&self) -> Vec<String> {
+        self.shared.engine.state_problem().into_iter().collect()
+    }
+
     /// The objects of every project that is up.
     #[zbus(property(emits_changed_signal = "true"))]
     async fn projects(&self) -> Vec<OwnedObjectPath> {
