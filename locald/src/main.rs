@@ -153,5 +153,6 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(locald::term::color_for(&std::io::stderr()))
         .try_init();
 }

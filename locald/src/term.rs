@@ -1,8 +1,13 @@
 //! The terminal face of `locald up`: output lines prefixed by their service
 //! (and marked when they come from a build), state changes as they happen,
 //! coloured on a TTY and plain under `NO_COLOR` or a pipe.
+//!
+//! Also the conventions every command line of locald keeps, in one place
+//! for `locald` and `locald-ctl`: colour only on a terminal and without
+//! `NO_COLOR` ([`color_for`]).
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
@@ -10,6 +15,19 @@ use crate::event::{BuildResult, Event, LogLine, Phase, ServiceState};
 use crate::output::{BoxFuture, LogSink};
 
 const PALETTE: [u8; 6] = [36, 33, 35, 32, 34, 31];
+
+/// Whether to colour what goes to `stream` (stdout, stderr): only when it is
+/// a terminal and `NO_COLOR` is unset or empty (<https://no-color.org>).
+pub fn color_for(stream: &impl IsTerminal) -> bool {
+    wants_color(
+        stream.is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn wants_color(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
 
 /// Prints to stdout.
 pub struct Terminal {
@@ -24,9 +42,7 @@ pub struct Terminal {
 impl Terminal {
     /// A printer for services with these names (to align and colour them).
     pub fn new(names: &[String]) -> Self {
-        let color = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        Self::with_color(names, color)
+        Self::with_color(names, color_for(&std::io::stdout()))
     }
 
     /// Same, with colour chosen by the caller.
@@ -130,5 +146,18 @@ impl LogSink for Terminal {
         let bytes = self.format_line(line);
         self.emit(&bytes);
         Box::pin(std::future::ready(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(wants_color(true, None));
+        assert!(wants_color(true, Some(OsStr::new(""))));
+        assert!(!wants_color(true, Some(OsStr::new("1"))));
+        assert!(!wants_color(false, None));
     }
 }

@@ -6,7 +6,7 @@
 //! regression test of one item, against the real daemon on a private bus,
 //! a private journald and real processes.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use locald_tests::dbus::{ctl, have_dbus_daemon, Daemon, TestBus};
 use locald_tests::{bin, pids_with, require, unique, TestProject};
@@ -119,4 +119,98 @@ fn ctl_reload_of_a_broken_file_prints_the_caret_and_the_hint() {
     );
     assert!(text.contains("^^^^^^") && !text.contains('\x1b'), "{text}");
     assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Output people read.
+
+/// Warnings of `locald` (tracing) were coloured even into a pipe or a
+/// file: `^[[33m WARN^[[0m` in CI logs and in `2> errors.txt`.
+#[test]
+fn locald_warnings_have_no_colour_codes_off_a_terminal_or_under_no_color() {
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{}\"\n\n[services.web]\nbuild = {{ command = \"true\", inputs = [\"src/**\"] }}\ncommand = \"sleep 1\"\n",
+        unique("ansi")
+    ));
+    p.write("src/a.txt", "a\n");
+    let build = |env: &[(&str, &str)], tty: bool| -> String {
+        // A damaged stat cache is worth a warning on every build.
+        let cache = p.join(".locald/state/web.statcache");
+        if cache.exists() {
+            std::fs::write(&cache, "damaged").expect("damage the stat cache");
+        }
+        let locald = bin("locald");
+        let mut cmd = if tty {
+            // `script` gives the command a terminal for stdout and stderr.
+            let mut c = Command::new("script");
+            c.args(["-qec"])
+                .arg(format!(
+                    "{} build -C {}",
+                    locald.display(),
+                    p.path().display()
+                ))
+                .arg("/dev/null");
+            c
+        } else {
+            let mut c = Command::new(&locald);
+            c.arg("build").arg("-C").arg(p.path());
+            c
+        };
+        cmd.env_remove("NO_COLOR").stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run locald build");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    build(&[], false);
+    let piped = build(&[], false);
+    assert!(piped.contains("stat cache is damaged"), "{piped}");
+    assert!(!piped.contains('\x1b'), "no colour into a pipe:\n{piped:?}");
+
+    if require(
+        Command::new("script").arg("--version").output().is_ok(),
+        "`script` (util-linux) is needed to give locald a terminal",
+    ) {
+        return;
+    }
+    let tty = build(&[], true);
+    assert!(tty.contains("stat cache is damaged"), "{tty}");
+    assert!(tty.contains('\x1b'), "colour on a terminal:\n{tty:?}");
+    let no_color = build(&[("NO_COLOR", "1")], true);
+    assert!(no_color.contains("stat cache is damaged"), "{no_color}");
+    assert!(
+        !no_color.contains('\x1b'),
+        "NO_COLOR on a terminal:\n{no_color:?}"
+    );
+}
+
+/// The daemon's own log, when it goes to stderr (no journal) and stderr is
+/// a file, was coloured like a terminal's.
+#[test]
+fn locald_daemon_log_into_a_file_has_no_colour_codes() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&bus);
+    let marker = unique("log-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = project(
+        &marker,
+        "[services.web]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"MARKER\"]\n",
+    );
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+    let log = daemon.log();
+    if log.trim().is_empty() {
+        // Not a missing precondition: with a journal the daemon logs there.
+        eprintln!("the daemon logs to the journal here; its stderr is not exercised");
+        return;
+    }
+    assert!(!log.contains('\x1b'), "no colour codes in a file:\n{log:?}");
 }
