@@ -22,14 +22,9 @@ use cli::{Cli, Command};
 use client::{Client, CtlError};
 
 fn main() -> ExitCode {
-    // Rust ignores SIGPIPE, so once a reader such as `| head` goes away
-    // every println! fails with EPIPE and panics. Like other filters, end
-    // quietly on a closed pipe instead.
-    // SAFETY: restoring the default disposition before any thread exists
-    // installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // Every command only talks to the daemon or journalctl and prints: a
+    // reader that went away (`| head`) ends it quietly, not with a panic.
+    locald::term::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Completions { shell } => {

@@ -4,12 +4,15 @@
 //!
 //! Also the conventions every command line of locald keeps, in one place
 //! for `locald` and `locald-ctl`: colour only on a terminal and without
-//! `NO_COLOR` ([`color_for`]).
+//! `NO_COLOR` ([`color_for`]), and a quiet end when the reader of stdout
+//! goes away ([`end_quietly_on_closed_pipe`], [`Terminal::output_closed`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
+
+use tokio::sync::Notify;
 
 use crate::event::{BuildResult, Event, LogLine, Phase, ServiceState};
 use crate::output::{BoxFuture, LogSink};
@@ -29,6 +32,25 @@ fn wants_color(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
     is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
+/// Ends the process quietly, as `cat` or `grep` do, when it writes to a pipe
+/// whose reader went away (`locald check | head -c1`). Rust ignores
+/// SIGPIPE, so every `println!` would fail with EPIPE and panic (exit 101);
+/// with SIGPIPE's default action the kernel ends the process instead, and
+/// the shell sees the usual 141.
+///
+/// Call it first thing in `main`, before any thread exists, and only for
+/// commands that leave nothing behind when killed: the daemon and `locald
+/// up` run services (and `locald build` a build) that a sudden death would
+/// orphan; they keep SIGPIPE ignored and watch their output instead
+/// ([`Terminal::output_closed`]).
+pub fn end_quietly_on_closed_pipe() {
+    // SAFETY: restoring the default disposition installs no handler code;
+    // called before other threads exist, nothing races with it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Prints to stdout.
 pub struct Terminal {
     color: bool,
@@ -37,6 +59,8 @@ pub struct Terminal {
     out: Mutex<()>,
     /// Last state and reason printed per service, to print changes only.
     shown: Mutex<HashMap<String, (ServiceState, String)>>,
+    /// Woken when stdout turns out to be a pipe nobody reads any more.
+    closed: Notify,
 }
 
 impl Terminal {
@@ -54,6 +78,7 @@ impl Terminal {
             names: names.to_vec(),
             out: Mutex::new(()),
             shown: Mutex::default(),
+            closed: Notify::new(),
         }
     }
 
@@ -71,8 +96,20 @@ impl Terminal {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(bytes);
-        let _ = out.flush();
+        if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+            // Any other error (a full disk behind a redirect) loses a line,
+            // not the services.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                self.closed.notify_one();
+            }
+        }
+    }
+
+    /// Completes once a write to stdout failed because its reader went away
+    /// (`locald up | head`): nobody sees the output any more, and `up`
+    /// stops its services as on Ctrl-C rather than run them unseen.
+    pub async fn output_closed(&self) {
+        self.closed.notified().await;
     }
 
     /// Formats one output line.

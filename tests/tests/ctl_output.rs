@@ -6,7 +6,8 @@
 //! regression test of one item, against the real daemon on a private bus,
 //! a private journald and real processes.
 
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use locald_tests::dbus::{ctl, have_dbus_daemon, Daemon, TestBus};
 use locald_tests::{bin, pids_with, require, unique, TestProject};
@@ -45,6 +46,31 @@ fn project(marker: &str, services: &str) -> TestProject {
         unique("out"),
         services.replace("MARKER", marker)
     ))
+}
+
+/// A `locald` or `locald-ctl` run whose stdout is a pipe nobody reads: the
+/// read end is closed before the command starts, as after `| head -c1`.
+fn into_closed_pipe(cmd: &mut Command) -> Output {
+    let (read, write) = std::io::pipe().expect("pipe");
+    drop(read);
+    cmd.stdin(Stdio::null())
+        .stdout(write)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the command")
+}
+
+fn assert_quiet_end(what: &str, out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && out.status.code() != Some(101),
+        "{what} into a closed pipe: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.trim().is_empty(),
+        "{what}: nothing on stderr:\n{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -213,4 +239,86 @@ fn locald_daemon_log_into_a_file_has_no_colour_codes() {
         return;
     }
     assert!(!log.contains('\x1b'), "no colour codes in a file:\n{log:?}");
+}
+
+// ---------------------------------------------------------------------------
+// 3. A closed pipe.
+
+/// `locald check DIR | head -c1` panicked (exit 101, "failed printing to
+/// stdout: Broken pipe"), as did `locald schema | head -c1`. `locald build`
+/// (which finishes the build it started) and `locald-ctl` end quietly too.
+#[test]
+fn locald_check_and_schema_into_a_closed_pipe_end_quietly() {
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{}\"\n\n[services.web]\nbuild = \"echo compiling\"\ncommand = \"sleep 1\"\n",
+        unique("pipe")
+    ));
+    let check = into_closed_pipe(Command::new(bin("locald")).arg("check").arg(p.path()));
+    assert_quiet_end("locald check", &check);
+    let schema = into_closed_pipe(Command::new(bin("locald")).arg("schema"));
+    assert_quiet_end("locald schema", &schema);
+    let ctl_check = into_closed_pipe(Command::new(bin("locald-ctl")).arg("check").arg(p.path()));
+    assert_quiet_end("locald-ctl check", &ctl_check);
+    let build = into_closed_pipe(
+        Command::new(bin("locald"))
+            .arg("build")
+            .arg("-C")
+            .arg(p.path()),
+    );
+    assert_quiet_end("locald build", &build);
+    assert!(
+        build.status.success(),
+        "the build itself succeeded: {:?}",
+        build.status
+    );
+}
+
+/// `locald up | head -1`: once the reader is gone, `up` kept running its
+/// services with nobody to see them. It now stops them, as on Ctrl-C, and
+/// ends quietly.
+#[test]
+fn locald_up_into_a_closed_pipe_stops_its_services_and_ends_quietly() {
+    let marker = unique("up-pipe-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = project(
+        &marker,
+        "[services.web]\ncommand = [\"sh\", \"-c\", \"while true; do echo tick; sleep 0.1; done\", \"MARKER\"]\n",
+    );
+    let (read, write) = std::io::pipe().expect("pipe");
+    drop(read);
+    let mut child = Command::new(bin("locald"))
+        .arg("up")
+        .arg(p.path())
+        .env("LOCALD_JOURNAL_SOCKET", p.join("no-journal"))
+        .stdin(Stdio::null())
+        .stdout(write)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn locald up");
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "locald up kept running with its output gone:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.success(),
+        "locald up ends with 0 when its reader is gone: {status:?}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        pids_with(&marker).is_empty(),
+        "the service was stopped, not left behind"
+    );
 }
