@@ -3,6 +3,7 @@
 //! however many services there are.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -118,12 +119,13 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
         println!("no project is up");
     }
     let now = SystemTime::now();
+    let width = terminal_width();
     for (i, p) in projects.iter().enumerate() {
         if i > 0 {
             println!();
         }
         println!("{} ({}) — {}", p.name, p.state, p.path);
-        print!("{}", table(&p.services, now));
+        print!("{}", table(&p.services, now, width));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -147,8 +149,52 @@ pub fn short(d: Duration) -> String {
     }
 }
 
-/// The status table of one project's services.
-pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
+/// The width to fit the table in: `$COLUMNS` when set (as systemctl reads
+/// it), else the terminal's when stdout is one, else none (a pipe or a file
+/// gets every line whole).
+pub fn terminal_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return Some(n);
+    }
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only writes a `winsize` into the one we pass.
+    let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (r == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// Why a service is in its state, unless that says nothing more than the
+/// state itself (a stopped service's reason is "stopped").
+pub fn reason(s: &ServiceInfo) -> Option<&str> {
+    Some(s.state_reason.as_str()).filter(|r| !r.is_empty() && *r != s.state)
+}
+
+/// `line` cut to `width` characters, with an ellipsis where it was cut.
+fn fit(line: &str, width: Option<usize>) -> String {
+    match width {
+        Some(w) if line.chars().count() > w => {
+            let mut cut: String = line.chars().take(w.saturating_sub(1)).collect();
+            cut.push('…');
+            cut
+        }
+        _ => line.to_owned(),
+    }
+}
+
+/// The status table of one project's services; each line fits in `width`
+/// columns when given, by cutting the reason, which comes last.
+pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) -> String {
     let mut rows = vec![[
         "SERVICE".to_owned(),
         "STATE".to_owned(),
@@ -156,12 +202,9 @@ pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
         "UPTIME".to_owned(),
         "RESTARTS".to_owned(),
         "LAST BUILD".to_owned(),
+        "REASON".to_owned(),
     ]];
     for s in services {
-        let mut state = s.state.clone();
-        if !s.state_reason.is_empty() {
-            state = format!("{state} ({})", s.state_reason);
-        }
         let pid = if s.main_pid == 0 {
             "-".to_owned()
         } else {
@@ -187,14 +230,15 @@ pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
         };
         rows.push([
             s.name.clone(),
-            state,
+            s.state.clone(),
             pid,
             uptime,
             s.restart_count.to_string(),
             build,
+            reason(s).unwrap_or("-").to_owned(),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -210,7 +254,7 @@ pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
                 line.push_str(&format!("{c:<w$}  "));
             }
         }
-        out.push_str(line.trim_end());
+        out.push_str(&fit(line.trim_end(), width));
         out.push('\n');
     }
     out
@@ -245,11 +289,48 @@ mod tests {
             state_reason: "exited with status 1".into(),
             ..Default::default()
         };
-        let t = table(&[web, db], now);
+        let idle = ServiceInfo {
+            name: "idle".into(),
+            state: "stopped".into(),
+            state_reason: "stopped".into(),
+            ..Default::default()
+        };
+        let t = table(&[web, db, idle], now, None);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].ends_with("LAST BUILD  REASON"), "{t}");
         assert!(lines[1].starts_with("web       healthy"), "{t}");
         assert!(lines[1].contains("1m00s"), "{t}");
-        assert!(lines[2].contains("failed (exited with status 1)"), "{t}");
+        assert!(lines[1].ends_with(" -"), "no reason: {t}");
+        assert!(lines[2].starts_with("database  failed "), "{t}");
+        assert!(lines[2].ends_with("  exited with status 1"), "{t}");
+        assert_eq!(lines[3].matches("stopped").count(), 1, "{t}");
+    }
+
+    #[test]
+    fn table_fits_the_width_by_cutting_the_reason() {
+        let db = ServiceInfo {
+            name: "db".into(),
+            state: "backoff".into(),
+            state_reason: "restarting in 800ms: exited with status 3".into(),
+            ..Default::default()
+        };
+        let now = UNIX_EPOCH;
+        let whole = table(std::slice::from_ref(&db), now, None);
+        let row = whole.lines().nth(1).unwrap_or_default();
+        let w = row.chars().count() - 10;
+        let cut = table(&[db], now, Some(w));
+        for line in cut.lines() {
+            assert!(line.chars().count() <= w, "{cut}");
+        }
+        let kept: String = row.chars().take(w - 1).collect();
+        assert_eq!(
+            cut.lines().nth(1),
+            Some(format!("{kept}…").as_str()),
+            "{cut}"
+        );
+        assert!(kept.contains("restarting in 800ms"), "{cut}");
+        assert_eq!(fit("abc", Some(3)), "abc");
+        assert_eq!(fit("abcd", Some(3)), "ab…");
     }
 }

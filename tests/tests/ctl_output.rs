@@ -9,7 +9,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use locald_tests::dbus::{ctl, have_dbus_daemon, Daemon, TestBus};
+use locald_tests::dbus::{ctl, have_dbus_daemon, status_json, Daemon, TestBus};
 use locald_tests::{bin, pids_with, require, unique, TestProject};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -149,6 +149,123 @@ fn ctl_reload_of_a_broken_file_prints_the_caret_and_the_hint() {
 
 // ---------------------------------------------------------------------------
 // 2. Output people read.
+
+/// A project with a service that keeps running, one that failed at once,
+/// and one stopped by hand (whose reason, "stopped", was printed again:
+/// `stopped (stopped)`).
+fn three_states(marker: &str) -> TestProject {
+    project(
+        marker,
+        "[services.web]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"MARKER-web\"]\nbuild = \"true\"\n\n\
+         [services.bad]\ncommand = [\"sh\", \"-c\", \"echo no config file found; exit 1\", \"MARKER-bad\"]\nrestart = \"never\"\n\n\
+         [services.idle]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"MARKER-idle\"]\nstop_timeout = \"2s\"\n",
+    )
+}
+
+fn bring_up_three(bus: &TestBus, p: &TestProject) {
+    assert_eq!(ctl(bus, p.path(), &["up"]).code, 0);
+    let stop = ctl(bus, p.path(), &["stop", "idle"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let json = status_json(bus, p.path());
+        let state = |n: &str| {
+            json["services"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["name"] == n))
+                .map(|s| s["state"].as_str().unwrap_or("").to_owned())
+                .unwrap_or_default()
+        };
+        if state("bad") == "failed" && state("idle") == "stopped" && state("web") == "running" {
+            return;
+        }
+        assert!(Instant::now() < end, "states never settled: {json}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `locald-ctl status` put the reason in parentheses after the state, so
+/// a stopped service read `stopped (stopped)` and a long reason pushed the
+/// table past the terminal's edge.
+#[test]
+fn ctl_status_shows_the_reason_in_its_own_column_without_repeating_the_state() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("status-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = three_states(&marker);
+    bring_up_three(&bus, &p);
+    let json = status_json(&bus, p.path());
+    let reason = json["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "bad"))
+        .and_then(|s| s["state_reason"].as_str())
+        .expect("bad has a reason")
+        .to_owned();
+
+    let out = ctl(&bus, p.path(), &["status"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let table: Vec<&str> = out.stdout.lines().skip(1).collect();
+    let row = |name: &str| {
+        table
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .copied()
+            .unwrap_or_else(|| panic!("no row for {name}:\n{}", out.stdout))
+    };
+    let header = table[0];
+    assert!(
+        header.contains("STATE") && header.contains("REASON"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        row("idle").matches("stopped").count(),
+        1,
+        "the state once:\n{}",
+        out.stdout
+    );
+    assert!(
+        !table.iter().any(|l| l.contains('(')),
+        "no reasons in parentheses:\n{}",
+        out.stdout
+    );
+    let bad = row("bad");
+    let col = header.find("REASON").expect("REASON");
+    assert_eq!(
+        bad.get(col..),
+        Some(reason.as_str()),
+        "the whole reason under REASON (not a terminal, no COLUMNS):\n{}",
+        out.stdout
+    );
+
+    // In a narrower terminal ($COLUMNS, as systemctl reads it) the reason is
+    // cut to fit, with an ellipsis.
+    let narrow = Command::new(bin("locald-ctl"))
+        .arg("status")
+        .current_dir(p.path())
+        .env("LOCALD_BUS_ADDRESS", bus.address())
+        .env("COLUMNS", (col + 8).to_string())
+        .output()
+        .expect("run locald-ctl status");
+    let text = String::from_utf8_lossy(&narrow.stdout);
+    for line in text.lines().skip(1) {
+        assert!(
+            line.chars().count() <= col + 8,
+            "`{line}` fits in {} columns:\n{text}",
+            col + 8
+        );
+    }
+    let cut = text
+        .lines()
+        .find(|l| l.starts_with("bad "))
+        .expect("bad row");
+    assert!(cut.ends_with('…'), "{text}");
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
 
 /// Warnings of `locald` (tracing) were coloured even into a pipe or a
 /// file: `^[[33m WARN^[[0m` in CI logs and in `2> errors.txt`.
