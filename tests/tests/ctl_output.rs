@@ -7,7 +7,7 @@
 //! a private journald and real processes.
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use locald_tests::dbus::{ctl, have_dbus_daemon, status_json, Daemon, TestBus};
 use locald_tests::{bin, pids_with, require, unique, TestProject};
@@ -264,6 +264,58 @@ fn ctl_status_shows_the_reason_in_its_own_column_without_repeating_the_state() {
         .find(|l| l.starts_with("bad "))
         .expect("bad row");
     assert!(cut.ends_with('…'), "{text}");
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
+
+fn rfc3339(v: &serde_json::Value) -> SystemTime {
+    let text = v.as_str().unwrap_or_else(|| panic!("a time string: {v}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("`{text}` is RFC 3339: {e}"))
+}
+
+/// `locald-ctl status --json` printed the wire's stand-ins for "none"
+/// (`"main_pid": 0`, `"exit_status": -1`, `"started_at": 0`) and times as
+/// microseconds since the epoch.
+#[test]
+fn ctl_status_json_has_null_for_absent_values_and_rfc3339_times() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("json-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = three_states(&marker);
+    bring_up_three(&bus, &p);
+    let json = status_json(&bus, p.path());
+    let svc = |n: &str| {
+        json["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == n))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {n} in {json}"))
+    };
+    let (web, bad, idle) = (svc("web"), svc("bad"), svc("idle"));
+    let now = SystemTime::now();
+    let recent = |t: SystemTime| {
+        now.duration_since(t)
+            .is_ok_and(|d| d < Duration::from_secs(120))
+    };
+
+    assert!(web["main_pid"].as_u64().is_some_and(|p| p > 0), "{web}");
+    assert!(web["exit_status"].is_null(), "never exited: {web}");
+    assert!(recent(rfc3339(&web["started_at"])), "{web}");
+    let build = &web["last_build"];
+    assert_eq!(build["result"], "succeeded", "{web}");
+    assert!(recent(rfc3339(&build["started_at"])), "{web}");
+    assert!(recent(rfc3339(&build["finished_at"])), "{web}");
+
+    assert!(bad["main_pid"].is_null(), "no process: {bad}");
+    assert!(bad["started_at"].is_null(), "not running: {bad}");
+    assert_eq!(bad["exit_status"], 1, "{bad}");
+    assert!(bad["last_build"].is_null(), "never built: {bad}");
+
+    assert!(idle["main_pid"].is_null(), "{idle}");
+    assert!(idle["started_at"].is_null(), "{idle}");
     assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
 }
 
