@@ -8,6 +8,7 @@
 mod build;
 mod cli;
 mod client;
+mod clock;
 mod logs;
 mod status;
 mod watch;

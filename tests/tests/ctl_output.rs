@@ -6,7 +6,9 @@
 //! regression test of one item, against the real daemon on a private bus,
 //! a private journald and real processes.
 
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use locald_tests::dbus::{ctl, have_dbus_daemon, status_json, Daemon, TestBus};
@@ -29,6 +31,16 @@ impl Drop for Reaper {
         for pid in pids_with(&self.0) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+}
+
+/// A child killed on drop, so a failing test leaves no `watch` behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -149,6 +161,93 @@ fn ctl_reload_of_a_broken_file_prints_the_caret_and_the_hint() {
 
 // ---------------------------------------------------------------------------
 // 2. Output people read.
+
+/// `locald-ctl watch` printed D-Bus property names and raw values
+/// (`MainPID=1234 RestartCount=2 StartedAt=1764601200123456`).
+#[test]
+fn ctl_watch_says_what_changed_in_words() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("watch-marker");
+    let _reaper = Reaper(marker.clone());
+    let p = project(
+        &marker,
+        "[services.web]\ncommand = [\"sh\", \"-c\", \"sleep 0.3; exit 3\", \"MARKER\"]\nrestart_delay = \"100ms\"\nstart_limit_burst = 100\n",
+    );
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    let child = Command::new(bin("locald-ctl"))
+        .arg("watch")
+        .current_dir(p.path())
+        .env("LOCALD_BUS_ADDRESS", bus.address())
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn locald-ctl watch");
+    let mut watch = KillOnDrop(child);
+    let stdout = watch.0.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("web: restarted (2)"))
+    {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("no `web: restarted (2)` in 30 s:\n{}", lines.join("\n")),
+        }
+    }
+    drop(watch);
+    let all = lines.join("\n");
+    let arrow = |l: &&String| {
+        l.split_once("web: ")
+            .and_then(|(_, rest)| rest.split_once(" → "))
+            .is_some_and(|(from, to)| {
+                let to = to.split(' ').next().unwrap_or("");
+                locald_api::SERVICE_STATES.contains(&from)
+                    && locald_api::SERVICE_STATES.contains(&to)
+            })
+    };
+    assert!(
+        lines.iter().any(|l| arrow(&l)),
+        "a state change as `web: a → b`:\n{all}"
+    );
+    assert!(
+        lines.iter().any(|l| l
+            .split_once("web: pid ")
+            .is_some_and(|(_, pid)| pid.parse::<u32>().is_ok_and(|n| n > 0))),
+        "a new process as `web: pid N`:\n{all}"
+    );
+    assert!(all.contains("web: restarted (1)"), "{all}");
+    for raw in [
+        "MainPID",
+        "RestartCount",
+        "StartedAt",
+        "ExitStatus",
+        "State=",
+        "LastBuild",
+    ] {
+        assert!(!all.contains(raw), "no property name `{raw}`:\n{all}");
+    }
+    let long_number = all
+        .split(|c: char| !c.is_ascii_digit())
+        .any(|n| n.len() >= 10);
+    assert!(!long_number, "no microsecond timestamps:\n{all}");
+}
 
 /// A project with a service that keeps running, one that failed at once,
 /// and one stopped by hand (whose reason, "stopped", was printed again:
