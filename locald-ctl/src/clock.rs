@@ -1,7 +1,7 @@
-//! Local wall-clock time for what people read (`watch`), formatted the way
-//! journalctl formats it: through the C library's `localtime_r` and
-//! `strftime`, so `$TZ` and the system's zone apply exactly as they do for
-//! journalctl. (Month names are the C
+//! Local wall-clock time for what people read (`watch`, `logs
+//! --timestamps`), formatted the way journalctl formats it: through the C
+//! library's `localtime_r` and `strftime`, so `$TZ` and the system's zone
+//! apply exactly as they do for journalctl. (Month names are the C
 //! locale's; locald-ctl does not call `setlocale`.)
 
 use std::ffi::CStr;
@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// One instant, broken down in the local zone.
 pub struct Local {
     tm: libc::tm,
+    usec: u64,
 }
 
 impl Local {
@@ -24,7 +25,10 @@ impl Local {
         // SAFETY: both pointers are valid for the call; `localtime_r` is the
         // thread-safe variant and keeps no pointer to them.
         let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
-        ok.then_some(Self { tm })
+        ok.then_some(Self {
+            tm,
+            usec: usec % 1_000_000,
+        })
     }
 
     /// Now.
@@ -49,6 +53,11 @@ impl Local {
         };
         String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned()
     }
+
+    /// The microseconds within the second.
+    pub fn micros(&self) -> u64 {
+        self.usec
+    }
 }
 
 /// `HH:MM:SS` now, in the local zone (empty if the clock cannot be read).
@@ -65,6 +74,7 @@ mod tests {
         // The test process's zone is whatever the machine has, so check
         // what does not depend on it.
         let t = Local::from_usec(1_764_601_200_123_456).expect("a time");
+        assert_eq!(t.micros(), 123_456);
         assert_eq!(t.format(c"%Y").len(), 4);
         assert_eq!(now_hms().len(), 8);
     }

@@ -53,6 +53,8 @@ fn main() -> ExitCode {
             ref phase,
             ref since,
             lines,
+            timestamps,
+            output,
             json,
             ref journal_namespace,
         } => {
@@ -76,7 +78,11 @@ fn main() -> ExitCode {
                 phase: phase.clone(),
                 since: since.clone(),
                 lines,
-                json,
+                output: match (json, timestamps) {
+                    (true, _) => logs::Output::Json,
+                    (_, true) => logs::Output::Short,
+                    _ => output.unwrap_or_default(),
+                },
                 namespace: journal_namespace.clone(),
             });
         }

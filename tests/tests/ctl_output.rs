@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use locald_tests::dbus::{ctl, have_dbus_daemon, status_json, Daemon, TestBus};
+use locald_tests::journald::Journald;
 use locald_tests::{bin, pids_with, require, unique, TestProject};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -416,6 +417,114 @@ fn ctl_status_json_has_null_for_absent_values_and_rfc3339_times() {
     assert!(idle["main_pid"].is_null(), "{idle}");
     assert!(idle["started_at"].is_null(), "{idle}");
     assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
+
+/// `locald-ctl logs` had no way to show when a line was written; the
+/// journal knows (`__REALTIME_TIMESTAMP`) and journalctl prints it.
+#[test]
+fn ctl_logs_timestamps_match_journalctl() -> anyhow::Result<()> {
+    let Some(j) = Journald::start_or_skip("ctl_logs_timestamps_match_journalctl")? else {
+        return Ok(());
+    };
+    let name = unique("jts");
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{name}\"\n\n[services.web]\ncommand = \"echo first; sleep 1.1; echo second; touch done; exec sleep 100\"\n"
+    ));
+    let mut up = Command::new(bin("locald"))
+        .arg("up")
+        .arg(p.path())
+        .env("LOCALD_JOURNAL_SOCKET", j.socket())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !p.join("done").exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(Pid::from_raw(up.id() as i32), Signal::SIGINT)?;
+    up.wait()?;
+    j.sync()?;
+
+    // A zone with a half-hour offset and no tzdata needed: both programs
+    // must apply it the same way.
+    let tz = "XST-5:30";
+    let journalctl = |mode: &str| -> anyhow::Result<Vec<String>> {
+        let out = Command::new("journalctl")
+            .arg(format!("--namespace={}", j.namespace()))
+            .args(["--no-pager", "-q", "-o", mode])
+            .arg(format!("LOCALD_PROJECT={name}"))
+            .arg("LOCALD_SERVICE=web")
+            .env("TZ", tz)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.ends_with("first") || l.ends_with("second"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let logs = |args: &[&str]| -> anyhow::Result<Vec<String>> {
+        let out = Command::new(bin("locald-ctl"))
+            .arg("logs")
+            .arg("web")
+            .args(args)
+            .current_dir(p.path())
+            .env("LOCALD_JOURNAL_NAMESPACE", j.namespace())
+            .env("NO_COLOR", "1")
+            .env("TZ", tz)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "locald-ctl logs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    };
+    // journalctl's short format: "Dec 01 14:16:24 host ident[pid]: text".
+    // Newer journalctl versions write the ISO offset as +05:30 rather than
+    // +0530; either is fine.
+    let stamp = |line: &str, words: usize| -> String {
+        let s = line.split_whitespace().take(words).collect::<Vec<_>>();
+        let s = s.join(" ");
+        match s.rsplit_once('+') {
+            Some((t, off)) if words == 1 => format!("{t}+{}", off.replace(':', "")),
+            _ => s,
+        }
+    };
+    for (args, mode, words) in [
+        (&["--timestamps"][..], "short", 3),
+        (&["-o", "short"][..], "short", 3),
+        (&["-o", "short-iso"][..], "short-iso", 1),
+        (&["-o", "short-precise"][..], "short-precise", 3),
+        (&["-o", "short-iso-precise"][..], "short-iso-precise", 1),
+    ] {
+        let want = journalctl(mode)?;
+        let got = logs(args)?;
+        anyhow::ensure!(want.len() == 2, "journalctl -o {mode}: {want:?}");
+        anyhow::ensure!(
+            got.len() == 2,
+            "locald-ctl logs {args:?}, two lines: {got:?}"
+        );
+        for (w, g) in want.iter().zip(&got) {
+            anyhow::ensure!(
+                stamp(w, words) == stamp(g, words),
+                "locald-ctl logs {args:?} stamps like journalctl -o {mode}:\n  {g}\n  {w}"
+            );
+            let text = w.rsplit(' ').next().unwrap_or("");
+            anyhow::ensure!(
+                g.ends_with(&format!("web | {text}")),
+                "the line as `up` shows it after the stamp: {g}"
+            );
+        }
+    }
+    // Without a timestamp option the lines are as `locald up` printed them.
+    let plain = logs(&[])?;
+    let plain: Vec<&str> = plain.iter().map(|l| l.trim_start()).collect();
+    anyhow::ensure!(plain == ["web | first", "web | second"], "{plain:?}");
+    Ok(())
 }
 
 /// Warnings of `locald` (tracing) were coloured even into a pipe or a
