@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::event::{BuildResult, Event, LogLine, Phase, ServiceState};
+use crate::event::{BuildResult, Event, LogLine, Phase, ServiceSnapshot, ServiceState};
 use crate::output::{BoxFuture, LogSink};
 
 const PALETTE: [u8; 6] = [36, 33, 35, 32, 34, 31];
@@ -49,6 +49,22 @@ pub fn end_quietly_on_closed_pipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// `web running pid 1234`, `db failed (exited with status 1)`: a state
+/// change as `locald up` prints it; the reason only when it says more than
+/// the state (a stopped service's reason is "stopped").
+fn state_text(service: &ServiceSnapshot) -> String {
+    let mut t = format!("{} {}", service.name, service.state);
+    if !service.reason.is_empty() && service.reason != service.state.as_str() {
+        t.push_str(&format!(" ({})", service.reason));
+    }
+    if service.state == ServiceState::Running {
+        if let Some(pid) = service.main_pid {
+            t.push_str(&format!(" pid {pid}"));
+        }
+    }
+    t
 }
 
 /// Prints to stdout.
@@ -140,16 +156,7 @@ impl Terminal {
                     return false;
                 }
                 shown.insert(service.name.clone(), now);
-                let mut t = format!("{} {}", service.name, service.state);
-                if !service.reason.is_empty() {
-                    t.push_str(&format!(" ({})", service.reason));
-                }
-                if service.state == ServiceState::Running {
-                    if let Some(pid) = service.main_pid {
-                        t.push_str(&format!(" pid {pid}"));
-                    }
-                }
-                t
+                state_text(service)
             }
             Event::BuildFinished {
                 service, record, ..
@@ -196,5 +203,20 @@ mod tests {
         assert!(wants_color(true, Some(OsStr::new(""))));
         assert!(!wants_color(true, Some(OsStr::new("1"))));
         assert!(!wants_color(false, None));
+    }
+
+    #[test]
+    fn state_lines_do_not_repeat_the_state() {
+        let mut s = ServiceSnapshot::new("web");
+        s.state = ServiceState::Stopped;
+        s.reason = "stopped".into();
+        assert_eq!(state_text(&s), "web stopped");
+        s.state = ServiceState::Failed;
+        s.reason = "exited with status 1".into();
+        assert_eq!(state_text(&s), "web failed (exited with status 1)");
+        s.state = ServiceState::Running;
+        s.reason.clear();
+        s.main_pid = Some(1234);
+        assert_eq!(state_text(&s), "web running pid 1234");
     }
 }
