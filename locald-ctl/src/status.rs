@@ -194,7 +194,13 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
     // Filter here rather than asking the daemon which project this is: one
     // round trip for the whole command.
     let selection = client.selection();
-    let mut projects = fetch(client).await?;
+    // The daemon's own warnings (a state file it had to set aside) in the
+    // same round trip; an older daemon without the property has none.
+    let (projects, warnings) = tokio::join!(fetch(client), client.manager.warnings());
+    let mut projects = projects?;
+    for w in warnings.unwrap_or_default() {
+        eprintln!("warning: {w}");
+    }
     match &selection {
         Selection::Name(name) => {
             projects.retain(|p| &p.name == name);
