@@ -157,7 +157,9 @@ pub async fn build(
     let env = crate::supervisor::Env {
         events,
         sink: Arc::new(sink),
-        runtime: Arc::new(crate::runtime::host::HostRuntime::detect()),
+        runtime: crate::runtime::RuntimeSet::host(Arc::new(
+            crate::runtime::host::HostRuntime::detect(),
+        )),
     };
     let records = crate::supervisor::build_services(config, &names, force, env).await;
     let mut ok = true;
