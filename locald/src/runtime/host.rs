@@ -48,7 +48,12 @@ impl HostRuntime {
 
     /// Forks and execs the workload (nothing in it awaits).
     fn spawn_now(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
-        let Workload::Host { argv } = &spec.workload;
+        let Workload::Host { argv } = &spec.workload else {
+            return Err(RuntimeError::Unavailable(format!(
+                "the host runtime cannot run {}",
+                spec.workload.describe()
+            )));
+        };
         let program = argv.first().cloned().unwrap_or_default();
         let mut cmd = Command::new(&program);
         cmd.args(argv.iter().skip(1))

@@ -44,6 +44,17 @@ pub enum Workload {
         /// Program and arguments.
         argv: Vec<String>,
     },
+    /// A container made from an image.
+    Image {
+        /// The image reference as the user wrote it.
+        reference: String,
+        /// Overrides the image's Entrypoint and Cmd.
+        command: Option<Vec<String>>,
+        /// Bind mounts of host paths.
+        volumes: Vec<crate::config::Volume>,
+        /// Working directory in the container (default: the image's).
+        workdir: Option<String>,
+    },
 }
 
 impl Workload {
@@ -51,13 +62,15 @@ impl Workload {
     pub fn kind(&self) -> RuntimeKind {
         match self {
             Workload::Host { .. } => RuntimeKind::Host,
+            Workload::Image { .. } => RuntimeKind::Container,
         }
     }
 
-    /// A one-line description for messages (`python3 app.py`).
+    /// A one-line description for messages (`python3 app.py`, `image redis:7`).
     pub fn describe(&self) -> String {
         match self {
             Workload::Host { argv } => argv.join(" "),
+            Workload::Image { reference, .. } => format!("image {reference}"),
         }
     }
 }
@@ -67,6 +80,8 @@ impl Workload {
 pub enum RuntimeKind {
     /// Host processes.
     Host,
+    /// Containers through `locald-shim`.
+    Container,
 }
 
 /// Everything needed to start one process of a service or build.
@@ -152,6 +167,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// This kind of workload cannot run here; says why.
+    #[error("{0}")]
+    Unavailable(String),
     /// Sending a signal failed.
     #[error("cannot signal process {pid}")]
     Signal {
@@ -169,7 +187,7 @@ impl RuntimeError {
     /// is unsafe. Such a failure goes to Failed at once, without backoff.
     pub fn is_permanent(&self) -> bool {
         match self {
-            RuntimeError::RuntimeDir(_) => true,
+            RuntimeError::RuntimeDir(_) | RuntimeError::Unavailable(_) => true,
             RuntimeError::Spawn { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
@@ -234,23 +252,31 @@ pub trait Process: Send + 'static {
 #[derive(Clone)]
 pub struct RuntimeSet {
     host: Arc<dyn Runtime>,
+    container: Arc<dyn Runtime>,
 }
 
 impl RuntimeSet {
-    /// A set whose only kind is `host`.
+    /// A set that runs host processes with `host`; containers are refused
+    /// as not available until a container runtime is given.
     pub fn host(host: Arc<dyn Runtime>) -> RuntimeSet {
-        RuntimeSet { host }
+        RuntimeSet {
+            host,
+            container: Arc::new(Unavailable(
+                "this version of locald cannot run image services yet".into(),
+            )),
+        }
     }
 
     /// The runtime for a kind of workload.
     pub fn get(&self, kind: RuntimeKind) -> &Arc<dyn Runtime> {
         match kind {
             RuntimeKind::Host => &self.host,
+            RuntimeKind::Container => &self.container,
         }
     }
 
     fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
-        std::iter::once(&self.host)
+        [&self.host, &self.container].into_iter()
     }
 
     /// [`Runtime::clean_stale`] of every kind: a service whose kind changed
@@ -278,4 +304,29 @@ impl RuntimeSet {
             r.kill_all();
         }
     }
+}
+
+/// A kind that cannot run here (no shim installed, not built in): every
+/// spawn fails at once, permanently, with the reason.
+struct Unavailable(String);
+
+impl Runtime for Unavailable {
+    fn spawn<'a>(
+        &'a self,
+        _spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>> {
+        Box::pin(std::future::ready(Err(RuntimeError::Unavailable(
+            self.0.clone(),
+        ))))
+    }
+
+    fn clean_stale<'a>(&'a self, _key: &'a str, _unit: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(std::future::ready(0))
+    }
+
+    fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
+        Box::pin(std::future::ready(0))
+    }
+
+    fn kill_all(&self) {}
 }

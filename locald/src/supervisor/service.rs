@@ -31,7 +31,7 @@ use crate::config::{HealthKind, RestartPolicy, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
 use crate::output::LogSink;
-use crate::runtime::{ExitStatus, LaunchSpec, Process, RuntimeSet, Workload};
+use crate::runtime::{ExitStatus, LaunchSpec, Process, RuntimeSet};
 
 /// A request to a service task. Replies are sent once the request is done.
 pub(crate) enum Command {
@@ -268,9 +268,7 @@ impl ServiceTask {
             project: self.project.to_string(),
             key: self.key.to_string(),
             unit: self.name.to_string(),
-            workload: Workload::Host {
-                argv: self.cfg.command.argv(),
-            },
+            workload: self.cfg.workload(),
             cwd: self.cfg.workdir.clone(),
             env,
             notify_socket: notify.as_ref().map(|n| n.path().to_owned()),
