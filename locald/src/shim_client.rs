@@ -148,6 +148,10 @@ pub struct BundleSpec {
     pub host_network: bool,
     /// Extra bind mounts.
     pub binds: Vec<BindMount>,
+    /// Mount the rootfs read-only (it is shared by every container of an image).
+    pub readonly_root: bool,
+    /// Paths that get a private tmpfs (`/tmp`, `/run`, …).
+    pub tmpfs: Vec<String>,
 }
 
 impl BundleSpec {
@@ -173,7 +177,21 @@ impl BundleSpec {
             gid_mappings: mappings(gid, &subgids),
             host_network: true,
             binds: Vec::new(),
+            readonly_root: false,
+            tmpfs: Vec::new(),
         })
+    }
+
+    /// Mount the rootfs read-only or not.
+    pub fn readonly_root(mut self, yes: bool) -> Self {
+        self.readonly_root = yes;
+        self
+    }
+
+    /// Give the container a private tmpfs at `destination`.
+    pub fn tmpfs(mut self, destination: impl Into<String>) -> Self {
+        self.tmpfs.push(destination.into());
+        self
     }
 
     /// Replace the environment.
@@ -247,6 +265,14 @@ impl BundleSpec {
             json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                    "options": ["nosuid", "noexec", "nodev"]}),
         ];
+        for t in &self.tmpfs {
+            mounts.push(json!({
+                "destination": t,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"],
+            }));
+        }
         for b in &self.binds {
             mounts.push(json!({
                 "destination": b.destination,
@@ -266,7 +292,7 @@ impl BundleSpec {
                 "noNewPrivileges": true,
                 "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             },
-            "root": {"path": self.rootfs, "readonly": false},
+            "root": {"path": self.rootfs, "readonly": self.readonly_root},
             "hostname": self.hostname,
             "mounts": mounts,
             "linux": {
@@ -541,6 +567,8 @@ mod tests {
             gid_mappings: mappings(1000, &[]),
             host_network: true,
             binds: vec![],
+            readonly_root: false,
+            tmpfs: vec![],
         };
         let c = spec.config();
         assert_eq!(c["root"]["path"], "/r");

@@ -18,6 +18,7 @@
 
 pub mod cgroup;
 pub mod claim;
+pub mod container;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod host;
@@ -265,6 +266,12 @@ impl RuntimeSet {
                 "this version of locald cannot run image services yet".into(),
             )),
         }
+    }
+
+    /// The same set with `container` running image workloads.
+    pub fn with_container(mut self, container: Arc<dyn Runtime>) -> RuntimeSet {
+        self.container = container;
+        self
     }
 
     /// The runtime for a kind of workload.
