@@ -149,6 +149,7 @@ pub fn entry_to_line(entry: &Value) -> Option<LogLine> {
         stream,
         pid: text(entry, "LOCALD_PID").and_then(|p| p.parse().ok()),
         build_id: text(entry, "LOCALD_BUILD_ID").map(Into::into),
+        image: text(entry, "LOCALD_IMAGE").map(Into::into),
         line: bytes(entry, "MESSAGE").unwrap_or_default(),
         partial: false,
         continues: false,

@@ -209,6 +209,7 @@ impl ContainerRuntime {
             stderr,
             exit: None,
             live: self.live.clone(),
+            image: image.digest,
         }))
     }
 
@@ -315,6 +316,7 @@ struct ContainerProcess {
     stderr: Option<Output>,
     exit: Option<ExitStatus>,
     live: Arc<Mutex<HashSet<String>>>,
+    image: String,
 }
 
 impl Process for ContainerProcess {
@@ -380,6 +382,10 @@ impl Process for ContainerProcess {
 
     fn kill_now(&self) {
         kill_detached(&self.shim, &self.id);
+    }
+
+    fn image(&self) -> Option<&str> {
+        Some(&self.image)
     }
 }
 

@@ -247,6 +247,11 @@ pub trait Process: Send + 'static {
     /// SIGKILLs every process of the workload now, without waiting: for a
     /// process dropped mid-flight (a build cancelled by a stop).
     fn kill_now(&self);
+    /// The digest of the image the workload runs from, if it is a container
+    /// (`LOCALD_IMAGE` in the journal).
+    fn image(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// One runtime per kind, and the choice of kind per service.

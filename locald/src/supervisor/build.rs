@@ -201,6 +201,7 @@ impl Builder {
             phase: Phase::Build,
             pid: Some(proc.pid()),
             build_id: Some(build_id.into()),
+            image: None,
         };
         let mut pumps = Vec::new();
         if let Some(out) = proc.take_stdout() {

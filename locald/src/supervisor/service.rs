@@ -396,6 +396,7 @@ impl ServiceTask {
             phase: Phase::Run,
             pid: Some(pid),
             build_id: None,
+            image: proc.image().map(Into::into),
         };
         if let Some(out) = proc.take_stdout() {
             tokio::spawn(pump(out, owner.clone(), Stream::Stdout, self.sink.clone()));
