@@ -12,6 +12,8 @@
 //! - [`read_input`] reads a config input (`locald.toml`, an `env_file`): a
 //!   regular file, owned by us or root, not writable by others, at most a
 //!   given size, opened without blocking (a FIFO cannot stall the daemon).
+//! - [`open_input`] opens a large input (an image archive) under the same
+//!   rules, to be read in pieces.
 //! - [`write_atomic`] writes a state file through a uniquely named temporary
 //!   file (`O_EXCL|O_NOFOLLOW`), fsync and rename, so concurrent writers
 //!   never share a temporary and a reader sees old or new, never a mix.
@@ -164,6 +166,15 @@ fn check_trust(path: &Path, meta: &fs::Metadata) -> Result<(), UnsafeFile> {
 /// the size is checked on the open file, so nothing swapped in between a
 /// check and the read is read.
 pub fn read_input(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, UnsafeFile> {
+    let file = open_input(path)?;
+    read_limited(file, path, what, limit)
+}
+
+/// Opens an input too large to read at once (an image archive) under the
+/// same rules as [`read_input`]: a regular file owned by us or root, not
+/// writable by others, opened without blocking. The checks are made on the
+/// open file, so what is read is what was checked.
+pub fn open_input(path: &Path) -> Result<File, UnsafeFile> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -177,7 +188,7 @@ pub fn read_input(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>
         });
     }
     check_trust(path, &meta)?;
-    read_limited(file, path, what, limit)
+    Ok(file)
 }
 
 fn read_limited(
