@@ -72,7 +72,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// Content whose digest is not the one it was fetched as.
-    #[error("content does not match its digest: expected {expected}, got {actual}; refusing it")]
+    #[error("the content hashes to {actual}, not {expected}; refusing it")]
     DigestMismatch {
         /// The digest it should have.
         expected: Digest,
@@ -798,7 +798,11 @@ mod tests {
             .copy_blob(&digest, bad.len() as u64, &bad[..], |_| {})
             .expect_err("corrupted");
         assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
-        assert!(e.to_string().contains(&format!("expected {digest}")), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with(&format!(", not {digest}; refusing it")),
+            "{e}"
+        );
         assert!(!store.has_blob(&digest));
         assert!(temporaries(&store).is_empty());
     }
