@@ -14,6 +14,8 @@
 //!   given size, opened without blocking (a FIFO cannot stall the daemon).
 //! - [`open_input`] opens a large input (an image archive) under the same
 //!   rules, to be read in pieces.
+//! - [`open_content`] opens a file whose bytes the caller verifies (an
+//!   image blob in a layout): regular, non-blocking, any owner.
 //! - [`write_atomic`] writes a state file through a uniquely named temporary
 //!   file (`O_EXCL|O_NOFOLLOW`), fsync and rename, so concurrent writers
 //!   never share a temporary and a reader sees old or new, never a mix.
@@ -215,6 +217,31 @@ fn read_limited(
         return Err(too_large());
     }
     Ok(data)
+}
+
+/// Opens content whose bytes are verified by the caller (an image blob
+/// checked against its digest while it is read): a regular file, opened
+/// without blocking, so a FIFO or a device planted in its place is refused
+/// rather than read. Its owner does not matter: what it holds is checked.
+/// `Ok(None)` when it does not exist.
+pub fn open_content(path: &Path) -> Result<Option<File>, UnsafeFile> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(UnsafeFile::io(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| UnsafeFile::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(UnsafeFile::NotRegular {
+            path: path.to_owned(),
+            kind: file_kind(meta.mode()),
+        });
+    }
+    Ok(Some(file))
 }
 
 /// Reads a state file of ours without following a symlink. `Ok(None)` when

@@ -22,9 +22,9 @@
 //! Import is blocking file I/O; async callers run it on the blocking pool.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
@@ -485,27 +485,15 @@ impl Source for LayoutDir {
 
     fn open_blob(&mut self, digest: &Digest) -> Result<Option<OpenBlob<'_>>, LayoutError> {
         let path = self.dir.join("blobs/sha256").join(digest.hex());
-        let io = |source| LayoutError::Io {
+        // Any owner: the bytes are verified against the digest as they are
+        // read. A FIFO or a device in a blob's place is refused.
+        let Some(file) = fsutil::open_content(&path)? else {
+            return Ok(None);
+        };
+        let meta = file.metadata().map_err(|source| LayoutError::Io {
             path: path.clone(),
             source,
-        };
-        // Non-blocking, so a FIFO planted as a blob cannot stall the import.
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
-        };
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(LayoutError::Unsafe(UnsafeFile::NotRegular {
-                path,
-                kind: "not a regular file",
-            }));
-        }
+        })?;
         Ok(Some((Box::new(file), meta.len())))
     }
 }
