@@ -173,6 +173,9 @@ pub enum ImageError {
     /// The per-user config is unusable.
     #[error(transparent)]
     UserConfig(#[from] UserConfigError),
+    /// The registry client could not be set up.
+    #[error(transparent)]
+    Client(Box<registry::PullError>),
     /// A credentials file is unusable.
     #[error(transparent)]
     Credentials(#[from] registry::CredentialsError),
@@ -211,11 +214,8 @@ impl Images {
         let store = Store::open_default()?;
         let config = UserConfig::load_default()?;
         let credentials = Credentials::load(&Credentials::default_paths())?;
-        let registry =
-            RegistryClient::new(&config, credentials).map_err(|source| ImageError::Pull {
-                reference: "(any)".to_owned(),
-                source: Box::new(source),
-            })?;
+        let registry = RegistryClient::new(&config, credentials)
+            .map_err(|e| ImageError::Client(Box::new(e)))?;
         Ok(Images::new(store, registry))
     }
 
