@@ -32,6 +32,10 @@ pub const MANIFEST_LIMIT: u64 = 4 << 20;
 /// not this large).
 pub const CONFIG_LIMIT: u64 = 16 << 20;
 
+/// The most layers an image may have. Docker and overlayfs stop near 128;
+/// a manifest listing thousands is an attack on memory, not an image.
+pub const MAX_LAYERS: usize = 500;
+
 /// How deep indexes may nest (an index naming an index naming a manifest).
 pub const INDEX_DEPTH: usize = 4;
 
@@ -105,6 +109,9 @@ pub enum ManifestError {
         /// Layers in the manifest.
         layers: usize,
     },
+    /// More layers than any real image has.
+    #[error("the manifest lists {0} layers; at most {MAX_LAYERS} are accepted")]
+    TooManyLayers(usize),
     /// A config for another operating system.
     #[error("the image is for {0}, not linux")]
     Os(String),
@@ -263,6 +270,9 @@ pub fn check_image(m: &ImageManifest) -> Result<(), ManifestError> {
     if !matches!(config, MediaType::ImageConfig) && config.as_ref() != DOCKER_CONFIG {
         return Err(ManifestError::NotAnImage(config.to_string()));
     }
+    if m.layers().len() > MAX_LAYERS {
+        return Err(ManifestError::TooManyLayers(m.layers().len()));
+    }
     for layer in m.layers() {
         layer_compression(layer.digest().as_ref(), layer.media_type())?;
     }
@@ -397,6 +407,26 @@ mod tests {
         };
         let e = check_image(&m).expect_err("foreign").to_string();
         assert!(e.contains("foreign layer") && e.contains(D2), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_flood_of_layers() {
+        let layers: Vec<_> = (0..=MAX_LAYERS)
+            .map(|_| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": D2, "size": 3}))
+            .collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": D1, "size": 2},
+            "layers": layers
+        }))
+        .expect("json");
+        let Manifest::Image(m) = parse(&bytes, None).expect("parses") else {
+            panic!()
+        };
+        assert!(matches!(
+            check_image(&m),
+            Err(ManifestError::TooManyLayers(501))
+        ));
     }
 
     #[test]

@@ -343,3 +343,46 @@ fn stored_for(store: &Store, key: &str, project: &Path) -> Result<Option<Image>,
     }
     Ok(Some(image))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon spawns fetches on its runtime: their futures must be Send.
+    #[test]
+    fn fetch_futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = Images::new(
+            Store::open(&dir.path().join("s")).expect("store"),
+            RegistryClient::new(&UserConfig::default(), Credentials::none()).expect("client"),
+        );
+        let r = ImageRef::parse("redis:7").expect("reference");
+        let fetch = images.fetch(&r, dir.path(), no_progress());
+        send(&fetch);
+        let ensure = images.ensure(&r, dir.path(), no_progress());
+        send(&ensure);
+    }
+
+    #[test]
+    fn progress_is_reported_at_start_steps_and_end() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let f: ProgressFn = Arc::new(move |p: &Progress| s.lock().unwrap().push(p.done));
+        let d = Digest::of(b"layer");
+        let total = 10 << 20;
+        let mut p = LayerProgress::start(&f, &d, 0, 1, total);
+        for done in (0..=total).step_by(4096) {
+            p.update(done);
+        }
+        p.update(total);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.first(), Some(&0));
+        assert_eq!(seen.last(), Some(&total));
+        assert!(
+            (100..=102).contains(&seen.len()),
+            "about every 1%: {}",
+            seen.len()
+        );
+    }
+}
