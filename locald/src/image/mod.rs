@@ -4,7 +4,7 @@
 //! unpack and run it, the image must be here, verified, once for every
 //! project of the user. This module gets it here:
 //!
-//! - [`reference`] parses what the user wrote: `redis:7`,
+//! - [`reference`](mod@reference) parses what the user wrote: `redis:7`,
 //!   `ghcr.io/org/app@sha256:…`, `oci:./layout:tag`, `oci-archive:f.tar`.
 //! - [`store`] is the per-user, content-addressed store under
 //!   `$XDG_DATA_HOME/locald/`: blobs committed only once verified, and an
