@@ -549,28 +549,7 @@ impl RegistryClient {
         what: &'static str,
     ) -> PullError {
         let registry = r.registry().to_owned();
-        let codes: Vec<&OciErrorCode> = match &e {
-            OciDistributionError::RegistryError { envelope, .. } => {
-                envelope.errors.iter().map(|x| &x.code).collect()
-            }
-            _ => Vec::new(),
-        };
-        let denied = matches!(
-            e,
-            OciDistributionError::UnauthorizedError { .. }
-                | OciDistributionError::AuthenticationFailure(_)
-        ) || codes
-            .iter()
-            .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied));
-        let not_found = matches!(e, OciDistributionError::ServerError { code: 404, .. })
-            || codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                )
-            });
+        let (denied, not_found) = classify(&e);
         if denied {
             return PullError::Denied {
                 registry,
@@ -625,6 +604,32 @@ impl RegistryClient {
             source: e,
         }
     }
+}
+
+/// Whether a client error is a refusal of access, and whether it says the
+/// thing asked for does not exist (from the status and the OCI error codes).
+fn classify(e: &OciDistributionError) -> (bool, bool) {
+    let codes: Vec<&OciErrorCode> = match e {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().map(|x| &x.code).collect()
+        }
+        _ => Vec::new(),
+    };
+    let denied = matches!(
+        e,
+        OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_)
+    ) || codes
+        .iter()
+        .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied));
+    let not_found = matches!(e, OciDistributionError::ServerError { code: 404, .. })
+        || codes.iter().any(|c| {
+            matches!(
+                c,
+                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+            )
+        });
+    (denied, not_found)
 }
 
 fn looks_like_tls_trouble(chain: &str) -> bool {
@@ -1039,6 +1044,54 @@ mod tests {
         let hub = oci_ref(&RegistryRef::parse("redis").expect("parse"), None);
         assert_eq!(hub.resolve_registry(), "index.docker.io");
         assert_eq!(hub.repository(), "library/redis");
+    }
+
+    #[test]
+    fn refusals_and_absences_are_told_apart() {
+        use oci_client::errors::{OciEnvelope, OciError};
+        let envelope = |code| OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code,
+                    message: String::new(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "u".into(),
+        };
+        let unauthorized = OciDistributionError::UnauthorizedError { url: "u".into() };
+        assert_eq!(classify(&unauthorized), (true, false));
+        assert_eq!(classify(&envelope(OciErrorCode::Denied)), (true, false));
+        assert_eq!(
+            classify(&envelope(OciErrorCode::ManifestUnknown)),
+            (false, true)
+        );
+        assert_eq!(
+            classify(&envelope(OciErrorCode::NameUnknown)),
+            (false, true)
+        );
+        let not_found = OciDistributionError::ServerError {
+            code: 404,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert_eq!(classify(&not_found), (false, true));
+        let busy = OciDistributionError::ServerError {
+            code: 503,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert_eq!(classify(&busy), (false, false));
+
+        let client =
+            RegistryClient::new(&UserConfig::default(), Credentials::none()).expect("client");
+        let r = RegistryRef::parse("ghcr.io/org/private:1").expect("parse");
+        let e = client.client_error(&r, &RegistryAuth::Anonymous, unauthorized, "manifest");
+        assert_eq!(
+            e.to_string(),
+            "ghcr.io refused access to org/private (anonymously; if it exists and is private, \
+             log in with `podman login` or `docker login`)"
+        );
     }
 
     #[test]
