@@ -16,6 +16,7 @@ pub mod engine;
 pub mod event;
 pub mod foreground;
 pub mod fsutil;
+pub mod image;
 pub mod journal;
 pub mod output;
 pub mod runtime;
@@ -23,6 +24,7 @@ pub mod shim_client;
 pub mod state;
 pub mod supervisor;
 pub mod term;
+pub mod user_config;
 
 /// An error and its sources on one line (`outer: inner: innermost`), as
 /// `anyhow`'s `{:#}` prints them: the one formatter for reasons shown to a
