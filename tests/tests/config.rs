@@ -499,7 +499,7 @@ fn bad_image_reference() {
     );
     check(
         "[services.web]\nimage = \"redis@sha256:abc\"\n",
-        "not a sha256 digest",
+        "exactly 64 hex digits",
         2,
         9,
         "name[:tag]",

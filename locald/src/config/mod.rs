@@ -1111,54 +1111,12 @@ impl Checker {
     }
 }
 
-/// Checks the shape of an image reference (the image module resolves it).
+/// Checks an image reference with the image module's own parser, so
+/// `locald check` accepts exactly what the store can resolve.
 fn check_image_reference(r: &str) -> Result<(), String> {
-    if r.is_empty() {
-        return Err("the reference is empty".into());
-    }
-    if let Some(rest) = r
-        .strip_prefix("oci:")
-        .or_else(|| r.strip_prefix("oci-archive:"))
-    {
-        return if rest.is_empty() {
-            Err("no path after the transport".into())
-        } else {
-            Ok(())
-        };
-    }
-    if r.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("`{r}` contains whitespace"));
-    }
-    let (name, digest) = match r.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (r, None),
-    };
-    // The last path component may carry the tag; a registry host may carry a port.
-    let (path, _tag) = match name.rsplit_once(':') {
-        Some((p, t)) if !t.contains('/') => (p, Some(t)),
-        _ => (name, None),
-    };
-    let repo = match path.split_once('/') {
-        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
-            rest
-        }
-        _ => path,
-    };
-    if repo.is_empty() || repo.split('/').any(str::is_empty) {
-        return Err(format!("`{r}` names no repository"));
-    }
-    if repo.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!("`{r}`: repository names are lowercase"));
-    }
-    if let Some(digest) = digest {
-        let ok = digest
-            .strip_prefix("sha256:")
-            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
-        if !ok {
-            return Err(format!("`{digest}` is not a sha256 digest"));
-        }
-    }
-    Ok(())
+    crate::image::ImageRef::parse(r)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `KEY=value` lines; `#` comments, blank lines, `export ` and
