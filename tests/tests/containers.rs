@@ -1,0 +1,261 @@
+//! Container services end to end, as an unprivileged user: images from a
+//! local OCI layout (built here from busybox-static with umoci), the store,
+//! unpacking in a user namespace, and real runc through a root-owned
+//! setuid copy of `locald-shim`. `locald up` runs as the test user.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use locald_tests::images::{build_busybox_layout, missing_tools};
+use locald_tests::shim::{chown_tree, install_shim, preconditions, test_user, InstalledShim, TestUser};
+use locald_tests::{bin, free_port, pids_with, require, unique};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Everything one test needs: a user, the shim, and a scratch tree the user owns.
+struct World {
+    user: TestUser,
+    shim: InstalledShim,
+    base: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> Result<Option<World>> {
+        if !preconditions() {
+            return Ok(None);
+        }
+        if let Some(why) = missing_tools() {
+            if require(false, &why) {
+                return Ok(None);
+            }
+        }
+        let user = test_user("locald-ctr-t1")?;
+        let shim = install_shim()?;
+        let base = tempfile::Builder::new().prefix("locald-ctr-").tempdir_in("/tmp")?;
+        fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755))?;
+        for d in ["run", "data", "home"] {
+            let p = base.path().join(d);
+            fs::create_dir(&p)?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
+        }
+        chown_tree(base.path(), (user.uid, user.gid))?;
+        Ok(Some(World { user, shim, base }))
+    }
+
+    /// A project owned by the user, with a busybox OCI layout at `./layout`.
+    fn project(&self, toml: &str) -> Result<PathBuf> {
+        let dir = self.base.path().join(unique("proj"));
+        fs::create_dir(&dir)?;
+        build_busybox_layout(&dir.join("layout"))?;
+        fs::write(dir.join("locald.toml"), toml)?;
+        chown_tree(&dir, (self.user.uid, self.user.gid))?;
+        Ok(dir)
+    }
+
+    /// `locald ARGS` as the user, with its own runtime and data directories
+    /// and the test's shim.
+    fn locald(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.user.uid))
+            .arg(format!("--regid={}", self.user.gid))
+            .arg("--init-groups")
+            .arg("env")
+            .arg(format!("XDG_RUNTIME_DIR={}", self.base.path().join("run").display()))
+            .arg(format!("XDG_DATA_HOME={}", self.base.path().join("data").display()))
+            .arg(format!("HOME={}", self.base.path().join("home").display()))
+            .arg(format!("LOCALD_SHIM={}", self.shim.path.display()))
+            .arg("NO_COLOR=1")
+            .arg(bin("locald"))
+            .args(args);
+        c
+    }
+
+    /// `locald-shim list` as the user: the ids of their containers.
+    fn containers(&self) -> Result<Vec<String>> {
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={}", self.user.uid))
+            .arg(format!("--regid={}", self.user.gid))
+            .arg("--init-groups")
+            .arg(&self.shim.path)
+            .arg("list")
+            .output()?;
+        if !out.status.success() {
+            bail!("locald-shim list: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// `locald up DIR` in the background, its output into a file.
+struct Up {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Up {
+    fn start(w: &World, dir: &Path) -> Result<Up> {
+        let out = dir.with_extension("out");
+        let f = fs::File::create(&out)?;
+        let child = w
+            .locald(&["up", &dir.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()?;
+        Ok(Up { child, out })
+    }
+
+    fn text(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, n: usize, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        while self.text().matches(what).count() < n {
+            if Instant::now() > end {
+                bail!("never saw {what:?} {n} times; output:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn stop(mut self) -> Result<Output> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        let end = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                bail!("locald up did not stop; output:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = self.child.wait()?;
+        Ok(Output {
+            status,
+            stdout: self.text().into_bytes(),
+            stderr: Vec::new(),
+        })
+    }
+
+    fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_gone(marker: &str) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !pids_with(marker).is_empty() {
+        if Instant::now() > end {
+            bail!("processes with {marker} are still there");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn an_image_service_runs_from_an_oci_layout_and_leaves_nothing_behind() -> Result<()> {
+    let Some(w) = World::new()? else { return Ok(()) };
+    let marker = unique("ctr-web");
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{}"
+
+[services.web]
+image = "oci:./layout:v1"
+command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/locald-test-marker; touch /tmp/ok && echo tmp-writable; /bin/busybox sleep 1000; : {marker}"]
+"#,
+        unique("ctr")
+    ))?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("web-says-1", 1, Duration::from_secs(60))?;
+    up.wait_for("second layer", 1, Duration::from_secs(5))?;
+    up.wait_for("tmp-writable", 1, Duration::from_secs(5))?;
+    assert_eq!(w.containers()?.len(), 1, "one container");
+    assert_eq!(pids_with(&marker).len(), 1);
+    let out = up.stop()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_gone(&marker)?;
+    assert!(w.containers()?.is_empty(), "no runc state left");
+    Ok(())
+}
+
+#[test]
+fn a_container_waits_for_a_healthy_dependency_and_restarts_after_a_crash() -> Result<()> {
+    let Some(w) = World::new()? else { return Ok(()) };
+    let port = free_port();
+    let marker = unique("ctr-db");
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{}"
+
+[services.db]
+image = "oci:./layout:v1"
+command = ["/bin/busybox", "sh", "-c", "mkdir -p /tmp/www; /bin/busybox httpd -f -p {port} -h /tmp/www; : {marker}"]
+health = {{ tcp = {port}, interval = "100ms" }}
+
+[services.web]
+image = "oci:./layout:v1"
+command = ["/bin/busybox", "sh", "-c", "echo web-start; /bin/busybox sleep 0.3; exit 3"]
+depends_on = ["db"]
+restart_delay = "100ms"
+"#,
+        unique("ctr")
+    ))?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("web-start", 3, Duration::from_secs(60))?;
+    let text = up.text();
+    let healthy = text.find("db").context("db mentioned")?;
+    let first_web = text.find("web-start").context("web started")?;
+    assert!(healthy < first_web, "db first:\n{text}");
+    assert_eq!(pids_with(&marker).len(), 1, "db runs once throughout");
+    let out = up.stop()?;
+    assert!(out.status.success());
+    wait_gone(&marker)?;
+    assert!(w.containers()?.is_empty(), "no runc state left");
+    Ok(())
+}
+
+#[test]
+fn after_locald_is_killed_the_next_start_has_one_copy_of_each_container() -> Result<()> {
+    let Some(w) = World::new()? else { return Ok(()) };
+    let marker = unique("ctr-kill");
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{}"
+
+[services.web]
+image = "oci:./layout:v1"
+command = ["/bin/busybox", "sh", "-c", "echo web-up; /bin/busybox sleep 1000; : {marker}"]
+"#,
+        unique("ctr")
+    ))?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("web-up", 1, Duration::from_secs(60))?;
+    up.kill_hard();
+    assert_eq!(pids_with(&marker).len(), 1, "the container outlives a killed locald");
+
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("web-up", 1, Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pids_with(&marker).len(), 1, "exactly one copy");
+    assert_eq!(w.containers()?.len(), 1);
+    up.stop()?;
+    wait_gone(&marker)?;
+    assert!(w.containers()?.is_empty());
+    Ok(())
+}
