@@ -16,6 +16,7 @@ pub mod engine;
 pub mod event;
 pub mod foreground;
 pub mod fsutil;
+pub mod image;
 pub mod journal;
 pub mod output;
 pub mod runtime;
