@@ -10,6 +10,7 @@ packages=(
   runc             # container runtime behind locald-shim
   busybox-static   # rootfs for container test bundles
   uidmap           # newuidmap/newgidmap, subuid ranges
+  umoci            # a second OCI layer unpacker to compare locald's with
   passwd           # useradd, for the shim tests' unprivileged users
   dbus             # dbus-daemon for private session buses
   dbus-bin         # dbus-send, dbus-monitor
