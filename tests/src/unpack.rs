@@ -272,8 +272,12 @@ pub fn write_layers(dir: &Path, layers: &[(Tar, Compression)]) -> Result<Vec<Lay
 }
 
 /// An OCI image layout at `dir` with one image tagged `tag` made of
-/// `layers` (for `umoci`).
-pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[(Tar, Compression)]) -> Result<()> {
+/// `layers` (for `umoci`); returns its layer blobs, for locald.
+pub fn write_oci_layout(
+    dir: &Path,
+    tag: &str,
+    layers: &[(Tar, Compression)],
+) -> Result<Vec<Layer>> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     let put = |bytes: &[u8]| -> Result<(String, usize)> {
@@ -283,12 +287,18 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[(Tar, Compression)]) ->
     };
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
+    let mut out = Vec::new();
     for (tar, c) in layers {
         let plain = tar.bytes();
         diff_ids.push(sha256(&plain)?);
         let (digest, size) = put(&compress(&plain, *c)?)?;
         descs
             .push(serde_json::json!({"mediaType": media_type(*c), "digest": digest, "size": size}));
+        out.push(Layer {
+            path: blobs.join(digest.trim_start_matches("sha256:")),
+            media_type: media_type(*c).into(),
+            digest,
+        });
     }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {},
@@ -312,7 +322,7 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[(Tar, Compression)]) ->
     });
     fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    Ok(())
+    Ok(out)
 }
 
 /// What `locald-test-unpack` reads on stdin.
