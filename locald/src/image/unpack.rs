@@ -214,8 +214,9 @@ pub enum Refusal {
     /// The name is empty, holds a NUL byte, or is a whiteout of nothing.
     #[error("its name is malformed")]
     BadName,
-    /// A directory on the way is a symlink leading outside the rootfs.
-    #[error("{path:?} leads outside the rootfs (through a symbolic link)")]
+    /// A directory on the way is a symlink leading outside the rootfs (or
+    /// a symlink loop).
+    #[error("{path:?} leads outside the rootfs through a symbolic link (or loops)")]
     Escapes {
         /// The directory path that escapes.
         path: String,
@@ -242,7 +243,10 @@ pub enum Refusal {
         target: String,
     },
     /// A hard link target whose directories lead outside the rootfs.
-    #[error("its hard link target {target:?} leads outside the rootfs (through a symbolic link)")]
+    #[error(
+        "its hard link target {target:?} leads outside the rootfs through a symbolic link \
+         (or loops)"
+    )]
     LinkEscapes {
         /// The target as written in the layer.
         target: String,

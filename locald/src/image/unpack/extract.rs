@@ -33,6 +33,10 @@ const SKIPPED_NAMES: usize = 16;
 /// process, with `owners` deciding who owns the files. This is the helper's
 /// work, public for tests and tools that already run in a suitable user
 /// namespace (or as root); daemons call [`super::unpack`].
+///
+/// Outside a user namespace, setuid bits and file capabilities are set as
+/// this process's real ids would set them (as root: effective on the host),
+/// so the rootfs must stay where only its owner can reach it.
 pub fn extract(
     rootfs: &Path,
     layers: &[Layer],

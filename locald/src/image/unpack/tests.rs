@@ -561,6 +561,15 @@ fn symlink_chains_and_climbing_symlinks_are_refused() {
 }
 
 #[test]
+fn symlink_loops_are_refused() {
+    let mut s = Scene::new();
+    let mut t = Tar::default();
+    t.symlink("a", "b").symlink("b", "a").file("a/x", "");
+    s.layer(&t, Compression::None);
+    refused(&s, "a/x", Refusal::Escapes { path: "a".into() });
+}
+
+#[test]
 fn a_directory_replaced_by_a_symlink_cannot_be_written_through() {
     let mut s = Scene::new();
     let (mut a, mut b, mut c) = (Tar::default(), Tar::default(), Tar::default());
