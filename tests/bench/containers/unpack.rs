@@ -12,7 +12,7 @@
 //! mtree manifest, which the ratio to it includes.
 //!
 //! ```text
-//! unpack-bench --locald target/release/locald [--rounds N] [--user NAME] [--sync]
+//! unpack-bench --locald target/release/locald [--rounds N] [--user NAME] [--sync] [--dir DIR]
 //! ```
 //!
 //! With `--user`, both run as that user through `setpriv` (locald then maps
@@ -20,6 +20,8 @@
 //! would for a real user); otherwise as the caller. All layers are gzip,
 //! since umoci 0.4 reads no zstd. `--sync` makes locald `syncfs` at the end,
 //! as the store does; umoci never syncs, so the default leaves it out.
+//! `--dir` puts the image and the unpacked trees somewhere else than
+//! `/var/tmp` (`/dev/shm` takes the disk out of the comparison).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ struct Args {
     rounds: usize,
     user: Option<String>,
     sync: bool,
+    dir: PathBuf,
 }
 
 fn parse_args() -> Result<Args> {
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args> {
         rounds: 7,
         user: None,
         sync: false,
+        dir: PathBuf::from("/var/tmp"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -51,7 +55,10 @@ fn parse_args() -> Result<Args> {
             "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
             "--user" => a.user = Some(it.next().context("--user NAME")?),
             "--sync" => a.sync = true,
-            _ => bail!("usage: unpack-bench --locald PATH [--rounds N] [--user NAME] [--sync]"),
+            "--dir" => a.dir = it.next().context("--dir DIR")?.into(),
+            _ => bail!(
+                "usage: unpack-bench --locald PATH [--rounds N] [--user NAME] [--sync] [--dir DIR]"
+            ),
         }
     }
     ensure!(a.locald.is_file(), "--locald PATH: the built locald binary");
@@ -260,7 +267,7 @@ fn main() -> Result<()> {
     let a = parse_args()?;
     let tmp = tempfile::Builder::new()
         .prefix("unpack-bench-")
-        .tempdir_in("/var/tmp")?;
+        .tempdir_in(&a.dir)?;
     let layout = tmp.path().join("layout");
     let image = image()?;
     let entries: usize = image.iter().map(|(t, _)| count_entries(&t.bytes())).sum();
@@ -278,11 +285,12 @@ fn main() -> Result<()> {
 
     println!(
         "unpack benchmark: {} gzip layers, {entries} entries, {:.1} MiB of tar ({:.1} MiB compressed), \
-         as {}, {} rounds{}",
+         as {}, in {}, {} rounds{}",
         layers.len(),
         unpacked as f64 / f64::from(1 << 20),
         packed as f64 / f64::from(1 << 20),
         a.user.as_deref().unwrap_or("the caller"),
+        a.dir.display(),
         a.rounds,
         if a.sync { ", locald syncs" } else { "" }
     );

@@ -5,11 +5,12 @@
 # median and best times and the ratio locald/umoci (target <= 1.0x).
 # Not part of the test suite.
 #
-#   ROUNDS=7 tests/bench/containers/unpack.sh [--user NAME] [--sync]
+#   ROUNDS=7 tests/bench/containers/unpack.sh [--user NAME] [--sync] [--dir DIR]
 #
 # --user NAME runs both as that user (setpriv; locald maps the user's
 # subordinate ids and chowns every file); --sync adds locald's final syncfs
-# (what the store does; umoci never syncs).
+# (what the store does; umoci never syncs); --dir DIR works there instead of
+# /var/tmp (/dev/shm takes the disk out of the comparison).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
