@@ -8,7 +8,10 @@ packages=(
   procps           # ps, for test diagnostics
   util-linux       # setpriv, setsid
   runc             # container runtime behind locald-shim
-  busybox-static   # rootfs for container test bundles
+  busybox-static   # rootfs for container test bundles and the test images
+  umoci            # builds the test images (OCI layouts) without a daemon
+  skopeo           # pushes them to the test registry, writes oci-archives
+  docker-registry  # a private registry on 127.0.0.1 for the pull tests
   uidmap           # newuidmap/newgidmap, subuid ranges
   umoci            # a second OCI layer unpacker to compare locald's with
   passwd           # useradd, for the shim tests' unprivileged users

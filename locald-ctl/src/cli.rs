@@ -87,7 +87,19 @@ pub enum Command {
         /// Only the last N lines.
         #[arg(short = 'n', long = "lines")]
         lines: Option<u64>,
-        /// Print the journal entries as JSON, one per line.
+        /// Start each line with the time it was written, as journalctl does (`-o short`).
+        #[arg(long, conflicts_with_all = ["output", "json"])]
+        timestamps: bool,
+        /// How to print: the times are journalctl's formats of the same names.
+        #[arg(
+            short,
+            long,
+            value_enum,
+            value_name = "FORMAT",
+            conflicts_with = "json"
+        )]
+        output: Option<crate::logs::Output>,
+        /// Print the journal entries as JSON, one per line (`-o json`).
         #[arg(long)]
         json: bool,
         /// Read a journal namespace (journalctl --namespace).

@@ -53,6 +53,12 @@ impl CtlError {
             }
             CtlError::Call(e) => {
                 let name = e.short_name();
+                if let Some(report) = e.config_report() {
+                    // The daemon's report of a broken locald.toml, as
+                    // `locald check` prints it (it ends without a newline).
+                    eprintln!("{report}");
+                    return ExitCode::from(exit_code_of(&name));
+                }
                 eprintln!("locald-ctl: {} [{name}]", e.message());
                 ExitCode::from(exit_code_of(&name))
             }
@@ -186,15 +192,8 @@ impl Client {
                 println!("{name} is up; `locald-ctl status` shows its services");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(Error::ConfigInvalid(summary)) => {
-                // The daemon's one-line summary points at the spot; the local
-                // parser can show the whole report with the line and hints.
-                match locald::config::load_project(&dir) {
-                    Err(e @ locald::config::LoadError::Invalid(_)) => eprintln!("{e}"),
-                    _ => eprintln!("locald-ctl: {summary}"),
-                }
-                Ok(ExitCode::from(2))
-            }
+            // A broken locald.toml comes with the daemon's full report,
+            // printed by `CtlError::report`.
             Err(e) => Err(CtlError::call(e)),
         }
     }

@@ -1,6 +1,8 @@
-//! `logs [SERVICE] [-f] [--phase build|run] [--since …] [-n N] [--json]`:
-//! a project's build and run output from the journal, printed the way
-//! `locald up` prints it.
+//! `logs [SERVICE] [-f] [--phase build|run] [--since …] [-n N]
+//! [--timestamps | -o FORMAT | --json]`: a project's build and run output
+//! from the journal, printed the way `locald up` prints it, after the time
+//! each line was written (`__REALTIME_TIMESTAMP`) in journalctl's format
+//! when asked.
 //!
 //! It reads through `journalctl --output=json` rather than linking the
 //! sd-journal API: journalctl already handles the user's and the system's
@@ -15,6 +17,26 @@ use std::sync::Arc;
 use locald::event::{LogLine, Phase, Stream};
 use locald::term::Terminal;
 use serde_json::Value;
+
+use crate::clock::Local;
+
+/// How lines are printed; the time formats are journalctl's of the same name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// As `locald up` prints them, without a time.
+    #[default]
+    Plain,
+    /// `Dec 01 14:16:24`, local time.
+    Short,
+    /// `Dec 01 14:16:24.123456`.
+    ShortPrecise,
+    /// `2026-12-01T14:16:24+0100`.
+    ShortIso,
+    /// `2026-12-01T14:16:24.123456+0100`.
+    ShortIsoPrecise,
+    /// journalctl's JSON entries as they are, one per line.
+    Json,
+}
 
 /// What to show.
 pub struct LogsArgs {
@@ -32,8 +54,8 @@ pub struct LogsArgs {
     pub since: Option<String>,
     /// Last N lines.
     pub lines: Option<u64>,
-    /// Print journalctl's JSON entries as they are.
-    pub json: bool,
+    /// How to print.
+    pub output: Output,
     /// A journal namespace (`journalctl --namespace`), e.g. for tests.
     pub namespace: Option<String>,
 }
@@ -84,6 +106,31 @@ fn text(entry: &Value, field: &str) -> Option<String> {
     bytes(entry, field).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// When the entry was written, as `output` shows it; `None` for formats
+/// without a time, or an entry without one. Like journalctl, the time the
+/// line was sent (`_SOURCE_REALTIME_TIMESTAMP`, which journald takes from
+/// the socket) wins over the time journald received it
+/// (`__REALTIME_TIMESTAMP`).
+pub fn stamp(entry: &Value, output: Output) -> Option<String> {
+    let usec = ["_SOURCE_REALTIME_TIMESTAMP", "__REALTIME_TIMESTAMP"]
+        .iter()
+        .find_map(|f| text(entry, f)?.parse::<u64>().ok().filter(|&t| t > 0))?;
+    let t = Local::from_usec(usec)?;
+    let micros = t.micros();
+    Some(match output {
+        Output::Plain | Output::Json => return None,
+        Output::Short => t.format(c"%b %d %H:%M:%S"),
+        Output::ShortPrecise => format!("{}.{micros:06}", t.format(c"%b %d %H:%M:%S")),
+        // journalctl (252) writes the offset as strftime's %z, `+0100`.
+        Output::ShortIso => t.format(c"%Y-%m-%dT%H:%M:%S%z"),
+        Output::ShortIsoPrecise => format!(
+            "{}.{micros:06}{}",
+            t.format(c"%Y-%m-%dT%H:%M:%S"),
+            t.format(c"%z")
+        ),
+    })
+}
+
 /// Turns one journal entry into the line `locald up` would have printed.
 pub fn entry_to_line(entry: &Value) -> Option<LogLine> {
     let service = text(entry, "LOCALD_SERVICE")?;
@@ -102,6 +149,7 @@ pub fn entry_to_line(entry: &Value) -> Option<LogLine> {
         stream,
         pid: text(entry, "LOCALD_PID").and_then(|p| p.parse().ok()),
         build_id: text(entry, "LOCALD_BUILD_ID").map(Into::into),
+        image: text(entry, "LOCALD_IMAGE").map(Into::into),
         line: bytes(entry, "MESSAGE").unwrap_or_default(),
         partial: false,
         continues: false,
@@ -129,14 +177,20 @@ pub fn run(args: &LogsArgs) -> ExitCode {
     let out = std::io::stdout();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        let written = if args.json {
+        let written = if args.output == Output::Json {
             writeln!(out.lock(), "{line}")
         } else {
             let Ok(entry) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
             match entry_to_line(&entry) {
-                Some(l) => out.lock().write_all(&term.format_line(&l)),
+                Some(l) => {
+                    let mut text = stamp(&entry, args.output)
+                        .map(|s| format!("{s} ").into_bytes())
+                        .unwrap_or_default();
+                    text.extend(term.format_line(&l));
+                    out.lock().write_all(&text)
+                }
                 None => Ok(()),
             }
         };
@@ -166,7 +220,7 @@ mod tests {
             phase: Some("build".into()),
             since: Some("-10m".into()),
             lines: Some(5),
-            json: false,
+            output: Output::Plain,
             namespace: None,
         };
         let v = journalctl_args(&a);
@@ -192,6 +246,38 @@ mod tests {
         assert_eq!(
             (l.phase, l.stream, l.line.as_slice()),
             (Phase::Build, Stream::Stderr, &[104u8, 255][..])
+        );
+    }
+
+    #[test]
+    fn stamps_in_journalctl_formats() {
+        let e: Value = serde_json::from_str(
+            r#"{"_SOURCE_REALTIME_TIMESTAMP":"1764601200123456","__REALTIME_TIMESTAMP":"1764601200123999","MESSAGE":"x"}"#,
+        )
+        .expect("json");
+        let t = Local::from_usec(1_764_601_200_123_456).expect("a time");
+        let (day, iso, off) = (
+            t.format(c"%b %d %H:%M:%S"),
+            t.format(c"%Y-%m-%dT%H:%M:%S"),
+            t.format(c"%z"),
+        );
+        assert!(off.len() == 5 && (off.starts_with('+') || off.starts_with('-')));
+        assert_eq!(stamp(&e, Output::Short), Some(day.clone()));
+        assert_eq!(
+            stamp(&e, Output::ShortPrecise),
+            Some(format!("{day}.123456"))
+        );
+        assert_eq!(stamp(&e, Output::ShortIso), Some(format!("{iso}{off}")));
+        assert_eq!(
+            stamp(&e, Output::ShortIsoPrecise),
+            Some(format!("{iso}.123456{off}"))
+        );
+        assert_eq!(stamp(&e, Output::Plain), None);
+        let received_only: Value =
+            serde_json::from_str(r#"{"__REALTIME_TIMESTAMP":"1764601200123456"}"#).expect("json");
+        assert_eq!(
+            stamp(&received_only, Output::ShortPrecise),
+            Some(format!("{day}.123456"))
         );
     }
 }

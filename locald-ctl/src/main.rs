@@ -8,6 +8,7 @@
 mod build;
 mod cli;
 mod client;
+mod clock;
 mod logs;
 mod status;
 mod watch;
@@ -22,14 +23,9 @@ use cli::{Cli, Command};
 use client::{Client, CtlError};
 
 fn main() -> ExitCode {
-    // Rust ignores SIGPIPE, so once a reader such as `| head` goes away
-    // every println! fails with EPIPE and panics. Like other filters, end
-    // quietly on a closed pipe instead.
-    // SAFETY: restoring the default disposition before any thread exists
-    // installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // Every command only talks to the daemon or journalctl and prints: a
+    // reader that went away (`| head`) ends it quietly, not with a panic.
+    locald::term::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Completions { shell } => {
@@ -57,6 +53,8 @@ fn main() -> ExitCode {
             ref phase,
             ref since,
             lines,
+            timestamps,
+            output,
             json,
             ref journal_namespace,
         } => {
@@ -80,7 +78,11 @@ fn main() -> ExitCode {
                 phase: phase.clone(),
                 since: since.clone(),
                 lines,
-                json,
+                output: match (json, timestamps) {
+                    (true, _) => logs::Output::Json,
+                    (_, true) => logs::Output::Short,
+                    _ => output.unwrap_or_default(),
+                },
                 namespace: journal_namespace.clone(),
             });
         }

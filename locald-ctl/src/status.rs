@@ -1,8 +1,13 @@
 //! `status [--json]`: one `GetManagedObjects` call fetches every project and
 //! service with all their properties, so the command costs one round trip
 //! however many services there are.
+//!
+//! The wire has stand-ins for "none" (a PID of 0, an exit status of -1, a
+//! time of 0 µs); the table shows `-` for them and the JSON `null`, with
+//! times in RFC 3339.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,8 +21,8 @@ use locald_api::{
 
 use crate::client::{Client, CtlError, Selection};
 
-/// One project as `status --json` prints it.
-#[derive(Debug, Serialize)]
+/// One project as the daemon reports it.
+#[derive(Debug)]
 pub struct ProjectStatus {
     /// Name.
     pub name: String,
@@ -27,6 +32,112 @@ pub struct ProjectStatus {
     pub state: String,
     /// Services in file order.
     pub services: Vec<ServiceInfo>,
+}
+
+/// One project as `status --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ProjectJson<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Directory.
+    pub path: &'a str,
+    /// Summary state.
+    pub state: &'a str,
+    /// Services in file order.
+    pub services: Vec<ServiceJson<'a>>,
+}
+
+/// One service as `status --json` prints it: `null` for what is absent.
+#[derive(Debug, Serialize)]
+pub struct ServiceJson<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Project name.
+    pub project: &'a str,
+    /// Lifecycle state.
+    pub state: &'a str,
+    /// Why it is in that state.
+    pub state_reason: Option<&'a str>,
+    /// The last `STATUS=` it sent.
+    pub status_text: Option<&'a str>,
+    /// The main process, while one runs.
+    pub main_pid: Option<u32>,
+    /// Exit status of the last process that exited (128+signal if killed).
+    pub exit_status: Option<i32>,
+    /// Restarts since `up`.
+    pub restart_count: u32,
+    /// When the current process started.
+    pub started_at: Option<String>,
+    /// The last build, if any.
+    pub last_build: Option<BuildJson<'a>>,
+}
+
+/// A build as `status --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct BuildJson<'a> {
+    /// Unique id (`LOCALD_BUILD_ID` in the journal).
+    pub build_id: &'a str,
+    /// `running`, `succeeded`, `failed` or `skipped`.
+    pub result: &'a str,
+    /// Why it ran or was skipped, or why it failed.
+    pub reason: Option<&'a str>,
+    /// Source hash in hex.
+    pub source_hash: Option<&'a str>,
+    /// Start.
+    pub started_at: Option<String>,
+    /// End; `null` while it runs.
+    pub finished_at: Option<String>,
+}
+
+fn text(s: &str) -> Option<&str> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+/// µs since the epoch (0 for none, as on the wire) in RFC 3339, UTC.
+pub fn rfc3339(usec: u64) -> Option<String> {
+    (usec != 0).then(|| {
+        humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(usec)).to_string()
+    })
+}
+
+impl<'a> ServiceJson<'a> {
+    /// The JSON view of a service's properties.
+    pub fn new(s: &'a ServiceInfo) -> Self {
+        let b = &s.last_build;
+        Self {
+            name: &s.name,
+            project: &s.project,
+            state: &s.state,
+            state_reason: text(&s.state_reason),
+            status_text: text(&s.status_text),
+            main_pid: Some(s.main_pid).filter(|&p| p != 0),
+            exit_status: Some(s.exit_status).filter(|&e| e >= 0),
+            restart_count: s.restart_count,
+            // The daemon may keep the time of a process that has exited;
+            // like the table's UPTIME, it counts only while one runs.
+            started_at: rfc3339(s.started_at).filter(|_| s.main_pid != 0),
+            last_build: (!b.is_empty()).then(|| BuildJson {
+                build_id: &b.build_id,
+                result: &b.result,
+                reason: text(&b.reason),
+                source_hash: text(&b.source_hash),
+                started_at: rfc3339(b.started_at),
+                finished_at: rfc3339(b.finished_at),
+            }),
+        }
+    }
+}
+
+impl<'a> ProjectJson<'a> {
+    /// The JSON view of a project and its services.
+    pub fn new(p: &'a ProjectStatus) -> Self {
+        Self {
+            name: &p.name,
+            path: &p.path,
+            state: &p.state,
+            services: p.services.iter().map(ServiceJson::new).collect(),
+        }
+    }
 }
 
 /// Every project the daemon has, decoded from one `GetManagedObjects`.
@@ -83,7 +194,13 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
     // Filter here rather than asking the daemon which project this is: one
     // round trip for the whole command.
     let selection = client.selection();
-    let mut projects = fetch(client).await?;
+    // The daemon's own warnings (a state file it had to set aside) in the
+    // same round trip; an older daemon without the property has none.
+    let (projects, warnings) = tokio::join!(fetch(client), client.manager.warnings());
+    let mut projects = projects?;
+    for w in warnings.unwrap_or_default() {
+        eprintln!("warning: {w}");
+    }
     match &selection {
         Selection::Name(name) => {
             projects.retain(|p| &p.name == name);
@@ -105,10 +222,11 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
         Selection::All => {}
     }
     if json {
+        let views: Vec<ProjectJson<'_>> = projects.iter().map(ProjectJson::new).collect();
         let text = if !matches!(selection, Selection::All) {
-            serde_json::to_string_pretty(&projects[0])
+            serde_json::to_string_pretty(&views[0])
         } else {
-            serde_json::to_string_pretty(&projects)
+            serde_json::to_string_pretty(&views)
         }
         .map_err(|e| CtlError::Failed(e.to_string()))?;
         println!("{text}");
@@ -118,12 +236,13 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
         println!("no project is up");
     }
     let now = SystemTime::now();
+    let width = terminal_width();
     for (i, p) in projects.iter().enumerate() {
         if i > 0 {
             println!();
         }
         println!("{} ({}) — {}", p.name, p.state, p.path);
-        print!("{}", table(&p.services, now));
+        print!("{}", table(&p.services, now, width));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -147,8 +266,52 @@ pub fn short(d: Duration) -> String {
     }
 }
 
-/// The status table of one project's services.
-pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
+/// The width to fit the table in: `$COLUMNS` when set (as systemctl reads
+/// it), else the terminal's when stdout is one, else none (a pipe or a file
+/// gets every line whole).
+pub fn terminal_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return Some(n);
+    }
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only writes a `winsize` into the one we pass.
+    let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (r == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
+}
+
+/// Why a service is in its state, unless that says nothing more than the
+/// state itself (a stopped service's reason is "stopped").
+pub fn reason(s: &ServiceInfo) -> Option<&str> {
+    Some(s.state_reason.as_str()).filter(|r| !r.is_empty() && *r != s.state)
+}
+
+/// `line` cut to `width` characters, with an ellipsis where it was cut.
+fn fit(line: &str, width: Option<usize>) -> String {
+    match width {
+        Some(w) if line.chars().count() > w => {
+            let mut cut: String = line.chars().take(w.saturating_sub(1)).collect();
+            cut.push('…');
+            cut
+        }
+        _ => line.to_owned(),
+    }
+}
+
+/// The status table of one project's services; each line fits in `width`
+/// columns when given, by cutting the reason, which comes last.
+pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) -> String {
     let mut rows = vec![[
         "SERVICE".to_owned(),
         "STATE".to_owned(),
@@ -156,12 +319,9 @@ pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
         "UPTIME".to_owned(),
         "RESTARTS".to_owned(),
         "LAST BUILD".to_owned(),
+        "REASON".to_owned(),
     ]];
     for s in services {
-        let mut state = s.state.clone();
-        if !s.state_reason.is_empty() {
-            state = format!("{state} ({})", s.state_reason);
-        }
         let pid = if s.main_pid == 0 {
             "-".to_owned()
         } else {
@@ -187,14 +347,15 @@ pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
         };
         rows.push([
             s.name.clone(),
-            state,
+            s.state.clone(),
             pid,
             uptime,
             s.restart_count.to_string(),
             build,
+            reason(s).unwrap_or("-").to_owned(),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -210,7 +371,7 @@ pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
                 line.push_str(&format!("{c:<w$}  "));
             }
         }
-        out.push_str(line.trim_end());
+        out.push_str(&fit(line.trim_end(), width));
         out.push('\n');
     }
     out
@@ -218,6 +379,8 @@ pub fn table(services: &[ServiceInfo], now: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use locald_api::BuildInfo;
+
     use super::*;
 
     #[test]
@@ -245,11 +408,89 @@ mod tests {
             state_reason: "exited with status 1".into(),
             ..Default::default()
         };
-        let t = table(&[web, db], now);
+        let idle = ServiceInfo {
+            name: "idle".into(),
+            state: "stopped".into(),
+            state_reason: "stopped".into(),
+            ..Default::default()
+        };
+        let t = table(&[web, db, idle], now, None);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].ends_with("LAST BUILD  REASON"), "{t}");
         assert!(lines[1].starts_with("web       healthy"), "{t}");
         assert!(lines[1].contains("1m00s"), "{t}");
-        assert!(lines[2].contains("failed (exited with status 1)"), "{t}");
+        assert!(lines[1].ends_with(" -"), "no reason: {t}");
+        assert!(lines[2].starts_with("database  failed "), "{t}");
+        assert!(lines[2].ends_with("  exited with status 1"), "{t}");
+        assert_eq!(lines[3].matches("stopped").count(), 1, "{t}");
+    }
+
+    #[test]
+    fn json_has_null_for_what_is_absent() {
+        let stopped = ServiceInfo {
+            name: "web".into(),
+            project: "shop".into(),
+            state: "stopped".into(),
+            exit_status: -1,
+            started_at: 1_764_601_100_000_000,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(ServiceJson::new(&stopped)).expect("json");
+        for key in [
+            "state_reason",
+            "status_text",
+            "main_pid",
+            "exit_status",
+            "started_at",
+            "last_build",
+        ] {
+            assert!(v[key].is_null(), "{key}: {v}");
+        }
+        let running = ServiceInfo {
+            main_pid: 42,
+            exit_status: 0,
+            started_at: 1_764_601_200_123_456,
+            last_build: BuildInfo {
+                build_id: "b1".into(),
+                result: "running".into(),
+                started_at: 1_764_601_200_000_000,
+                ..Default::default()
+            },
+            ..stopped
+        };
+        let v = serde_json::to_value(ServiceJson::new(&running)).expect("json");
+        assert_eq!(v["main_pid"], 42);
+        assert_eq!(v["exit_status"], 0, "0 is a status, not an absence");
+        assert_eq!(v["started_at"], "2025-12-01T15:00:00.123456Z");
+        assert_eq!(v["last_build"]["started_at"], "2025-12-01T15:00:00.000000Z");
+        assert!(v["last_build"]["finished_at"].is_null(), "{v}");
+    }
+
+    #[test]
+    fn table_fits_the_width_by_cutting_the_reason() {
+        let db = ServiceInfo {
+            name: "db".into(),
+            state: "backoff".into(),
+            state_reason: "restarting in 800ms: exited with status 3".into(),
+            ..Default::default()
+        };
+        let now = UNIX_EPOCH;
+        let whole = table(std::slice::from_ref(&db), now, None);
+        let row = whole.lines().nth(1).unwrap_or_default();
+        let w = row.chars().count() - 10;
+        let cut = table(&[db], now, Some(w));
+        for line in cut.lines() {
+            assert!(line.chars().count() <= w, "{cut}");
+        }
+        let kept: String = row.chars().take(w - 1).collect();
+        assert_eq!(
+            cut.lines().nth(1),
+            Some(format!("{kept}…").as_str()),
+            "{cut}"
+        );
+        assert!(kept.contains("restarting in 800ms"), "{cut}");
+        assert_eq!(fit("abc", Some(3)), "abc");
+        assert_eq!(fit("abcd", Some(3)), "ab…");
     }
 }

@@ -1,61 +1,146 @@
-//! `watch`: prints every change the daemon announces, one line each, until
-//! interrupted. It listens to the same signals an editor would:
-//! `PropertiesChanged`, `InterfacesAdded`/`Removed` and the build signals.
+//! `watch`: prints every change the daemon announces, one line each and in
+//! words (`web: running → healthy`, `web: restarted (2)`, `web: pid 1234`),
+//! until interrupted. It listens to the same signals an editor would:
+//! `PropertiesChanged`, `InterfacesAdded`/`Removed` and the build signals,
+//! and remembers each service's state to say what it changed from.
+//!
+//! Not every property gets a line: `ExitStatus` is in the reason of the
+//! state that follows (`running → error (exited with status 3)`),
+//! `StartedAt` comes with a new pid, and `LastBuild` with `BuildFinished`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use futures_util::StreamExt;
 use zbus::message::Type as MessageType;
-use zbus::zvariant::{OwnedValue, Value};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{MatchRule, MessageStream};
 
-use locald_api::{BuildInfo, BUS_NAME, MANAGER_PATH, SERVICE_INTERFACE};
+use locald_api::{BuildInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE};
 
 use crate::client::{Client, CtlError};
 
-fn now() -> String {
-    let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    // "2026-11-22T03:04:05Z" → "03:04:05"
-    t.get(11..19).unwrap_or(&t).to_owned()
+/// What `watch` knows of one project or service, to put changes in words.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// How lines name it: `web` (or `shop/web` when watching every
+    /// project), `project shop`.
+    pub who: String,
+    /// Its state.
+    pub state: String,
+    /// Why it is in that state.
+    pub reason: String,
+    /// Restarts so far.
+    pub restarts: u32,
 }
 
-fn show(v: &Value<'_>) -> String {
-    match v {
-        Value::Str(s) => s.to_string(),
-        Value::U32(n) => n.to_string(),
-        Value::I32(n) => n.to_string(),
-        Value::U64(n) => n.to_string(),
-        other => match other
-            .try_to_owned()
-            .ok()
-            .and_then(|v| BuildInfo::try_from(v).ok())
-        {
-            Some(b) if b.is_empty() => "-".to_owned(),
-            Some(b) => format!("{} ({})", b.result, b.reason),
-            None => other.to_string(),
-        },
+fn get<T: TryFrom<OwnedValue>>(props: &HashMap<String, OwnedValue>, key: &str) -> Option<T> {
+    props
+        .get(key)
+        .and_then(|v| v.try_clone().ok())
+        .and_then(|v| T::try_from(v).ok())
+}
+
+/// `state`, with the reason when it says more than the state itself.
+fn with_reason(state: &str, reason: &str) -> String {
+    if reason.is_empty() || reason == state {
+        state.to_owned()
+    } else {
+        format!("{state} ({reason})")
     }
 }
 
-/// `project/service` for a service path, from what is known about it.
-struct Names {
-    by_path: HashMap<String, String>,
+/// The lines a `PropertiesChanged` of `known` means, updating `known`.
+pub fn describe(known: &mut Known, changed: &HashMap<String, OwnedValue>) -> Vec<String> {
+    let who = known.who.clone();
+    let mut lines = Vec::new();
+    let reason = get::<String>(changed, "StateReason");
+    match get::<String>(changed, "State") {
+        Some(state) if state != known.state => {
+            let reason = reason.unwrap_or_else(|| known.reason.clone());
+            lines.push(format!(
+                "{who}: {} → {}",
+                known.state,
+                with_reason(&state, &reason)
+            ));
+            known.state = state;
+            known.reason = reason;
+        }
+        _ => {
+            if let Some(reason) = reason.filter(|r| *r != known.reason) {
+                if !reason.is_empty() && reason != known.state {
+                    lines.push(format!("{who}: {}", with_reason(&known.state, &reason)));
+                }
+                known.reason = reason;
+            }
+        }
+    }
+    if let Some(pid) = get::<u32>(changed, "MainPID").filter(|&p| p != 0) {
+        lines.push(format!("{who}: pid {pid}"));
+    }
+    if let Some(n) = get::<u32>(changed, "RestartCount") {
+        if n > known.restarts {
+            lines.push(format!("{who}: restarted ({n})"));
+        }
+        known.restarts = n;
+    }
+    if let Some(text) = get::<String>(changed, "StatusText").filter(|t| !t.is_empty()) {
+        lines.push(format!("{who}: status \"{text}\""));
+    }
+    lines
 }
 
-impl Names {
-    fn of(&self, path: &str) -> String {
-        self.by_path.get(path).cloned().unwrap_or_else(|| {
-            path.strip_prefix(locald_api::PROJECT_PATH_PREFIX)
+/// A finished build in words: `web: build succeeded — source changed: …`.
+pub fn build_line(who: &str, b: &BuildInfo) -> String {
+    match (b.result.as_str(), b.reason.is_empty()) {
+        ("failed", false) => format!("{who}: build failed: {}", b.reason),
+        (result, true) => format!("{who}: build {result}"),
+        (result, false) => format!("{who}: build {result} — {}", b.reason),
+    }
+}
+
+/// Everything known, by object path, and how to name what is not.
+struct Objects {
+    by_path: HashMap<String, Known>,
+    /// Service names alone when watching one project.
+    scoped: bool,
+}
+
+impl Objects {
+    fn service_name(&self, project: &str, service: &str) -> String {
+        if self.scoped {
+            service.to_owned()
+        } else {
+            format!("{project}/{service}")
+        }
+    }
+
+    /// The entry for `path`, named from the path when it is new.
+    fn entry(&mut self, path: &str) -> &mut Known {
+        let scoped = self.scoped;
+        self.by_path.entry(path.to_owned()).or_insert_with(|| {
+            let labels: Vec<String> = path
+                .strip_prefix(locald_api::PROJECT_PATH_PREFIX)
                 .unwrap_or(path)
                 .trim_start_matches('/')
                 .split('/')
                 .map(|l| locald_api::unescape_label(l).unwrap_or_else(|| l.to_owned()))
-                .collect::<Vec<_>>()
-                .join("/")
+                .collect();
+            let who = match labels.as_slice() {
+                [project] => format!("project {project}"),
+                [_, service] if scoped => service.clone(),
+                _ => labels.join("/"),
+            };
+            Known {
+                who,
+                ..Known::default()
+            }
         })
     }
+}
+
+fn print(text: &str) {
+    println!("{} {text}", crate::clock::now_hms());
 }
 
 /// `watch`.
@@ -72,20 +157,39 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
         .map_err(CtlError::zbus)?;
     // Initial state, after subscribing so nothing falls in between.
     let projects = crate::status::fetch(client).await?;
-    let mut names = Names {
+    let mut objects = Objects {
         by_path: HashMap::new(),
+        scoped: project.is_some(),
     };
     for p in &projects {
         if project.as_ref().is_some_and(|n| n != &p.name) {
             continue;
         }
-        println!("{} {} {}", now(), p.name, p.state);
+        let known = Known {
+            who: format!("project {}", p.name),
+            state: p.state.clone(),
+            ..Known::default()
+        };
+        print(&format!("{}: {}", known.who, known.state));
+        objects
+            .by_path
+            .insert(locald_api::project_path(&p.name).to_string(), known);
         for s in &p.services {
-            let path = locald_api::service_path(&p.name, &s.name);
-            names
-                .by_path
-                .insert(path.to_string(), format!("{}/{}", p.name, s.name));
-            println!("{} {}/{} {}", now(), p.name, s.name, s.state);
+            let known = Known {
+                who: objects.service_name(&p.name, &s.name),
+                state: s.state.clone(),
+                reason: s.state_reason.clone(),
+                restarts: s.restart_count,
+            };
+            print(&format!(
+                "{}: {}",
+                known.who,
+                with_reason(&s.state, &s.state_reason)
+            ));
+            objects.by_path.insert(
+                locald_api::service_path(&p.name, &s.name).to_string(),
+                known,
+            );
         }
     }
     let prefix = project
@@ -118,43 +222,41 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
                 else {
                     continue;
                 };
-                let who = names.of(path);
-                let mut keys: Vec<_> = changed.keys().collect();
-                keys.sort();
-                let state = changed.get("State").map(|v| show(v));
-                let rest: Vec<String> = keys
-                    .iter()
-                    .filter(|k| k.as_str() != "State")
-                    .map(|k| format!("{k}={}", show(&changed[k.as_str()])))
-                    .collect();
-                let kind = if iface == SERVICE_INTERFACE {
-                    ""
-                } else {
-                    " (project)"
-                };
-                match state {
-                    Some(s) => println!("{} {who}{kind} {s} {}", now(), rest.join(" ")),
-                    None => println!("{} {who}{kind} {}", now(), rest.join(" ")),
+                if iface == SERVICE_INTERFACE || iface == PROJECT_INTERFACE {
+                    for line in describe(objects.entry(path), &changed) {
+                        print(&line);
+                    }
                 }
             }
             "InterfacesAdded" => {
-                if let Ok((p, _)) = msg.body().deserialize::<(
-                    zbus::zvariant::OwnedObjectPath,
+                type Added = (
+                    OwnedObjectPath,
                     HashMap<String, HashMap<String, OwnedValue>>,
-                )>() {
-                    if wanted(p.as_str()) {
-                        println!("{} {} added", now(), names.of(p.as_str()));
+                );
+                let Ok((p, ifaces)) = msg.body().deserialize::<Added>() else {
+                    continue;
+                };
+                if wanted(p.as_str()) {
+                    let props = ifaces
+                        .get(SERVICE_INTERFACE)
+                        .or_else(|| ifaces.get(PROJECT_INTERFACE));
+                    let known = objects.entry(p.as_str());
+                    if let Some(props) = props {
+                        known.state = get(props, "State").unwrap_or_default();
+                        known.reason = get(props, "StateReason").unwrap_or_default();
+                        known.restarts = get(props, "RestartCount").unwrap_or_default();
                     }
+                    print(&format!("{}: added", known.who));
                 }
             }
             "InterfacesRemoved" => {
-                if let Ok((p, _)) = msg
-                    .body()
-                    .deserialize::<(zbus::zvariant::OwnedObjectPath, Vec<String>)>()
-                {
-                    if wanted(p.as_str()) {
-                        println!("{} {} removed", now(), names.of(p.as_str()));
-                    }
+                let Ok((p, _)) = msg.body().deserialize::<(OwnedObjectPath, Vec<String>)>() else {
+                    continue;
+                };
+                if wanted(p.as_str()) {
+                    let who = objects.entry(p.as_str()).who.clone();
+                    objects.by_path.remove(p.as_str());
+                    print(&format!("{who}: removed"));
                 }
             }
             "BuildProgress" => {
@@ -163,18 +265,101 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
                         .deserialize::<(String, String, String, u32, u32, String)>()
                 {
                     if project.as_ref().is_none_or(|n| n == &p) {
-                        println!("{} {p}/{s} build {step}/{total} {label}", now());
+                        let who = objects.service_name(&p, &s);
+                        print(&format!("{who}: build step {step}/{total} {label}"));
                     }
                 }
             }
             "BuildFinished" => {
                 if let Ok((p, s, b)) = msg.body().deserialize::<(String, String, BuildInfo)>() {
                     if project.as_ref().is_none_or(|n| n == &p) {
-                        println!("{} {p}/{s} build {} {}", now(), b.result, b.reason);
+                        print(&build_line(&objects.service_name(&p, &s), &b));
                     }
                 }
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use zbus::zvariant::Value;
+
+    use super::*;
+
+    fn props(pairs: &[(&str, Value<'static>)]) -> HashMap<String, OwnedValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                let v = OwnedValue::try_from(v.try_clone().expect("clone")).expect("owned");
+                ((*k).to_owned(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_in_words() {
+        let mut web = Known {
+            who: "web".into(),
+            state: "starting".into(),
+            ..Known::default()
+        };
+        let lines = describe(
+            &mut web,
+            &props(&[
+                ("State", Value::from("running")),
+                ("MainPID", Value::from(1234u32)),
+                ("StartedAt", Value::from(1_764_601_200_123_456u64)),
+            ]),
+        );
+        assert_eq!(lines, ["web: starting → running", "web: pid 1234"]);
+
+        let lines = describe(
+            &mut web,
+            &props(&[
+                ("State", Value::from("error")),
+                ("MainPID", Value::from(0u32)),
+                ("StateReason", Value::from("exited with status 3")),
+            ]),
+        );
+        assert_eq!(lines, ["web: running → error (exited with status 3)"]);
+
+        let lines = describe(&mut web, &props(&[("RestartCount", Value::from(2u32))]));
+        assert_eq!(lines, ["web: restarted (2)"]);
+
+        let lines = describe(
+            &mut web,
+            &props(&[
+                ("State", Value::from("stopped")),
+                ("StateReason", Value::from("stopped")),
+                ("ExitStatus", Value::from(143i32)),
+            ]),
+        );
+        assert_eq!(lines, ["web: error → stopped"], "the state once");
+
+        let lines = describe(
+            &mut web,
+            &props(&[("StatusText", Value::from("listening on :8080"))]),
+        );
+        assert_eq!(lines, ["web: status \"listening on :8080\""]);
+    }
+
+    #[test]
+    fn builds_in_words() {
+        let b = |result: &str, reason: &str| BuildInfo {
+            result: result.into(),
+            reason: reason.into(),
+            ..BuildInfo::default()
+        };
+        assert_eq!(
+            build_line("web", &b("succeeded", "source changed")),
+            "web: build succeeded — source changed"
+        );
+        assert_eq!(
+            build_line("web", &b("failed", "exit status 2")),
+            "web: build failed: exit status 2"
+        );
+        assert_eq!(build_line("web", &b("skipped", "")), "web: build skipped");
     }
 }

@@ -17,7 +17,7 @@ use crate::event::{BuildRecord, BuildResult, Event, ProjectSnapshot};
 use crate::output::LogSink;
 use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
 use crate::runtime::host::HostRuntime;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeSet};
 use crate::state::{StateError, StateFile};
 use crate::supervisor::{Env, Project, ProjectView, ServiceSender};
 
@@ -149,6 +149,7 @@ impl Engine {
 
     /// Creates an engine with a given process runtime.
     pub fn with_runtime(opts: EngineOptions, runtime: Arc<dyn Runtime>) -> Engine {
+        let runtime = RuntimeSet::host(runtime);
         let (events, _) = broadcast::channel(4096);
         let env = Env {
             events,

@@ -133,6 +133,8 @@ pub struct LogLine {
     pub pid: Option<u32>,
     /// Set for build lines: one id per build.
     pub build_id: Option<Arc<str>>,
+    /// For a container service, the digest of the image it runs.
+    pub image: Option<Arc<str>>,
     /// The bytes of the line, without its newline; may be any bytes.
     pub line: Vec<u8>,
     /// The line ended without a newline: the pipe closed after it.

@@ -1,6 +1,7 @@
 //! `locald up` in the foreground: one project, no bus, no systemd; output and
 //! state changes on the terminal; Ctrl-C stops everything in reverse
-//! dependency order, a second Ctrl-C kills at once.
+//! dependency order, a second Ctrl-C kills at once. A reader of stdout that
+//! went away (`locald up | head`) stops everything as Ctrl-C does.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
         tokio::select! {
             _ = sigint.recv() => break UpOutcome::Stopped,
             _ = sigterm.recv() => break UpOutcome::Stopped,
+            // `locald up | head`: nobody sees the services any more.
+            () = term.output_closed() => break UpOutcome::Stopped,
             ev = events.recv() => match ev {
                 Ok(ev) => {
                     term.event(&ev);
@@ -154,7 +157,9 @@ pub async fn build(
     let env = crate::supervisor::Env {
         events,
         sink: Arc::new(sink),
-        runtime: Arc::new(crate::runtime::host::HostRuntime::detect()),
+        runtime: crate::runtime::RuntimeSet::host(Arc::new(
+            crate::runtime::host::HostRuntime::detect(),
+        )),
     };
     let records = crate::supervisor::build_services(config, &names, force, env).await;
     let mut ok = true;

@@ -12,6 +12,10 @@
 //! - [`read_input`] reads a config input (`locald.toml`, an `env_file`): a
 //!   regular file, owned by us or root, not writable by others, at most a
 //!   given size, opened without blocking (a FIFO cannot stall the daemon).
+//! - [`open_input`] opens a large input (an image archive) under the same
+//!   rules, to be read in pieces.
+//! - [`open_content`] opens a file whose bytes the caller verifies (an
+//!   image blob in a layout): regular, non-blocking, any owner.
 //! - [`write_atomic`] writes a state file through a uniquely named temporary
 //!   file (`O_EXCL|O_NOFOLLOW`), fsync and rename, so concurrent writers
 //!   never share a temporary and a reader sees old or new, never a mix.
@@ -164,6 +168,15 @@ fn check_trust(path: &Path, meta: &fs::Metadata) -> Result<(), UnsafeFile> {
 /// the size is checked on the open file, so nothing swapped in between a
 /// check and the read is read.
 pub fn read_input(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, UnsafeFile> {
+    let file = open_input(path)?;
+    read_limited(file, path, what, limit)
+}
+
+/// Opens an input too large to read at once (an image archive) under the
+/// same rules as [`read_input`]: a regular file owned by us or root, not
+/// writable by others, opened without blocking. The checks are made on the
+/// open file, so what is read is what was checked.
+pub fn open_input(path: &Path) -> Result<File, UnsafeFile> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -177,7 +190,7 @@ pub fn read_input(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>
         });
     }
     check_trust(path, &meta)?;
-    read_limited(file, path, what, limit)
+    Ok(file)
 }
 
 fn read_limited(
@@ -204,6 +217,31 @@ fn read_limited(
         return Err(too_large());
     }
     Ok(data)
+}
+
+/// Opens content whose bytes are verified by the caller (an image blob
+/// checked against its digest while it is read): a regular file, opened
+/// without blocking, so a FIFO or a device planted in its place is refused
+/// rather than read. Its owner does not matter: what it holds is checked.
+/// `Ok(None)` when it does not exist.
+pub fn open_content(path: &Path) -> Result<Option<File>, UnsafeFile> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(UnsafeFile::io(path, e)),
+    };
+    let meta = file.metadata().map_err(|e| UnsafeFile::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(UnsafeFile::NotRegular {
+            path: path.to_owned(),
+            kind: file_kind(meta.mode()),
+        });
+    }
+    Ok(Some(file))
 }
 
 /// Reads a state file of ours without following a symlink. `Ok(None)` when

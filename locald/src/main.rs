@@ -55,6 +55,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that only print end quietly on a closed pipe; `up` and
+    // `build` run processes a sudden death would orphan (see the helper).
+    if matches!(cli.command, Cmd::Check { .. } | Cmd::Schema) {
+        locald::term::end_quietly_on_closed_pipe();
+    }
     // The daemon sets up its own log (the journal when there is one).
     if !matches!(cli.command, Cmd::Daemon(_)) {
         init_logging();
@@ -166,5 +171,6 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(locald::term::color_for(&std::io::stderr()))
         .try_init();
 }

@@ -15,8 +15,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMapping,
+    LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use oci_spec::OciSpecError;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 /// Where packages install the shim.
 pub const DEFAULT_SHIM_PATH: &str = "/usr/libexec/locald/locald-shim";
@@ -148,6 +153,10 @@ pub struct BundleSpec {
     pub host_network: bool,
     /// Extra bind mounts.
     pub binds: Vec<BindMount>,
+    /// Mount the rootfs read-only (it is shared by every container of an image).
+    pub readonly_root: bool,
+    /// Paths that get a private tmpfs (`/tmp`, `/run`, …).
+    pub tmpfs: Vec<String>,
 }
 
 impl BundleSpec {
@@ -173,7 +182,21 @@ impl BundleSpec {
             gid_mappings: mappings(gid, &subgids),
             host_network: true,
             binds: Vec::new(),
+            readonly_root: false,
+            tmpfs: Vec::new(),
         })
+    }
+
+    /// Mount the rootfs read-only or not.
+    pub fn readonly_root(mut self, yes: bool) -> Self {
+        self.readonly_root = yes;
+        self
+    }
+
+    /// Give the container a private tmpfs at `destination`.
+    pub fn tmpfs(mut self, destination: impl Into<String>) -> Self {
+        self.tmpfs.push(destination.into());
+        self
     }
 
     /// Replace the environment.
@@ -204,82 +227,167 @@ impl BundleSpec {
         self
     }
 
-    /// The OCI `config.json` for this spec.
-    pub fn config(&self) -> Value {
-        let map = |m: &[IdMap]| {
+    /// The OCI runtime spec for this bundle, built with `oci-spec`'s types —
+    /// the same types the shim parses it with, so the two cannot drift.
+    pub fn config(&self) -> Result<Spec, OciSpecError> {
+        let map = |m: &[IdMap]| -> Result<Vec<LinuxIdMapping>, OciSpecError> {
             m.iter()
-                .map(
-                    |m| json!({"containerID": m.container_id, "hostID": m.host_id, "size": m.size}),
-                )
-                .collect::<Vec<_>>()
+                .map(|m| {
+                    LinuxIdMappingBuilder::default()
+                        .container_id(m.container_id)
+                        .host_id(m.host_id)
+                        .size(m.size)
+                        .build()
+                })
+                .collect()
         };
-        let caps = json!([
-            "CAP_CHOWN",
-            "CAP_DAC_OVERRIDE",
-            "CAP_FOWNER",
-            "CAP_FSETID",
-            "CAP_KILL",
-            "CAP_SETGID",
-            "CAP_SETUID",
-            "CAP_SETPCAP",
-            "CAP_NET_BIND_SERVICE",
-            "CAP_SYS_CHROOT"
-        ]);
-        let mut namespaces = vec![
-            json!({"type": "pid"}),
-            json!({"type": "ipc"}),
-            json!({"type": "uts"}),
-            json!({"type": "mount"}),
-            json!({"type": "user"}),
+        let caps: Capabilities = [
+            Capability::Chown,
+            Capability::DacOverride,
+            Capability::Fowner,
+            Capability::Fsetid,
+            Capability::Kill,
+            Capability::Setgid,
+            Capability::Setuid,
+            Capability::Setpcap,
+            Capability::NetBindService,
+            Capability::SysChroot,
+        ]
+        .into_iter()
+        .collect();
+        let mut kinds = vec![
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::User,
         ];
         if !self.host_network {
-            namespaces.push(json!({"type": "network"}));
+            kinds.push(LinuxNamespaceType::Network);
         }
+        let namespaces = kinds
+            .into_iter()
+            .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mount = |dest: &str, typ: &str, source: &str, opts: &[&str]| {
+            MountBuilder::default()
+                .destination(dest)
+                .typ(typ)
+                .source(source)
+                .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+        };
         let mut mounts = vec![
-            json!({"destination": "/proc", "type": "proc", "source": "proc"}),
-            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+            MountBuilder::default()
+                .destination("/proc")
+                .typ("proc")
+                .source("proc")
+                .build()?,
+            mount(
+                "/dev",
+                "tmpfs",
+                "tmpfs",
+                &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            )?,
             // No gid= option: gid 5 need not be mapped in a user namespace.
-            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                   "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
-            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                   "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-                   "options": ["nosuid", "noexec", "nodev"]}),
+            mount(
+                "/dev/pts",
+                "devpts",
+                "devpts",
+                &[
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                ],
+            )?,
+            mount(
+                "/dev/shm",
+                "tmpfs",
+                "shm",
+                &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            )?,
+            mount(
+                "/dev/mqueue",
+                "mqueue",
+                "mqueue",
+                &["nosuid", "noexec", "nodev"],
+            )?,
         ];
-        for b in &self.binds {
-            mounts.push(json!({
-                "destination": b.destination,
-                "type": "bind",
-                "source": b.source,
-                "options": ["rbind", if b.readonly { "ro" } else { "rw" }],
-            }));
+        for t in &self.tmpfs {
+            mounts.push(mount(
+                t,
+                "tmpfs",
+                "tmpfs",
+                &["nosuid", "nodev", "mode=1777"],
+            )?);
         }
-        json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": self.args,
-                "env": self.env,
-                "cwd": self.cwd,
-                "noNewPrivileges": true,
-                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            },
-            "root": {"path": self.rootfs, "readonly": false},
-            "hostname": self.hostname,
-            "mounts": mounts,
-            "linux": {
-                "uidMappings": map(&self.uid_mappings),
-                "gidMappings": map(&self.gid_mappings),
-                "namespaces": namespaces,
-                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-                                "/proc/scsi", "/sys/firmware"],
-                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
-                                  "/proc/sys", "/proc/sysrq-trigger"],
-            }
-        })
+        for b in &self.binds {
+            let source = b.source.to_string_lossy();
+            let opts = ["rbind", if b.readonly { "ro" } else { "rw" }];
+            mounts.push(mount(&b.destination, "bind", &source, &opts)?);
+        }
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut capabilities = LinuxCapabilitiesBuilder::default()
+            .bounding(caps.clone())
+            .effective(caps.clone())
+            .permitted(caps)
+            .build()?;
+        // oci-spec's builders fill in runc's defaults for whatever is not
+        // set; the shim allows only what is asked for, so say "none" here.
+        capabilities.set_inheritable(None);
+        capabilities.set_ambient(None);
+        let mut process = ProcessBuilder::default()
+            .terminal(false)
+            .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+            .args(self.args.clone())
+            .env(self.env.clone())
+            .cwd(self.cwd.clone())
+            .no_new_privileges(true)
+            .capabilities(capabilities)
+            .build()?;
+        process.set_rlimits(None);
+        let mut linux = LinuxBuilder::default()
+            .uid_mappings(map(&self.uid_mappings)?)
+            .gid_mappings(map(&self.gid_mappings)?)
+            .namespaces(namespaces)
+            .masked_paths(strings(&[
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+            ]))
+            .readonly_paths(strings(&[
+                "/proc/asound",
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ]))
+            .build()?;
+        linux.set_resources(None);
+        let mut spec = SpecBuilder::default()
+            .version("1.0.2")
+            .process(process)
+            .root(
+                RootBuilder::default()
+                    .path(self.rootfs.clone())
+                    .readonly(self.readonly_root)
+                    .build()?,
+            )
+            .hostname(self.hostname.clone())
+            .mounts(mounts)
+            .linux(linux)
+            .build()?;
+        spec.set_annotations(None);
+        Ok(spec)
     }
 
     /// Create `dir` (mode 0700) and write `config.json` into it; the rootfs
@@ -293,11 +401,13 @@ impl BundleSpec {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io("chmod", dir))?;
         let path = dir.join("config.json");
-        let text = serde_json::to_vec_pretty(&self.config()).map_err(|e| ShimError::Io {
+        let encode_error = |e: String| ShimError::Io {
             what: "serialize",
             path: path.clone(),
-            source: e.into(),
-        })?;
+            source: std::io::Error::other(e),
+        };
+        let spec = self.config().map_err(|e| encode_error(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&spec).map_err(|e| encode_error(e.to_string()))?;
         // Write-then-rename so the shim never reads a half-written config.
         let tmp = dir.join(".config.json.tmp");
         std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
@@ -541,14 +651,24 @@ mod tests {
             gid_mappings: mappings(1000, &[]),
             host_network: true,
             binds: vec![],
+            readonly_root: false,
+            tmpfs: vec![],
         };
-        let c = spec.config();
-        assert_eq!(c["root"]["path"], "/r");
-        let ns = c["linux"]["namespaces"]
-            .as_array()
-            .cloned()
+        let c = spec.config().expect("a valid spec");
+        assert_eq!(
+            c.root().as_ref().map(|r| r.path().clone()),
+            Some("/r".into())
+        );
+        let ns = c
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
             .unwrap_or_default();
-        assert!(ns.iter().any(|n| n["type"] == "user"));
-        assert!(!ns.iter().any(|n| n["type"] == "network"));
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+        assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+        // What the shim parses is what was built.
+        let text = serde_json::to_string(&c).expect("encode");
+        let back: Spec = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back, c);
     }
 }

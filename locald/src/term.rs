@@ -1,15 +1,71 @@
 //! The terminal face of `locald up`: output lines prefixed by their service
 //! (and marked when they come from a build), state changes as they happen,
 //! coloured on a TTY and plain under `NO_COLOR` or a pipe.
+//!
+//! Also the conventions every command line of locald keeps, in one place
+//! for `locald` and `locald-ctl`: colour only on a terminal and without
+//! `NO_COLOR` ([`color_for`]), and a quiet end when the reader of stdout
+//! goes away ([`end_quietly_on_closed_pipe`], [`Terminal::output_closed`]).
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
-use crate::event::{BuildResult, Event, LogLine, Phase, ServiceState};
+use tokio::sync::Notify;
+
+use crate::event::{BuildResult, Event, LogLine, Phase, ServiceSnapshot, ServiceState};
 use crate::output::{BoxFuture, LogSink};
 
 const PALETTE: [u8; 6] = [36, 33, 35, 32, 34, 31];
+
+/// Whether to colour what goes to `stream` (stdout, stderr): only when it is
+/// a terminal and `NO_COLOR` is unset or empty (<https://no-color.org>).
+pub fn color_for(stream: &impl IsTerminal) -> bool {
+    wants_color(
+        stream.is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn wants_color(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+/// Ends the process quietly, as `cat` or `grep` do, when it writes to a pipe
+/// whose reader went away (`locald check | head -c1`). Rust ignores
+/// SIGPIPE, so every `println!` would fail with EPIPE and panic (exit 101);
+/// with SIGPIPE's default action the kernel ends the process instead, and
+/// the shell sees the usual 141.
+///
+/// Call it first thing in `main`, before any thread exists, and only for
+/// commands that leave nothing behind when killed: the daemon and `locald
+/// up` run services (and `locald build` a build) that a sudden death would
+/// orphan; they keep SIGPIPE ignored and watch their output instead
+/// ([`Terminal::output_closed`]).
+pub fn end_quietly_on_closed_pipe() {
+    // SAFETY: restoring the default disposition installs no handler code;
+    // called before other threads exist, nothing races with it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `web running pid 1234`, `db failed (exited with status 1)`: a state
+/// change as `locald up` prints it; the reason only when it says more than
+/// the state (a stopped service's reason is "stopped").
+fn state_text(service: &ServiceSnapshot) -> String {
+    let mut t = format!("{} {}", service.name, service.state);
+    if !service.reason.is_empty() && service.reason != service.state.as_str() {
+        t.push_str(&format!(" ({})", service.reason));
+    }
+    if service.state == ServiceState::Running {
+        if let Some(pid) = service.main_pid {
+            t.push_str(&format!(" pid {pid}"));
+        }
+    }
+    t
+}
 
 /// Prints to stdout.
 pub struct Terminal {
@@ -19,14 +75,14 @@ pub struct Terminal {
     out: Mutex<()>,
     /// Last state and reason printed per service, to print changes only.
     shown: Mutex<HashMap<String, (ServiceState, String)>>,
+    /// Woken when stdout turns out to be a pipe nobody reads any more.
+    closed: Notify,
 }
 
 impl Terminal {
     /// A printer for services with these names (to align and colour them).
     pub fn new(names: &[String]) -> Self {
-        let color = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        Self::with_color(names, color)
+        Self::with_color(names, color_for(&std::io::stdout()))
     }
 
     /// Same, with colour chosen by the caller.
@@ -38,6 +94,7 @@ impl Terminal {
             names: names.to_vec(),
             out: Mutex::new(()),
             shown: Mutex::default(),
+            closed: Notify::new(),
         }
     }
 
@@ -55,8 +112,20 @@ impl Terminal {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(bytes);
-        let _ = out.flush();
+        if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+            // Any other error (a full disk behind a redirect) loses a line,
+            // not the services.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                self.closed.notify_one();
+            }
+        }
+    }
+
+    /// Completes once a write to stdout failed because its reader went away
+    /// (`locald up | head`): nobody sees the output any more, and `up`
+    /// stops its services as on Ctrl-C rather than run them unseen.
+    pub async fn output_closed(&self) {
+        self.closed.notified().await;
     }
 
     /// Formats one output line.
@@ -87,16 +156,7 @@ impl Terminal {
                     return false;
                 }
                 shown.insert(service.name.clone(), now);
-                let mut t = format!("{} {}", service.name, service.state);
-                if !service.reason.is_empty() {
-                    t.push_str(&format!(" ({})", service.reason));
-                }
-                if service.state == ServiceState::Running {
-                    if let Some(pid) = service.main_pid {
-                        t.push_str(&format!(" pid {pid}"));
-                    }
-                }
-                t
+                state_text(service)
             }
             Event::BuildFinished {
                 service, record, ..
@@ -130,5 +190,33 @@ impl LogSink for Terminal {
         let bytes = self.format_line(line);
         self.emit(&bytes);
         Box::pin(std::future::ready(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(wants_color(true, None));
+        assert!(wants_color(true, Some(OsStr::new(""))));
+        assert!(!wants_color(true, Some(OsStr::new("1"))));
+        assert!(!wants_color(false, None));
+    }
+
+    #[test]
+    fn state_lines_do_not_repeat_the_state() {
+        let mut s = ServiceSnapshot::new("web");
+        s.state = ServiceState::Stopped;
+        s.reason = "stopped".into();
+        assert_eq!(state_text(&s), "web stopped");
+        s.state = ServiceState::Failed;
+        s.reason = "exited with status 1".into();
+        assert_eq!(state_text(&s), "web failed (exited with status 1)");
+        s.state = ServiceState::Running;
+        s.reason.clear();
+        s.main_pid = Some(1234);
+        assert_eq!(state_text(&s), "web running pid 1234");
     }
 }

@@ -3,6 +3,7 @@
 //! preconditions (skip with a reason on a laptop, fail under `CI=true`).
 
 pub mod dbus;
+pub mod images;
 pub mod incremental;
 pub mod journald;
 pub mod nspawn;

@@ -387,6 +387,8 @@ fn schema_keys_match_the_parser() {
             "env" => "{ A = \"1\" }".to_owned(),
             "build" => "\"make\"".to_owned(),
             "depends_on" => "[]".to_owned(),
+            "image" => "\"redis:7\"".to_owned(),
+            "volumes" => "[\"./data:/data\"]".to_owned(),
             "health" => "{ tcp = 80 }".to_owned(),
             "restart" => "\"always\"".to_owned(),
             "start_limit_burst" => "3".to_owned(),
@@ -395,7 +397,9 @@ fn schema_keys_match_the_parser() {
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");
-        if *key != "command" {
+        if *key == "volumes" {
+            text.push_str("image = \"redis\"\n");
+        } else if *key != "command" && *key != "image" {
             text.push_str("command = \"x\"\n");
         }
         let r = Config::parse(Path::new("/proj/locald.toml"), &text);
@@ -456,4 +460,88 @@ fn schema_and_parser_agree_on_files() {
             "parser accepts a bad file:\n{text}"
         );
     }
+}
+
+#[test]
+fn image_services_parse_with_volumes_and_an_optional_command() {
+    let c = Config::parse(
+        Path::new("/proj/locald.toml"),
+        r#"[services.cache]
+image = "docker.io/library/redis:7"
+
+[services.api]
+image = "oci:./images/layout:api"
+command = ["/bin/api", "--port", "8080"]
+workdir = "/srv"
+volumes = ["./data:/data", "./config.toml:/etc/api.toml:ro"]
+depends_on = ["cache"]
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let api = &c.services["api"];
+    let image = api.image.as_ref().expect("image");
+    assert_eq!(image.reference, "oci:./images/layout:api");
+    assert_eq!(image.workdir.as_deref(), Some("/srv"));
+    assert_eq!(image.volumes.len(), 2);
+    assert_eq!(image.volumes[0].source, Path::new("/proj/./data"));
+    assert!(image.volumes[1].read_only);
+    assert!(c.services["cache"].command.is_none());
+}
+
+#[test]
+fn bad_image_reference() {
+    check(
+        "[services.web]\nimage = \"Redis:7\"\n",
+        "lowercase",
+        2,
+        9,
+        "name[:tag]",
+    );
+    check(
+        "[services.web]\nimage = \"redis@sha256:abc\"\n",
+        "exactly 64 hex digits",
+        2,
+        9,
+        "name[:tag]",
+    );
+}
+
+#[test]
+fn volumes_without_an_image() {
+    check(
+        "[services.web]\ncommand = \"x\"\nvolumes = [\"./a:/a\"]\n",
+        "`volumes` are for image services",
+        3,
+        12,
+        "add `image`",
+    );
+}
+
+#[test]
+fn bad_volume() {
+    check(
+        "[services.web]\nimage = \"redis\"\nvolumes = [\"./a:relative\"]\n",
+        "must be an absolute path",
+        3,
+        12,
+        "",
+    );
+    check(
+        "[services.web]\nimage = \"redis\"\nvolumes = [\"./a\"]\n",
+        "is not HOST:CONTAINER",
+        3,
+        12,
+        "./data:/data",
+    );
+}
+
+#[test]
+fn relative_workdir_of_an_image_service() {
+    check(
+        "[services.web]\nimage = \"redis\"\nworkdir = \"app\"\n",
+        "must be absolute",
+        3,
+        11,
+        "/app",
+    );
 }

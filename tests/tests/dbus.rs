@@ -846,13 +846,16 @@ fn ctl_watch_prints_state_changes_live() {
             }
         }
     };
-    let web = format!("{name}/web");
     expect_line(
-        &|l| l.ends_with(&format!("{web} running")),
-        "the initial state",
+        &|l| l.ends_with(&format!("project {name}: running")),
+        "the project's initial state",
     );
+    expect_line(&|l| l.ends_with(" web: running"), "the initial state");
     assert_eq!(ctl(&bus, p.path(), &["stop", "web"]).code, 0);
-    expect_line(&|l| l.contains(&format!("{web} stopped")), "web stopped");
+    expect_line(
+        &|l| l.contains(" web: ") && l.contains("→ stopped"),
+        "web stopped",
+    );
     let _ = watch.kill();
     let _ = watch.wait();
     assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);

@@ -24,6 +24,7 @@ fn line(project: &str, service: &str, stream: Stream, text: &[u8]) -> LogLine {
         stream,
         pid: Some(4242),
         build_id: None,
+        image: None,
         line: text.to_vec(),
         partial: false,
         continues: false,

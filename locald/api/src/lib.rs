@@ -42,7 +42,10 @@ pub enum Error {
     /// (e.g. `AccessDenied` for a caller of another uid), or an error another
     /// program named; it goes out under that error's own name.
     ZBus(zbus::Error),
-    /// `locald.toml` is invalid; the text starts with `file:line:column: `.
+    /// `locald.toml` is invalid. The first line is `file:line:column:
+    /// message`, for editors to link; the lines after it are the full
+    /// report as `locald check` prints it: the offending line, a caret under
+    /// the spot, and a hint ([`Error::config_report`]).
     ConfigInvalid(String),
     /// No `locald.toml` in the directory or any parent.
     ConfigNotFound(String),
@@ -218,6 +221,19 @@ impl Error {
         }
     }
 
+    /// For `ConfigInvalid`, the full report after the first line, as
+    /// `locald check` prints it; `None` for other errors, or when the
+    /// daemon sent only the one line.
+    pub fn config_report(&self) -> Option<&str> {
+        match self {
+            Error::ConfigInvalid(text) => text
+                .split_once('\n')
+                .map(|(_, report)| report)
+                .filter(|r| !r.trim().is_empty()),
+            _ => None,
+        }
+    }
+
     /// The daemon could not be reached: no bus, nobody owns the name, or
     /// activation failed.
     pub fn is_unreachable(&self) -> bool {
@@ -348,5 +364,14 @@ mod tests {
             round_trip(&plain).name().as_str(),
             "org.freedesktop.zbus.Error"
         );
+    }
+
+    #[test]
+    fn config_report_is_what_follows_the_first_line() {
+        let e = Error::ConfigInvalid("/p/locald.toml:2:1: bad\nerror: bad\n  --> …".into());
+        assert_eq!(e.config_report(), Some("error: bad\n  --> …"));
+        let one_line = Error::ConfigInvalid("/p/locald.toml:2:1: bad".into());
+        assert_eq!(one_line.config_report(), None);
+        assert_eq!(Error::NoBuild("a\nb".into()).config_report(), None);
     }
 }

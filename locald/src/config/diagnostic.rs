@@ -151,6 +151,15 @@ impl ConfigError {
             None => format!("{}: invalid", self.path.display()),
         }
     }
+
+    /// The text of a `dev.locald.Error.ConfigInvalid` reply: the
+    /// [`summary`](Self::summary) line, which editors link like a
+    /// compiler's `file:line:column: message`, then the whole report as
+    /// `locald check` prints it (the line, a caret, the hint). Plain text:
+    /// the reader may be a terminal, a log or an editor's message pane.
+    pub fn summary_and_report(&self) -> String {
+        format!("{}\n{self}", self.summary())
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset in `text`.
@@ -214,6 +223,23 @@ mod tests {
         assert_eq!(line_col(text, 6), (2, 1));
         // 'é' is two bytes but one column.
         assert_eq!(line_col(text, 9), (2, 3));
+    }
+
+    #[test]
+    fn summary_and_report_leads_with_the_location() {
+        let Err(e) = super::super::Config::parse(
+            std::path::Path::new("/p/locald.toml"),
+            "[services.web]\ncomand = \"x\"\n",
+        ) else {
+            panic!("a misspelt key must be rejected");
+        };
+        let text = e.summary_and_report();
+        let (first, rest) = text.split_once('\n').unwrap_or_default();
+        assert_eq!(first, "/p/locald.toml:2:1: unknown field `comand`");
+        assert_eq!(rest, e.to_string());
+        assert!(rest.contains("2 | comand = \"x\"\n  | ^^^^^^"), "{rest}");
+        assert!(rest.contains("= hint: did you mean `command`?"), "{rest}");
+        assert!(!text.contains('\x1b'), "{text}");
     }
 
     #[test]

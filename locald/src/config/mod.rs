@@ -111,9 +111,12 @@ impl CommandSpec {
 pub struct ServiceConfig {
     /// Name, unique in the project.
     pub name: String,
-    /// What to run.
-    pub command: CommandSpec,
-    /// Absolute working directory.
+    /// What to run: a host command, or (with `image`) the container's command
+    /// overriding the image's Entrypoint and Cmd.
+    pub command: Option<CommandSpec>,
+    /// The image it runs from, for a container service.
+    pub image: Option<ImageSpec>,
+    /// Absolute host working directory (host processes and builds).
     pub workdir: PathBuf,
     /// Environment added for the process (env_file first, then `env`).
     pub env: Vec<(String, String)>,
@@ -199,6 +202,49 @@ impl Config {
                 ))
             })
             .collect()
+    }
+}
+
+/// A container service's image and what it gets from the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The image reference as written.
+    pub reference: String,
+    /// Bind mounts of project paths.
+    pub volumes: Vec<Volume>,
+    /// Working directory in the container (default: the image's).
+    pub workdir: Option<String>,
+}
+
+/// One bind mount of a host path into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl ServiceConfig {
+    /// What the service runs, as the runtime takes it.
+    pub fn workload(&self) -> crate::runtime::Workload {
+        match &self.image {
+            Some(image) => crate::runtime::Workload::Image {
+                reference: image.reference.clone(),
+                command: self.command.as_ref().map(CommandSpec::argv),
+                volumes: image.volumes.clone(),
+                workdir: image.workdir.clone(),
+            },
+            None => crate::runtime::Workload::Host {
+                argv: self
+                    .command
+                    .as_ref()
+                    .map(CommandSpec::argv)
+                    .unwrap_or_default(),
+            },
+        }
     }
 }
 
@@ -620,20 +666,30 @@ impl Checker {
         names: &[String],
     ) -> Option<ServiceConfig> {
         let errors_before = self.diags.len();
-        let command = match svc.command {
-            Some(cmd) => self.command(cmd, "command"),
+        let command = svc.command.and_then(|cmd| self.command(cmd, "command"));
+        let image = match svc.image {
+            Some(image) => self.image(image, svc.volumes, svc.workdir.as_ref()),
             None => {
-                self.push(
-                    format!("service `{name}` has no `command`"),
-                    Some(span.clone()),
-                    Some("add `command = \"...\"`: what to run after the build".into()),
-                );
+                if let Some(v) = svc.volumes.as_ref().and_then(|v| v.first()) {
+                    self.push(
+                        "`volumes` are for image services",
+                        Some(v.span()),
+                        Some("a host process sees the host's files as they are; remove `volumes` or add `image`".into()),
+                    );
+                }
+                if command.is_none() && self.diags.len() == errors_before {
+                    self.push(
+                        format!("service `{name}` has no `command` or `image`"),
+                        Some(span.clone()),
+                        Some("add `command = \"...\"` (what to run after the build) or `image = \"...\"`".into()),
+                    );
+                }
                 None
             }
         };
         let workdir = match &svc.workdir {
-            Some(w) => self.rel_path(w, "workdir"),
-            None => Some(self.root.clone()),
+            Some(w) if image.is_none() => self.rel_path(w, "workdir"),
+            _ => Some(self.root.clone()),
         };
         let mut env = svc
             .env_file
@@ -716,9 +772,18 @@ impl Checker {
         if self.diags.len() > errors_before {
             return None;
         }
+        if let (Some(_), Some(BuildSpec::Cnb(_))) = (&image, &build) {
+            self.push(
+                format!("service `{name}` has both `image` and a buildpacks build"),
+                Some(span.clone()),
+                Some("a buildpacks build makes the service's image; remove `image`".into()),
+            );
+            return None;
+        }
         Some(ServiceConfig {
             name: name.to_owned(),
-            command: command?,
+            command,
+            image,
             workdir: workdir?,
             env,
             build,
@@ -735,6 +800,81 @@ impl Checker {
             stderr_priority: svc
                 .stderr_priority
                 .map_or(crate::journal::Priority::INFO, |p| p.into_inner().0),
+        })
+    }
+
+    fn image(
+        &mut self,
+        image: Spanned<String>,
+        volumes: Option<Vec<Spanned<String>>>,
+        workdir: Option<&Spanned<String>>,
+    ) -> Option<ImageSpec> {
+        let before = self.diags.len();
+        let reference = image.get_ref().trim().to_owned();
+        if let Err(why) = check_image_reference(&reference) {
+            self.push(
+                format!("image: {why}"),
+                Some(image.span()),
+                Some(
+                    "write `name[:tag][@sha256:…]`, `oci:PATH[:TAG]` or `oci-archive:FILE[:TAG]`"
+                        .into(),
+                ),
+            );
+        }
+        let mut out = Vec::new();
+        for v in volumes.unwrap_or_default() {
+            if let Some(vol) = self.volume(&v) {
+                out.push(vol);
+            }
+        }
+        let workdir = workdir.and_then(|w| {
+            if w.get_ref().starts_with('/') {
+                Some(w.get_ref().clone())
+            } else {
+                self.push(
+                    "the workdir of an image service is a path in the container and must be absolute",
+                    Some(w.span()),
+                    Some("e.g. workdir = \"/app\"".into()),
+                );
+                None
+            }
+        });
+        (self.diags.len() == before).then_some(ImageSpec {
+            reference,
+            volumes: out,
+            workdir,
+        })
+    }
+
+    fn volume(&mut self, v: &Spanned<String>) -> Option<Volume> {
+        let text = v.get_ref();
+        let parts: Vec<&str> = text.split(':').collect();
+        let (host, target, read_only) = match parts.as_slice() {
+            [h, t] => (*h, *t, false),
+            [h, t, "ro"] => (*h, *t, true),
+            [h, t, "rw"] => (*h, *t, false),
+            _ => {
+                self.push(
+                    format!("volume `{text}` is not HOST:CONTAINER[:ro]"),
+                    Some(v.span()),
+                    Some("e.g. \"./data:/data\" or \"./config.toml:/etc/app.toml:ro\"".into()),
+                );
+                return None;
+            }
+        };
+        if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
+            self.push(
+                format!("volume target `{target}` must be an absolute path in the container, without `..`"),
+                Some(v.span()),
+                None,
+            );
+            return None;
+        }
+        let source = self.rel_path(&Spanned::new(v.span(), host.to_owned()), "volume source")?;
+        Some(Volume {
+            source,
+            target: target.to_owned(),
+            read_only,
         })
     }
 
@@ -971,6 +1111,14 @@ impl Checker {
     }
 }
 
+/// Checks an image reference with the image module's own parser, so
+/// `locald check` accepts exactly what the store can resolve.
+fn check_image_reference(r: &str) -> Result<(), String> {
+    crate::image::ImageRef::parse(r)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// Parses `KEY=value` lines; `#` comments, blank lines, `export ` and
 /// surrounding single or double quotes are handled as shells and dotenv do.
 pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
@@ -1014,7 +1162,7 @@ mod tests {
         let web = &c.services["web"];
         assert_eq!(
             web.command,
-            CommandSpec::Shell("python3 -m http.server".into())
+            Some(CommandSpec::Shell("python3 -m http.server".into()))
         );
         assert_eq!(web.stop_signal, Signal::SIGTERM);
         assert_eq!(web.workdir, Path::new("/p"));

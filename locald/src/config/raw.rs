@@ -60,7 +60,18 @@ pub struct RawService {
     /// What to run: a string is run with `sh -c`, an array is an argv run directly.
     #[schemars(with = "Option<RawCommand>")]
     pub command: Option<Spanned<RawCommand>>,
-    /// Working directory, relative to the project directory.
+    /// An OCI image to run as a container: `name[:tag][@digest]` (Docker's
+    /// defaults: `docker.io`, `library/`, `latest`), `oci:PATH[:TAG]` (a local
+    /// OCI image layout, relative to the project) or `oci-archive:FILE[:TAG]`.
+    /// With `image`, `command` (optional) overrides the image's Entrypoint and Cmd.
+    #[schemars(with = "Option<String>")]
+    pub image: Option<Spanned<String>>,
+    /// Bind mounts for an image service: `HOST:CONTAINER[:ro]`, the host path
+    /// relative to the project directory.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub volumes: Option<Vec<Spanned<String>>>,
+    /// Working directory: for a host process, relative to the project
+    /// directory; for an image service, an absolute path in the container.
     #[schemars(with = "Option<String>")]
     pub workdir: Option<Spanned<String>>,
     /// Environment variables added to the service's environment.

@@ -22,8 +22,9 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub fn to_dbus(e: EngineError) -> Error {
     match &e {
         EngineError::Config(load) => match load {
-            // The summary starts with file:line:column, which editors link.
-            LoadError::Invalid(c) => Error::ConfigInvalid(c.summary()),
+            // The first line is file:line:column: message, which editors
+            // link; the rest is the report `locald check` prints.
+            LoadError::Invalid(c) => Error::ConfigInvalid(c.summary_and_report()),
             LoadError::NotFound { .. } => Error::ConfigNotFound(chain(&e)),
             LoadError::NotADirectory { .. } => Error::NotADirectory(chain(&e)),
             LoadError::Read { .. } | LoadError::Refused(_) => Error::ReadFailed(chain(&e)),
@@ -62,6 +63,7 @@ mod tests {
         assert_eq!(e.name().as_str(), "dev.locald.Error.ConfigInvalid");
         let text = e.description().unwrap_or_default().to_owned();
         assert!(text.starts_with("/p/locald.toml:2:1: "), "{text}");
+        assert!(text.contains("= hint: did you mean `command`?"), "{text}");
     }
 
     #[test]

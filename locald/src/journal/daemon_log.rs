@@ -108,6 +108,7 @@ pub fn init_daemon_logging(output: LogOutput, default_filter: &str) -> Result<bo
     let stderr = (!to_journal || output == LogOutput::Both).then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(crate::term::color_for(&std::io::stderr()))
             .with_target(false)
             .boxed()
     });

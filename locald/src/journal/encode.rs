@@ -242,6 +242,9 @@ pub fn encode_entry(
     put_field(buf, "LOCALD_SERVICE", line.service.as_bytes());
     put_plain(buf, "LOCALD_PHASE", line.phase.as_str());
     put_plain(buf, "LOCALD_STREAM", line.stream.as_str());
+    if let Some(image) = &line.image {
+        put_field(buf, "LOCALD_IMAGE", image.as_bytes());
+    }
     if let Some(id) = &line.build_id {
         put_field(buf, "LOCALD_BUILD_ID", id.as_bytes());
     }

@@ -431,6 +431,7 @@ impl JournalSink {
             stream: Stream::Stdout,
             pid: None,
             build_id: Some(record.build_id.as_str().into()),
+            image: None,
             line: Vec::new(),
             partial: false,
             continues: false,

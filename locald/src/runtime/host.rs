@@ -10,15 +10,16 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::{Child, Command};
 
 use super::cgroup::{Cgroup, CgroupRoot};
 use super::claim::ProjectClaim;
-use super::{ExitStatus, LaunchSpec, Process, Runtime, RuntimeError};
+use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::fsutil::{read_state, sub_dir, write_atomic};
 use crate::output::BoxFuture;
 use crate::supervisor::notify::runtime_dir;
@@ -44,16 +45,25 @@ impl HostRuntime {
     pub fn has_cgroups(&self) -> bool {
         self.cgroups.is_some()
     }
-}
 
-impl Runtime for HostRuntime {
-    fn spawn(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
-        let program = spec.argv.first().cloned().unwrap_or_default();
+    /// Forks and execs the workload (nothing in it awaits).
+    fn spawn_now(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+        let Workload::Host { argv } = &spec.workload else {
+            return Err(RuntimeError::Unavailable(format!(
+                "the host runtime cannot run {}",
+                spec.workload.describe()
+            )));
+        };
+        let program = argv.first().cloned().unwrap_or_default();
         let mut cmd = Command::new(&program);
-        cmd.args(spec.argv.iter().skip(1))
+        cmd.args(argv.iter().skip(1))
             .current_dir(&spec.cwd)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .envs(spec.env.iter().map(|(k, v)| (k, v)));
+        if let Some(sock) = &spec.notify_socket {
+            // A host process sees the host path as it is.
+            cmd.env("NOTIFY_SOCKET", sock);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -105,6 +115,15 @@ impl Runtime for HostRuntime {
             live: self.live.clone(),
             record,
         }))
+    }
+}
+
+impl Runtime for HostRuntime {
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>> {
+        Box::pin(std::future::ready(self.spawn_now(spec)))
     }
 
     fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
@@ -187,12 +206,12 @@ impl Process for HostProcess {
         self.pid
     }
 
-    fn take_stdout(&mut self) -> Option<ChildStdout> {
-        self.child.stdout.take()
+    fn take_stdout(&mut self) -> Option<Output> {
+        self.child.stdout.take().map(|p| Box::pin(p) as Output)
     }
 
-    fn take_stderr(&mut self) -> Option<ChildStderr> {
-        self.child.stderr.take()
+    fn take_stderr(&mut self) -> Option<Output> {
+        self.child.stderr.take().map(|p| Box::pin(p) as Output)
     }
 
     fn wait(&mut self) -> BoxFuture<'_, ExitStatus> {
@@ -209,21 +228,22 @@ impl Process for HostProcess {
         })
     }
 
-    fn signal(&self, sig: Signal) -> Result<(), RuntimeError> {
-        let group = killpg(Pid::from_raw(self.pid as i32), sig);
-        if let Some(cg) = &self.cgroup {
-            cg.signal(sig);
-        }
-        match group {
-            Ok(()) | Err(Errno::ESRCH) => Ok(()),
-            Err(source) => Err(RuntimeError::Signal {
-                pid: self.pid,
-                source,
-            }),
-        }
+    fn stop(&mut self, signal: Signal, timeout: Duration) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            self.signal(signal);
+            // A stopped process would never see the signal.
+            self.signal(Signal::SIGCONT);
+            match tokio::time::timeout(timeout, self.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    self.signal(Signal::SIGKILL);
+                    self.wait().await
+                }
+            }
+        })
     }
 
-    fn kill_remaining(&mut self) -> BoxFuture<'_, ()> {
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
             if let Some(cg) = &self.cgroup {
@@ -233,6 +253,26 @@ impl Process for HostProcess {
             lock(&self.live).remove(&self.pid);
             let _ = std::fs::remove_file(&self.record);
         })
+    }
+
+    fn kill_now(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+impl HostProcess {
+    /// Sends `sig` to the process group and, where there is one, to every
+    /// process in the unit's cgroup (which also holds those that left the
+    /// group). A group already gone is not an error.
+    fn signal(&self, sig: Signal) {
+        if let Err(e) = killpg(Pid::from_raw(self.pid as i32), sig) {
+            if e != Errno::ESRCH {
+                tracing::debug!("cannot signal process group {}: {e}", self.pid);
+            }
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.signal(sig);
+        }
     }
 }
 

@@ -1,22 +1,89 @@
-//! How a service's process is started, signalled and reaped.
+//! How a service's workload is started, stopped and reaped.
 //!
 //! The supervisor's state machine only sees [`Runtime`] and [`Process`]: it
-//! asks for a process from a [`LaunchSpec`], reads its pipes, signals it, and
-//! waits for it. Host processes ([`host`]) are the first kind; containers run
-//! through `locald-shim` and systemd transient user units plug in as further
-//! kinds without the state machine knowing which.
+//! hands a [`LaunchSpec`] that says *what* to run as data (a [`Workload`])
+//! plus what every kind must place somewhere (a notify socket, the output
+//! pipes), reads the output as [`AsyncRead`] streams, and asks the process to
+//! stop (signal, then kill after a timeout) or to die. Each kind knows how:
+//! host processes ([`host`]) with process groups and cgroups; containers
+//! through `locald-shim`; systemd transient user units. The state machine
+//! never asks which kind it talks to, and never writes a host path into a
+//! workload's environment: the runtime places the notify socket where its
+//! workload can see it.
+//!
+//! A [`RuntimeSet`] holds one runtime per kind; each service gets the one
+//! its workload needs, and stale-run clean-up at start sweeps every kind, so
+//! a service switched from one kind to another never leaves its old copy
+//! running. [`fake`] is a scripted runtime for the state machine's tests.
 
 pub mod cgroup;
 pub mod claim;
+pub mod container;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod host;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::process::{ChildStderr, ChildStdout};
+use tokio::io::AsyncRead;
 
 use crate::output::BoxFuture;
+
+/// One output stream of a workload.
+pub type Output = Pin<Box<dyn AsyncRead + Send>>;
+
+/// What a workload is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    /// A program on the host: argv\[0\] looked up in `PATH`.
+    Host {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+    /// A container made from an image.
+    Image {
+        /// The image reference as the user wrote it.
+        reference: String,
+        /// Overrides the image's Entrypoint and Cmd.
+        command: Option<Vec<String>>,
+        /// Bind mounts of host paths.
+        volumes: Vec<crate::config::Volume>,
+        /// Working directory in the container (default: the image's).
+        workdir: Option<String>,
+    },
+}
+
+impl Workload {
+    /// Which kind of runtime runs it.
+    pub fn kind(&self) -> RuntimeKind {
+        match self {
+            Workload::Host { .. } => RuntimeKind::Host,
+            Workload::Image { .. } => RuntimeKind::Container,
+        }
+    }
+
+    /// A one-line description for messages (`python3 app.py`, `image redis:7`).
+    pub fn describe(&self) -> String {
+        match self {
+            Workload::Host { argv } => argv.join(" "),
+            Workload::Image { reference, .. } => format!("image {reference}"),
+        }
+    }
+}
+
+/// The kinds of runtime locald knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuntimeKind {
+    /// Host processes.
+    Host,
+    /// Containers through `locald-shim`.
+    Container,
+}
 
 /// Everything needed to start one process of a service or build.
 #[derive(Debug, Clone)]
@@ -29,12 +96,16 @@ pub struct LaunchSpec {
     pub key: String,
     /// Unit name inside the project: the service name, or `NAME.build` for its build.
     pub unit: String,
-    /// Program and arguments.
-    pub argv: Vec<String>,
+    /// What to run.
+    pub workload: Workload,
     /// Working directory.
     pub cwd: PathBuf,
-    /// Variables added to the inherited environment.
+    /// Variables added to the workload's environment.
     pub env: Vec<(String, String)>,
+    /// The host path of the service's sd_notify socket, if it has one. The
+    /// runtime makes it reachable by the workload and sets `$NOTIFY_SOCKET`
+    /// to where the workload sees it.
+    pub notify_socket: Option<PathBuf>,
 }
 
 /// How a process ended.
@@ -97,6 +168,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// This kind of workload cannot run here; says why.
+    #[error("{0}")]
+    Unavailable(String),
     /// Sending a signal failed.
     #[error("cannot signal process {pid}")]
     Signal {
@@ -114,7 +188,7 @@ impl RuntimeError {
     /// is unsafe. Such a failure goes to Failed at once, without backoff.
     pub fn is_permanent(&self) -> bool {
         match self {
-            RuntimeError::RuntimeDir(_) => true,
+            RuntimeError::RuntimeDir(_) | RuntimeError::Unavailable(_) => true,
             RuntimeError::Spawn { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
@@ -126,8 +200,12 @@ impl RuntimeError {
 
 /// A kind of process runtime.
 pub trait Runtime: Send + Sync + 'static {
-    /// Starts a process. Its stdin is `/dev/null`; stdout and stderr are pipes.
-    fn spawn(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError>;
+    /// Starts a workload. Its stdin is `/dev/null`; stdout and stderr are
+    /// pipes the caller takes from the [`Process`].
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>>;
 
     /// Kills whatever is left of `unit` of the project instance `key` from an
     /// earlier run (a previous daemon that died, a crash) so a new start
@@ -145,19 +223,122 @@ pub trait Runtime: Send + Sync + 'static {
     fn kill_all(&self);
 }
 
-/// A running process and everything it started.
+/// A running workload and everything it started.
 pub trait Process: Send + 'static {
-    /// The main process id.
+    /// The host pid of the workload's main process (for a container, its
+    /// init as seen from the host): what `MainPID` shows and what the
+    /// journal's `LOCALD_PID` names.
     fn pid(&self) -> u32;
-    /// Takes the stdout pipe (once).
-    fn take_stdout(&mut self) -> Option<ChildStdout>;
-    /// Takes the stderr pipe (once).
-    fn take_stderr(&mut self) -> Option<ChildStderr>;
-    /// Waits for the main process to exit. Cancel-safe.
+    /// Takes the stdout stream (once).
+    fn take_stdout(&mut self) -> Option<Output>;
+    /// Takes the stderr stream (once).
+    fn take_stderr(&mut self) -> Option<Output>;
+    /// Waits for the main process to exit. Cancel-safe; after the first
+    /// exit it returns the same status at once.
     fn wait(&mut self) -> BoxFuture<'_, ExitStatus>;
-    /// Sends `sig` to every process of the unit.
-    fn signal(&self, sig: Signal) -> Result<(), RuntimeError>;
-    /// Kills every process that is left of the unit (after the main process
-    /// exited, or on stop timeout) and waits until none remains.
-    fn kill_remaining(&mut self) -> BoxFuture<'_, ()>;
+    /// Asks the workload to stop: `signal` (then `SIGCONT`, so a stopped
+    /// process sees it) to every process of it; after `timeout`, `SIGKILL`.
+    /// Returns once the main process is gone, with how it ended.
+    fn stop(&mut self, signal: Signal, timeout: Duration) -> BoxFuture<'_, ExitStatus>;
+    /// Kills every process that is left of the workload (after the main
+    /// process exited, or when giving up on it) and waits until none remains.
+    /// Calling it again is harmless.
+    fn kill(&mut self) -> BoxFuture<'_, ()>;
+    /// SIGKILLs every process of the workload now, without waiting: for a
+    /// process dropped mid-flight (a build cancelled by a stop).
+    fn kill_now(&self);
+    /// The digest of the image the workload runs from, if it is a container
+    /// (`LOCALD_IMAGE` in the journal).
+    fn image(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// One runtime per kind, and the choice of kind per service.
+#[derive(Clone)]
+pub struct RuntimeSet {
+    host: Arc<dyn Runtime>,
+    container: Arc<dyn Runtime>,
+}
+
+impl RuntimeSet {
+    /// A set that runs host processes with `host`; containers are refused
+    /// as not available until a container runtime is given.
+    pub fn host(host: Arc<dyn Runtime>) -> RuntimeSet {
+        RuntimeSet {
+            host,
+            container: Arc::new(Unavailable(
+                "this version of locald cannot run image services yet".into(),
+            )),
+        }
+    }
+
+    /// The same set with `container` running image workloads.
+    pub fn with_container(mut self, container: Arc<dyn Runtime>) -> RuntimeSet {
+        self.container = container;
+        self
+    }
+
+    /// The runtime for a kind of workload.
+    pub fn get(&self, kind: RuntimeKind) -> &Arc<dyn Runtime> {
+        match kind {
+            RuntimeKind::Host => &self.host,
+            RuntimeKind::Container => &self.container,
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
+        [&self.host, &self.container].into_iter()
+    }
+
+    /// [`Runtime::clean_stale`] of every kind: a service whose kind changed
+    /// since the last run leaves nothing of its old kind behind.
+    pub async fn clean_stale(&self, key: &str, unit: &str) -> usize {
+        let mut n = 0;
+        for r in self.all() {
+            n += r.clean_stale(key, unit).await;
+        }
+        n
+    }
+
+    /// [`Runtime::sweep_abandoned`] of every kind.
+    pub async fn sweep_abandoned(&self) -> usize {
+        let mut n = 0;
+        for r in self.all() {
+            n += r.sweep_abandoned().await;
+        }
+        n
+    }
+
+    /// [`Runtime::kill_all`] of every kind.
+    pub fn kill_all(&self) {
+        for r in self.all() {
+            r.kill_all();
+        }
+    }
+}
+
+/// A kind that cannot run here (no shim installed, not built in): every
+/// spawn fails at once, permanently, with the reason.
+struct Unavailable(String);
+
+impl Runtime for Unavailable {
+    fn spawn<'a>(
+        &'a self,
+        _spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>> {
+        Box::pin(std::future::ready(Err(RuntimeError::Unavailable(
+            self.0.clone(),
+        ))))
+    }
+
+    fn clean_stale<'a>(&'a self, _key: &'a str, _unit: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(std::future::ready(0))
+    }
+
+    fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
+        Box::pin(std::future::ready(0))
+    }
+
+    fn kill_all(&self) {}
 }

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::pipe::{pump, PipeOwner};
@@ -18,7 +17,7 @@ use crate::config::{BuildSpec, HostBuild, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
 use crate::output::LogSink;
-use crate::runtime::{LaunchSpec, Process, Runtime};
+use crate::runtime::{LaunchSpec, Process, RuntimeSet, Workload};
 
 /// Builds one service. Cheap to clone; clones share the one-at-a-time lock.
 #[derive(Clone)]
@@ -31,7 +30,7 @@ pub(crate) struct Builder {
     /// The project directory, where `.locald/` lives.
     pub root: PathBuf,
     pub sink: Arc<dyn LogSink>,
-    pub runtime: Arc<dyn Runtime>,
+    pub runtime: RuntimeSet,
     pub events: broadcast::Sender<Event>,
     pub snapshot: Arc<watch::Sender<ServiceSnapshot>>,
     pub lock: Arc<Mutex<()>>,
@@ -183,11 +182,15 @@ impl Builder {
             project: self.project.to_string(),
             key: self.key.to_string(),
             unit: format!("{}.build", self.service),
-            argv: host.command.argv(),
+            workload: Workload::Host {
+                argv: host.command.argv(),
+            },
             cwd: self.cfg.workdir.clone(),
             env,
+            notify_socket: None,
         };
-        let proc = self.runtime.spawn(&spec).map_err(|e| error_chain(&e))?;
+        let runtime = self.runtime.get(spec.workload.kind());
+        let proc = runtime.spawn(&spec).await.map_err(|e| error_chain(&e))?;
         let mut guard = KillOnDrop(Some(proc));
         let Some(proc) = guard.0.as_mut() else {
             return Err("build process vanished".into());
@@ -198,6 +201,7 @@ impl Builder {
             phase: Phase::Build,
             pid: Some(proc.pid()),
             build_id: Some(build_id.into()),
+            image: None,
         };
         let mut pumps = Vec::new();
         if let Some(out) = proc.take_stdout() {
@@ -217,7 +221,7 @@ impl Builder {
             )));
         }
         let status = proc.wait().await;
-        proc.kill_remaining().await;
+        proc.kill().await;
         guard.0 = None;
         // Let the last lines land before the result is announced; a
         // descendant that keeps the pipe open must not hold the build up.
@@ -239,8 +243,8 @@ struct KillOnDrop(Option<Box<dyn Process>>);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(mut p) = self.0.take() {
-            let _ = p.signal(Signal::SIGKILL);
-            tokio::spawn(async move { p.kill_remaining().await });
+            p.kill_now();
+            tokio::spawn(async move { p.kill().await });
         }
     }
 }

@@ -11,6 +11,8 @@ pub mod health;
 pub mod notify;
 pub mod pipe;
 mod service;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use crate::config::{Config, ServiceConfig};
 use crate::engine::ReloadSummary;
 use crate::event::{BuildRecord, Event, ProjectSnapshot, ServiceSnapshot};
 use crate::output::LogSink;
-use crate::runtime::Runtime;
+use crate::runtime::RuntimeSet;
 
 use build::Builder;
 use service::{Command, Dep, ServiceTask};
@@ -33,7 +35,7 @@ use service::{Command, Dep, ServiceTask};
 pub(crate) struct Env {
     pub events: broadcast::Sender<Event>,
     pub sink: Arc<dyn LogSink>,
-    pub runtime: Arc<dyn Runtime>,
+    pub runtime: RuntimeSet,
 }
 
 struct Slot {

@@ -30,6 +30,8 @@ pub struct PipeOwner {
     pub pid: Option<u32>,
     /// Build id for build output.
     pub build_id: Option<Arc<str>>,
+    /// The image digest, for a container service.
+    pub image: Option<Arc<str>>,
 }
 
 impl PipeOwner {
@@ -41,6 +43,7 @@ impl PipeOwner {
             stream,
             pid: self.pid,
             build_id: self.build_id.clone(),
+            image: self.image.clone(),
             line,
             partial,
             continues,
@@ -112,6 +115,7 @@ mod tests {
             phase: Phase::Run,
             pid: None,
             build_id: None,
+            image: None,
         };
         let data: &[u8] = b"one\n\xff\xfe bin\n\x1b[31mred\x1b[0m\ntail";
         pump(data, owner, Stream::Stdout, sink.clone()).await;

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 
@@ -32,7 +31,7 @@ use crate::config::{HealthKind, RestartPolicy, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
 use crate::output::LogSink;
-use crate::runtime::{ExitStatus, LaunchSpec, Process, Runtime};
+use crate::runtime::{ExitStatus, LaunchSpec, Process, RuntimeSet};
 
 /// A request to a service task. Replies are sent once the request is done.
 pub(crate) enum Command {
@@ -75,7 +74,7 @@ pub(crate) struct ServiceTask {
     pub snapshot: Arc<watch::Sender<ServiceSnapshot>>,
     pub events: broadcast::Sender<Event>,
     pub sink: Arc<dyn LogSink>,
-    pub runtime: Arc<dyn Runtime>,
+    pub runtime: RuntimeSet,
     pub deps: Vec<Dep>,
     pub cmds: mpsc::Receiver<Command>,
     pub builder: Builder,
@@ -262,9 +261,6 @@ impl ServiceTask {
         let mut env = self.cfg.env.clone();
         env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
         env.push(("LOCALD_SERVICE".into(), self.name.to_string()));
-        if let Some(n) = &notify {
-            env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
-        }
         if let Some(w) = self.cfg.watchdog {
             env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
         }
@@ -272,12 +268,14 @@ impl ServiceTask {
             project: self.project.to_string(),
             key: self.key.to_string(),
             unit: self.name.to_string(),
-            argv: self.cfg.command.argv(),
+            workload: self.cfg.workload(),
             cwd: self.cfg.workdir.clone(),
             env,
+            notify_socket: notify.as_ref().map(|n| n.path().to_owned()),
         };
         self.set_state(ServiceState::Starting, "");
-        let mut proc = match self.runtime.spawn(&spec) {
+        let runtime = self.runtime.get(spec.workload.kind()).clone();
+        let mut proc = match runtime.spawn(&spec).await {
             Ok(p) => p,
             Err(e) if e.is_permanent() => return self.permanent(error_chain(&e)),
             Err(e) => return self.failure(fsm, error_chain(&e), None).await,
@@ -295,7 +293,7 @@ impl ServiceTask {
         });
 
         let ended = self.supervise(proc.as_mut(), notify.as_ref(), fsm).await;
-        proc.kill_remaining().await;
+        proc.kill().await;
         if started.elapsed() > self.cfg.restart.delay_max {
             fsm.consecutive = 0;
         }
@@ -398,6 +396,7 @@ impl ServiceTask {
             phase: Phase::Run,
             pid: Some(pid),
             build_id: None,
+            image: proc.image().map(Into::into),
         };
         if let Some(out) = proc.take_stdout() {
             tokio::spawn(pump(out, owner.clone(), Stream::Stdout, self.sink.clone()));
@@ -476,7 +475,7 @@ impl ServiceTask {
                     }
                     Some(Command::Restart(reply)) => {
                         self.stop_process(proc, "restart requested").await;
-                        proc.kill_remaining().await;
+                        proc.kill().await;
                         fsm.build_needed = true;
                         fsm.reset();
                         let _ = reply.send(());
@@ -503,7 +502,7 @@ impl ServiceTask {
         next: Next,
     ) -> Ended {
         self.stop_process(proc, reason).await;
-        proc.kill_remaining().await;
+        proc.kill().await;
         self.set_state(ServiceState::Stopped, "stopped");
         self.tell("stopped");
         let _ = reply.send(());
@@ -513,17 +512,8 @@ impl ServiceTask {
     /// `stop_signal`, then SIGKILL after `stop_timeout`; returns once the main process is gone.
     async fn stop_process(&self, proc: &mut dyn Process, reason: &str) {
         self.set_state(ServiceState::Stopping, reason);
-        let _ = proc.signal(self.cfg.stop_signal);
-        // A stopped process would never see SIGTERM.
-        let _ = proc.signal(Signal::SIGCONT);
-        tokio::select! {
-            status = proc.wait() => { self.update(|s| s.exit_status = Some(status.code())); }
-            _ = sleep(self.cfg.stop_timeout) => {
-                let _ = proc.signal(Signal::SIGKILL);
-                let status = proc.wait().await;
-                self.update(|s| s.exit_status = Some(status.code()));
-            }
-        }
+        let status = proc.stop(self.cfg.stop_signal, self.cfg.stop_timeout).await;
+        self.update(|s| s.exit_status = Some(status.code()));
     }
 
     /// Records a failure; decides between Backoff and Failed.

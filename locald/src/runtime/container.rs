@@ -1,0 +1,415 @@
+//! Containers through `locald-shim`: the runtime kind for image services.
+//!
+//! A spawn asks the [`ImageSource`] (the image store) for the image's
+//! unpacked, shared rootfs and its config, writes an OCI bundle that merges
+//! the image config with the service (command, env, volumes, workdir, the
+//! notify socket's directory bind-mounted at [`NOTIFY_DIR`]), and runs it with
+//! `locald-shim run`, whose stdout and stderr are the container's. The shared
+//! rootfs is mounted read-only and is never changed by a container; `/tmp`,
+//! `/run` and `/var/tmp` are per-container tmpfs mounts, and anything meant
+//! to last goes in `volumes`.
+//!
+//! Stopping sends the service's stop signal through `locald-shim kill`, then
+//! `KILL` after the timeout; the end is `locald-shim delete --force`, so no
+//! runc state is left. Container ids are derived from the project instance
+//! key and the unit, so a restarted daemon finds (and deletes) what an
+//! earlier one left before it starts a service again, and the ids of
+//! instances nobody claims are swept at daemon start.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::process::Child;
+
+use super::claim::ProjectClaim;
+use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
+use crate::fsutil::{sub_dir, write_atomic};
+use crate::output::BoxFuture;
+use crate::shim_client::{BundleSpec, ShimClient};
+use crate::supervisor::notify::runtime_dir;
+
+/// Where a container sees its service's notify socket directory.
+pub const NOTIFY_DIR: &str = "/run/locald/notify";
+
+/// What a container needs from its image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreparedImage {
+    /// The image's manifest digest (`sha256:…`), for `LOCALD_IMAGE`.
+    pub digest: String,
+    /// The unpacked rootfs, shared by every container of the image; only
+    /// ever mounted read-only.
+    pub rootfs: PathBuf,
+    /// `NAME=value` entries of the image config's `Env`.
+    pub env: Vec<String>,
+    /// The image's Entrypoint.
+    pub entrypoint: Vec<String>,
+    /// The image's Cmd.
+    pub cmd: Vec<String>,
+    /// The image's WorkingDir.
+    pub workdir: Option<String>,
+    /// The image's StopSignal (e.g. `SIGQUIT`).
+    pub stop_signal: Option<String>,
+}
+
+/// Resolves an image reference to a prepared image (pulled or imported,
+/// verified and unpacked): the image store implements it.
+pub trait ImageSource: Send + Sync + 'static {
+    /// Prepares `reference`; relative `oci:`/`oci-archive:` paths are
+    /// relative to `project_dir`.
+    fn prepare<'a>(
+        &'a self,
+        reference: &'a str,
+        project_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<PreparedImage, String>>;
+}
+
+/// Runs image workloads as containers through the shim.
+pub struct ContainerRuntime {
+    shim: ShimClient,
+    images: Arc<dyn ImageSource>,
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+impl ContainerRuntime {
+    /// A runtime using the shim at `shim` and images from `images`.
+    pub fn new(shim: ShimClient, images: Arc<dyn ImageSource>) -> Self {
+        Self {
+            shim,
+            images,
+            live: Arc::default(),
+        }
+    }
+}
+
+/// The container id of a unit of a project instance: short, in the shim's
+/// alphabet, and the same across daemon restarts.
+pub fn container_id(key: &str, unit: &str) -> String {
+    let hash = blake3::hash(key.as_bytes()).to_hex();
+    let unit: String = unit
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("locald-{}-{unit}", &hash[..16])
+}
+
+/// The signal name `locald-shim kill` takes (`TERM`, not `SIGTERM`).
+fn shim_signal(sig: Signal) -> &'static str {
+    sig.as_str().trim_start_matches("SIG")
+}
+
+fn unavailable(what: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Unavailable(what.to_string())
+}
+
+impl ContainerRuntime {
+    fn state_dir(id: &str) -> Result<PathBuf, RuntimeError> {
+        let dir = runtime_dir()?.join("containers");
+        sub_dir(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(dir.join(id))
+    }
+
+    async fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+        let Workload::Image {
+            reference,
+            command,
+            volumes,
+            workdir,
+        } = &spec.workload
+        else {
+            return Err(unavailable(format!(
+                "the container runtime cannot run {}",
+                spec.workload.describe()
+            )));
+        };
+        self.shim.check_installed().map_err(unavailable)?;
+        let image = self
+            .images
+            .prepare(reference, &spec.cwd)
+            .await
+            .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
+
+        let id = container_id(&spec.key, &spec.unit);
+        // Whatever an earlier run left under this id goes first.
+        let _ = self.shim.delete(&id, true).await;
+        let dir = Self::state_dir(&id)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        sub_dir(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        // The key lets a later daemon's sweep ask whether anyone claims it.
+        write_atomic(&dir.join("key"), spec.key.as_bytes())
+            .map_err(|e| unavailable(format!("cannot write {}: {e}", dir.display())))?;
+
+        let args = match command {
+            Some(c) => c.clone(),
+            None => image
+                .entrypoint
+                .iter()
+                .chain(image.cmd.iter())
+                .cloned()
+                .collect(),
+        };
+        if args.is_empty() {
+            return Err(unavailable(format!(
+                "image {reference} has no Entrypoint or Cmd; give the service a `command`"
+            )));
+        }
+        let mut env = image.env.clone();
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        env.push(format!("LOCALD_IMAGE={}", image.digest));
+        let mut bundle = BundleSpec::for_current_user(&image.rootfs, args)
+            .map_err(unavailable)?
+            .cwd(
+                workdir
+                    .clone()
+                    .or_else(|| image.workdir.clone())
+                    .filter(|w| !w.is_empty())
+                    .unwrap_or_else(|| "/".into()),
+            )
+            .readonly_root(true);
+        for tmp in ["/tmp", "/run", "/var/tmp"] {
+            bundle = bundle.tmpfs(tmp);
+        }
+        if let Some(sock) = &spec.notify_socket {
+            if let (Some(dir), Some(name)) = (sock.parent(), sock.file_name()) {
+                bundle = bundle.bind(dir.to_owned(), NOTIFY_DIR, false);
+                env.push(format!(
+                    "NOTIFY_SOCKET={NOTIFY_DIR}/{}",
+                    name.to_string_lossy()
+                ));
+            }
+        }
+        for v in volumes {
+            bundle = bundle.bind(v.source.clone(), v.target.clone(), v.read_only);
+        }
+        let bundle_dir = bundle
+            .env(env)
+            .write(&dir.join("bundle"))
+            .map_err(unavailable)?;
+        let mut child = self.shim.run(&bundle_dir, &id).map_err(unavailable)?;
+        let stdout = child.stdout.take().map(|p| Box::pin(p) as Output);
+        let stderr = child.stderr.take().map(|p| Box::pin(p) as Output);
+        let pid = self.init_pid(&id, &mut child).await;
+        lock(&self.live).insert(id.clone());
+        Ok(Box::new(ContainerProcess {
+            shim: self.shim.clone(),
+            id,
+            dir,
+            child,
+            pid,
+            stdout,
+            stderr,
+            exit: None,
+            live: self.live.clone(),
+            image: image.digest,
+        }))
+    }
+
+    /// The container's init as the host sees it, once runc has started it;
+    /// the shim's own pid if the container ended (or never started) first.
+    async fn init_pid(&self, id: &str, child: &mut Child) -> u32 {
+        let shim_pid = child.id().unwrap_or(0);
+        for _ in 0..200 {
+            if let Ok(s) = self.shim.state(id).await {
+                if let Some(pid) = s.pid.filter(|p| *p > 0) {
+                    return pid;
+                }
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shim_pid
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Runtime for ContainerRuntime {
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>> {
+        Box::pin(self.start(spec))
+    }
+
+    fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            if self.shim.check_installed().is_err() {
+                return 0;
+            }
+            let id = container_id(key, unit);
+            let found = self.shim.state(&id).await.is_ok();
+            let _ = self.shim.delete(&id, true).await;
+            if let Ok(dir) = Self::state_dir(&id) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            usize::from(found)
+        })
+    }
+
+    fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            let Ok(dir) = runtime_dir().map(|d| d.join("containers")) else {
+                return 0;
+            };
+            let ids: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .filter(|n| n.starts_with("locald-"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut n = 0;
+            for id in ids {
+                let key = std::fs::read_to_string(dir.join(&id).join("key")).unwrap_or_default();
+                let Some(_claim) = ProjectClaim::take_abandoned(key.trim()) else {
+                    continue;
+                };
+                if self.shim.state(&id).await.is_ok() {
+                    n += 1;
+                }
+                let _ = self.shim.delete(&id, true).await;
+                let _ = std::fs::remove_dir_all(dir.join(&id));
+            }
+            n
+        })
+    }
+
+    fn kill_all(&self) {
+        for id in lock(&self.live).iter() {
+            kill_detached(&self.shim, id);
+        }
+    }
+}
+
+/// Sends KILL through the shim without waiting (from `Drop` and the second
+/// Ctrl-C, where nothing may block).
+fn kill_detached(shim: &ShimClient, id: &str) {
+    let _ = std::process::Command::new(shim.path())
+        .args(["kill", "--id", id, "--signal", "KILL"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
+struct ContainerProcess {
+    shim: ShimClient,
+    id: String,
+    dir: PathBuf,
+    child: Child,
+    pid: u32,
+    stdout: Option<Output>,
+    stderr: Option<Output>,
+    exit: Option<ExitStatus>,
+    live: Arc<Mutex<HashSet<String>>>,
+    image: String,
+}
+
+impl Process for ContainerProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn take_stdout(&mut self) -> Option<Output> {
+        self.stdout.take()
+    }
+
+    fn take_stderr(&mut self) -> Option<Output> {
+        self.stderr.take()
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            if let Some(e) = self.exit {
+                return e;
+            }
+            // `locald-shim run` exits with the container's status (128+N
+            // for a signal, as runc reports it).
+            let status = match self.child.wait().await {
+                Ok(s) => match ExitStatus::from_std(s) {
+                    ExitStatus::Exited(c) if c > 128 && c < 128 + 65 => {
+                        ExitStatus::Signaled(c - 128)
+                    }
+                    other => other,
+                },
+                Err(_) => ExitStatus::Exited(-1),
+            };
+            self.exit = Some(status);
+            status
+        })
+    }
+
+    fn stop(&mut self, signal: Signal, timeout: Duration) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            if let Err(e) = self.shim.kill(&self.id, shim_signal(signal)).await {
+                tracing::debug!("locald-shim kill {}: {e}", self.id);
+            }
+            match tokio::time::timeout(timeout, self.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = self.shim.kill(&self.id, "KILL").await;
+                    self.wait().await
+                }
+            }
+        })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.exit.is_none() {
+                let _ = self.shim.kill(&self.id, "KILL").await;
+            }
+            let _ = self.wait().await;
+            let _ = self.shim.delete(&self.id, true).await;
+            let _ = std::fs::remove_dir_all(&self.dir);
+            lock(&self.live).remove(&self.id);
+        })
+    }
+
+    fn kill_now(&self) {
+        kill_detached(&self.shim, &self.id);
+    }
+
+    fn image(&self) -> Option<&str> {
+        Some(&self.image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_are_stable_short_and_in_the_shims_alphabet() {
+        let a = container_id("shop-0123456789ab", "web");
+        assert_eq!(a, container_id("shop-0123456789ab", "web"));
+        assert_ne!(a, container_id("shop-ba9876543210", "web"));
+        assert!(a.len() <= 64);
+        let b = container_id("k", &"x.build".repeat(20));
+        assert!(b.len() <= 64, "{b}");
+        assert!(b
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')));
+        assert!(!b.contains(".."));
+    }
+
+    #[test]
+    fn signal_names_for_the_shim() {
+        assert_eq!(shim_signal(Signal::SIGTERM), "TERM");
+        assert_eq!(shim_signal(Signal::SIGKILL), "KILL");
+    }
+}
