@@ -232,25 +232,9 @@ pub fn compress(tar: &[u8], c: Compression) -> Result<Vec<u8>> {
     })
 }
 
-/// `sha256:HEX` of some bytes (with `sha256sum`).
+/// `sha256:HEX` of some bytes.
 pub fn sha256(bytes: &[u8]) -> Result<String> {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("sha256sum")?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let data = bytes.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output()?;
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    let s = String::from_utf8(out.stdout)?;
-    Ok(format!(
-        "sha256:{}",
-        s.split_whitespace().next().context("sha256sum output")?
-    ))
+    Ok(locald::image::Digest::of(bytes).to_string())
 }
 
 /// Writes layer blobs named by digest into `dir` and returns them.

@@ -70,6 +70,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::manifest::Compression;
 pub use extract::extract;
 pub use helper::helper_main;
 pub use idmap::{IdMap, IdRange};
@@ -77,7 +78,8 @@ pub use idmap::{IdMap, IdRange};
 /// The hidden `locald` subcommand that runs [`helper_main`].
 pub const HELPER_SUBCOMMAND: &str = "internal-unpack";
 
-/// One layer blob of an image, as its manifest describes it.
+/// One layer blob of an image, as its manifest describes it (the store's
+/// [`LayerRef`](super::LayerRef) converts into one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layer {
     /// The blob on disk (compressed as `media_type` says).
@@ -88,36 +90,6 @@ pub struct Layer {
     pub media_type: String,
     /// The descriptor's digest, used to name the layer in errors.
     pub digest: String,
-}
-
-/// How a layer blob is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    /// A plain tar stream.
-    None,
-    /// gzip (possibly several members).
-    Gzip,
-    /// zstd.
-    Zstd,
-}
-
-impl Compression {
-    /// The compression of a layer media type, or `None` for a media type
-    /// that is not a layer locald can unpack.
-    pub fn of_media_type(media_type: &str) -> Option<Self> {
-        Some(match media_type {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar" => Compression::None,
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Compression::Gzip,
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Compression::Zstd,
-            _ => return None,
-        })
-    }
 }
 
 /// Who owns what [`unpack`] creates.
@@ -385,16 +357,15 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
-    /// A media type that is not a tar layer.
-    #[error(
-        "layer {layer}: media type {media_type:?} is not a layer locald can unpack \
-         (tar, tar+gzip or tar+zstd)"
-    )]
+    /// A media type that is not a layer locald unpacks.
+    #[error("layer {layer}: media type {media_type:?} cannot be unpacked: {why}")]
     MediaType {
         /// The layer's digest.
         layer: String,
         /// The media type.
         media_type: String,
+        /// Why (from [`manifest::layer_compression`](super::manifest::layer_compression)).
+        why: String,
     },
     /// The rootfs directory was refused.
     #[error("rootfs {}: {problem}", path.display())]
@@ -488,18 +459,33 @@ pub fn unpack(
     Ok(stats)
 }
 
-/// Refuses a layer whose media type is not a tar layer, before anything is
+/// How a layer is compressed, by the media-type rules fetching applies
+/// (`manifest::layer_compression`), or why it cannot be unpacked.
+fn compression(l: &Layer) -> Result<Compression, UnpackError> {
+    let media_type = oci_spec::image::MediaType::from(l.media_type.as_str());
+    super::manifest::layer_compression(&l.digest, &media_type).map_err(|e| UnpackError::MediaType {
+        layer: l.digest.clone(),
+        media_type: l.media_type.clone(),
+        why: match e {
+            super::manifest::ManifestError::Layer { why, .. } => why.to_string(),
+            other => other.to_string(),
+        },
+    })
+}
+
+/// Refuses a layer whose media type cannot be unpacked, before anything is
 /// touched.
 fn check_media_types(layers: &[Layer]) -> Result<(), UnpackError> {
-    match layers
-        .iter()
-        .find(|l| Compression::of_media_type(&l.media_type).is_none())
-    {
-        Some(l) => Err(UnpackError::MediaType {
-            layer: l.digest.clone(),
-            media_type: l.media_type.clone(),
-        }),
-        None => Ok(()),
+    layers.iter().try_for_each(|l| compression(l).map(|_| ()))
+}
+
+impl From<&super::LayerRef> for Layer {
+    fn from(l: &super::LayerRef) -> Self {
+        Layer {
+            path: l.blob_path.clone(),
+            media_type: l.media_type.to_string(),
+            digest: l.digest.to_string(),
+        }
     }
 }
 

@@ -313,12 +313,7 @@ pub(super) fn pax_time(v: &[u8]) -> io::Result<Timespec> {
 
 impl Extractor {
     fn layer(&mut self, layer: &Layer) -> Result<(), UnpackError> {
-        let compression = Compression::of_media_type(&layer.media_type).ok_or_else(|| {
-            UnpackError::MediaType {
-                layer: layer.digest.clone(),
-                media_type: layer.media_type.clone(),
-            }
-        })?;
+        let compression = super::compression(layer)?;
         let file = File::open(&layer.path).map_err(|e| read_err(layer, e))?;
         let reader: Box<dyn Read> = match compression {
             Compression::None => Box::new(BufReader::with_capacity(COPY_BUF, file)),

@@ -100,6 +100,7 @@ enum WireError {
     MediaType {
         layer: String,
         media_type: String,
+        why: String,
     },
     Rootfs {
         #[serde(with = "super::path_bytes")]
@@ -151,9 +152,15 @@ impl From<UnpackError> for WireError {
                 path,
                 source: (&source).into(),
             },
-            UnpackError::MediaType { layer, media_type } => {
-                WireError::MediaType { layer, media_type }
-            }
+            UnpackError::MediaType {
+                layer,
+                media_type,
+                why,
+            } => WireError::MediaType {
+                layer,
+                media_type,
+                why,
+            },
             UnpackError::Rootfs { path, problem } => WireError::Rootfs { path, problem },
             UnpackError::RootfsIo { path, op, source } => WireError::RootfsIo {
                 path,
@@ -201,9 +208,15 @@ impl WireError {
                 path,
                 source: source.into(),
             },
-            WireError::MediaType { layer, media_type } => {
-                UnpackError::MediaType { layer, media_type }
-            }
+            WireError::MediaType {
+                layer,
+                media_type,
+                why,
+            } => UnpackError::MediaType {
+                layer,
+                media_type,
+                why,
+            },
             WireError::Rootfs { path, problem } => UnpackError::Rootfs { path, problem },
             WireError::RootfsIo { path, op, source } => UnpackError::RootfsIo {
                 path,

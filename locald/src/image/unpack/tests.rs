@@ -302,22 +302,29 @@ fn subordinate_ranges_by_name_or_uid_become_contiguous_mappings() {
 }
 
 #[test]
-fn media_types() {
+fn media_types_follow_the_fetching_rules() {
+    let layer = |mt: &str| Layer {
+        path: PathBuf::from("/nonexistent"),
+        media_type: mt.into(),
+        digest: "sha256:00".into(),
+    };
+    let c = |mt: &str| compression(&layer(mt)).ok();
     assert_eq!(
-        Compression::of_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+        c("application/vnd.oci.image.layer.v1.tar+zstd"),
         Some(Compression::Zstd)
     );
     assert_eq!(
-        Compression::of_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        c("application/vnd.docker.image.rootfs.diff.tar.gzip"),
         Some(Compression::Gzip)
     );
     assert_eq!(
-        Compression::of_media_type("application/vnd.oci.image.layer.v1.tar"),
+        c("application/vnd.oci.image.layer.v1.tar"),
         Some(Compression::None)
     );
-    assert_eq!(
-        Compression::of_media_type("application/vnd.oci.image.config.v1+json"),
-        None
+    let err = compression(&layer("application/vnd.oci.image.config.v1+json")).unwrap_err();
+    assert!(
+        err.to_string().contains("not a container image layer"),
+        "{err}"
     );
 }
 
