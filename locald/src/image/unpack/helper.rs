@@ -309,36 +309,18 @@ pub(super) fn run(
         String::from_utf8_lossy(&s).trim().to_string()
     });
     let mut from = BufReader::new(from);
-    let talk = |to: &mut ChildStdin, msg: &ToHelper| {
-        send(to, msg).map_err(|e| failed("cannot talk to it".into(), Some(e)))
-    };
     let request = Request {
         rootfs: rootfs.to_owned(),
         layers: layers.to_vec(),
         owners,
         sync,
     };
-    talk(&mut to, &ToHelper::Unpack(request))?;
-    let mut done = None;
-    match recv::<_, FromHelper>(&mut from) {
-        Ok(Some(FromHelper::Ready)) => {
-            if let Plan::Mapped {
-                newuidmap,
-                newgidmap,
-                uid_lines,
-                gid_lines,
-            } = plan
-            {
-                idmap::write_map(newuidmap, pid, uid_lines)
-                    .and_then(|()| idmap::write_map(newgidmap, pid, gid_lines))
-                    .map_err(|what| UnpackError::UserNamespace { what, source: None })?;
-            }
-            talk(&mut to, &ToHelper::Go)?;
-            done = recv::<_, FromHelper>(&mut from).ok().flatten();
-        }
-        Ok(other) => done = other,
-        Err(_) => {}
-    }
+    // A pipe error means the helper ended early: its status and stderr,
+    // collected below, say why.
+    let (done, pipe_err) = match converse(&mut to, &mut from, request, plan, pid)? {
+        Ok(done) => (done, None),
+        Err(e) => (None, Some(e)),
+    };
     drop(to);
     let status = reaper.0.take().map(|mut c| c.wait());
     let stderr = stderr.join().unwrap_or_default();
@@ -353,10 +335,44 @@ pub(super) fn run(
             };
             Err(failed(
                 format!("ended without a result ({status}): {stderr}"),
-                None,
+                pipe_err,
             ))
         }
     }
+}
+
+/// Sends the request, maps the helper's ids when it is ready, says go, and
+/// returns its last message (`None` if it ended without one). Mapping
+/// errors are the caller's errors; pipe errors are returned inside.
+fn converse(
+    to: &mut ChildStdin,
+    from: &mut impl BufRead,
+    request: Request,
+    plan: &Plan,
+    pid: u32,
+) -> Result<io::Result<Option<FromHelper>>, UnpackError> {
+    if let Err(e) = send(to, &ToHelper::Unpack(request)) {
+        return Ok(Err(e));
+    }
+    match recv::<_, FromHelper>(from) {
+        Ok(Some(FromHelper::Ready)) => {}
+        other => return Ok(other),
+    }
+    if let Plan::Mapped {
+        newuidmap,
+        newgidmap,
+        uid_lines,
+        gid_lines,
+    } = plan
+    {
+        idmap::write_map(newuidmap, pid, uid_lines)
+            .and_then(|()| idmap::write_map(newgidmap, pid, gid_lines))
+            .map_err(|what| UnpackError::UserNamespace { what, source: None })?;
+    }
+    if let Err(e) = send(to, &ToHelper::Go) {
+        return Ok(Err(e));
+    }
+    Ok(recv(from))
 }
 
 /// The child's side: `locald internal-unpack`. Call it from `main` before
