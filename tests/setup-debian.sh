@@ -13,6 +13,7 @@ packages=(
   skopeo           # pushes them to the test registry, writes oci-archives
   docker-registry  # a private registry on 127.0.0.1 for the pull tests
   uidmap           # newuidmap/newgidmap, subuid ranges
+  umoci            # a second OCI layer unpacker to compare locald's with
   passwd           # useradd, for the shim tests' unprivileged users
   dbus             # dbus-daemon for private session buses
   dbus-bin         # dbus-send, dbus-monitor

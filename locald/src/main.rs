@@ -47,6 +47,10 @@ enum Cmd {
     Schema,
     /// Serve every project of this user on D-Bus (what `locald.service` runs).
     Daemon(locald::daemon::DaemonArgs),
+    /// Unpack image layers in a user namespace (run by locald itself; reads
+    /// its request on stdin).
+    #[command(name = "internal-unpack", hide = true)]
+    InternalUnpack,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,8 @@ fn main() -> ExitCode {
         // Before anything starts a thread: it takes the notify variables out
         // of the environment.
         Cmd::Daemon(args) => locald::daemon::main(args),
+        // Single-threaded until here, as entering a user namespace needs.
+        Cmd::InternalUnpack => locald::image::unpack::helper_main(),
         Cmd::Check { dir } => match foreground::check(&dir) {
             Ok(c) => {
                 for w in c.warnings() {

@@ -8,6 +8,7 @@ pub mod incremental;
 pub mod journald;
 pub mod nspawn;
 pub mod shim;
+pub mod unpack;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -19,8 +19,8 @@
 //!   the checks that a manifest is a runnable image.
 //! - [`digest`] is the content digest every blob is named and checked by.
 //!
-//! Unpacking layers into a root file system (`image::unpack`) lives beside
-//! these modules and reads [`LayerRef::blob_path`]; it is not part of
+//! [`unpack`] turns an image's layers into a root file system (reading
+//! [`LayerRef::blob_path`]), safely, in a user namespace; it is not part of
 //! fetching.
 //!
 //! [`Images`] is the one handle the engine, the D-Bus layer and the CLI
@@ -33,8 +33,7 @@ pub mod manifest;
 pub mod reference;
 pub mod registry;
 pub mod store;
-// `pub mod unpack;` (layers → root file system) is added beside these by
-// the unpacking work; nothing here depends on it.
+pub mod unpack;
 
 use std::path::Path;
 use std::sync::Arc;
