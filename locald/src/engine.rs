@@ -16,7 +16,6 @@ use crate::config::{load_project, LoadError};
 use crate::event::{BuildRecord, BuildResult, Event, ProjectSnapshot};
 use crate::output::LogSink;
 use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
-use crate::runtime::host::HostRuntime;
 use crate::runtime::{Runtime, RuntimeSet};
 use crate::state::{StateError, StateFile};
 use crate::supervisor::{Env, Project, ProjectView, ServiceSender};
@@ -142,14 +141,19 @@ struct ProjectEntry {
 }
 
 impl Engine {
-    /// Creates an engine with no projects, running services as host processes.
+    /// Creates an engine with no projects, running host processes and (where
+    /// the shim and the image store are there) containers.
     pub fn new(opts: EngineOptions) -> Engine {
-        Self::with_runtime(opts, Arc::new(HostRuntime::detect()))
+        Self::with_runtimes(opts, RuntimeSet::detect())
     }
 
     /// Creates an engine with a given process runtime.
     pub fn with_runtime(opts: EngineOptions, runtime: Arc<dyn Runtime>) -> Engine {
-        let runtime = RuntimeSet::host(runtime);
+        Self::with_runtimes(opts, RuntimeSet::host(runtime))
+    }
+
+    /// Creates an engine with a runtime per kind.
+    pub fn with_runtimes(opts: EngineOptions, runtime: RuntimeSet) -> Engine {
         let (events, _) = broadcast::channel(4096);
         let env = Env {
             events,

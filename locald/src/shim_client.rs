@@ -483,6 +483,16 @@ impl ShimClient {
         Self { path: path.into() }
     }
 
+    /// The shim named by `$LOCALD_SHIM`, else [`DEFAULT_SHIM_PATH`]. Naming
+    /// another shim gains nothing: it only works if it is setuid root,
+    /// which only root can make it.
+    pub fn from_env() -> Self {
+        match std::env::var_os("LOCALD_SHIM") {
+            Some(p) if !p.is_empty() => Self::new(p),
+            _ => Self::default(),
+        }
+    }
+
     /// The shim's path.
     pub fn path(&self) -> &Path {
         &self.path

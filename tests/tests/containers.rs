@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use locald_tests::images::{build_busybox_layout, missing_tools};
-use locald_tests::shim::{chown_tree, install_shim, preconditions, test_user, InstalledShim, TestUser};
+use locald_tests::shim::{
+    chown_tree, install_shim, preconditions, test_user, InstalledShim, TestUser,
+};
 use locald_tests::{bin, free_port, pids_with, require, unique};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -35,7 +37,9 @@ impl World {
         }
         let user = test_user("locald-ctr-t1")?;
         let shim = install_shim()?;
-        let base = tempfile::Builder::new().prefix("locald-ctr-").tempdir_in("/tmp")?;
+        let base = tempfile::Builder::new()
+            .prefix("locald-ctr-")
+            .tempdir_in("/tmp")?;
         fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755))?;
         for d in ["run", "data", "home"] {
             let p = base.path().join(d);
@@ -64,8 +68,14 @@ impl World {
             .arg(format!("--regid={}", self.user.gid))
             .arg("--init-groups")
             .arg("env")
-            .arg(format!("XDG_RUNTIME_DIR={}", self.base.path().join("run").display()))
-            .arg(format!("XDG_DATA_HOME={}", self.base.path().join("data").display()))
+            .arg(format!(
+                "XDG_RUNTIME_DIR={}",
+                self.base.path().join("run").display()
+            ))
+            .arg(format!(
+                "XDG_DATA_HOME={}",
+                self.base.path().join("data").display()
+            ))
             .arg(format!("HOME={}", self.base.path().join("home").display()))
             .arg(format!("LOCALD_SHIM={}", self.shim.path.display()))
             .arg("NO_COLOR=1")
@@ -74,8 +84,26 @@ impl World {
         c
     }
 
+    /// The user's containers of the project in `dir` (tests run at once
+    /// share the user, so only this project's ids count).
+    fn containers(&self, dir: &Path) -> Result<Vec<String>> {
+        let text = fs::read_to_string(dir.join("locald.toml"))?;
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .map(|n| n.trim_matches('"').to_owned())
+            .context("project name")?;
+        let key = locald::runtime::claim::project_key(&name, &dir.canonicalize()?);
+        let mine = locald::runtime::container::container_id(&key, "");
+        Ok(self
+            .all_containers()?
+            .into_iter()
+            .filter(|id| id.starts_with(&mine))
+            .collect())
+    }
+
     /// `locald-shim list` as the user: the ids of their containers.
-    fn containers(&self) -> Result<Vec<String>> {
+    fn all_containers(&self) -> Result<Vec<String>> {
         let out = Command::new("setpriv")
             .arg(format!("--reuid={}", self.user.uid))
             .arg(format!("--regid={}", self.user.gid))
@@ -169,7 +197,9 @@ fn wait_gone(marker: &str) -> Result<()> {
 
 #[test]
 fn an_image_service_runs_from_an_oci_layout_and_leaves_nothing_behind() -> Result<()> {
-    let Some(w) = World::new()? else { return Ok(()) };
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
     let marker = unique("ctr-web");
     let dir = w.project(&format!(
         r#"[project]
@@ -185,18 +215,24 @@ command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/loc
     up.wait_for("web-says-1", 1, Duration::from_secs(60))?;
     up.wait_for("second layer", 1, Duration::from_secs(5))?;
     up.wait_for("tmp-writable", 1, Duration::from_secs(5))?;
-    assert_eq!(w.containers()?.len(), 1, "one container");
+    assert_eq!(w.containers(&dir)?.len(), 1, "one container");
     assert_eq!(pids_with(&marker).len(), 1);
     let out = up.stop()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     wait_gone(&marker)?;
-    assert!(w.containers()?.is_empty(), "no runc state left");
+    assert!(w.containers(&dir)?.is_empty(), "no runc state left");
     Ok(())
 }
 
 #[test]
 fn a_container_waits_for_a_healthy_dependency_and_restarts_after_a_crash() -> Result<()> {
-    let Some(w) = World::new()? else { return Ok(()) };
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
     let port = free_port();
     let marker = unique("ctr-db");
     let dir = w.project(&format!(
@@ -226,13 +262,15 @@ restart_delay = "100ms"
     let out = up.stop()?;
     assert!(out.status.success());
     wait_gone(&marker)?;
-    assert!(w.containers()?.is_empty(), "no runc state left");
+    assert!(w.containers(&dir)?.is_empty(), "no runc state left");
     Ok(())
 }
 
 #[test]
 fn after_locald_is_killed_the_next_start_has_one_copy_of_each_container() -> Result<()> {
-    let Some(w) = World::new()? else { return Ok(()) };
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
     let marker = unique("ctr-kill");
     let dir = w.project(&format!(
         r#"[project]
@@ -247,15 +285,19 @@ command = ["/bin/busybox", "sh", "-c", "echo web-up; /bin/busybox sleep 1000; : 
     let up = Up::start(&w, &dir)?;
     up.wait_for("web-up", 1, Duration::from_secs(60))?;
     up.kill_hard();
-    assert_eq!(pids_with(&marker).len(), 1, "the container outlives a killed locald");
+    assert_eq!(
+        pids_with(&marker).len(),
+        1,
+        "the container outlives a killed locald"
+    );
 
     let up = Up::start(&w, &dir)?;
     up.wait_for("web-up", 1, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(pids_with(&marker).len(), 1, "exactly one copy");
-    assert_eq!(w.containers()?.len(), 1);
+    assert_eq!(w.containers(&dir)?.len(), 1);
     up.stop()?;
     wait_gone(&marker)?;
-    assert!(w.containers()?.is_empty());
+    assert!(w.containers(&dir)?.is_empty());
     Ok(())
 }

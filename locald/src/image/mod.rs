@@ -30,6 +30,7 @@
 pub mod digest;
 pub mod layout;
 pub mod manifest;
+pub mod prepare;
 pub mod reference;
 pub mod registry;
 pub mod store;

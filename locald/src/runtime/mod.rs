@@ -273,6 +273,24 @@ impl RuntimeSet {
         }
     }
 
+    /// What this machine and user can run: host processes, and containers
+    /// through the shim (`$LOCALD_SHIM`, else the packaged path) from the
+    /// user's image store. Without a store (no home directory) image
+    /// services are refused with the reason; a missing shim is reported when
+    /// an image service starts, with how to install it.
+    pub fn detect() -> RuntimeSet {
+        let set = RuntimeSet::host(Arc::new(host::HostRuntime::detect()));
+        match crate::image::prepare::StoreImages::open_default() {
+            Ok(images) => set.with_container(Arc::new(container::ContainerRuntime::new(
+                crate::shim_client::ShimClient::from_env(),
+                Arc::new(images),
+            ))),
+            Err(why) => set.with_container(Arc::new(Unavailable(format!(
+                "image services need the image store: {why}"
+            )))),
+        }
+    }
+
     /// The same set with `container` running image workloads.
     pub fn with_container(mut self, container: Arc<dyn Runtime>) -> RuntimeSet {
         self.container = container;

@@ -1,0 +1,148 @@
+//! From a reference to something a container runs from: the image store's
+//! side of the container runtime ([`ImageSource`]).
+//!
+//! [`StoreImages::prepare`] makes sure the image is in the store (pulled
+//! from its registry once, or imported from a local layout when that
+//! changed), unpacks it once per manifest digest into
+//! `STORE/rootfs/<digest>` (in a user namespace, see [`super::unpack`]), and
+//! returns that shared rootfs with the parts of the image config a container
+//! needs. The unpack goes to a temporary directory beside the final one and
+//! is renamed into place only when complete, under a per-image lock, so two
+//! daemons or a daemon and a foreground `locald up` starting the same image
+//! unpack it once, and an interrupted unpack is never mistaken for a rootfs.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::unpack::{unpack, Layer, UnpackOptions};
+use super::{no_progress, Image, ImageRef, Images, ProgressFn};
+use crate::output::BoxFuture;
+use crate::runtime::container::{ImageSource, PreparedImage};
+
+/// Images from the user's store, unpacked on first use.
+#[derive(Clone)]
+pub struct StoreImages {
+    images: Images,
+    helper: PathBuf,
+    progress: ProgressFn,
+}
+
+impl StoreImages {
+    /// The user's store; `helper` is the `locald` binary that runs
+    /// `locald internal-unpack` (the running executable, normally).
+    pub fn new(images: Images, helper: PathBuf) -> Self {
+        StoreImages {
+            images,
+            helper,
+            progress: no_progress(),
+        }
+    }
+
+    /// The user's default store, unpacking with the running executable.
+    pub fn open_default() -> Result<Self, String> {
+        let images = Images::open_default().map_err(|e| crate::error_chain(&e))?;
+        let helper =
+            std::env::current_exe().map_err(|e| format!("cannot find locald itself: {e}"))?;
+        Ok(StoreImages::new(images, helper))
+    }
+
+    /// The images handle (for `images`, `pull`, `prune`).
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
+    /// Where the shared rootfs of an image lives.
+    pub fn rootfs_dir(&self, image: &Image) -> PathBuf {
+        self.images
+            .store()
+            .root()
+            .join("rootfs")
+            .join(image.manifest_digest.hex())
+    }
+
+    /// Unpacks `image` into its shared rootfs unless that exists.
+    /// Blocking: call from a blocking task.
+    fn unpack_once(&self, image: &Image) -> Result<PathBuf, String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let target = self.rootfs_dir(image);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let parent = self.images.store().root().join("rootfs");
+        crate::fsutil::private_dir(&parent).map_err(|e| crate::error_chain(&e))?;
+        // One unpack per image at a time, across processes.
+        let lock_path = parent.join(format!(".{}.lock", image.manifest_digest.hex()));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        let _lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let tmp = parent.join(format!(
+            ".tmp-{}-{}-{}",
+            image.manifest_digest.hex(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let layers: Vec<Layer> = image.layers.iter().map(Layer::from).collect();
+        let stats = unpack(&tmp, &layers, &UnpackOptions::new(self.helper.clone()))
+            .map_err(|e| format!("cannot unpack: {}", crate::error_chain(&e)))?;
+        std::fs::rename(&tmp, &target)
+            .map_err(|e| format!("cannot move the rootfs into place: {e}"))?;
+        tracing::info!(
+            "unpacked image {} ({} entries, {} bytes)",
+            image.manifest_digest,
+            stats.entries,
+            stats.bytes
+        );
+        Ok(target)
+    }
+}
+
+/// The parts of an image config a container needs.
+fn runtime_config(image: &Image, rootfs: PathBuf) -> PreparedImage {
+    let config = image.config.config().clone().unwrap_or_default();
+    PreparedImage {
+        digest: image.manifest_digest.to_string(),
+        rootfs,
+        env: config.env().clone().unwrap_or_default(),
+        entrypoint: config.entrypoint().clone().unwrap_or_default(),
+        cmd: config.cmd().clone().unwrap_or_default(),
+        workdir: config.working_dir().clone(),
+        stop_signal: config.stop_signal().clone(),
+    }
+}
+
+impl ImageSource for StoreImages {
+    fn prepare<'a>(
+        &'a self,
+        reference: &'a str,
+        project_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<PreparedImage, String>> {
+        Box::pin(async move {
+            let r = ImageRef::parse(reference).map_err(|e| e.to_string())?;
+            let image = self
+                .images
+                .ensure(&r, project_dir, self.progress.clone())
+                .await
+                .map_err(|e| crate::error_chain(&e))?;
+            let this = self.clone();
+            let img = image.clone();
+            let rootfs = tokio::task::spawn_blocking(move || this.unpack_once(&img))
+                .await
+                .map_err(|e| format!("unpacking crashed: {e}"))??;
+            Ok(runtime_config(&image, rootfs))
+        })
+    }
+}
