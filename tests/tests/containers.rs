@@ -1,8 +1,12 @@
 //! Container services end to end, as an unprivileged user: images from a
-//! local OCI layout (built here from busybox-static with umoci), the store,
+//! local OCI layout (built here from busybox-static with umoci), an
+//! `oci-archive` of it and a private registry it is pushed to, the store,
 //! unpacking in a user namespace, and real runc through a root-owned
-//! setuid copy of `locald-shim`. `locald up` runs as the test user.
+//! setuid copy of `locald-shim`. `locald up` runs as the test user, and
+//! writes to a private journald at the default socket path.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,9 +14,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use locald_tests::images::{build_busybox_layout, missing_tools};
+use locald_tests::images::{archive, build_busybox_layout, missing_tools, Layout, Registry};
+use locald_tests::journald::Journald;
 use locald_tests::shim::{
-    chown_tree, install_shim, preconditions, test_user, InstalledShim, TestUser,
+    chown_tree, install_shim, leftovers, preconditions, test_user, InstalledShim, TestUser,
 };
 use locald_tests::{bin, free_port, pids_with, require, unique};
 use nix::sys::signal::{kill, Signal};
@@ -41,7 +46,7 @@ impl World {
             .prefix("locald-ctr-")
             .tempdir_in("/tmp")?;
         fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755))?;
-        for d in ["run", "data", "home"] {
+        for d in ["run", "data", "home", "config"] {
             let p = base.path().join(d);
             fs::create_dir(&p)?;
             fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
@@ -52,36 +57,63 @@ impl World {
 
     /// A project owned by the user, with a busybox OCI layout at `./layout`.
     fn project(&self, toml: &str) -> Result<PathBuf> {
+        let dir = self.project_dir()?;
+        self.write(&dir.join("locald.toml"), toml)?;
+        Ok(dir)
+    }
+
+    /// A project directory owned by the user with a busybox OCI layout at
+    /// `./layout` and no `locald.toml` yet.
+    fn project_dir(&self) -> Result<PathBuf> {
         let dir = self.base.path().join(unique("proj"));
         fs::create_dir(&dir)?;
         build_busybox_layout(&dir.join("layout"))?;
-        fs::write(dir.join("locald.toml"), toml)?;
         chown_tree(&dir, (self.user.uid, self.user.gid))?;
         Ok(dir)
     }
 
-    /// `locald ARGS` as the user, with its own runtime and data directories
-    /// and the test's shim.
+    /// Writes a file owned by the user (mode 0644).
+    fn write(&self, path: &Path, content: &str) -> Result<()> {
+        fs::write(path, content)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+        chown_tree(path, (self.user.uid, self.user.gid))
+    }
+
+    /// `locald ARGS` as the user, with its own runtime, data and config
+    /// directories and the test's shim.
     fn locald(&self, args: &[&str]) -> Command {
         let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .arg("--init-groups")
-            .arg("env")
-            .arg(format!(
-                "XDG_RUNTIME_DIR={}",
-                self.base.path().join("run").display()
-            ))
-            .arg(format!(
-                "XDG_DATA_HOME={}",
-                self.base.path().join("data").display()
-            ))
-            .arg(format!("HOME={}", self.base.path().join("home").display()))
-            .arg(format!("LOCALD_SHIM={}", self.shim.path.display()))
-            .arg("NO_COLOR=1")
-            .arg(bin("locald"))
-            .args(args);
+        c.args(self.locald_args(args));
         c
+    }
+
+    /// The arguments of `setpriv` that run `locald ARGS` as [`World::locald`]
+    /// does, for running it under another program (a mount namespace).
+    fn locald_args(&self, args: &[&str]) -> Vec<OsString> {
+        let base = self.base.path();
+        let mut v: Vec<OsString> = vec![
+            format!("--reuid={}", self.user.uid).into(),
+            format!("--regid={}", self.user.gid).into(),
+            "--init-groups".into(),
+            "env".into(),
+            format!("XDG_RUNTIME_DIR={}", base.join("run").display()).into(),
+            format!("XDG_DATA_HOME={}", base.join("data").display()).into(),
+            format!("XDG_CONFIG_HOME={}", base.join("config").display()).into(),
+            format!("HOME={}", base.join("home").display()).into(),
+            format!("LOCALD_SHIM={}", self.shim.path.display()).into(),
+            "NO_COLOR=1".into(),
+            bin("locald").into(),
+        ];
+        v.extend(args.iter().map(OsString::from));
+        v
+    }
+
+    /// Writes the user's `$XDG_CONFIG_HOME/locald/config.toml`.
+    fn user_config(&self, toml: &str) -> Result<()> {
+        let dir = self.base.path().join("config/locald");
+        fs::create_dir_all(&dir)?;
+        chown_tree(&dir, (self.user.uid, self.user.gid))?;
+        self.write(&dir.join("config.toml"), toml)
     }
 
     /// The user's containers of the project in `dir` (tests run at once
@@ -134,10 +166,15 @@ struct Up {
 
 impl Up {
     fn start(w: &World, dir: &Path) -> Result<Up> {
+        Up::spawn(w.locald(&["up", &dir.display().to_string()]), dir)
+    }
+
+    /// Runs `cmd` (a `locald up` of the project in `dir`), its output into
+    /// a file beside `dir`.
+    fn spawn(mut cmd: Command, dir: &Path) -> Result<Up> {
         let out = dir.with_extension("out");
         let f = fs::File::create(&out)?;
-        let child = w
-            .locald(&["up", &dir.display().to_string()])
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
             .stderr(f)
@@ -299,5 +336,236 @@ command = ["/bin/busybox", "sh", "-c", "echo web-up; /bin/busybox sleep 1000; : 
     up.stop()?;
     wait_gone(&marker)?;
     assert!(w.containers(&dir)?.is_empty());
+    Ok(())
+}
+
+/// The host pid `locald up` printed for `service` ("SERVICE running pid N").
+fn running_pid(text: &str, service: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.trim_start().strip_prefix("locald ")?.trim_start();
+        let pid = rest
+            .strip_prefix(service)?
+            .trim_start()
+            .strip_prefix("running pid ")?;
+        Some(pid.trim().to_owned())
+    })
+}
+
+#[test]
+fn a_container_services_lines_are_in_journald_with_every_field_and_its_image() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let Some(mut journal) = Journald::start_or_skip("container journald fields")? else {
+        return Ok(());
+    };
+    let project = unique("ctr-journal");
+    let marker = unique("ctr-journal-sleep");
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{project}"
+
+[services.web]
+image = "oci:./layout:v1"
+command = ["/bin/busybox", "sh", "-c", "echo out-line; echo err-line >&2; /bin/busybox sleep 1000; : {marker}"]
+stderr_priority = "warning"
+"#
+    ))?;
+    let digest = Layout {
+        dir: dir.join("layout"),
+    }
+    .digest("v1")?;
+    // locald finds journald at its default path, as on a user's machine.
+    let mut cmd = journal.command_with_default_paths("setpriv");
+    cmd.args(w.locald_args(&["up", &dir.display().to_string()]));
+    let up = Up::spawn(cmd, &dir)?;
+    up.wait_for("err-line", 1, Duration::from_secs(60))?;
+    let pid = running_pid(&up.text(), "web").context("the pid locald printed")?;
+
+    let by_project = [("LOCALD_PROJECT", project.as_str())];
+    journal.wait_for_count(&by_project, 2, Duration::from_secs(10))?;
+    let entries = journal.synced_query(&by_project)?;
+    let fields = |message: &str| -> Result<BTreeMap<&'static str, String>> {
+        let e = entries
+            .iter()
+            .find(|e| e.field("MESSAGE") == message)
+            .with_context(|| format!("no entry {message:?} in {entries:#?}"))?;
+        Ok([
+            "MESSAGE",
+            "PRIORITY",
+            "SYSLOG_IDENTIFIER",
+            "SYSLOG_PID",
+            "LOCALD_PROJECT",
+            "LOCALD_SERVICE",
+            "LOCALD_PHASE",
+            "LOCALD_STREAM",
+            "LOCALD_PID",
+            "LOCALD_IMAGE",
+            "_UID",
+        ]
+        .into_iter()
+        .map(|f| (f, e.field(f)))
+        .collect())
+    };
+    let expected = |message: &str, priority: &str, stream: &str| {
+        BTreeMap::from([
+            ("MESSAGE", message.to_owned()),
+            ("PRIORITY", priority.to_owned()),
+            ("SYSLOG_IDENTIFIER", "web".to_owned()),
+            ("SYSLOG_PID", pid.clone()),
+            ("LOCALD_PROJECT", project.clone()),
+            ("LOCALD_SERVICE", "web".to_owned()),
+            ("LOCALD_PHASE", "run".to_owned()),
+            ("LOCALD_STREAM", stream.to_owned()),
+            ("LOCALD_PID", pid.clone()),
+            ("LOCALD_IMAGE", digest.clone()),
+            ("_UID", w.user.uid.to_string()),
+        ])
+    };
+    assert_eq!(fields("out-line")?, expected("out-line", "6", "stdout"));
+    assert_eq!(fields("err-line")?, expected("err-line", "4", "stderr"));
+    assert!(up.stop()?.status.success());
+    wait_gone(&marker)?;
+    assert!(w.containers(&dir)?.is_empty(), "no runc state left");
+    Ok(())
+}
+
+#[test]
+fn a_container_service_runs_an_image_from_a_local_registry_pulled_once() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let registry = Registry::start()?;
+    let dir = w.project_dir()?;
+    let layout = Layout {
+        dir: dir.join("layout"),
+    };
+    let digest = layout.digest("v1")?;
+    let reference = registry.push(&layout.dir, "v1", "locald-test/busybox")?;
+    // Only the registry has the image now.
+    fs::remove_dir_all(&layout.dir)?;
+    w.user_config(&format!("insecure_registries = [\"{}\"]\n", registry.addr))?;
+    let marker = unique("ctr-registry");
+    w.write(
+        &dir.join("locald.toml"),
+        &format!(
+            r#"[project]
+name = "{}"
+
+[services.web]
+image = "{reference}"
+command = ["/bin/busybox", "sh", "-c", "echo registry-image $LOCALD_TEST $LOCALD_IMAGE; cat /etc/locald-test-marker; /bin/busybox sleep 1000; : {marker}"]
+"#,
+            unique("ctr")
+        ),
+    )?;
+
+    let up = Up::start(&w, &dir)?;
+    up.wait_for(
+        &format!("registry-image 1 {digest}"),
+        1,
+        Duration::from_secs(60),
+    )?;
+    up.wait_for("second layer", 1, Duration::from_secs(5))?;
+    assert!(up.stop()?.status.success());
+    wait_gone(&marker)?;
+    let pulled = registry.blob_gets("locald/");
+    // The config and the two layers.
+    assert_eq!(pulled, 3, "blob downloads:\n{}", registry.log());
+
+    // A second start uses the stored image: nothing is downloaded again.
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("registry-image 1", 1, Duration::from_secs(60))?;
+    assert!(up.stop()?.status.success());
+    wait_gone(&marker)?;
+    assert_eq!(registry.blob_gets("locald/"), pulled, "{}", registry.log());
+    assert!(w.containers(&dir)?.is_empty(), "no runc state left");
+    Ok(())
+}
+
+#[test]
+fn a_container_service_runs_from_an_oci_archive() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let dir = w.project_dir()?;
+    let layout = dir.join("layout");
+    let digest = Layout {
+        dir: layout.clone(),
+    }
+    .digest("v1")?;
+    archive(&layout, "v1", &dir.join("image.tar"))?;
+    // Only the archive has the image now.
+    fs::remove_dir_all(&layout)?;
+    chown_tree(&dir, (w.user.uid, w.user.gid))?;
+    let marker = unique("ctr-archive");
+    w.write(
+        &dir.join("locald.toml"),
+        &format!(
+            r#"[project]
+name = "{}"
+
+[services.web]
+image = "oci-archive:./image.tar:v1"
+command = ["/bin/busybox", "sh", "-c", "echo archive-image $LOCALD_TEST $LOCALD_IMAGE; cat /etc/locald-test-marker; /bin/busybox sleep 1000; : {marker}"]
+"#,
+            unique("ctr")
+        ),
+    )?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for(
+        &format!("archive-image 1 {digest}"),
+        1,
+        Duration::from_secs(60),
+    )?;
+    up.wait_for("second layer", 1, Duration::from_secs(5))?;
+    assert_eq!(w.containers(&dir)?.len(), 1, "one container");
+    assert!(up.stop()?.status.success());
+    wait_gone(&marker)?;
+    assert!(w.containers(&dir)?.is_empty(), "no runc state left");
+    Ok(())
+}
+
+#[test]
+fn a_container_that_ignores_sigterm_is_killed_at_its_stop_timeout_and_leaves_no_state() -> Result<()>
+{
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let marker = unique("ctr-stubborn");
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{}"
+
+[services.web]
+image = "oci:./layout:v1"
+command = ["/bin/busybox", "sh", "-c", "trap '' TERM; echo ignoring-term; while :; do /bin/busybox sleep 1; done; : {marker}"]
+stop_timeout = "2s"
+"#,
+        unique("ctr")
+    ))?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("ignoring-term", 1, Duration::from_secs(60))?;
+    let ids = w.containers(&dir)?;
+    assert_eq!(ids.len(), 1, "one container");
+
+    let asked = Instant::now();
+    let out = up.stop()?;
+    let took = asked.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "stopped after {took:?}: SIGTERM was ignored, so only SIGKILL at the timeout ends it\n{text}"
+    );
+    // Well before the default 10 s: the service's own timeout counts.
+    assert!(
+        took < Duration::from_secs(7),
+        "stopped after {took:?}\n{text}"
+    );
+    assert!(text.contains("web stopped"), "{text}");
+    wait_gone(&marker)?;
+    assert!(w.containers(&dir)?.is_empty(), "no runc state left");
+    assert_eq!(leftovers(w.user.uid, &ids[0]), Vec::<PathBuf>::new());
     Ok(())
 }
