@@ -29,8 +29,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use locald::image::unpack::{Compression, Layer};
-use locald_tests::unpack::{write_oci_layout, Tar, UnpackOutcome, UnpackRequest};
+use locald::image::unpack::Layer;
+use locald_tests::unpack::{bench_image as image, write_oci_layout, UnpackOutcome, UnpackRequest};
 
 struct Args {
     locald: PathBuf,
@@ -64,100 +64,6 @@ fn parse_args() -> Result<Args> {
     ensure!(a.locald.is_file(), "--locald PATH: the built locald binary");
     ensure!(a.rounds > 0, "--rounds must be positive");
     Ok(a)
-}
-
-/// Deterministic text-like content (compresses about as well as source
-/// files and configs do).
-struct Words(u64);
-
-impl Words {
-    fn fill(&mut self, len: usize) -> Vec<u8> {
-        const W: &[&str] = &[
-            "the", "service", "config", "locald", "layer", "image", "rootfs", "while", "return",
-            "fn", "let", "mut", "struct", "impl", "error", "path", "file", "0x3f", "42", "{", "}",
-            "value", "option", "self", "match", "=>", "Some", "None", "String", "Vec",
-        ];
-        let mut out = Vec::with_capacity(len + 16);
-        while out.len() < len {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            out.extend_from_slice(W[(self.0 % W.len() as u64) as usize].as_bytes());
-            out.push(if matches!(self.0 % 11, 0) {
-                b'\n'
-            } else {
-                b' '
-            });
-        }
-        out.truncate(len);
-        out
-    }
-}
-
-/// The benchmark image: busybox, then data, then changes.
-fn image() -> Result<Vec<(Tar, Compression)>> {
-    let busybox =
-        std::fs::read("/bin/busybox").context("/bin/busybox (apt install busybox-static)")?;
-    let list = Command::new("/bin/busybox").arg("--list-full").output()?;
-    let applets = String::from_utf8(list.stdout)?;
-    let mut l1 = Tar::default();
-    l1.dir_owned("./", 0o755, (0, 0));
-    for d in [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "tmp", "var", "home",
-    ] {
-        l1.dir(d);
-    }
-    l1.file_owned("bin/busybox", 0o755, (0, 0), &busybox);
-    for a in applets.lines().filter(|a| *a != "bin/busybox") {
-        l1.hardlink(a, "bin/busybox");
-    }
-    l1.file(
-        "etc/passwd",
-        b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
-    )
-    .file("etc/group", b"root:x:0:\nuser:x:1000:\n")
-    .dir_owned("home/user", 0o750, (1000, 1000));
-
-    let mut words = Words(0x9e37_79b9_7f4a_7c15);
-    let mut l2 = Tar::default();
-    for d in 0..40 {
-        let dir = format!("srv/app/mod{d:02}");
-        l2.dir(&dir);
-        for f in 0..50 {
-            let len = 200 + ((d * 50 + f) * 37) % 3000;
-            l2.file_owned(
-                &format!("{dir}/file{f:02}.txt"),
-                0o644,
-                (1000, 1000),
-                &words.fill(len),
-            );
-        }
-    }
-    for i in 0..4 {
-        l2.file(&format!("srv/assets/blob{i}.bin"), &words.fill(512 << 10));
-    }
-    l2.dir("srv/cache");
-    for i in 0..100 {
-        l2.file(&format!("srv/cache/entry{i:03}"), &words.fill(1000));
-    }
-
-    let mut l3 = Tar::default();
-    l3.dir("srv/app/mod00")
-        .file("srv/app/mod00/.wh.file00.txt", b"");
-    for d in 1..10 {
-        l3.file(&format!("srv/app/mod{d:02}/file01.txt"), &words.fill(4000));
-    }
-    l3.dir("srv/cache")
-        .file("srv/cache/.wh..wh..opq", b"")
-        .file("srv/cache/fresh", b"new")
-        .hardlink("srv/app/readme", "srv/app/mod05/file05.txt")
-        .symlink("srv/current", "app")
-        .file_owned("usr/bin/tool", 0o4755, (0, 0), &words.fill(50 << 10));
-    Ok(vec![
-        (l1, Compression::Gzip),
-        (l2, Compression::Gzip),
-        (l3, Compression::Gzip),
-    ])
 }
 
 fn as_user(user: Option<&str>, program: &Path) -> Command {
