@@ -27,6 +27,7 @@ use tokio::process::Child;
 use super::claim::ProjectClaim;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::fsutil::{sub_dir, write_atomic};
+use crate::image::ProgressFn;
 use crate::output::BoxFuture;
 use crate::shim_client::{BundleSpec, ShimClient};
 use crate::supervisor::notify::runtime_dir;
@@ -34,8 +35,31 @@ use crate::supervisor::notify::runtime_dir;
 /// Where a container sees its service's notify socket directory.
 pub const NOTIFY_DIR: &str = "/run/locald/notify";
 
+/// Something that must live as long as a container runs from its image
+/// (the image store's hold on the shared rootfs, which keeps `prune` from
+/// removing it); dropped with the container's process handle.
+#[derive(Clone, Default)]
+pub struct Lease(Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Lease {
+    /// A lease holding `hold` until the last clone is dropped.
+    pub fn new(hold: impl std::any::Any + Send + Sync) -> Self {
+        Lease(Some(Arc::new(hold)))
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Lease(held)"
+        } else {
+            "Lease(none)"
+        })
+    }
+}
+
 /// What a container needs from its image.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PreparedImage {
     /// The image's manifest digest (`sha256:…`), for `LOCALD_IMAGE`.
     pub digest: String,
@@ -52,17 +76,21 @@ pub struct PreparedImage {
     pub workdir: Option<String>,
     /// The image's StopSignal (e.g. `SIGQUIT`).
     pub stop_signal: Option<String>,
+    /// Held for as long as the container runs.
+    pub lease: Lease,
 }
 
 /// Resolves an image reference to a prepared image (pulled or imported,
 /// verified and unpacked): the image store implements it.
 pub trait ImageSource: Send + Sync + 'static {
-    /// Prepares `reference`; relative `oci:`/`oci-archive:` paths are
-    /// relative to `project_dir`.
+    /// Prepares `reference` for the project in `project_dir` (relative
+    /// `oci:`/`oci-archive:` paths are relative to it), reporting the
+    /// progress of a pull or import to `progress`.
     fn prepare<'a>(
         &'a self,
         reference: &'a str,
         project_dir: &'a Path,
+        progress: ProgressFn,
     ) -> BoxFuture<'a, Result<PreparedImage, String>>;
 }
 
@@ -132,9 +160,12 @@ impl ContainerRuntime {
             )));
         };
         self.shim.check_installed().map_err(unavailable)?;
+        // An image service's working directory on the host is its project
+        // directory: relative layout paths resolve against it, and it is
+        // recorded as a user of the image.
         let image = self
             .images
-            .prepare(reference, &spec.cwd)
+            .prepare(reference, &spec.cwd, spec.progress.get())
             .await
             .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
 
@@ -210,6 +241,7 @@ impl ContainerRuntime {
             exit: None,
             live: self.live.clone(),
             image: image.digest,
+            _lease: image.lease,
         }))
     }
 
@@ -317,6 +349,8 @@ struct ContainerProcess {
     exit: Option<ExitStatus>,
     live: Arc<Mutex<HashSet<String>>>,
     image: String,
+    /// Keeps the rootfs from being pruned while the container runs.
+    _lease: Lease,
 }
 
 impl Process for ContainerProcess {

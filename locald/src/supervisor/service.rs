@@ -272,6 +272,15 @@ impl ServiceTask {
             cwd: self.cfg.workdir.clone(),
             env,
             notify_socket: notify.as_ref().map(|n| n.path().to_owned()),
+            progress: match &self.cfg.image {
+                Some(image) => crate::runtime::ProgressSink::new(super::pull_reporter(
+                    self.events.clone(),
+                    &self.project,
+                    &self.name,
+                    &image.reference,
+                )),
+                None => crate::runtime::ProgressSink::default(),
+            },
         };
         self.set_state(ServiceState::Starting, "");
         let runtime = self.runtime.get(spec.workload.kind()).clone();
