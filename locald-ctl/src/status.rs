@@ -298,7 +298,7 @@ pub fn reason(s: &ServiceInfo) -> Option<&str> {
 }
 
 /// `line` cut to `width` characters, with an ellipsis where it was cut.
-fn fit(line: &str, width: Option<usize>) -> String {
+pub fn fit(line: &str, width: Option<usize>) -> String {
     match width {
         Some(w) if line.chars().count() > w => {
             let mut cut: String = line.chars().take(w.saturating_sub(1)).collect();
