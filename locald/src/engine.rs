@@ -527,7 +527,13 @@ impl Engine {
         let mut users = Users::default();
         let entries: Vec<_> = lock(&self.inner.projects).values().cloned().collect();
         for e in entries {
-            let guard = e.project.lock().await;
+            // A project in the middle of `up`, `reload` or `down` may hold
+            // its lock for a stop timeout: count it as up (what it recorded
+            // is kept) rather than wait.
+            let Ok(guard) = e.project.try_lock() else {
+                users.up.insert(e.path.clone());
+                continue;
+            };
             let Some(p) = guard.as_ref() else { continue };
             users.up.insert(p.config.root.clone());
             for s in p.config.services.values() {

@@ -293,15 +293,30 @@ pub fn prune(
             }
         }
     }
+    // Every tree is tried; the first failure is reported (what it left is
+    // tried again by the next prune).
+    let mut failed = None;
     for path in doomed {
-        pruned.bytes += tree_size(&path);
-        remove_rootfs(&path).map_err(|source| ManageError::Remove {
-            path: path.clone(),
-            source,
-        })?;
-        pruned.rootfs += 1;
+        let size = tree_size(&path);
+        match remove_rootfs(&path) {
+            Ok(()) => {
+                pruned.bytes += size;
+                pruned.rootfs += 1;
+            }
+            Err(source) => {
+                tracing::warn!(
+                    "cannot remove {}: {}",
+                    path.display(),
+                    crate::error_chain(&source)
+                );
+                failed.get_or_insert(ManageError::Remove { path, source });
+            }
+        }
     }
-    Ok(pruned)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(pruned),
+    }
 }
 
 /// The rootfs directories to remove (renamed aside already), and what a

@@ -264,3 +264,38 @@ fn a_rootfs_in_place_of_which_is_a_symlink_is_refused() {
     assert!(w.outside.join("precious").exists());
     remove_in_place(&w.outside.join("missing")).expect("missing is fine");
 }
+
+#[test]
+fn a_tree_that_cannot_be_removed_is_reported_after_the_others_went() {
+    let w = world();
+    let s = &w.store;
+    let a = put_image(s, "a", &[b"layer a"]);
+    let b = put_image(s, "b", &[b"layer b"]);
+    s.record("reg.example/a:1", &a, None, None).expect("record");
+    s.record("reg.example/b:1", &b, None, None).expect("record");
+    let root_a = unpack_by_hand(s, &a, &w.outside);
+    let root_b = unpack_by_hand(s, &b, &w.outside);
+    let refuse_a = |path: &Path| {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with(&format!(".rm-{}", a.hex()))) {
+            Err(UnpackError::Helper {
+                helper: PathBuf::from("/nowhere"),
+                what: "refused for the test".into(),
+                source: None,
+            })
+        } else {
+            remove_in_place(path)
+        }
+    };
+    let e = prune(s, &up(&[]), &refuse_a).expect_err("a stays");
+    assert!(matches!(e, ManageError::Remove { .. }), "{e}");
+    assert!(!root_a.exists() && !root_b.exists(), "both were set aside");
+    assert!(s.entries().expect("entries").is_empty());
+    assert!(s.blobs().expect("blobs").is_empty());
+
+    // The next prune finishes what is left.
+    let pruned = prune(s, &up(&[]), &remove).expect("prune");
+    assert_eq!(pruned.rootfs, 1);
+    let left: Vec<_> = fs::read_dir(s.rootfs_root()).expect("rootfs dir").collect();
+    assert!(left.is_empty(), "{left:?}");
+}
