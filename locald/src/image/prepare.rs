@@ -121,6 +121,7 @@ fn runtime_config(image: &Image, rootfs: PathBuf) -> PreparedImage {
         cmd: config.cmd().clone().unwrap_or_default(),
         workdir: config.working_dir().clone(),
         stop_signal: config.stop_signal().clone(),
+        user: config.user().clone(),
     }
 }
 
