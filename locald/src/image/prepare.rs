@@ -190,6 +190,7 @@ fn runtime_config(image: &Image, rootfs: PathBuf, lease: Lease) -> PreparedImage
         workdir: config.working_dir().clone(),
         stop_signal: config.stop_signal().clone(),
         lease,
+        user: config.user().clone(),
     }
 }
 

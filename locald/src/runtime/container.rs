@@ -78,6 +78,101 @@ pub struct PreparedImage {
     pub stop_signal: Option<String>,
     /// Held for as long as the container runs.
     pub lease: Lease,
+    /// The image's User: `uid`, `name`, `uid:gid`, `name:group`, ….
+    pub user: Option<String>,
+}
+
+/// Who the container's process runs as, and its home directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUser {
+    /// Uid in the container.
+    pub uid: u32,
+    /// Gid in the container.
+    pub gid: u32,
+    /// Home directory from the image's `/etc/passwd`, if the user is there.
+    pub home: Option<String>,
+}
+
+/// Resolves an image's `User` the way runc and podman do: numbers are taken
+/// as they are; names are looked up in the image's own `/etc/passwd` and
+/// `/etc/group`, read contained in the rootfs (an image's symlinks cannot
+/// lead the lookup out of it). No `User` is root.
+pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<ImageUser, String> {
+    let spec = user.map(str::trim).filter(|u| !u.is_empty()).unwrap_or("0");
+    let (who, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_in_root(rootfs, "etc/passwd").unwrap_or_default();
+    // name:x:uid:gid:gecos:home:shell
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && (f[0] == who || f[2] == who)).then(|| {
+            (
+                f[2].parse::<u32>().ok(),
+                f[3].parse::<u32>().ok(),
+                f[5].to_owned(),
+            )
+        })
+    });
+    let uid = match who.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => entry
+            .as_ref()
+            .and_then(|e| e.0)
+            .ok_or_else(|| format!("user `{who}` is not in the image's /etc/passwd"))?,
+    };
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let groups = read_in_root(rootfs, "etc/group").unwrap_or_default();
+                groups
+                    .lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 3 && f[0] == g).then(|| f[2].parse::<u32>().ok())?
+                    })
+                    .ok_or_else(|| format!("group `{g}` is not in the image's /etc/group"))?
+            }
+        },
+        // Without a group: the user's own from passwd, else the uid's number.
+        None => entry.as_ref().and_then(|e| e.1).unwrap_or(uid),
+    };
+    Ok(ImageUser {
+        uid,
+        gid,
+        home: entry.map(|e| e.2).filter(|h| h.starts_with('/')),
+    })
+}
+
+/// Reads a small file of the image, resolving every component inside the
+/// rootfs (`RESOLVE_IN_ROOT`): an absolute symlink means the rootfs's own
+/// path, `..` stops at its root. Not a regular file, or over 1 MiB: `None`.
+fn read_in_root(rootfs: &Path, rel: &str) -> Option<String> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    use std::io::Read;
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let fd = openat2(
+        &root,
+        rel,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+    )
+    .ok()?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Resolves an image reference to a prepared image (pulled or imported,
@@ -193,7 +288,14 @@ impl ContainerRuntime {
                 "image {reference} has no Entrypoint or Cmd; give the service a `command`"
             )));
         }
+        let user = resolve_user(&image.rootfs, image.user.as_deref())
+            .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
         let mut env = image.env.clone();
+        if let Some(home) = &user.home {
+            if !env.iter().any(|e| e.starts_with("HOME=")) {
+                env.push(format!("HOME={home}"));
+            }
+        }
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         env.push(format!("LOCALD_IMAGE={}", image.digest));
         let mut bundle = BundleSpec::for_current_user(&image.rootfs, args)
@@ -205,7 +307,8 @@ impl ContainerRuntime {
                     .filter(|w| !w.is_empty())
                     .unwrap_or_else(|| "/".into()),
             )
-            .readonly_root(true);
+            .readonly_root(true)
+            .user(user.uid, user.gid);
         for tmp in ["/tmp", "/run", "/var/tmp"] {
             bundle = bundle.tmpfs(tmp);
         }
@@ -439,6 +542,46 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')));
         assert!(!b.contains(".."));
+    }
+
+    #[test]
+    fn image_users_resolve_from_the_images_own_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).expect("mkdir");
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1001::/home/node:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(etc.join("group"), "root:x:0:\nstaff:x:50:\n").expect("group");
+        let r = |u: Option<&str>| resolve_user(dir.path(), u);
+        assert_eq!(r(None).map(|u| (u.uid, u.gid)), Ok((0, 0)));
+        let node = r(Some("node")).expect("node");
+        assert_eq!(
+            (node.uid, node.gid, node.home.as_deref()),
+            (1000, 1001, Some("/home/node"))
+        );
+        assert_eq!(
+            r(Some("1000:staff")).map(|u| (u.uid, u.gid)),
+            Ok((1000, 50))
+        );
+        assert_eq!(r(Some("42")).map(|u| (u.uid, u.gid)), Ok((42, 42)));
+        assert!(r(Some("nobody")).is_err());
+        assert!(r(Some("node:wheel")).is_err());
+    }
+
+    #[test]
+    fn an_image_symlink_cannot_lead_the_lookup_out_of_the_rootfs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::fs::write(outside.join("passwd"), "evil:x:7:7::/:/bin/sh\n").expect("write");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir(&rootfs).expect("mkdir");
+        // etc -> ../outside resolves to the rootfs's own root under RESOLVE_IN_ROOT.
+        std::os::unix::fs::symlink("../outside", rootfs.join("etc")).expect("symlink");
+        assert!(resolve_user(&rootfs, Some("evil")).is_err());
     }
 
     #[test]

@@ -388,7 +388,11 @@ impl ServiceTask {
             }
         };
         let seq = NOTIFY_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{}-{seq}.sock", std::process::id()));
+        // A directory per socket: a container gets its own directory
+        // bind-mounted, never the sockets of the user's other services.
+        let path = dir
+            .join(format!("{}-{seq}", std::process::id()))
+            .join("notify.sock");
         match NotifySocket::bind(&path) {
             Ok(s) => Some(s),
             Err(e) => {
