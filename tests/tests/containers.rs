@@ -207,7 +207,12 @@ name = "{}"
 
 [services.web]
 image = "oci:./layout:v1"
-command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/locald-test-marker; touch /tmp/ok && echo tmp-writable; /bin/busybox sleep 1000; : {marker}"]
+command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/locald-test-marker; touch /tmp/ok && echo tmp-writable; echo x > /etc/written && echo root-writable; /bin/busybox sleep 1000; : {marker}"]
+
+[services.ro]
+image = "oci:./layout:v1"
+read_only = true
+command = ["/bin/busybox", "sh", "-c", "echo y > /etc/nope 2>/dev/null || echo ro-refused; touch /tmp/ok && echo ro-tmp-writable; /bin/busybox sleep 1000; : {marker}"]
 "#,
         unique("ctr")
     ))?;
@@ -215,8 +220,18 @@ command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/loc
     up.wait_for("web-says-1", 1, Duration::from_secs(60))?;
     up.wait_for("second layer", 1, Duration::from_secs(5))?;
     up.wait_for("tmp-writable", 1, Duration::from_secs(5))?;
-    assert_eq!(w.containers(&dir)?.len(), 1, "one container");
-    assert_eq!(pids_with(&marker).len(), 1);
+    up.wait_for("root-writable", 1, Duration::from_secs(5))?;
+    up.wait_for("ro-refused", 1, Duration::from_secs(30))?;
+    up.wait_for("ro-tmp-writable", 1, Duration::from_secs(5))?;
+    assert_eq!(w.containers(&dir)?.len(), 2, "two containers");
+    assert_eq!(pids_with(&marker).len(), 2);
+    // The container wrote into its own copy, never into the shared rootfs.
+    let shared = w.base.path().join("data/locald/rootfs");
+    let written: Vec<_> = fs::read_dir(&shared)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("etc/written").exists())
+        .collect();
+    assert!(written.is_empty(), "the shared rootfs was changed");
     let out = up.stop()?;
     assert!(
         out.status.success(),

@@ -214,6 +214,9 @@ pub struct ImageSpec {
     pub volumes: Vec<Volume>,
     /// Working directory in the container (default: the image's).
     pub workdir: Option<String>,
+    /// Run on the image's shared rootfs, read-only, instead of a private
+    /// writable copy made at each start.
+    pub read_only: bool,
 }
 
 /// One bind mount of a host path into a container.
@@ -236,6 +239,7 @@ impl ServiceConfig {
                 command: self.command.as_ref().map(CommandSpec::argv),
                 volumes: image.volumes.clone(),
                 workdir: image.workdir.clone(),
+                read_only: image.read_only,
             },
             None => crate::runtime::Workload::Host {
                 argv: self
@@ -668,8 +672,20 @@ impl Checker {
         let errors_before = self.diags.len();
         let command = svc.command.and_then(|cmd| self.command(cmd, "command"));
         let image = match svc.image {
-            Some(image) => self.image(image, svc.volumes, svc.workdir.as_ref()),
+            Some(image) => self.image(
+                image,
+                svc.volumes,
+                svc.workdir.as_ref(),
+                svc.read_only.map(Spanned::into_inner).unwrap_or(false),
+            ),
             None => {
+                if let Some(r) = &svc.read_only {
+                    self.push(
+                        "`read_only` is for image services",
+                        Some(r.span()),
+                        Some("it makes a container's image files read-only; remove it or add `image`".into()),
+                    );
+                }
                 if let Some(v) = svc.volumes.as_ref().and_then(|v| v.first()) {
                     self.push(
                         "`volumes` are for image services",
@@ -808,6 +824,7 @@ impl Checker {
         image: Spanned<String>,
         volumes: Option<Vec<Spanned<String>>>,
         workdir: Option<&Spanned<String>>,
+        read_only: bool,
     ) -> Option<ImageSpec> {
         let before = self.diags.len();
         let reference = image.get_ref().trim().to_owned();
@@ -843,6 +860,7 @@ impl Checker {
             reference,
             volumes: out,
             workdir,
+            read_only,
         })
     }
 

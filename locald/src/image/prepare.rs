@@ -225,4 +225,50 @@ impl ImageSource for StoreImages {
             Ok(runtime_config(&image, rootfs, Lease::new(lease)))
         })
     }
+
+    fn writable_copy<'a>(
+        &'a self,
+        image: &'a PreparedImage,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let digest = super::Digest::parse(&image.digest).map_err(|e| e.to_string())?;
+            let this = self.clone();
+            let dest = dest.to_owned();
+            tokio::task::spawn_blocking(move || {
+                // The layers were verified when they were stored; unpacking
+                // them again (not copying the shared tree) means the copy is
+                // made by the same contained, namespaced code as the original.
+                let image = this
+                    .images
+                    .store()
+                    .image(&digest)
+                    .map_err(|e| crate::error_chain(&e))?;
+                let layers: Vec<Layer> = image.layers.iter().map(Layer::from).collect();
+                let opts = UnpackOptions::new(this.helper.clone());
+                if let Err(e) = unpack(&dest, &layers, &opts) {
+                    let _ = super::unpack::remove(&dest, &opts);
+                    return Err(format!(
+                        "cannot make the container's copy: {}",
+                        crate::error_chain(&e)
+                    ));
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| format!("copying the image crashed: {e}"))?
+        })
+    }
+
+    fn remove_copy<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let opts = UnpackOptions::new(self.helper.clone());
+            let dest = dest.to_owned();
+            tokio::task::spawn_blocking(move || {
+                super::unpack::remove(&dest, &opts).map_err(|e| crate::error_chain(&e))
+            })
+            .await
+            .map_err(|e| format!("removing the copy crashed: {e}"))?
+        })
+    }
 }

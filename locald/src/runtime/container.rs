@@ -187,6 +187,18 @@ pub trait ImageSource: Send + Sync + 'static {
         project_dir: &'a Path,
         progress: ProgressFn,
     ) -> BoxFuture<'a, Result<PreparedImage, String>>;
+
+    /// Makes `dest` (new, in a directory only the user can enter) a private,
+    /// writable copy of the image's files for one container.
+    fn writable_copy<'a>(
+        &'a self,
+        image: &'a PreparedImage,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Removes such a copy (its files may belong to subordinate ids); a
+    /// missing one is not an error.
+    fn remove_copy<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Runs image workloads as containers through the shim.
@@ -247,6 +259,7 @@ impl ContainerRuntime {
             command,
             volumes,
             workdir,
+            read_only,
         } = &spec.workload
         else {
             return Err(unavailable(format!(
@@ -268,8 +281,20 @@ impl ContainerRuntime {
         // Whatever an earlier run left under this id goes first.
         let _ = self.shim.delete(&id, true).await;
         let dir = Self::state_dir(&id)?;
-        let _ = std::fs::remove_dir_all(&dir);
+        self.remove_dir(&dir).await;
         sub_dir(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        // Its own writable copy of the image, unless the service runs on the
+        // shared, read-only one.
+        let rootfs = if *read_only {
+            image.rootfs.clone()
+        } else {
+            let copy = dir.join("rootfs");
+            self.images
+                .writable_copy(&image, &copy)
+                .await
+                .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
+            copy
+        };
         // The key lets a later daemon's sweep ask whether anyone claims it.
         write_atomic(&dir.join("key"), spec.key.as_bytes())
             .map_err(|e| unavailable(format!("cannot write {}: {e}", dir.display())))?;
@@ -298,7 +323,7 @@ impl ContainerRuntime {
         }
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         env.push(format!("LOCALD_IMAGE={}", image.digest));
-        let mut bundle = BundleSpec::for_current_user(&image.rootfs, args)
+        let mut bundle = BundleSpec::for_current_user(&rootfs, args)
             .map_err(unavailable)?
             .cwd(
                 workdir
@@ -307,7 +332,7 @@ impl ContainerRuntime {
                     .filter(|w| !w.is_empty())
                     .unwrap_or_else(|| "/".into()),
             )
-            .readonly_root(true)
+            .readonly_root(*read_only)
             .user(user.uid, user.gid);
         for tmp in ["/tmp", "/run", "/var/tmp"] {
             bundle = bundle.tmpfs(tmp);
@@ -334,6 +359,7 @@ impl ContainerRuntime {
         let pid = self.init_pid(&id, &mut child).await;
         lock(&self.live).insert(id.clone());
         Ok(Box::new(ContainerProcess {
+            images: self.images.clone(),
             shim: self.shim.clone(),
             id,
             dir,
@@ -346,6 +372,13 @@ impl ContainerRuntime {
             image: image.digest,
             _lease: image.lease,
         }))
+    }
+
+    /// Removes a container's directory, its writable copy of the image
+    /// first (through the image source: its files may belong to
+    /// subordinate ids, which a plain removal cannot delete).
+    async fn remove_dir(&self, dir: &Path) {
+        remove_container_dir(self.images.as_ref(), dir).await;
     }
 
     /// The container's init as the host sees it, once runc has started it;
@@ -365,6 +398,13 @@ impl ContainerRuntime {
         }
         shim_pid
     }
+}
+
+async fn remove_container_dir(images: &dyn ImageSource, dir: &Path) {
+    if let Err(e) = images.remove_copy(&dir.join("rootfs")).await {
+        tracing::warn!("cannot remove {}: {e}", dir.join("rootfs").display());
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -388,7 +428,7 @@ impl Runtime for ContainerRuntime {
             let found = self.shim.state(&id).await.is_ok();
             let _ = self.shim.delete(&id, true).await;
             if let Ok(dir) = Self::state_dir(&id) {
-                let _ = std::fs::remove_dir_all(dir);
+                self.remove_dir(&dir).await;
             }
             usize::from(found)
         })
@@ -417,7 +457,7 @@ impl Runtime for ContainerRuntime {
                     n += 1;
                 }
                 let _ = self.shim.delete(&id, true).await;
-                let _ = std::fs::remove_dir_all(dir.join(&id));
+                self.remove_dir(&dir.join(&id)).await;
             }
             n
         })
@@ -442,6 +482,7 @@ fn kill_detached(shim: &ShimClient, id: &str) {
 }
 
 struct ContainerProcess {
+    images: Arc<dyn ImageSource>,
     shim: ShimClient,
     id: String,
     dir: PathBuf,
@@ -512,7 +553,7 @@ impl Process for ContainerProcess {
             }
             let _ = self.wait().await;
             let _ = self.shim.delete(&self.id, true).await;
-            let _ = std::fs::remove_dir_all(&self.dir);
+            remove_container_dir(self.images.as_ref(), &self.dir).await;
             lock(&self.live).remove(&self.id);
         })
     }

@@ -57,6 +57,9 @@ pub enum Workload {
         volumes: Vec<crate::config::Volume>,
         /// Working directory in the container (default: the image's).
         workdir: Option<String>,
+        /// Run on the image's shared rootfs, read-only, instead of a
+        /// private writable copy.
+        read_only: bool,
     },
 }
 
