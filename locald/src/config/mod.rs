@@ -128,8 +128,9 @@ pub struct ServiceConfig {
     pub health: Option<HealthCheck>,
     /// Restart policy and its timing.
     pub restart: RestartConfig,
-    /// Signal to stop with.
-    pub stop_signal: Signal,
+    /// Signal to stop with; `None` is the workload's own default (SIGTERM
+    /// for a host process, the image's StopSignal for a container).
+    pub stop_signal: Option<Signal>,
     /// Time between `stop_signal` and SIGKILL.
     pub stop_timeout: Duration,
     /// Required `WATCHDOG=1` interval.
@@ -806,9 +807,7 @@ impl Checker {
             depends_on,
             health,
             restart,
-            stop_signal: svc
-                .stop_signal
-                .map_or(Signal::SIGTERM, |s| s.into_inner().0),
+            stop_signal: svc.stop_signal.map(|s| s.into_inner().0),
             stop_timeout: svc
                 .stop_timeout
                 .map_or(Duration::from_secs(10), |d| d.into_inner().0),
@@ -1182,7 +1181,7 @@ mod tests {
             web.command,
             Some(CommandSpec::Shell("python3 -m http.server".into()))
         );
-        assert_eq!(web.stop_signal, Signal::SIGTERM);
+        assert_eq!(web.stop_signal, None);
         assert_eq!(web.workdir, Path::new("/p"));
     }
 

@@ -237,6 +237,24 @@ pub fn container_id(key: &str, unit: &str) -> String {
     format!("locald-{}-{unit}", &hash[..16])
 }
 
+/// An image's StopSignal (`SIGQUIT`, `QUIT` or a number), SIGTERM if it
+/// names none or one this machine does not know.
+fn image_stop_signal(s: Option<&str>) -> Signal {
+    let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Signal::SIGTERM;
+    };
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).unwrap_or(Signal::SIGTERM);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse().unwrap_or(Signal::SIGTERM)
+}
+
 /// The signal name `locald-shim kill` takes (`TERM`, not `SIGTERM`).
 fn shim_signal(sig: Signal) -> &'static str {
     sig.as_str().trim_start_matches("SIG")
@@ -369,6 +387,7 @@ impl ContainerRuntime {
             stderr,
             exit: None,
             live: self.live.clone(),
+            stop_signal: image_stop_signal(image.stop_signal.as_deref()),
             image: image.digest,
             _lease: image.lease,
         }))
@@ -493,6 +512,7 @@ struct ContainerProcess {
     exit: Option<ExitStatus>,
     live: Arc<Mutex<HashSet<String>>>,
     image: String,
+    stop_signal: Signal,
     /// Keeps the rootfs from being pruned while the container runs.
     _lease: Lease,
 }
@@ -565,6 +585,10 @@ impl Process for ContainerProcess {
     fn image(&self) -> Option<&str> {
         Some(&self.image)
     }
+
+    fn stop_signal(&self) -> Signal {
+        self.stop_signal
+    }
 }
 
 #[cfg(test)]
@@ -623,6 +647,15 @@ mod tests {
         // etc -> ../outside resolves to the rootfs's own root under RESOLVE_IN_ROOT.
         std::os::unix::fs::symlink("../outside", rootfs.join("etc")).expect("symlink");
         assert!(resolve_user(&rootfs, Some("evil")).is_err());
+    }
+
+    #[test]
+    fn image_stop_signals() {
+        assert_eq!(image_stop_signal(Some("SIGQUIT")), Signal::SIGQUIT);
+        assert_eq!(image_stop_signal(Some("quit")), Signal::SIGQUIT);
+        assert_eq!(image_stop_signal(Some("2")), Signal::SIGINT);
+        assert_eq!(image_stop_signal(Some("SIGNOPE")), Signal::SIGTERM);
+        assert_eq!(image_stop_signal(None), Signal::SIGTERM);
     }
 
     #[test]

@@ -288,6 +288,11 @@ pub trait Process: Send + 'static {
     fn image(&self) -> Option<&str> {
         None
     }
+    /// The signal that stops it when the service names none: SIGTERM, or a
+    /// container image's StopSignal.
+    fn stop_signal(&self) -> Signal {
+        Signal::SIGTERM
+    }
 }
 
 /// One runtime per kind, and the choice of kind per service; also the

@@ -525,7 +525,8 @@ impl ServiceTask {
     /// `stop_signal`, then SIGKILL after `stop_timeout`; returns once the main process is gone.
     async fn stop_process(&self, proc: &mut dyn Process, reason: &str) {
         self.set_state(ServiceState::Stopping, reason);
-        let status = proc.stop(self.cfg.stop_signal, self.cfg.stop_timeout).await;
+        let signal = self.cfg.stop_signal.unwrap_or_else(|| proc.stop_signal());
+        let status = proc.stop(signal, self.cfg.stop_timeout).await;
         self.update(|s| s.exit_status = Some(status.code()));
     }
 
