@@ -316,3 +316,52 @@ command = ["/bin/busybox", "sh", "-c", "echo web-up; /bin/busybox sleep 1000; : 
     assert!(w.containers(&dir)?.is_empty());
     Ok(())
 }
+
+#[test]
+fn killing_the_shim_never_orphans_runc_or_the_container() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let marker = unique("ctr-shimkill");
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{}"
+
+[services.web]
+image = "oci:./layout:v1"
+read_only = true
+command = ["/bin/busybox", "sh", "-c", "echo web-up; /bin/busybox sleep 1000; : {marker}"]
+restart_delay = "100ms"
+"#,
+        unique("ctr")
+    ))?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("web-up", 1, Duration::from_secs(60))?;
+    let first = pids_with(&marker);
+    assert_eq!(first.len(), 1);
+    // The shim's own process (the caller may signal it; runc it may not).
+    let shims: Vec<i32> = pids_with("locald-shim run --bundle")
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains(&w.base.path().display().to_string()))
+        })
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for the one container");
+    kill(Pid::from_raw(shims[0]), Signal::SIGKILL)?;
+    // locald sees the shim end, deletes the container by id, and restarts it.
+    up.wait_for("web-up", 2, Duration::from_secs(30))?;
+    let end = Instant::now() + Duration::from_secs(10);
+    while pids_with(&marker).iter().any(|p| first.contains(p)) {
+        if Instant::now() > end {
+            bail!("the first container outlived its killed shim");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(pids_with(&marker).len(), 1, "exactly the restarted copy");
+    assert_eq!(w.containers(&dir)?.len(), 1);
+    up.stop()?;
+    wait_gone(&marker)?;
+    assert!(w.containers(&dir)?.is_empty());
+    Ok(())
+}
