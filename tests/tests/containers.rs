@@ -259,10 +259,18 @@ image = "oci:./layout:v1"
 command = ["/bin/busybox", "sh", "-c", "mkdir -p /tmp/www; /bin/busybox httpd -f -p {port} -h /tmp/www; : {marker}"]
 health = {{ tcp = {port}, interval = "100ms" }}
 
+# Healthy only when a file exists *inside* the container: the probe must
+# run there (through locald-shim exec), not on the host.
+[services.probe]
+image = "oci:./layout:v1"
+read_only = true
+command = ["/bin/busybox", "sh", "-c", "/bin/busybox sleep 1; touch /tmp/ready-{marker}; echo probe-ready; /bin/busybox sleep 1000; : {marker}"]
+health = {{ command = ["/bin/busybox", "test", "-f", "/tmp/ready-{marker}"], interval = "100ms" }}
+
 [services.web]
 image = "oci:./layout:v1"
 command = ["/bin/busybox", "sh", "-c", "echo web-start; /bin/busybox sleep 0.3; exit 3"]
-depends_on = ["db"]
+depends_on = ["db", "probe"]
 restart_delay = "100ms"
 "#,
         unique("ctr")
@@ -273,7 +281,20 @@ restart_delay = "100ms"
     let healthy = text.find("db").context("db mentioned")?;
     let first_web = text.find("web-start").context("web started")?;
     assert!(healthy < first_web, "db first:\n{text}");
-    assert_eq!(pids_with(&marker).len(), 1, "db runs once throughout");
+    let probed = text.find("probe-ready").context("probe ran")?;
+    assert!(
+        probed < first_web,
+        "web waited for the in-container probe:\n{text}"
+    );
+    assert!(
+        !Path::new(&format!("/tmp/ready-{marker}")).exists(),
+        "the probe's file is the container's, not the host's"
+    );
+    assert_eq!(
+        pids_with(&marker).len(),
+        2,
+        "db and probe run once throughout"
+    );
     let out = up.stop()?;
     assert!(out.status.success());
     wait_gone(&marker)?;

@@ -589,6 +589,16 @@ impl Process for ContainerProcess {
     fn stop_signal(&self) -> Signal {
         self.stop_signal
     }
+
+    fn probe_prefix(&self) -> Option<Vec<String>> {
+        Some(vec![
+            self.shim.path().display().to_string(),
+            "exec".into(),
+            "--id".into(),
+            self.id.clone(),
+            "--".into(),
+        ])
+    }
 }
 
 #[cfg(test)]

@@ -288,6 +288,12 @@ pub trait Process: Send + 'static {
     fn image(&self) -> Option<&str> {
         None
     }
+    /// The argv prefix that runs a health-check command inside the workload
+    /// (`locald-shim exec --id ID --` for a container); `None` runs it on the
+    /// host, as for a host process.
+    fn probe_prefix(&self) -> Option<Vec<String>> {
+        None
+    }
     /// The signal that stops it when the service names none: SIGTERM, or a
     /// container image's StopSignal.
     fn stop_signal(&self) -> Signal {

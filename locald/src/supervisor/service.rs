@@ -431,6 +431,7 @@ impl ServiceTask {
             let ctx = ProbeContext {
                 cwd: self.cfg.workdir.clone(),
                 env: self.cfg.env.clone(),
+                inside: proc.probe_prefix(),
             };
             tokio::spawn(run_checker(check, ctx, health_tx))
         });
