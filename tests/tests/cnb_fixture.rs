@@ -35,11 +35,17 @@ const BANNERS: [&str; 5] = [
 const GREETING: &str = "hello from the fixture app";
 
 /// Mounts the directories into ROOTFS and runs the rest of the arguments
-/// there as USERSPEC with exactly the environment given (`env -i`).
+/// there as USERSPEC with exactly the environment given (`env -i`). With
+/// RO=1 the root is read-only with a tmpfs on /tmp, as locald runs images.
 const IN_CONTAINER: &str = r#"
 set -e
 R=$1 A=$2 L=$3 C=$4 O=$5 P=$6 U=$7
 shift 8
+if [ "$RO" = 1 ]; then
+    mount --bind "$R" "$R"
+    mount -o remount,bind,ro "$R"
+    mount -t tmpfs tmpfs "$R/tmp"
+fi
 mount --bind /dev/null "$R/dev/null"
 mount -t proc proc "$R/proc"
 [ -z "$A" ] || mount --bind "$A" "$R/workspace"
@@ -60,6 +66,7 @@ struct Bundle {
     uid: u32,
     gid: u32,
     args: Vec<String>,
+    read_only: bool,
 }
 
 impl Bundle {
@@ -82,9 +89,6 @@ impl Bundle {
                 .collect()
         };
         let rootfs = dir.join("rootfs");
-        for mount_point in ["cache", "layout-repo"] {
-            fs::create_dir_all(rootfs.join(mount_point)).expect("mount point");
-        }
         fs::write(rootfs.join("dev/null"), "").expect("dev/null mount point");
         Bundle {
             rootfs,
@@ -92,6 +96,7 @@ impl Bundle {
             uid: process["user"]["uid"].as_u64().expect("uid") as u32,
             gid: process["user"]["gid"].as_u64().expect("gid") as u32,
             args: strings(&process["args"]),
+            read_only: false,
         }
     }
 
@@ -112,7 +117,8 @@ impl Bundle {
         argv: &[&str],
     ) -> Command {
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--", "sh", "-c", IN_CONTAINER, "sh"])
+        cmd.env("RO", if self.read_only { "1" } else { "0" })
+            .args(["--mount", "--", "sh", "-c", IN_CONTAINER, "sh"])
             .arg(&self.rootfs);
         for m in mounts {
             cmd.arg(m.map(Path::as_os_str).unwrap_or_default());
@@ -418,6 +424,25 @@ fn fixture_builder_has_a_real_builders_labels_user_and_files() {
     ] {
         assert!(root.join(file).is_file(), "{file} missing from the builder");
     }
+    // Where a platform mounts its directories (the root may be read-only);
+    // the CNB user writes all but /platform.
+    for dir in [
+        "workspace",
+        "layers",
+        "cache",
+        "launch-cache",
+        "layout-repo",
+        "platform",
+    ] {
+        let meta = fs::metadata(root.join(dir)).unwrap_or_else(|e| panic!("/{dir}: {e}"));
+        assert!(meta.is_dir(), "/{dir}");
+        let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+        assert_eq!(
+            owner,
+            if dir == "platform" { 0 } else { 1000 },
+            "/{dir}'s owner"
+        );
+    }
     let lifecycle_toml = fs::read_to_string(root.join("cnb/lifecycle/lifecycle.toml")).unwrap();
     assert!(
         lifecycle_toml.contains(r#"supported = ["0.12", "0.13"]"#),
@@ -516,7 +541,8 @@ fn creator_builds_caches_and_exports_a_runnable_layout() {
         "latest"
     );
 
-    let app = Bundle::unpack(&image, "latest", &f.dir.path().join("app-image"));
+    let mut app = Bundle::unpack(&image, "latest", &f.dir.path().join("app-image"));
+    app.read_only = true;
     let link = fs::read_link(app.rootfs.join("cnb/process/web")).expect("process symlink");
     assert_eq!(link, Path::new("/cnb/lifecycle/launcher"));
     for file in [
@@ -577,7 +603,7 @@ fn creator_builds_caches_and_exports_a_runnable_layout() {
     );
 
     // The exported processes start through the launcher, as the run image's
-    // user, with the image's environment.
+    // user, with the image's environment, on a read-only root.
     let worker = run_ok(&mut app.command(
         [None; 5],
         &format!("{}:{}", app.uid, app.gid),
