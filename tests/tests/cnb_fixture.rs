@@ -14,6 +14,7 @@
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -436,7 +437,7 @@ fn fixture_builder_has_a_real_builders_labels_user_and_files() {
     ] {
         let meta = fs::metadata(root.join(dir)).unwrap_or_else(|e| panic!("/{dir}: {e}"));
         assert!(meta.is_dir(), "/{dir}");
-        let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+        let owner = meta.uid();
         assert_eq!(
             owner,
             if dir == "platform" { 0 } else { 1000 },
@@ -475,50 +476,61 @@ fn creator_builds_caches_and_exports_a_runnable_layout() {
     let first = f.creator(&layers1, "0:0", &[]);
     assert_ok(&first, "the first build");
     assert_banners(&first.output);
-    assert!(
-        first.output.contains("creating cached layer 'deps'"),
-        "{}",
-        first.output
-    );
-    assert!(
-        first
-            .output
-            .contains("Adding cache layer 'locald-fixture/hello:deps'"),
-        "{}",
-        first.output
-    );
-    assert!(
-        first.output.contains("Setting default process type 'web'"),
-        "{}",
-        first.output
-    );
+    assert_contains(&first, "creating cached layer 'deps'");
+    assert_contains(&first, "Adding cache layer 'locald-fixture/hello:deps'");
+    assert_contains(&first, "Setting default process type 'web'");
     let owner = fs::metadata(layers1.join("config/metadata.toml")).expect("metadata.toml");
+    assert_eq!(owner.uid(), user.0, "the build ran as the CNB user");
+    let app = assert_exported_image(&f);
+
+    // 2. As the CNB user (as locald runs it through the shim), a fresh layers
+    // directory and the same cache: the buildpack finds its cached layer.
+    let layers2 = f.layers("layers-2", user);
+    let second = f.creator(&layers2, &f.build_user(), &[]);
+    assert_ok(&second, "the second build");
+    assert_banners(&second.output);
+    assert_contains(
+        &second,
+        "Restoring data for \"locald-fixture/hello:deps\" from cache",
+    );
+    assert_contains(&second, "reusing cached layer 'deps'");
+    assert_contains(&second, "Reusing cache layer 'locald-fixture/hello:deps'");
+
+    // 3. A third consecutive build, warm cache, fresh layers: passes too.
+    let layers3 = f.layers("layers-3", user);
+    let third = f.creator(&layers3, &f.build_user(), &["-process-type", "worker"]);
+    assert_ok(&third, "the third build");
+    assert_contains(&third, "reusing cached layer 'deps'");
+    let config = skopeo_inspect(&f.output_image(), true);
     assert_eq!(
-        std::os::unix::fs::MetadataExt::uid(&owner),
-        user.0,
-        "the build ran as the CNB user"
+        config["config"]["Entrypoint"][0], "/cnb/process/worker",
+        "-process-type"
     );
 
-    // The exported image, as skopeo and umoci read it.
+    assert_processes_run(&app);
+}
+
+/// The first build's image, as skopeo and umoci read it; returns it
+/// unpacked, to run on a read-only root.
+fn assert_exported_image(f: &Fixture) -> Bundle {
     let image = f.output_image();
     let inspect = skopeo_inspect(&image, false);
     let build_md = label_json(&inspect["Labels"], "io.buildpacks.build.metadata");
-    let types: Vec<&str> = build_md["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["type"].as_str())
-        .collect();
-    assert_eq!(types, ["web", "worker"], "{build_md}");
-    assert_eq!(build_md["buildpack-default-process-type"], "web");
-    let buildpacks: Vec<&str> = build_md["buildpacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|b| b["id"].as_str())
-        .collect();
+    let field = |list: &Value, key: &str| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v[key].as_str().map(str::to_owned))
+            .collect()
+    };
     assert_eq!(
-        buildpacks,
+        field(&build_md["processes"], "type"),
+        ["web", "worker"],
+        "{build_md}"
+    );
+    assert_eq!(build_md["buildpack-default-process-type"], "web");
+    assert_eq!(
+        field(&build_md["buildpacks"], "id"),
         ["locald-fixture/hello", "locald-fixture/worker"]
     );
     let lifecycle_md = label_json(&inspect["Labels"], "io.buildpacks.lifecycle.metadata");
@@ -526,20 +538,16 @@ fn creator_builds_caches_and_exports_a_runnable_layout() {
         lifecycle_md["runImage"]["image"], RUN_IMAGE,
         "{lifecycle_md}"
     );
-    assert_eq!(
-        lifecycle_md["buildpacks"][0]["layers"]["web"]["data"]["greeting"], GREETING,
-        "{lifecycle_md}"
-    );
+    let web_layer = &lifecycle_md["buildpacks"][0]["layers"]["web"];
+    assert_eq!(web_layer["data"]["greeting"], GREETING, "{lifecycle_md}");
     let config = skopeo_inspect(&image, true);
     assert_eq!(config["config"]["Entrypoint"][0], "/cnb/process/web");
     assert_eq!(config["config"]["WorkingDir"], "/workspace");
     assert_eq!(config["config"]["User"], "cnbrun", "the run image's user");
     let index: Value =
         serde_json::from_slice(&fs::read(image.join("index.json")).unwrap()).unwrap();
-    assert_eq!(
-        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
-        "latest"
-    );
+    let annotations = &index["manifests"][0]["annotations"];
+    assert_eq!(annotations["org.opencontainers.image.ref.name"], "latest");
 
     let mut app = Bundle::unpack(&image, "latest", &f.dir.path().join("app-image"));
     app.read_only = true;
@@ -560,73 +568,36 @@ fn creator_builds_caches_and_exports_a_runnable_layout() {
         "a cache-only layer is not in the image"
     );
     assert_eq!(app.args, ["/cnb/process/web"]);
+    app
+}
 
-    // 2. As the CNB user (as locald runs it through the shim), a fresh layers
-    // directory and the same cache: the buildpack finds its cached layer.
-    let layers2 = f.layers("layers-2", user);
-    let second = f.creator(&layers2, &f.build_user(), &[]);
-    assert_ok(&second, "the second build");
-    assert_banners(&second.output);
-    assert!(
-        second
-            .output
-            .contains("Restoring data for \"locald-fixture/hello:deps\" from cache"),
-        "{}",
-        second.output
-    );
-    assert!(
-        second.output.contains("reusing cached layer 'deps'"),
-        "{}",
-        second.output
-    );
-    assert!(
-        second
-            .output
-            .contains("Reusing cache layer 'locald-fixture/hello:deps'"),
-        "{}",
-        second.output
-    );
-
-    // 3. A third consecutive build, warm cache, fresh layers: passes too.
-    let layers3 = f.layers("layers-3", user);
-    let third = f.creator(&layers3, &f.build_user(), &["-process-type", "worker"]);
-    assert_ok(&third, "the third build");
-    assert!(
-        third.output.contains("reusing cached layer 'deps'"),
-        "{}",
-        third.output
-    );
-    let config = skopeo_inspect(&image, true);
-    assert_eq!(
-        config["config"]["Entrypoint"][0], "/cnb/process/worker",
-        "-process-type"
-    );
-
-    // The exported processes start through the launcher, as the run image's
-    // user, with the image's environment, on a read-only root.
-    let worker = run_ok(&mut app.command(
-        [None; 5],
-        &format!("{}:{}", app.uid, app.gid),
-        &[],
-        &["/cnb/process/worker"],
-    ));
+/// The exported processes start through the launcher, as the run image's
+/// user, with the image's environment, on a read-only root: the worker
+/// runs, the web process answers over HTTP.
+fn assert_processes_run(app: &Bundle) {
+    let userspec = format!("{}:{}", app.uid, app.gid);
+    let worker = run_ok(&mut app.command([None; 5], &userspec, &[], &["/cnb/process/worker"]));
     assert!(worker.contains("worker ran in /workspace"), "{worker}");
+
     let port = locald_tests::free_port();
+    let entrypoint: Vec<&str> = app.args.iter().map(String::as_str).collect();
     let web = app
-        .command(
-            [None; 5],
-            &format!("{}:{}", app.uid, app.gid),
-            &[format!("PORT={port}")],
-            &app.args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
+        .command([None; 5], &userspec, &[format!("PORT={port}")], &entrypoint)
         .stdout(Stdio::null())
         .process_group(0)
         .spawn()
         .expect("start the web process");
-    let web = KillOnDrop(web);
+    let _web = KillOnDrop(web);
     let body = http_get(port, "/hello.txt", Duration::from_secs(10));
     assert!(body.contains(GREETING), "GET /hello.txt answered {body:?}");
-    drop(web);
+}
+
+fn assert_contains(run: &Run, needle: &str) {
+    assert!(
+        run.output.contains(needle),
+        "{needle:?} not in:\n{}",
+        run.output
+    );
 }
 
 #[test]
@@ -639,12 +610,8 @@ fn restore_into_a_reused_layers_dir_fails_with_file_exists() {
     assert_ok(&f.creator(&layers, &f.build_user(), &[]), "the first build");
     let again = f.creator(&layers, &f.build_user(), &[]);
     assert_eq!(again.code, 42, "a restore error:\n{}", again.output);
-    assert!(again.output.contains("file exists"), "{}", again.output);
-    assert!(
-        again.output.contains("ERROR: failed to restore"),
-        "{}",
-        again.output
-    );
+    assert_contains(&again, "file exists");
+    assert_contains(&again, "ERROR: failed to restore");
     assert!(!again.output.contains("===> BUILDING"), "{}", again.output);
 }
 
@@ -656,21 +623,11 @@ fn creator_refuses_what_the_platform_spec_does_not_allow_or_it_does_not_do() {
 
     let unknown = f.creator(&layers, &user, &["-no-such-flag"]);
     assert_eq!(unknown.code, 2, "{}", unknown.output);
-    assert!(
-        unknown
-            .output
-            .contains("flag provided but not defined: -no-such-flag"),
-        "{}",
-        unknown.output
-    );
+    assert_contains(&unknown, "flag provided but not defined: -no-such-flag");
 
     let no_api = f.run_creator_argv(&layers, &user, &[], &["/cnb/lifecycle/creator", IMAGE]);
     assert_eq!(no_api.code, 11, "{}", no_api.output);
-    assert!(
-        no_api.output.contains("CNB_PLATFORM_API"),
-        "{}",
-        no_api.output
-    );
+    assert_contains(&no_api, "CNB_PLATFORM_API");
 
     let old_api = f.run_creator_argv(
         &layers,
@@ -694,13 +651,7 @@ fn creator_refuses_what_the_platform_spec_does_not_allow_or_it_does_not_do() {
         ],
     );
     assert_eq!(experimental.code, 1, "{}", experimental.output);
-    assert!(
-        experimental
-            .output
-            .contains("experimental features are disabled"),
-        "{}",
-        experimental.output
-    );
+    assert_contains(&experimental, "experimental features are disabled");
 
     // -insecure-registry exists from Platform API 0.13 on.
     let env12 = [
@@ -724,13 +675,7 @@ fn creator_refuses_what_the_platform_spec_does_not_allow_or_it_does_not_do() {
     // ignored.
     let daemon = f.creator(&layers, &user, &["-daemon"]);
     assert_eq!(daemon.code, 1, "{}", daemon.output);
-    assert!(
-        daemon
-            .output
-            .contains("not supported by the locald fixture lifecycle"),
-        "{}",
-        daemon.output
-    );
+    assert_contains(&daemon, "not supported by the locald fixture lifecycle");
 
     let two_images = f.creator(&layers, &user, &["other/image"]);
     assert_eq!(two_images.code, 3, "{}", two_images.output);
