@@ -15,7 +15,7 @@ use locald::term::human_bytes;
 use locald_api::{Error, ImageEntry, PruneResult, PullResult};
 
 use crate::client::{Client, CtlError};
-use crate::status::{fit, rfc3339, short, terminal_width};
+use crate::status::{rfc3339, short, terminal_width};
 
 /// `sha256:0123456789ab…` as its first 12 hex digits, as `docker images`
 /// shows image ids.
@@ -51,26 +51,7 @@ pub fn table(images: &[ImageEntry], now: SystemTime, width: Option<usize>) -> St
             used,
         ]);
     }
-    let mut widths = [0usize; 5];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let mut line = String::new();
-        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
-            if i + 1 == r.len() {
-                line.push_str(c);
-            } else {
-                line.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        out.push_str(&fit(line.trim_end(), width));
-        out.push('\n');
-    }
-    out
+    crate::status::columns(&rows, width)
 }
 
 /// The line under the table: how many, how much, and what `prune` would
@@ -270,16 +251,7 @@ pub async fn pull(
 ) -> Result<ExitCode, CtlError> {
     let project = client.resolve(None).await?;
     let tty = std::io::stderr().is_terminal();
-    let services = match service {
-        Some(s) => vec![(s, true)],
-        None => crate::status::fetch(client)
-            .await?
-            .into_iter()
-            .filter(|p| p.name == project)
-            .flat_map(|p| p.services)
-            .map(|s| (s.name, false))
-            .collect(),
-    };
+    let services = crate::status::targets(client, &project, service).await?;
     let (mut failed, mut pulled) = (0, 0);
     for (service, named) in services {
         match pull_one(client, &project, &service, force, tty).await {
