@@ -9,6 +9,7 @@ packages=(
   util-linux       # setpriv, setsid
   runc             # container runtime behind locald-shim
   busybox-static   # rootfs for container test bundles and the test images
+  bash-static      # bash for the CNB fixture builder's images (tests/fixtures/cnb)
   umoci            # builds the test images (OCI layouts) without a daemon
   skopeo           # pushes them to the test registry, writes oci-archives
   docker-registry  # a private registry on 127.0.0.1 for the pull tests

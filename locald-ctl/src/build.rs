@@ -120,16 +120,7 @@ pub async fn build(
 ) -> Result<ExitCode, CtlError> {
     let project = client.resolve(None).await?;
     let tty = std::io::stderr().is_terminal();
-    let services = match service {
-        Some(s) => vec![(s, true)],
-        None => crate::status::fetch(client)
-            .await?
-            .into_iter()
-            .filter(|p| p.name == project)
-            .flat_map(|p| p.services)
-            .map(|s| (s.name, false))
-            .collect(),
-    };
+    let services = crate::status::targets(client, &project, service).await?;
     let (mut failed, mut built) = (0, 0);
     for (service, named) in services {
         match build_one(client, &project, &service, force, tty).await {

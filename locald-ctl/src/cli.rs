@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 /// Control the locald daemon: bring projects up and down, see and follow
-/// their services, build and restart them.
+/// their services, build and restart them, manage their images.
 ///
 /// The project is the one containing the current directory unless
 /// `--project` names one. Exit status: 0 ok, 1 failure, 2 usage or
@@ -69,6 +69,26 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// List the images in your store: size on disk, which projects that are up use them.
+    Images {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull one service's image now, or every image service's.
+    ///
+    /// A registry is asked what the tag names now and only what is not
+    /// stored is downloaded; a local layout or archive is imported again. A
+    /// running service keeps its image until it restarts.
+    Pull {
+        /// Service name; default: every service with an image.
+        service: Option<String>,
+        /// Verify every stored blob of the image first and fetch damaged ones again.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove the images no project that is up uses, with their unpacked trees.
+    Prune,
     /// Follow state changes and builds live, until interrupted.
     Watch,
     /// Show build and run output from the journal (no daemon needed).

@@ -9,6 +9,7 @@ mod build;
 mod cli;
 mod client;
 mod clock;
+mod images;
 mod logs;
 mod status;
 mod watch;
@@ -123,6 +124,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Stop { service } => client.service_call("stop", &service).await,
         Command::Restart { service } => client.service_call("restart", &service).await,
         Command::Build { service, force } => build::build(&client, service, force).await,
+        Command::Images { json } => images::images(&client, json).await,
+        Command::Pull { service, force } => images::pull(&client, service, force).await,
+        Command::Prune => images::prune(&client).await,
         Command::Watch => watch::watch(&client).await,
         Command::Reload => client.reload().await,
         Command::Check { .. }

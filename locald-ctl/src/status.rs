@@ -189,6 +189,54 @@ fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
         .collect())
 }
 
+/// Rows as left-aligned columns two spaces apart (the last one unpadded),
+/// each line cut to `width`: the one table layout of every listing.
+pub fn columns<R: AsRef<[String]>>(rows: &[R], width: Option<usize>) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for r in rows {
+        let r = r.as_ref();
+        widths.resize(widths.len().max(r.len()), 0);
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let r = r.as_ref();
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(&widths).enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(&fit(line.trim_end(), width));
+        out.push('\n');
+    }
+    out
+}
+
+/// The services a per-service command acts on: the one named (`true`: an
+/// error about it is the user's), or every service of the project (`false`:
+/// a service the command does not apply to is skipped).
+pub async fn targets(
+    client: &Client,
+    project: &str,
+    service: Option<String>,
+) -> Result<Vec<(String, bool)>, CtlError> {
+    Ok(match service {
+        Some(s) => vec![(s, true)],
+        None => fetch(client)
+            .await?
+            .into_iter()
+            .filter(|p| p.name == project)
+            .flat_map(|p| p.services)
+            .map(|s| (s.name, false))
+            .collect(),
+    })
+}
+
 /// `status [--json]`.
 pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
     // Filter here rather than asking the daemon which project this is: one
@@ -298,7 +346,7 @@ pub fn reason(s: &ServiceInfo) -> Option<&str> {
 }
 
 /// `line` cut to `width` characters, with an ellipsis where it was cut.
-fn fit(line: &str, width: Option<usize>) -> String {
+pub fn fit(line: &str, width: Option<usize>) -> String {
     match width {
         Some(w) if line.chars().count() > w => {
             let mut cut: String = line.chars().take(w.saturating_sub(1)).collect();
@@ -355,26 +403,7 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
             reason(s).unwrap_or("-").to_owned(),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let mut line = String::new();
-        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
-            if i + 1 == r.len() {
-                line.push_str(c);
-            } else {
-                line.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        out.push_str(&fit(line.trim_end(), width));
-        out.push('\n');
-    }
-    out
+    crate::status::columns(&rows, width)
 }
 
 #[cfg(test)]

@@ -468,7 +468,7 @@ async fn follow_status(
     let mut last = String::new();
     loop {
         match events.recv().await {
-            Ok(Event::BuildProgress { .. }) => continue,
+            Ok(Event::BuildProgress { .. } | Event::PullProgress { .. }) => continue,
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
         }

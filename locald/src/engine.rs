@@ -14,6 +14,9 @@ use indexmap::IndexMap;
 
 use crate::config::{load_project, LoadError};
 use crate::event::{BuildRecord, BuildResult, Event, ProjectSnapshot};
+use crate::image::manage::{ImageInfo, ManageError, Pruned, PullSummary, Users};
+use crate::image::prepare::StoreImages;
+use crate::image::ImageRef;
 use crate::output::LogSink;
 use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
 use crate::runtime::{Runtime, RuntimeSet};
@@ -111,6 +114,34 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("locald is shutting down")]
     ShuttingDown,
+    /// The service runs no image.
+    #[error("service `{service}` of project `{project}` has no image")]
+    NoImage {
+        /// Project name.
+        project: String,
+        /// Service name.
+        service: String,
+    },
+    /// Pulling a service's image failed.
+    #[error("service `{service}`")]
+    Pull {
+        /// Service name.
+        service: String,
+        /// Why.
+        #[source]
+        source: Box<ManageError>,
+    },
+    /// The image store could not be used (listing, pruning, or there is
+    /// none).
+    #[error("image store")]
+    ImageStore(#[source] Box<ManageError>),
+    /// This locald has no image store; says why.
+    #[error("{0}")]
+    NoImageStore(String),
+    /// Which projects are up in other locald instances cannot be told, so
+    /// what images are used cannot be either.
+    #[error("cannot tell which projects are up")]
+    ImageUsers(#[source] ClaimError),
 }
 
 /// A cheap, cloneable handle to the engine.
@@ -295,8 +326,24 @@ impl Engine {
             project: project.into(),
         });
         self.save_state().await;
+        self.forget_images(&entry.path).await;
         release_memory();
         Ok(())
+    }
+
+    /// Forgets `root` as a user of every stored image (after `down`), so
+    /// that `images` no longer names it and `prune` may remove what only it
+    /// used.
+    async fn forget_images(&self, root: &Path) {
+        let Ok(images) = self.inner.env.runtime.images() else {
+            return;
+        };
+        let store = images.images().store().clone();
+        let root = root.to_owned();
+        let forgot = tokio::task::spawn_blocking(move || store.forget_project(&root)).await;
+        if let Ok(Err(e)) = forgot {
+            tracing::warn!("cannot update the image index: {}", crate::error_chain(&e));
+        }
     }
 
     /// Re-reads the project's file; touches only services whose config changed.
@@ -395,6 +442,117 @@ impl Engine {
             });
         }
         Ok(record)
+    }
+
+    /// Pulls (or imports again) the image of a service now, reporting
+    /// progress as [`Event::PullProgress`]; see
+    /// [`manage::pull`](crate::image::manage::pull) for what `force` does.
+    /// A running service keeps the image it started with until it restarts.
+    pub async fn pull(
+        &self,
+        project: &str,
+        service: &str,
+        force: bool,
+    ) -> Result<PullSummary, EngineError> {
+        self.check_running()?;
+        let entry = self.entry(project)?;
+        let (reference, root) = {
+            let guard = entry.project.lock().await;
+            let p = guard
+                .as_ref()
+                .ok_or_else(|| EngineError::NoSuchProject(project.into()))?;
+            let cfg = p
+                .service_config(service)
+                .ok_or_else(|| EngineError::NoSuchService {
+                    project: project.into(),
+                    service: service.into(),
+                })?;
+            let image = cfg.image.as_ref().ok_or_else(|| EngineError::NoImage {
+                project: project.into(),
+                service: service.into(),
+            })?;
+            (image.reference.clone(), p.config.root.clone())
+        };
+        let images = self.store_images()?;
+        let progress = crate::supervisor::pull_reporter(
+            self.inner.env.events.clone(),
+            project,
+            service,
+            &reference,
+        );
+        images
+            .pull(&reference, &root, force, progress)
+            .await
+            .map_err(|source| EngineError::Pull {
+                service: service.into(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Every stored image, its size, and the projects that are up and use
+    /// it (see [`manage`](crate::image::manage) for what "use" means).
+    pub async fn images(&self) -> Result<Vec<ImageInfo>, EngineError> {
+        let images = self.store_images()?;
+        let users = self.image_users().await?;
+        images
+            .list(users)
+            .await
+            .map_err(|e| EngineError::ImageStore(Box::new(e)))
+    }
+
+    /// Removes the stored images no project that is up uses, their blobs
+    /// and their unpacked trees.
+    pub async fn prune(&self) -> Result<Pruned, EngineError> {
+        self.check_running()?;
+        let images = self.store_images()?;
+        let users = self.image_users().await?;
+        images
+            .prune(users)
+            .await
+            .map_err(|e| EngineError::ImageStore(Box::new(e)))
+    }
+
+    fn store_images(&self) -> Result<StoreImages, EngineError> {
+        self.inner
+            .env
+            .runtime
+            .images()
+            .cloned()
+            .map_err(|why| EngineError::NoImageStore(why.to_owned()))
+    }
+
+    /// Who uses images now: the directories of projects up in any locald
+    /// of the user, and what the projects up here declare.
+    async fn image_users(&self) -> Result<Users, EngineError> {
+        let mut users = Users::default();
+        let entries: Vec<_> = lock(&self.inner.projects).values().cloned().collect();
+        for e in entries {
+            // A project in the middle of `up`, `reload` or `down` may hold
+            // its lock for a stop timeout: count it as up (what it recorded
+            // is kept) rather than wait.
+            let Ok(guard) = e.project.try_lock() else {
+                users.up.insert(e.path.clone());
+                continue;
+            };
+            let Some(p) = guard.as_ref() else { continue };
+            users.up.insert(p.config.root.clone());
+            for s in p.config.services.values() {
+                let Some(image) = &s.image else { continue };
+                if let Ok(r) = ImageRef::parse(&image.reference) {
+                    users
+                        .declared
+                        .entry(r.key(&p.config.root))
+                        .or_default()
+                        .insert(p.config.root.clone());
+                }
+            }
+        }
+        let others = tokio::task::spawn_blocking(crate::runtime::claim::live_roots)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(EngineError::ImageUsers)?;
+        users.up.extend(others);
+        Ok(users)
     }
 
     /// Every project that is up.

@@ -1,5 +1,5 @@
 //! What the engine tells the outside world: service states, snapshots, build
-//! progress and output lines.
+//! and pull progress, and output lines.
 //!
 //! These are plain data. The supervisor produces them; the terminal printer
 //! (`locald up`), the D-Bus layer and the journald writer consume them. Keeping
@@ -287,6 +287,30 @@ pub enum Event {
         total: u32,
         /// What the step does.
         label: String,
+    },
+    /// A layer of a service's image is being pulled or imported (for the
+    /// service's first start, or for `pull`): reported at its start, about
+    /// every 1% and at its end; a layer already stored is reported once,
+    /// done, with `cached`.
+    PullProgress {
+        /// Project name.
+        project: String,
+        /// Service name.
+        service: String,
+        /// The image reference as the service names it.
+        reference: String,
+        /// The layer's digest.
+        layer: String,
+        /// Its position in the image (0 is the lowest).
+        index: u32,
+        /// How many layers the image has.
+        layers: u32,
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+        /// It was stored already; nothing was transferred.
+        cached: bool,
     },
     /// A build ended (or was skipped as up to date).
     BuildFinished {

@@ -157,6 +157,8 @@ pub struct BundleSpec {
     pub readonly_root: bool,
     /// Paths that get a private tmpfs (`/tmp`, `/run`, …).
     pub tmpfs: Vec<String>,
+    /// The process's uid and gid in the container.
+    pub user: (u32, u32),
 }
 
 impl BundleSpec {
@@ -184,7 +186,14 @@ impl BundleSpec {
             binds: Vec::new(),
             readonly_root: false,
             tmpfs: Vec::new(),
+            user: (0, 0),
         })
+    }
+
+    /// Run the process as `uid:gid` in the container.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = (uid, gid);
+        self
     }
 
     /// Mount the rootfs read-only or not.
@@ -340,7 +349,12 @@ impl BundleSpec {
         capabilities.set_ambient(None);
         let mut process = ProcessBuilder::default()
             .terminal(false)
-            .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+            .user(
+                UserBuilder::default()
+                    .uid(self.user.0)
+                    .gid(self.user.1)
+                    .build()?,
+            )
             .args(self.args.clone())
             .env(self.env.clone())
             .cwd(self.cwd.clone())
@@ -663,6 +677,7 @@ mod tests {
             binds: vec![],
             readonly_root: false,
             tmpfs: vec![],
+            user: (0, 0),
         };
         let c = spec.config().expect("a valid spec");
         assert_eq!(

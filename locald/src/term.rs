@@ -1,6 +1,7 @@
 //! The terminal face of `locald up`: output lines prefixed by their service
 //! (and marked when they come from a build), state changes as they happen,
-//! coloured on a TTY and plain under `NO_COLOR` or a pipe.
+//! an image's layers as they are pulled for a first start, coloured on a
+//! TTY and plain under `NO_COLOR` or a pipe.
 //!
 //! Also the conventions every command line of locald keeps, in one place
 //! for `locald` and `locald-ctl`: colour only on a terminal and without
@@ -67,6 +68,70 @@ fn state_text(service: &ServiceSnapshot) -> String {
     t
 }
 
+/// `27.0 MB`, `512 B`, `1.1 GB`: a byte count for people (decimal units,
+/// as registries and `docker` show sizes).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 999.95 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// One report of a layer being pulled, as [`pull_text`] reads it.
+struct PullStep<'a> {
+    reference: &'a str,
+    index: u32,
+    layers: u32,
+    done: u64,
+    total: u64,
+    cached: bool,
+}
+
+/// How many quarters of `total` are `done` (0 to 4).
+fn quarter(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        4
+    } else {
+        (u128::from(done.min(total)) * 4 / u128::from(total)) as u64
+    }
+}
+
+/// What `locald up` prints for a pull report, if anything: the start of a
+/// layer, each further quarter of a large one, and its end; layers already
+/// stored say nothing. `last` is the quarter printed before for the layer.
+fn pull_text(service: &str, p: &PullStep<'_>, last: Option<u64>) -> Option<String> {
+    /// Layers below this size print only their start and end.
+    const QUARTERS_FROM: u64 = 4 << 20;
+    if p.cached {
+        return None;
+    }
+    let layer = format!("layer {}/{}", p.index + 1, p.layers);
+    let size = human_bytes(p.total);
+    if p.done >= p.total {
+        return Some(format!("{service} pulled {layer} ({size})"));
+    }
+    let q = quarter(p.done, p.total);
+    match last {
+        None => Some(format!(
+            "{service} pulling {} {layer} ({size})",
+            p.reference
+        )),
+        Some(l) if q > l && p.total >= QUARTERS_FROM => Some(format!(
+            "{service} {layer}: {}% ({} of {size})",
+            q * 25,
+            human_bytes(p.done)
+        )),
+        Some(_) => None,
+    }
+}
+
 /// Prints to stdout.
 pub struct Terminal {
     color: bool,
@@ -75,6 +140,8 @@ pub struct Terminal {
     out: Mutex<()>,
     /// Last state and reason printed per service, to print changes only.
     shown: Mutex<HashMap<String, (ServiceState, String)>>,
+    /// Per service and layer being pulled, the last quarter printed.
+    pulls: Mutex<HashMap<(String, String), u64>>,
     /// Woken when stdout turns out to be a pipe nobody reads any more.
     closed: Notify,
 }
@@ -94,6 +161,7 @@ impl Terminal {
             names: names.to_vec(),
             out: Mutex::new(()),
             shown: Mutex::default(),
+            pulls: Mutex::default(),
             closed: Notify::new(),
         }
     }
@@ -158,6 +226,40 @@ impl Terminal {
                 shown.insert(service.name.clone(), now);
                 state_text(service)
             }
+            Event::PullProgress {
+                service,
+                reference,
+                layer,
+                index,
+                layers,
+                done,
+                total,
+                cached,
+                ..
+            } => {
+                let mut pulls = self
+                    .pulls
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let step = PullStep {
+                    reference,
+                    index: *index,
+                    layers: *layers,
+                    done: *done,
+                    total: *total,
+                    cached: *cached,
+                };
+                let key = (service.clone(), layer.clone());
+                let Some(text) = pull_text(service, &step, pulls.get(&key).copied()) else {
+                    return false;
+                };
+                if step.done >= step.total {
+                    pulls.remove(&key);
+                } else {
+                    pulls.insert(key, quarter(step.done, step.total));
+                }
+                text
+            }
             Event::BuildFinished {
                 service, record, ..
             } => match record.result {
@@ -203,6 +305,73 @@ mod tests {
         assert!(wants_color(true, Some(OsStr::new(""))));
         assert!(!wants_color(true, Some(OsStr::new("1"))));
         assert!(!wants_color(false, None));
+    }
+
+    #[test]
+    fn byte_counts_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1000), "1.0 kB");
+        assert_eq!(human_bytes(27_049_123), "27.0 MB");
+        assert_eq!(human_bytes(999_960), "1.0 MB");
+        assert_eq!(human_bytes(1_100_000_000), "1.1 GB");
+        assert_eq!(human_bytes(u64::MAX), "18446.7 PB");
+    }
+
+    #[test]
+    fn pull_lines_say_start_quarters_and_end_of_new_layers() {
+        let step = |done, total, cached| PullStep {
+            reference: "redis:7",
+            index: 1,
+            layers: 3,
+            done,
+            total,
+            cached,
+        };
+        let big = 40_000_000;
+        assert_eq!(
+            pull_text("cache", &step(0, big, false), None).as_deref(),
+            Some("cache pulling redis:7 layer 2/3 (40.0 MB)")
+        );
+        assert_eq!(
+            pull_text("cache", &step(4_000_000, big, false), Some(0)),
+            None
+        );
+        assert_eq!(
+            pull_text("cache", &step(20_000_000, big, false), Some(0)).as_deref(),
+            Some("cache layer 2/3: 50% (20.0 MB of 40.0 MB)")
+        );
+        assert_eq!(
+            pull_text("cache", &step(21_000_000, big, false), Some(2)),
+            None
+        );
+        assert_eq!(
+            pull_text("cache", &step(big, big, false), Some(3)).as_deref(),
+            Some("cache pulled layer 2/3 (40.0 MB)")
+        );
+        // Small layers: start and end only; stored layers: nothing.
+        assert_eq!(pull_text("cache", &step(600, 1000, false), Some(0)), None);
+        assert_eq!(pull_text("cache", &step(big, big, true), None), None);
+    }
+
+    #[test]
+    fn pull_progress_prints_through_the_terminal() {
+        let t = Terminal::with_color(&["cache".into()], false);
+        let ev = |done, cached| Event::PullProgress {
+            project: "p".into(),
+            service: "cache".into(),
+            reference: "oci:./layout:v1".into(),
+            layer: "sha256:ab".into(),
+            index: 0,
+            layers: 1,
+            done,
+            total: 100,
+            cached,
+        };
+        assert!(t.event(&ev(0, false)));
+        assert!(!t.event(&ev(50, false)), "small layers skip the quarters");
+        assert!(t.event(&ev(100, false)));
+        assert!(!t.event(&ev(100, true)));
     }
 
     #[test]

@@ -23,6 +23,7 @@ const USAGE: &str = "usage:
   locald-shim kill --id ID [--signal SIG]
   locald-shim delete --id ID [--force]
   locald-shim state --id ID
+  locald-shim exec --id ID -- PROGRAM [ARG...]
   locald-shim list
   locald-shim self-check
   locald-shim --version";
@@ -50,6 +51,14 @@ pub enum Cmd {
         id: ContainerId,
         /// Kill it first if it is running.
         force: bool,
+    },
+    /// Run a program inside a running container (a health probe), with
+    /// the container's own process settings; its exit code is the shim's.
+    Exec {
+        /// The container id.
+        id: ContainerId,
+        /// Program and arguments, as the container sees them.
+        args: Vec<String>,
     },
     /// Print runc's state JSON.
     State {
@@ -85,8 +94,18 @@ pub fn parse(args: Vec<OsString>) -> Result<Cmd, ShimError> {
     let mut id = None;
     let mut signal = None;
     let mut force = false;
+    let mut exec_args: Option<Vec<String>> = None;
     while let Some(a) = it.next() {
         let a = a.into_string().map_err(|_| usage("option is not UTF-8"))?;
+        if a == "--" {
+            // Everything after `--` is the program to exec and its arguments.
+            let rest = it
+                .by_ref()
+                .map(|s| s.into_string().map_err(|_| usage("argument is not UTF-8")))
+                .collect::<Result<Vec<String>, _>>()?;
+            exec_args = Some(rest);
+            break;
+        }
         let (name, inline) = match a.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(OsString::from(v))),
             _ => (a.clone(), None),
@@ -134,7 +153,26 @@ pub fn parse(args: Vec<OsString>) -> Result<Cmd, ShimError> {
             Err(usage("option not valid here"))
         }
     };
+    if exec_args.is_some() && cmd != "exec" {
+        return Err(usage("`--` is only for exec"));
+    }
     Ok(match cmd.as_str() {
+        "exec" => {
+            only(bundle.is_none() && signal.is_none() && !force)?;
+            let args = exec_args.ok_or_else(|| usage("exec needs `-- PROGRAM [ARG...]`"))?;
+            match args.first() {
+                None => return Err(usage("exec needs a program after `--`")),
+                // runc would read a leading dash as one of its own options.
+                Some(p) if p.starts_with('-') => {
+                    return Err(usage("the program must not start with '-'"))
+                }
+                Some(_) => {}
+            }
+            Cmd::Exec {
+                id: need_id(id)?,
+                args,
+            }
+        }
         "run" => {
             only(signal.is_none() && !force)?;
             Cmd::Run {
@@ -228,6 +266,14 @@ fn dispatch(mode: Mode, cmd: Cmd) -> Result<u8, ShimError> {
         Cmd::State { id } => {
             existing(&dirs, &id, uid)?;
             runc.simple(&["state", id.as_str()])
+        }
+        Cmd::Exec { id, args } => {
+            // Only into the caller's own container, and only with the
+            // process settings it was validated with (no runc options pass).
+            existing(&dirs, &id, uid)?;
+            let mut a: Vec<&str> = vec!["exec", id.as_str()];
+            a.extend(args.iter().map(String::as_str));
+            runc.simple(&a)
         }
         Cmd::Delete { id, force } => {
             let staging = dirs.bundle(&id);
@@ -448,6 +494,13 @@ mod tests {
         ));
         assert_eq!(p(&["list"]).unwrap(), Cmd::List);
         assert_eq!(p(&["--version"]).unwrap(), Cmd::Version);
+        assert_eq!(
+            p(&["exec", "--id", "x", "--", "sh", "-c", "exit 3"]).unwrap(),
+            Cmd::Exec {
+                id: ContainerId::parse("x").unwrap(),
+                args: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            }
+        );
     }
 
     #[test]
@@ -460,6 +513,13 @@ mod tests {
             &["list", "--id", "x"],
             &["run", "--bundle", "/b", "--id", "x", "--id", "y"],
             &["frobnicate"],
+            &["exec", "--id", "x"],
+            &["exec", "--id", "x", "--"],
+            &["exec", "--id", "x", "--", "--cap-add=ALL", "sh"],
+            &["exec", "--", "sh"],
+            &["exec", "--id", "x", "--bundle", "/b", "--", "sh"],
+            &["kill", "--id", "x", "--", "sh"],
+            &["exec", "--id", "x", "--user", "0", "--", "sh"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }

@@ -2,6 +2,7 @@
 //! throw-away projects, waiting for conditions, and the CI rule for missing
 //! preconditions (skip with a reason on a laptop, fail under `CI=true`).
 
+pub mod cnb;
 pub mod dbus;
 pub mod images;
 pub mod incremental;

@@ -365,9 +365,36 @@ pub fn run_request(req: &UnpackRequest) -> UnpackOutcome {
     ))
 }
 
+/// What `locald-test-unpack --remove` reads on stdin: a rootfs to remove
+/// with the library's `unpack::remove` (through the helper's namespace).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// The `locald` binary to use as the helper.
+    pub helper: PathBuf,
+    /// The rootfs to remove.
+    pub rootfs: PathBuf,
+}
+
+/// Removes the rootfs of `req` for the calling user.
+pub fn run_remove(req: &RemoveRequest) -> UnpackOutcome {
+    let opts = locald::image::unpack::UnpackOptions::new(req.helper.clone());
+    UnpackOutcome::of(
+        locald::image::unpack::remove(&req.rootfs, &opts).map(|()| UnpackStats::default()),
+    )
+}
+
 /// Runs `locald-test-unpack` as `user` (`setpriv --reuid --regid
 /// --init-groups`) on `req`.
 pub fn run_as(user: &TestUser, req: &UnpackRequest) -> Result<UnpackOutcome> {
+    bin_as(user, &[], &serde_json::to_vec(req)?)
+}
+
+/// Runs `locald-test-unpack --remove` as `user` on `req`.
+pub fn remove_as(user: &TestUser, req: &RemoveRequest) -> Result<UnpackOutcome> {
+    bin_as(user, &["--remove"], &serde_json::to_vec(req)?)
+}
+
+fn bin_as(user: &TestUser, args: &[&str], input: &[u8]) -> Result<UnpackOutcome> {
     let bin = crate::bin("locald-test-unpack");
     let mut child = Command::new("setpriv")
         .args([
@@ -377,6 +404,7 @@ pub fn run_as(user: &TestUser, req: &UnpackRequest) -> Result<UnpackOutcome> {
             "--",
         ])
         .arg(bin)
+        .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .current_dir("/")
@@ -386,7 +414,7 @@ pub fn run_as(user: &TestUser, req: &UnpackRequest) -> Result<UnpackOutcome> {
         .spawn()
         .context("setpriv")?;
     let mut stdin = child.stdin.take().context("stdin")?;
-    stdin.write_all(&serde_json::to_vec(req)?)?;
+    stdin.write_all(input)?;
     drop(stdin);
     let out = child.wait_with_output()?;
     match serde_json::from_slice(&out.stdout) {

@@ -389,6 +389,7 @@ fn schema_keys_match_the_parser() {
             "depends_on" => "[]".to_owned(),
             "image" => "\"redis:7\"".to_owned(),
             "volumes" => "[\"./data:/data\"]".to_owned(),
+            "read_only" => "true".to_owned(),
             "health" => "{ tcp = 80 }".to_owned(),
             "restart" => "\"always\"".to_owned(),
             "start_limit_burst" => "3".to_owned(),
@@ -397,7 +398,7 @@ fn schema_keys_match_the_parser() {
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");
-        if *key == "volumes" {
+        if *key == "volumes" || *key == "read_only" {
             text.push_str("image = \"redis\"\n");
         } else if *key != "command" && *key != "image" {
             text.push_str("command = \"x\"\n");
@@ -543,5 +544,16 @@ fn relative_workdir_of_an_image_service() {
         3,
         11,
         "/app",
+    );
+}
+
+#[test]
+fn read_only_without_an_image() {
+    check(
+        "[services.web]\ncommand = \"x\"\nread_only = true\n",
+        "`read_only` is for image services",
+        3,
+        13,
+        "add `image`",
     );
 }

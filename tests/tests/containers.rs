@@ -244,7 +244,12 @@ name = "{}"
 
 [services.web]
 image = "oci:./layout:v1"
-command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/locald-test-marker; touch /tmp/ok && echo tmp-writable; /bin/busybox sleep 1000; : {marker}"]
+command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/locald-test-marker; touch /tmp/ok && echo tmp-writable; echo x > /etc/written && echo root-writable; /bin/busybox sleep 1000; : {marker}"]
+
+[services.ro]
+image = "oci:./layout:v1"
+read_only = true
+command = ["/bin/busybox", "sh", "-c", "echo y > /etc/nope 2>/dev/null || echo ro-refused; touch /tmp/ok && echo ro-tmp-writable; /bin/busybox sleep 1000; : {marker}"]
 "#,
         unique("ctr")
     ))?;
@@ -252,8 +257,18 @@ command = ["/bin/busybox", "sh", "-c", "echo web-says-$LOCALD_TEST; cat /etc/loc
     up.wait_for("web-says-1", 1, Duration::from_secs(60))?;
     up.wait_for("second layer", 1, Duration::from_secs(5))?;
     up.wait_for("tmp-writable", 1, Duration::from_secs(5))?;
-    assert_eq!(w.containers(&dir)?.len(), 1, "one container");
-    assert_eq!(pids_with(&marker).len(), 1);
+    up.wait_for("root-writable", 1, Duration::from_secs(5))?;
+    up.wait_for("ro-refused", 1, Duration::from_secs(30))?;
+    up.wait_for("ro-tmp-writable", 1, Duration::from_secs(5))?;
+    assert_eq!(w.containers(&dir)?.len(), 2, "two containers");
+    assert_eq!(pids_with(&marker).len(), 2);
+    // The container wrote into its own copy, never into the shared rootfs.
+    let shared = w.base.path().join("data/locald/rootfs");
+    let written: Vec<_> = fs::read_dir(&shared)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("etc/written").exists())
+        .collect();
+    assert!(written.is_empty(), "the shared rootfs was changed");
     let out = up.stop()?;
     assert!(
         out.status.success(),
@@ -281,10 +296,18 @@ image = "oci:./layout:v1"
 command = ["/bin/busybox", "sh", "-c", "mkdir -p /tmp/www; /bin/busybox httpd -f -p {port} -h /tmp/www; : {marker}"]
 health = {{ tcp = {port}, interval = "100ms" }}
 
+# Healthy only when a file exists *inside* the container: the probe must
+# run there (through locald-shim exec), not on the host.
+[services.probe]
+image = "oci:./layout:v1"
+read_only = true
+command = ["/bin/busybox", "sh", "-c", "/bin/busybox sleep 1; touch /tmp/ready-{marker}; echo probe-ready; /bin/busybox sleep 1000; : {marker}"]
+health = {{ command = ["/bin/busybox", "test", "-f", "/tmp/ready-{marker}"], interval = "100ms" }}
+
 [services.web]
 image = "oci:./layout:v1"
 command = ["/bin/busybox", "sh", "-c", "echo web-start; /bin/busybox sleep 0.3; exit 3"]
-depends_on = ["db"]
+depends_on = ["db", "probe"]
 restart_delay = "100ms"
 "#,
         unique("ctr")
@@ -295,7 +318,20 @@ restart_delay = "100ms"
     let healthy = text.find("db").context("db mentioned")?;
     let first_web = text.find("web-start").context("web started")?;
     assert!(healthy < first_web, "db first:\n{text}");
-    assert_eq!(pids_with(&marker).len(), 1, "db runs once throughout");
+    let probed = text.find("probe-ready").context("probe ran")?;
+    assert!(
+        probed < first_web,
+        "web waited for the in-container probe:\n{text}"
+    );
+    assert!(
+        !Path::new(&format!("/tmp/ready-{marker}")).exists(),
+        "the probe's file is the container's, not the host's"
+    );
+    assert_eq!(
+        pids_with(&marker).len(),
+        2,
+        "db and probe run once throughout"
+    );
     let out = up.stop()?;
     assert!(out.status.success());
     wait_gone(&marker)?;
@@ -332,6 +368,55 @@ command = ["/bin/busybox", "sh", "-c", "echo web-up; /bin/busybox sleep 1000; : 
     up.wait_for("web-up", 1, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(pids_with(&marker).len(), 1, "exactly one copy");
+    assert_eq!(w.containers(&dir)?.len(), 1);
+    up.stop()?;
+    wait_gone(&marker)?;
+    assert!(w.containers(&dir)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn killing_the_shim_never_orphans_runc_or_the_container() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let marker = unique("ctr-shimkill");
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{}"
+
+[services.web]
+image = "oci:./layout:v1"
+read_only = true
+command = ["/bin/busybox", "sh", "-c", "echo web-up; /bin/busybox sleep 1000; : {marker}"]
+restart_delay = "100ms"
+"#,
+        unique("ctr")
+    ))?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("web-up", 1, Duration::from_secs(60))?;
+    let first = pids_with(&marker);
+    assert_eq!(first.len(), 1);
+    // The shim's own process (the caller may signal it; runc it may not).
+    let shims: Vec<i32> = pids_with("locald-shim run --bundle")
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains(&w.base.path().display().to_string()))
+        })
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for the one container");
+    kill(Pid::from_raw(shims[0]), Signal::SIGKILL)?;
+    // locald sees the shim end, deletes the container by id, and restarts it.
+    up.wait_for("web-up", 2, Duration::from_secs(30))?;
+    let end = Instant::now() + Duration::from_secs(10);
+    while pids_with(&marker).iter().any(|p| first.contains(p)) {
+        if Instant::now() > end {
+            bail!("the first container outlived its killed shim");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(pids_with(&marker).len(), 1, "exactly the restarted copy");
     assert_eq!(w.containers(&dir)?.len(), 1);
     up.stop()?;
     wait_gone(&marker)?;

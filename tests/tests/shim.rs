@@ -102,7 +102,42 @@ fn state_list_kill_and_cgroup_confinement() -> Result<()> {
         .as_array()
         .is_some_and(|a| a.iter().any(|c| c["id"] == id.as_str())));
 
-    // Another user can neither see, signal nor delete it.
+    // The owner can run a probe inside it, with the container's settings:
+    // it runs as the container's root (the owner outside) and its exit
+    // code comes back.
+    let probe = run_as(
+        &shim.path,
+        &u1,
+        &["exec", "--id", &id, "--", "sh", "-c", "id -u; exit 7"],
+    )?;
+    assert_eq!(probe.status.code(), Some(7), "{}", describe(&probe));
+    assert_eq!(String::from_utf8_lossy(&probe.stdout), "0\n");
+    // runc options cannot be smuggled in as the program.
+    let smuggled = run_as(
+        &shim.path,
+        &u1,
+        &["exec", "--id", &id, "--", "--cap-add=CAP_SYS_ADMIN", "sh"],
+    )?;
+    assert_eq!(
+        smuggled.status.code(),
+        Some(SHIM_ERROR),
+        "{}",
+        describe(&smuggled)
+    );
+
+    // Another user can neither see, signal, exec into nor delete it.
+    let out = run_as(
+        &shim.path,
+        &u2,
+        &["exec", "--id", &id, "--", "sh", "-c", "id"],
+    )?;
+    assert_eq!(out.status.code(), Some(SHIM_ERROR), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("no container \"{id}\" for uid {}", u2.uid)),
+        "exec: {}",
+        describe(&out)
+    );
     for cmd in ["state", "kill", "delete"] {
         let out = run_as(&shim.path, &u2, &[cmd, "--id", &id])?;
         assert_eq!(out.status.code(), Some(SHIM_ERROR), "{}", describe(&out));

@@ -69,6 +69,14 @@ pub enum Error {
     ShuttingDown(String),
     /// An argument is malformed (e.g. a relative directory).
     InvalidArgument(String),
+    /// The service runs no image (`Pull` of a host service).
+    NoImage(String),
+    /// Pulling or importing an image failed (the registry refused, a blob
+    /// did not match its digest, the layout is missing, …).
+    PullFailed(String),
+    /// The image store could not be used (listing, pruning, or there is no
+    /// store).
+    ImageStoreFailed(String),
 }
 
 /// The name zbus gives errors that have no D-Bus name of their own.
@@ -92,6 +100,9 @@ impl Error {
             Error::ProjectRenamed(t) => ("dev.locald.Error.ProjectRenamed", t),
             Error::ShuttingDown(t) => ("dev.locald.Error.ShuttingDown", t),
             Error::InvalidArgument(t) => ("dev.locald.Error.InvalidArgument", t),
+            Error::NoImage(t) => ("dev.locald.Error.NoImage", t),
+            Error::PullFailed(t) => ("dev.locald.Error.PullFailed", t),
+            Error::ImageStoreFailed(t) => ("dev.locald.Error.ImageStoreFailed", t),
         };
         Some((name, text.as_str()))
     }
@@ -112,6 +123,9 @@ impl Error {
             "ProjectRenamed" => Error::ProjectRenamed(text),
             "ShuttingDown" => Error::ShuttingDown(text),
             "InvalidArgument" => Error::InvalidArgument(text),
+            "NoImage" => Error::NoImage(text),
+            "PullFailed" => Error::PullFailed(text),
+            "ImageStoreFailed" => Error::ImageStoreFailed(text),
             _ => return None,
         })
     }
@@ -310,6 +324,9 @@ mod tests {
             Error::ProjectRenamed(text()),
             Error::ShuttingDown(text()),
             Error::InvalidArgument(text()),
+            Error::NoImage(text()),
+            Error::PullFailed(text()),
+            Error::ImageStoreFailed(text()),
         ];
         for e in &locald {
             let name = e.name().to_string();

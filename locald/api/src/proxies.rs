@@ -5,7 +5,7 @@
 use zbus::proxy;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::{BuildInfo, Error, ProjectEntry, ReloadResult};
+use crate::{BuildInfo, Error, ImageEntry, ProjectEntry, PruneResult, PullResult, ReloadResult};
 
 /// `dev.locald.Manager1` at `/dev/locald/Locald1`.
 #[proxy(
@@ -46,6 +46,36 @@ pub trait Manager1 {
 
     /// The object of a service.
     fn get_service(&self, project: &str, service: &str) -> Result<OwnedObjectPath, Error>;
+
+    /// Every image in the user's store: its size and the projects that are
+    /// up and use it.
+    fn list_images(&self) -> Result<Vec<ImageEntry>, Error>;
+
+    /// Pulls (or imports again) a service's image now; returns once it is
+    /// stored. With `force`, stored blobs are verified and damaged ones
+    /// fetched again. Progress arrives as `PullProgress` meanwhile.
+    fn pull(&self, project: &str, service: &str, force: bool) -> Result<PullResult, Error>;
+
+    /// Removes the images no project that is up uses: their blobs and
+    /// unpacked trees.
+    fn prune(&self) -> Result<PruneResult, Error>;
+
+    /// A layer of a service's image is being pulled or imported (for
+    /// `Pull`, or the service's first start).
+    #[zbus(signal)]
+    #[allow(clippy::too_many_arguments)]
+    fn pull_progress(
+        &self,
+        project: String,
+        service: String,
+        reference: String,
+        layer: String,
+        index: u32,
+        layers: u32,
+        done: u64,
+        total: u64,
+        cached: bool,
+    ) -> zbus::Result<()>;
 
     /// A build moved on to step `step` of `total`.
     #[zbus(signal)]

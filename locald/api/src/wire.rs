@@ -73,6 +73,67 @@ pub struct ReloadResult {
     pub unchanged: Vec<String>,
 }
 
+/// One entry of `ListImages`: `(sstbast)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImageEntry {
+    /// The reference as the store records it: canonical for a registry
+    /// (`docker.io/library/redis:7`), with an absolute path for `oci:` and
+    /// `oci-archive:`.
+    pub reference: String,
+    /// The digest of the image's manifest (`sha256:…`).
+    pub digest: String,
+    /// Bytes on disk: its blobs and its unpacked tree. Blobs and layers
+    /// shared with another image are counted for each.
+    pub size: u64,
+    /// Whether it is unpacked (a service has run from it).
+    pub unpacked: bool,
+    /// Directories of the projects that are up (under the daemon or in a
+    /// foreground `locald up`) and use it; empty when `Prune` would remove it.
+    pub projects: Vec<String>,
+    /// When it was last pulled or imported, µs since the epoch.
+    pub fetched_at: u64,
+}
+
+/// The result of `Pull`: `(sssuut)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PullResult {
+    /// The reference as the store records it.
+    pub reference: String,
+    /// The manifest digest the reference names now.
+    pub digest: String,
+    /// The digest it named before the pull; empty when it was not stored.
+    pub previous: String,
+    /// Blobs transferred (0 when the image was up to date).
+    pub blobs: u32,
+    /// Stored blobs found damaged and fetched again (with `force`).
+    pub repaired: u32,
+    /// Bytes transferred.
+    pub bytes: u64,
+}
+
+impl PullResult {
+    /// Whether the pull changed nothing: the same image, nothing transferred.
+    pub fn up_to_date(&self) -> bool {
+        self.blobs == 0 && self.repaired == 0 && self.previous == self.digest
+    }
+}
+
+/// The result of `Prune`: `(asuuut)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PruneResult {
+    /// References removed from the store.
+    pub references: Vec<String>,
+    /// Blobs removed.
+    pub blobs: u32,
+    /// Unpacked trees removed.
+    pub unpacked: u32,
+    /// Unpacked trees kept because a running container uses them (their
+    /// project is down, e.g. after locald was killed).
+    pub in_use: u32,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
 /// Values of a project's `State`: `degraded` when any service is failed or
 /// in error, else `starting` while any is pending, building, starting or in
 /// backoff, else `stopping` while any stops, else `stopped` when none runs,

@@ -128,8 +128,9 @@ pub struct ServiceConfig {
     pub health: Option<HealthCheck>,
     /// Restart policy and its timing.
     pub restart: RestartConfig,
-    /// Signal to stop with.
-    pub stop_signal: Signal,
+    /// Signal to stop with; `None` is the workload's own default (SIGTERM
+    /// for a host process, the image's StopSignal for a container).
+    pub stop_signal: Option<Signal>,
     /// Time between `stop_signal` and SIGKILL.
     pub stop_timeout: Duration,
     /// Required `WATCHDOG=1` interval.
@@ -214,6 +215,9 @@ pub struct ImageSpec {
     pub volumes: Vec<Volume>,
     /// Working directory in the container (default: the image's).
     pub workdir: Option<String>,
+    /// Run on the image's shared rootfs, read-only, instead of a private
+    /// writable copy made at each start.
+    pub read_only: bool,
 }
 
 /// One bind mount of a host path into a container.
@@ -236,6 +240,7 @@ impl ServiceConfig {
                 command: self.command.as_ref().map(CommandSpec::argv),
                 volumes: image.volumes.clone(),
                 workdir: image.workdir.clone(),
+                read_only: image.read_only,
             },
             None => crate::runtime::Workload::Host {
                 argv: self
@@ -668,8 +673,20 @@ impl Checker {
         let errors_before = self.diags.len();
         let command = svc.command.and_then(|cmd| self.command(cmd, "command"));
         let image = match svc.image {
-            Some(image) => self.image(image, svc.volumes, svc.workdir.as_ref()),
+            Some(image) => self.image(
+                image,
+                svc.volumes,
+                svc.workdir.as_ref(),
+                svc.read_only.map(Spanned::into_inner).unwrap_or(false),
+            ),
             None => {
+                if let Some(r) = &svc.read_only {
+                    self.push(
+                        "`read_only` is for image services",
+                        Some(r.span()),
+                        Some("it makes a container's image files read-only; remove it or add `image`".into()),
+                    );
+                }
                 if let Some(v) = svc.volumes.as_ref().and_then(|v| v.first()) {
                     self.push(
                         "`volumes` are for image services",
@@ -790,9 +807,7 @@ impl Checker {
             depends_on,
             health,
             restart,
-            stop_signal: svc
-                .stop_signal
-                .map_or(Signal::SIGTERM, |s| s.into_inner().0),
+            stop_signal: svc.stop_signal.map(|s| s.into_inner().0),
             stop_timeout: svc
                 .stop_timeout
                 .map_or(Duration::from_secs(10), |d| d.into_inner().0),
@@ -808,6 +823,7 @@ impl Checker {
         image: Spanned<String>,
         volumes: Option<Vec<Spanned<String>>>,
         workdir: Option<&Spanned<String>>,
+        read_only: bool,
     ) -> Option<ImageSpec> {
         let before = self.diags.len();
         let reference = image.get_ref().trim().to_owned();
@@ -843,6 +859,7 @@ impl Checker {
             reference,
             volumes: out,
             workdir,
+            read_only,
         })
     }
 
@@ -1164,7 +1181,7 @@ mod tests {
             web.command,
             Some(CommandSpec::Shell("python3 -m http.server".into()))
         );
-        assert_eq!(web.stop_signal, Signal::SIGTERM);
+        assert_eq!(web.stop_signal, None);
         assert_eq!(web.workdir, Path::new("/p"));
     }
 

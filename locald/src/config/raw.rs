@@ -70,6 +70,11 @@ pub struct RawService {
     /// relative to the project directory.
     #[schemars(with = "Option<Vec<String>>")]
     pub volumes: Option<Vec<Spanned<String>>>,
+    /// For an image service: run on the image's shared files, read-only
+    /// (faster start, nothing the container writes outside /tmp, /run,
+    /// /var/tmp and volumes), instead of a private writable copy.
+    #[schemars(with = "Option<bool>")]
+    pub read_only: Option<Spanned<bool>>,
     /// Working directory: for a host process, relative to the project
     /// directory; for an image service, an absolute path in the container.
     #[schemars(with = "Option<String>")]

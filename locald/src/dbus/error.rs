@@ -36,6 +36,11 @@ pub fn to_dbus(e: EngineError) -> Error {
         EngineError::NameTaken { .. } | EngineError::Busy { .. } => Error::NameTaken(chain(&e)),
         EngineError::Renamed { .. } => Error::ProjectRenamed(chain(&e)),
         EngineError::ShuttingDown => Error::ShuttingDown(chain(&e)),
+        EngineError::NoImage { .. } => Error::NoImage(chain(&e)),
+        EngineError::Pull { .. } => Error::PullFailed(chain(&e)),
+        EngineError::ImageStore(_) | EngineError::NoImageStore(_) | EngineError::ImageUsers(_) => {
+            Error::ImageStoreFailed(chain(&e))
+        }
     }
 }
 
@@ -87,6 +92,17 @@ mod tests {
                 "dev.locald.Error.NotADirectory",
             ),
             (EngineError::ShuttingDown, "dev.locald.Error.ShuttingDown"),
+            (
+                EngineError::NoImage {
+                    project: "p".into(),
+                    service: "s".into(),
+                },
+                "dev.locald.Error.NoImage",
+            ),
+            (
+                EngineError::NoImageStore("no home".into()),
+                "dev.locald.Error.ImageStoreFailed",
+            ),
         ];
         for (e, name) in cases {
             assert_eq!(to_dbus(e).name().as_str(), name);

@@ -1,6 +1,7 @@
 //! The task that follows the engine's events and mirrors them on the bus:
 //! objects come and go with projects and services, property changes become
-//! `PropertiesChanged`, build steps and results become Manager1 signals.
+//! `PropertiesChanged`, build steps and results and pull progress become
+//! Manager1 signals.
 
 use std::sync::Arc;
 
@@ -54,6 +55,24 @@ async fn apply(shared: &Shared, event: Event) -> zbus::Result<()> {
             let emitter = SignalEmitter::new(&shared.conn, MANAGER_PATH)?;
             Manager1::build_progress(&emitter, &project, &service, &build_id, step, total, &label)
                 .await?;
+        }
+        Event::PullProgress {
+            project,
+            service,
+            reference,
+            layer,
+            index,
+            layers,
+            done,
+            total,
+            cached,
+        } => {
+            let emitter = SignalEmitter::new(&shared.conn, MANAGER_PATH)?;
+            Manager1::pull_progress(
+                &emitter, &project, &service, &reference, &layer, index, layers, done, total,
+                cached,
+            )
+            .await?;
         }
         Event::BuildFinished {
             project,

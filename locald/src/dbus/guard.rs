@@ -351,7 +351,11 @@ mod tests {
         assert_eq!(inputs.get("Up").map(String::as_str), Some("s"));
         assert_eq!(inputs.get("Build").map(String::as_str), Some("ssb"));
         assert_eq!(inputs.get("ListProjects").map(String::as_str), Some(""));
+        assert_eq!(inputs.get("Pull").map(String::as_str), Some("ssb"));
+        assert_eq!(inputs.get("ListImages").map(String::as_str), Some(""));
+        assert_eq!(inputs.get("Prune").map(String::as_str), Some(""));
         assert!(!inputs.contains_key("BuildProgress"), "a signal");
+        assert!(!inputs.contains_key("PullProgress"), "a signal");
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! `dev.locald.Manager1` at `/dev/locald/Locald1`: bring projects up and
-//! down, act on services, look objects up; build progress and result signals.
+//! down, act on services, look objects up, list, pull and prune images;
+//! build and pull progress signals.
 //! Served behind [`Guarded`](super::guard::Guarded), which admits callers
 //! and checks argument types before any method here runs.
+
+// zbus generates the `PullProgress` emitter with one argument per field of
+// the signal, outside the reach of an attribute on the method.
+#![allow(clippy::too_many_arguments)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +16,8 @@ use zbus::zvariant::{OwnedObjectPath, Value};
 use zbus::{interface, Connection};
 
 use locald_api::{
-    project_path, service_path, BuildInfo, Error, ProjectEntry, ReloadResult, MANAGER_INTERFACE,
-    MANAGER_PATH,
+    project_path, service_path, BuildInfo, Error, ImageEntry, ProjectEntry, PruneResult,
+    PullResult, ReloadResult, MANAGER_INTERFACE, MANAGER_PATH,
 };
 
 use super::error::to_dbus;
@@ -138,6 +143,58 @@ impl Manager1 {
         Ok(service::build_info(Some(&record)))
     }
 
+    /// Every image in the user's store: reference, manifest digest, bytes on
+    /// disk (blobs and unpacked tree), whether it is unpacked, the
+    /// directories of the projects that are up and use it (none: `Prune`
+    /// removes it), and when it was fetched (µs since the epoch).
+    async fn list_images(&self) -> Result<Vec<ImageEntry>, Error> {
+        let images = self.shared.engine.images().await.map_err(to_dbus)?;
+        Ok(images.into_iter().map(image_entry).collect())
+    }
+
+    /// Pulls a service's image now (a registry is asked what its tag names;
+    /// a local layout or archive is imported again), transferring only what
+    /// is not stored; with `force`, stored blobs are verified first and
+    /// damaged ones fetched again. Returns once the image is stored; a
+    /// running service keeps its image until it restarts. Progress arrives
+    /// as `PullProgress` signals meanwhile.
+    async fn pull(
+        &self,
+        project: String,
+        service: String,
+        force: bool,
+    ) -> Result<PullResult, Error> {
+        let s = self
+            .shared
+            .engine
+            .pull(&project, &service, force)
+            .await
+            .map_err(to_dbus)?;
+        Ok(PullResult {
+            reference: s.reference,
+            digest: s.manifest.to_string(),
+            previous: s.previous.map(|d| d.to_string()).unwrap_or_default(),
+            blobs: u32::try_from(s.blobs).unwrap_or(u32::MAX),
+            repaired: u32::try_from(s.repaired).unwrap_or(u32::MAX),
+            bytes: s.bytes,
+        })
+    }
+
+    /// Removes the images no project that is up uses (the ones
+    /// `ListImages` shows with no projects): their blobs and unpacked
+    /// trees. A tree a running container uses is kept.
+    async fn prune(&self) -> Result<PruneResult, Error> {
+        let p = self.shared.engine.prune().await.map_err(to_dbus)?;
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(PruneResult {
+            references: p.references,
+            blobs: n(p.blobs),
+            unpacked: n(p.rootfs),
+            in_use: n(p.in_use),
+            bytes: p.bytes,
+        })
+    }
+
     /// Every project that is up: name, directory, state and object.
     async fn list_projects(&self) -> Result<Vec<ProjectEntry>, Error> {
         let cells: Vec<_> = lock(&self.shared.projects).values().cloned().collect();
@@ -191,6 +248,25 @@ impl Manager1 {
         label: &str,
     ) -> zbus::Result<()>;
 
+    /// A layer of a service's image is being pulled or imported, for `Pull`
+    /// or the service's first start: sent at the layer's start, about every
+    /// 1% and at its end (`done` = `total`). A layer already stored is sent
+    /// once, done, with `cached`. `index` counts from 0 (the lowest layer)
+    /// of `layers`.
+    #[zbus(signal)]
+    pub(crate) async fn pull_progress(
+        emitter: &SignalEmitter<'_>,
+        project: &str,
+        service: &str,
+        reference: &str,
+        layer: &str,
+        index: u32,
+        layers: u32,
+        done: u64,
+        total: u64,
+        cached: bool,
+    ) -> zbus::Result<()>;
+
     /// A build ended (`result` is `succeeded` or `failed`) or was skipped as
     /// up to date (`skipped`).
     #[zbus(signal)]
@@ -221,5 +297,21 @@ impl Manager1 {
             .keys()
             .map(|n| project_path(n))
             .collect()
+    }
+}
+
+/// An image as `ListImages` returns it.
+fn image_entry(i: crate::image::manage::ImageInfo) -> ImageEntry {
+    let micros = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    };
+    ImageEntry {
+        reference: i.reference,
+        digest: i.manifest.to_string(),
+        size: i.size,
+        unpacked: i.unpacked,
+        projects: i.projects.iter().map(|p| p.display().to_string()).collect(),
+        fetched_at: micros(i.fetched),
     }
 }

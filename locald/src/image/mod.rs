@@ -25,10 +25,13 @@
 //!
 //! [`Images`] is the one handle the engine, the D-Bus layer and the CLI
 //! use: [`Images::resolve`] (no network), [`Images::fetch`] (`pull`), and
-//! [`Images::ensure`] (what starting a service does).
+//! [`Images::ensure`] (what starting a service does). [`prepare`] unpacks
+//! images for the container runtime; [`manage`] lists, pulls on demand and
+//! prunes (`locald-ctl images`, `pull`, `prune`).
 
 pub mod digest;
 pub mod layout;
+pub mod manage;
 pub mod manifest;
 pub mod prepare;
 pub mod reference;

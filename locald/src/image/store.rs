@@ -7,6 +7,8 @@
 //!   blobs/.tmp/<pid>.<seq>.<hex>     blobs being written
 //!   images.json                      reference → manifest digest, and who uses it
 //!   images.lock                      flock held while images.json is changed
+//!   use.lock                         shared while fetching/unpacking, exclusive to prune
+//!   rootfs/<hex>/                    unpacked root file systems (`image::prepare`)
 //! ```
 //!
 //! **A blob is committed by verification and a link.** A [`BlobWriter`]
@@ -33,7 +35,13 @@
 //! it, and the link decides which copy stays.
 //!
 //! The unpacked root file systems (`image::unpack`) live beside `blobs/` in
-//! the same root.
+//! the same root ([`Store::rootfs_dir`]).
+//!
+//! **Removal waits for nobody to be adding.** Everything that adds to the
+//! store — a fetch from its first blob to its record, an unpack — holds
+//! `use.lock` shared ([`Store::lock_shared`]); pruning holds it exclusively
+//! ([`Store::lock_exclusive`]), so it never removes a blob a fetch has
+//! stored but not yet recorded, nor a rootfs being made.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -206,6 +214,35 @@ struct Inner {
     inflight: Mutex<HashMap<Digest, Weak<tokio::sync::Mutex<()>>>>,
 }
 
+/// The store's use lock, held (shared or exclusive) until dropped; see the
+/// module documentation.
+#[derive(Debug)]
+pub struct UseLock {
+    _lock: Flock<File>,
+}
+
+/// What [`Store::verify_blob`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// It is there and hashes to its name.
+    Good,
+    /// It was not there.
+    Missing,
+    /// It did not hash to its name (changed on disk) and was removed.
+    Removed,
+}
+
+/// The blobs one recorded reference consists of, as far as they can be
+/// read: see [`Store::entry_blobs`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryBlobs {
+    /// Digests of the index, the manifest, the config and the layers.
+    pub blobs: Vec<Digest>,
+    /// The manifest could not be read (missing or damaged), so its config
+    /// and layers are unknown.
+    pub incomplete: bool,
+}
+
 /// Held while this process downloads one blob (see [`Store::lock_blob`]).
 pub struct BlobLock {
     _guard: tokio::sync::OwnedMutexGuard<()>,
@@ -268,6 +305,44 @@ impl Store {
         self.inner.root.join("images.json")
     }
 
+    /// The directory holding every unpacked rootfs.
+    pub fn rootfs_root(&self) -> PathBuf {
+        self.inner.root.join("rootfs")
+    }
+
+    /// Where the image whose manifest is `manifest` is unpacked (whether or
+    /// not it is).
+    pub fn rootfs_dir(&self, manifest: &Digest) -> PathBuf {
+        self.rootfs_root().join(manifest.hex())
+    }
+
+    /// Takes the use lock shared, waiting while a prune runs: held by
+    /// whoever adds to the store. Blocking.
+    pub fn lock_shared(&self) -> Result<UseLock, StoreError> {
+        self.use_lock(FlockArg::LockShared)
+    }
+
+    /// Takes the use lock exclusively, waiting until nobody adds to the
+    /// store: held while removing. Blocking.
+    pub fn lock_exclusive(&self) -> Result<UseLock, StoreError> {
+        self.use_lock(FlockArg::LockExclusive)
+    }
+
+    fn use_lock(&self, how: FlockArg) -> Result<UseLock, StoreError> {
+        let path = self.inner.root.join("use.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let lock = Flock::lock(file, how).map_err(|(_, e)| StoreError::io(&path, e.into()))?;
+        Ok(UseLock { _lock: lock })
+    }
+
     /// Where a blob lives (whether or not it is there).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.blobs_dir().join(digest.hex())
@@ -293,6 +368,83 @@ impl Store {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// The size of a stored blob, `None` when it is not stored.
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        fs::symlink_metadata(self.blob_path(digest))
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .map(|m| m.len())
+    }
+
+    /// Removes a stored blob; returns its size, or `None` when it was not
+    /// there. Callers hold [`Store::lock_exclusive`].
+    pub fn remove_blob(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let path = self.blob_path(digest);
+        let size = self.blob_size(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// Hashes a stored blob again; one that no longer hashes to its name
+    /// (changed on disk) is removed, so that the next fetch stores it anew.
+    pub fn verify_blob(&self, digest: &Digest) -> Result<BlobCheck, StoreError> {
+        let path = self.blob_path(digest);
+        let Some(mut file) = fsutil::open_content(&path)? else {
+            return Ok(BlobCheck::Missing);
+        };
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io(&path, e)),
+            }
+        }
+        if hasher.finish() == *digest {
+            return Ok(BlobCheck::Good);
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(BlobCheck::Removed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BlobCheck::Removed),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// The blobs `entry` consists of: its index and manifest, and the config
+    /// and layers the manifest names if it can be read. Unlike
+    /// [`Store::image`] this does not need every blob to be there: it is
+    /// what pruning keeps and what sizes are counted from.
+    pub fn entry_blobs(&self, entry: &IndexEntry) -> Result<EntryBlobs, StoreError> {
+        let mut out = EntryBlobs::default();
+        out.blobs.extend(entry.index.iter().cloned());
+        out.blobs.push(entry.manifest.clone());
+        let bytes = match self.read_blob(&entry.manifest, MANIFEST_LIMIT) {
+            Ok(b) => b,
+            Err(StoreError::Missing(_) | StoreError::DigestMismatch { .. }) => {
+                out.incomplete = true;
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(Manifest::Image(m)) = manifest::parse(&bytes, None) else {
+            out.incomplete = true;
+            return Ok(out);
+        };
+        let descriptors = std::iter::once(m.config()).chain(m.layers());
+        for d in descriptors {
+            match Digest::try_from(d.digest()) {
+                Ok(digest) => out.blobs.push(digest),
+                Err(_) => out.incomplete = true,
+            }
+        }
         Ok(out)
     }
 
@@ -540,6 +692,27 @@ impl Store {
                 e.projects.remove(project);
             }
         })
+    }
+
+    /// Keeps the references for which `keep` says so (it may also change
+    /// their entries) and removes the others from the index; returns the
+    /// removed ones. Their blobs stay until removed by the caller.
+    pub fn retain(
+        &self,
+        mut keep: impl FnMut(&str, &mut IndexEntry) -> bool,
+    ) -> Result<Vec<(String, IndexEntry)>, StoreError> {
+        let mut removed = Vec::new();
+        self.update_index(|file| {
+            let images = std::mem::take(&mut file.images);
+            for (key, mut entry) in images {
+                if keep(&key, &mut entry) {
+                    file.images.insert(key, entry);
+                } else {
+                    removed.push((key, entry));
+                }
+            }
+        })?;
+        Ok(removed)
     }
 
     fn update_index(&self, change: impl FnOnce(&mut IndexFile)) -> Result<(), StoreError> {
@@ -887,6 +1060,49 @@ mod tests {
         fs::write(&path, b"[]").expect("tamper");
         let e = store.read_blob(&digest, 100).expect_err("tampered");
         assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_blob_verified_again_is_removed_when_it_changed_on_disk() {
+        let (_dir, store) = store();
+        let good = Digest::of(b"layer");
+        store.put_blob(&good, b"layer").expect("put");
+        assert_eq!(store.verify_blob(&good).expect("verify"), BlobCheck::Good);
+        let path = store.blob_path(&good);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::write(&path, b"LAYER").expect("tamper");
+        assert_eq!(
+            store.verify_blob(&good).expect("verify"),
+            BlobCheck::Removed
+        );
+        assert!(!store.has_blob(&good));
+        assert_eq!(
+            store.verify_blob(&good).expect("verify"),
+            BlobCheck::Missing
+        );
+    }
+
+    #[test]
+    fn pruning_waits_for_every_user_of_the_store() {
+        let (_dir, store) = store();
+        let shared = store.lock_shared().expect("shared");
+        let also = Store::open(store.root())
+            .expect("open")
+            .lock_shared()
+            .expect("shared locks coexist");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = Store::open(store.root()).expect("open");
+        let pruner = std::thread::spawn(move || {
+            let _l = other.lock_exclusive().expect("exclusive");
+            tx.send(()).expect("send");
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "prune waits");
+        drop(shared);
+        drop(also);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("prune runs once nobody uses the store");
+        pruner.join().expect("joined");
     }
 
     #[test]

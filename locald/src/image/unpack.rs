@@ -56,11 +56,21 @@
 //! [`unpack`] succeeds and removes it when it fails. Blob digests are the
 //! caller's to verify; the errors name the layer by digest, and the caller
 //! adds the image's name.
+//!
+//! # Removal
+//!
+//! A rootfs holds files owned by the user's subordinate ids, which the user
+//! cannot remove outside the namespace. [`remove`] removes a whole rootfs
+//! through the same helper and namespace; [`remove_in_place`] is what the
+//! helper runs. The tree is the image's: it is walked from file descriptors
+//! opened with `O_NOFOLLOW`, one name at a time, and symlinks are unlinked,
+//! never followed, so nothing outside the rootfs is touched.
 
 mod extract;
 mod fsops;
 mod helper;
 mod idmap;
+mod remove;
 
 use std::fmt;
 use std::io;
@@ -74,6 +84,7 @@ pub use super::manifest::Compression;
 pub use extract::extract;
 pub use helper::helper_main;
 pub use idmap::{IdMap, IdRange};
+pub use remove::remove_in_place;
 
 /// The hidden `locald` subcommand that runs [`helper_main`].
 pub const HELPER_SUBCOMMAND: &str = "internal-unpack";
@@ -266,6 +277,8 @@ pub enum Op {
     Open,
     /// Syncing the filesystem.
     Sync,
+    /// Removing the rootfs and everything in it.
+    Delete,
 }
 
 impl fmt::Display for Op {
@@ -282,6 +295,7 @@ impl fmt::Display for Op {
             Op::SetXattr => "set an extended attribute",
             Op::Open => "open it",
             Op::Sync => "sync it",
+            Op::Delete => "remove it",
         })
     }
 }
@@ -459,6 +473,82 @@ pub fn unpack(
     Ok(stats)
 }
 
+/// Removes the rootfs `rootfs` (made by [`unpack`]) and everything in it,
+/// in a child process inside the user namespace its files were made in (see
+/// the module documentation). Blocking. A missing rootfs is not an error.
+///
+/// `rootfs` must be a directory of the user's (not a symlink) in a parent
+/// owned by the user that group and others cannot enter, as [`unpack`]
+/// requires.
+pub fn remove(rootfs: &Path, opts: &UnpackOptions) -> Result<(), UnpackError> {
+    let rootfs = std::path::absolute(rootfs).map_err(|source| UnpackError::RootfsIo {
+        path: rootfs.to_owned(),
+        op: Op::Open,
+        source,
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    match std::fs::symlink_metadata(&rootfs) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(UnpackError::RootfsIo {
+                path: rootfs,
+                op: Op::Open,
+                source,
+            })
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(UnpackError::Rootfs {
+                path: rootfs,
+                problem: RootfsProblem::NotDirectory,
+            })
+        }
+        Ok(m) if m.uid() != me => {
+            return Err(UnpackError::Rootfs {
+                path: rootfs,
+                problem: RootfsProblem::ForeignOwner {
+                    what: "it".into(),
+                    owner: m.uid(),
+                    me,
+                },
+            })
+        }
+        Ok(_) => {}
+    }
+    check_parent(&rootfs)?;
+    helper::run_remove(&opts.helper, &rootfs, &opts.ids.plan())
+}
+
+/// Checks that the parent of `rootfs` is ours and closed to group and
+/// others.
+fn check_parent(rootfs: &Path) -> Result<(), UnpackError> {
+    let refuse = |problem| UnpackError::Rootfs {
+        path: rootfs.to_owned(),
+        problem,
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let parent = rootfs
+        .parent()
+        .ok_or_else(|| refuse(RootfsProblem::NoParent))?;
+    let pm = std::fs::metadata(parent).map_err(|source| UnpackError::RootfsIo {
+        path: parent.to_owned(),
+        op: Op::Open,
+        source,
+    })?;
+    if pm.uid() != me {
+        return Err(refuse(RootfsProblem::ForeignOwner {
+            what: "its parent".into(),
+            owner: pm.uid(),
+            me,
+        }));
+    }
+    if pm.mode() & 0o011 != 0 {
+        return Err(refuse(RootfsProblem::ParentNotPrivate {
+            mode: pm.mode() & 0o7777,
+        }));
+    }
+    Ok(())
+}
+
 /// How a layer is compressed, by the media-type rules fetching applies
 /// (`manifest::layer_compression`), or why it cannot be unpacked.
 fn compression(l: &Layer) -> Result<Compression, UnpackError> {
@@ -502,22 +592,7 @@ fn prepare_rootfs(rootfs: &Path) -> Result<(), UnpackError> {
         source,
     };
     let me = rustix::process::geteuid().as_raw();
-    let parent = rootfs
-        .parent()
-        .ok_or_else(|| refuse(RootfsProblem::NoParent))?;
-    let pm = std::fs::metadata(parent).map_err(|e| io_err(parent, Op::Open, e))?;
-    if pm.uid() != me {
-        return Err(refuse(RootfsProblem::ForeignOwner {
-            what: "its parent".into(),
-            owner: pm.uid(),
-            me,
-        }));
-    }
-    if pm.mode() & 0o011 != 0 {
-        return Err(refuse(RootfsProblem::ParentNotPrivate {
-            mode: pm.mode() & 0o7777,
-        }));
-    }
+    check_parent(rootfs)?;
     match std::fs::symlink_metadata(rootfs) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
             .mode(0o755)

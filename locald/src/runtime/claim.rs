@@ -153,6 +153,45 @@ impl ProjectClaim {
     }
 }
 
+/// The directories of the project instances that a live locald (this
+/// process included) runs now, read from the lock files of the claims that
+/// are held. A lock nobody holds is briefly taken as
+/// [`ProjectClaim::take_abandoned`] does, so an instance claiming it at
+/// that moment waits instead of being refused.
+pub fn live_roots() -> Result<Vec<PathBuf>, ClaimError> {
+    let dir = runtime_dir()?.join("projects");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ClaimError::Io { path: dir, source }),
+    };
+    let mut roots = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ClaimError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        if ProjectClaim::take_abandoned(key).is_some() {
+            continue;
+        }
+        // Held: its holder wrote its directory on the second line (retry
+        // briefly in case it has only just taken the lock).
+        for _ in 0..5 {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if let Some(root) = text.lines().nth(1).filter(|l| l.starts_with('/')) {
+                roots.push(PathBuf::from(root));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Ok(roots)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@ use tokio::process::Child;
 use super::claim::ProjectClaim;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::fsutil::{sub_dir, write_atomic};
+use crate::image::ProgressFn;
 use crate::output::BoxFuture;
 use crate::shim_client::{BundleSpec, ShimClient};
 use crate::supervisor::notify::runtime_dir;
@@ -34,8 +35,31 @@ use crate::supervisor::notify::runtime_dir;
 /// Where a container sees its service's notify socket directory.
 pub const NOTIFY_DIR: &str = "/run/locald/notify";
 
+/// Something that must live as long as a container runs from its image
+/// (the image store's hold on the shared rootfs, which keeps `prune` from
+/// removing it); dropped with the container's process handle.
+#[derive(Clone, Default)]
+pub struct Lease(Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Lease {
+    /// A lease holding `hold` until the last clone is dropped.
+    pub fn new(hold: impl std::any::Any + Send + Sync) -> Self {
+        Lease(Some(Arc::new(hold)))
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Lease(held)"
+        } else {
+            "Lease(none)"
+        })
+    }
+}
+
 /// What a container needs from its image.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PreparedImage {
     /// The image's manifest digest (`sha256:…`), for `LOCALD_IMAGE`.
     pub digest: String,
@@ -52,18 +76,129 @@ pub struct PreparedImage {
     pub workdir: Option<String>,
     /// The image's StopSignal (e.g. `SIGQUIT`).
     pub stop_signal: Option<String>,
+    /// Held for as long as the container runs.
+    pub lease: Lease,
+    /// The image's User: `uid`, `name`, `uid:gid`, `name:group`, ….
+    pub user: Option<String>,
+}
+
+/// Who the container's process runs as, and its home directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUser {
+    /// Uid in the container.
+    pub uid: u32,
+    /// Gid in the container.
+    pub gid: u32,
+    /// Home directory from the image's `/etc/passwd`, if the user is there.
+    pub home: Option<String>,
+}
+
+/// Resolves an image's `User` the way runc and podman do: numbers are taken
+/// as they are; names are looked up in the image's own `/etc/passwd` and
+/// `/etc/group`, read contained in the rootfs (an image's symlinks cannot
+/// lead the lookup out of it). No `User` is root.
+pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<ImageUser, String> {
+    let spec = user.map(str::trim).filter(|u| !u.is_empty()).unwrap_or("0");
+    let (who, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_in_root(rootfs, "etc/passwd").unwrap_or_default();
+    // name:x:uid:gid:gecos:home:shell
+    let entry = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && (f[0] == who || f[2] == who)).then(|| {
+            (
+                f[2].parse::<u32>().ok(),
+                f[3].parse::<u32>().ok(),
+                f[5].to_owned(),
+            )
+        })
+    });
+    let uid = match who.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => entry
+            .as_ref()
+            .and_then(|e| e.0)
+            .ok_or_else(|| format!("user `{who}` is not in the image's /etc/passwd"))?,
+    };
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let groups = read_in_root(rootfs, "etc/group").unwrap_or_default();
+                groups
+                    .lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 3 && f[0] == g).then(|| f[2].parse::<u32>().ok())?
+                    })
+                    .ok_or_else(|| format!("group `{g}` is not in the image's /etc/group"))?
+            }
+        },
+        // Without a group: the user's own from passwd, else the uid's number.
+        None => entry.as_ref().and_then(|e| e.1).unwrap_or(uid),
+    };
+    Ok(ImageUser {
+        uid,
+        gid,
+        home: entry.map(|e| e.2).filter(|h| h.starts_with('/')),
+    })
+}
+
+/// Reads a small file of the image, resolving every component inside the
+/// rootfs (`RESOLVE_IN_ROOT`): an absolute symlink means the rootfs's own
+/// path, `..` stops at its root. Not a regular file, or over 1 MiB: `None`.
+fn read_in_root(rootfs: &Path, rel: &str) -> Option<String> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    use std::io::Read;
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let fd = openat2(
+        &root,
+        rel,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+    )
+    .ok()?;
+    let file = std::fs::File::from(fd);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Resolves an image reference to a prepared image (pulled or imported,
 /// verified and unpacked): the image store implements it.
 pub trait ImageSource: Send + Sync + 'static {
-    /// Prepares `reference`; relative `oci:`/`oci-archive:` paths are
-    /// relative to `project_dir`.
+    /// Prepares `reference` for the project in `project_dir` (relative
+    /// `oci:`/`oci-archive:` paths are relative to it), reporting the
+    /// progress of a pull or import to `progress`.
     fn prepare<'a>(
         &'a self,
         reference: &'a str,
         project_dir: &'a Path,
+        progress: ProgressFn,
     ) -> BoxFuture<'a, Result<PreparedImage, String>>;
+
+    /// Makes `dest` (new, in a directory only the user can enter) a private,
+    /// writable copy of the image's files for one container.
+    fn writable_copy<'a>(
+        &'a self,
+        image: &'a PreparedImage,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Removes such a copy (its files may belong to subordinate ids); a
+    /// missing one is not an error.
+    fn remove_copy<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Runs image workloads as containers through the shim.
@@ -102,6 +237,24 @@ pub fn container_id(key: &str, unit: &str) -> String {
     format!("locald-{}-{unit}", &hash[..16])
 }
 
+/// An image's StopSignal (`SIGQUIT`, `QUIT` or a number), SIGTERM if it
+/// names none or one this machine does not know.
+fn image_stop_signal(s: Option<&str>) -> Signal {
+    let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Signal::SIGTERM;
+    };
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).unwrap_or(Signal::SIGTERM);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse().unwrap_or(Signal::SIGTERM)
+}
+
 /// The signal name `locald-shim kill` takes (`TERM`, not `SIGTERM`).
 fn shim_signal(sig: Signal) -> &'static str {
     sig.as_str().trim_start_matches("SIG")
@@ -124,6 +277,7 @@ impl ContainerRuntime {
             command,
             volumes,
             workdir,
+            read_only,
         } = &spec.workload
         else {
             return Err(unavailable(format!(
@@ -132,9 +286,12 @@ impl ContainerRuntime {
             )));
         };
         self.shim.check_installed().map_err(unavailable)?;
+        // An image service's working directory on the host is its project
+        // directory: relative layout paths resolve against it, and it is
+        // recorded as a user of the image.
         let image = self
             .images
-            .prepare(reference, &spec.cwd)
+            .prepare(reference, &spec.cwd, spec.progress.get())
             .await
             .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
 
@@ -142,8 +299,20 @@ impl ContainerRuntime {
         // Whatever an earlier run left under this id goes first.
         let _ = self.shim.delete(&id, true).await;
         let dir = Self::state_dir(&id)?;
-        let _ = std::fs::remove_dir_all(&dir);
+        self.remove_dir(&dir).await;
         sub_dir(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        // Its own writable copy of the image, unless the service runs on the
+        // shared, read-only one.
+        let rootfs = if *read_only {
+            image.rootfs.clone()
+        } else {
+            let copy = dir.join("rootfs");
+            self.images
+                .writable_copy(&image, &copy)
+                .await
+                .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
+            copy
+        };
         // The key lets a later daemon's sweep ask whether anyone claims it.
         write_atomic(&dir.join("key"), spec.key.as_bytes())
             .map_err(|e| unavailable(format!("cannot write {}: {e}", dir.display())))?;
@@ -162,10 +331,17 @@ impl ContainerRuntime {
                 "image {reference} has no Entrypoint or Cmd; give the service a `command`"
             )));
         }
+        let user = resolve_user(&image.rootfs, image.user.as_deref())
+            .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
         let mut env = image.env.clone();
+        if let Some(home) = &user.home {
+            if !env.iter().any(|e| e.starts_with("HOME=")) {
+                env.push(format!("HOME={home}"));
+            }
+        }
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         env.push(format!("LOCALD_IMAGE={}", image.digest));
-        let mut bundle = BundleSpec::for_current_user(&image.rootfs, args)
+        let mut bundle = BundleSpec::for_current_user(&rootfs, args)
             .map_err(unavailable)?
             .cwd(
                 workdir
@@ -174,7 +350,8 @@ impl ContainerRuntime {
                     .filter(|w| !w.is_empty())
                     .unwrap_or_else(|| "/".into()),
             )
-            .readonly_root(true);
+            .readonly_root(*read_only)
+            .user(user.uid, user.gid);
         for tmp in ["/tmp", "/run", "/var/tmp"] {
             bundle = bundle.tmpfs(tmp);
         }
@@ -200,6 +377,7 @@ impl ContainerRuntime {
         let pid = self.init_pid(&id, &mut child).await;
         lock(&self.live).insert(id.clone());
         Ok(Box::new(ContainerProcess {
+            images: self.images.clone(),
             shim: self.shim.clone(),
             id,
             dir,
@@ -209,8 +387,17 @@ impl ContainerRuntime {
             stderr,
             exit: None,
             live: self.live.clone(),
+            stop_signal: image_stop_signal(image.stop_signal.as_deref()),
             image: image.digest,
+            _lease: image.lease,
         }))
+    }
+
+    /// Removes a container's directory, its writable copy of the image
+    /// first (through the image source: its files may belong to
+    /// subordinate ids, which a plain removal cannot delete).
+    async fn remove_dir(&self, dir: &Path) {
+        remove_container_dir(self.images.as_ref(), dir).await;
     }
 
     /// The container's init as the host sees it, once runc has started it;
@@ -230,6 +417,13 @@ impl ContainerRuntime {
         }
         shim_pid
     }
+}
+
+async fn remove_container_dir(images: &dyn ImageSource, dir: &Path) {
+    if let Err(e) = images.remove_copy(&dir.join("rootfs")).await {
+        tracing::warn!("cannot remove {}: {e}", dir.join("rootfs").display());
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -253,7 +447,7 @@ impl Runtime for ContainerRuntime {
             let found = self.shim.state(&id).await.is_ok();
             let _ = self.shim.delete(&id, true).await;
             if let Ok(dir) = Self::state_dir(&id) {
-                let _ = std::fs::remove_dir_all(dir);
+                self.remove_dir(&dir).await;
             }
             usize::from(found)
         })
@@ -282,7 +476,7 @@ impl Runtime for ContainerRuntime {
                     n += 1;
                 }
                 let _ = self.shim.delete(&id, true).await;
-                let _ = std::fs::remove_dir_all(dir.join(&id));
+                self.remove_dir(&dir.join(&id)).await;
             }
             n
         })
@@ -307,6 +501,7 @@ fn kill_detached(shim: &ShimClient, id: &str) {
 }
 
 struct ContainerProcess {
+    images: Arc<dyn ImageSource>,
     shim: ShimClient,
     id: String,
     dir: PathBuf,
@@ -317,6 +512,9 @@ struct ContainerProcess {
     exit: Option<ExitStatus>,
     live: Arc<Mutex<HashSet<String>>>,
     image: String,
+    stop_signal: Signal,
+    /// Keeps the rootfs from being pruned while the container runs.
+    _lease: Lease,
 }
 
 impl Process for ContainerProcess {
@@ -375,7 +573,7 @@ impl Process for ContainerProcess {
             }
             let _ = self.wait().await;
             let _ = self.shim.delete(&self.id, true).await;
-            let _ = std::fs::remove_dir_all(&self.dir);
+            remove_container_dir(self.images.as_ref(), &self.dir).await;
             lock(&self.live).remove(&self.id);
         })
     }
@@ -386,6 +584,20 @@ impl Process for ContainerProcess {
 
     fn image(&self) -> Option<&str> {
         Some(&self.image)
+    }
+
+    fn stop_signal(&self) -> Signal {
+        self.stop_signal
+    }
+
+    fn probe_prefix(&self) -> Option<Vec<String>> {
+        Some(vec![
+            self.shim.path().display().to_string(),
+            "exec".into(),
+            "--id".into(),
+            self.id.clone(),
+            "--".into(),
+        ])
     }
 }
 
@@ -405,6 +617,55 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')));
         assert!(!b.contains(".."));
+    }
+
+    #[test]
+    fn image_users_resolve_from_the_images_own_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).expect("mkdir");
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1001::/home/node:/bin/sh\n",
+        )
+        .expect("passwd");
+        std::fs::write(etc.join("group"), "root:x:0:\nstaff:x:50:\n").expect("group");
+        let r = |u: Option<&str>| resolve_user(dir.path(), u);
+        assert_eq!(r(None).map(|u| (u.uid, u.gid)), Ok((0, 0)));
+        let node = r(Some("node")).expect("node");
+        assert_eq!(
+            (node.uid, node.gid, node.home.as_deref()),
+            (1000, 1001, Some("/home/node"))
+        );
+        assert_eq!(
+            r(Some("1000:staff")).map(|u| (u.uid, u.gid)),
+            Ok((1000, 50))
+        );
+        assert_eq!(r(Some("42")).map(|u| (u.uid, u.gid)), Ok((42, 42)));
+        assert!(r(Some("nobody")).is_err());
+        assert!(r(Some("node:wheel")).is_err());
+    }
+
+    #[test]
+    fn an_image_symlink_cannot_lead_the_lookup_out_of_the_rootfs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).expect("mkdir");
+        std::fs::write(outside.join("passwd"), "evil:x:7:7::/:/bin/sh\n").expect("write");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir(&rootfs).expect("mkdir");
+        // etc -> ../outside resolves to the rootfs's own root under RESOLVE_IN_ROOT.
+        std::os::unix::fs::symlink("../outside", rootfs.join("etc")).expect("symlink");
+        assert!(resolve_user(&rootfs, Some("evil")).is_err());
+    }
+
+    #[test]
+    fn image_stop_signals() {
+        assert_eq!(image_stop_signal(Some("SIGQUIT")), Signal::SIGQUIT);
+        assert_eq!(image_stop_signal(Some("quit")), Signal::SIGQUIT);
+        assert_eq!(image_stop_signal(Some("2")), Signal::SIGINT);
+        assert_eq!(image_stop_signal(Some("SIGNOPE")), Signal::SIGTERM);
+        assert_eq!(image_stop_signal(None), Signal::SIGTERM);
     }
 
     #[test]

@@ -32,6 +32,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::io::AsyncRead;
 
+use crate::image::prepare::StoreImages;
+use crate::image::ProgressFn;
 use crate::output::BoxFuture;
 
 /// One output stream of a workload.
@@ -55,6 +57,9 @@ pub enum Workload {
         volumes: Vec<crate::config::Volume>,
         /// Working directory in the container (default: the image's).
         workdir: Option<String>,
+        /// Run on the image's shared rootfs, read-only, instead of a
+        /// private writable copy.
+        read_only: bool,
     },
 }
 
@@ -106,6 +111,37 @@ pub struct LaunchSpec {
     /// runtime makes it reachable by the workload and sets `$NOTIFY_SOCKET`
     /// to where the workload sees it.
     pub notify_socket: Option<PathBuf>,
+    /// Where the runtime reports how far it got in making the workload
+    /// ready to start (an image pulled or imported for its first start).
+    pub progress: ProgressSink,
+}
+
+/// Where a runtime reports progress of getting a workload ready: the
+/// supervisor passes one that turns reports into events (`PullProgress`);
+/// kinds with nothing to get ready never call it.
+#[derive(Clone, Default)]
+pub struct ProgressSink(Option<ProgressFn>);
+
+impl ProgressSink {
+    /// Reports to `f`.
+    pub fn new(f: ProgressFn) -> Self {
+        ProgressSink(Some(f))
+    }
+
+    /// The function to report to (one that discards, if none was given).
+    pub fn get(&self) -> ProgressFn {
+        self.0.clone().unwrap_or_else(crate::image::no_progress)
+    }
+}
+
+impl fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ProgressSink(..)"
+        } else {
+            "ProgressSink(none)"
+        })
+    }
 }
 
 /// How a process ended.
@@ -252,13 +288,27 @@ pub trait Process: Send + 'static {
     fn image(&self) -> Option<&str> {
         None
     }
+    /// The argv prefix that runs a health-check command inside the workload
+    /// (`locald-shim exec --id ID --` for a container); `None` runs it on the
+    /// host, as for a host process.
+    fn probe_prefix(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// The signal that stops it when the service names none: SIGTERM, or a
+    /// container image's StopSignal.
+    fn stop_signal(&self) -> Signal {
+        Signal::SIGTERM
+    }
 }
 
-/// One runtime per kind, and the choice of kind per service.
+/// One runtime per kind, and the choice of kind per service; also the
+/// image store the container kind prepares images from, for the engine's
+/// `pull`, `images` and `prune`.
 #[derive(Clone)]
 pub struct RuntimeSet {
     host: Arc<dyn Runtime>,
     container: Arc<dyn Runtime>,
+    images: Result<StoreImages, String>,
 }
 
 impl RuntimeSet {
@@ -270,6 +320,7 @@ impl RuntimeSet {
             container: Arc::new(Unavailable(
                 "this version of locald cannot run image services yet".into(),
             )),
+            images: Err("this locald has no image store".into()),
         }
     }
 
@@ -280,15 +331,32 @@ impl RuntimeSet {
     /// an image service starts, with how to install it.
     pub fn detect() -> RuntimeSet {
         let set = RuntimeSet::host(Arc::new(host::HostRuntime::detect()));
-        match crate::image::prepare::StoreImages::open_default() {
-            Ok(images) => set.with_container(Arc::new(container::ContainerRuntime::new(
-                crate::shim_client::ShimClient::from_env(),
-                Arc::new(images),
-            ))),
-            Err(why) => set.with_container(Arc::new(Unavailable(format!(
-                "image services need the image store: {why}"
-            )))),
+        match StoreImages::open_default() {
+            Ok(images) => set
+                .with_container(Arc::new(container::ContainerRuntime::new(
+                    crate::shim_client::ShimClient::from_env(),
+                    Arc::new(images.clone()),
+                )))
+                .with_images(images),
+            Err(why) => {
+                let why = format!("image services need the image store: {why}");
+                let mut set = set.with_container(Arc::new(Unavailable(why.clone())));
+                set.images = Err(why);
+                set
+            }
         }
+    }
+
+    /// The same set with `images` as its image store (the one the
+    /// container runtime was given).
+    pub fn with_images(mut self, images: StoreImages) -> RuntimeSet {
+        self.images = Ok(images);
+        self
+    }
+
+    /// The image store, or why there is none.
+    pub fn images(&self) -> Result<&StoreImages, &str> {
+        self.images.as_ref().map_err(String::as_str)
     }
 
     /// The same set with `container` running image workloads.

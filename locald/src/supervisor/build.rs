@@ -188,6 +188,7 @@ impl Builder {
             cwd: self.cfg.workdir.clone(),
             env,
             notify_socket: None,
+            progress: crate::runtime::ProgressSink::default(),
         };
         let runtime = self.runtime.get(spec.workload.kind());
         let proc = runtime.spawn(&spec).await.map_err(|e| error_chain(&e))?;

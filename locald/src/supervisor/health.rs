@@ -31,6 +31,9 @@ pub struct ProbeContext {
     pub cwd: std::path::PathBuf,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// For a workload with its own view of the world (a container), the
+    /// argv that runs a `command` probe inside it; the probe's argv follows.
+    pub inside: Option<Vec<String>>,
 }
 
 /// Probes until the service is unhealthy or the receiver is gone.
@@ -139,7 +142,10 @@ async fn http_get(url: &HttpUrl) -> Result<(), String> {
 }
 
 async fn command(cmd: &CommandSpec, ctx: &ProbeContext) -> Result<(), String> {
-    let argv = cmd.argv();
+    let argv: Vec<String> = match &ctx.inside {
+        Some(prefix) => prefix.iter().cloned().chain(cmd.argv()).collect(),
+        None => cmd.argv(),
+    };
     let mut c = tokio::process::Command::new(&argv[0]);
     c.args(&argv[1..])
         .current_dir(&ctx.cwd)

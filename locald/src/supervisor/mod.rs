@@ -336,6 +336,31 @@ pub(crate) async fn build_services(
     out
 }
 
+/// A progress function that sends every report of pulling `reference` for
+/// `service` of `project` as an [`Event::PullProgress`].
+pub(crate) fn pull_reporter(
+    events: broadcast::Sender<Event>,
+    project: &str,
+    service: &str,
+    reference: &str,
+) -> crate::image::ProgressFn {
+    let (project, service, reference) =
+        (project.to_owned(), service.to_owned(), reference.to_owned());
+    Arc::new(move |p: &crate::image::Progress| {
+        let _ = events.send(Event::PullProgress {
+            project: project.clone(),
+            service: service.clone(),
+            reference: reference.clone(),
+            layer: p.layer.to_string(),
+            index: u32::try_from(p.index).unwrap_or(u32::MAX),
+            layers: u32::try_from(p.layers).unwrap_or(u32::MAX),
+            done: p.done,
+            total: p.total,
+            cached: p.cached,
+        });
+    })
+}
+
 /// Read-only access to a project's current state. Each service's snapshot
 /// is updated before its change event is sent, so a reader reacting to an
 /// event always sees at least that state.

@@ -272,6 +272,15 @@ impl ServiceTask {
             cwd: self.cfg.workdir.clone(),
             env,
             notify_socket: notify.as_ref().map(|n| n.path().to_owned()),
+            progress: match &self.cfg.image {
+                Some(image) => crate::runtime::ProgressSink::new(super::pull_reporter(
+                    self.events.clone(),
+                    &self.project,
+                    &self.name,
+                    &image.reference,
+                )),
+                None => crate::runtime::ProgressSink::default(),
+            },
         };
         self.set_state(ServiceState::Starting, "");
         let runtime = self.runtime.get(spec.workload.kind()).clone();
@@ -379,7 +388,11 @@ impl ServiceTask {
             }
         };
         let seq = NOTIFY_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{}-{seq}.sock", std::process::id()));
+        // A directory per socket: a container gets its own directory
+        // bind-mounted, never the sockets of the user's other services.
+        let path = dir
+            .join(format!("{}-{seq}", std::process::id()))
+            .join("notify.sock");
         match NotifySocket::bind(&path) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -418,6 +431,7 @@ impl ServiceTask {
             let ctx = ProbeContext {
                 cwd: self.cfg.workdir.clone(),
                 env: self.cfg.env.clone(),
+                inside: proc.probe_prefix(),
             };
             tokio::spawn(run_checker(check, ctx, health_tx))
         });
@@ -512,7 +526,8 @@ impl ServiceTask {
     /// `stop_signal`, then SIGKILL after `stop_timeout`; returns once the main process is gone.
     async fn stop_process(&self, proc: &mut dyn Process, reason: &str) {
         self.set_state(ServiceState::Stopping, reason);
-        let status = proc.stop(self.cfg.stop_signal, self.cfg.stop_timeout).await;
+        let signal = self.cfg.stop_signal.unwrap_or_else(|| proc.stop_signal());
+        let status = proc.stop(signal, self.cfg.stop_timeout).await;
         self.update(|s| s.exit_status = Some(status.code()));
     }
 

@@ -1,12 +1,13 @@
 //! `locald-test-unpack`: runs locald's layer unpack (the library's
 //! `unpack`, with the `locald` binary as its helper) as whoever runs it —
 //! the tests start it as an unprivileged user through `setpriv`. Reads an
-//! [`UnpackRequest`] as JSON on stdin and prints an [`UnpackOutcome`].
+//! [`UnpackRequest`] as JSON on stdin and prints an [`UnpackOutcome`]; with
+//! `--remove`, reads a [`RemoveRequest`] and removes that rootfs instead.
 
 use std::io::Read;
 use std::process::ExitCode;
 
-use locald_tests::unpack::{run_request, UnpackOutcome, UnpackRequest};
+use locald_tests::unpack::{run_remove, run_request, RemoveRequest, UnpackOutcome, UnpackRequest};
 
 fn main() -> ExitCode {
     let mut input = Vec::new();
@@ -14,14 +15,23 @@ fn main() -> ExitCode {
         eprintln!("locald-test-unpack: reading stdin: {e}");
         return ExitCode::from(2);
     }
-    let req: UnpackRequest = match serde_json::from_slice(&input) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("locald-test-unpack: bad request: {e}");
-            return ExitCode::from(2);
+    let outcome = if std::env::args().any(|a| a == "--remove") {
+        match serde_json::from_slice::<RemoveRequest>(&input) {
+            Ok(r) => run_remove(&r),
+            Err(e) => {
+                eprintln!("locald-test-unpack: bad request: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        match serde_json::from_slice::<UnpackRequest>(&input) {
+            Ok(r) => run_request(&r),
+            Err(e) => {
+                eprintln!("locald-test-unpack: bad request: {e}");
+                return ExitCode::from(2);
+            }
         }
     };
-    let outcome = run_request(&req);
     match serde_json::to_string(&outcome) {
         Ok(s) => println!("{s}"),
         Err(e) => {

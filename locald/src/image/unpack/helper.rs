@@ -14,6 +14,9 @@
 //! 4. the child maps only itself if asked to, extracts, and answers
 //!    [`FromHelper::Done`] with the stats or a typed error.
 //!
+//! Removing a rootfs ([`ToHelper::Remove`]) goes the same way, in a
+//! namespace mapped the same way, and ends with [`FromHelper::Removed`].
+//!
 //! The child dies with its parent (`PR_SET_PDEATHSIG`), and the parent
 //! kills and reaps the child on any early return.
 
@@ -41,8 +44,16 @@ struct Request {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+struct RemoveRequest {
+    #[serde(with = "super::path_bytes")]
+    rootfs: PathBuf,
+    owners: Owners,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 enum ToHelper {
     Unpack(Request),
+    Remove(RemoveRequest),
     Go,
 }
 
@@ -50,6 +61,7 @@ enum ToHelper {
 enum FromHelper {
     Ready,
     Done(Result<UnpackStats, WireError>),
+    Removed(Result<(), WireError>),
 }
 
 /// An I/O error on the wire: the errno when there is one.
@@ -266,20 +278,9 @@ impl Drop for Reaper {
     }
 }
 
-/// The parent's side: runs the helper and maps its ids as `plan` says.
-pub(super) fn run(
-    helper: &Path,
-    rootfs: &Path,
-    layers: &[Layer],
-    plan: &Plan,
-    sync: bool,
-) -> Result<UnpackStats, UnpackError> {
-    let failed = |what: String, source: Option<io::Error>| UnpackError::Helper {
-        helper: helper.to_owned(),
-        what,
-        source,
-    };
-    let owners = match plan {
+/// Who owns the files, as `plan` maps them.
+fn owners_of(plan: &Plan) -> Owners {
+    match plan {
         Plan::Mapped {
             uid_lines,
             gid_lines,
@@ -289,6 +290,60 @@ pub(super) fn run(
             gids: idmap::mapped_count(gid_lines),
         },
         Plan::CallerOnly { .. } => Owners::Caller,
+    }
+}
+
+/// The parent's side of an unpack: runs the helper and maps its ids as
+/// `plan` says.
+pub(super) fn run(
+    helper: &Path,
+    rootfs: &Path,
+    layers: &[Layer],
+    plan: &Plan,
+    sync: bool,
+) -> Result<UnpackStats, UnpackError> {
+    let request = ToHelper::Unpack(Request {
+        rootfs: rootfs.to_owned(),
+        layers: layers.to_vec(),
+        owners: owners_of(plan),
+        sync,
+    });
+    match talk(helper, request, plan)? {
+        FromHelper::Done(Ok(stats)) => Ok(stats),
+        FromHelper::Done(Err(e)) => Err(e.into_error(helper)),
+        other => Err(unexpected(helper, &other)),
+    }
+}
+
+/// The parent's side of removing a rootfs, in a namespace mapped as for
+/// unpacking.
+pub(super) fn run_remove(helper: &Path, rootfs: &Path, plan: &Plan) -> Result<(), UnpackError> {
+    let request = ToHelper::Remove(RemoveRequest {
+        rootfs: rootfs.to_owned(),
+        owners: owners_of(plan),
+    });
+    match talk(helper, request, plan)? {
+        FromHelper::Removed(Ok(())) => Ok(()),
+        FromHelper::Removed(Err(e)) => Err(e.into_error(helper)),
+        other => Err(unexpected(helper, &other)),
+    }
+}
+
+fn unexpected(helper: &Path, msg: &FromHelper) -> UnpackError {
+    UnpackError::Helper {
+        helper: helper.to_owned(),
+        what: format!("answered {msg:?}, which does not fit the request"),
+        source: None,
+    }
+}
+
+/// Runs the helper with `request`, maps its ids as `plan` says, and
+/// returns its last message; an error when it ended without one.
+fn talk(helper: &Path, request: ToHelper, plan: &Plan) -> Result<FromHelper, UnpackError> {
+    let failed = |what: String, source: Option<io::Error>| UnpackError::Helper {
+        helper: helper.to_owned(),
+        what,
+        source,
     };
     let mut child = Command::new(helper)
         .arg(HELPER_SUBCOMMAND)
@@ -309,12 +364,6 @@ pub(super) fn run(
         String::from_utf8_lossy(&s).trim().to_string()
     });
     let mut from = BufReader::new(from);
-    let request = Request {
-        rootfs: rootfs.to_owned(),
-        layers: layers.to_vec(),
-        owners,
-        sync,
-    };
     // A pipe error means the helper ended early: its status and stderr,
     // collected below, say why.
     let (done, pipe_err) = match converse(&mut to, &mut from, request, plan, pid)? {
@@ -325,8 +374,7 @@ pub(super) fn run(
     let status = reaper.0.take().map(|mut c| c.wait());
     let stderr = stderr.join().unwrap_or_default();
     match done {
-        Some(FromHelper::Done(Ok(stats))) => Ok(stats),
-        Some(FromHelper::Done(Err(e))) => Err(e.into_error(helper)),
+        Some(msg @ (FromHelper::Done(_) | FromHelper::Removed(_))) => Ok(msg),
         _ => {
             let status = match status {
                 Some(Ok(s)) => s.to_string(),
@@ -347,11 +395,11 @@ pub(super) fn run(
 fn converse(
     to: &mut ChildStdin,
     from: &mut impl BufRead,
-    request: Request,
+    request: ToHelper,
     plan: &Plan,
     pid: u32,
 ) -> Result<io::Result<Option<FromHelper>>, UnpackError> {
-    if let Err(e) = send(to, &ToHelper::Unpack(request)) {
+    if let Err(e) = send(to, &request) {
         return Ok(Err(e));
     }
     match recv::<_, FromHelper>(from) {
@@ -392,8 +440,19 @@ fn serve() -> io::Result<()> {
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     let mut input = io::stdin().lock();
     let mut out = io::stdout().lock();
-    let Some(ToHelper::Unpack(req)) = recv(&mut input)? else {
-        return Err(io::Error::other("expected an unpack request on stdin"));
+    let request = match recv(&mut input)? {
+        Some(r @ (ToHelper::Unpack(_) | ToHelper::Remove(_))) => r,
+        _ => return Err(io::Error::other("expected a request on stdin")),
+    };
+    let owners = match &request {
+        ToHelper::Unpack(req) => req.owners,
+        ToHelper::Remove(req) => req.owners,
+        ToHelper::Go => Owners::Caller,
+    };
+    // The answer to send when the namespace cannot be set up.
+    let failure = |err: UnpackError| match &request {
+        ToHelper::Remove(_) => FromHelper::Removed(Err(err.into())),
+        _ => FromHelper::Done(Err(err.into())),
     };
     let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
     // SAFETY: this process is single-threaded (main calls us before
@@ -405,23 +464,31 @@ fn serve() -> io::Result<()> {
             what: "unshare(CLONE_NEWUSER) failed (are user namespaces disabled?)".into(),
             source: Some(e.into()),
         };
-        return send(&mut out, &FromHelper::Done(Err(err.into())));
+        return send(&mut out, &failure(err));
     }
     send(&mut out, &FromHelper::Ready)?;
     let Some(ToHelper::Go) = recv(&mut input)? else {
         return Err(io::Error::other("the parent did not say go"));
     };
-    if req.owners == Owners::Caller {
+    if owners == Owners::Caller {
         if let Err(e) = map_self(uid.as_raw(), gid.as_raw()) {
             let err = UnpackError::UserNamespace {
                 what: "cannot map the user to root in the new namespace".into(),
                 source: Some(e),
             };
-            return send(&mut out, &FromHelper::Done(Err(err.into())));
+            return send(&mut out, &failure(err));
         }
     }
-    let result = extract(&req.rootfs, &req.layers, req.owners, req.sync);
-    send(&mut out, &FromHelper::Done(result.map_err(WireError::from)))
+    let answer = match request {
+        ToHelper::Unpack(req) => FromHelper::Done(
+            extract(&req.rootfs, &req.layers, req.owners, req.sync).map_err(WireError::from),
+        ),
+        ToHelper::Remove(req) => {
+            FromHelper::Removed(super::remove_in_place(&req.rootfs).map_err(WireError::from))
+        }
+        ToHelper::Go => return Err(io::Error::other("expected a request on stdin")),
+    };
+    send(&mut out, &answer)
 }
 
 /// Maps only the user (to 0): what an unprivileged process may write for
