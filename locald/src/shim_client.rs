@@ -574,6 +574,10 @@ impl ShimClient {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, as host services have: a Ctrl-C at the
+        // terminal reaches locald, which stops containers in dependency
+        // order, not the shim (which would forward it to the container).
+        .process_group(0)
         .spawn()
         .map_err(|source| ShimError::Spawn {
             path: self.path.clone(),
