@@ -542,9 +542,11 @@ fn main() -> Result<()> {
     }
     if a.only.as_deref() != Some("pull") {
         let started = start_bench(&a, work);
-        // podman's store holds files it mounted; let podman remove it.
+        // Its images in its own store, through podman (which unmounts what
+        // it mounted); not `system reset`, which also drops the machine's
+        // podman networks.
         let _ = podman(work)
-            .args(["system", "reset", "--force"])
+            .args(["rmi", "--all", "--force"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
