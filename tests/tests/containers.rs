@@ -466,6 +466,13 @@ stderr_priority = "warning"
     let up = Up::spawn(cmd, &dir)?;
     up.wait_for("err-line", 1, Duration::from_secs(60))?;
     let pid = running_pid(&up.text(), "web").context("the pid locald printed")?;
+    // The container's own init (the shell running the command), not the
+    // shim or runc.
+    assert_eq!(
+        pids_with(&marker),
+        vec![pid.parse::<i32>()?],
+        "the pid locald reports"
+    );
 
     let by_project = [("LOCALD_PROJECT", project.as_str())];
     journal.wait_for_count(&by_project, 2, Duration::from_secs(10))?;

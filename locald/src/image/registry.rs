@@ -379,8 +379,12 @@ pub struct Pulled {
 
 /// Pulls from registries: an `oci-client` client set up with the user's
 /// insecure registries, plus their credentials.
+///
+/// The `oci-client` client is made at the first pull, not here: making it
+/// loads and parses every root certificate of the system (tens of ms, on
+/// every start of `locald up` and the daemon), which only a pull needs.
 pub struct RegistryClient {
-    client: oci_client::Client,
+    client: std::sync::OnceLock<oci_client::Client>,
     credentials: Credentials,
     insecure: Vec<String>,
 }
@@ -396,10 +400,23 @@ fn install_crypto_provider() {
 
 impl RegistryClient {
     /// A client for the registries `config` allows, with `credentials`.
+    /// Cheap: the HTTP client is made at the first pull.
     pub fn new(config: &UserConfig, credentials: Credentials) -> Result<RegistryClient, PullError> {
+        Ok(RegistryClient {
+            client: std::sync::OnceLock::new(),
+            credentials,
+            insecure: config.insecure_registries.clone(),
+        })
+    }
+
+    /// The `oci-client` client, made on first use.
+    fn client(&self) -> Result<&oci_client::Client, PullError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
         install_crypto_provider();
         let client_config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(config.insecure_registries.clone()),
+            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
             // Indexes are resolved here, from the raw bytes we verify.
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(30)),
@@ -410,11 +427,8 @@ impl RegistryClient {
         // `Client::new` falls back to a default config on error (which
         // would drop the protocol setting); `try_from` reports it.
         let client = oci_client::Client::try_from(client_config).map_err(PullError::Client)?;
-        Ok(RegistryClient {
-            client,
-            credentials,
-            insecure: config.insecure_registries.clone(),
-        })
+        // Two first pulls at once may both make one; either is fine.
+        Ok(self.client.get_or_init(|| client))
     }
 
     fn auth_for(&self, r: &RegistryRef) -> RegistryAuth {
@@ -435,7 +449,7 @@ impl RegistryClient {
     ) -> Result<Pulled, PullError> {
         let auth = self.auth_for(r);
         let ctx = Ctx {
-            client: self.client.clone(),
+            client: self.client()?.clone(),
             store: store.clone(),
             registry: r.registry().to_owned(),
         };
@@ -518,7 +532,7 @@ impl RegistryClient {
         let mut index = None;
         for _ in 0..=INDEX_DEPTH {
             let oref = oci_ref(r, expected.as_ref().map(|(d, _)| d));
-            let (bytes, _) = self
+            let (bytes, _) = ctx
                 .client
                 .pull_manifest_raw(&oref, auth, manifest::MANIFEST_TYPES)
                 .await

@@ -296,10 +296,16 @@ impl ContainerRuntime {
             .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
 
         let id = container_id(&spec.key, &spec.unit);
-        // Whatever an earlier run left under this id goes first.
-        let _ = self.shim.delete(&id, true).await;
         let dir = Self::state_dir(&id)?;
-        self.remove_dir(&dir).await;
+        // Whatever an earlier run left under this id goes first. Its
+        // directory is made before its container and removed after it
+        // (`kill`, `clean_stale`), so without one there is nothing to ask
+        // the shim about; should runc still have the id, `run` fails,
+        // `kill` deletes it and the restart succeeds.
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            let _ = self.shim.delete(&id, true).await;
+            self.remove_dir(&dir).await;
+        }
         sub_dir(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         // Its own writable copy of the image, unless the service runs on the
         // shared, read-only one.
@@ -400,23 +406,84 @@ impl ContainerRuntime {
         remove_container_dir(self.images.as_ref(), dir).await;
     }
 
-    /// The container's init as the host sees it, once runc has started it;
+    /// The container's init as the host sees it, once runc has created it;
     /// the shim's own pid if the container ended (or never started) first.
+    ///
+    /// Found in `/proc` (see [`init_below`]), polled every 2 ms: asking
+    /// `locald-shim state` instead costs a setuid start and a runc start
+    /// (~10 ms of CPU) a time, on the cores runc needs to create the
+    /// container, and delayed the first output line by tens of ms. runc's
+    /// state is still asked now and then, should `/proc` not tell.
     async fn init_pid(&self, id: &str, child: &mut Child) -> u32 {
         let shim_pid = child.id().unwrap_or(0);
-        for _ in 0..200 {
-            if let Ok(s) = self.shim.state(id).await {
-                if let Some(pid) = s.pid.filter(|p| *p > 0) {
-                    return pid;
-                }
+        let start = tokio::time::Instant::now();
+        let mut ask_runc = start + Duration::from_millis(200);
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Some(pid) = init_below(shim_pid) {
+                return pid;
             }
             if matches!(child.try_wait(), Ok(Some(_))) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if tokio::time::Instant::now() >= ask_runc {
+                if let Ok(s) = self.shim.state(id).await {
+                    if let Some(pid) = s.pid.filter(|p| *p > 0) {
+                        return pid;
+                    }
+                }
+                ask_runc = tokio::time::Instant::now() + Duration::from_millis(100);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         shim_pid
     }
+}
+
+/// The container's init below the shim `shim_pid` (our child): runc is the
+/// shim's child, and the container's init — created by runc's init
+/// stages, then reparented to runc, its subreaper — is the one child of
+/// runc that is pid 1 of a pid namespace of its own (`NSpid: HOST … 1`).
+/// It keeps that pid from creation through its exec of the command, as
+/// runc's state reports it. `None` until runc has created it.
+fn init_below(shim_pid: u32) -> Option<u32> {
+    children(shim_pid)
+        .into_iter()
+        .flat_map(children)
+        .find(|&pid| is_pid_namespace_init(pid))
+}
+
+/// The children of every thread of `pid` (`/proc/PID/task/*/children`,
+/// readable by anyone, also for a setuid process).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` is the first process of a pid namespace below ours.
+fn is_pid_namespace_init(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| nspid_is_init(&s))
+}
+
+/// Whether a `/proc/PID/status` text has `NSpid:` with more than one pid
+/// and 1 as the innermost.
+fn nspid_is_init(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|ids| {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            ids.len() > 1 && ids.last() == Some(&"1")
+        })
 }
 
 async fn remove_container_dir(images: &dyn ImageSource, dir: &Path) {
@@ -444,8 +511,9 @@ impl Runtime for ContainerRuntime {
                 return 0;
             }
             let id = container_id(key, unit);
-            let found = self.shim.state(&id).await.is_ok();
-            let _ = self.shim.delete(&id, true).await;
+            // One shim call: `delete --force` of an id the user's runc does
+            // not have fails without starting runc.
+            let found = self.shim.delete(&id, true).await.is_ok();
             if let Ok(dir) = Self::state_dir(&id) {
                 self.remove_dir(&dir).await;
             }
@@ -666,6 +734,23 @@ mod tests {
         assert_eq!(image_stop_signal(Some("2")), Signal::SIGINT);
         assert_eq!(image_stop_signal(Some("SIGNOPE")), Signal::SIGTERM);
         assert_eq!(image_stop_signal(None), Signal::SIGTERM);
+    }
+
+    #[test]
+    fn a_pid_namespace_init_is_pid_1_inside_and_another_outside() {
+        let status =
+            |nspid: &str| format!("Name:\tbusybox\nPid:\t4242\nNSpid:\t{nspid}\nUid:\t0\n");
+        assert!(nspid_is_init(&status("4242\t1")));
+        assert!(nspid_is_init(&status("4242\t77\t1")), "nested");
+        assert!(!nspid_is_init(&status("4242")), "runc's own stages");
+        assert!(!nspid_is_init(&status("4242\t7")), "not the first");
+        assert!(!nspid_is_init("Name:\tx\n"), "no NSpid line");
+    }
+
+    #[test]
+    fn the_init_of_a_process_with_no_container_below_is_none() {
+        assert_eq!(init_below(std::process::id()), None);
+        assert_eq!(init_below(u32::MAX), None);
     }
 
     #[test]

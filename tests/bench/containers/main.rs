@@ -10,13 +10,16 @@
 //! - **start**: from starting a one-service project to its first output
 //!   line, the busybox image from a local OCI layout:
 //!   `locald up` (the image already in the store and unpacked, as on every
-//!   start but the first; the `oci:` layout is still re-read each start)
-//!   vs `podman run --rm --network=none oci:LAYOUT:TAG` (the same source;
-//!   podman re-reads it too) — target ≤ 0.5× — and vs bare `runc run` of a
-//!   bundle prepared once from locald's unpacked rootfs and the config
-//!   locald writes, the floor — target ≤ 1.3×. Also shown, not in a ratio:
-//!   `podman run` of the image already in podman's store, and locald's
-//!   first start (import and unpack).
+//!   start but the first; the `oci:` layout is still re-read each start),
+//!   both as services run by default (the container gets its own writable
+//!   copy of the image's files) and with `read_only = true` (on the shared
+//!   files), vs `podman run --rm --network=none oci:LAYOUT:TAG` (the same
+//!   source; podman re-reads it too, and gives the container an overlay)
+//!   — target ≤ 0.5× — and vs bare `runc run` of a bundle prepared once
+//!   from locald's unpacked rootfs and the config locald writes (read-only
+//!   root), the floor — target ≤ 1.3×. Also shown, not in a ratio: `podman
+//!   run` of the image already in podman's store, and first starts (import
+//!   and unpack; podman's pull into its store).
 //!
 //! Run it as root (podman and runc run as root; locald runs through a
 //! root-owned setuid copy of the shim, as root or, with `--user`, also as
@@ -284,9 +287,15 @@ struct LocaldRunner {
 }
 
 impl LocaldRunner {
-    /// A project (the busybox layout and a one-service `locald.toml`)
+    /// A project (the busybox layout and a one-service `locald.toml`,
+    /// `read_only` or with the container's own writable copy of the image)
     /// and XDG directories under `base`, owned by `user` if given.
-    fn new(label: &str, base: PathBuf, user: Option<TestUser>) -> Result<LocaldRunner> {
+    fn new(
+        label: &str,
+        base: PathBuf,
+        user: Option<TestUser>,
+        read_only: bool,
+    ) -> Result<LocaldRunner> {
         let project = base.join("project");
         std::fs::create_dir_all(&project)?;
         for d in ["run", "data", "home", "config"] {
@@ -299,6 +308,7 @@ impl LocaldRunner {
             format!(
                 "[project]\nname = \"bench-start\"\n\n[services.web]\n\
                  image = \"oci:./layout:v1\"\n\
+                 read_only = {read_only}\n\
                  command = [\"/bin/busybox\", \"echo\", \"{FIRST_LINE}\"]\n"
             ),
         )?;
@@ -414,16 +424,28 @@ fn start_bench(a: &Args, work: &Path) -> Result<()> {
         work.join("containers.conf"),
         "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n",
     )?;
-    let mut runners = vec![LocaldRunner::new(
-        "locald up (as root)",
-        work.join("locald-root"),
-        None,
-    )?];
+    let mut runners = vec![
+        LocaldRunner::new("locald up, root", work.join("locald-root"), None, false)?,
+        LocaldRunner::new(
+            "locald up, root, read_only",
+            work.join("locald-root-ro"),
+            None,
+            true,
+        )?,
+    ];
     if let Some(name) = &a.user {
+        let user = test_user(name)?;
         runners.push(LocaldRunner::new(
-            &format!("locald up (as {name}, setuid shim)"),
+            &format!("locald up, {name} (setuid shim)"),
             work.join("locald-user"),
-            Some(test_user(name)?),
+            Some(user.clone()),
+            false,
+        )?);
+        runners.push(LocaldRunner::new(
+            &format!("locald up, {name}, read_only"),
+            work.join("locald-user-ro"),
+            Some(user),
+            true,
         )?);
     }
     let layout = runners[0].project.join("layout");
@@ -520,9 +542,11 @@ fn main() -> Result<()> {
     }
     if a.only.as_deref() != Some("pull") {
         let started = start_bench(&a, work);
-        // podman's store holds files it mounted; let podman remove it.
+        // Its images in its own store, through podman (which unmounts what
+        // it mounted); not `system reset`, which also drops the machine's
+        // podman networks.
         let _ = podman(work)
-            .args(["system", "reset", "--force"])
+            .args(["rmi", "--all", "--force"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
