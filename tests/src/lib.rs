@@ -33,6 +33,35 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A workspace binary at a path every user can reach, for tests that run it
+/// as another user: the checkout may live under a directory only root can
+/// enter. A hard link (a copy across file systems) in
+/// `/tmp/locald-test-bins/<size-mtime>/`, made once and shared by test runs.
+pub fn user_bin(name: &str) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let src = bin(name);
+    let meta = std::fs::metadata(&src).expect("binary metadata");
+    let dir = Path::new("/tmp/locald-test-bins").join(format!("{}-{}", meta.size(), meta.mtime()));
+    let dst = dir.join(name);
+    if dst.exists() {
+        return dst;
+    }
+    for d in [Path::new("/tmp/locald-test-bins"), dir.as_path()] {
+        let _ = std::fs::create_dir(d);
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+    }
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(&src, &tmp).is_err() {
+        std::fs::copy(&src, &tmp).expect("copy binary");
+    }
+    let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755));
+    // Another test process may have won the race; either copy is the same.
+    let _ = std::fs::rename(&tmp, &dst);
+    let _ = std::fs::remove_file(&tmp);
+    dst
+}
+
 /// Whether this run is CI, where a missing precondition is a failure.
 pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")

@@ -395,7 +395,7 @@ pub fn remove_as(user: &TestUser, req: &RemoveRequest) -> Result<UnpackOutcome> 
 }
 
 fn bin_as(user: &TestUser, args: &[&str], input: &[u8]) -> Result<UnpackOutcome> {
-    let bin = crate::bin("locald-test-unpack");
+    let bin = crate::user_bin("locald-test-unpack");
     let mut child = Command::new("setpriv")
         .args([
             &format!("--reuid={}", user.uid),

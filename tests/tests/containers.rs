@@ -19,7 +19,7 @@ use locald_tests::journald::Journald;
 use locald_tests::shim::{
     chown_tree, install_shim, leftovers, preconditions, test_user, InstalledShim, TestUser,
 };
-use locald_tests::{bin, free_port, pids_with, require, unique};
+use locald_tests::{free_port, pids_with, require, unique};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -102,7 +102,7 @@ impl World {
             format!("HOME={}", base.join("home").display()).into(),
             format!("LOCALD_SHIM={}", self.shim.path.display()).into(),
             "NO_COLOR=1".into(),
-            bin("locald").into(),
+            locald_tests::user_bin("locald").into(),
         ];
         v.extend(args.iter().map(OsString::from));
         v

@@ -248,7 +248,7 @@ fn a_directory_that_cannot_be_read_says_so() {
         &format!("--regid={OTHER}"),
         "--clear-groups",
     ])
-    .arg(bin("locald"))
+    .arg(locald_tests::user_bin("locald"))
     .arg("check")
     .arg(&private);
     let out = run_within(c, Duration::from_secs(10));

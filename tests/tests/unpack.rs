@@ -23,12 +23,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use locald::image::unpack::{Compression, Layer, Owners, Refusal, UnpackStats};
+use locald_tests::require;
 use locald_tests::shim::{test_user, TestUser};
 use locald_tests::unpack::{
     run_as, run_request, snapshot, tree, write_layers, write_oci_layout, Tar, UnpackOutcome,
     UnpackRequest,
 };
-use locald_tests::{bin, require};
 
 const USER: &str = "locald-unpack-t1";
 
@@ -97,7 +97,7 @@ impl Runner {
 
     fn unpack(&self, work: &Work, layers: Vec<Layer>) -> UnpackOutcome {
         let req = UnpackRequest {
-            helper: bin("locald"),
+            helper: locald_tests::user_bin("locald"),
             rootfs: work.rootfs(),
             layers,
             caller_only: matches!(self, Runner::UserCallerOnly(_)),

@@ -12,11 +12,11 @@ use std::path::Path;
 use std::process::Command;
 
 use locald::image::unpack::{Compression, Owners};
+use locald_tests::require;
 use locald_tests::shim::{chown_tree, test_user};
 use locald_tests::unpack::{
     remove_as, run_as, write_layers, RemoveRequest, Tar, UnpackOutcome, UnpackRequest,
 };
-use locald_tests::{bin, require};
 
 #[test]
 fn a_rootfs_owned_by_subordinate_ids_is_removed_in_the_namespace_and_nothing_else() {
@@ -58,7 +58,7 @@ fn a_rootfs_owned_by_subordinate_ids_is_removed_in_the_namespace_and_nothing_els
     let unpacked = run_as(
         &user,
         &UnpackRequest {
-            helper: bin("locald"),
+            helper: locald_tests::user_bin("locald"),
             rootfs: rootfs.clone(),
             layers,
             caller_only: false,
@@ -91,7 +91,7 @@ fn a_rootfs_owned_by_subordinate_ids_is_removed_in_the_namespace_and_nothing_els
     let removed = remove_as(
         &user,
         &RemoveRequest {
-            helper: bin("locald"),
+            helper: locald_tests::user_bin("locald"),
             rootfs: rootfs.clone(),
         },
     )
@@ -108,7 +108,7 @@ fn a_rootfs_owned_by_subordinate_ids_is_removed_in_the_namespace_and_nothing_els
     let again = remove_as(
         &user,
         &RemoveRequest {
-            helper: bin("locald"),
+            helper: locald_tests::user_bin("locald"),
             rootfs: rootfs.clone(),
         },
     )
