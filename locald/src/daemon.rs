@@ -353,11 +353,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         fanout = fanout.with(j);
     }
     let sink: Arc<dyn LogSink> = Arc::new(fanout.with(bus_logs.clone()));
-    let engine = Engine::new(EngineOptions {
-        sink,
-        state_dir: Some(state_dir),
-        instance: "the locald daemon".into(),
-    });
+    let mut runtimes = crate::runtime::RuntimeSet::detect();
+    if let Some(systemd) = crate::runtime::systemd::SystemdRuntime::detect().await {
+        runtimes = runtimes.with_systemd(Arc::new(systemd));
+    }
+    let engine = Engine::with_runtimes(
+        EngineOptions {
+            sink,
+            state_dir: Some(state_dir),
+            instance: "the locald daemon".into(),
+        },
+        runtimes,
+    );
     // Refuse a state file from a newer locald before touching anything.
     engine.check_state_version().map_err(DaemonError::State)?;
 

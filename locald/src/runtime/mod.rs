@@ -22,6 +22,7 @@ pub mod container;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod host;
+pub mod systemd;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -299,6 +300,12 @@ pub trait Process: Send + 'static {
     fn stop_signal(&self) -> Signal {
         Signal::SIGTERM
     }
+    /// Whether the workload was stopped by someone other than locald (a
+    /// `systemctl --user stop` of its unit): the supervisor takes that as a
+    /// stop, not a crash to restart from.
+    fn stopped_outside(&self) -> bool {
+        false
+    }
 }
 
 /// One runtime per kind, and the choice of kind per service; also the
@@ -308,6 +315,8 @@ pub trait Process: Send + 'static {
 pub struct RuntimeSet {
     host: Arc<dyn Runtime>,
     container: Arc<dyn Runtime>,
+    /// The user's systemd manager, when services run as its transient units.
+    systemd: Option<Arc<dyn Runtime>>,
     images: Result<StoreImages, String>,
 }
 
@@ -320,6 +329,7 @@ impl RuntimeSet {
             container: Arc::new(Unavailable(
                 "this version of locald cannot run image services yet".into(),
             )),
+            systemd: None,
             images: Err("this locald has no image store".into()),
         }
     }
@@ -365,6 +375,31 @@ impl RuntimeSet {
         self
     }
 
+    /// The same set with host services (not builds) run by `systemd`, as
+    /// transient units ([`systemd::SystemdRuntime`]).
+    pub fn with_systemd(mut self, systemd: Arc<dyn Runtime>) -> RuntimeSet {
+        self.systemd = Some(systemd);
+        self
+    }
+
+    /// Which runtime runs the services of host workloads: `"systemd"` or `"host"`.
+    pub fn service_runtime_name(&self) -> &'static str {
+        if self.systemd.is_some() {
+            "systemd"
+        } else {
+            "host"
+        }
+    }
+
+    /// The runtime for a service's workload: the systemd manager for a host
+    /// workload when there is one, else [`RuntimeSet::get`].
+    pub fn for_service(&self, kind: RuntimeKind) -> &Arc<dyn Runtime> {
+        match (kind, &self.systemd) {
+            (RuntimeKind::Host, Some(s)) => s,
+            _ => self.get(kind),
+        }
+    }
+
     /// The runtime for a kind of workload.
     pub fn get(&self, kind: RuntimeKind) -> &Arc<dyn Runtime> {
         match kind {
@@ -374,7 +409,9 @@ impl RuntimeSet {
     }
 
     fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
-        [&self.host, &self.container].into_iter()
+        [&self.host, &self.container]
+            .into_iter()
+            .chain(self.systemd.as_ref())
     }
 
     /// [`Runtime::clean_stale`] of every kind: a service whose kind changed

@@ -283,7 +283,7 @@ impl ServiceTask {
             },
         };
         self.set_state(ServiceState::Starting, "");
-        let runtime = self.runtime.get(spec.workload.kind()).clone();
+        let runtime = self.runtime.for_service(spec.workload.kind()).clone();
         let mut proc = match runtime.spawn(&spec).await {
             Ok(p) => p,
             Err(e) if e.is_permanent() => return self.permanent(error_chain(&e)),
@@ -302,6 +302,7 @@ impl ServiceTask {
         });
 
         let ended = self.supervise(proc.as_mut(), notify.as_ref(), fsm).await;
+        let outside = proc.stopped_outside();
         proc.kill().await;
         if started.elapsed() > self.cfg.restart.delay_max {
             fsm.consecutive = 0;
@@ -323,6 +324,12 @@ impl ServiceTask {
             Ended::Watchdog => {
                 self.failure(fsm, "watchdog timeout: no WATCHDOG=1 in time".into(), None)
                     .await
+            }
+            Ended::Exited(status) if outside => {
+                // `systemctl --user stop` of its unit: a stop, not a crash.
+                self.update(|s| s.exit_status = Some(status.code()));
+                self.set_state(ServiceState::Stopped, "stopped outside locald");
+                Next::Idle
             }
             Ended::Exited(status) => {
                 let restart = match self.cfg.restart.policy {

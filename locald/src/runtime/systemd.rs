@@ -1,0 +1,827 @@
+//! Host workloads as systemd transient user units, started the way
+//! `systemd-run --user` starts them.
+//!
+//! Each service becomes `locald-<project>-<service>.service` (both names
+//! escaped as `systemd-escape` does) in `locald-<project>.slice`. Output goes
+//! from the service straight to journald, tagged with `LogExtraFields=`
+//! (`LOCALD_PROJECT`, `LOCALD_SERVICE`, `LOCALD_PHASE=run`), so locald copies
+//! nothing and a [`Process`] of this kind has no output streams. systemd owns
+//! the cgroup: a stop reaches every descendant, also those that called
+//! `setsid`.
+//!
+//! Restarts stay locald's decision (`Restart=no`). Readiness and the watchdog
+//! stay locald's too: the unit is `Type=exec` and the service talks to
+//! locald's own notify socket (`$NOTIFY_SOCKET`), as it does on the host.
+//!
+//! The unit is created with `AddRef=yes`, so systemd keeps it (and its exit
+//! status) until locald has read how it ended; then locald drops the
+//! reference and `CollectMode=inactive-or-failed` lets systemd forget it.
+//! Exit is followed through the unit's `PropertiesChanged` signals (with a
+//! slow poll as a safety net). A stop that did not come from locald (a
+//! `systemctl --user stop` by hand) is reported by
+//! [`Process::stopped_outside`], so the supervisor treats it as a stop, not
+//! a crash.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use nix::sys::signal::Signal;
+use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::Connection;
+
+use super::claim::ProjectClaim;
+use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
+use crate::output::BoxFuture;
+
+const DEST: &str = "org.freedesktop.systemd1";
+
+/// One row of `ListUnitsByPatterns`.
+type UnitInfo = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_blocking = false
+)]
+trait Manager {
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, &[(&str, Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<Vec<UnitInfo>>;
+    #[zbus(signal)]
+    fn job_new(&self, id: u32, job: OwnedObjectPath, unit: String) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+}
+
+/// What locald reads of a unit to know where it is.
+#[derive(Debug, Clone, Default)]
+struct UnitState {
+    active: String,
+    description: String,
+    exec_main_pid: u32,
+    exec_main_code: i32,
+    exec_main_status: i32,
+}
+
+impl UnitState {
+    /// Whether the main process has ended (the unit may still be stopping
+    /// what is left of it).
+    fn ended(&self) -> bool {
+        matches!(self.active.as_str(), "inactive" | "failed") || self.exec_main_code != 0
+    }
+
+    fn exit(&self) -> ExitStatus {
+        // CLD_EXITED = 1, CLD_KILLED = 2, CLD_DUMPED = 3 (siginfo codes).
+        match self.exec_main_code {
+            1 => ExitStatus::Exited(self.exec_main_status),
+            2 | 3 => ExitStatus::Signaled(self.exec_main_status),
+            // Never ran, or systemd forgot: as good as killed.
+            _ => ExitStatus::Signaled(Signal::SIGKILL as i32),
+        }
+    }
+}
+
+/// Why a unit could not be read.
+enum ReadError {
+    /// systemd has no such unit (any more).
+    Gone,
+    /// The call failed otherwise.
+    Bus(zbus::Error),
+}
+
+/// A connection to the user's systemd manager.
+#[derive(Clone)]
+struct Systemd {
+    conn: Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    async fn get(
+        &self,
+        path: &OwnedObjectPath,
+        iface: &str,
+        prop: &str,
+    ) -> zbus::Result<Value<'static>> {
+        let reply = self
+            .conn
+            .call_method(
+                Some(DEST),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(iface, prop),
+            )
+            .await?;
+        let v: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
+        Ok(Value::from(v))
+    }
+
+    async fn read(&self, path: &OwnedObjectPath) -> Result<UnitState, ReadError> {
+        const UNIT: &str = "org.freedesktop.systemd1.Unit";
+        const SERVICE: &str = "org.freedesktop.systemd1.Service";
+        let map = |e: zbus::Error| match &e {
+            zbus::Error::MethodError(name, _, _)
+                if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject"
+                    || name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
+                    || name.as_str() == "org.freedesktop.DBus.Error.UnknownInterface" =>
+            {
+                ReadError::Gone
+            }
+            _ => ReadError::Bus(e),
+        };
+        let s = |v: Value<'static>| String::try_from(v).unwrap_or_default();
+        let u = |v: Value<'static>| u32::try_from(v).unwrap_or_default();
+        let i = |v: Value<'static>| i32::try_from(v).unwrap_or_default();
+        let st = UnitState {
+            active: s(self.get(path, UNIT, "ActiveState").await.map_err(map)?),
+            description: s(self.get(path, UNIT, "Description").await.map_err(map)?),
+            exec_main_pid: u(self.get(path, SERVICE, "ExecMainPID").await.map_err(map)?),
+            exec_main_code: i(self.get(path, SERVICE, "ExecMainCode").await.map_err(map)?),
+            exec_main_status: i(self
+                .get(path, SERVICE, "ExecMainStatus")
+                .await
+                .map_err(map)?),
+        };
+        // A unit that is not loaded (systemd answers for any name) is gone.
+        if st.active == "inactive" && st.exec_main_pid == 0 && st.description.is_empty() {
+            return Err(ReadError::Gone);
+        }
+        Ok(st)
+    }
+
+    async fn unit_call(&self, path: &OwnedObjectPath, method: &str) {
+        let _ = self
+            .conn
+            .call_method(
+                Some(DEST),
+                path.as_str(),
+                Some("org.freedesktop.systemd1.Unit"),
+                method,
+                &(),
+            )
+            .await;
+    }
+}
+
+/// Starts host workloads as transient units of the user's systemd manager.
+#[derive(Clone)]
+pub struct SystemdRuntime {
+    systemd: Systemd,
+    /// Names of units started here and not yet reaped.
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+impl SystemdRuntime {
+    /// Connects to the user's systemd manager when there is one: its private
+    /// socket exists in `$XDG_RUNTIME_DIR/systemd/` (or `$MANAGERPID` says
+    /// locald runs under it) and `org.freedesktop.systemd1` answers on the
+    /// session bus. `None` otherwise, with the reason logged at debug level.
+    pub async fn detect() -> Option<SystemdRuntime> {
+        let private = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("systemd/private"))
+            .is_some_and(|p| p.exists());
+        if !private && std::env::var_os("MANAGERPID").is_none() {
+            tracing::debug!("no systemd user manager: no $XDG_RUNTIME_DIR/systemd/private");
+            return None;
+        }
+        let conn = match Connection::session().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("no systemd user manager: no session bus: {e}");
+                return None;
+            }
+        };
+        match Self::with_connection(conn).await {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::debug!("no systemd user manager on the session bus: {e}");
+                None
+            }
+        }
+    }
+
+    /// A runtime talking to the manager on `conn`.
+    pub async fn with_connection(conn: Connection) -> zbus::Result<SystemdRuntime> {
+        let manager = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let version = manager.version().await?;
+        // Without it systemd sends no unit or job signals.
+        manager.subscribe().await?;
+        tracing::info!("services run as transient units of systemd {version}");
+        Ok(SystemdRuntime {
+            systemd: Systemd { conn, manager },
+            live: Arc::default(),
+        })
+    }
+
+    async fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+        let Workload::Host { argv } = &spec.workload else {
+            return Err(RuntimeError::Unavailable(format!(
+                "the systemd runtime cannot run {}",
+                spec.workload.describe()
+            )));
+        };
+        let program = argv.first().cloned().unwrap_or_default();
+        let path_var = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        // systemd wants an absolute path; look it up as a shell would, so a
+        // missing program fails here, at once and permanently, as on the host.
+        let exe =
+            find_program(&program, &path_var, &spec.cwd).ok_or_else(|| RuntimeError::Spawn {
+                program: program.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found in PATH"),
+            })?;
+        if !spec.cwd.is_dir() {
+            return Err(RuntimeError::Spawn {
+                program,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no directory {}", spec.cwd.display()),
+                ),
+            });
+        }
+        let project = project_of(&spec.key).unwrap_or(&spec.project);
+        let name = unit_name(project, &spec.unit);
+        let slice = format!("locald-{}.slice", escape(project));
+
+        let mut env: Vec<String> = Vec::new();
+        if !spec.env.iter().any(|(k, _)| k == "PATH") {
+            env.push(format!("PATH={path_var}"));
+        }
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        if let Some(sock) = &spec.notify_socket {
+            // The unit runs on this host as this user: the path works as is.
+            env.push(format!("NOTIFY_SOCKET={}", sock.display()));
+        }
+        let fields: Vec<Vec<u8>> = [
+            format!("LOCALD_PROJECT={}", spec.project),
+            format!("LOCALD_SERVICE={}", spec.unit),
+            "LOCALD_PHASE=run".to_owned(),
+        ]
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+        let exec = vec![(exe.to_string_lossy().into_owned(), argv.clone(), false)];
+        let props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(describe(spec))),
+            ("Slice", Value::from(slice)),
+            ("Type", Value::from("exec")),
+            ("ExecStart", Value::from(exec)),
+            (
+                "WorkingDirectory",
+                Value::from(spec.cwd.to_string_lossy().into_owned()),
+            ),
+            ("Environment", Value::from(env)),
+            ("StandardInput", Value::from("null")),
+            ("StandardOutput", Value::from("journal")),
+            ("StandardError", Value::from("journal")),
+            ("SyslogIdentifier", Value::from(spec.unit.clone())),
+            ("LogExtraFields", Value::from(fields)),
+            ("KillMode", Value::from("control-group")),
+            ("KillSignal", Value::from(Signal::SIGTERM as i32)),
+            ("SendSIGKILL", Value::from(true)),
+            ("TimeoutStopUSec", Value::from(10_000_000u64)),
+            ("Restart", Value::from("no")),
+            ("CollectMode", Value::from("inactive-or-failed")),
+            ("AddRef", Value::from(true)),
+        ];
+        let sd = &self.systemd;
+        let mut jobs = sd
+            .manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| bus_error(&name, e))?;
+        let mut attempt = 0;
+        let job = loop {
+            match sd
+                .manager
+                .start_transient_unit(&name, "fail", &props, &[])
+                .await
+            {
+                Ok(job) => break job,
+                Err(zbus::Error::MethodError(err, _, _))
+                    if err.as_str() == "org.freedesktop.systemd1.UnitExists" && attempt < 50 =>
+                {
+                    attempt += 1;
+                    // Our own earlier unit that systemd has not collected
+                    // yet goes away by itself; a running one is someone else's.
+                    if let Ok(path) = sd.manager.get_unit(&name).await {
+                        if let Ok(st) = sd.read(&path).await {
+                            if !st.ended() {
+                                return Err(RuntimeError::Unavailable(format!(
+                                    "the systemd unit {name} already runs ({}); \
+                                     stop it with `systemctl --user stop {name}`",
+                                    st.description
+                                )));
+                            }
+                        }
+                        sd.unit_call(&path, "Unref").await;
+                    }
+                    let _ = sd.manager.reset_failed_unit(&name).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(bus_error(&name, e)),
+            }
+        };
+        lock(&self.live).insert(name.clone());
+        // Wait for the start job: with Type=exec it ends once the program
+        // is executing (or could not be).
+        let result = loop {
+            let Some(sig) = jobs.next().await else {
+                break "unknown".to_owned();
+            };
+            if let Ok(args) = sig.args() {
+                if args.job == job {
+                    break args.result;
+                }
+            }
+        };
+        drop(jobs);
+        let path = sd
+            .manager
+            .get_unit(&name)
+            .await
+            .map_err(|e| bus_error(&name, e))?;
+        let st = sd.read(&path).await.unwrap_or_default();
+        if result != "done" && st.exec_main_pid == 0 {
+            sd.unit_call(&path, "Unref").await;
+            let _ = sd.manager.reset_failed_unit(&name).await;
+            lock(&self.live).remove(&name);
+            return Err(RuntimeError::Spawn {
+                program,
+                source: std::io::Error::other(format!(
+                    "systemd could not start {name}: {result}; see `journalctl --user -u {name}`"
+                )),
+            });
+        }
+        Ok(Box::new(UnitProcess {
+            systemd: sd.clone(),
+            name,
+            path,
+            pid: st.exec_main_pid,
+            exit: None,
+            stopping: false,
+            outside: false,
+            live: self.live.clone(),
+        }))
+    }
+
+    /// Stops `name` now (SIGKILL to every process, then a stop job) and
+    /// waits until it is gone.
+    async fn stop_unit_now(&self, name: &str) {
+        let sd = &self.systemd;
+        let _ = sd
+            .manager
+            .kill_unit(name, "all", Signal::SIGKILL as i32)
+            .await;
+        let _ = sd.manager.stop_unit(name, "replace").await;
+        for _ in 0..500 {
+            match sd.manager.get_unit(name).await {
+                Ok(path) => match sd.read(&path).await {
+                    Ok(st) if matches!(st.active.as_str(), "inactive" | "failed") => {
+                        sd.unit_call(&path, "Unref").await;
+                        let _ = sd.manager.reset_failed_unit(name).await;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The running `locald-*` units: (name, description).
+    async fn units(&self) -> Vec<(String, String)> {
+        match self
+            .systemd
+            .manager
+            .list_units_by_patterns(&[], &["locald-*.service"])
+            .await
+        {
+            Ok(list) => list
+                .into_iter()
+                .filter(|u| !matches!(u.3.as_str(), "inactive" | "failed"))
+                .map(|u| (u.0, u.1))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("cannot list locald's systemd units: {e}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+impl Runtime for SystemdRuntime {
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>> {
+        Box::pin(self.start(spec))
+    }
+
+    fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let Some(project) = project_of(key) else {
+                return 0;
+            };
+            let name = unit_name(project, unit);
+            let tag = key_tag(key);
+            let mut n = 0;
+            for (u, description) in self.units().await {
+                // Another instance of a same-named project is not stale.
+                if u == name && description.ends_with(&tag) {
+                    self.stop_unit_now(&u).await;
+                    n += 1;
+                }
+            }
+            n
+        })
+    }
+
+    fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            let mut n = 0;
+            for (u, description) in self.units().await {
+                let Some(key) = key_from_description(&description) else {
+                    continue;
+                };
+                // Held while stopping, so no new instance starts in between.
+                let Some(_claim) = ProjectClaim::take_abandoned(key) else {
+                    continue;
+                };
+                self.stop_unit_now(&u).await;
+                n += 1;
+            }
+            n
+        })
+    }
+
+    fn kill_all(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for name in lock(&self.live).iter().cloned() {
+            let manager = self.systemd.manager.clone();
+            handle.spawn(async move {
+                let _ = manager
+                    .kill_unit(&name, "all", Signal::SIGKILL as i32)
+                    .await;
+            });
+        }
+    }
+}
+
+/// A running transient unit.
+struct UnitProcess {
+    systemd: Systemd,
+    name: String,
+    path: OwnedObjectPath,
+    pid: u32,
+    exit: Option<ExitStatus>,
+    /// locald asked it to stop (so a stop job is not someone else's).
+    stopping: bool,
+    /// Someone else stopped it (`systemctl --user stop`).
+    outside: bool,
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+impl UnitProcess {
+    async fn kill_unit(&self, sig: Signal) {
+        if let Err(e) = self
+            .systemd
+            .manager
+            .kill_unit(&self.name, "all", sig as i32)
+            .await
+        {
+            tracing::debug!("cannot signal unit {}: {e}", self.name);
+        }
+    }
+
+    /// Follows the unit until its main process has ended.
+    async fn wait_exit(&mut self) -> ExitStatus {
+        let sd = self.systemd.clone();
+        let props = zbus::fdo::PropertiesProxy::builder(&sd.conn)
+            .destination(DEST)
+            .and_then(|b| b.path(self.path.clone()));
+        let mut changes = match props {
+            Ok(b) => match b.build().await {
+                Ok(p) => p.receive_properties_changed().await.ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        // A job on the unit that locald did not ask for is someone's
+        // `systemctl --user stop` (or restart): systemd announces it before
+        // the unit's state changes, so it is in the queue by the time a read
+        // shows the unit ended.
+        let mut jobs = sd.manager.receive_job_new().await.ok();
+        loop {
+            let read = sd.read(&self.path).await;
+            while let Some(Some(sig)) = jobs.as_mut().map(|j| j.next().now_or_never().flatten()) {
+                if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
+                    self.outside = true;
+                }
+            }
+            match read {
+                Ok(st) if st.ended() => return st.exit(),
+                Ok(_) => {}
+                Err(ReadError::Gone) => {
+                    return ExitStatus::Signaled(Signal::SIGKILL as i32);
+                }
+                Err(ReadError::Bus(e)) => {
+                    tracing::debug!("cannot read unit {}: {e}", self.name);
+                }
+            }
+            // Woken by a change; the poll is a safety net for a missed one.
+            let next = async {
+                match (changes.as_mut(), jobs.as_mut()) {
+                    (Some(c), Some(j)) => {
+                        tokio::select! {
+                            _ = c.next() => None,
+                            sig = j.next() => sig,
+                        }
+                    }
+                    (Some(c), None) => {
+                        c.next().await;
+                        None
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
+            if let Ok(Some(sig)) = tokio::time::timeout(Duration::from_secs(1), next).await {
+                if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
+                    self.outside = true;
+                }
+            }
+        }
+    }
+
+    /// Drops locald's reference so systemd collects the unit.
+    async fn release(&mut self) {
+        self.systemd.unit_call(&self.path, "Unref").await;
+        let _ = self.systemd.manager.reset_failed_unit(&self.name).await;
+        lock(&self.live).remove(&self.name);
+    }
+}
+
+impl Process for UnitProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn take_stdout(&mut self) -> Option<Output> {
+        // The unit writes to the journal itself.
+        None
+    }
+
+    fn take_stderr(&mut self) -> Option<Output> {
+        None
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            if let Some(e) = self.exit {
+                return e;
+            }
+            let status = self.wait_exit().await;
+            self.exit = Some(status);
+            status
+        })
+    }
+
+    fn stop(&mut self, signal: Signal, timeout: Duration) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            self.stopping = true;
+            self.kill_unit(signal).await;
+            // A stopped process would never see the signal.
+            self.kill_unit(Signal::SIGCONT).await;
+            match tokio::time::timeout(timeout, self.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    self.kill_unit(Signal::SIGKILL).await;
+                    self.wait().await
+                }
+            }
+        })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stopping = true;
+            let _ = self.wait().await;
+            // What is left of the unit (descendants, setsid or not) goes
+            // with its cgroup; then the unit is stopped and collected.
+            self.kill_unit(Signal::SIGKILL).await;
+            let _ = self.systemd.manager.stop_unit(&self.name, "replace").await;
+            for _ in 0..500 {
+                match self.systemd.read(&self.path).await {
+                    Ok(st) if !matches!(st.active.as_str(), "inactive" | "failed") => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    _ => break,
+                }
+            }
+            self.release().await;
+        })
+    }
+
+    fn kill_now(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let manager = self.systemd.manager.clone();
+        let name = self.name.clone();
+        handle.spawn(async move {
+            let _ = manager
+                .kill_unit(&name, "all", Signal::SIGKILL as i32)
+                .await;
+        });
+    }
+
+    fn stopped_outside(&self) -> bool {
+        self.outside && !self.stopping
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn bus_error(name: &str, e: zbus::Error) -> RuntimeError {
+    RuntimeError::Spawn {
+        program: name.to_owned(),
+        source: std::io::Error::other(format!("systemd: {e}")),
+    }
+}
+
+/// The unit's description; it ends with the project instance's key, so
+/// clean-up never touches another instance's units.
+fn describe(spec: &LaunchSpec) -> String {
+    format!(
+        "locald {}/{}: {}{}",
+        spec.project,
+        spec.unit,
+        spec.workload
+            .describe()
+            .chars()
+            .take(200)
+            .collect::<String>(),
+        key_tag(&spec.key)
+    )
+}
+
+fn key_tag(key: &str) -> String {
+    format!(" [{key}]")
+}
+
+fn key_from_description(d: &str) -> Option<&str> {
+    let rest = d.strip_suffix(']')?;
+    let key = &rest[rest.rfind(" [")? + 2..];
+    (!key.is_empty() && !key.contains('/') && !key.starts_with('.')).then_some(key)
+}
+
+/// The project name inside a [`super::claim::project_key`] (`NAME-HASH`).
+fn project_of(key: &str) -> Option<&str> {
+    key.rsplit_once('-').map(|(name, _)| name)
+}
+
+/// `locald-<project>-<unit>.service`, each part escaped.
+pub fn unit_name(project: &str, unit: &str) -> String {
+    format!("locald-{}-{}.service", escape(project), escape(unit))
+}
+
+/// systemd's unit name escaping (`systemd-escape`): `/` becomes `-`;
+/// `-`, `\`, a leading `.` and anything outside `[A-Za-z0-9:_.]` become
+/// `\xNN`.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// `program` as an absolute path: as is when it has a `/` (relative to
+/// `cwd`), else the first executable file of that name in `path_var`.
+fn find_program(program: &str, path_var: &str, cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return executable(&p).then_some(p);
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| cwd.join(d).join(program))
+        .find(|p| executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_as_systemd_escape_does() {
+        assert_eq!(unit_name("hello", "web"), "locald-hello-web.service");
+        assert_eq!(
+            unit_name("my-shop", "api.v2"),
+            "locald-my\\x2dshop-api.v2.service"
+        );
+        assert_eq!(escape(".x y/z"), "\\x2ex\\x20y-z");
+        assert_eq!(escape("café"), "caf\\xc3\\xa9");
+    }
+
+    #[test]
+    fn key_round_trips_through_the_description() {
+        assert_eq!(
+            key_from_description("locald shop/web: sh -c x [shop-0123456789ab]"),
+            Some("shop-0123456789ab")
+        );
+        assert_eq!(key_from_description("locald shop/web: x [../x]"), None);
+        assert_eq!(key_from_description("something else"), None);
+        assert_eq!(project_of("my-shop-0123456789ab"), Some("my-shop"));
+    }
+
+    #[test]
+    fn programs_are_found_in_path() {
+        let sh = find_program("sh", "/nonexistent:/bin:/usr/bin", Path::new("/"));
+        assert!(sh.is_some_and(|p| p.is_absolute()));
+        assert_eq!(
+            find_program("no-such-program-x", "/bin", Path::new("/")),
+            None
+        );
+        assert_eq!(find_program("", "/bin", Path::new("/")), None);
+    }
+
+    #[test]
+    fn exit_codes_map_from_siginfo() {
+        let st = |code, status| UnitState {
+            exec_main_code: code,
+            exec_main_status: status,
+            ..UnitState::default()
+        };
+        assert_eq!(st(1, 3).exit(), ExitStatus::Exited(3));
+        assert_eq!(st(2, 15).exit(), ExitStatus::Signaled(15));
+        assert!(!st(0, 0).ended());
+        assert!(st(1, 0).ended());
+    }
+}
