@@ -86,6 +86,22 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
     if let Some(p) = &args.phase {
         v.push(format!("LOCALD_PHASE={p}"));
     }
+    // A service run as a systemd user unit writes to the journal itself,
+    // and systemd gives a user unit's lines no LogExtraFields: match the
+    // unit (or the project's slice) too.
+    if args.phase.as_deref().is_none_or(|p| p == "run") {
+        v.push("+".into());
+        match &args.service {
+            Some(s) => v.push(format!(
+                "_SYSTEMD_USER_UNIT={}",
+                locald::runtime::systemd::unit_name(&args.project, s)
+            )),
+            None => v.push(format!(
+                "_SYSTEMD_USER_SLICE={}",
+                locald::runtime::systemd::slice_name(&args.project)
+            )),
+        }
+    }
     v
 }
 
@@ -133,6 +149,9 @@ pub fn stamp(entry: &Value, output: Output) -> Option<String> {
 
 /// Turns one journal entry into the line `locald up` would have printed.
 pub fn entry_to_line(entry: &Value) -> Option<LogLine> {
+    if text(entry, "LOCALD_SERVICE").is_none() {
+        return unit_entry_to_line(entry);
+    }
     let service = text(entry, "LOCALD_SERVICE")?;
     let phase = match text(entry, "LOCALD_PHASE").as_deref() {
         Some("build") => Phase::Build,
@@ -150,6 +169,30 @@ pub fn entry_to_line(entry: &Value) -> Option<LogLine> {
         pid: text(entry, "LOCALD_PID").and_then(|p| p.parse().ok()),
         build_id: text(entry, "LOCALD_BUILD_ID").map(Into::into),
         image: text(entry, "LOCALD_IMAGE").map(Into::into),
+        line: bytes(entry, "MESSAGE").unwrap_or_default(),
+        partial: false,
+        continues: false,
+    })
+}
+
+/// A line a service run as a systemd unit wrote: the service is its
+/// `SyslogIdentifier=`, the project the one its slice is named after.
+fn unit_entry_to_line(entry: &Value) -> Option<LogLine> {
+    let unit = text(entry, "_SYSTEMD_USER_UNIT")?;
+    if !unit.starts_with("locald-") {
+        return None;
+    }
+    let slice = text(entry, "_SYSTEMD_USER_SLICE").unwrap_or_default();
+    Some(LogLine {
+        project: locald::runtime::systemd::project_of_slice(&slice)
+            .unwrap_or_default()
+            .into(),
+        service: text(entry, "SYSLOG_IDENTIFIER")?.into(),
+        phase: Phase::Run,
+        stream: Stream::Stdout,
+        pid: text(entry, "_PID").and_then(|p| p.parse().ok()),
+        build_id: None,
+        image: None,
         line: bytes(entry, "MESSAGE").unwrap_or_default(),
         partial: false,
         continues: false,
@@ -247,6 +290,42 @@ mod tests {
             (l.phase, l.stream, l.line.as_slice()),
             (Phase::Build, Stream::Stderr, &[104u8, 255][..])
         );
+    }
+
+    #[test]
+    fn unit_lines_are_matched_by_unit_and_become_lines() {
+        let a = LogsArgs {
+            project: "my-shop".into(),
+            services: vec![],
+            service: Some("web".into()),
+            follow: false,
+            phase: None,
+            since: None,
+            lines: None,
+            output: Output::Plain,
+            namespace: None,
+        };
+        let v = journalctl_args(&a);
+        let plus = v.iter().position(|x| x == "+").expect("an OR");
+        assert_eq!(
+            v[plus + 1],
+            "_SYSTEMD_USER_UNIT=locald-my\\x2dshop-web.service"
+        );
+        let e: Value = serde_json::from_str(
+            r#"{"_SYSTEMD_USER_UNIT":"locald-my\\x2dshop-web.service","_SYSTEMD_USER_SLICE":"locald-my\\x2dshop.slice","SYSLOG_IDENTIFIER":"web","_PID":"42","MESSAGE":"hi"}"#,
+        )
+        .expect("json");
+        let l = entry_to_line(&e).expect("a line");
+        assert_eq!(
+            (&*l.project, &*l.service, l.pid, l.line.as_slice()),
+            ("my-shop", "web", Some(42), &b"hi"[..])
+        );
+        // Build lines never come from a unit.
+        let b = LogsArgs {
+            phase: Some("build".into()),
+            ..a
+        };
+        assert!(!journalctl_args(&b).iter().any(|x| x == "+"));
     }
 
     #[test]

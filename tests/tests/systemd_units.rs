@@ -155,6 +155,19 @@ fn services_run_as_transient_units_with_locald_fields() {
         String::from_utf8_lossy(&out.stdout).contains("hello from web")
     });
 
+    // `locald-ctl logs` finds them by the unit.
+    let logs = c.user(&format!("{HOME}/proj"), "locald-ctl logs web");
+    assert!(
+        text(&logs).contains("hello from web"),
+        "logs: {}",
+        text(&logs)
+    );
+    let all = text(&c.user(&format!("{HOME}/proj"), "locald-ctl logs"));
+    assert!(
+        all.contains("hello from db") && all.contains("hello from web"),
+        "logs: {all}"
+    );
+
     // A stop through locald takes the setsid grandchild with the unit.
     assert_eq!(pids_with(&format!("{marker}-grand")).len(), 1);
     let stop = c.user(&format!("{HOME}/proj"), "locald-ctl stop web");

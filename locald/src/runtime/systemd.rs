@@ -288,7 +288,7 @@ impl SystemdRuntime {
         }
         let project = project_of(&spec.key).unwrap_or(&spec.project);
         let name = unit_name(project, &spec.unit);
-        let slice = format!("locald-{}.slice", escape(project));
+        let slice = slice_name(project);
 
         let mut env: Vec<String> = Vec::new();
         if !spec.env.iter().any(|(k, _)| k == "PATH") {
@@ -738,6 +738,39 @@ pub fn unit_name(project: &str, unit: &str) -> String {
     format!("locald-{}-{}.service", escape(project), escape(unit))
 }
 
+/// `locald-<project>.slice`, the project escaped.
+pub fn slice_name(project: &str) -> String {
+    format!("locald-{}.slice", escape(project))
+}
+
+/// The project a [`slice_name`] is named after.
+pub fn project_of_slice(slice: &str) -> Option<String> {
+    unescape(slice.strip_prefix("locald-")?.strip_suffix(".slice")?)
+}
+
+/// The reverse of [`escape`]; `None` for what `escape` never makes.
+pub fn unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'-' => out.push(b'/'),
+            b'\\' => {
+                let hex = s.get(i + 2..i + 4)?;
+                if b.get(i + 1) != Some(&b'x') {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// systemd's unit name escaping (`systemd-escape`): `/` becomes `-`;
 /// `-`, `\`, a leading `.` and anything outside `[A-Za-z0-9:_.]` become
 /// `\xNN`.
@@ -788,6 +821,14 @@ mod tests {
         );
         assert_eq!(escape(".x y/z"), "\\x2ex\\x20y-z");
         assert_eq!(escape("café"), "caf\\xc3\\xa9");
+        for s in ["my-shop", ".x y/z", "café", "a\\b"] {
+            assert_eq!(unescape(&escape(s)).as_deref(), Some(s));
+        }
+        assert_eq!(
+            project_of_slice("locald-my\\x2dshop.slice").as_deref(),
+            Some("my-shop")
+        );
+        assert_eq!(unescape("bad\\x"), None);
     }
 
     #[test]
