@@ -354,8 +354,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     let sink: Arc<dyn LogSink> = Arc::new(fanout.with(bus_logs.clone()));
     let mut runtimes = crate::runtime::RuntimeSet::detect();
-    if let Some(systemd) = crate::runtime::systemd::SystemdRuntime::detect().await {
-        runtimes = runtimes.with_systemd(Arc::new(systemd));
+    let systemd = crate::runtime::systemd::SystemdRuntime::detect().await;
+    if let Some(sd) = &systemd {
+        runtimes = runtimes.with_systemd(Arc::new(sd.clone()));
     }
     let engine = Engine::with_runtimes(
         EngineOptions {
@@ -451,9 +452,21 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     if lost_bus {
         tracing::error!("lost the connection to the bus; stopping");
     }
-    notifier.send("STOPPING=1\nSTATUS=stopping services");
-    tracing::info!("stopping every project");
-    engine.shutdown().await;
+    // `systemctl --user restart locald` (an upgrade): services that run as
+    // systemd units stay up and the next daemon adopts them. A stop, or a
+    // daemon outside systemd, stops everything.
+    let restarting = match (&systemd, lost_bus) {
+        (Some(sd), false) => sd.own_unit_restarting().await,
+        _ => false,
+    };
+    if restarting {
+        notifier.send("STOPPING=1\nSTATUS=restarting; services keep running");
+        tracing::info!("restarting: services that run as systemd units keep running");
+    } else {
+        notifier.send("STOPPING=1\nSTATUS=stopping services");
+        tracing::info!("stopping every project");
+        engine.shutdown().await;
+    }
     status_task.abort();
     if let Some(t) = watchdog_task {
         t.abort();

@@ -216,3 +216,73 @@ fn services_run_as_transient_units_with_locald_fields() {
         pids_with(&marker).is_empty()
     });
 }
+
+#[test]
+fn services_keep_their_pids_across_daemon_kill_and_restart() {
+    let marker = unique("sdadopt");
+    let Some(c) = boot(&marker) else { return };
+    let up = c.user(&format!("{HOME}/proj"), "locald-ctl up");
+    assert!(up.status.success(), "locald-ctl up: {}", text(&up));
+    wait_until(Duration::from_secs(15), "both units active", || {
+        show(&c, WEB, "ActiveState") == "active" && show(&c, DB, "ActiveState") == "active"
+    });
+    let (web, db) = (show(&c, WEB, "MainPID"), show(&c, DB, "MainPID"));
+    let daemon = || show(&c, "locald.service", "MainPID");
+    let running_with = |pid: &str| {
+        let st = status(&c);
+        st.lines()
+            .any(|l| l.starts_with("web ") && l.contains("running") && l.contains(pid))
+    };
+    wait_until(Duration::from_secs(10), "web running in status", || {
+        running_with(&web)
+    });
+
+    // kill -9: systemd restarts the daemon, which adopts both units.
+    let old = daemon();
+    let k = c.root(&["kill", "-KILL", &old]);
+    assert!(k.status.success(), "{k:?}");
+    wait_until(Duration::from_secs(20), "a new daemon", || {
+        let pid = daemon();
+        pid != old && pid != "0" && !pid.is_empty()
+    });
+    wait_until(Duration::from_secs(15), "web adopted", || {
+        running_with(&web)
+    });
+    assert_eq!(show(&c, WEB, "MainPID"), web, "web was restarted");
+    assert_eq!(show(&c, DB, "MainPID"), db, "db was restarted");
+    assert_eq!(pids_with(&format!("{marker}-web")).len(), 1);
+
+    // `systemctl --user restart locald` (an upgrade) keeps them too.
+    let old = daemon();
+    let r = c.user(HOME, "systemctl --user restart locald");
+    assert!(r.status.success(), "{r:?}");
+    wait_until(Duration::from_secs(20), "a new daemon", || {
+        let pid = daemon();
+        pid != old && pid != "0" && !pid.is_empty()
+    });
+    wait_until(Duration::from_secs(15), "web adopted again", || {
+        running_with(&web)
+    });
+    assert_eq!(show(&c, WEB, "MainPID"), web, "web was restarted");
+    assert_eq!(show(&c, DB, "MainPID"), db, "db was restarted");
+
+    // The adopted unit is supervised: stopping it through locald works and
+    // takes the setsid grandchild with it.
+    let stop = c.user(&format!("{HOME}/proj"), "locald-ctl stop web");
+    assert!(stop.status.success(), "stop: {}", text(&stop));
+    wait_until(
+        Duration::from_secs(10),
+        "web and its grandchild gone",
+        || {
+            pids_with(&format!("{marker}-web")).is_empty()
+                && pids_with(&format!("{marker}-grand")).is_empty()
+        },
+    );
+
+    // `systemctl --user stop locald` stops the services, as before.
+    let s = c.user(HOME, "systemctl --user stop locald");
+    assert!(s.status.success(), "{s:?}");
+    wait_until(Duration::from_secs(10), "every service gone", || {
+        pids_with(&marker).is_empty()
+    });
+}

@@ -101,7 +101,8 @@ fn unit_installed_by_hand_runs_in_a_real_user_manager() {
     let status = c.user(&format!("{HOME}/proj"), "locald-ctl status");
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("shop (running)"), "{text}");
-    // Service output reaches the journal with the service's fields.
+    // Service output reaches the journal with the service's fields or, run
+    // as a systemd unit (tests/tests/systemd_units.rs), as the unit's.
     wait_until(Duration::from_secs(10), "web's line in the journal", || {
         let out = c.root(&[
             "journalctl",
@@ -110,6 +111,8 @@ fn unit_installed_by_hand_runs_in_a_real_user_manager() {
             "cat",
             "LOCALD_PROJECT=shop",
             "LOCALD_SERVICE=web",
+            "+",
+            "_SYSTEMD_USER_UNIT=locald-shop-web.service",
         ]);
         String::from_utf8_lossy(&out.stdout).contains("hello from web")
     });

@@ -244,6 +244,15 @@ pub trait Runtime: Send + Sync + 'static {
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>>;
 
+    /// Takes over the workload an earlier locald started for `spec` and left
+    /// running, if this kind outlives its daemon (systemd units) and the
+    /// running one was started from the same spec; `None` otherwise, and
+    /// the caller starts afresh (after [`Runtime::clean_stale`]).
+    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Box<dyn Process>>> {
+        let _ = spec;
+        Box::pin(std::future::ready(None))
+    }
+
     /// Kills whatever is left of `unit` of the project instance `key` from an
     /// earlier run (a previous daemon that died, a crash) so a new start
     /// never makes a second copy. Only the holder of `key`'s

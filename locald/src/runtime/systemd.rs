@@ -69,6 +69,8 @@ trait Manager {
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(name = "GetUnitByPID")]
+    fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
     fn list_units_by_patterns(
@@ -252,6 +254,33 @@ impl SystemdRuntime {
             systemd: Systemd { conn, manager },
             live: Arc::default(),
         })
+    }
+
+    /// Whether systemd is restarting the unit this daemon runs in
+    /// (`systemctl --user restart locald`), as opposed to stopping it.
+    pub async fn own_unit_restarting(&self) -> bool {
+        let sd = &self.systemd;
+        let Ok(unit) = sd.manager.get_unit_by_pid(std::process::id()).await else {
+            return false;
+        };
+        let Ok(job) = sd.get(&unit, "org.freedesktop.systemd1.Unit", "Job").await else {
+            return false;
+        };
+        let Ok((_, job)) = <(u32, OwnedObjectPath)>::try_from(job) else {
+            return false;
+        };
+        if job.as_str() == "/" {
+            return false;
+        }
+        let Ok(kind) = sd
+            .get(&job, "org.freedesktop.systemd1.Job", "JobType")
+            .await
+        else {
+            return false;
+        };
+        let kind = String::try_from(kind).unwrap_or_default();
+        tracing::debug!("systemd job on locald's unit: {kind}");
+        kind.contains("restart")
     }
 
     async fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
@@ -467,17 +496,59 @@ impl Runtime for SystemdRuntime {
         Box::pin(self.start(spec))
     }
 
+    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Box<dyn Process>>> {
+        Box::pin(async move {
+            if !matches!(spec.workload, Workload::Host { .. }) {
+                return None;
+            }
+            let project = project_of(&spec.key).unwrap_or(&spec.project);
+            let name = unit_name(project, &spec.unit);
+            let sd = &self.systemd;
+            let path = sd.manager.get_unit(&name).await.ok()?;
+            let st = sd.read(&path).await.ok()?;
+            let (key, print) = tag_from_description(&st.description)?;
+            if st.active != "active" || key != spec.key || print != fingerprint(spec) {
+                return None;
+            }
+            // Keeps the unit (and its exit status) until this daemon read it.
+            let r = sd
+                .conn
+                .call_method(
+                    Some(DEST),
+                    path.as_str(),
+                    Some("org.freedesktop.systemd1.Unit"),
+                    "Ref",
+                    &(),
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::warn!("cannot hold on to {name}: {e}; starting it afresh");
+                return None;
+            }
+            lock(&self.live).insert(name.clone());
+            Some(Box::new(UnitProcess {
+                systemd: sd.clone(),
+                name,
+                path,
+                pid: st.exec_main_pid,
+                exit: None,
+                stopping: false,
+                outside: false,
+                live: self.live.clone(),
+            }) as Box<dyn Process>)
+        })
+    }
+
     fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move {
             let Some(project) = project_of(key) else {
                 return 0;
             };
             let name = unit_name(project, unit);
-            let tag = key_tag(key);
             let mut n = 0;
             for (u, description) in self.units().await {
                 // Another instance of a same-named project is not stale.
-                if u == name && description.ends_with(&tag) {
+                if u == name && key_from_description(&description) == Some(key) {
                     self.stop_unit_now(&u).await;
                     n += 1;
                 }
@@ -706,7 +777,7 @@ fn bus_error(name: &str, e: zbus::Error) -> RuntimeError {
 /// clean-up never touches another instance's units.
 fn describe(spec: &LaunchSpec) -> String {
     format!(
-        "locald {}/{}: {}{}",
+        "locald {}/{}: {}{} {}]",
         spec.project,
         spec.unit,
         spec.workload
@@ -714,18 +785,43 @@ fn describe(spec: &LaunchSpec) -> String {
             .chars()
             .take(200)
             .collect::<String>(),
-        key_tag(&spec.key)
+        key_tag(&spec.key),
+        fingerprint(spec)
     )
 }
 
+/// What the description holds of the project instance: ` [KEY `, followed
+/// by the spec's fingerprint and `]`.
 fn key_tag(key: &str) -> String {
-    format!(" [{key}]")
+    format!(" [{key}")
+}
+
+/// A hash of what the unit runs (program, directory, environment): a new
+/// daemon adopts a running unit only when its service would start the same.
+fn fingerprint(spec: &LaunchSpec) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [
+        format!("{:?}", spec.workload),
+        spec.cwd.to_string_lossy().into_owned(),
+        format!("{:?}", spec.env),
+        format!("{:?}", spec.notify_socket),
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().to_hex()[..16].to_owned()
+}
+
+/// (key, fingerprint) from a unit's description.
+fn tag_from_description(d: &str) -> Option<(&str, &str)> {
+    let rest = d.strip_suffix(']')?;
+    let tag = &rest[rest.rfind(" [")? + 2..];
+    let (key, print) = tag.split_once(' ')?;
+    (!key.is_empty() && !key.contains('/') && !key.starts_with('.')).then_some((key, print))
 }
 
 fn key_from_description(d: &str) -> Option<&str> {
-    let rest = d.strip_suffix(']')?;
-    let key = &rest[rest.rfind(" [")? + 2..];
-    (!key.is_empty() && !key.contains('/') && !key.starts_with('.')).then_some(key)
+    tag_from_description(d).map(|(k, _)| k)
 }
 
 /// The project name inside a [`super::claim::project_key`] (`NAME-HASH`).
@@ -834,10 +930,11 @@ mod tests {
     #[test]
     fn key_round_trips_through_the_description() {
         assert_eq!(
-            key_from_description("locald shop/web: sh -c x [shop-0123456789ab]"),
+            key_from_description("locald shop/web: sh -c x [shop-0123456789ab 0011]"),
             Some("shop-0123456789ab")
         );
-        assert_eq!(key_from_description("locald shop/web: x [../x]"), None);
+        assert_eq!(key_from_description("locald shop/web: x [../x 00]"), None);
+        assert_eq!(key_from_description("locald shop/web: x [shop-01]"), None);
         assert_eq!(key_from_description("something else"), None);
         assert_eq!(project_of("my-shop-0123456789ab"), Some("my-shop"));
     }

@@ -16,7 +16,6 @@
 //! answers.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -94,15 +93,28 @@ enum Ended {
     Stopped(Next),
 }
 
-static NOTIFY_SEQ: AtomicU64 = AtomicU64::new(0);
-
 impl ServiceTask {
     pub(crate) async fn run(mut self, start: bool) {
-        let stale = self.runtime.clean_stale(&self.key, &self.name).await
-            + self
-                .runtime
-                .clean_stale(&self.key, &format!("{}.build", self.name))
-                .await;
+        // A workload an earlier daemon left running unchanged (a systemd
+        // unit survives a daemon restart) is taken over, not restarted.
+        let mut adopted = None;
+        if start {
+            let notify = self.bind_notify();
+            let spec = self.launch_spec(notify.as_ref());
+            let runtime = self.runtime.for_service(spec.workload.kind()).clone();
+            if let Some(proc) = runtime.adopt(&spec).await {
+                self.tell(&format!("adopted the running pid {}", proc.pid()));
+                adopted = Some((proc, notify));
+            }
+        }
+        let stale = if adopted.is_some() {
+            0
+        } else {
+            self.runtime.clean_stale(&self.key, &self.name).await
+        } + self
+            .runtime
+            .clean_stale(&self.key, &format!("{}.build", self.name))
+            .await;
         if stale > 0 {
             let what = if stale == 1 { "process" } else { "processes" };
             tracing::warn!(project = %self.project, service = %self.name, "stopped {stale} {what} left from an earlier run");
@@ -115,6 +127,9 @@ impl ServiceTask {
         let mut next = if start { Next::Run } else { Next::Idle };
         if !start {
             self.set_state(ServiceState::Stopped, "");
+        }
+        if let Some((proc, notify)) = adopted {
+            next = self.run_process(&mut fsm, proc, notify).await;
         }
         loop {
             next = match next {
@@ -258,39 +273,27 @@ impl ServiceTask {
 
         // The notify socket lives as long as this attempt.
         let notify = self.bind_notify();
-        let mut env = self.cfg.env.clone();
-        env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
-        env.push(("LOCALD_SERVICE".into(), self.name.to_string()));
-        if let Some(w) = self.cfg.watchdog {
-            env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
-        }
-        let spec = LaunchSpec {
-            project: self.project.to_string(),
-            key: self.key.to_string(),
-            unit: self.name.to_string(),
-            workload: self.cfg.workload(),
-            cwd: self.cfg.workdir.clone(),
-            env,
-            notify_socket: notify.as_ref().map(|n| n.path().to_owned()),
-            progress: match &self.cfg.image {
-                Some(image) => crate::runtime::ProgressSink::new(super::pull_reporter(
-                    self.events.clone(),
-                    &self.project,
-                    &self.name,
-                    &image.reference,
-                )),
-                None => crate::runtime::ProgressSink::default(),
-            },
-        };
+        let spec = self.launch_spec(notify.as_ref());
         self.set_state(ServiceState::Starting, "");
         let runtime = self.runtime.for_service(spec.workload.kind()).clone();
-        let mut proc = match runtime.spawn(&spec).await {
+        let proc = match runtime.spawn(&spec).await {
             Ok(p) => p,
             Err(e) if e.is_permanent() => return self.permanent(error_chain(&e)),
             Err(e) => return self.failure(fsm, error_chain(&e), None).await,
         };
+        self.tell(&format!("started (pid {})", proc.pid()));
+        self.run_process(fsm, proc, notify).await
+    }
+
+    /// Supervises a started (or adopted) process until it ends, then decides
+    /// what comes next.
+    async fn run_process(
+        &mut self,
+        fsm: &mut Fsm,
+        mut proc: Box<dyn Process>,
+        notify: Option<NotifySocket>,
+    ) -> Next {
         let pid = proc.pid();
-        self.tell(&format!("started (pid {pid})"));
         self.start_pumps(proc.as_mut(), pid);
         let started = Instant::now();
         self.update(|s| {
@@ -386,6 +389,35 @@ impl ServiceTask {
         }
     }
 
+    /// What to start for this service (a fresh attempt, or the one an
+    /// earlier locald left running, to adopt).
+    fn launch_spec(&self, notify: Option<&NotifySocket>) -> LaunchSpec {
+        let mut env = self.cfg.env.clone();
+        env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
+        env.push(("LOCALD_SERVICE".into(), self.name.to_string()));
+        if let Some(w) = self.cfg.watchdog {
+            env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
+        }
+        LaunchSpec {
+            project: self.project.to_string(),
+            key: self.key.to_string(),
+            unit: self.name.to_string(),
+            workload: self.cfg.workload(),
+            cwd: self.cfg.workdir.clone(),
+            env,
+            notify_socket: notify.map(|n| n.path().to_owned()),
+            progress: match &self.cfg.image {
+                Some(image) => crate::runtime::ProgressSink::new(super::pull_reporter(
+                    self.events.clone(),
+                    &self.project,
+                    &self.name,
+                    &image.reference,
+                )),
+                None => crate::runtime::ProgressSink::default(),
+            },
+        }
+    }
+
     fn bind_notify(&self) -> Option<NotifySocket> {
         let dir = match runtime_dir() {
             Ok(d) => d.join("notify"),
@@ -394,11 +426,12 @@ impl ServiceTask {
                 return None;
             }
         };
-        let seq = NOTIFY_SEQ.fetch_add(1, Ordering::Relaxed);
         // A directory per socket: a container gets its own directory
-        // bind-mounted, never the sockets of the user's other services.
+        // bind-mounted, never the sockets of the user's other services. The
+        // path is the same for every attempt and daemon, so a workload a new
+        // daemon adopts (a systemd unit) still reaches it.
         let path = dir
-            .join(format!("{}-{seq}", std::process::id()))
+            .join(format!("{}.{}", self.key, self.name))
             .join("notify.sock");
         match NotifySocket::bind(&path) {
             Ok(s) => Some(s),
