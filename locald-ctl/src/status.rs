@@ -66,6 +66,8 @@ pub struct ServiceJson<'a> {
     pub exit_status: Option<i32>,
     /// Restarts since `up`.
     pub restart_count: u32,
+    /// What runs it: `host`, `container` or `systemd`.
+    pub runtime: Option<&'a str>,
     /// When the current process started.
     pub started_at: Option<String>,
     /// The last build, if any.
@@ -113,6 +115,7 @@ impl<'a> ServiceJson<'a> {
             main_pid: Some(s.main_pid).filter(|&p| p != 0),
             exit_status: Some(s.exit_status).filter(|&e| e >= 0),
             restart_count: s.restart_count,
+            runtime: text(&s.runtime),
             // The daemon may keep the time of a process that has exited;
             // like the table's UPTIME, it counts only while one runs.
             started_at: rfc3339(s.started_at).filter(|_| s.main_pid != 0),
@@ -366,6 +369,7 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
         "PID".to_owned(),
         "UPTIME".to_owned(),
         "RESTARTS".to_owned(),
+        "RUNTIME".to_owned(),
         "LAST BUILD".to_owned(),
         "REASON".to_owned(),
     ]];
@@ -399,6 +403,11 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
             pid,
             uptime,
             s.restart_count.to_string(),
+            if s.runtime.is_empty() {
+                "-".to_owned()
+            } else {
+                s.runtime.clone()
+            },
             build,
             reason(s).unwrap_or("-").to_owned(),
         ]);

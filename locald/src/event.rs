@@ -209,6 +209,10 @@ pub struct ServiceSnapshot {
     pub started_at: Option<SystemTime>,
     /// The last build, if the service has a build.
     pub last_build: Option<BuildRecord>,
+    /// What runs its process (`host`, `container`, `systemd`); empty before
+    /// the first start.
+    #[serde(default)]
+    pub runtime: String,
 }
 
 impl ServiceSnapshot {
@@ -224,6 +228,7 @@ impl ServiceSnapshot {
             restart_count: 0,
             started_at: None,
             last_build: None,
+            runtime: String::new(),
         }
     }
 }

@@ -395,6 +395,7 @@ fn schema_keys_match_the_parser() {
             "start_limit_burst" => "3".to_owned(),
             "stop_signal" => "\"SIGINT\"".to_owned(),
             "stderr_priority" => "\"warning\"".to_owned(),
+            "runtime" => "\"systemd\"".to_owned(),
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");
@@ -555,5 +556,27 @@ fn read_only_without_an_image() {
         3,
         13,
         "add `image`",
+    );
+}
+
+#[test]
+fn bad_runtime() {
+    check(
+        "[project]\nruntime = \"docker\"\n[services.web]\ncommand = \"x\"\n",
+        "unknown variant `docker`",
+        2,
+        11,
+        "host",
+    );
+}
+
+#[test]
+fn runtime_of_an_image_service() {
+    check(
+        "[services.web]\nimage = \"redis\"\nruntime = \"systemd\"\n",
+        "`runtime` is for host services",
+        3,
+        11,
+        "remove `runtime`",
     );
 }

@@ -105,6 +105,8 @@ fn ctl_up_status_stop_start_restart_down() {
         json["services"][0]["main_pid"].as_u64().unwrap_or(0) > 0,
         "{json}"
     );
+    // No systemd user manager on this bus: services are locald's children.
+    assert_eq!(json["services"][0]["runtime"], "host", "{json}");
 
     let stop = ctl(&bus, p.path(), &["stop", "web"]);
     assert_eq!(stop.code, 0, "{stop:?}");

@@ -45,6 +45,10 @@ stop_timeout = "2s"
 [services.db]
 command = ["sh", "-c", "echo hello from db; sleep 1000; true", "{marker}-db"]
 stop_timeout = "2s"
+
+[services.plain]
+command = ["sh", "-c", "sleep 1000; true", "{marker}-plain"]
+runtime = "host"
 "#
     );
     std::fs::write(&project, toml).expect("locald.toml");
@@ -132,9 +136,21 @@ fn services_run_as_transient_units_with_locald_fields() {
     let main_pid = show(&c, WEB, "MainPID");
     let st = status(&c);
     assert!(st.contains(&main_pid), "pid {main_pid} not in status: {st}");
+    assert!(
+        st.lines()
+            .any(|l| l.starts_with("web ") && l.contains(" systemd ")),
+        "{st}"
+    );
+    // `runtime = "host"` keeps a service a child of locald.
+    wait_until(Duration::from_secs(10), "plain running on the host", || {
+        status(&c)
+            .lines()
+            .any(|l| l.starts_with("plain ") && l.contains(" host "))
+    });
+    assert_eq!(pids_with(&format!("{marker}-plain")).len(), 1);
     let listed = text(&c.user(HOME, "systemctl --user list-units --no-legend 'locald-*'"));
     assert!(
-        listed.contains(WEB) && listed.contains(DB),
+        listed.contains(WEB) && listed.contains(DB) && !listed.contains("plain"),
         "list-units: {listed}"
     );
 

@@ -169,6 +169,10 @@ pub struct ServiceInfo {
     pub started_at: u64,
     /// `LastBuild`.
     pub last_build: BuildInfo,
+    /// `Runtime`: `host`, `container` or `systemd`; empty before the first
+    /// start (or from a daemon that predates the property).
+    #[serde(default)]
+    pub runtime: String,
 }
 
 /// A property map did not have the shape of the interface.
@@ -232,6 +236,7 @@ impl ServiceInfo {
             restart_count: get(props, "RestartCount")?,
             started_at: get(props, "StartedAt")?,
             last_build,
+            runtime: get(props, "Runtime").unwrap_or_default(),
         })
     }
 }

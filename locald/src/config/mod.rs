@@ -25,6 +25,7 @@ use crate::fsutil::{read_input, UnsafeFile, CONFIG_LIMIT, ENV_FILE_LIMIT};
 
 pub use diagnostic::{did_you_mean, line_col, ConfigError, Diagnostic};
 pub use raw::RestartPolicy;
+pub use raw::RuntimeChoice;
 
 use raw::{EnvValue, RawBuild, RawCommand, RawFile, RawHealth, RawService};
 
@@ -137,6 +138,9 @@ pub struct ServiceConfig {
     pub watchdog: Option<Duration>,
     /// Journal priority of stderr lines without a `<N>` prefix.
     pub stderr_priority: crate::journal::Priority,
+    /// How a host service runs, if the file says (the service's `runtime`,
+    /// else the project's); `None` lets the daemon choose.
+    pub runtime: Option<RuntimeChoice>,
 }
 
 /// Restart policy and backoff.
@@ -426,8 +430,14 @@ impl Config {
         let mut c = Checker {
             diags: Vec::new(),
             root: root.to_owned(),
+            project_runtime: None,
         };
-        let name = match raw.project.and_then(|p| p.name) {
+        let (project_name, project_runtime) = match raw.project {
+            Some(p) => (p.name, p.runtime),
+            None => (None, None),
+        };
+        c.project_runtime = project_runtime.map(Spanned::into_inner);
+        let name = match project_name {
             Some(n) => {
                 c.check_name(&n, "project");
                 n.into_inner()
@@ -543,6 +553,8 @@ fn sanitize_name(s: &str) -> String {
 struct Checker {
     diags: Vec<Diagnostic>,
     root: PathBuf,
+    /// `[project] runtime`, the default for each service.
+    project_runtime: Option<RuntimeChoice>,
 }
 
 const NAME_HINT: &str =
@@ -797,6 +809,14 @@ impl Checker {
             );
             return None;
         }
+        if let (Some(r), Some(_)) = (&svc.runtime, &image) {
+            self.push(
+                "`runtime` is for host services",
+                Some(r.span()),
+                Some("an image service always runs as a container; remove `runtime`".into()),
+            );
+            return None;
+        }
         Some(ServiceConfig {
             name: name.to_owned(),
             command,
@@ -815,6 +835,10 @@ impl Checker {
             stderr_priority: svc
                 .stderr_priority
                 .map_or(crate::journal::Priority::INFO, |p| p.into_inner().0),
+            runtime: svc
+                .runtime
+                .map(Spanned::into_inner)
+                .or(self.project_runtime),
         })
     }
 
@@ -1183,6 +1207,18 @@ mod tests {
         );
         assert_eq!(web.stop_signal, None);
         assert_eq!(web.workdir, Path::new("/p"));
+    }
+
+    #[test]
+    fn runtime_of_the_service_wins_over_the_project() {
+        let c = parse(
+            "[project]\nruntime = \"host\"\n[services.a]\ncommand='x'\n[services.b]\ncommand='x'\nruntime = \"systemd\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.services["a"].runtime, Some(RuntimeChoice::Host));
+        assert_eq!(c.services["b"].runtime, Some(RuntimeChoice::Systemd));
+        let c = parse("[services.a]\ncommand='x'\n").unwrap();
+        assert_eq!(c.services["a"].runtime, None);
     }
 
     #[test]

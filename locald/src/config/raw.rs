@@ -51,6 +51,22 @@ pub struct RawProject {
     /// Project name; defaults to the name of the directory holding `locald.toml`.
     #[schemars(with = "Option<String>")]
     pub name: Option<Spanned<String>>,
+    /// How host services run: "systemd" (each a transient unit of the user's
+    /// systemd manager) or "host" (children of locald). Default: systemd when
+    /// the daemon runs under a systemd user manager, else host.
+    #[schemars(with = "Option<RuntimeChoice>")]
+    pub runtime: Option<Spanned<RuntimeChoice>>,
+}
+
+/// `runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeChoice {
+    /// A child process of locald, in its own process group (and cgroup where
+    /// locald can make one).
+    Host,
+    /// A transient unit of the user's systemd manager.
+    Systemd,
 }
 
 /// `[services.NAME]`.
@@ -124,6 +140,10 @@ pub struct RawService {
     /// "warning", "info" (default), ... or 0-7.
     #[schemars(with = "Option<String>")]
     pub stderr_priority: Option<Spanned<RawPriority>>,
+    /// How this service runs if it is a host service: "systemd" or "host";
+    /// overrides `[project] runtime`.
+    #[schemars(with = "Option<RuntimeChoice>")]
+    pub runtime: Option<Spanned<RuntimeChoice>>,
 }
 
 /// A syslog priority name ("err", "warning", ...) or number 0-7.

@@ -67,6 +67,7 @@ fn properties(s: &ServiceSnapshot) -> Vec<(&'static str, Value<'static>)> {
         ("RestartCount", Value::from(s.restart_count)),
         ("StartedAt", Value::from(usec(s.started_at))),
         ("LastBuild", Value::from(build_info(s.last_build.as_ref()))),
+        ("Runtime", Value::from(s.runtime.clone())),
     ]
 }
 
@@ -193,6 +194,14 @@ impl Service1 {
     #[zbus(property(emits_changed_signal = "true"))]
     async fn status_text(&self) -> String {
         self.snapshot().status_text.clone()
+    }
+
+    /// What runs the service's process: `host`, `container` or `systemd`
+    /// (a transient unit of the user's systemd manager); empty before the
+    /// first start.
+    #[zbus(property(emits_changed_signal = "true"))]
+    async fn runtime(&self) -> String {
+        self.snapshot().runtime.clone()
     }
 
     /// PID of the main process; 0 when none runs.

@@ -586,6 +586,10 @@ struct ContainerProcess {
 }
 
 impl Process for ContainerProcess {
+    fn runtime_name(&self) -> &'static str {
+        "container"
+    }
+
     fn pid(&self) -> u32 {
         self.pid
     }

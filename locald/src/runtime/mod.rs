@@ -315,6 +315,10 @@ pub trait Process: Send + 'static {
     fn stopped_outside(&self) -> bool {
         false
     }
+    /// Which kind runs it, as `status` shows: `host`, `container` or `systemd`.
+    fn runtime_name(&self) -> &'static str {
+        "host"
+    }
 }
 
 /// One runtime per kind, and the choice of kind per service; also the
@@ -391,7 +395,8 @@ impl RuntimeSet {
         self
     }
 
-    /// Which runtime runs the services of host workloads: `"systemd"` or `"host"`.
+    /// Which runtime runs a host service that names none: `"systemd"` or
+    /// `"host"`.
     pub fn service_runtime_name(&self) -> &'static str {
         if self.systemd.is_some() {
             "systemd"
@@ -400,12 +405,25 @@ impl RuntimeSet {
         }
     }
 
-    /// The runtime for a service's workload: the systemd manager for a host
-    /// workload when there is one, else [`RuntimeSet::get`].
-    pub fn for_service(&self, kind: RuntimeKind) -> &Arc<dyn Runtime> {
-        match (kind, &self.systemd) {
-            (RuntimeKind::Host, Some(s)) => s,
-            _ => self.get(kind),
+    /// The runtime for a service's workload. A host workload runs as a
+    /// systemd unit when `choice` says so, or says nothing and there is a
+    /// systemd user manager; `runtime = "systemd"` without one fails to
+    /// start, with why.
+    pub fn for_service(
+        &self,
+        kind: RuntimeKind,
+        choice: Option<crate::config::RuntimeChoice>,
+    ) -> Arc<dyn Runtime> {
+        use crate::config::RuntimeChoice;
+        match (kind, choice, &self.systemd) {
+            (RuntimeKind::Host, Some(RuntimeChoice::Host), _) => self.host.clone(),
+            (RuntimeKind::Host, _, Some(s)) => s.clone(),
+            (RuntimeKind::Host, Some(RuntimeChoice::Systemd), None) => Arc::new(Unavailable(
+                "runtime = \"systemd\" needs the locald daemon running under a systemd \
+                     user manager (this locald has none); remove it to run the service here"
+                    .into(),
+            )),
+            _ => self.get(kind).clone(),
         }
     }
 

@@ -760,6 +760,10 @@ impl Process for UnitProcess {
     fn stopped_outside(&self) -> bool {
         self.outside && !self.stopping
     }
+
+    fn runtime_name(&self) -> &'static str {
+        "systemd"
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

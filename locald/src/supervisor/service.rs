@@ -101,7 +101,9 @@ impl ServiceTask {
         if start {
             let notify = self.bind_notify();
             let spec = self.launch_spec(notify.as_ref());
-            let runtime = self.runtime.for_service(spec.workload.kind()).clone();
+            let runtime = self
+                .runtime
+                .for_service(spec.workload.kind(), self.cfg.runtime);
             if let Some(proc) = runtime.adopt(&spec).await {
                 self.tell(&format!("adopted the running pid {}", proc.pid()));
                 adopted = Some((proc, notify));
@@ -275,7 +277,9 @@ impl ServiceTask {
         let notify = self.bind_notify();
         let spec = self.launch_spec(notify.as_ref());
         self.set_state(ServiceState::Starting, "");
-        let runtime = self.runtime.for_service(spec.workload.kind()).clone();
+        let runtime = self
+            .runtime
+            .for_service(spec.workload.kind(), self.cfg.runtime);
         let proc = match runtime.spawn(&spec).await {
             Ok(p) => p,
             Err(e) if e.is_permanent() => return self.permanent(error_chain(&e)),
@@ -300,6 +304,7 @@ impl ServiceTask {
             s.state = ServiceState::Running;
             s.reason = String::new();
             s.main_pid = Some(pid);
+            s.runtime = proc.runtime_name().to_owned();
             s.started_at = Some(SystemTime::now());
             s.status_text = String::new();
         });
