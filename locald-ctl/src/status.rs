@@ -68,6 +68,12 @@ pub struct ServiceJson<'a> {
     pub restart_count: u32,
     /// What runs it: `host`, `container` or `systemd`.
     pub runtime: Option<&'a str>,
+    /// Memory of its systemd unit, bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU time of its systemd unit, nanoseconds.
+    pub cpu_usage_nsec: Option<u64>,
+    /// Processes and threads in its systemd unit.
+    pub tasks: Option<u64>,
     /// When the current process started.
     pub started_at: Option<String>,
     /// The last build, if any.
@@ -116,6 +122,9 @@ impl<'a> ServiceJson<'a> {
             exit_status: Some(s.exit_status).filter(|&e| e >= 0),
             restart_count: s.restart_count,
             runtime: text(&s.runtime),
+            memory_bytes: known(s, s.memory_current),
+            cpu_usage_nsec: known(s, s.cpu_usage_nsec),
+            tasks: known(s, s.tasks_current),
             // The daemon may keep the time of a process that has exited;
             // like the table's UPTIME, it counts only while one runs.
             started_at: rfc3339(s.started_at).filter(|_| s.main_pid != 0),
@@ -360,6 +369,28 @@ pub fn fit(line: &str, width: Option<usize>) -> String {
     }
 }
 
+/// An accounting value of a running systemd unit; `None` otherwise (the
+/// wire's 2^64-1 stands for unknown).
+fn known(s: &ServiceInfo, v: u64) -> Option<u64> {
+    (s.runtime == "systemd" && s.main_pid != 0 && v != u64::MAX).then_some(v)
+}
+
+/// Bytes as `ps` and systemd print them: `512B`, `12.3M`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
 /// The status table of one project's services; each line fits in `width`
 /// columns when given, by cutting the reason, which comes last.
 pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) -> String {
@@ -370,6 +401,8 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
         "UPTIME".to_owned(),
         "RESTARTS".to_owned(),
         "RUNTIME".to_owned(),
+        "CPU".to_owned(),
+        "MEM".to_owned(),
         "LAST BUILD".to_owned(),
         "REASON".to_owned(),
     ]];
@@ -408,6 +441,9 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
             } else {
                 s.runtime.clone()
             },
+            known(s, s.cpu_usage_nsec)
+                .map_or("-".to_owned(), |ns| format!("{:.1}s", ns as f64 / 1e9)),
+            known(s, s.memory_current).map_or("-".to_owned(), bytes),
             build,
             reason(s).unwrap_or("-").to_owned(),
         ]);
@@ -462,6 +498,26 @@ mod tests {
         assert!(lines[2].starts_with("database  failed "), "{t}");
         assert!(lines[2].ends_with("  exited with status 1"), "{t}");
         assert_eq!(lines[3].matches("stopped").count(), 1, "{t}");
+    }
+
+    #[test]
+    fn accounting_shows_only_for_a_running_unit() {
+        let mut s = ServiceInfo {
+            name: "web".into(),
+            state: "running".into(),
+            runtime: "systemd".into(),
+            main_pid: 7,
+            memory_current: 12 * 1024 * 1024 + 300 * 1024,
+            cpu_usage_nsec: 1_250_000_000,
+            tasks_current: u64::MAX,
+            ..Default::default()
+        };
+        let t = table(std::slice::from_ref(&s), UNIX_EPOCH, None);
+        assert!(t.contains(" 1.2s ") && t.contains(" 12.3M "), "{t}");
+        assert_eq!(known(&s, s.tasks_current), None);
+        s.runtime = "host".into();
+        assert_eq!(known(&s, s.memory_current), None);
+        assert_eq!(bytes(512), "512B");
     }
 
     #[test]

@@ -104,6 +104,20 @@ fn boot(marker: &str) -> Option<Container> {
     Some(c)
 }
 
+/// The service object named `name` anywhere in `status --json` output.
+fn find_service<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("name").and_then(|n| n.as_str()) == Some(name) && m.contains_key("state") {
+                return Some(v);
+            }
+            m.values().find_map(|x| find_service(x, name))
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_service(x, name)),
+        _ => None,
+    }
+}
+
 const WEB: &str = "locald-shop-web.service";
 const DB: &str = "locald-shop-db.service";
 
@@ -140,6 +154,16 @@ fn services_run_as_transient_units_with_locald_fields() {
         st.lines()
             .any(|l| l.starts_with("web ") && l.contains(" systemd ")),
         "{st}"
+    );
+    // systemd's accounting of the unit, as Service1 properties.
+    let json = text(&c.user(&format!("{HOME}/proj"), "locald-ctl status --json"));
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let web_json = find_service(&v, "web").unwrap_or_else(|| panic!("no web in {json}"));
+    assert_eq!(web_json["runtime"], "systemd", "{json}");
+    assert!(
+        web_json["cpu_usage_nsec"].is_u64(),
+        "no CPU accounting: {json}"
     );
     // `runtime = "host"` keeps a service a child of locald.
     wait_until(Duration::from_secs(10), "plain running on the host", || {

@@ -173,6 +173,19 @@ pub struct ServiceInfo {
     /// start (or from a daemon that predates the property).
     #[serde(default)]
     pub runtime: String,
+    /// `MemoryCurrent`, bytes; `u64::MAX` when unknown.
+    #[serde(default = "unknown")]
+    pub memory_current: u64,
+    /// `CPUUsageNSec`; `u64::MAX` when unknown.
+    #[serde(default = "unknown")]
+    pub cpu_usage_nsec: u64,
+    /// `TasksCurrent`; `u64::MAX` when unknown.
+    #[serde(default = "unknown")]
+    pub tasks_current: u64,
+}
+
+fn unknown() -> u64 {
+    u64::MAX
 }
 
 /// A property map did not have the shape of the interface.
@@ -237,6 +250,9 @@ impl ServiceInfo {
             started_at: get(props, "StartedAt")?,
             last_build,
             runtime: get(props, "Runtime").unwrap_or_default(),
+            memory_current: get(props, "MemoryCurrent").unwrap_or(u64::MAX),
+            cpu_usage_nsec: get(props, "CPUUsageNSec").unwrap_or(u64::MAX),
+            tasks_current: get(props, "TasksCurrent").unwrap_or(u64::MAX),
         })
     }
 }

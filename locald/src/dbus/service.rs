@@ -18,6 +18,7 @@ use locald_api::{
 
 use super::{emit_changed, lock, DbusLogSink, ServiceCell, Shared};
 use crate::event::{BuildRecord, ServiceSnapshot};
+use crate::runtime::accounting::Accounting;
 
 /// A service object.
 pub struct Service1 {
@@ -32,6 +33,19 @@ impl Service1 {
 
     fn snapshot(&self) -> std::sync::MutexGuard<'_, ServiceSnapshot> {
         lock(&self.cell.snapshot)
+    }
+
+    /// The running unit's counters; none for a service that does not run as
+    /// a systemd unit (or is not running).
+    fn accounting(&self) -> Accounting {
+        let (runtime_is_systemd, pid) = {
+            let s = self.snapshot();
+            (s.runtime == "systemd", s.main_pid)
+        };
+        match pid {
+            Some(pid) if runtime_is_systemd => Accounting::of_unit_pid(pid),
+            _ => Accounting::default(),
+        }
     }
 }
 
@@ -202,6 +216,40 @@ impl Service1 {
     #[zbus(property(emits_changed_signal = "true"))]
     async fn runtime(&self) -> String {
         self.snapshot().runtime.clone()
+    }
+
+    /// Memory of the service's unit in bytes, as systemd's `MemoryCurrent`
+    /// (read when asked, never signalled); 2^64-1 when unknown: not a
+    /// systemd unit, not running, or not accounted.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn memory_current(&self) -> u64 {
+        self.accounting().memory.unwrap_or(u64::MAX)
+    }
+
+    /// CPU time of the unit in nanoseconds, as systemd's `CPUUsageNSec`;
+    /// 2^64-1 when unknown.
+    #[zbus(property(emits_changed_signal = "false"), name = "CPUUsageNSec")]
+    async fn cpu_usage_nsec(&self) -> u64 {
+        self.accounting().cpu_nsec.unwrap_or(u64::MAX)
+    }
+
+    /// Processes and threads in the unit, as systemd's `TasksCurrent`;
+    /// 2^64-1 when unknown.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn tasks_current(&self) -> u64 {
+        self.accounting().tasks.unwrap_or(u64::MAX)
+    }
+
+    /// Bytes the unit read, as systemd's `IOReadBytes`; 2^64-1 when unknown.
+    #[zbus(property(emits_changed_signal = "false"), name = "IOReadBytes")]
+    async fn io_read_bytes(&self) -> u64 {
+        self.accounting().io_read.unwrap_or(u64::MAX)
+    }
+
+    /// Bytes the unit wrote, as systemd's `IOWriteBytes`; 2^64-1 when unknown.
+    #[zbus(property(emits_changed_signal = "false"), name = "IOWriteBytes")]
+    async fn io_write_bytes(&self) -> u64 {
+        self.accounting().io_write.unwrap_or(u64::MAX)
     }
 
     /// PID of the main process; 0 when none runs.

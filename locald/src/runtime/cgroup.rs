@@ -85,7 +85,7 @@ impl CgroupRoot {
     }
 }
 
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+pub(crate) fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (pre, post) = line.split_once(" - ")?;
         if post.split_whitespace().next()? != "cgroup2" {

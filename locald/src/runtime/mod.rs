@@ -16,6 +16,7 @@
 //! a service switched from one kind to another never leaves its old copy
 //! running. [`fake`] is a scripted runtime for the state machine's tests.
 
+pub mod accounting;
 pub mod cgroup;
 pub mod claim;
 pub mod container;

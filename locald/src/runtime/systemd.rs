@@ -395,6 +395,16 @@ impl SystemdRuntime {
                     let _ = sd.manager.reset_failed_unit(&name).await;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                // systemd refuses what it finds invalid (an environment
+                // value it cannot take): no retry can mend that.
+                Err(zbus::Error::MethodError(err, msg, _))
+                    if err.as_str() == "org.freedesktop.DBus.Error.InvalidArgs" =>
+                {
+                    return Err(RuntimeError::Unavailable(format!(
+                        "systemd refused the unit {name}: {}",
+                        msg.unwrap_or_default()
+                    )));
+                }
                 Err(e) => return Err(bus_error(&name, e)),
             }
         };
@@ -579,7 +589,8 @@ impl Runtime for SystemdRuntime {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        for name in lock(&self.live).iter().cloned() {
+        let names: Vec<String> = lock(&self.live).iter().cloned().collect();
+        for name in names {
             let manager = self.systemd.manager.clone();
             handle.spawn(async move {
                 let _ = manager
