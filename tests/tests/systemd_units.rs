@@ -306,6 +306,31 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
     assert_eq!(show(&c, WEB, "MainPID"), web, "web was restarted");
     assert_eq!(show(&c, DB, "MainPID"), db, "db was restarted");
 
+    // Only a service whose config changed is started afresh: db gets a new
+    // variable, and after the next kill -9 a new unit; web keeps its pid.
+    let file = format!("{HOME}/proj/locald.toml");
+    let edit = c.user(
+        HOME,
+        &format!("sed -i 's/^\\[services.db\\]$/[services.db]\\nenv = {{ CHANGED = \"1\" }}/' {file} && grep -c CHANGED {file}"),
+    );
+    assert!(edit.status.success(), "edit: {}", text(&edit));
+    let old = daemon();
+    let k = c.root(&["kill", "-KILL", &old]);
+    assert!(k.status.success(), "{k:?}");
+    wait_until(Duration::from_secs(20), "a new daemon", || {
+        let pid = daemon();
+        pid != old && pid != "0" && !pid.is_empty()
+    });
+    wait_until(Duration::from_secs(15), "db started afresh", || {
+        let pid = show(&c, DB, "MainPID");
+        show(&c, DB, "ActiveState") == "active" && pid != db && pid != "0"
+    });
+    wait_until(Duration::from_secs(15), "web adopted again", || {
+        running_with(&web)
+    });
+    assert_eq!(show(&c, WEB, "MainPID"), web, "web was restarted");
+    assert_eq!(pids_with(&format!("{marker}-db")).len(), 1, "two dbs");
+
     // The adopted unit is supervised: stopping it through locald works and
     // takes the setsid grandchild with it.
     let stop = c.user(&format!("{HOME}/proj"), "locald-ctl stop web");
