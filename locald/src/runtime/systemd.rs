@@ -411,16 +411,23 @@ impl SystemdRuntime {
         lock(&self.live).insert(name.clone());
         // Wait for the start job: with Type=exec it ends once the program
         // is executing (or could not be).
-        let result = loop {
-            let Some(sig) = jobs.next().await else {
-                break "unknown".to_owned();
-            };
-            if let Ok(args) = sig.args() {
-                if args.job == job {
-                    break args.result;
+        let wait_job = async {
+            loop {
+                let Some(sig) = jobs.next().await else {
+                    return "unknown".to_owned();
+                };
+                if let Ok(args) = sig.args() {
+                    if args.job == job {
+                        return args.result;
+                    }
                 }
             }
         };
+        // A lost signal must not hang the service in Starting: after a
+        // while the unit's own state says how the start went.
+        let result = tokio::time::timeout(Duration::from_secs(30), wait_job)
+            .await
+            .unwrap_or_else(|_| "timeout".to_owned());
         drop(jobs);
         let path = sd
             .manager
@@ -678,7 +685,7 @@ impl UnitProcess {
                     _ => std::future::pending().await,
                 }
             };
-            if let Ok(Some(sig)) = tokio::time::timeout(Duration::from_secs(1), next).await {
+            if let Ok(Some(sig)) = tokio::time::timeout(Duration::from_secs(5), next).await {
                 if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
                     self.outside = true;
                 }
