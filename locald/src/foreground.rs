@@ -75,8 +75,14 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
                 Ok(ev) => {
                     term.event(&ev);
                     if matches!(ev, Event::ServiceChanged { .. }) {
-                        if let Some(reason) = engine.project(&project).and_then(|p| dead_end(&p)) {
-                            break UpOutcome::Failed(reason);
+                        if let Some(p) = engine.project(&project) {
+                            if let Some(reason) = dead_end(&p) {
+                                break UpOutcome::Failed(reason);
+                            }
+                            if all_ended(&p) {
+                                term.note("every service has ended");
+                                break UpOutcome::Stopped;
+                            }
                         }
                     }
                 }
@@ -99,6 +105,16 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
     }
     term.note("stopped");
     Ok(outcome)
+}
+
+/// Whether every service ran and ended without failing (one-shot tasks, or
+/// services with `restart = "on-failure"` that exited 0): nothing is left to
+/// supervise, so `locald up` returns like `docker compose up` does.
+pub fn all_ended(p: &ProjectSnapshot) -> bool {
+    !p.services.is_empty()
+        && p.services
+            .iter()
+            .all(|s| s.state == ServiceState::Stopped && s.exit_status == Some(0))
 }
 
 /// When a service has failed and nothing else runs or can run, the reason.
