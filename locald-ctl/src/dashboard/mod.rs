@@ -1,0 +1,174 @@
+//! `dashboard [--port N] [--no-open]`: a web page on 127.0.0.1 that shows
+//! every project live and drives it.
+//!
+//! This process is a D-Bus client of the daemon like any editor; the daemon
+//! has no HTTP server. `model` follows the daemon's signals into a model
+//! and a stream of events; `journal` reads log history through journalctl;
+//! `http` is the gate (Host, token, origin) and the routes; `assets/` holds
+//! the page (plain HTML, CSS and JavaScript written for it, compiled in).
+//!
+//! The server speaks HTTP/1.1 through `hyper`, which the workspace already
+//! builds (for image pulls): six routes do not need a framework.
+
+mod http;
+mod journal;
+mod model;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::client::{Client, CtlError};
+
+/// How the dashboard runs.
+pub struct Options {
+    /// Port on 127.0.0.1; 0 picks one.
+    pub port: u16,
+    /// Open the page in a browser when there is a desktop.
+    pub open: bool,
+    /// Also write the URL here (0600).
+    pub url_file: Option<PathBuf>,
+    /// `journalctl --namespace`.
+    pub namespace: Option<String>,
+}
+
+/// Connections served at once; more wait. An event stream holds one.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A fresh random token: 32 bytes from the kernel, in hex.
+fn new_token() -> Result<String, CtlError> {
+    let mut buf = [0u8; 32];
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled part of `buf`.
+        let n = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast(),
+                buf.len() - filled,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(CtlError::Failed(format!("cannot make a token: {e}")));
+        }
+        filled += usize::try_from(n).unwrap_or(0);
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Opens `url` in the user's browser when there is a desktop to show it.
+fn open_browser(url: &str) {
+    let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if !desktop {
+        return;
+    }
+    // The URL goes as one argument: no shell sees the token.
+    let spawned = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("locald-ctl: cannot open a browser ({e}); open the address above");
+    }
+}
+
+/// `dashboard`.
+pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
+    let listener = TcpListener::bind(("127.0.0.1", opts.port))
+        .await
+        .map_err(|e| CtlError::Failed(format!("cannot listen on 127.0.0.1:{}: {e}", opts.port)))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| CtlError::Failed(e.to_string()))?
+        .port();
+    let token = new_token()?;
+    let url = format!("http://127.0.0.1:{port}/#token={token}");
+    if let Some(file) = &opts.url_file {
+        locald::fsutil::write_atomic(file, format!("{url}\n").as_bytes())
+            .map_err(|e| CtlError::Failed(format!("cannot write {}: {e}", file.display())))?;
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{url}");
+        let _ = out.flush();
+    }
+    if opts.open {
+        open_browser(&url);
+    }
+
+    let hub = model::Hub::new();
+    let follower = tokio::spawn(model::follow(hub.clone(), client.conn.clone()));
+    let server = Arc::new(http::Server {
+        token,
+        port,
+        hub,
+        manager: client.manager.clone(),
+        namespace: opts.namespace,
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut follower = follower;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            r = &mut follower => {
+                return Err(match r {
+                    Ok(Err(e)) => CtlError::zbus(e),
+                    _ => CtlError::Unreachable("the bus connection ended".into()),
+                });
+            }
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            // Out of file descriptors and the like: wait, then go on.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            continue;
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| server.clone().handle(req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that goes away mid-request is not our error.
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_and_fresh() {
+        let a = new_token().expect("token");
+        let b = new_token().expect("token");
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
