@@ -112,7 +112,9 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
     }
 
     let hub = model::Hub::new();
-    let follower = tokio::spawn(model::follow(hub.clone(), client.conn.clone()));
+    let follower = model::follow(hub.clone(), client.conn.clone())
+        .await
+        .map_err(CtlError::zbus)?;
     let server = Arc::new(http::Server {
         token,
         port,

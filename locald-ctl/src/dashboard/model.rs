@@ -255,18 +255,32 @@ fn service_event(model: &mut Snapshot, project: &str, service: &str) -> Option<E
     })
 }
 
-/// Follows the daemon until the connection ends.
-pub async fn follow(hub: Arc<Hub>, conn: Connection) -> zbus::Result<()> {
+/// Subscribes to the daemon's signals, reads the model once (so the first
+/// page sees it whole), then follows the daemon in a task until the
+/// connection ends.
+pub async fn follow(
+    hub: Arc<Hub>,
+    conn: Connection,
+) -> zbus::Result<tokio::task::JoinHandle<zbus::Result<()>>> {
     let rule = MatchRule::builder()
         .msg_type(MessageType::Signal)
         .sender(BUS_NAME)?
         .path_namespace(MANAGER_PATH)?
         .build();
-    let mut stream = MessageStream::for_match_rule(rule, &conn, Some(1024)).await?;
+    let stream = MessageStream::for_match_rule(rule, &conn, Some(1024)).await?;
     // The daemon coming back (or going) shows as its name changing owner.
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-    let mut owners = dbus.receive_name_owner_changed().await?;
+    let owners = dbus.receive_name_owner_changed().await?;
     resync(&hub, &conn).await;
+    Ok(tokio::spawn(run(hub, conn, stream, owners)))
+}
+
+async fn run(
+    hub: Arc<Hub>,
+    conn: Connection,
+    mut stream: MessageStream,
+    mut owners: zbus::fdo::NameOwnerChangedStream,
+) -> zbus::Result<()> {
     loop {
         tokio::select! {
             m = stream.next() => {
