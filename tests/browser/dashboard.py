@@ -23,6 +23,7 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 URL = os.environ["DASH_URL"]
 OUT = os.environ["DASH_OUT"]
@@ -212,9 +213,32 @@ def run(d):
     search = d.find_element(By.ID, "search")
     search.send_keys("broken")
     ls = wait("search results", lambda: (lambda ls: ls if ls and all("broken" in l["text"].lower() for l in ls) else None)(lines(d)))
-    search.clear()
-    search.send_keys("\u0008")
+    search.send_keys(Keys.BACKSPACE * len("broken"))
+    wait("every line back", lambda: len(lines(d)) > len(ls))
     ok("Both shows both phases; search narrows the lines")
+
+    # Older lines load on scroll, page by page, in order, without gaps.
+    d.find_element(By.CSS_SELECTOR, f'article[data-project="{PROJECT}"] tr.svc[data-service="db"] button.sname').click()
+    wait("db's newest page", lambda: (lambda ls: ls if len(ls) >= 200 and ls[-1]["text"] == "db ready" else None)(lines(d)))
+    first = len(lines(d))
+    for _ in range(10):
+        d.execute_script("document.getElementById('lines').scrollTop = 0;")
+        time.sleep(0.3)
+        if len(lines(d)) >= 451:
+            break
+    texts = [l["text"] for l in lines(d)]
+    assert texts == [f"db line {i}" for i in range(1, 451)] + ["db ready"], texts[:5]
+    ok(f"older lines loaded on scroll: {first} then {len(texts)}, in order")
+
+    # Keyboard: 2 is Build, 3 is Both, / goes to the search box.
+    d.find_element(By.TAG_NAME, "body").send_keys("2")
+    wait("Build pressed", lambda: d.find_element(By.ID, "phase-build").get_attribute("aria-pressed") == "true")
+    d.find_element(By.TAG_NAME, "body").send_keys("3")
+    wait("Both pressed", lambda: d.find_element(By.ID, "phase-both").get_attribute("aria-pressed") == "true")
+    d.find_element(By.TAG_NAME, "body").send_keys("/")
+    assert d.switch_to.active_element.get_attribute("id") == "search"
+    d.switch_to.active_element.send_keys(Keys.ESCAPE)
+    ok("keyboard shortcuts work")
 
     # Stop by a click, checked with locald-ctl status.
     d.find_element(

@@ -138,7 +138,7 @@ command = ["sh", "-c", "echo \"<script>alert('x')</script>\"; printf '\\033[1;31
 stop_timeout = "2s"
 
 [services.db]
-command = ["sh", "-c", "echo db ready; sleep 1000; true", "{marker}-db"]
+command = ["sh", "-c", "seq -f 'db line %g' 1 450; echo db ready; sleep 1000; true", "{marker}-db"]
 stop_timeout = "2s"
 "#,
         unique("dash")

@@ -252,7 +252,7 @@
       actionButton("Stop", "Stop", (b) => act("stop", project, name, false, b)),
       actionButton("Restart", "Restart (runs its build again)", (b) => act("restart", project, name, false, b)),
       actionButton("Build", "Build if the sources changed", (b) => act("build", project, name, false, b)),
-      actionButton("Force build", "Build even if nothing changed", (b) => act("build", project, name, true, b)));
+      actionButton("Force", "Build even if nothing changed (build --force)", (b) => act("build", project, name, true, b)));
     r.row = el("tr", { class: "svc", dataset: { service: name } },
       r.name, r.state, r.pid, r.uptime, r.restarts, r.build, r.status, r.actions);
     r.progress = el("div", { class: "progress", hidden: true });
@@ -494,12 +494,14 @@
     sel.follow = e.target.checked;
     if (sel.follow) $("lines").scrollTop = $("lines").scrollHeight;
   });
-  $("search").addEventListener("input", (e) => {
-    sel.search = e.target.value.toLowerCase();
+  function applySearch() {
+    sel.search = $("search").value.toLowerCase();
     for (const d of $("lines").querySelectorAll(".line")) {
       d.hidden = !!sel.search && !d.dataset.text.includes(sel.search);
     }
-  });
+  }
+  // "search" is the clear button of a search field; "change" catches the rest.
+  for (const ev of ["input", "search", "change"]) $("search").addEventListener(ev, applySearch);
   $("lines").addEventListener("scroll", () => {
     const box = $("lines");
     if (box.scrollTop < 40) loadOlder();
