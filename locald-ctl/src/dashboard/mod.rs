@@ -87,6 +87,34 @@ fn open_browser(url: &str) {
     }
 }
 
+/// Writes the URL (with its secret) to `file`, readable by us alone; a
+/// missing parent is made private (e.g. `$XDG_RUNTIME_DIR/locald`).
+fn write_url(file: &std::path::Path, url: &str) -> Result<(), CtlError> {
+    let fail = |e: String| CtlError::Failed(format!("cannot write {}: {e}", file.display()));
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            locald::fsutil::private_dir(dir).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    locald::fsutil::write_atomic(file, format!("{url}\n").as_bytes()).map_err(|e| fail(e.to_string()))
+}
+
+/// Resolves on SIGINT or SIGTERM (systemd's stop).
+async fn stopped() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 /// `dashboard`.
 pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
     let listener = TcpListener::bind(("127.0.0.1", opts.port))
@@ -99,8 +127,7 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
     let token = new_token()?;
     let url = format!("http://127.0.0.1:{port}/#token={token}");
     if let Some(file) = &opts.url_file {
-        locald::fsutil::write_atomic(file, format!("{url}\n").as_bytes())
-            .map_err(|e| CtlError::Failed(format!("cannot write {}: {e}", file.display())))?;
+        write_url(file, &url)?;
     }
     {
         let mut out = std::io::stdout().lock();
@@ -120,14 +147,21 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
         port,
         hub,
         manager: client.manager.clone(),
-        namespace: opts.namespace,
+        namespace: opts.namespace.clone(),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut follower = follower;
+    let stop = stopped();
+    tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            () = &mut stop => {
+                if let Some(file) = &opts.url_file {
+                    let _ = std::fs::remove_file(file);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             r = &mut follower => {
                 return Err(match r {
                     Ok(Err(e)) => CtlError::zbus(e),
