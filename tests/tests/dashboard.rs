@@ -113,7 +113,9 @@ fn http(port: u16, request: &str) -> (u16, String) {
 fn get(port: u16, path: &str, headers: &str) -> (u16, String) {
     http(
         port,
-        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"),
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
+        ),
     )
 }
 
@@ -170,12 +172,13 @@ fn have_browser() -> bool {
 
 #[test]
 fn browser_shows_and_drives_a_project_live() {
-    if require(have_dbus_daemon(), "dbus-daemon is not installed (tests/setup-debian.sh)")
-        || require(
-            have_browser(),
-            "chromium, chromium-driver and python3-selenium are not installed (tests/setup-debian.sh)",
-        )
-    {
+    if require(
+        have_dbus_daemon(),
+        "dbus-daemon is not installed (tests/setup-debian.sh)",
+    ) || require(
+        have_browser(),
+        "chromium, chromium-driver and python3-selenium are not installed (tests/setup-debian.sh)",
+    ) {
         return;
     }
     let journal = match Journald::start_or_skip("browser_shows_and_drives_a_project_live") {
@@ -218,7 +221,10 @@ fn browser_shows_and_drives_a_project_live() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     println!("{stdout}");
-    assert!(run.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        run.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
     for shot in ["running.png", "building.png", "failed.png"] {
         let png = std::fs::read(out.join(shot)).unwrap_or_default();
         assert!(
@@ -231,7 +237,10 @@ fn browser_shows_and_drives_a_project_live() {
 
 #[test]
 fn the_gate_refuses_bad_requests() {
-    if require(have_dbus_daemon(), "dbus-daemon is not installed (tests/setup-debian.sh)") {
+    if require(
+        have_dbus_daemon(),
+        "dbus-daemon is not installed (tests/setup-debian.sh)",
+    ) {
         return;
     }
     let bus = TestBus::start();
@@ -317,22 +326,50 @@ fn the_gate_refuses_bad_requests() {
     assert_eq!(get(port, "/api/action", &good).0, 405, "GET of an action");
     assert_eq!(post(port, &host, &format!("{origin}{json}"), &body).0, 401);
     assert_eq!(
-        post(port, &host, &format!("X-Locald-Token: bad\r\n{origin}{json}"), &body).0,
+        post(
+            port,
+            &host,
+            &format!("X-Locald-Token: bad\r\n{origin}{json}"),
+            &body
+        )
+        .0,
         403
     );
-    assert_eq!(post(port, &host, &format!("{good}{json}"), &body).0, 403, "no Origin");
     assert_eq!(
-        post(port, &host, &format!("{good}Origin: http://evil.example\r\n{json}"), &body).0,
+        post(port, &host, &format!("{good}{json}"), &body).0,
+        403,
+        "no Origin"
+    );
+    assert_eq!(
+        post(
+            port,
+            &host,
+            &format!("{good}Origin: http://evil.example\r\n{json}"),
+            &body
+        )
+        .0,
         403,
         "another origin"
     );
     assert_eq!(
-        post(port, &host, &format!("{good}{origin}Content-Type: text/plain\r\n"), &body).0,
+        post(
+            port,
+            &host,
+            &format!("{good}{origin}Content-Type: text/plain\r\n"),
+            &body
+        )
+        .0,
         415,
         "a form-like body"
     );
     assert_eq!(
-        post(port, &host, &format!("{good}{origin}{json}"), &"x".repeat(20_000)).0,
+        post(
+            port,
+            &host,
+            &format!("{good}{origin}{json}"),
+            &"x".repeat(20_000)
+        )
+        .0,
         413,
         "a huge body"
     );
@@ -342,7 +379,11 @@ fn the_gate_refuses_bad_requests() {
     );
     // Nothing above stopped it.
     let st = locald_tests::dbus::states(&bus, p.path());
-    assert!(st.iter().any(|(n, s)| n == "db" && UP.contains(&s.as_str())), "{st:?}");
+    assert!(
+        st.iter()
+            .any(|(n, s)| n == "db" && UP.contains(&s.as_str())),
+        "{st:?}"
+    );
     // A named error from the daemon comes back named.
     let (code, text) = post(
         port,
@@ -355,9 +396,17 @@ fn the_gate_refuses_bad_requests() {
     // The right request works.
     let (code, text) = post(port, &host, &format!("{good}{origin}{json}"), &body);
     assert_eq!(code, 200, "{text}");
-    wait_states(&bus, p.path(), &["running", "healthy", "stopped"], Duration::from_secs(10));
+    wait_states(
+        &bus,
+        p.path(),
+        &["running", "healthy", "stopped"],
+        Duration::from_secs(10),
+    );
     let st = locald_tests::dbus::states(&bus, p.path());
-    assert!(st.iter().any(|(n, s)| n == "db" && s == "stopped"), "{st:?}");
+    assert!(
+        st.iter().any(|(n, s)| n == "db" && s == "stopped"),
+        "{st:?}"
+    );
 
     // journalctl never sees an option from a query.
     let (code, _) = get(port, "/api/logs?project=--output%3Dcat", &good);

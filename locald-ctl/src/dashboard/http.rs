@@ -80,15 +80,27 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json_response(status, &json!({ "error": { "name": "Http", "message": message } }))
+    json_response(
+        status,
+        &json!({ "error": { "name": "Http", "message": message } }),
+    )
 }
 
 fn secure(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         "cross-origin-resource-policy",
         HeaderValue::from_static("same-origin"),
@@ -149,21 +161,31 @@ impl Server {
     }
 
     /// The gate's verdict on the token of `req`: `None` when it passes.
-    fn token_check(&self, req: &Request<Incoming>, q: &HashMap<String, String>) -> Option<Response<Body>> {
+    fn token_check(
+        &self,
+        req: &Request<Incoming>,
+        q: &HashMap<String, String>,
+    ) -> Option<Response<Body>> {
         let given = req
             .headers()
             .get("x-locald-token")
             .map(|v| v.as_bytes().to_vec())
             .or_else(|| q.get("token").map(|t| t.as_bytes().to_vec()));
         match given {
-            None => Some(error(StatusCode::UNAUTHORIZED, "this needs the dashboard's token")),
+            None => Some(error(
+                StatusCode::UNAUTHORIZED,
+                "this needs the dashboard's token",
+            )),
             Some(t) if same(&t, self.token.as_bytes()) => None,
             Some(_) => Some(error(StatusCode::FORBIDDEN, "wrong token")),
         }
     }
 
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         Ok(secure(self.route(req).await))
     }
 
@@ -174,12 +196,18 @@ impl Server {
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default();
         if !self.host_ok(host) {
-            return error(StatusCode::BAD_REQUEST, "wrong Host: open the page as 127.0.0.1 or localhost");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "wrong Host: open the page as 127.0.0.1 or localhost",
+            );
         }
         let path = req.uri().path().to_owned();
         if !path.starts_with("/api/") {
             if req.method() != Method::GET && req.method() != Method::HEAD {
-                return error(StatusCode::METHOD_NOT_ALLOWED, "static files are read with GET");
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "static files are read with GET",
+                );
             }
             let cached = |r: Response<Body>| r;
             return cached(match path.as_str() {
@@ -238,7 +266,10 @@ impl Server {
         });
         let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(s)));
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         r
     }
@@ -253,13 +284,20 @@ impl Server {
             .strip_prefix("http://")
             .is_some_and(|host| self.host_ok(host));
         if !own {
-            return error(StatusCode::FORBIDDEN, "actions come from the dashboard's own page");
+            return error(
+                StatusCode::FORBIDDEN,
+                "actions come from the dashboard's own page",
+            );
         }
         let json_body = req
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|c| c.to_str().ok())
-            .is_some_and(|c| c.split(';').next().is_some_and(|m| m.trim() == "application/json"));
+            .is_some_and(|c| {
+                c.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim() == "application/json")
+            });
         if !json_body {
             return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "actions are JSON");
         }
@@ -268,7 +306,10 @@ impl Server {
             Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
         };
         let Ok(a) = serde_json::from_slice::<Action>(&body) else {
-            return error(StatusCode::BAD_REQUEST, "an action is {action, project, service?, force?}");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "an action is {action, project, service?, force?}",
+            );
         };
         self.run_action(a).await
     }
@@ -281,9 +322,18 @@ impl Server {
             return error(StatusCode::BAD_REQUEST, "this action needs a service");
         }
         let result: Result<serde_json::Value, locald_api::Error> = match a.action.as_str() {
-            "start" => m.start_service(&a.project, service).await.map(|()| json!({})),
-            "stop" => m.stop_service(&a.project, service).await.map(|()| json!({})),
-            "restart" => m.restart_service(&a.project, service).await.map(|()| json!({})),
+            "start" => m
+                .start_service(&a.project, service)
+                .await
+                .map(|()| json!({})),
+            "stop" => m
+                .stop_service(&a.project, service)
+                .await
+                .map(|()| json!({})),
+            "restart" => m
+                .restart_service(&a.project, service)
+                .await
+                .map(|()| json!({})),
             "build" => m
                 .build(&a.project, service, a.force)
                 .await

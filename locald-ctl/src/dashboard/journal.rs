@@ -44,8 +44,7 @@ fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('-')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -54,8 +53,7 @@ fn is_cursor(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 512
         && s.starts_with("s=")
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b';'))
 }
 
@@ -240,7 +238,13 @@ mod tests {
         .expect("json");
         let l = entry_line(&e).expect("a line");
         assert_eq!(
-            (l.phase.as_str(), l.stream.as_str(), l.priority, l.time, l.text.as_str()),
+            (
+                l.phase.as_str(),
+                l.stream.as_str(),
+                l.priority,
+                l.time,
+                l.text.as_str()
+            ),
             ("build", "stderr", Some(3), 17, "<b>x</b>")
         );
         let not_ours: Value = serde_json::from_str(r#"{"MESSAGE":"x"}"#).expect("json");

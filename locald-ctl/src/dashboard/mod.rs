@@ -48,13 +48,8 @@ fn new_token() -> Result<String, CtlError> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled part of `buf`.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -96,7 +91,8 @@ fn write_url(file: &std::path::Path, url: &str) -> Result<(), CtlError> {
             locald::fsutil::private_dir(dir).map_err(|e| fail(e.to_string()))?;
         }
     }
-    locald::fsutil::write_atomic(file, format!("{url}\n").as_bytes()).map_err(|e| fail(e.to_string()))
+    locald::fsutil::write_atomic(file, format!("{url}\n").as_bytes())
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Resolves on SIGINT or SIGTERM (systemd's stop).

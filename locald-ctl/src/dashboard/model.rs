@@ -20,7 +20,9 @@ use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{Connection, MatchRule, MessageStream};
 
-use locald_api::{BuildInfo, ServiceInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE};
+use locald_api::{
+    BuildInfo, ServiceInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE,
+};
 
 /// Finished builds kept per service for the history.
 const HISTORY: usize = 20;
@@ -85,7 +87,7 @@ pub enum Event {
         /// Project name.
         project: String,
         /// The service.
-        service: Service,
+        service: Box<Service>,
     },
     /// A project's summary state changed.
     Project {
@@ -238,7 +240,11 @@ fn names_of(path: &str) -> Option<(String, String)> {
     labels.next().is_none().then_some((p, s))
 }
 
-fn service_mut<'a>(model: &'a mut Snapshot, project: &str, service: &str) -> Option<&'a mut Service> {
+fn service_mut<'a>(
+    model: &'a mut Snapshot,
+    project: &str,
+    service: &str,
+) -> Option<&'a mut Service> {
     model
         .projects
         .get_mut(project)?
@@ -251,7 +257,7 @@ fn service_event(model: &mut Snapshot, project: &str, service: &str) -> Option<E
     let s = service_mut(model, project, service)?.clone();
     Some(Event::Service {
         project: project.to_owned(),
-        service: s,
+        service: Box::new(s),
     })
 }
 
@@ -290,8 +296,20 @@ async fn run(
             }
             o = owners.next() => {
                 let Some(o) = o else { return Ok(()) };
-                if o.args().is_ok_and(|a| a.name() == BUS_NAME) {
+                let Ok(a) = o.args() else { continue };
+                if a.name() != BUS_NAME {
+                    continue;
+                }
+                if a.new_owner().is_some() {
                     resync(&hub, &conn).await;
+                } else {
+                    // Gone: say so, and do not call it (a call would
+                    // activate it again right after `systemctl stop`).
+                    hub.update(|model| {
+                        model.connected = false;
+                        model.projects.clear();
+                        Some(Event::Snapshot(model.clone()))
+                    });
                 }
             }
         }
@@ -321,7 +339,9 @@ async fn resync(hub: &Hub, conn: &Connection) {
                                 .and_then(|o| o.services.iter().find(|s| s.info.name == info.name));
                             let mut builds = kept.map(|k| k.builds.clone()).unwrap_or_default();
                             let b = &info.last_build;
-                            if b.finished_at != 0 && !builds.iter().any(|x| x.build_id == b.build_id) {
+                            if b.finished_at != 0
+                                && !builds.iter().any(|x| x.build_id == b.build_id)
+                            {
                                 builds.push_back(b.clone());
                             }
                             let progress = kept
@@ -391,7 +411,9 @@ async fn handle(hub: &Hub, conn: &Connection, m: &zbus::Message) {
                 return;
             };
             if iface == SERVICE_INTERFACE {
-                let Some((p, s)) = names_of(&path) else { return };
+                let Some((p, s)) = names_of(&path) else {
+                    return;
+                };
                 hub.update(|model| {
                     let svc = service_mut(model, &p, &s)?;
                     apply(&mut svc.info, &changed);
@@ -419,9 +441,9 @@ async fn handle(hub: &Hub, conn: &Connection, m: &zbus::Message) {
         }
         "InterfacesAdded" | "InterfacesRemoved" => resync(hub, conn).await,
         "BuildProgress" => {
-            let Ok((project, service, build_id, step, total, label)) = m
-                .body()
-                .deserialize::<(String, String, String, u32, u32, String)>()
+            let Ok((project, service, build_id, step, total, label)) =
+                m.body()
+                    .deserialize::<(String, String, String, u32, u32, String)>()
             else {
                 return;
             };
@@ -444,7 +466,9 @@ async fn handle(hub: &Hub, conn: &Connection, m: &zbus::Message) {
             hub.update(|model| {
                 let svc = service_mut(model, &project, &service)?;
                 svc.progress = None;
-                if !svc.builds.iter().any(|b| b.build_id == build.build_id) || build.build_id.is_empty() {
+                if !svc.builds.iter().any(|b| b.build_id == build.build_id)
+                    || build.build_id.is_empty()
+                {
                     svc.builds.push_back(build.clone());
                 }
                 while svc.builds.len() > HISTORY {
@@ -510,7 +534,10 @@ mod tests {
     fn changed_properties_apply() {
         let mut info = ServiceInfo::default();
         let mut changed = HashMap::new();
-        changed.insert("State".to_owned(), OwnedValue::from(zbus::zvariant::Str::from("running")));
+        changed.insert(
+            "State".to_owned(),
+            OwnedValue::from(zbus::zvariant::Str::from("running")),
+        );
         changed.insert("MainPID".to_owned(), OwnedValue::from(42u32));
         apply(&mut info, &changed);
         assert_eq!((info.state.as_str(), info.main_pid), ("running", 42));
