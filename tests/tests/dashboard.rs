@@ -408,6 +408,25 @@ fn the_gate_refuses_bad_requests() {
         "{st:?}"
     );
 
+    // Event streams whose readers went away while events flowed: the
+    // dashboard lives on (a write to a closed socket is EPIPE, not SIGPIPE).
+    for _ in 0..3 {
+        let _ = get(port, &format!("/api/events?token={}", d.token), "");
+    }
+    for verb in ["start", "stop", "start"] {
+        let body = format!(r#"{{"action":"{verb}","project":"{name}","service":"db"}}"#);
+        assert_eq!(
+            post(port, &host, &format!("{good}{origin}{json}"), &body).0,
+            200
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        get(port, "/api/state", &good).0,
+        200,
+        "the dashboard lives on"
+    );
+
     // journalctl never sees an option from a query.
     let (code, _) = get(port, "/api/logs?project=--output%3Dcat", &good);
     assert_eq!(code, 400);

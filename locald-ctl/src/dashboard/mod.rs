@@ -113,6 +113,12 @@ async fn stopped() {
 
 /// `dashboard`.
 pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
+    // `main` lets SIGPIPE end a printing command quietly; a server must
+    // instead live through a browser that closes a connection mid-answer.
+    // SAFETY: ignoring a signal installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let listener = TcpListener::bind(("127.0.0.1", opts.port))
         .await
         .map_err(|e| CtlError::Failed(format!("cannot listen on 127.0.0.1:{}: {e}", opts.port)))?;

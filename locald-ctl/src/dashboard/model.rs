@@ -145,7 +145,7 @@ pub struct Hub {
 }
 
 /// Serialized events kept for slow pages before they must resync.
-const QUEUE: usize = 4096;
+const QUEUE: usize = 1024;
 
 impl Hub {
     /// An empty model.
