@@ -434,3 +434,62 @@ fn the_gate_refuses_bad_requests() {
     assert_eq!(code, 400);
     assert_eq!(locald_tests::dbus::ctl(&bus, p.path(), &["down"]).code, 0);
 }
+
+#[test]
+fn the_page_follows_the_daemon_away_and_back() {
+    if require(
+        have_dbus_daemon(),
+        "dbus-daemon is not installed (tests/setup-debian.sh)",
+    ) {
+        return;
+    }
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&bus);
+    let marker = unique("dash-away");
+    let _reaper = Reaper(marker.clone());
+    let p = project(&marker);
+    let name = locald::config::load_project(p.path()).expect("valid").name;
+    assert_eq!(locald_tests::dbus::ctl(&bus, p.path(), &["up"]).code, 0);
+    wait_states(&bus, p.path(), UP, Duration::from_secs(20));
+    let d = Dashboard::start(&bus, None);
+    let good = format!("X-Locald-Token: {}\r\n", d.token);
+    let state = || {
+        let (code, text) = get(d.port, "/api/state", &good);
+        assert_eq!(code, 200, "{text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str::<serde_json::Value>(body).expect("JSON state")
+    };
+    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = state();
+            if f(&s) {
+                return;
+            }
+            assert!(std::time::Instant::now() < end, "{what}: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("the project", &|s| {
+        s["connected"] == true && s["projects"][&name].is_object()
+    });
+    // The daemon stops: the page is told, and the dashboard does not call
+    // (and so re-activate) a daemon that left.
+    drop(daemon);
+    wait_for("daemon gone", &|s| s["connected"] == false);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!bus.name_has_owner(), "nobody brought the daemon back");
+    // A new daemon restores the project; the page fills in again.
+    let _daemon = Daemon::start(&bus);
+    wait_for("daemon back with the project", &|s| {
+        s["connected"] == true
+            && s["projects"][&name]["services"]
+                .as_array()
+                .is_some_and(|a| {
+                    a.iter()
+                        .all(|x| UP.contains(&x["state"].as_str().unwrap_or_default()))
+                })
+    });
+    assert!(d.port > 0);
+    assert_eq!(locald_tests::dbus::ctl(&bus, p.path(), &["down"]).code, 0);
+}
