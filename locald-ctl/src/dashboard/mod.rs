@@ -63,6 +63,10 @@ fn new_token() -> Result<String, CtlError> {
 }
 
 /// Opens `url` in the user's browser when there is a desktop to show it.
+///
+/// The browser gets the path of a 0600 page in `$XDG_RUNTIME_DIR/locald/`
+/// that forwards to `url`, not `url` itself: a command line is readable by
+/// every local user in `/proc/PID/cmdline`, and the token would be in it.
 fn open_browser(url: &str) {
     let desktop = ["DISPLAY", "WAYLAND_DISPLAY"]
         .iter()
@@ -70,9 +74,26 @@ fn open_browser(url: &str) {
     if !desktop {
         return;
     }
-    // The URL goes as one argument: no shell sees the token.
+    let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) else {
+        eprintln!("locald-ctl: no $XDG_RUNTIME_DIR to open the page from; open the address above");
+        return;
+    };
+    let dir = PathBuf::from(runtime).join("locald");
+    let page = dir.join("dashboard-open.html");
+    let written = locald::fsutil::private_dir(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            locald::fsutil::write_atomic(&page, launcher(url).as_bytes()).map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        eprintln!(
+            "locald-ctl: cannot write {} ({e}); open the address above",
+            page.display()
+        );
+        return;
+    }
     let spawned = std::process::Command::new("xdg-open")
-        .arg(url)
+        .arg(&page)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -80,6 +101,15 @@ fn open_browser(url: &str) {
     if let Err(e) = spawned {
         eprintln!("locald-ctl: cannot open a browser ({e}); open the address above");
     }
+}
+
+/// A page that forwards to `url` (which is ours: digits, hex and ASCII).
+fn launcher(url: &str) -> String {
+    format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>locald dashboard</title>\
+         <a href=\"{url}\">Open the locald dashboard</a>\n"
+    )
 }
 
 /// Writes the URL (with its secret) to `file`, readable by us alone; a
@@ -200,6 +230,12 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_launcher_forwards_to_the_url() {
+        let page = launcher("http://127.0.0.1:1/#token=ab");
+        assert!(page.contains("content=\"0;url=http://127.0.0.1:1/#token=ab\""));
+    }
 
     #[test]
     fn tokens_are_long_and_fresh() {
