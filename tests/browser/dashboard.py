@@ -269,6 +269,21 @@ def run(d):
     assert width <= inner + 1, f"no sideways scrolling when narrow: {width} > {inner}"
     ok("narrow window without sideways scrolling")
 
+    # Down takes a second click; the project leaves the page and the daemon.
+    d.find_element(By.ID, "error-close").click()
+    down = d.find_element(By.XPATH, f'//article[@data-project="{PROJECT}"]//button[text()="Down"]')
+    down.click()
+    assert down.text == "Confirm down", down.text
+    time.sleep(0.3)
+    assert status(), "one click does nothing"
+    down.click()
+    wait("the project gone from the page", lambda: d.execute_script(
+        f'return document.querySelector(\'article[data-project="{PROJECT}"]\') === null;'))
+    r = ctl("status", "--json", check=False)
+    assert r.returncode != 0 and "is not up" in r.stderr, r
+    assert d.find_element(By.ID, "empty").is_displayed()
+    ok("Down (two clicks) took the project down")
+
 
 if __name__ == "__main__":
     try:

@@ -339,6 +339,13 @@
     if (!sel.project || !state.projects[sel.project]) {
       const first = Object.keys(state.projects).sort()[0];
       if (first) select(first, null);
+      else if (sel.project) {
+        // The project went down: nothing to show logs of.
+        sel.project = sel.service = null;
+        generation++;
+        $("logs-title").textContent = "Logs";
+        $("lines").replaceChildren($("older"));
+      }
     }
   }
 
@@ -583,7 +590,17 @@
   }
   const es = new EventSource(`/api/events?token=${encodeURIComponent(token)}`);
   es.onopen = () => { live = true; setConn(); };
-  es.onerror = () => { live = false; setConn(); };
+  es.onerror = () => {
+    live = false;
+    setConn();
+    // A dashboard started again has a new token: this page's is refused
+    // for good, and the browser stops retrying. Say what to do.
+    api("/api/state").catch((e) => {
+      if (e && e.name === "Http" && /token/.test(e.message || "")) {
+        showError({ name: "Token refused", message: "The dashboard was restarted: open the new address it printed." });
+      }
+    });
+  };
   es.onmessage = (m) => {
     let ev;
     try { ev = JSON.parse(m.data); } catch (_) { return; }
