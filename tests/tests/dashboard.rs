@@ -427,6 +427,23 @@ fn the_gate_refuses_bad_requests() {
         "the dashboard lives on"
     );
 
+    // A local user holding many idle connections shuts others out only
+    // while they last, and never the dashboard's own stop.
+    let held: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(port, "/api/state", &good).0, 0, "refused while full");
+    drop(held);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while get(port, "/api/state", &good).0 != 200 {
+        assert!(
+            std::time::Instant::now() < end,
+            "served again once they went"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // journalctl never sees an option from a query.
     let (code, _) = get(port, "/api/logs?project=--output%3Dcat", &good);
     assert_eq!(code, 400);

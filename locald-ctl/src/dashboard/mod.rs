@@ -39,7 +39,7 @@ pub struct Options {
     pub namespace: Option<String>,
 }
 
-/// Connections served at once; more wait. An event stream holds one.
+/// Connections served at once; more are closed. An event stream holds one.
 const MAX_CONNECTIONS: usize = 64;
 
 /// A fresh random token: 32 bytes from the kernel, in hex.
@@ -209,7 +209,10 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        // Full: this connection is closed at once; the loop never waits, so
+        // Ctrl-C and SIGTERM are always heard.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
         let server = server.clone();
