@@ -490,7 +490,9 @@ async fn handle(hub: &Hub, conn: &Connection, m: &zbus::Message) {
             let line = LogLine {
                 project,
                 service,
-                priority: Some(if stream == "stderr" { 3 } else { 6 }),
+                // The bus does not carry it (the journal sink derives it
+                // from `stderr_priority` and `<N>` prefixes): no guess.
+                priority: None,
                 phase,
                 stream,
                 time: now_usec(),
