@@ -9,6 +9,7 @@ mod build;
 mod cli;
 mod client;
 mod clock;
+mod dashboard;
 mod images;
 mod logs;
 mod status;
@@ -129,6 +130,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Prune => images::prune(&client).await,
         Command::Watch => watch::watch(&client).await,
         Command::Reload => client.reload().await,
+        Command::Dashboard {
+            port,
+            no_open,
+            url_file,
+            journal_namespace,
+        } => {
+            dashboard::run(
+                client,
+                dashboard::Options {
+                    port,
+                    open: !no_open,
+                    url_file,
+                    namespace: journal_namespace,
+                },
+            )
+            .await
+        }
         Command::Check { .. }
         | Command::Logs { .. }
         | Command::Completions { .. }

@@ -157,7 +157,7 @@ pub async fn fetch(client: &Client) -> Result<Vec<ProjectStatus>, CtlError> {
     decode(&objects)
 }
 
-fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
+pub fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
     let bad = |e: locald_api::DecodeError| {
         CtlError::Failed(format!("unexpected reply from the daemon: {e}"))
     };
