@@ -209,6 +209,9 @@ pub struct ServiceSnapshot {
     pub started_at: Option<SystemTime>,
     /// The last build, if the service has a build.
     pub last_build: Option<BuildRecord>,
+    /// Its ports by environment variable (`PORT`, `PORT_HTTP`, ...).
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u16>,
 }
 
 impl ServiceSnapshot {
@@ -224,6 +227,7 @@ impl ServiceSnapshot {
             restart_count: 0,
             started_at: None,
             last_build: None,
+            ports: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod image;
 pub mod journal;
 pub mod output;
+pub mod ports;
 pub mod runtime;
 pub mod shim_client;
 pub mod state;

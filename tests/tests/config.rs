@@ -395,6 +395,8 @@ fn schema_keys_match_the_parser() {
             "start_limit_burst" => "3".to_owned(),
             "stop_signal" => "\"SIGINT\"".to_owned(),
             "stderr_priority" => "\"warning\"".to_owned(),
+            "port" => "\"auto\"".to_owned(),
+            "ports" => "{ http = \"auto\", admin = 9001 }".to_owned(),
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");

@@ -199,4 +199,8 @@ pub trait Service1 {
     /// The last build.
     #[zbus(property)]
     fn last_build(&self) -> zbus::Result<BuildInfo>;
+
+    /// Ports by environment variable (`PORT`, `PORT_HTTP`, ...).
+    #[zbus(property)]
+    fn ports(&self) -> zbus::Result<std::collections::HashMap<String, u16>>;
 }

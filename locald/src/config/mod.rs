@@ -10,6 +10,7 @@
 //! dependencies exist and have no cycles, commands are not empty.
 
 mod diagnostic;
+mod ports;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,9 +25,10 @@ use toml::Spanned;
 use crate::fsutil::{read_input, UnsafeFile, CONFIG_LIMIT, ENV_FILE_LIMIT};
 
 pub use diagnostic::{did_you_mean, line_col, ConfigError, Diagnostic};
+pub use ports::Port;
 pub use raw::RestartPolicy;
 
-use raw::{EnvValue, RawBuild, RawCommand, RawFile, RawHealth, RawService};
+use raw::{EnvValue, RawBuild, RawCommand, RawFile, RawHealth, RawPort, RawService};
 
 /// The file name locald looks for.
 pub const FILE_NAME: &str = "locald.toml";
@@ -137,6 +139,8 @@ pub struct ServiceConfig {
     pub watchdog: Option<Duration>,
     /// Journal priority of stderr lines without a `<N>` prefix.
     pub stderr_priority: crate::journal::Priority,
+    /// Its ports, the main one (`port`, else the first of `ports`) first.
+    pub ports: Vec<Port>,
 }
 
 /// Restart policy and backoff.
@@ -284,9 +288,11 @@ pub struct HealthCheck {
 /// A health probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthKind {
-    /// TCP connect to 127.0.0.1:port.
+    /// TCP connect to 127.0.0.1:port; 0 (`tcp = "auto"`) is the service's
+    /// own port, filled in by [`Config::apply_ports`].
     Tcp(u16),
-    /// HTTP GET; 2xx/3xx is healthy.
+    /// HTTP GET; 2xx/3xx is healthy. Port 0 (`http = "/path"`) is the
+    /// service's own port, filled in by [`Config::apply_ports`].
     Http(HttpUrl),
     /// A command that exits 0 when healthy.
     Command(CommandSpec),
@@ -426,6 +432,7 @@ impl Config {
         let mut c = Checker {
             diags: Vec::new(),
             root: root.to_owned(),
+            port_refs: Vec::new(),
         };
         let name = match raw.project.and_then(|p| p.name) {
             Some(n) => {
@@ -480,6 +487,7 @@ impl Config {
             }
         }
         c.check_cycles(&names, &dep_spans);
+        c.check_ports(&services, &names);
 
         if c.diags.is_empty() {
             Ok(Config {
@@ -543,6 +551,9 @@ fn sanitize_name(s: &str) -> String {
 struct Checker {
     diags: Vec<Diagnostic>,
     root: PathBuf,
+    /// `${services.NAME.port}` references met in `env` values, with the
+    /// span of the value, checked once every service is known.
+    port_refs: Vec<(ports::PortRef, Range<usize>)>,
 }
 
 const NAME_HINT: &str =
@@ -629,6 +640,21 @@ impl Checker {
                     None,
                 );
                 continue;
+            }
+            match ports::find_refs(&v.get_ref().0) {
+                Ok(refs) => self
+                    .port_refs
+                    .extend(refs.into_iter().map(|r| (r, v.span()))),
+                Err(why) => {
+                    self.push(
+                        format!("environment variable `{k}`: {why}"),
+                        Some(v.span()),
+                        Some(
+                            "write ${services.NAME.port} or ${services.NAME.ports.PORTNAME}".into(),
+                        ),
+                    );
+                    continue;
+                }
             }
             out.push((k, v.into_inner().0));
         }
@@ -746,7 +772,8 @@ impl Checker {
         }
 
         let build = svc.build.and_then(|b| self.build(b));
-        let health = svc.health.and_then(|h| self.health(h));
+        let ports = self.ports(svc.port, svc.ports);
+        let health = svc.health.and_then(|h| self.health(h, !ports.is_empty()));
         let restart = RestartConfig {
             policy: svc.restart.map(Spanned::into_inner).unwrap_or_default(),
             delay: svc
@@ -815,7 +842,127 @@ impl Checker {
             stderr_priority: svc
                 .stderr_priority
                 .map_or(crate::journal::Priority::INFO, |p| p.into_inner().0),
+            ports,
         })
+    }
+
+    fn ports(
+        &mut self,
+        port: Option<Spanned<RawPort>>,
+        named: Option<IndexMap<Spanned<String>, Spanned<RawPort>>>,
+    ) -> Vec<Port> {
+        let to_port = |name: Option<String>, p: RawPort| match p {
+            RawPort::Auto => Port {
+                name,
+                auto: true,
+                number: 0,
+            },
+            RawPort::Fixed(n) => Port {
+                name,
+                auto: false,
+                number: n,
+            },
+        };
+        let mut out: Vec<Port> = port
+            .map(|p| to_port(None, p.into_inner()))
+            .into_iter()
+            .collect();
+        for (name, p) in named.unwrap_or_default() {
+            let n = name.get_ref();
+            let ok = !n.is_empty()
+                && n.len() <= 32
+                && n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                self.push(
+                    format!("invalid port name `{n}`"),
+                    Some(name.span()),
+                    Some("port names use letters, digits, `-` and `_`, start with a letter and are at most 32 long; the name becomes PORT_NAME in the environment".into()),
+                );
+                continue;
+            }
+            let port = to_port(Some(n.clone()), *p.get_ref());
+            if let Some(other) = out.iter().find(|o| o.var() == port.var()) {
+                self.push(
+                    format!(
+                        "port `{n}` and {} both become {}",
+                        other
+                            .name
+                            .as_ref()
+                            .map_or("`port`".to_owned(), |o| format!("port `{o}`")),
+                        port.var()
+                    ),
+                    Some(name.span()),
+                    Some("rename one of them".into()),
+                );
+                continue;
+            }
+            if !port.auto && out.iter().any(|o| !o.auto && o.number == port.number) {
+                self.push(
+                    format!("port {} is listed twice", port.number),
+                    Some(p.span()),
+                    None,
+                );
+                continue;
+            }
+            out.push(port);
+        }
+        out
+    }
+
+    /// Port references name services and ports that exist; two services
+    /// never declare the same fixed port.
+    fn check_ports(&mut self, services: &IndexMap<String, ServiceConfig>, names: &[String]) {
+        for (r, span) in std::mem::take(&mut self.port_refs) {
+            let Some(svc) = services.get(&r.service) else {
+                // A service that failed its own checks was reported already.
+                if !names.contains(&r.service) {
+                    let hint = match did_you_mean(&r.service, names.iter().map(String::as_str)) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => format!("services in this project: {}", names.join(", ")),
+                    };
+                    self.push(
+                        format!("`${{services.{}...}}` names an unknown service", r.service),
+                        Some(span),
+                        Some(hint),
+                    );
+                }
+                continue;
+            };
+            let found = match &r.port {
+                None => !svc.ports.is_empty(),
+                Some(p) => svc.ports.iter().any(|x| x.name.as_deref() == Some(p)),
+            };
+            if !found {
+                let what = match &r.port {
+                    None => format!("service `{}` has no port", r.service),
+                    Some(p) => format!("service `{}` has no port named `{p}`", r.service),
+                };
+                self.push(
+                    what,
+                    Some(span),
+                    Some(format!(
+                        "add `port = \"auto\"` (or `ports = {{ NAME = \"auto\" }}`) to [services.{}]",
+                        r.service
+                    )),
+                );
+            }
+        }
+        let mut seen: HashMap<u16, &str> = HashMap::new();
+        for (name, svc) in services {
+            for p in svc.ports.iter().filter(|p| !p.auto) {
+                if let Some(other) = seen.insert(p.number, name) {
+                    if other != name {
+                        self.push(
+                            format!("services `{other}` and `{name}` both use port {}", p.number),
+                            None,
+                            Some("give one of them another port, or \"auto\"".into()),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn image(
@@ -1016,22 +1163,40 @@ impl Checker {
         out
     }
 
-    fn health(&mut self, health: Spanned<RawHealth>) -> Option<HealthCheck> {
+    fn health(&mut self, health: Spanned<RawHealth>, has_port: bool) -> Option<HealthCheck> {
         let span = health.span();
         let h = health.into_inner();
         let errors_before = self.diags.len();
         let mut kinds = Vec::new();
+        let no_port = |what: &str| {
+            (
+                format!("{what} uses the service's port, but the service has none"),
+                Some("add `port = \"auto\"` (or a number) to the service".to_owned()),
+            )
+        };
         if let Some(port) = h.tcp {
-            if *port.get_ref() == 0 {
-                self.push(
-                    "tcp port 0 cannot be checked",
-                    Some(port.span()),
-                    Some("use the port the service listens on".into()),
-                );
+            match port.get_ref() {
+                RawPort::Fixed(n) => kinds.push(HealthKind::Tcp(*n)),
+                RawPort::Auto if has_port => kinds.push(HealthKind::Tcp(0)),
+                RawPort::Auto => {
+                    let (m, hint) = no_port("tcp = \"auto\"");
+                    self.push(m, Some(port.span()), hint);
+                }
             }
-            kinds.push(HealthKind::Tcp(port.into_inner()));
         }
-        if let Some(url) = h.http {
+        if let Some(url) = h.http.as_ref().filter(|u| u.get_ref().starts_with('/')) {
+            if has_port {
+                kinds.push(HealthKind::Http(HttpUrl {
+                    host: "127.0.0.1".into(),
+                    port: 0,
+                    path: url.get_ref().clone(),
+                    text: url.get_ref().clone(),
+                }));
+            } else {
+                let (m, hint) = no_port(&format!("http = \"{}\"", url.get_ref()));
+                self.push(m, Some(url.span()), hint);
+            }
+        } else if let Some(url) = h.http {
             match HttpUrl::parse(url.get_ref()) {
                 Ok(u) => kinds.push(HealthKind::Http(u)),
                 Err(e) => self.push(
@@ -1058,7 +1223,7 @@ impl Checker {
             self.push(
                 if kinds.is_empty() { "health check has no kind" } else { "health check has more than one kind" },
                 Some(span),
-                Some("use exactly one of `tcp = PORT`, `http = \"URL\"`, `command = \"...\"`, `notify = true`".into()),
+                Some("use exactly one of `tcp = PORT`, `http = \"URL\"` (or \"/path\"), `command = \"...\"`, `notify = true`".into()),
             );
             return None;
         }
@@ -1212,6 +1377,73 @@ mod tests {
                 ("C".into(), "x".into())
             ]
         );
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn ports_are_parsed_in_order_main_first() {
+        let c = parse(
+            "[services.web]\ncommand='x'\nports = { http = \"auto\", admin = 9001 }\nport = 8000\nhealth = { http = \"/health\" }\n",
+        )
+        .unwrap();
+        let web = &c.services["web"];
+        let vars: Vec<String> = web.ports.iter().map(Port::var).collect();
+        assert_eq!(vars, ["PORT", "PORT_HTTP", "PORT_ADMIN"]);
+        assert!(web.ports[1].auto);
+        assert_eq!(web.ports[2].number, 9001);
+    }
+
+    #[test]
+    fn port_errors_have_positions() {
+        let e = error("[services.web]\ncommand='x'\nport = \"any\"\n");
+        assert!(e.contains("invalid port `any`"), "{e}");
+        assert!(e.contains("locald.toml:3:8"), "{e}");
+        let e = error("[services.web]\ncommand='x'\nport = 70000\n");
+        assert!(
+            e.contains("invalid port 70000") && e.contains(":3:8"),
+            "{e}"
+        );
+        let e = error("[services.web]\ncommand='x'\nports = { \"9x\" = 1 }\n");
+        assert!(e.contains("invalid port name `9x`"), "{e}");
+        let e = error("[services.web]\ncommand='x'\nhealth = { tcp = \"auto\" }\n");
+        assert!(
+            e.contains("the service has none") && e.contains(":3:18"),
+            "{e}"
+        );
+        let e = error("[services.web]\ncommand='x'\nhealth = { http = \"/h\" }\n");
+        assert!(e.contains("the service has none"), "{e}");
+    }
+
+    #[test]
+    fn port_references_are_checked() {
+        let base = "[services.api]\ncommand='x'\nport = 'auto'\n[services.web]\ncommand='x'\n";
+        parse(&format!(
+            "{base}env = {{ U = 'http://h:${{services.api.port}}/${{HOME}}' }}\n"
+        ))
+        .unwrap();
+        let e = error(&format!("{base}env = {{ U = '${{services.apx.port}}' }}\n"));
+        assert!(
+            e.contains("unknown service") && e.contains("did you mean `api`"),
+            "{e}"
+        );
+        assert!(e.contains("locald.toml:6:13"), "{e}");
+        let e = error(&format!("{base}env = {{ U = '${{services.web.port}}' }}\n"));
+        assert!(e.contains("service `web` has no port"), "{e}");
+        let e = error(&format!(
+            "{base}env = {{ U = '${{services.api.ports.x}}' }}\n"
+        ));
+        assert!(e.contains("no port named `x`"), "{e}");
+        let e = error(&format!("{base}env = {{ U = '${{services.api}}' }}\n"));
+        assert!(e.contains("not a port reference"), "{e}");
+    }
+
+    #[test]
+    fn two_services_with_one_fixed_port_are_refused() {
+        let e = error("[services.a]\ncommand='x'\nport = 9000\n[services.b]\ncommand='x'\nports = { web = 9000 }\n");
+        assert!(e.contains("both use port 9000"), "{e}");
     }
 
     #[test]

@@ -88,6 +88,12 @@ impl Project {
         self.env.sink.configure_service(&self.config.name, &cfg);
         let snapshot =
             snapshot.unwrap_or_else(|| Arc::new(watch::Sender::new(ServiceSnapshot::new(name))));
+        let ports = cfg.ports_by_var();
+        snapshot.send_if_modified(|s| {
+            let changed = s.ports != ports;
+            s.ports = ports;
+            changed
+        });
         let deps = cfg
             .depends_on
             .iter()
