@@ -24,7 +24,7 @@ enum Cmd {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
-    /// Check a project's locald.toml without running anything.
+    /// Check a project's locald.toml (or Procfile) without running anything.
     Check {
         /// Project directory (or any directory inside it).
         #[arg(default_value = ".")]

@@ -11,6 +11,7 @@
 
 mod diagnostic;
 mod ports;
+pub mod procfile;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,8 +37,9 @@ pub const FILE_NAME: &str = "locald.toml";
 /// Why a project's configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// No `locald.toml` in the directory or any parent the search may enter.
-    #[error("no {FILE_NAME} in {} or any parent directory{}", dir.display(), stopped.as_deref().map(|s| format!(" (the search stopped at {s})")).unwrap_or_default())]
+    /// No `locald.toml` (or `Procfile`) in the directory or any parent the
+    /// search may enter.
+    #[error("no {FILE_NAME} or Procfile in {} or any parent directory{}", dir.display(), stopped.as_deref().map(|s| format!(" (the search stopped at {s})")).unwrap_or_default())]
     NotFound {
         /// Where the search started.
         dir: PathBuf,
@@ -347,7 +349,9 @@ impl HttpUrl {
     }
 }
 
-/// Finds the project file: `dir/locald.toml`, else the nearest parent's.
+/// Finds the project file: `dir/locald.toml`, else `dir/Procfile`, else
+/// the nearest parent's (a directory's `locald.toml` wins over its
+/// `Procfile`, which it may use for commands).
 ///
 /// The climb stops (as git's does since CVE-2022-24765) at a directory owned
 /// by someone other than the caller or root, and at a file system boundary,
@@ -384,13 +388,15 @@ pub fn find_project_file(dir: &Path) -> Result<PathBuf, LoadError> {
                 break;
             }
         }
-        let file = d.join(FILE_NAME);
-        match std::fs::metadata(&file) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Ok(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            // Not a "not found": a directory we may not read must say so.
-            Err(e) => return Err(read(&file, e)),
+        for name in [FILE_NAME, procfile::PROCFILE] {
+            let file = d.join(name);
+            match std::fs::metadata(&file) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Ok(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Not a "not found": a directory we may not read must say so.
+                Err(e) => return Err(read(&file, e)),
+            }
         }
     }
     Err(LoadError::NotFound { dir, stopped })
@@ -403,14 +409,23 @@ pub fn load_project(dir: &Path) -> Result<Config, LoadError> {
 }
 
 impl Config {
-    /// Reads and checks a `locald.toml`.
+    /// Reads and checks a `locald.toml`, or a `Procfile` (by its name).
     pub fn load(file: &Path) -> Result<Config, LoadError> {
-        let bytes = read_input(file, "locald.toml", CONFIG_LIMIT)?;
+        let is_procfile = file.file_name() == Some(std::ffi::OsStr::new(procfile::PROCFILE));
+        let what = if is_procfile {
+            "a Procfile"
+        } else {
+            "locald.toml"
+        };
+        let bytes = read_input(file, what, CONFIG_LIMIT)?;
         let text = String::from_utf8(bytes).map_err(|_| LoadError::Read {
             path: file.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"),
         })?;
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        if is_procfile {
+            return Ok(Config::parse_procfile(&file, &text)?);
+        }
         Ok(Config::parse(&file, &text)?)
     }
 
@@ -433,6 +448,7 @@ impl Config {
             diags: Vec::new(),
             root: root.to_owned(),
             port_refs: Vec::new(),
+            procfile: None,
         };
         let name = match raw.project.and_then(|p| p.name) {
             Some(n) => {
@@ -554,6 +570,9 @@ struct Checker {
     /// `${services.NAME.port}` references met in `env` values, with the
     /// span of the value, checked once every service is known.
     port_refs: Vec<(ports::PortRef, Range<usize>)>,
+    /// The project's `Procfile`, read the first time a service without
+    /// `command` needs it: its entries, or why it cannot be used.
+    procfile: Option<Result<Vec<procfile::Entry>, String>>,
 }
 
 const NAME_HINT: &str =
@@ -606,6 +625,45 @@ impl Checker {
             }
             RawCommand::Shell(s) => Some(CommandSpec::Shell(s)),
             RawCommand::Argv(v) => Some(CommandSpec::Argv(v)),
+        }
+    }
+
+    /// The command of the `Procfile` entry `name`, or why there is none.
+    fn procfile_command(&mut self, name: &str) -> Result<CommandSpec, String> {
+        let root = self.root.clone();
+        let entries = self.procfile.get_or_insert_with(|| {
+            let path = root.join(procfile::PROCFILE);
+            let bytes = match read_input(&path, "a Procfile", CONFIG_LIMIT) {
+                Ok(b) => b,
+                Err(UnsafeFile::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err("there is no Procfile".into())
+                }
+                Err(e) => return Err(format!("the Procfile: {}", crate::error_chain(&e))),
+            };
+            let text =
+                String::from_utf8(bytes).map_err(|_| "the Procfile is not UTF-8".to_owned())?;
+            procfile::parse(&text).map_err(|diags| {
+                let each: Vec<String> = diags
+                    .iter()
+                    .map(|d| match &d.span {
+                        Some(span) => {
+                            format!("Procfile:{}: {}", line_col(&text, span.start).0, d.message)
+                        }
+                        None => format!("Procfile: {}", d.message),
+                    })
+                    .collect();
+                format!("the Procfile is invalid: {}", each.join("; "))
+            })
+        });
+        match entries {
+            Err(why) => Err(why.clone()),
+            Ok(entries) => entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| CommandSpec::Shell(e.command.clone()))
+                .ok_or_else(|| format!("the Procfile has no `{name}` entry")),
         }
     }
 
@@ -697,7 +755,7 @@ impl Checker {
         names: &[String],
     ) -> Option<ServiceConfig> {
         let errors_before = self.diags.len();
-        let command = svc.command.and_then(|cmd| self.command(cmd, "command"));
+        let mut command = svc.command.and_then(|cmd| self.command(cmd, "command"));
         let image = match svc.image {
             Some(image) => self.image(
                 image,
@@ -721,11 +779,14 @@ impl Checker {
                     );
                 }
                 if command.is_none() && self.diags.len() == errors_before {
-                    self.push(
-                        format!("service `{name}` has no `command` or `image`"),
-                        Some(span.clone()),
-                        Some("add `command = \"...\"` (what to run after the build) or `image = \"...\"`".into()),
-                    );
+                    match self.procfile_command(name) {
+                        Ok(c) => command = Some(c),
+                        Err(why) => self.push(
+                            format!("service `{name}` has no `command` or `image`, and {why}"),
+                            Some(span.clone()),
+                            Some("add `command = \"...\"` (what to run after the build), `image = \"...\"`, or a Procfile line `NAME: COMMAND`".into()),
+                        ),
+                    }
                 }
                 None
             }

@@ -54,7 +54,7 @@ pub struct RawProject {
 }
 
 /// `[services.NAME]`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     /// What to run: a string is run with `sh -c`, an array is an argv run directly.
