@@ -175,6 +175,11 @@ struct ProjectEntry {
     claim: std::sync::Mutex<Option<ProjectClaim>>,
     /// Live view of the services, read without taking the async lock.
     view: std::sync::Mutex<Option<ProjectView>>,
+    /// The file watcher, while any service is watched.
+    watch: std::sync::Mutex<Option<crate::watch::ProjectWatch>>,
+    /// Every service is watched for this session (`up --watch`), not only
+    /// those with `watch` in the file.
+    watch_all: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -263,6 +268,8 @@ impl Engine {
                             project: tokio::sync::Mutex::new(None),
                             claim: std::sync::Mutex::new(None),
                             view: std::sync::Mutex::new(None),
+                            watch: std::sync::Mutex::new(None),
+                            watch_all: std::sync::atomic::AtomicBool::new(false),
                         });
                         projects.insert(name.clone(), e.clone());
                         e
@@ -298,6 +305,7 @@ impl Engine {
             });
             let project = Project::start(config, self.inner.env.clone());
             *lock(&entry.view) = Some(project.view());
+            rewatch(&entry, &project);
             *guard = Some(project);
             drop(guard);
             self.save_state().await;
@@ -341,6 +349,22 @@ impl Engine {
         Ok(result?)
     }
 
+    /// Watches every service of the project for this session (`up
+    /// --watch`), or (`false`) only those with `watch` in the file.
+    pub async fn set_watch_all(&self, project: &str, on: bool) -> Result<(), EngineError> {
+        self.check_running()?;
+        let entry = self.entry(project)?;
+        let guard = entry.project.lock().await;
+        let p = guard
+            .as_ref()
+            .ok_or_else(|| EngineError::NoSuchProject(project.into()))?;
+        entry
+            .watch_all
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        rewatch(&entry, p);
+        Ok(())
+    }
+
     /// Claims the project directory for this instance. Another locald that
     /// is only cleaning up after a dead one holds it for a moment: wait for
     /// it (up to 10 s) rather than refuse.
@@ -365,6 +389,7 @@ impl Engine {
         if let Some(mut p) = guard.take() {
             p.shutdown().await;
         }
+        lock(&entry.watch).take();
         lock(&entry.claim).take();
         {
             let mut projects = lock(&self.inner.projects);
@@ -420,6 +445,7 @@ impl Engine {
             .await?;
         let summary = p.reload(config).await;
         *lock(&entry.view) = Some(p.view());
+        rewatch(&entry, p);
         drop(guard);
         release_memory();
         Ok(summary)
@@ -643,6 +669,8 @@ impl Engine {
         let entries: Vec<_> = lock(&self.inner.projects).values().cloned().collect();
         let mut stops = Vec::new();
         for e in entries {
+            // A change while stopping must not restart anything.
+            lock(&e.watch).take();
             stops.push(tokio::spawn(async move {
                 let mut guard = e.project.lock().await;
                 if let Some(mut p) = guard.take() {
@@ -739,6 +767,21 @@ async fn load_off_runtime(dir: PathBuf) -> Result<crate::config::Config, EngineE
         .await
         .map_err(|_| EngineError::ShuttingDown)?
         .map_err(EngineError::Config)
+}
+
+/// (Re)starts the project's file watcher for its current config; stops
+/// it when nothing is watched.
+fn rewatch(entry: &ProjectEntry, p: &Project) {
+    let all = entry.watch_all.load(std::sync::atomic::Ordering::SeqCst);
+    let senders = p
+        .config
+        .services
+        .keys()
+        .filter_map(|n| Some((n.clone(), p.sender(n)?)))
+        .collect();
+    // The old watcher goes first, so one change never triggers twice.
+    lock(&entry.watch).take();
+    *lock(&entry.watch) = crate::watch::spawn(&p.config, all, senders);
 }
 
 /// An empty config of the same project, to hold `config`'s place while it

@@ -37,7 +37,11 @@ pub enum UpOutcome {
 
 /// Runs `config`'s project until a signal or until nothing can run any more.
 /// `extra` sinks get every output line besides the terminal (e.g. journald).
-pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Result<UpOutcome> {
+pub async fn up(
+    config: &Config,
+    extra: Vec<Arc<dyn LogSink>>,
+    watch: bool,
+) -> std::io::Result<UpOutcome> {
     if let Err(e) = crate::supervisor::notify::runtime_dir() {
         return Ok(UpOutcome::Failed(format!(
             "cannot use the runtime directory: {}",
@@ -64,6 +68,12 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
         Ok(p) => p,
         Err(e) => return Ok(UpOutcome::Failed(e.to_string())),
     };
+    if watch {
+        if let Err(e) = engine.set_watch_all(&project, true).await {
+            return Ok(UpOutcome::Failed(e.to_string()));
+        }
+        term.note("watching for changes");
+    }
 
     let outcome = loop {
         tokio::select! {

@@ -26,6 +26,7 @@ pub mod state;
 pub mod supervisor;
 pub mod term;
 pub mod user_config;
+mod watch;
 
 /// An error and its sources on one line (`outer: inner: innermost`), as
 /// `anyhow`'s `{:#}` prints them: the one formatter for reasons shown to a

@@ -397,6 +397,8 @@ fn schema_keys_match_the_parser() {
             "stderr_priority" => "\"warning\"".to_owned(),
             "port" => "\"auto\"".to_owned(),
             "ports" => "{ http = \"auto\", admin = 9001 }".to_owned(),
+            "watch" => "[\"src/**\"]".to_owned(),
+            "restart_on" => "[]".to_owned(),
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");

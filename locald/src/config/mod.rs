@@ -27,9 +27,9 @@ use crate::fsutil::{read_input, UnsafeFile, CONFIG_LIMIT, ENV_FILE_LIMIT};
 
 pub use diagnostic::{did_you_mean, line_col, ConfigError, Diagnostic};
 pub use ports::Port;
-pub use raw::RestartPolicy;
+pub use raw::{RestartPolicy, WatchAction};
 
-use raw::{EnvValue, RawBuild, RawCommand, RawFile, RawHealth, RawPort, RawService};
+use raw::{EnvValue, RawBuild, RawCommand, RawFile, RawHealth, RawPort, RawService, RawWatch};
 
 /// The file name locald looks for.
 pub const FILE_NAME: &str = "locald.toml";
@@ -143,6 +143,20 @@ pub struct ServiceConfig {
     pub stderr_priority: crate::journal::Priority,
     /// Its ports, the main one (`port`, else the first of `ports`) first.
     pub ports: Vec<Port>,
+    /// What file changes restart it, if any.
+    pub watch: Option<WatchSpec>,
+    /// Services whose restart by `watch` restarts this one too.
+    pub restart_on: Vec<String>,
+}
+
+/// `watch`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    /// Globs relative to the project; empty means the build's inputs, else
+    /// the whole project minus ignored files.
+    pub paths: Vec<String>,
+    /// What a change does.
+    pub action: WatchAction,
 }
 
 /// Restart policy and backoff.
@@ -834,6 +848,8 @@ impl Checker {
 
         let build = svc.build.and_then(|b| self.build(b));
         let ports = self.ports(svc.port, svc.ports);
+        let watch = svc.watch.and_then(|w| self.watch(w, build.is_some()));
+        let restart_on = self.restart_on(name, svc.restart_on, names);
         let health = svc.health.and_then(|h| self.health(h, !ports.is_empty()));
         let restart = RestartConfig {
             policy: svc.restart.map(Spanned::into_inner).unwrap_or_default(),
@@ -904,7 +920,78 @@ impl Checker {
                 .stderr_priority
                 .map_or(crate::journal::Priority::INFO, |p| p.into_inner().0),
             ports,
+            watch,
+            restart_on,
         })
+    }
+
+    fn watch(&mut self, w: Spanned<RawWatch>, has_build: bool) -> Option<WatchSpec> {
+        let span = w.span();
+        let default_action = if has_build {
+            WatchAction::Rebuild
+        } else {
+            WatchAction::Restart
+        };
+        let (paths, action) = match w.into_inner() {
+            RawWatch::On(false) => return None,
+            RawWatch::On(true) => (Vec::new(), default_action),
+            RawWatch::Paths(p) => (p, default_action),
+            RawWatch::Table(t) => (
+                t.paths.unwrap_or_default(),
+                t.action.unwrap_or(default_action),
+            ),
+        };
+        for p in &paths {
+            if let Err(e) = globset::Glob::new(p) {
+                self.push(
+                    format!("invalid watch pattern `{p}`: {}", e.kind()),
+                    Some(span.clone()),
+                    Some("globs are relative to the project, e.g. \"src/**\" or \"templates/*.html\"".into()),
+                );
+                return None;
+            }
+        }
+        if action == WatchAction::Rebuild && !has_build {
+            self.push(
+                "watch action \"rebuild\" needs a `build`",
+                Some(span),
+                Some("use action = \"restart\", or add a build".into()),
+            );
+            return None;
+        }
+        Some(WatchSpec { paths, action })
+    }
+
+    fn restart_on(
+        &mut self,
+        name: &str,
+        list: Option<Vec<Spanned<String>>>,
+        names: &[String],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in list.unwrap_or_default() {
+            let n = s.get_ref();
+            if n == name {
+                self.push(
+                    format!("service `{name}` lists itself in restart_on"),
+                    Some(s.span()),
+                    Some("remove it".into()),
+                );
+            } else if !names.contains(n) {
+                let hint = match did_you_mean(n, names.iter().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("services in this project: {}", names.join(", ")),
+                };
+                self.push(
+                    format!("restart_on names unknown service `{n}`"),
+                    Some(s.span()),
+                    Some(hint),
+                );
+            } else if !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+        out
     }
 
     fn ports(
@@ -1505,6 +1592,34 @@ mod tests {
     fn two_services_with_one_fixed_port_are_refused() {
         let e = error("[services.a]\ncommand='x'\nport = 9000\n[services.b]\ncommand='x'\nports = { web = 9000 }\n");
         assert!(e.contains("both use port 9000"), "{e}");
+    }
+
+    #[test]
+    fn watch_forms_and_errors() {
+        let c = parse("[services.a]\ncommand='x'\nwatch = true\n[services.b]\ncommand='x'\nbuild='make'\nwatch = ['src/**']\nrestart_on = ['a']\n").unwrap();
+        assert_eq!(
+            c.services["a"].watch.as_ref().map(|w| w.action),
+            Some(WatchAction::Restart)
+        );
+        assert_eq!(
+            c.services["b"].watch.as_ref().map(|w| w.action),
+            Some(WatchAction::Rebuild)
+        );
+        assert_eq!(c.services["b"].restart_on, ["a"]);
+        let e = error("[services.a]\ncommand='x'\nwatch = { paths = ['src/[x'] }\n");
+        assert!(
+            e.contains("invalid watch pattern") && e.contains(":3:9"),
+            "{e}"
+        );
+        let e = error("[services.a]\ncommand='x'\nwatch = { action = 'rebuild' }\n");
+        assert!(e.contains("needs a `build`"), "{e}");
+        let e = error("[services.a]\ncommand='x'\nwatch = 'yes'\n");
+        assert!(e.contains(":3:9"), "{e}");
+        let e = error("[services.a]\ncommand='x'\nrestart_on = ['b']\n");
+        assert!(
+            e.contains("unknown service `b`") && e.contains(":3:15"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -128,6 +128,14 @@ pub struct RawService {
     /// case); without `port`, the first is also `PORT`.
     #[schemars(with = "Option<IndexMap<String, RawPortSchema>>")]
     pub ports: Option<IndexMap<Spanned<String>, Spanned<RawPort>>>,
+    /// Rebuild and restart when sources change: `true` (the build's inputs,
+    /// else the whole project minus ignored files), an array of globs, or a
+    /// table `{ paths = [...], action = "restart" | "rebuild" }`.
+    #[schemars(with = "Option<RawWatchSchema>")]
+    pub watch: Option<Spanned<RawWatch>>,
+    /// Services whose restart by `watch` restarts this one too.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub restart_on: Option<Vec<Spanned<String>>>,
     /// Journal priority of stderr lines that carry no `<N>` prefix: "err",
     /// "warning", "info" (default), ... or 0-7.
     #[schemars(with = "Option<String>")]
@@ -375,6 +383,78 @@ impl<'de> Deserialize<'de> for RawPort {
                     .filter(|p| *p != 0)
                     .map(RawPort::Fixed)
                     .ok_or_else(|| custom_with_hint(format!("invalid port {v}"), PORT_HINT))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `watch`: on/off, globs, or a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawWatch {
+    /// `true` / `false`.
+    On(bool),
+    /// Globs relative to the project.
+    Paths(Vec<String>),
+    /// `{ paths, action }`.
+    Table(RawWatchTable),
+}
+
+/// The table form of `watch`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatchTable {
+    /// Globs relative to the project (default: as `watch = true`).
+    pub paths: Option<Vec<String>>,
+    /// "rebuild" (default when the service has a build) runs the build
+    /// first; "restart" only restarts the process.
+    pub action: Option<WatchAction>,
+}
+
+/// What a watched change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchAction {
+    /// Restart the process, no build.
+    Restart,
+    /// Run the build (skipped when up to date), then restart.
+    Rebuild,
+}
+
+/// Schema stand-in for [`RawWatch`].
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RawWatchSchema {
+    /// Watch the build's inputs, else the project minus ignored files.
+    On(bool),
+    /// Globs relative to the project.
+    Paths(Vec<String>),
+    /// Paths and action.
+    Table(RawWatchTable),
+}
+
+impl<'de> Deserialize<'de> for RawWatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawWatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, an array of globs, or a table { paths, action }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawWatch, E> {
+                Ok(RawWatch::On(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawWatch, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    paths.push(p);
+                }
+                Ok(RawWatch::Paths(paths))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawWatch, A::Error> {
+                RawWatchTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawWatch::Table)
             }
         }
         d.deserialize_any(V)

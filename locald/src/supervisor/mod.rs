@@ -408,8 +408,19 @@ impl ServiceSender {
 
     /// Restarts the service (with its build); returns once the old process is gone.
     pub async fn restart(&self) {
+        self.restart_because("restart requested".into(), true).await;
+    }
+
+    /// Restarts the service saying why (shown as the state's reason and in
+    /// the journal), running its build first when `build`.
+    pub async fn restart_because(&self, why: String, build: bool) {
         let (tx, rx) = oneshot::channel();
-        if self.0.send(Command::Restart(tx)).await.is_ok() {
+        let cmd = Command::Restart {
+            reply: tx,
+            why,
+            build,
+        };
+        if self.0.send(cmd).await.is_ok() {
             let _ = rx.await;
         }
     }
