@@ -220,3 +220,39 @@ fn up_watch_watches_services_without_watch() {
     std::fs::write(p2.join("src/app.py"), "v2").expect("edit");
     stays(p2, "out/web-starts", 1, "restarted without watch");
 }
+
+#[test]
+fn locald_ctl_up_watch_watches_a_daemon_project() {
+    use locald_tests::dbus::{ctl, have_dbus_daemon, wait_states, Daemon, TestBus};
+    if !locald_tests::require(
+        have_dbus_daemon(),
+        "dbus-daemon is not installed (tests/setup-debian.sh installs it)",
+    ) {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let d = project();
+    let p = d.path();
+    std::fs::write(
+        p.join("locald.toml"),
+        format!(
+            "[project]\nname = \"{}\"\n[services.web]\ncommand = [\"sh\", \"-c\", \"echo \\\"$(cat src/app.py)\\\" >> out/web-starts; exec sleep 1000\"]\nstop_timeout = \"1s\"\n",
+            unique("watchctl")
+        ),
+    )
+    .expect("toml");
+    let up = ctl(&bus, p, &["up", "--watch"]);
+    assert_eq!(up.code, 0, "{up:?}");
+    assert!(up.stdout.contains("watched"), "{up:?}");
+    wait_states(&bus, p, &["running"], Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "first start", || {
+        lines(p, "out/web-starts") == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(p.join("src/app.py"), "v2").expect("edit");
+    wait_until(Duration::from_secs(5), "restart by the daemon", || {
+        last(p) == "v2"
+    });
+    assert_eq!(ctl(&bus, p, &["down"]).code, 0);
+}
