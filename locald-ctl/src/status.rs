@@ -72,6 +72,8 @@ pub struct ServiceJson<'a> {
     pub last_build: Option<BuildJson<'a>>,
     /// Ports by environment variable (`PORT`, `PORT_HTTP`, ...).
     pub ports: &'a std::collections::BTreeMap<String, u16>,
+    /// URL behind the `*.localhost` proxy.
+    pub url: Option<&'a str>,
 }
 
 /// A build as `status --json` prints it.
@@ -127,6 +129,7 @@ impl<'a> ServiceJson<'a> {
                 finished_at: rfc3339(b.finished_at),
             }),
             ports: &s.ports,
+            url: text(&s.url),
         }
     }
 }
@@ -383,6 +386,7 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
         "STATE".to_owned(),
         "PID".to_owned(),
         "PORT".to_owned(),
+        "URL".to_owned(),
         "UPTIME".to_owned(),
         "RESTARTS".to_owned(),
         "LAST BUILD".to_owned(),
@@ -417,6 +421,7 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
             s.state.clone(),
             pid,
             ports_cell(s),
+            text(&s.url).unwrap_or("-").to_owned(),
             uptime,
             s.restart_count.to_string(),
             build,

@@ -212,6 +212,12 @@ pub struct ServiceSnapshot {
     /// Its ports by environment variable (`PORT`, `PORT_HTTP`, ...).
     #[serde(default)]
     pub ports: std::collections::BTreeMap<String, u16>,
+    /// `default = true`: what `PROJECT.localhost` leads to.
+    #[serde(default)]
+    pub url_default: bool,
+    /// Its URL behind the `*.localhost` proxy; empty without a port or proxy.
+    #[serde(default)]
+    pub url: String,
 }
 
 impl ServiceSnapshot {
@@ -228,6 +234,8 @@ impl ServiceSnapshot {
             started_at: None,
             last_build: None,
             ports: std::collections::BTreeMap::new(),
+            url_default: false,
+            url: String::new(),
         }
     }
 }

@@ -64,6 +64,24 @@ pub async fn up(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
+    // The *.localhost proxy, unless another locald (the daemon) has the port.
+    let _proxy = match crate::proxy::configured_port() {
+        Some(port) => match crate::proxy::serve(engine.clone(), port).await {
+            Ok(task) => {
+                for (name, svc) in &config.services {
+                    if !svc.ports.is_empty() {
+                        term.note(&format!(
+                            "{name}: {}",
+                            crate::proxy::url(&config.name, name, port)
+                        ));
+                    }
+                }
+                Some(crate::daemon::AbortOnDrop(task))
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
     let project = match engine.up(&config.root).await {
         Ok(p) => p,
         Err(e) => return Ok(UpOutcome::Failed(e.to_string())),

@@ -20,6 +20,7 @@ pub mod image;
 pub mod journal;
 pub mod output;
 pub mod ports;
+pub mod proxy;
 pub mod runtime;
 pub mod shim_client;
 pub mod state;

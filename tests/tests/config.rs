@@ -399,6 +399,7 @@ fn schema_keys_match_the_parser() {
             "ports" => "{ http = \"auto\", admin = 9001 }".to_owned(),
             "watch" => "[\"src/**\"]".to_owned(),
             "restart_on" => "[]".to_owned(),
+            "default" => "false".to_owned(),
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");

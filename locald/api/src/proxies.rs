@@ -207,4 +207,8 @@ pub trait Service1 {
     /// Ports by environment variable (`PORT`, `PORT_HTTP`, ...).
     #[zbus(property)]
     fn ports(&self) -> zbus::Result<std::collections::HashMap<String, u16>>;
+
+    /// URL behind the `*.localhost` proxy; empty when none.
+    #[zbus(property)]
+    fn url(&self) -> zbus::Result<String>;
 }

@@ -173,6 +173,9 @@ pub struct ServiceInfo {
     /// from a daemon that predates it.
     #[serde(default)]
     pub ports: std::collections::BTreeMap<String, u16>,
+    /// `Url`; empty without a port or proxy (or from an older daemon).
+    #[serde(default)]
+    pub url: String,
 }
 
 /// A property map did not have the shape of the interface.
@@ -242,6 +245,7 @@ impl ServiceInfo {
                 .and_then(|v| HashMap::<String, u16>::try_from(v).ok())
                 .map(|m| m.into_iter().collect())
                 .unwrap_or_default(),
+            url: get(props, "Url").unwrap_or_default(),
         })
     }
 }

@@ -147,6 +147,8 @@ pub struct ServiceConfig {
     pub watch: Option<WatchSpec>,
     /// Services whose restart by `watch` restarts this one too.
     pub restart_on: Vec<String>,
+    /// `default = true`: `PROJECT.localhost` leads here.
+    pub url_default: bool,
 }
 
 /// `watch`, checked.
@@ -850,6 +852,18 @@ impl Checker {
         let ports = self.ports(svc.port, svc.ports);
         let watch = svc.watch.and_then(|w| self.watch(w, build.is_some()));
         let restart_on = self.restart_on(name, svc.restart_on, names);
+        let url_default = match &svc.default {
+            Some(d) if *d.get_ref() && ports.is_empty() => {
+                self.push(
+                    format!("service `{name}` is the project's default URL but has no port"),
+                    Some(d.span()),
+                    Some("add `port = \"auto\"` so the proxy knows where to send requests".into()),
+                );
+                false
+            }
+            Some(d) => *d.get_ref(),
+            None => false,
+        };
         let health = svc.health.and_then(|h| self.health(h, !ports.is_empty()));
         let restart = RestartConfig {
             policy: svc.restart.map(Spanned::into_inner).unwrap_or_default(),
@@ -922,6 +936,7 @@ impl Checker {
             ports,
             watch,
             restart_on,
+            url_default,
         })
     }
 
@@ -1096,6 +1111,21 @@ impl Checker {
                     )),
                 );
             }
+        }
+        let defaults: Vec<&str> = services
+            .iter()
+            .filter(|(_, s)| s.url_default)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if defaults.len() > 1 {
+            self.push(
+                format!(
+                    "services {} are all marked `default = true`",
+                    defaults.join(", ")
+                ),
+                None,
+                Some("PROJECT.localhost leads to one service; keep `default = true` on one".into()),
+            );
         }
         let mut seen: HashMap<u16, &str> = HashMap::new();
         for (name, svc) in services {

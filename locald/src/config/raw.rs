@@ -133,6 +133,10 @@ pub struct RawService {
     /// table `{ paths = [...], action = "restart" | "rebuild" }`.
     #[schemars(with = "Option<RawWatchSchema>")]
     pub watch: Option<Spanned<RawWatch>>,
+    /// The service `http://PROJECT.localhost:PROXY/` leads to (it needs a
+    /// `port`); at most one per project.
+    #[schemars(with = "Option<bool>")]
+    pub default: Option<Spanned<bool>>,
     /// Services whose restart by `watch` restarts this one too.
     #[schemars(with = "Option<Vec<String>>")]
     pub restart_on: Option<Vec<Spanned<String>>>,

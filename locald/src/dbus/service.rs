@@ -68,6 +68,7 @@ fn properties(s: &ServiceSnapshot) -> Vec<(&'static str, Value<'static>)> {
         ("StartedAt", Value::from(usec(s.started_at))),
         ("LastBuild", Value::from(build_info(s.last_build.as_ref()))),
         ("Ports", Value::from(ports(s))),
+        ("Url", Value::from(s.url.clone())),
     ]
 }
 
@@ -239,5 +240,13 @@ impl Service1 {
     #[zbus(property(emits_changed_signal = "true"))]
     async fn ports(&self) -> std::collections::HashMap<String, u16> {
         ports(&self.snapshot())
+    }
+
+    /// The service's URL behind the daemon's `*.localhost` proxy
+    /// (`http://SERVICE.PROJECT.localhost:7780/`); empty when it has no
+    /// port or the proxy is off.
+    #[zbus(property(emits_changed_signal = "true"))]
+    async fn url(&self) -> String {
+        self.snapshot().url.clone()
     }
 }

@@ -89,9 +89,13 @@ impl Project {
         let snapshot =
             snapshot.unwrap_or_else(|| Arc::new(watch::Sender::new(ServiceSnapshot::new(name))));
         let ports = cfg.ports_by_var();
+        let url_default = cfg.url_default;
+        let url = crate::proxy::service_url(&self.config.name, name, !ports.is_empty());
         snapshot.send_if_modified(|s| {
-            let changed = s.ports != ports;
+            let changed = s.ports != ports || s.url_default != url_default || s.url != url;
             s.ports = ports;
+            s.url_default = url_default;
+            s.url = url;
             changed
         });
         let deps = cfg
