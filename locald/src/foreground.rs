@@ -65,7 +65,10 @@ pub async fn up(
     let mut sigterm = signal(SignalKind::terminate())?;
 
     // The *.localhost proxy, unless another locald (the daemon) has the port.
-    let _proxy = match crate::proxy::configured_port() {
+    // Only for a project with ports, so a `locald up` of another project
+    // never keeps the port from a daemon that starts later.
+    let has_ports = config.services.values().any(|s| !s.ports.is_empty());
+    let _proxy = match crate::proxy::configured_port().filter(|_| has_ports) {
         Some(port) => match crate::proxy::serve(engine.clone(), port).await {
             Ok(task) => {
                 for (name, svc) in &config.services {

@@ -325,6 +325,63 @@ mod tests {
     }
 
     #[test]
+    fn a_planted_symlink_or_fifo_is_never_followed() {
+        let t = tempfile::tempdir().expect("tmp");
+        let state = t.path().join("state");
+        private_dir(&state).expect("dir");
+        let target = t.path().join("elsewhere");
+        std::fs::write(&target, b"keep").expect("write");
+        std::os::unix::fs::symlink(&target, state.join("ports.json")).expect("symlink");
+        let book = PortBook::new(Some(state.clone()));
+        let text = "[services.api]\ncommand = \"x\"\nport = \"auto\"\n";
+        let mut a = config(&t.path().join("a"), "a", text);
+        book.assign("a-1", &mut a, &InUse::new()).expect("assign");
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+        assert!(!state.join("ports.json").is_symlink());
+        // A FIFO in its place: refused without blocking.
+        std::fs::remove_file(state.join("ports.json")).expect("rm");
+        nix::unistd::mkfifo(
+            &state.join("ports.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("mkfifo");
+        let mut b = config(&t.path().join("a"), "a", text);
+        book.assign("a-1", &mut b, &InUse::new()).expect("assign");
+        assert_ne!(b.services["api"].ports[0].number, 0);
+    }
+
+    #[test]
+    fn concurrent_projects_never_share_a_port() {
+        let t = tempfile::tempdir().expect("tmp");
+        let state = t.path().join("state");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let root = t.path().join(format!("p{i}"));
+                let book = PortBook::new(Some(state.clone()));
+                std::thread::spawn(move || {
+                    let mut c = config(&root, &format!("p{i}"), TWO);
+                    book.assign(&format!("p{i}-1"), &mut c, &InUse::new())
+                        .expect("assign");
+                    c.services
+                        .values()
+                        .flat_map(|s| s.ports.iter().filter(|p| p.auto).map(|p| p.number))
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            all.extend(t.join().expect("join"));
+        }
+        let unique: HashSet<u16> = all.iter().copied().collect();
+        assert_eq!(unique.len(), all.len(), "{all:?}");
+        let saved: Saved =
+            serde_json::from_slice(&std::fs::read(state.join("ports.json")).expect("read"))
+                .expect("json");
+        assert_eq!(saved.projects.len(), 8);
+    }
+
+    #[test]
     fn a_corrupt_book_is_set_aside() {
         let t = tempfile::tempdir().expect("tmp");
         let state = t.path().join("state");
