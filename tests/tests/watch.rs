@@ -256,3 +256,74 @@ fn locald_ctl_up_watch_watches_a_daemon_project() {
     });
     assert_eq!(ctl(&bus, p, &["down"]).code, 0);
 }
+
+/// The watch limit, lowered to 5 for locald alone: inotify limits are per
+/// user namespace (`/proc/sys/user/max_inotify_watches`), so `unshare -Ur`
+/// gives locald a namespace of its own with a tiny limit without touching
+/// the machine's.
+#[test]
+fn an_exhausted_watch_limit_falls_back_to_polling_with_one_message() {
+    let probe = Command::new("unshare")
+        .args([
+            "-Ur",
+            "sh",
+            "-c",
+            "echo 5 > /proc/sys/user/max_inotify_watches",
+        ])
+        .status();
+    if !locald_tests::require(
+        probe.is_ok_and(|s| s.success()),
+        "cannot lower the inotify limit in a user namespace (unshare -Ur)",
+    ) {
+        return;
+    }
+    let d = project();
+    let p = d.path();
+    for i in 0..10 {
+        std::fs::create_dir_all(p.join(format!("src/d{i}"))).expect("mkdir");
+    }
+    let logs = tempfile::tempdir().expect("tmp");
+    let out = logs.path().join("up.out");
+    let file = std::fs::File::create(&out).expect("out");
+    let script = format!(
+        "echo 5 > /proc/sys/user/max_inotify_watches && exec {} up",
+        bin("locald").display()
+    );
+    let child = Command::new("unshare")
+        .args(["-Ur", "sh", "-c", &script])
+        .current_dir(p)
+        .env("XDG_STATE_HOME", logs.path())
+        .env("LOCALD_PROXY_PORT", "0")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file)
+        .spawn()
+        .expect("unshare locald up");
+    let up = Up {
+        child,
+        out,
+        _dir: logs,
+    };
+    wait_until(Duration::from_secs(10), "first start", || {
+        lines(p, "out/web-starts") == 1
+    });
+    wait_until(Duration::from_secs(5), "the limit message", || {
+        up.output().contains("max_user_watches")
+    });
+    // Polling still sees an edit (within its 1 s period).
+    std::thread::sleep(Duration::from_millis(1200));
+    std::fs::write(p.join("src/app.py"), "polled").expect("edit");
+    wait_until(Duration::from_secs(5), "restart by polling", || {
+        last(p) == "polled"
+    });
+    let text = up.output();
+    assert_eq!(
+        text.matches("watch limit").count(),
+        1,
+        "one message:\n{text}"
+    );
+    assert!(
+        text.contains("sysctl fs.inotify.max_user_watches="),
+        "{text}"
+    );
+}
