@@ -34,6 +34,10 @@ pub enum Command {
     Up {
         /// A directory inside the project.
         dir: Option<PathBuf>,
+        /// Watch every service's sources and rebuild and restart it on a
+        /// change, as if each had `watch = true`, until the project goes down.
+        #[arg(long)]
+        watch: bool,
     },
     /// Stop every service of the project and forget it.
     Down {

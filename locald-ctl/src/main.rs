@@ -109,7 +109,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let client = Client::connect(cli.bus_address.as_deref(), cli.project.clone()).await?;
     match cli.command {
-        Command::Up { dir } => client.up(dir.as_deref()).await,
+        Command::Up { dir, watch } => client.up(dir.as_deref(), watch).await,
         Command::Down { dir } => {
             let project = client.resolve(dir.as_deref()).await?;
             client

@@ -39,8 +39,13 @@ pub(crate) enum Command {
     Start,
     /// Stop and stay stopped.
     Stop(oneshot::Sender<()>),
-    /// Stop if running, build again, start.
-    Restart(oneshot::Sender<()>),
+    /// Stop if running, build again (when `build`), start; `why` is the
+    /// reason shown while it stops ("restart requested", "src/app.py changed").
+    Restart {
+        reply: oneshot::Sender<()>,
+        why: String,
+        build: bool,
+    },
     /// Build now; does not restart a running process.
     Build {
         force: bool,
@@ -154,9 +159,10 @@ impl ServiceTask {
                     fsm.reset();
                     return Next::Run;
                 }
-                Some(Command::Restart(reply)) => {
+                Some(Command::Restart { reply, why, build }) => {
+                    self.tell(&format!("restarting: {why}"));
                     fsm.reset();
-                    fsm.build_needed = true;
+                    fsm.build_needed |= build;
                     let _ = reply.send(());
                     return Next::Run;
                 }
@@ -195,8 +201,9 @@ impl ServiceTask {
                 let _ = reply.send(());
                 Some(Next::Exit)
             }
-            Some(Command::Restart(reply)) => {
-                fsm.build_needed = true;
+            Some(Command::Restart { reply, why, build }) => {
+                self.tell(&format!("restarting: {why}"));
+                fsm.build_needed |= build;
                 let _ = reply.send(());
                 Some(Next::Run)
             }
@@ -506,10 +513,11 @@ impl ServiceTask {
                     Some(Command::Shutdown(reply)) => {
                         return self.stop_for_good(proc, "shutting down", reply, Next::Exit).await;
                     }
-                    Some(Command::Restart(reply)) => {
-                        self.stop_process(proc, "restart requested").await;
+                    Some(Command::Restart { reply, why, build }) => {
+                        self.tell(&format!("restarting: {why}"));
+                        self.stop_process(proc, &why).await;
                         proc.kill().await;
-                        fsm.build_needed = true;
+                        fsm.build_needed |= build;
                         fsm.reset();
                         let _ = reply.send(());
                         return Ended::Stopped(Next::Run);
