@@ -78,6 +78,10 @@ pub struct ServiceJson<'a> {
     pub started_at: Option<String>,
     /// The last build, if any.
     pub last_build: Option<BuildJson<'a>>,
+    /// Ports by environment variable (`PORT`, `PORT_HTTP`, ...).
+    pub ports: &'a std::collections::BTreeMap<String, u16>,
+    /// URL behind the `*.localhost` proxy.
+    pub url: Option<&'a str>,
 }
 
 /// A build as `status --json` prints it.
@@ -136,6 +140,8 @@ impl<'a> ServiceJson<'a> {
                 started_at: rfc3339(b.started_at),
                 finished_at: rfc3339(b.finished_at),
             }),
+            ports: &s.ports,
+            url: text(&s.url),
         }
     }
 }
@@ -169,7 +175,7 @@ pub async fn fetch(client: &Client) -> Result<Vec<ProjectStatus>, CtlError> {
     decode(&objects)
 }
 
-fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
+pub fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
     let bad = |e: locald_api::DecodeError| {
         CtlError::Failed(format!("unexpected reply from the daemon: {e}"))
     };
@@ -369,6 +375,21 @@ pub fn fit(line: &str, width: Option<usize>) -> String {
     }
 }
 
+/// A service's ports for the table: the main port alone, or each named
+/// port as `name:number` (`http:41234 admin:9001`); `-` for none.
+pub fn ports_cell(s: &ServiceInfo) -> String {
+    let named: Vec<String> = s
+        .ports
+        .iter()
+        .filter_map(|(k, v)| Some(format!("{}:{v}", k.strip_prefix("PORT_")?.to_lowercase())))
+        .collect();
+    match (s.ports.get("PORT"), named.is_empty()) {
+        (None, true) => "-".to_owned(),
+        (Some(p), true) => p.to_string(),
+        _ => named.join(" "),
+    }
+}
+
 /// An accounting value of a running systemd unit; `None` otherwise (the
 /// wire's 2^64-1 stands for unknown).
 fn known(s: &ServiceInfo, v: u64) -> Option<u64> {
@@ -398,6 +419,8 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
         "SERVICE".to_owned(),
         "STATE".to_owned(),
         "PID".to_owned(),
+        "PORT".to_owned(),
+        "URL".to_owned(),
         "UPTIME".to_owned(),
         "RESTARTS".to_owned(),
         "RUNTIME".to_owned(),
@@ -434,6 +457,8 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
             s.name.clone(),
             s.state.clone(),
             pid,
+            ports_cell(s),
+            text(&s.url).unwrap_or("-").to_owned(),
             uptime,
             s.restart_count.to_string(),
             if s.runtime.is_empty() {
