@@ -320,7 +320,7 @@ impl Engine {
     async fn assign_ports(
         &self,
         config: &mut crate::config::Config,
-        in_use: InUse,
+        mut in_use: InUse,
         clean: bool,
     ) -> Result<(), EngineError> {
         if !config
@@ -332,12 +332,32 @@ impl Engine {
             return Ok(());
         }
         let key = project_key(&config.name, &config.root);
+        let book = self.inner.ports.clone();
         if clean {
+            let mut remembered: Option<InUse> = None;
             for service in config.services.keys() {
-                self.inner.env.runtime.clean_stale(&key, service).await;
+                // A systemd unit outlives the daemon and is adopted if its
+                // service is unchanged: it keeps its ports (which it holds).
+                if self.inner.env.runtime.outlives_daemon(&key, service).await {
+                    let book = book.clone();
+                    let k = key.clone();
+                    let r = match &remembered {
+                        Some(r) => r.clone(),
+                        None => tokio::task::spawn_blocking(move || book.remembered(&k))
+                            .await
+                            .unwrap_or_default(),
+                    };
+                    in_use.extend(
+                        r.iter()
+                            .filter(|((s, _), _)| s == service)
+                            .map(|(k, n)| (k.clone(), *n)),
+                    );
+                    remembered = Some(r);
+                } else {
+                    self.inner.env.runtime.clean_stale(&key, service).await;
+                }
             }
         }
-        let book = self.inner.ports.clone();
         let mut owned = std::mem::replace(config, placeholder(config));
         let (owned, result) = tokio::task::spawn_blocking(move || {
             let r = book.assign(&key, &mut owned, &in_use);

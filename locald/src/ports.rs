@@ -96,6 +96,27 @@ impl PortBook {
             .collect()
     }
 
+    /// The ports remembered for the services of project instance `key`, as
+    /// [`InUse`]: for a service whose process outlived the daemon (a systemd
+    /// unit a new daemon adopts), which must keep its port although the port
+    /// is taken — by that very process.
+    pub fn remembered(&self, key: &str) -> InUse {
+        let Some(dir) = self.dir.as_deref() else {
+            return InUse::new();
+        };
+        let Ok(_lock) = open_locked(dir) else {
+            return InUse::new();
+        };
+        let mut saved = load(&dir.join("ports.json"));
+        let Some(mine) = saved.projects.remove(key) else {
+            return InUse::new();
+        };
+        mine.services
+            .into_iter()
+            .flat_map(|(s, m)| m.into_iter().map(move |(k, n)| ((s.clone(), k), n)))
+            .collect()
+    }
+
     /// Gives every auto port of `config` a number, then applies them
     /// ([`Config::apply_ports`]). `key` is the project instance's key.
     /// Blocking: call from a blocking thread.

@@ -41,6 +41,8 @@ name = "shop"
 [services.web]
 command = ["sh", "-c", "echo hello from web; setsid sh -c 'sleep 1000; true' {marker}-gr$(echo and) & sleep 1000; true", "{marker}-web"]
 stop_timeout = "2s"
+# An auto port: a restarted daemon must not stop web to free it.
+port = "auto"
 
 [services.db]
 command = ["sh", "-c", "echo hello from db; sleep 1000; true", "{marker}-db"]

@@ -254,6 +254,14 @@ pub trait Runtime: Send + Sync + 'static {
         Box::pin(std::future::ready(None))
     }
 
+    /// Whether `unit` of project instance `key` still runs from an earlier
+    /// daemon in a way a new one may adopt (a systemd unit): its resources
+    /// (ports) are kept for it rather than cleaned up.
+    fn outlives_daemon<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, bool> {
+        let _ = (key, unit);
+        Box::pin(std::future::ready(false))
+    }
+
     /// Kills whatever is left of `unit` of the project instance `key` from an
     /// earlier run (a previous daemon that died, a crash) so a new start
     /// never makes a second copy. Only the holder of `key`'s
@@ -450,6 +458,16 @@ impl RuntimeSet {
             n += r.clean_stale(key, unit).await;
         }
         n
+    }
+
+    /// [`Runtime::outlives_daemon`] of any kind.
+    pub async fn outlives_daemon(&self, key: &str, unit: &str) -> bool {
+        for r in self.all() {
+            if r.outlives_daemon(key, unit).await {
+                return true;
+            }
+        }
+        false
     }
 
     /// [`Runtime::sweep_abandoned`] of every kind.

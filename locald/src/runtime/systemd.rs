@@ -556,6 +556,19 @@ impl Runtime for SystemdRuntime {
         })
     }
 
+    fn outlives_daemon<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(project) = project_of(key) else {
+                return false;
+            };
+            let name = unit_name(project, unit);
+            self.units()
+                .await
+                .iter()
+                .any(|(u, d)| *u == name && key_from_description(d) == Some(key))
+        })
+    }
+
     fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move {
             let Some(project) = project_of(key) else {
