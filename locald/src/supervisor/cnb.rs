@@ -1,0 +1,467 @@
+//! Running a Cloud Native Buildpacks build: the builder image's own
+//! lifecycle (`/cnb/lifecycle/creator`) in a container through the shim,
+//! daemonless, exporting an OCI image into the service's artifact.
+//!
+//! One build:
+//! 1. resolve the builder and run images in the user's store (pulled only
+//!    when missing, or always with `pull = "always"`), read the builder's
+//!    metadata ([`BuilderInfo`]) and decide with the sources, the builder
+//!    and run image digests and the config whether anything changed;
+//! 2. take the service's build lock (staging), and make a fresh build
+//!    directory next to the artifact: `app/` (a copy of the sources exactly
+//!    as the hash saw them; the build never writes into the user's tree),
+//!    `layers/` (new every build: reusing one is what made restores fail
+//!    with "file exists", seed 002 §3.3), `platform/env/` (the build env)
+//!    and `layout/` (the run image as an OCI layout where the creator looks
+//!    for it); the cache is `.locald/services/<name>/cache/`, kept;
+//! 3. run the creator as the builder's CNB user, with the user's own ids
+//!    mapped to that user, so everything the build writes is the user's;
+//!    its `===> PHASE` banners become progress steps;
+//! 4. move the exported layout into the staged artifact, import it into the
+//!    store as `locald.local/<project>/<service>:latest`, read its process
+//!    types, and commit the artifact with its manifest.
+//!
+//! Dropping the future (a stop, Ctrl-C, a config change) kills the
+//! container and removes the build directory and the staging directory;
+//! the last good artifact is never touched until a build succeeds.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::build::Builder;
+use crate::build::cnb::{
+    self, creator_args, creator_env, layout_path, output_name, paths, run_image_name,
+    BuildMetadata, BuilderInfo, CreatorCall, ProjectDescriptor,
+};
+use crate::build::{needs_cnb_rebuild, BuildOptions, CnbManifest, FileEntry, FileKind};
+use crate::config::{BuildSpec, CnbBuild, PullPolicy, Volume, CNB_IMAGE_TAG};
+use crate::error_chain;
+use crate::event::{BuildRecord, BuildResult, LogLine};
+use crate::image::prepare::StoreImages;
+use crate::image::{no_progress, Image, ImageRef};
+use crate::output::{BoxFuture, LogSink};
+use crate::runtime::Workload;
+
+/// Total progress steps of a CNB build: the lifecycle's five phases.
+const STEPS: u32 = 5;
+
+impl Builder {
+    /// A buildpacks build; see the module doc.
+    pub(super) async fn cnb(
+        &self,
+        cnb: &CnbBuild,
+        force: bool,
+        build_id: &str,
+        started: SystemTime,
+        record: &mut BuildRecord,
+    ) -> Result<BuildResult, String> {
+        let images = self
+            .runtime
+            .images()
+            .map_err(|e| format!("buildpacks builds need the image store: {e}"))?
+            .clone();
+        self.progress(build_id, 0, STEPS, "resolving the builder image".into());
+        let project = {
+            let dir = cnb.path.clone();
+            tokio::task::spawn_blocking(move || ProjectDescriptor::load(&dir))
+                .await
+                .map_err(|e| format!("reading project.toml crashed: {e}"))?
+                .map_err(|e| e.to_string())?
+        };
+        let pull = cnb.pull == PullPolicy::Always;
+        let builder = self.image(&images, &cnb.builder, pull).await?;
+        let info =
+            BuilderInfo::from_config(&cnb.builder, &builder.config).map_err(|e| e.to_string())?;
+        let run_ref = cnb
+            .run_image
+            .clone()
+            .or_else(|| info.run_image.clone())
+            .ok_or_else(|| {
+                cnb::CnbError::NoRunImage {
+                    image: cnb.builder.clone(),
+                }
+                .to_string()
+            })?;
+        self.progress(build_id, 0, STEPS, "resolving the run image".into());
+        let run = self.image(&images, &run_ref, pull).await?;
+
+        self.progress(build_id, 0, STEPS, "checking sources".into());
+        let mut opts = BuildOptions::new(
+            &self.root,
+            &self.service,
+            BuildSpec::Cnb(cnb.clone()),
+            force,
+        )
+        .map_err(|e| error_chain(&e))?;
+        opts.include = project.include.clone();
+        opts.exclude = project
+            .exclude
+            .iter()
+            .map(|p| PathBuf::from(p.trim_start_matches('/').trim_end_matches('/')))
+            .collect();
+        if let Some(bad) = project
+            .exclude
+            .iter()
+            .find(|p| p.contains(['*', '?', '[', '!']))
+        {
+            return Err(format!(
+                "project.toml: exclude pattern `{bad}` has wildcards; locald takes plain paths there"
+            ));
+        }
+        let builder_digest = builder.manifest_digest.to_string();
+        let run_digest = run.manifest_digest.to_string();
+        let decision = {
+            let opts = opts.clone();
+            let (b, r) = (builder_digest.clone(), run_digest.clone());
+            tokio::task::spawn_blocking(move || needs_cnb_rebuild(&opts, &b, &r))
+                .await
+                .map_err(|e| format!("source check crashed: {e}"))?
+                .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
+        };
+        record.source_hash = decision.source_hash().map(|d| d.to_hex());
+        record.reason = decision.to_string();
+        tracing::info!(project = %self.project, service = %self.service, build_id, "{}/{}: build {build_id}: {decision}", self.project, self.service);
+        self.publish(record);
+        self.sink
+            .build_started(&self.project, &self.service, record)
+            .await;
+        if !decision.rebuild() {
+            return Ok(BuildResult::Skipped);
+        }
+
+        // The lock is held from here to the commit: one build of a service
+        // at a time, so the cache is never shared.
+        let staging = opts.service_layout().stage().map_err(|e| error_chain(&e))?;
+        let work = BuildDir::create(staging.path().with_extension("build"))?;
+        let output = output_name(&self.project, &self.service);
+        let run_name = run_image_name(&run_ref, run.manifest_digest.hex());
+        {
+            let files = decision
+                .source
+                .as_ref()
+                .map(|s| s.files.clone())
+                .unwrap_or_default();
+            let (src, dir, store) = (
+                cnb.path.clone(),
+                work.0.clone(),
+                images.images().store().clone(),
+            );
+            let run_digest = run.manifest_digest.clone();
+            let run_name = run_name.clone();
+            let mut env = project.env.clone();
+            env.extend(cnb.env.iter().cloned());
+            tokio::task::spawn_blocking(move || {
+                prepare_dirs(&dir, &src, &files, &env)?;
+                let at = dir.join("layout").join(
+                    layout_path(&run_name)
+                        .ok_or_else(|| format!("run image name `{run_name}` cannot be mapped"))?,
+                );
+                crate::image::layout::export_image(&store, &run_digest, &at, tag_of(&run_name))
+                    .map_err(|e| format!("cannot place the run image: {}", error_chain(&e)))
+            })
+            .await
+            .map_err(|e| format!("preparing the build crashed: {e}"))??;
+        }
+        let cache = opts.cache_dir.clone();
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+
+        let argv = creator_args(&CreatorCall {
+            platform_api: &info.platform_api,
+            uid: info.uid,
+            gid: info.gid,
+            run_image: &run_name,
+            output: &output,
+            order: None,
+            process: None,
+        });
+        let bind = |source: PathBuf, target: &str, read_only| Volume {
+            source,
+            target: target.to_owned(),
+            read_only,
+        };
+        let volumes = vec![
+            bind(work.0.join("app"), paths::APP, false),
+            bind(work.0.join("layers"), paths::LAYERS, false),
+            bind(cache, paths::CACHE, false),
+            bind(work.0.join("platform"), paths::PLATFORM, true),
+            bind(work.0.join("layout"), paths::LAYOUT, false),
+        ];
+        let workload = Workload::Image {
+            reference: cnb.builder.clone(),
+            command: Some(argv),
+            volumes,
+            workdir: Some(paths::LAYERS.into()),
+            read_only: true,
+            map_user: Some((info.uid, info.gid)),
+        };
+        let sink: Arc<dyn LogSink> = Arc::new(PhaseSink {
+            inner: self.sink.clone(),
+            builder: self.clone(),
+            build_id: build_id.to_owned(),
+        });
+        self.progress(build_id, 0, STEPS, format!("starting {}", cnb.builder));
+        self.run_unit(
+            workload,
+            creator_env(&info.platform_api),
+            build_id,
+            sink,
+            &self.root,
+        )
+        .await
+        .map_err(|status| creator_failure(&status))?;
+
+        // The exported layout becomes the artifact's `oci-layout/`.
+        let exported = work.0.join("layout").join(
+            layout_path(&output)
+                .ok_or_else(|| format!("image name `{output}` cannot be mapped"))?,
+        );
+        let target = staging.oci_layout_dir();
+        std::fs::rename(&exported, &target).map_err(|e| {
+            format!(
+                "the creator exported no image at {}: {e}",
+                exported.display()
+            )
+        })?;
+        let (image_digest, meta) = {
+            let store = images.images().store().clone();
+            let (target, output, root) = (target.clone(), output.clone(), self.root.clone());
+            tokio::task::spawn_blocking(move || import_result(&store, &target, &output, &root))
+                .await
+                .map_err(|e| format!("importing the image crashed: {e}"))??
+        };
+        meta.check_process(cnb.process.as_deref())
+            .map_err(|e| e.to_string())?;
+        let finished = SystemTime::now();
+        let cnb_manifest = CnbManifest {
+            run_image_digest: run_digest,
+            platform_api: info.platform_api.clone(),
+            image_digest,
+            image_name: output,
+            process_types: meta.process_types(),
+            default_process: meta.default_process.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut manifest = decision.manifest(&opts, started, finished)?;
+            manifest.cnb = Some(cnb_manifest);
+            let files = decision.source.as_ref().map(|s| s.files.as_slice());
+            staging.commit(&manifest, files)
+        })
+        .await
+        .map_err(|e| format!("saving the artifact crashed: {e}"))?
+        .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
+        drop(work);
+        Ok(BuildResult::Succeeded)
+    }
+
+    /// The stored image `reference` names, pulled or imported when missing
+    /// (or always when `pull`).
+    async fn image(
+        &self,
+        images: &StoreImages,
+        reference: &str,
+        pull: bool,
+    ) -> Result<Image, String> {
+        let r = ImageRef::parse(reference).map_err(|e| format!("image {reference}: {e}"))?;
+        let images = images.images();
+        let got = if pull {
+            images
+                .fetch(&r, &self.root, no_progress())
+                .await
+                .map(|f| f.image)
+        } else {
+            images.ensure(&r, &self.root, no_progress()).await
+        };
+        got.map_err(|e| format!("image {reference}: {}", error_chain(&e)))
+    }
+}
+
+/// The tag part of a name made by [`run_image_name`] or given by the user.
+fn tag_of(name: &str) -> &str {
+    match name.rsplit_once(':') {
+        Some((_, t)) if !t.contains('/') => t,
+        _ => CNB_IMAGE_TAG,
+    }
+}
+
+/// A build's private directory, removed when dropped (also when the build
+/// is cancelled).
+struct BuildDir(PathBuf);
+
+impl BuildDir {
+    fn create(path: PathBuf) -> Result<Self, String> {
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        std::fs::create_dir(&path)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(BuildDir(path))
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(
+                "cannot remove the build directory {}: {e}",
+                self.0.display()
+            );
+        }
+    }
+}
+
+/// Makes `app/` (the sources as hashed), `layers/`, `platform/env/` and
+/// `layout/` under `dir`.
+fn prepare_dirs(
+    dir: &Path,
+    src: &Path,
+    files: &[FileEntry],
+    env: &[(String, String)],
+) -> Result<(), String> {
+    for d in ["app", "layers", "platform/env", "layout"] {
+        let p = dir.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+    }
+    copy_sources(src, &dir.join("app"), files)?;
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['/', '\0', '=']) || k == "." || k == ".." {
+            return Err(format!(
+                "build env name `{k}` cannot be a platform env file"
+            ));
+        }
+        let p = dir.join("platform/env").join(k);
+        std::fs::write(&p, v).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies `files` from `src` to `dst`, checking each against the digest the
+/// source hash recorded: the build gets exactly what was hashed, or fails
+/// (a file changed in between; the next build picks it up).
+fn copy_sources(src: &Path, dst: &Path, files: &[FileEntry]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    for f in files {
+        if f.path.is_absolute()
+            || f.path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!("unexpected source path {}", f.path.display()));
+        }
+        let from = src.join(&f.path);
+        let to = dst.join(&f.path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let changed = || {
+            format!(
+                "{} changed while the build was being prepared; build again",
+                f.path.display()
+            )
+        };
+        match f.kind {
+            FileKind::Symlink => {
+                let target = std::fs::read_link(&from).map_err(|_| changed())?;
+                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+                if crate::build::Digest::from(blake3::hash(bytes)) != f.digest {
+                    return Err(changed());
+                }
+                std::os::unix::fs::symlink(&target, &to)
+                    .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+            }
+            FileKind::File | FileKind::Executable => {
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&from)
+                    .map_err(|_| changed())?;
+                if !file.metadata().map_err(|_| changed())?.is_file() {
+                    return Err(changed());
+                }
+                let mut data = Vec::new();
+                file.read_to_end(&mut data).map_err(|_| changed())?;
+                if crate::build::Digest::from(blake3::hash(&data)) != f.digest {
+                    return Err(changed());
+                }
+                let mode = if f.kind == FileKind::Executable {
+                    0o755
+                } else {
+                    0o644
+                };
+                std::fs::write(&to, &data)
+                    .and_then(|()| {
+                        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
+                    })
+                    .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Imports the exported layout into the store under `name` and reads its
+/// build metadata.
+fn import_result(
+    store: &crate::image::store::Store,
+    layout: &Path,
+    name: &str,
+    project: &Path,
+) -> Result<(String, BuildMetadata), String> {
+    let imported =
+        crate::image::layout::import_layout(store, layout, Some(CNB_IMAGE_TAG), &no_progress())
+            .map_err(|e| format!("the exported image is not usable: {}", error_chain(&e)))?;
+    let key = ImageRef::parse(name)
+        .map_err(|e| e.to_string())?
+        .key(project);
+    store
+        .record(&key, &imported.manifest, None, Some(project))
+        .map_err(|e| format!("cannot tag the image {name}: {}", error_chain(&e)))?;
+    let image = store
+        .image(&imported.manifest)
+        .map_err(|e| format!("the exported image is not usable: {}", error_chain(&e)))?;
+    let meta = BuildMetadata::from_config(&image.config).map_err(|e| e.to_string())?;
+    Ok((imported.manifest.to_string(), meta))
+}
+
+/// What a creator exit code means (the lifecycle's documented codes).
+fn creator_failure(status: &str) -> String {
+    let code = status
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .and_then(|s| s.parse::<i32>().ok());
+    let what = match code {
+        Some(11) => "the lifecycle does not support the platform API",
+        Some(12) => "a buildpack's API is not supported",
+        Some(20) => "no buildpack group passed detection",
+        Some(21) => "detection failed with buildpack errors",
+        Some(32) => "analysis failed",
+        Some(42) => "restoring the cache failed",
+        Some(51) => "a buildpack's bin/build failed",
+        Some(52) => "the build failed",
+        Some(62) => "exporting the image failed",
+        _ => "the lifecycle failed",
+    };
+    format!("{what} (creator {status}); its output is in the build log")
+}
+
+/// Passes lines on, and turns the lifecycle's phase banners into progress.
+struct PhaseSink {
+    inner: Arc<dyn LogSink>,
+    builder: Builder,
+    build_id: String,
+}
+
+impl LogSink for PhaseSink {
+    fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()> {
+        if let Some((step, label)) = cnb::phase_of(&line.line) {
+            self.builder
+                .progress(&self.build_id, step, STEPS, label.to_owned());
+        }
+        self.inner.write(line)
+    }
+}
