@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use locald_tests::cnb;
+use locald_tests::journald::Journald;
 use locald_tests::shim::{
     chown_tree, install_shim, preconditions, test_user, InstalledShim, TestUser,
 };
@@ -76,21 +77,29 @@ impl World {
 
     /// `locald ARGS` as the user with private directories and the test's shim.
     fn locald(&self, args: &[&str]) -> Command {
-        let base = self.base.path();
         let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .arg("--init-groups")
-            .arg("env")
-            .arg(format!("XDG_RUNTIME_DIR={}", base.join("run").display()))
-            .arg(format!("XDG_DATA_HOME={}", base.join("data").display()))
-            .arg(format!("XDG_CONFIG_HOME={}", base.join("config").display()))
-            .arg(format!("HOME={}", base.join("home").display()))
-            .arg(format!("LOCALD_SHIM={}", self.shim.path.display()))
-            .arg("NO_COLOR=1")
-            .arg(locald_tests::user_bin("locald"))
-            .args(args);
+        c.args(self.locald_args(args));
         c
+    }
+
+    /// The arguments of `setpriv` that run `locald ARGS` as [`World::locald`] does.
+    fn locald_args(&self, args: &[&str]) -> Vec<std::ffi::OsString> {
+        let base = self.base.path();
+        let mut v: Vec<std::ffi::OsString> = vec![
+            format!("--reuid={}", self.user.uid).into(),
+            format!("--regid={}", self.user.gid).into(),
+            "--init-groups".into(),
+            "env".into(),
+            format!("XDG_RUNTIME_DIR={}", base.join("run").display()).into(),
+            format!("XDG_DATA_HOME={}", base.join("data").display()).into(),
+            format!("XDG_CONFIG_HOME={}", base.join("config").display()).into(),
+            format!("HOME={}", base.join("home").display()).into(),
+            format!("LOCALD_SHIM={}", self.shim.path.display()).into(),
+            "NO_COLOR=1".into(),
+            locald_tests::user_bin("locald").into(),
+        ];
+        v.extend(args.iter().map(std::ffi::OsString::from));
+        v
     }
 
     fn build(&self, dir: &Path, args: &[&str]) -> Result<(bool, String)> {
@@ -381,5 +390,142 @@ fn up_builds_once_and_runs_the_default_process_until_healthy() -> Result<()> {
     let text = up.stop()?;
     assert!(!text.contains("===> ANALYZING"), "rebuilt:\n{text}");
     assert!(text.contains("Build up to date"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn project_toml_exclude_env_and_a_local_buildpack() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let port = free_port();
+    let dir = w.project(&project_toml(
+        &unique("cnb"),
+        port,
+        r#", process = "extra""#,
+    ))?;
+    let bp = dir.join("bp");
+    fs::create_dir_all(bp.join("bin"))?;
+    fs::write(
+        bp.join("buildpack.toml"),
+        "api = \"0.9\"\n[buildpack]\nid = \"locald-test/extra\"\nversion = \"0.0.1\"\n[[stacks]]\nid = \"*\"\n",
+    )?;
+    fs::write(bp.join("bin/detect"), "#!/usr/bin/env bash\nexit 0\n")?;
+    fs::write(
+        bp.join("bin/build"),
+        r#"#!/usr/bin/env bash
+set -euo pipefail
+echo "---> extra buildpack: EXTRA_FROM_PROJECT=$(cat "$CNB_PLATFORM_DIR/env/EXTRA_FROM_PROJECT")"
+cat >"$CNB_LAYERS_DIR/launch.toml" <<'TOML'
+[[processes]]
+type = "extra"
+command = ["bash", "-c", "echo extra-process-ran; exec hello-web"]
+TOML
+"#,
+    )?;
+    for f in ["bin/detect", "bin/build"] {
+        fs::set_permissions(bp.join(f), fs::Permissions::from_mode(0o755))?;
+    }
+    fs::write(
+        dir.join("project.toml"),
+        r#"[_]
+schema-version = "0.2"
+
+[build]
+exclude = ["secret.txt", "builder"]
+
+[[build.buildpacks]]
+id = "locald-fixture/hello"
+
+[[build.buildpacks]]
+uri = "./bp"
+
+[[build.env]]
+name = "EXTRA_FROM_PROJECT"
+value = "yes-it-is"
+"#,
+    )?;
+    fs::write(dir.join("secret.txt"), "do not ship\n")?;
+    chown_tree(&dir, (w.user.uid, w.user.gid))?;
+
+    let (ok, out) = w.build(&dir, &[])?;
+    assert!(ok, "{out}");
+    assert!(out.contains("EXTRA_FROM_PROJECT=yes-it-is"), "{out}");
+    let m = manifest(&dir)?;
+    assert_eq!(
+        m["cnb"]["process_types"],
+        serde_json::json!(["web", "extra"]),
+        "{m}"
+    );
+
+    // The excluded file is neither in the image nor a reason to rebuild.
+    let scratch = tempfile::tempdir()?;
+    let copy = scratch.path().join("layout");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(dir.join(".locald/services/web/artifacts/oci-layout"))
+        .arg(&copy))?;
+    run(Command::new("umoci").args([
+        "unpack",
+        "--image",
+        &format!("{}:latest", copy.display()),
+        &scratch.path().join("bundle").display().to_string(),
+    ]))?;
+    let ws = scratch.path().join("bundle/rootfs/workspace");
+    assert!(ws.join("hello.txt").exists());
+    assert!(!ws.join("secret.txt").exists(), "secret.txt was shipped");
+    w.write(&dir.join("secret.txt"), "still not shipped\n")?;
+    let (ok, out) = w.build(&dir, &[])?;
+    assert!(ok && out.contains("Build up to date"), "{out}");
+
+    // The chosen process type runs.
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("extra-process-ran", Duration::from_secs(60))?;
+    up.wait_for("healthy", Duration::from_secs(60))?;
+    up.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_failing_build_logs_every_line_to_journald_as_the_build_phase() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let Some(mut journal) = Journald::start_or_skip("cnb build journald fields")? else {
+        return Ok(());
+    };
+    let project = unique("cnb-journal");
+    let dir = w.project(&project_toml(
+        &project,
+        free_port(),
+        r#", env = { BP_HELLO_FAIL = "true" }"#,
+    ))?;
+    let mut cmd = journal.command_with_default_paths("setpriv");
+    cmd.args(w.locald_args(&["build"]));
+    let out = cmd.current_dir(&dir).stdin(Stdio::null()).output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    let q = [
+        ("LOCALD_PROJECT", project.as_str()),
+        ("LOCALD_PHASE", "build"),
+    ];
+    journal.wait_for_count(&q, 8, Duration::from_secs(10))?;
+    let entries = journal.synced_query(&q)?;
+    let failing = entries
+        .iter()
+        .find(|e| e.field("MESSAGE").contains("failing this build on purpose"))
+        .with_context(|| format!("no buildpack line in {entries:#?}"))?;
+    assert_eq!(failing.field("LOCALD_SERVICE"), "web");
+    let id = failing.field("LOCALD_BUILD_ID");
+    assert_eq!(id.len(), 16, "{failing:?}");
+    for banner in ["===> ANALYZING", "===> BUILDING"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.field("MESSAGE") == banner && e.field("LOCALD_BUILD_ID") == id),
+            "{banner} not logged with build {id}"
+        );
+    }
     Ok(())
 }

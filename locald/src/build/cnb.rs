@@ -382,6 +382,165 @@ pub fn run_image_name(reference: &str, digest_hex: &str) -> String {
     }
 }
 
+/// The versions of each buildpack a builder holds
+/// (`io.buildpacks.buildpack.layers`: `{id: {version: {...}}}`).
+pub fn builder_buildpacks(config: &ImageConfiguration) -> BTreeMap<String, Vec<String>> {
+    let labels = labels(config);
+    let Some(text) = labels.get("io.buildpacks.buildpack.layers") else {
+        return BTreeMap::new();
+    };
+    let parsed: BTreeMap<String, BTreeMap<String, serde_json::Value>> =
+        serde_json::from_str(text).unwrap_or_default();
+    parsed
+        .into_iter()
+        .map(|(id, versions)| (id, versions.into_keys().collect()))
+        .collect()
+}
+
+/// A buildpack the user chose, before it is resolved against the builder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildpackChoice {
+    /// `id` or `id@version`.
+    Id {
+        /// The id.
+        id: String,
+        /// The version, if given.
+        version: Option<String>,
+    },
+    /// A buildpack directory on the host (with `buildpack.toml`).
+    Dir(PathBuf),
+}
+
+impl BuildpackChoice {
+    /// From `locald.toml`'s `buildpacks` (ids, or absolute directories after
+    /// the config check).
+    pub fn from_config(s: &str) -> Self {
+        if s.starts_with('/') {
+            return BuildpackChoice::Dir(PathBuf::from(s));
+        }
+        match s.split_once('@') {
+            Some((id, v)) => BuildpackChoice::Id {
+                id: id.to_owned(),
+                version: Some(v.to_owned()),
+            },
+            None => BuildpackChoice::Id {
+                id: s.to_owned(),
+                version: None,
+            },
+        }
+    }
+
+    /// From `project.toml`'s `[[build.buildpacks]]`; `uri` is a local
+    /// directory relative to `dir`, the only kind locald fetches.
+    pub fn from_project(bp: &ProjectBuildpack, dir: &Path) -> Result<Self, String> {
+        if let Some(uri) = &bp.uri {
+            let path = uri.strip_prefix("file://").unwrap_or(uri);
+            if path.contains("://") || path.starts_with("docker:") || path.starts_with("urn:") {
+                return Err(format!(
+                    "project.toml: buildpack uri `{uri}` is not a local directory; \
+                     locald takes ids the builder has, or local directories"
+                ));
+            }
+            let p = Path::new(path);
+            return Ok(BuildpackChoice::Dir(if p.is_absolute() {
+                p.to_owned()
+            } else {
+                dir.join(p)
+            }));
+        }
+        Ok(BuildpackChoice::Id {
+            id: bp.id.clone().unwrap_or_default(),
+            version: bp.version.clone(),
+        })
+    }
+}
+
+/// `id` and `version` from a buildpack directory's `buildpack.toml` text.
+pub fn buildpack_id(toml_text: &str) -> Result<(String, String), String> {
+    #[derive(Deserialize)]
+    struct File {
+        buildpack: Bp,
+    }
+    #[derive(Deserialize)]
+    struct Bp {
+        id: String,
+        version: String,
+    }
+    let f: File = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && !s.contains(['\0', '\n', '"', '\\'])
+            && !s.starts_with('/')
+            && !s.split('/').any(|c| c.is_empty() || c == "..")
+    };
+    if !ok(&f.buildpack.id) || !ok(&f.buildpack.version) || f.buildpack.version.contains('/') {
+        return Err("`[buildpack] id` or `version` is not usable".into());
+    }
+    Ok((f.buildpack.id, f.buildpack.version))
+}
+
+/// The directory name of a buildpack id under a buildpacks directory
+/// (`/` becomes `_`, as the spec says).
+pub fn escape_id(id: &str) -> String {
+    id.replace('/', "_")
+}
+
+/// An `order.toml` of one group holding `group` (id, version), in order.
+pub fn order_toml(group: &[(String, String)]) -> String {
+    let mut s = String::from("[[order]]\n");
+    for (id, version) in group {
+        s.push_str(&format!(
+            "\n  [[order.group]]\n    id = {}\n    version = {}\n",
+            toml_string(id),
+            toml_string(version)
+        ));
+    }
+    s
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The version of `id` to use: the one asked for, else the builder's only
+/// (or highest) version.
+pub fn resolve_version(
+    id: &str,
+    version: Option<&str>,
+    have: &BTreeMap<String, Vec<String>>,
+    builder: &str,
+) -> Result<String, String> {
+    let versions = have.get(id).ok_or_else(|| {
+        format!(
+            "buildpack `{id}` is not in builder {builder} (it has: {}); \
+             give a local directory instead",
+            if have.is_empty() {
+                "none listed".to_owned()
+            } else {
+                have.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        )
+    })?;
+    match version {
+        Some(v) if versions.iter().any(|x| x == v) => Ok(v.to_owned()),
+        Some(v) => Err(format!(
+            "builder {builder} has buildpack `{id}` in version(s) {}, not {v}",
+            versions.join(", ")
+        )),
+        None => versions
+            .iter()
+            .max_by_key(|v| {
+                v.split(['.', '-'])
+                    .map(|p| p.parse::<u64>().unwrap_or(0))
+                    .collect::<Vec<_>>()
+            })
+            .cloned()
+            .ok_or_else(|| format!("builder {builder} lists no version of `{id}`")),
+    }
+}
+
 /// Everything the creator's command line is made of.
 #[derive(Debug, Clone)]
 pub struct CreatorCall<'a> {
@@ -400,6 +559,9 @@ pub struct CreatorCall<'a> {
     pub order: Option<&'a str>,
     /// `-process-type`.
     pub process: Option<&'a str>,
+    /// `-buildpacks`: a buildpacks directory of locald's own (local
+    /// buildpacks given).
+    pub buildpacks: Option<&'a str>,
 }
 
 /// The creator's argv (`/cnb/lifecycle/creator` first).
@@ -419,6 +581,9 @@ pub fn creator_args(c: &CreatorCall<'_>) -> Vec<String> {
     flag("gid", &c.gid.to_string());
     if let Some(order) = c.order {
         flag("order", order);
+    }
+    if let Some(dir) = c.buildpacks {
+        flag("buildpacks", dir);
     }
     if let Some(p) = c.process {
         flag("process-type", p);
@@ -634,6 +799,7 @@ mod tests {
                 "Labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
             },
             "rootfs": {"type": "layers", "diff_ids": []},
+            "history": [],
         });
         serde_json::from_value(json).unwrap()
     }
@@ -729,11 +895,50 @@ mod tests {
             output: "locald.local/p/web:latest",
             order: None,
             process: None,
+            buildpacks: None,
         });
         assert_eq!(a[0], "/cnb/lifecycle/creator");
         assert!(a.windows(2).any(|w| w == ["-uid", "1000"]));
         assert!(a.iter().any(|x| x == "-layout"));
         assert_eq!(a.last().unwrap(), "locald.local/p/web:latest");
+    }
+
+    #[test]
+    fn buildpack_choices_and_order() {
+        assert_eq!(
+            BuildpackChoice::from_config("a/b@1.0"),
+            BuildpackChoice::Id {
+                id: "a/b".into(),
+                version: Some("1.0".into())
+            }
+        );
+        assert_eq!(
+            BuildpackChoice::from_config("/x/bp"),
+            BuildpackChoice::Dir("/x/bp".into())
+        );
+        let bp = ProjectBuildpack {
+            id: None,
+            version: None,
+            uri: Some("https://example.com/bp.tgz".into()),
+        };
+        assert!(BuildpackChoice::from_project(&bp, Path::new("/p")).is_err());
+        let mut have = BTreeMap::new();
+        have.insert(
+            "a/b".to_owned(),
+            vec!["0.9.0".to_owned(), "0.10.0".to_owned()],
+        );
+        assert_eq!(resolve_version("a/b", None, &have, "B").unwrap(), "0.10.0");
+        assert!(resolve_version("a/b", Some("2"), &have, "B").is_err());
+        let e = resolve_version("c", None, &have, "B").unwrap_err();
+        assert!(e.contains("it has: a/b"), "{e}");
+        let order = order_toml(&[("a/b".into(), "1".into())]);
+        let v: toml::Value = toml::from_str(&order).unwrap();
+        assert_eq!(v["order"][0]["group"][0]["id"].as_str(), Some("a/b"));
+        assert_eq!(
+            buildpack_id("[buildpack]\nid = \"x/y\"\nversion = \"1.0\"\n").unwrap(),
+            ("x/y".into(), "1.0".into())
+        );
+        assert!(buildpack_id("[buildpack]\nid = \"../x\"\nversion = \"1\"\n").is_err());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::time::SystemTime;
 use super::build::Builder;
 use crate::build::cnb::{
     self, creator_args, creator_env, layout_path, output_name, paths, run_image_name,
-    BuildMetadata, BuilderInfo, CreatorCall, ProjectDescriptor,
+    BuildMetadata, BuilderInfo, BuildpackChoice, CreatorCall, ProjectDescriptor,
 };
 use crate::build::{needs_cnb_rebuild, BuildOptions, CnbManifest, FileEntry, FileKind};
 use crate::config::{BuildSpec, CnbBuild, PullPolicy, Volume, CNB_IMAGE_TAG};
@@ -43,7 +43,13 @@ use crate::event::{BuildRecord, BuildResult, LogLine};
 use crate::image::prepare::StoreImages;
 use crate::image::{no_progress, Image, ImageRef};
 use crate::output::{BoxFuture, LogSink};
+use crate::runtime::container::ImageSource;
 use crate::runtime::Workload;
+
+/// Where the order of the user's buildpacks is, in the build container: the
+/// layers directory's `order.toml`, which the spec reads before the
+/// builder's.
+const ORDER_IN_CONTAINER: &str = "/layers/order.toml";
 
 /// Total progress steps of a CNB build: the lifecycle's five phases.
 const STEPS: u32 = 5;
@@ -135,7 +141,10 @@ impl Builder {
         // The lock is held from here to the commit: one build of a service
         // at a time, so the cache is never shared.
         let staging = opts.service_layout().stage().map_err(|e| error_chain(&e))?;
-        let work = BuildDir::create(staging.path().with_extension("build"))?;
+        // Next to the artifact (one filesystem: the result is renamed into
+        // the staging directory); one per service, as the lock is. One a
+        // killed build left is removed here.
+        let work = BuildDir::create(opts.output_dir.with_file_name("build"))?;
         let output = output_name(&self.project, &self.service);
         let run_name = run_image_name(&run_ref, run.manifest_digest.hex());
         {
@@ -165,6 +174,43 @@ impl Builder {
             .await
             .map_err(|e| format!("preparing the build crashed: {e}"))??;
         }
+        // Buildpacks chosen by the user: one order group of them, and, for
+        // local directories, a buildpacks directory of our own (the
+        // builder's and theirs) mounted over /cnb/buildpacks.
+        let choices: Vec<BuildpackChoice> = if cnb.buildpacks.is_empty() {
+            project
+                .buildpacks
+                .iter()
+                .map(|b| BuildpackChoice::from_project(b, &cnb.path))
+                .collect::<Result<_, _>>()?
+        } else {
+            cnb.buildpacks
+                .iter()
+                .map(|b| BuildpackChoice::from_config(b))
+                .collect()
+        };
+        let local = choices.iter().any(|c| matches!(c, BuildpackChoice::Dir(_)));
+        let builder_rootfs = if local {
+            let source: &dyn ImageSource = &images;
+            Some(
+                source
+                    .prepare(&cnb.builder, &self.root, no_progress())
+                    .await
+                    .map_err(|e| format!("image {}: {e}", cnb.builder))?,
+            )
+        } else {
+            None
+        };
+        if !choices.is_empty() {
+            let have = cnb::builder_buildpacks(&builder.config);
+            let (dir, name) = (work.0.clone(), cnb.builder.clone());
+            let rootfs = builder_rootfs.as_ref().map(|p| p.rootfs.clone());
+            tokio::task::spawn_blocking(move || {
+                choose_buildpacks(&dir, &choices, &have, &name, rootfs.as_deref())
+            })
+            .await
+            .map_err(|e| format!("preparing the buildpacks crashed: {e}"))??;
+        }
         let cache = opts.cache_dir.clone();
         std::fs::create_dir_all(&cache)
             .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
@@ -175,21 +221,26 @@ impl Builder {
             gid: info.gid,
             run_image: &run_name,
             output: &output,
-            order: None,
+            order: (!cnb.buildpacks.is_empty() || !project.buildpacks.is_empty())
+                .then_some(ORDER_IN_CONTAINER),
             process: None,
+            buildpacks: None,
         });
         let bind = |source: PathBuf, target: &str, read_only| Volume {
             source,
             target: target.to_owned(),
             read_only,
         };
-        let volumes = vec![
+        let mut volumes = vec![
             bind(work.0.join("app"), paths::APP, false),
             bind(work.0.join("layers"), paths::LAYERS, false),
             bind(cache, paths::CACHE, false),
             bind(work.0.join("platform"), paths::PLATFORM, true),
             bind(work.0.join("layout"), paths::LAYOUT, false),
         ];
+        if local {
+            volumes.push(bind(work.0.join("buildpacks"), "/cnb/buildpacks", true));
+        }
         let workload = Workload::Image {
             reference: cnb.builder.clone(),
             command: Some(argv),
@@ -219,6 +270,14 @@ impl Builder {
             layout_path(&output)
                 .ok_or_else(|| format!("image name `{output}` cannot be mapped"))?,
         );
+        // The build wrote this tree: take it only as a real directory (a
+        // symlink planted by a buildpack would lead locald's reads out).
+        if !std::fs::symlink_metadata(&exported).is_ok_and(|m| m.is_dir()) {
+            return Err(format!(
+                "the creator exported no image directory at {}",
+                exported.display()
+            ));
+        }
         let target = staging.oci_layout_dir();
         std::fs::rename(&exported, &target).map_err(|e| {
             format!(
@@ -254,6 +313,7 @@ impl Builder {
         .map_err(|e| format!("saving the artifact crashed: {e}"))?
         .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
         drop(work);
+        drop(builder_rootfs);
         Ok(BuildResult::Succeeded)
     }
 
@@ -337,6 +397,80 @@ fn prepare_dirs(
         std::fs::write(&p, v).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+/// Resolves the user's buildpacks into `dir/layers/order.toml` and, for
+/// local directories, `dir/buildpacks/` (the builder's from `rootfs` plus
+/// the local ones).
+fn choose_buildpacks(
+    dir: &Path,
+    choices: &[BuildpackChoice],
+    have: &std::collections::BTreeMap<String, Vec<String>>,
+    builder: &str,
+    rootfs: Option<&Path>,
+) -> Result<(), String> {
+    let bps = dir.join("buildpacks");
+    if let Some(rootfs) = rootfs {
+        copy_tree(&rootfs.join("cnb/buildpacks"), &bps)?;
+    }
+    let mut group = Vec::new();
+    for c in choices {
+        match c {
+            BuildpackChoice::Id { id, version } => {
+                let v = cnb::resolve_version(id, version.as_deref(), have, builder)?;
+                group.push((id.clone(), v));
+            }
+            BuildpackChoice::Dir(d) => {
+                let toml_path = d.join("buildpack.toml");
+                let text = crate::fsutil::read_input(&toml_path, "buildpack.toml", 1 << 20)
+                    .map_err(|e| format!("buildpack {}: {}", d.display(), error_chain(&e)))?;
+                let (id, version) = cnb::buildpack_id(&String::from_utf8_lossy(&text))
+                    .map_err(|e| format!("{}: {e}", toml_path.display()))?;
+                let to = bps.join(cnb::escape_id(&id)).join(&version);
+                if to.exists() {
+                    std::fs::remove_dir_all(&to)
+                        .map_err(|e| format!("cannot replace {}: {e}", to.display()))?;
+                }
+                copy_tree(d, &to)?;
+                group.push((id, version));
+            }
+        }
+    }
+    let order = dir.join("layers/order.toml");
+    std::fs::write(&order, cnb::order_toml(&group))
+        .map_err(|e| format!("cannot write {}: {e}", order.display()))
+}
+
+/// Copies a directory tree (files with their modes, symlinks as symlinks).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(from)
+        .map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    let fail =
+        |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(from).map_err(|e| fail("read", from, e))?;
+        std::os::unix::fs::symlink(target, to).map_err(|e| fail("create", to, e))
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(to).map_err(|e| fail("create", to, e))?;
+        for entry in std::fs::read_dir(from).map_err(|e| fail("read", from, e))? {
+            let entry = entry.map_err(|e| fail("read", from, e))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else if meta.is_file() {
+        std::fs::copy(from, to).map_err(|e| fail("copy", from, e))?;
+        std::fs::set_permissions(
+            to,
+            std::fs::Permissions::from_mode(meta.permissions().mode() & 0o755),
+        )
+        .map_err(|e| fail("chmod", to, e))
+    } else {
+        // FIFOs, devices, sockets: nothing a buildpack is made of.
+        Err(format!(
+            "{} is not a file, directory or symlink",
+            from.display()
+        ))
+    }
 }
 
 /// Copies `files` from `src` to `dst`, checking each against the digest the
