@@ -72,7 +72,7 @@ pub struct Manifest {
     pub builder_image_digest: Option<String>,
     /// CNB builds: what else the image was made with and what it offers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cnb: Option<CnbManifest>,
+    pub cnb: Option<Box<CnbManifest>>,
     /// Tree hash (hex) of a host build's declared `outputs` as the build
     /// left them; a later check that finds them different rebuilds.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -305,7 +305,7 @@ impl Builder {
         };
         tokio::task::spawn_blocking(move || {
             let mut manifest = decision.manifest(&opts, started, finished)?;
-            manifest.cnb = Some(cnb_manifest);
+            manifest.cnb = Some(Box::new(cnb_manifest));
             let files = decision.source.as_ref().map(|s| s.files.as_slice());
             staging.commit(&manifest, files)
         })
