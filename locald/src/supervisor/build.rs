@@ -189,11 +189,14 @@ impl Builder {
             &self.cfg.workdir,
         )
         .await
-        .map_err(|status| format!("build command {status}"))
+        .map_err(|e| match e {
+            UnitError::Start(why) => why,
+            UnitError::Exit(status) => format!("build command {status}"),
+        })
     }
 
     /// Runs a build's workload as the unit `NAME.build`, its output tagged
-    /// as the build phase into `sink`; `Err` is the failed exit status.
+    /// as the build phase into `sink`.
     pub(super) async fn run_unit(
         &self,
         workload: Workload,
@@ -201,7 +204,7 @@ impl Builder {
         build_id: &str,
         sink: Arc<dyn LogSink>,
         cwd: &std::path::Path,
-    ) -> Result<(), String> {
+    ) -> Result<(), UnitError> {
         env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
         env.push(("LOCALD_SERVICE".into(), self.service.to_string()));
         env.push(("LOCALD_BUILD_ID".into(), build_id.to_owned()));
@@ -216,10 +219,13 @@ impl Builder {
             progress: crate::runtime::ProgressSink::default(),
         };
         let runtime = self.runtime.get(spec.workload.kind());
-        let proc = runtime.spawn(&spec).await.map_err(|e| error_chain(&e))?;
+        let proc = runtime
+            .spawn(&spec)
+            .await
+            .map_err(|e| UnitError::Start(error_chain(&e)))?;
         let mut guard = KillOnDrop(Some(proc));
         let Some(proc) = guard.0.as_mut() else {
-            return Err("build process vanished".into());
+            return Err(UnitError::Start("build process vanished".into()));
         };
         let owner = PipeOwner {
             project: self.project.clone(),
@@ -252,9 +258,17 @@ impl Builder {
         if status.success() {
             Ok(())
         } else {
-            Err(status.to_string())
+            Err(UnitError::Exit(status))
         }
     }
+}
+
+/// Why a build's workload did not succeed.
+pub(super) enum UnitError {
+    /// It could not be started (the message says why).
+    Start(String),
+    /// It ended unsuccessfully.
+    Exit(crate::runtime::ExitStatus),
 }
 
 /// Kills a build's processes if the build future is dropped (the service was

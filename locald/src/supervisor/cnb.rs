@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::build::Builder;
+use super::build::{Builder, UnitError};
 use crate::build::cnb::{
     self, creator_args, creator_env, layout_path, output_name, paths, run_image_name,
     BuildMetadata, BuilderInfo, BuildpackChoice, CreatorCall, ProjectDescriptor,
@@ -263,7 +263,10 @@ impl Builder {
             &self.root,
         )
         .await
-        .map_err(|status| creator_failure(&status))?;
+        .map_err(|e| match e {
+            UnitError::Start(why) => format!("cannot run the builder's lifecycle: {why}"),
+            UnitError::Exit(status) => creator_failure(status),
+        })?;
 
         // The exported layout becomes the artifact's `oci-layout/`.
         let exported = work.0.join("layout").join(
@@ -563,11 +566,11 @@ fn import_result(
 }
 
 /// What a creator exit code means (the lifecycle's documented codes).
-fn creator_failure(status: &str) -> String {
-    let code = status
-        .rsplit(|c: char| !c.is_ascii_digit())
-        .find(|s| !s.is_empty())
-        .and_then(|s| s.parse::<i32>().ok());
+fn creator_failure(status: crate::runtime::ExitStatus) -> String {
+    let code = match status {
+        crate::runtime::ExitStatus::Exited(c) => Some(c),
+        crate::runtime::ExitStatus::Signaled(_) => None,
+    };
     let what = match code {
         Some(11) => "the lifecycle does not support the platform API",
         Some(12) => "a buildpack's API is not supported",

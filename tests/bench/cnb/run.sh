@@ -51,7 +51,6 @@ gid=$(id -g "$user")
 work="$(mktemp -d /var/tmp/cnb-bench-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 chmod 0755 "$work"
-install -o root -g root -m 4755 "$bin/locald-shim" "$work/locald-shim"
 mkdir -p "$work"/{run,data,config,home}
 chmod 0700 "$work"/{run,data,config,home}
 proj="$work/proj"
@@ -72,6 +71,7 @@ build = { builder = "oci:./builder:builder", run_image = "oci:./builder:run" }
 EOF
 (cd "$proj" && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm init)
 chown -R "$uid:$gid" "$work"
+install -o root -g root -m 4755 "$bin/locald-shim" "$work/locald-shim"
 
 as_user() {
     setpriv --reuid="$uid" --regid="$gid" --init-groups env \
@@ -83,7 +83,7 @@ as_user() {
 ms() {
     local t0 t1
     t0=$(date +%s%N)
-    (cd "$proj" && as_user "$@" >/dev/null 2>&1) || { echo "run.sh: $* failed" >&2; exit 1; }
+    (cd "$proj" && as_user "$@" >"$work/last.log" 2>&1) || { echo "run.sh: $* failed:" >&2; cat "$work/last.log" >&2; exit 1; }
     t1=$(date +%s%N)
     echo $(((t1 - t0) / 1000000))
 }
