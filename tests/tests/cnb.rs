@@ -23,7 +23,7 @@ use locald_tests::journald::Journald;
 use locald_tests::shim::{
     chown_tree, install_shim, preconditions, test_user, InstalledShim, TestUser,
 };
-use locald_tests::{free_port, require, unique};
+use locald_tests::{free_port, pids_with, require, unique};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -275,6 +275,12 @@ fn a_failing_buildpack_keeps_the_last_artifact_and_a_builder_change_rebuilds() -
     let name = unique("cnb");
     let port = free_port();
     let dir = w.project(&project_toml(&name, port, ""))?;
+    // The builder layout is in the project: leave it out of the sources, so
+    // what changes below is only the images.
+    w.write(
+        &dir.join("project.toml"),
+        "[build]\nexclude = [\"builder\"]\n",
+    )?;
     let (ok, out) = w.build(&dir, &[])?;
     assert!(ok, "{out}");
     let good = manifest(&dir)?;
@@ -308,6 +314,21 @@ fn a_failing_buildpack_keeps_the_last_artifact_and_a_builder_change_rebuilds() -
     let (ok, out) = w.build(&dir, &[])?;
     assert!(ok, "{out}");
     assert!(out.contains("builder image changed"), "{out}");
+
+    // A new run image digest rebuilds too.
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:run", builder.display()),
+        "--config.env",
+        "RUN_IMAGE_CHANGED=1",
+    ]))?;
+    chown_tree(&builder, (w.user.uid, w.user.gid))?;
+    let (ok, out) = w.build(&dir, &[])?;
+    assert!(ok, "{out}");
+    assert!(out.contains("run image changed"), "{out}");
+    let (ok, out) = w.build(&dir, &[])?;
+    assert!(ok && out.contains("Build up to date"), "{out}");
     Ok(())
 }
 
@@ -527,5 +548,73 @@ fn a_failing_build_logs_every_line_to_journald_as_the_build_phase() -> Result<()
             "{banner} not logged with build {id}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn stopping_up_mid_build_stops_the_container_and_keeps_the_last_artifact() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let port = free_port();
+    let dir = w.project(&project_toml(&unique("cnb"), port, ""))?;
+    let (ok, out) = w.build(&dir, &[])?;
+    assert!(ok, "{out}");
+    let good = manifest(&dir)?;
+
+    // A buildpack that takes its time, added with project.toml.
+    let marker = unique("cnb-slow");
+    let bp = dir.join("slow");
+    fs::create_dir_all(bp.join("bin"))?;
+    fs::write(
+        bp.join("buildpack.toml"),
+        "api = \"0.9\"\n[buildpack]\nid = \"locald-test/slow\"\nversion = \"1.0.0\"\n[[stacks]]\nid = \"*\"\n",
+    )?;
+    fs::write(bp.join("bin/detect"), "#!/usr/bin/env bash\nexit 0\n")?;
+    fs::write(
+        bp.join("bin/build"),
+        format!(
+            "#!/usr/bin/env bash\necho slow-buildpack-sleeping\nbash -c 'sleep 60; : {marker}'\n"
+        ),
+    )?;
+    for f in ["bin/detect", "bin/build"] {
+        fs::set_permissions(bp.join(f), fs::Permissions::from_mode(0o755))?;
+    }
+    fs::write(
+        dir.join("project.toml"),
+        "[[build.buildpacks]]\nid = \"locald-fixture/hello\"\n[[build.buildpacks]]\nuri = \"slow\"\n",
+    )?;
+    chown_tree(&dir, (w.user.uid, w.user.gid))?;
+
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("slow-buildpack-sleeping", Duration::from_secs(60))?;
+    assert_eq!(pids_with(&marker).len(), 1, "the build is running");
+    up.stop()?;
+    let end = Instant::now() + Duration::from_secs(10);
+    while !pids_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < end,
+            "the build container outlived locald up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(manifest(&dir)?, good, "the last good artifact stays");
+    let svc = dir.join(".locald/services/web");
+    let mut left: Vec<String> = fs::read_dir(&svc)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["artifacts", "artifacts.lock", "cache"],
+        "left behind"
+    );
+
+    // Without the slow buildpack the sources are the last build's again.
+    fs::remove_file(dir.join("project.toml"))?;
+    fs::remove_dir_all(&bp)?;
+    let (ok, out) = w.build(&dir, &[])?;
+    assert!(ok && out.contains("Build up to date"), "{out}");
     Ok(())
 }

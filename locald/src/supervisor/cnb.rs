@@ -330,13 +330,16 @@ impl Builder {
     ) -> Result<Image, String> {
         let r = ImageRef::parse(reference).map_err(|e| format!("image {reference}: {e}"))?;
         let images = images.images();
+        // Pulls show as PullProgress, as an image service's do.
+        let progress =
+            super::pull_reporter(self.events.clone(), &self.project, &self.service, reference);
         let got = if pull {
             images
-                .fetch(&r, &self.root, no_progress())
+                .fetch(&r, &self.root, progress)
                 .await
                 .map(|f| f.image)
         } else {
-            images.ensure(&r, &self.root, no_progress()).await
+            images.ensure(&r, &self.root, progress).await
         };
         got.map_err(|e| format!("image {reference}: {}", error_chain(&e)))
     }
@@ -480,7 +483,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 /// source hash recorded: the build gets exactly what was hashed, or fails
 /// (a file changed in between; the next build picks it up).
 fn copy_sources(src: &Path, dst: &Path, files: &[FileEntry]) -> Result<(), String> {
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut buf = vec![0u8; 256 * 1024];
     for f in files {
         if f.path.is_absolute()
             || f.path
@@ -520,20 +525,32 @@ fn copy_sources(src: &Path, dst: &Path, files: &[FileEntry]) -> Result<(), Strin
                 if !file.metadata().map_err(|_| changed())?.is_file() {
                     return Err(changed());
                 }
-                let mut data = Vec::new();
-                file.read_to_end(&mut data).map_err(|_| changed())?;
-                if crate::build::Digest::from(blake3::hash(&data)) != f.digest {
-                    return Err(changed());
-                }
+                // Streamed, hashed on the way: a big file costs no memory.
                 let mode = if f.kind == FileKind::Executable {
                     0o755
                 } else {
                     0o644
                 };
-                std::fs::write(&to, &data)
-                    .and_then(|()| {
-                        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
-                    })
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&to)
+                    .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+                let mut hasher = blake3::Hasher::new();
+                loop {
+                    let n = file.read(&mut buf).map_err(|_| changed())?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    out.write_all(&buf[..n])
+                        .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+                }
+                if crate::build::Digest::from(hasher.finalize()) != f.digest {
+                    return Err(changed());
+                }
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| format!("cannot write {}: {e}", to.display()))?;
             }
         }
