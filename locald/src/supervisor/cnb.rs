@@ -43,7 +43,7 @@ use crate::event::{BuildRecord, BuildResult, LogLine};
 use crate::image::prepare::StoreImages;
 use crate::image::{no_progress, Image, ImageRef};
 use crate::output::{BoxFuture, LogSink};
-use crate::runtime::container::ImageSource;
+use crate::runtime::container::{ImageSource, PreparedImage};
 use crate::runtime::Workload;
 
 /// Where the order of the user's buildpacks is, in the build container: the
@@ -53,6 +53,16 @@ const ORDER_IN_CONTAINER: &str = "/layers/order.toml";
 
 /// Total progress steps of a CNB build: the lifecycle's five phases.
 const STEPS: u32 = 5;
+
+/// What a build is decided on and made from.
+struct Plan {
+    project: ProjectDescriptor,
+    builder: Image,
+    info: BuilderInfo,
+    run_ref: String,
+    run: Image,
+    opts: BuildOptions,
+}
 
 impl Builder {
     /// A buildpacks build; see the module doc.
@@ -69,59 +79,12 @@ impl Builder {
             .images()
             .map_err(|e| format!("buildpacks builds need the image store: {e}"))?
             .clone();
-        self.progress(build_id, 0, STEPS, "resolving the builder image".into());
-        let project = {
-            let dir = cnb.path.clone();
-            tokio::task::spawn_blocking(move || ProjectDescriptor::load(&dir))
-                .await
-                .map_err(|e| format!("reading project.toml crashed: {e}"))?
-                .map_err(|e| e.to_string())?
-        };
-        let pull = cnb.pull == PullPolicy::Always;
-        let builder = self.image(&images, &cnb.builder, pull).await?;
-        let info =
-            BuilderInfo::from_config(&cnb.builder, &builder.config).map_err(|e| e.to_string())?;
-        let run_ref = cnb
-            .run_image
-            .clone()
-            .or_else(|| info.run_image.clone())
-            .ok_or_else(|| {
-                cnb::CnbError::NoRunImage {
-                    image: cnb.builder.clone(),
-                }
-                .to_string()
-            })?;
-        self.progress(build_id, 0, STEPS, "resolving the run image".into());
-        let run = self.image(&images, &run_ref, pull).await?;
-
+        let plan = self.cnb_plan(cnb, &images, force, build_id).await?;
         self.progress(build_id, 0, STEPS, "checking sources".into());
-        let mut opts = BuildOptions::new(
-            &self.root,
-            &self.service,
-            BuildSpec::Cnb(cnb.clone()),
-            force,
-        )
-        .map_err(|e| error_chain(&e))?;
-        opts.include = project.include.clone();
-        opts.exclude = project
-            .exclude
-            .iter()
-            .map(|p| PathBuf::from(p.trim_start_matches('/').trim_end_matches('/')))
-            .collect();
-        if let Some(bad) = project
-            .exclude
-            .iter()
-            .find(|p| p.contains(['*', '?', '[', '!']))
-        {
-            return Err(format!(
-                "project.toml: exclude pattern `{bad}` has wildcards; locald takes plain paths there"
-            ));
-        }
-        let builder_digest = builder.manifest_digest.to_string();
-        let run_digest = run.manifest_digest.to_string();
         let decision = {
-            let opts = opts.clone();
-            let (b, r) = (builder_digest.clone(), run_digest.clone());
+            let opts = plan.opts.clone();
+            let b = plan.builder.manifest_digest.to_string();
+            let r = plan.run.manifest_digest.to_string();
             tokio::task::spawn_blocking(move || needs_cnb_rebuild(&opts, &b, &r))
                 .await
                 .map_err(|e| format!("source check crashed: {e}"))?
@@ -140,27 +103,138 @@ impl Builder {
 
         // The lock is held from here to the commit: one build of a service
         // at a time, so the cache is never shared.
-        let staging = opts.service_layout().stage().map_err(|e| error_chain(&e))?;
+        let staging = plan
+            .opts
+            .service_layout()
+            .stage()
+            .map_err(|e| error_chain(&e))?;
         // Next to the artifact (one filesystem: the result is renamed into
         // the staging directory); one per service, as the lock is. One a
         // killed build left is removed here.
-        let work = BuildDir::create(opts.output_dir.with_file_name("build"))?;
+        let work = BuildDir::create(plan.opts.output_dir.with_file_name("build"))?;
+        let files = decision
+            .source
+            .as_ref()
+            .map(|s| s.files.clone())
+            .unwrap_or_default();
+        let (volumes, order, _lease) = self.cnb_prepare(cnb, &images, &plan, &work, files).await?;
         let output = output_name(&self.project, &self.service);
-        let run_name = run_image_name(&run_ref, run.manifest_digest.hex());
+        self.cnb_run(cnb, &plan, volumes, order, &output, build_id)
+            .await?;
+
+        // The exported layout becomes the artifact's `oci-layout/`.
+        let target = staging.oci_layout_dir();
+        let (image_digest, meta) =
+            take_result(&images, &work, &output, &target, &self.root).await?;
+        meta.check_process(cnb.process.as_deref())
+            .map_err(|e| e.to_string())?;
+        let finished = SystemTime::now();
+        let cnb_manifest = CnbManifest {
+            run_image_digest: plan.run.manifest_digest.to_string(),
+            platform_api: plan.info.platform_api.clone(),
+            image_digest,
+            image_name: output,
+            process_types: meta.process_types(),
+            default_process: meta.default_process.clone(),
+        };
+        let opts = plan.opts;
+        tokio::task::spawn_blocking(move || {
+            let mut manifest = decision.manifest(&opts, started, finished)?;
+            manifest.cnb = Some(Box::new(cnb_manifest));
+            let files = decision.source.as_ref().map(|s| s.files.as_slice());
+            staging.commit(&manifest, files)
+        })
+        .await
+        .map_err(|e| format!("saving the artifact crashed: {e}"))?
+        .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
+        Ok(BuildResult::Succeeded)
+    }
+
+    /// `project.toml`, the builder and run images, the builder's metadata
+    /// and the options the decision is made with.
+    async fn cnb_plan(
+        &self,
+        cnb: &CnbBuild,
+        images: &StoreImages,
+        force: bool,
+        build_id: &str,
+    ) -> Result<Plan, String> {
+        self.progress(build_id, 0, STEPS, "resolving the builder image".into());
+        let project = {
+            let dir = cnb.path.clone();
+            tokio::task::spawn_blocking(move || ProjectDescriptor::load(&dir))
+                .await
+                .map_err(|e| format!("reading project.toml crashed: {e}"))?
+                .map_err(|e| e.to_string())?
+        };
+        if let Some(bad) = project
+            .exclude
+            .iter()
+            .find(|p| p.contains(['*', '?', '[', '!']))
         {
-            let files = decision
-                .source
-                .as_ref()
-                .map(|s| s.files.clone())
-                .unwrap_or_default();
+            return Err(format!(
+                "project.toml: exclude pattern `{bad}` has wildcards; locald takes plain paths there"
+            ));
+        }
+        let pull = cnb.pull == PullPolicy::Always;
+        let builder = self.image(images, &cnb.builder, pull).await?;
+        let info =
+            BuilderInfo::from_config(&cnb.builder, &builder.config).map_err(|e| e.to_string())?;
+        let run_ref = cnb
+            .run_image
+            .clone()
+            .or_else(|| info.run_image.clone())
+            .ok_or_else(|| {
+                cnb::CnbError::NoRunImage {
+                    image: cnb.builder.clone(),
+                }
+                .to_string()
+            })?;
+        self.progress(build_id, 0, STEPS, "resolving the run image".into());
+        let run = self.image(images, &run_ref, pull).await?;
+        let mut opts = BuildOptions::new(
+            &self.root,
+            &self.service,
+            BuildSpec::Cnb(cnb.clone()),
+            force,
+        )
+        .map_err(|e| error_chain(&e))?;
+        opts.include = project.include.clone();
+        opts.exclude = project
+            .exclude
+            .iter()
+            .map(|p| PathBuf::from(p.trim_start_matches('/').trim_end_matches('/')))
+            .collect();
+        Ok(Plan {
+            project,
+            builder,
+            info,
+            run_ref,
+            run,
+            opts,
+        })
+    }
+
+    /// Fills the build directory (sources, platform env, run image,
+    /// buildpacks) and returns the container's bind mounts, the order to
+    /// pass, and the hold on the builder's rootfs when it was read.
+    async fn cnb_prepare(
+        &self,
+        cnb: &CnbBuild,
+        images: &StoreImages,
+        plan: &Plan,
+        work: &BuildDir,
+        files: Vec<FileEntry>,
+    ) -> Result<(Vec<Volume>, Option<&'static str>, Option<PreparedImage>), String> {
+        let run_name = run_image_name(&plan.run_ref, plan.run.manifest_digest.hex());
+        {
             let (src, dir, store) = (
                 cnb.path.clone(),
                 work.0.clone(),
                 images.images().store().clone(),
             );
-            let run_digest = run.manifest_digest.clone();
-            let run_name = run_name.clone();
-            let mut env = project.env.clone();
+            let run_digest = plan.run.manifest_digest.clone();
+            let mut env = plan.project.env.clone();
             env.extend(cnb.env.iter().cloned());
             tokio::task::spawn_blocking(move || {
                 prepare_dirs(&dir, &src, &files, &env)?;
@@ -178,7 +252,7 @@ impl Builder {
         // local directories, a buildpacks directory of our own (the
         // builder's and theirs) mounted over /cnb/buildpacks.
         let choices: Vec<BuildpackChoice> = if cnb.buildpacks.is_empty() {
-            project
+            plan.project
                 .buildpacks
                 .iter()
                 .map(|b| BuildpackChoice::from_project(b, &cnb.path))
@@ -191,7 +265,7 @@ impl Builder {
         };
         let local = choices.iter().any(|c| matches!(c, BuildpackChoice::Dir(_)));
         let builder_rootfs = if local {
-            let source: &dyn ImageSource = &images;
+            let source: &dyn ImageSource = images;
             Some(
                 source
                     .prepare(&cnb.builder, &self.root, no_progress())
@@ -201,8 +275,9 @@ impl Builder {
         } else {
             None
         };
+        let order = (!choices.is_empty()).then_some(ORDER_IN_CONTAINER);
         if !choices.is_empty() {
-            let have = cnb::builder_buildpacks(&builder.config);
+            let have = cnb::builder_buildpacks(&plan.builder.config);
             let (dir, name) = (work.0.clone(), cnb.builder.clone());
             let rootfs = builder_rootfs.as_ref().map(|p| p.rootfs.clone());
             tokio::task::spawn_blocking(move || {
@@ -211,21 +286,9 @@ impl Builder {
             .await
             .map_err(|e| format!("preparing the buildpacks crashed: {e}"))??;
         }
-        let cache = opts.cache_dir.clone();
+        let cache = plan.opts.cache_dir.clone();
         std::fs::create_dir_all(&cache)
             .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-
-        let argv = creator_args(&CreatorCall {
-            platform_api: &info.platform_api,
-            uid: info.uid,
-            gid: info.gid,
-            run_image: &run_name,
-            output: &output,
-            order: (!cnb.buildpacks.is_empty() || !project.buildpacks.is_empty())
-                .then_some(ORDER_IN_CONTAINER),
-            process: None,
-            buildpacks: None,
-        });
         let bind = |source: PathBuf, target: &str, read_only| Volume {
             source,
             target: target.to_owned(),
@@ -241,6 +304,31 @@ impl Builder {
         if local {
             volumes.push(bind(work.0.join("buildpacks"), "/cnb/buildpacks", true));
         }
+        Ok((volumes, order, builder_rootfs))
+    }
+
+    /// Runs the builder's creator as its CNB user, its banners as progress.
+    async fn cnb_run(
+        &self,
+        cnb: &CnbBuild,
+        plan: &Plan,
+        volumes: Vec<Volume>,
+        order: Option<&str>,
+        output: &str,
+        build_id: &str,
+    ) -> Result<(), String> {
+        let info = &plan.info;
+        let run_name = run_image_name(&plan.run_ref, plan.run.manifest_digest.hex());
+        let argv = creator_args(&CreatorCall {
+            platform_api: &info.platform_api,
+            uid: info.uid,
+            gid: info.gid,
+            run_image: &run_name,
+            output,
+            order,
+            process: None,
+            buildpacks: None,
+        });
         let workload = Workload::Image {
             reference: cnb.builder.clone(),
             command: Some(argv),
@@ -266,58 +354,7 @@ impl Builder {
         .map_err(|e| match e {
             UnitError::Start(why) => format!("cannot run the builder's lifecycle: {why}"),
             UnitError::Exit(status) => creator_failure(status),
-        })?;
-
-        // The exported layout becomes the artifact's `oci-layout/`.
-        let exported = work.0.join("layout").join(
-            layout_path(&output)
-                .ok_or_else(|| format!("image name `{output}` cannot be mapped"))?,
-        );
-        // The build wrote this tree: take it only as a real directory (a
-        // symlink planted by a buildpack would lead locald's reads out).
-        if !std::fs::symlink_metadata(&exported).is_ok_and(|m| m.is_dir()) {
-            return Err(format!(
-                "the creator exported no image directory at {}",
-                exported.display()
-            ));
-        }
-        let target = staging.oci_layout_dir();
-        std::fs::rename(&exported, &target).map_err(|e| {
-            format!(
-                "the creator exported no image at {}: {e}",
-                exported.display()
-            )
-        })?;
-        let (image_digest, meta) = {
-            let store = images.images().store().clone();
-            let (target, output, root) = (target.clone(), output.clone(), self.root.clone());
-            tokio::task::spawn_blocking(move || import_result(&store, &target, &output, &root))
-                .await
-                .map_err(|e| format!("importing the image crashed: {e}"))??
-        };
-        meta.check_process(cnb.process.as_deref())
-            .map_err(|e| e.to_string())?;
-        let finished = SystemTime::now();
-        let cnb_manifest = CnbManifest {
-            run_image_digest: run_digest,
-            platform_api: info.platform_api.clone(),
-            image_digest,
-            image_name: output,
-            process_types: meta.process_types(),
-            default_process: meta.default_process.clone(),
-        };
-        tokio::task::spawn_blocking(move || {
-            let mut manifest = decision.manifest(&opts, started, finished)?;
-            manifest.cnb = Some(Box::new(cnb_manifest));
-            let files = decision.source.as_ref().map(|s| s.files.as_slice());
-            staging.commit(&manifest, files)
         })
-        .await
-        .map_err(|e| format!("saving the artifact crashed: {e}"))?
-        .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
-        drop(work);
-        drop(builder_rootfs);
-        Ok(BuildResult::Succeeded)
     }
 
     /// The stored image `reference` names, pulled or imported when missing
@@ -556,6 +593,36 @@ fn copy_sources(src: &Path, dst: &Path, files: &[FileEntry]) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// Moves the image the creator exported for `output` to `target` (the
+/// staged artifact's `oci-layout/`), imports and tags it, and reads its
+/// build metadata.
+async fn take_result(
+    images: &StoreImages,
+    work: &BuildDir,
+    output: &str,
+    target: &Path,
+    project: &Path,
+) -> Result<(String, BuildMetadata), String> {
+    let exported = work.0.join("layout").join(
+        layout_path(output).ok_or_else(|| format!("image name `{output}` cannot be mapped"))?,
+    );
+    // The build wrote this tree: take it only as a real directory (a
+    // symlink planted by a buildpack would lead locald's reads out).
+    if !std::fs::symlink_metadata(&exported).is_ok_and(|m| m.is_dir()) {
+        return Err(format!(
+            "the creator exported no image directory at {}",
+            exported.display()
+        ));
+    }
+    std::fs::rename(&exported, target)
+        .map_err(|e| format!("cannot move {}: {e}", exported.display()))?;
+    let store = images.images().store().clone();
+    let (target, output, root) = (target.to_owned(), output.to_owned(), project.to_owned());
+    tokio::task::spawn_blocking(move || import_result(&store, &target, &output, &root))
+        .await
+        .map_err(|e| format!("importing the image crashed: {e}"))?
 }
 
 /// Imports the exported layout into the store under `name` and reads its
