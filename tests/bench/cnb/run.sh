@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Buildpacks build benchmarks of issue 11, side by side in one run (not a test):
 #   noop  `locald build` of a built, unchanged service vs `git status` of the
-#         same tree                                             (target <= 1.0x)
+#         same tree (target <= 1.0x), and vs a skipped host build of it
 #   warm  a rebuild after a one-file change (warm cache) vs the cold first
 #         build (no .locald/)                                   (ratio reported)
 # Medians of interleaved rounds, then the ratios.
@@ -68,6 +68,11 @@ name = "cnb-bench"
 
 [services.web]
 build = { builder = "oci:./builder:builder", run_image = "oci:./builder:run" }
+
+# The same sources as a host build, for the "skipped host build" comparison.
+[services.host]
+build = { command = "true", inputs = ["**"] }
+command = "true"
 EOF
 (cd "$proj" && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm init)
 chown -R "$uid:$gid" "$work"
@@ -90,21 +95,24 @@ ms() {
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "rounds: $rounds, binaries: $bin"
-ms "$bin/locald" build >/dev/null   # the first build, images imported
-noop_l=() noop_g=() cold=() warm=()
+ms "$bin/locald" build >/dev/null   # the first builds, images imported
+noop_l=() noop_g=() noop_h=() cold=() warm=()
 for i in $(seq 1 "$rounds"); do
-    noop_l+=("$(ms "$bin/locald" build)")
+    noop_l+=("$(ms "$bin/locald" build web)")
+    noop_h+=("$(ms "$bin/locald" build host)")
     noop_g+=("$(ms git status --porcelain)")
 done
 for i in $(seq 1 "$rounds"); do
     as_user rm -rf "$proj/.locald"
-    cold+=("$(ms "$bin/locald" build)")
+    cold+=("$(ms "$bin/locald" build web)")
     as_user sh -c "echo round $i >>'$proj/hello.txt'"
-    warm+=("$(ms "$bin/locald" build)")
+    warm+=("$(ms "$bin/locald" build web)")
 done
 nl=$(printf '%s\n' "${noop_l[@]}" | median)
 ng=$(printf '%s\n' "${noop_g[@]}" | median)
+nh=$(printf '%s\n' "${noop_h[@]}" | median)
 mc=$(printf '%s\n' "${cold[@]}" | median)
 mw=$(printf '%s\n' "${warm[@]}" | median)
 echo "noop: locald build ${nl} ms, git status ${ng} ms, ratio $(awk -v a="$nl" -v b="$ng" 'BEGIN{printf "%.2f", a/(b>0?b:1)}')x (target <= 1.0x)"
+echo "noop: locald build ${nl} ms (CNB), ${nh} ms (host build, same tree), ratio $(awk -v a="$nl" -v b="$nh" 'BEGIN{printf "%.2f", a/(b>0?b:1)}')x"
 echo "warm: rebuild after a one-file change ${mw} ms, cold build ${mc} ms, ratio $(awk -v a="$mw" -v b="$mc" 'BEGIN{printf "%.2f", a/(b>0?b:1)}')x"
