@@ -618,3 +618,25 @@ fn stopping_up_mid_build_stops_the_container_and_keeps_the_last_artifact() -> Re
     assert!(ok && out.contains("Build up to date"), "{out}");
     Ok(())
 }
+
+#[test]
+fn an_explicit_command_wins_over_the_process_types_and_runs_through_the_launcher() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let port = free_port();
+    let toml = project_toml(&unique("cnb"), port, "").replace(
+        "env = {",
+        "command = [\"bash\", \"-c\", \"echo command-wins-$HELLO_WEB_ROOT; exec hello-web\"]\nenv = {",
+    );
+    let dir = w.project(&toml)?;
+    let up = Up::start(&w, &dir)?;
+    // HELLO_WEB_ROOT comes from the buildpack's launch env: the command ran
+    // through the launcher, with the buildpacks' environment.
+    up.wait_for("command-wins-/", Duration::from_secs(120))?;
+    up.wait_for("healthy", Duration::from_secs(60))?;
+    let body = http_get(port, "/hello.txt").context("no answer")?;
+    assert!(body.contains("hello from the cnb test"), "{body}");
+    up.stop()?;
+    Ok(())
+}
