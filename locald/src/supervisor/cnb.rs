@@ -191,7 +191,16 @@ impl Builder {
                 .to_string()
             })?;
         self.progress(build_id, 0, STEPS, "resolving the run image".into());
-        let run = self.image(images, &run_ref, pull).await?;
+        let run = match self.image(images, &run_ref, pull).await {
+            Ok(run) => run,
+            Err(e) if cnb.run_image.is_none() => {
+                return Err(format!(
+                    "{e} (the run image the builder names; set `run_image` in the build \
+                     table to use another, e.g. an `oci:` layout)"
+                ))
+            }
+            Err(e) => return Err(e),
+        };
         let mut opts = BuildOptions::new(
             &self.root,
             &self.service,
