@@ -4,6 +4,7 @@
 #   /usr/libexec/locald/locald-shim       (root:root, mode 4755: setuid)
 #   /etc/locald/shim.conf                 (names runc; root-owned)
 #   /usr/lib/systemd/user/locald.service  (ExecStart pointed at the binary)
+#   /usr/lib/systemd/user/locald-dashboard.service  (likewise; not enabled)
 #   /usr/share/dbus-1/services/dev.locald.Locald1.service
 #   /usr/local/share/man/man1/locald-ctl.1
 # Then, as each user: systemctl --user enable --now locald
@@ -48,6 +49,8 @@ if [ ! -e "$destdir/etc/locald/shim.conf" ]; then
 fi
 sed "s|^ExecStart=.*|ExecStart=$prefix/bin/locald daemon|" systemd/locald.service \
   > "$destdir/usr/lib/systemd/user/locald.service"
+sed "s|%h/.cargo/bin/locald-ctl|$prefix/bin/locald-ctl|" systemd/locald-dashboard.service \
+  > "$destdir/usr/lib/systemd/user/locald-dashboard.service"
 install -m 0644 systemd/dev.locald.Locald1.service "$destdir/usr/share/dbus-1/services/"
 install -m 0644 docs/man/locald-ctl.1 "$destdir$prefix/share/man/man1/"
 

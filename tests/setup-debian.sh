@@ -27,6 +27,9 @@ packages=(
   libsystemd-dev   # sd_journal_sendv() for the journal benchmark's reference sender
   gcc              # builds that sender (tests/bench/journal/run.sh)
   libc6-dev
+  chromium         # the dashboard's browser tests (tests/tests/dashboard.rs), headless
+  chromium-driver  # WebDriver for it
+  python3-selenium # the WebDriver client that drives it (tests/browser/dashboard.py)
 )
 
 missing=()

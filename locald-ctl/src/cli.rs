@@ -34,6 +34,10 @@ pub enum Command {
     Up {
         /// A directory inside the project.
         dir: Option<PathBuf>,
+        /// Watch every service's sources and rebuild and restart it on a
+        /// change, as if each had `watch = true`, until the project goes down.
+        #[arg(long)]
+        watch: bool,
     },
     /// Stop every service of the project and forget it.
     Down {
@@ -126,6 +130,26 @@ pub enum Command {
         /// Print the journal entries as JSON, one per line (`-o json`).
         #[arg(long)]
         json: bool,
+        /// Read a journal namespace (journalctl --namespace).
+        #[arg(long, env = "LOCALD_JOURNAL_NAMESPACE", hide = true)]
+        journal_namespace: Option<String>,
+    },
+    /// Serve a web page on 127.0.0.1 that shows every project live and drives it.
+    ///
+    /// Prints `http://127.0.0.1:PORT/#token=…` as its first line and serves
+    /// until interrupted; the token is new on every run and the page sends
+    /// it with every request. With a desktop session and without
+    /// `--no-open`, the page is opened in the browser.
+    Dashboard {
+        /// The port on 127.0.0.1; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Do not open the page in a browser.
+        #[arg(long)]
+        no_open: bool,
+        /// Also write the URL to this file (created 0600, replaced atomically).
+        #[arg(long, value_name = "FILE")]
+        url_file: Option<PathBuf>,
         /// Read a journal namespace (journalctl --namespace).
         #[arg(long, env = "LOCALD_JOURNAL_NAMESPACE", hide = true)]
         journal_namespace: Option<String>,

@@ -171,8 +171,8 @@ impl Client {
         }
     }
 
-    /// `up [DIR]`.
-    pub async fn up(&self, dir: Option<&Path>) -> Result<ExitCode, CtlError> {
+    /// `up [DIR] [--watch]`.
+    pub async fn up(&self, dir: Option<&Path>, watch: bool) -> Result<ExitCode, CtlError> {
         let dir = absolute(dir)?;
         let text = dir
             .to_str()
@@ -189,7 +189,15 @@ impl Client {
                     .name()
                     .await
                     .map_err(CtlError::zbus)?;
-                println!("{name} is up; `locald-ctl status` shows its services");
+                if watch {
+                    self.manager
+                        .set_watch(&name, true)
+                        .await
+                        .map_err(CtlError::call)?;
+                    println!("{name} is up and watched; `locald-ctl status` shows its services");
+                } else {
+                    println!("{name} is up; `locald-ctl status` shows its services");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             // A broken locald.toml comes with the daemon's full report,

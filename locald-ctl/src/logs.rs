@@ -91,7 +91,7 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
 
 /// A field's bytes: journalctl prints text as a string and other bytes as
 /// an array of numbers.
-fn bytes(entry: &Value, field: &str) -> Option<Vec<u8>> {
+pub(crate) fn bytes(entry: &Value, field: &str) -> Option<Vec<u8>> {
     match entry.get(field)? {
         Value::String(s) => Some(s.as_bytes().to_vec()),
         Value::Array(a) => a
@@ -102,7 +102,7 @@ fn bytes(entry: &Value, field: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn text(entry: &Value, field: &str) -> Option<String> {
+pub(crate) fn text(entry: &Value, field: &str) -> Option<String> {
     bytes(entry, field).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 

@@ -9,6 +9,7 @@ mod build;
 mod cli;
 mod client;
 mod clock;
+mod dashboard;
 mod images;
 mod logs;
 mod status;
@@ -108,7 +109,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let client = Client::connect(cli.bus_address.as_deref(), cli.project.clone()).await?;
     match cli.command {
-        Command::Up { dir } => client.up(dir.as_deref()).await,
+        Command::Up { dir, watch } => client.up(dir.as_deref(), watch).await,
         Command::Down { dir } => {
             let project = client.resolve(dir.as_deref()).await?;
             client
@@ -133,6 +134,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Prune => images::prune(&client).await,
         Command::Watch => watch::watch(&client).await,
         Command::Reload => client.reload().await,
+        Command::Dashboard {
+            port,
+            no_open,
+            url_file,
+            journal_namespace,
+        } => {
+            dashboard::run(
+                client,
+                dashboard::Options {
+                    port,
+                    open: !no_open,
+                    url_file,
+                    namespace: journal_namespace,
+                },
+            )
+            .await
+        }
         Command::Check { .. }
         | Command::Logs { .. }
         | Command::Completions { .. }

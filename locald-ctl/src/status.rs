@@ -70,6 +70,10 @@ pub struct ServiceJson<'a> {
     pub started_at: Option<String>,
     /// The last build, if any.
     pub last_build: Option<BuildJson<'a>>,
+    /// Ports by environment variable (`PORT`, `PORT_HTTP`, ...).
+    pub ports: &'a std::collections::BTreeMap<String, u16>,
+    /// URL behind the `*.localhost` proxy.
+    pub url: Option<&'a str>,
 }
 
 /// A build as `status --json` prints it.
@@ -124,6 +128,8 @@ impl<'a> ServiceJson<'a> {
                 started_at: rfc3339(b.started_at),
                 finished_at: rfc3339(b.finished_at),
             }),
+            ports: &s.ports,
+            url: text(&s.url),
         }
     }
 }
@@ -157,7 +163,7 @@ pub async fn fetch(client: &Client) -> Result<Vec<ProjectStatus>, CtlError> {
     decode(&objects)
 }
 
-fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
+pub fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> {
     let bad = |e: locald_api::DecodeError| {
         CtlError::Failed(format!("unexpected reply from the daemon: {e}"))
     };
@@ -357,6 +363,21 @@ pub fn fit(line: &str, width: Option<usize>) -> String {
     }
 }
 
+/// A service's ports for the table: the main port alone, or each named
+/// port as `name:number` (`http:41234 admin:9001`); `-` for none.
+pub fn ports_cell(s: &ServiceInfo) -> String {
+    let named: Vec<String> = s
+        .ports
+        .iter()
+        .filter_map(|(k, v)| Some(format!("{}:{v}", k.strip_prefix("PORT_")?.to_lowercase())))
+        .collect();
+    match (s.ports.get("PORT"), named.is_empty()) {
+        (None, true) => "-".to_owned(),
+        (Some(p), true) => p.to_string(),
+        _ => named.join(" "),
+    }
+}
+
 /// The status table of one project's services; each line fits in `width`
 /// columns when given, by cutting the reason, which comes last.
 pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) -> String {
@@ -364,6 +385,8 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
         "SERVICE".to_owned(),
         "STATE".to_owned(),
         "PID".to_owned(),
+        "PORT".to_owned(),
+        "URL".to_owned(),
         "UPTIME".to_owned(),
         "RESTARTS".to_owned(),
         "LAST BUILD".to_owned(),
@@ -397,6 +420,8 @@ pub fn table(services: &[ServiceInfo], now: SystemTime, width: Option<usize>) ->
             s.name.clone(),
             s.state.clone(),
             pid,
+            ports_cell(s),
+            text(&s.url).unwrap_or("-").to_owned(),
             uptime,
             s.restart_count.to_string(),
             build,

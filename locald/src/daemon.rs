@@ -191,6 +191,15 @@ impl LogSink for StderrSink {
     }
 }
 
+/// Aborts a task when dropped.
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `$XDG_STATE_HOME/locald`, else `~/.local/state/locald`.
 pub fn default_state_dir() -> Option<PathBuf> {
     let from = |var: &str| {
@@ -360,6 +369,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     });
     // Refuse a state file from a newer locald before touching anything.
     engine.check_state_version().map_err(DaemonError::State)?;
+    // The *.localhost proxy; URLs are a convenience, so a port in use is
+    // said and the daemon runs on without them.
+    let _proxy = match crate::proxy::configured_port() {
+        Some(port) => match crate::proxy::serve(engine.clone(), port).await {
+            Ok(task) => Some(AbortOnDrop(task)),
+            Err(e) => {
+                tracing::warn!("the URL proxy cannot listen on 127.0.0.1:{port} ({e}); *.localhost URLs are off (set LOCALD_PROXY_PORT to another port)");
+                None
+            }
+        },
+        None => None,
+    };
 
     let builder = match &opts.bus_address {
         Some(a) => zbus::connection::Builder::address(a.as_str()),

@@ -18,6 +18,7 @@ use crate::image::manage::{ImageInfo, ManageError, Pruned, PullSummary, Users};
 use crate::image::prepare::StoreImages;
 use crate::image::ImageRef;
 use crate::output::LogSink;
+use crate::ports::{InUse, PortBook, PortError};
 use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
 use crate::runtime::{Runtime, RuntimeSet};
 use crate::state::{StateError, StateFile};
@@ -57,6 +58,9 @@ pub enum EngineError {
     /// No project of that name is up.
     #[error("no project named `{0}` is up")]
     NoSuchProject(String),
+    /// Ports could not be assigned.
+    #[error(transparent)]
+    Ports(#[from] PortError),
     /// The project has no such service.
     #[error("project `{project}` has no service `{service}`")]
     NoSuchService {
@@ -153,6 +157,8 @@ pub struct Engine {
 struct Inner {
     env: Env,
     state: Option<StateFile>,
+    /// Remembered `port = "auto"` numbers, shared with every locald of the user.
+    ports: PortBook,
     instance: String,
     /// Projects by name. The async mutex serialises operations on one project
     /// (up, reload, down) without blocking the others.
@@ -169,6 +175,11 @@ struct ProjectEntry {
     claim: std::sync::Mutex<Option<ProjectClaim>>,
     /// Live view of the services, read without taking the async lock.
     view: std::sync::Mutex<Option<ProjectView>>,
+    /// The file watcher, while any service is watched.
+    watch: std::sync::Mutex<Option<crate::watch::ProjectWatch>>,
+    /// Every service is watched for this session (`up --watch`), not only
+    /// those with `watch` in the file.
+    watch_all: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -194,6 +205,13 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 env,
+                // The foreground keeps no project list but does remember
+                // ports, in the same place the daemon would by default.
+                ports: PortBook::new(
+                    opts.state_dir
+                        .clone()
+                        .or_else(crate::daemon::default_state_dir),
+                ),
                 state: opts.state_dir.map(StateFile::new),
                 instance: opts.instance,
                 projects: std::sync::Mutex::new(IndexMap::new()),
@@ -231,7 +249,7 @@ impl Engine {
     /// never started twice.
     pub async fn up(&self, dir: &Path) -> Result<String, EngineError> {
         self.check_running()?;
-        let config = load_off_runtime(dir.to_owned()).await?;
+        let mut config = load_off_runtime(dir.to_owned()).await?;
         let name = config.name.clone();
         loop {
             let entry = {
@@ -250,6 +268,8 @@ impl Engine {
                             project: tokio::sync::Mutex::new(None),
                             claim: std::sync::Mutex::new(None),
                             view: std::sync::Mutex::new(None),
+                            watch: std::sync::Mutex::new(None),
+                            watch_all: std::sync::atomic::AtomicBool::new(false),
                         });
                         projects.insert(name.clone(), e.clone());
                         e
@@ -275,16 +295,74 @@ impl Engine {
                     return Err(EngineError::Busy { name, source });
                 }
             }
+            if let Err(e) = self.assign_ports(&mut config, InUse::new(), true).await {
+                lock(&entry.claim).take();
+                lock(&self.inner.projects).shift_remove(&name);
+                return Err(e);
+            }
             let _ = self.inner.env.events.send(Event::ProjectAdded {
                 project: name.clone(),
             });
             let project = Project::start(config, self.inner.env.clone());
             *lock(&entry.view) = Some(project.view());
+            rewatch(&entry, &project);
             *guard = Some(project);
             drop(guard);
             self.save_state().await;
             return Ok(name);
         }
+    }
+
+    /// Numbers the project's auto ports (remembered ones when still free)
+    /// and applies them to its config. On a first start (`clean`), what an
+    /// earlier run of the project left running is stopped first, so that
+    /// its old processes never make the project's own ports look taken.
+    async fn assign_ports(
+        &self,
+        config: &mut crate::config::Config,
+        in_use: InUse,
+        clean: bool,
+    ) -> Result<(), EngineError> {
+        if !config
+            .services
+            .values()
+            .any(|s| s.ports.iter().any(|p| p.auto))
+        {
+            config.apply_ports();
+            return Ok(());
+        }
+        let key = project_key(&config.name, &config.root);
+        if clean {
+            for service in config.services.keys() {
+                self.inner.env.runtime.clean_stale(&key, service).await;
+            }
+        }
+        let book = self.inner.ports.clone();
+        let mut owned = std::mem::replace(config, placeholder(config));
+        let (owned, result) = tokio::task::spawn_blocking(move || {
+            let r = book.assign(&key, &mut owned, &in_use);
+            (owned, r)
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?;
+        *config = owned;
+        Ok(result?)
+    }
+
+    /// Watches every service of the project for this session (`up
+    /// --watch`), or (`false`) only those with `watch` in the file.
+    pub async fn set_watch_all(&self, project: &str, on: bool) -> Result<(), EngineError> {
+        self.check_running()?;
+        let entry = self.entry(project)?;
+        let guard = entry.project.lock().await;
+        let p = guard
+            .as_ref()
+            .ok_or_else(|| EngineError::NoSuchProject(project.into()))?;
+        entry
+            .watch_all
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        rewatch(&entry, p);
+        Ok(())
     }
 
     /// Claims the project directory for this instance. Another locald that
@@ -311,6 +389,7 @@ impl Engine {
         if let Some(mut p) = guard.take() {
             p.shutdown().await;
         }
+        lock(&entry.watch).take();
         lock(&entry.claim).take();
         {
             let mut projects = lock(&self.inner.projects);
@@ -357,12 +436,16 @@ impl Engine {
                 new: config.name,
             });
         }
+        let mut config = config;
         let mut guard = entry.project.lock().await;
         let Some(p) = guard.as_mut() else {
             return Err(EngineError::NoSuchProject(project.into()));
         };
+        self.assign_ports(&mut config, PortBook::in_use(&p.config), false)
+            .await?;
         let summary = p.reload(config).await;
         *lock(&entry.view) = Some(p.view());
+        rewatch(&entry, p);
         drop(guard);
         release_memory();
         Ok(summary)
@@ -651,6 +734,8 @@ impl Engine {
         let entries: Vec<_> = lock(&self.inner.projects).values().cloned().collect();
         let mut stops = Vec::new();
         for e in entries {
+            // A change while stopping must not restart anything.
+            lock(&e.watch).take();
             stops.push(tokio::spawn(async move {
                 let mut guard = e.project.lock().await;
                 if let Some(mut p) = guard.take() {
@@ -747,6 +832,32 @@ async fn load_off_runtime(dir: PathBuf) -> Result<crate::config::Config, EngineE
         .await
         .map_err(|_| EngineError::ShuttingDown)?
         .map_err(EngineError::Config)
+}
+
+/// (Re)starts the project's file watcher for its current config; stops
+/// it when nothing is watched.
+fn rewatch(entry: &ProjectEntry, p: &Project) {
+    let all = entry.watch_all.load(std::sync::atomic::Ordering::SeqCst);
+    let senders = p
+        .config
+        .services
+        .keys()
+        .filter_map(|n| Some((n.clone(), p.sender(n)?)))
+        .collect();
+    // The old watcher goes first, so one change never triggers twice.
+    lock(&entry.watch).take();
+    *lock(&entry.watch) = crate::watch::spawn(&p.config, all, senders);
+}
+
+/// An empty config of the same project, to hold `config`'s place while it
+/// is on a blocking thread.
+fn placeholder(config: &crate::config::Config) -> crate::config::Config {
+    crate::config::Config {
+        file: config.file.clone(),
+        root: config.root.clone(),
+        name: config.name.clone(),
+        services: IndexMap::new(),
+    }
 }
 
 /// Gives freed memory back to the system after a project's config and

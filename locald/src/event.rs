@@ -209,6 +209,15 @@ pub struct ServiceSnapshot {
     pub started_at: Option<SystemTime>,
     /// The last build, if the service has a build.
     pub last_build: Option<BuildRecord>,
+    /// Its ports by environment variable (`PORT`, `PORT_HTTP`, ...).
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u16>,
+    /// `default = true`: what `PROJECT.localhost` leads to.
+    #[serde(default)]
+    pub url_default: bool,
+    /// Its URL behind the `*.localhost` proxy; empty without a port or proxy.
+    #[serde(default)]
+    pub url: String,
 }
 
 impl ServiceSnapshot {
@@ -224,6 +233,9 @@ impl ServiceSnapshot {
             restart_count: 0,
             started_at: None,
             last_build: None,
+            ports: std::collections::BTreeMap::new(),
+            url_default: false,
+            url: String::new(),
         }
     }
 }

@@ -37,7 +37,11 @@ pub enum UpOutcome {
 
 /// Runs `config`'s project until a signal or until nothing can run any more.
 /// `extra` sinks get every output line besides the terminal (e.g. journald).
-pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Result<UpOutcome> {
+pub async fn up(
+    config: &Config,
+    extra: Vec<Arc<dyn LogSink>>,
+    watch: bool,
+) -> std::io::Result<UpOutcome> {
     if let Err(e) = crate::supervisor::notify::runtime_dir() {
         return Ok(UpOutcome::Failed(format!(
             "cannot use the runtime directory: {}",
@@ -60,10 +64,37 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
+    // The *.localhost proxy, unless another locald (the daemon) has the port.
+    // Only for a project with ports, so a `locald up` of another project
+    // never keeps the port from a daemon that starts later.
+    let has_ports = config.services.values().any(|s| !s.ports.is_empty());
+    let _proxy = match crate::proxy::configured_port().filter(|_| has_ports) {
+        Some(port) => match crate::proxy::serve(engine.clone(), port).await {
+            Ok(task) => {
+                for (name, svc) in &config.services {
+                    if !svc.ports.is_empty() {
+                        term.note(&format!(
+                            "{name}: {}",
+                            crate::proxy::url(&config.name, name, port)
+                        ));
+                    }
+                }
+                Some(crate::daemon::AbortOnDrop(task))
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
     let project = match engine.up(&config.root).await {
         Ok(p) => p,
         Err(e) => return Ok(UpOutcome::Failed(e.to_string())),
     };
+    if watch {
+        if let Err(e) = engine.set_watch_all(&project, true).await {
+            return Ok(UpOutcome::Failed(e.to_string()));
+        }
+        term.note("watching for changes");
+    }
 
     let outcome = loop {
         tokio::select! {
@@ -75,8 +106,14 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
                 Ok(ev) => {
                     term.event(&ev);
                     if matches!(ev, Event::ServiceChanged { .. }) {
-                        if let Some(reason) = engine.project(&project).and_then(|p| dead_end(&p)) {
-                            break UpOutcome::Failed(reason);
+                        if let Some(p) = engine.project(&project) {
+                            if let Some(reason) = dead_end(&p) {
+                                break UpOutcome::Failed(reason);
+                            }
+                            if all_ended(&p) {
+                                term.note("every service has ended");
+                                break UpOutcome::Stopped;
+                            }
                         }
                     }
                 }
@@ -99,6 +136,16 @@ pub async fn up(config: &Config, extra: Vec<Arc<dyn LogSink>>) -> std::io::Resul
     }
     term.note("stopped");
     Ok(outcome)
+}
+
+/// Whether every service ran and ended without failing (one-shot tasks, or
+/// services with `restart = "on-failure"` that exited 0): nothing is left to
+/// supervise, so `locald up` returns like `docker compose up` does.
+pub fn all_ended(p: &ProjectSnapshot) -> bool {
+    !p.services.is_empty()
+        && p.services
+            .iter()
+            .all(|s| s.state == ServiceState::Stopped && s.exit_status == Some(0))
 }
 
 /// When a service has failed and nothing else runs or can run, the reason.

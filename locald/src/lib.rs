@@ -19,12 +19,15 @@ pub mod fsutil;
 pub mod image;
 pub mod journal;
 pub mod output;
+pub mod ports;
+pub mod proxy;
 pub mod runtime;
 pub mod shim_client;
 pub mod state;
 pub mod supervisor;
 pub mod term;
 pub mod user_config;
+mod watch;
 
 /// An error and its sources on one line (`outer: inner: innermost`), as
 /// `anyhow`'s `{:#}` prints them: the one formatter for reasons shown to a

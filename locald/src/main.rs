@@ -23,8 +23,12 @@ enum Cmd {
         /// Project directory (or any directory inside it).
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Watch every service's sources and rebuild and restart it on a
+        /// change, as if each had `watch = true`.
+        #[arg(long)]
+        watch: bool,
     },
-    /// Check a project's locald.toml without running anything.
+    /// Check a project's locald.toml (or Procfile) without running anything.
     Check {
         /// Project directory (or any directory inside it).
         #[arg(default_value = ".")]
@@ -129,7 +133,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Up { dir } => {
+        Cmd::Up { dir, watch } => {
             let config = match foreground::check(&dir) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
@@ -141,7 +145,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(foreground::up(&config, foreground::journal_sinks())) {
+            match rt.block_on(foreground::up(&config, foreground::journal_sinks(), watch)) {
                 Ok(UpOutcome::Stopped) => ExitCode::SUCCESS,
                 Ok(UpOutcome::Failed(reason)) => {
                     eprintln!("locald: {reason}");

@@ -16,6 +16,11 @@
 //!   namespace with 512, so queueing behaves as on a user's machine.
 //! - A namespace instance exits after 30 s without stdout-stream clients
 //!   (it expects socket activation). A kept-open stream connection holds it.
+//! - journald deletes its oldest files to keep `RuntimeKeepFree` (15% of
+//!   the file system, at most 4 GiB) free: on a CI machine with a nearly
+//!   full disk a 1,000,000-line flood lost its first 87,000 lines. Each
+//!   namespace keeps nothing free and may grow to 4 GiB; the tests remove
+//!   it when done.
 //! - `journalctl -o json` prints fields over 4096 bytes as `null` without
 //!   `--all`, and non-UTF-8 values as arrays of bytes ([`Entry::bytes`]).
 //! - Entries are visible to `journalctl` only once journald has read them
@@ -48,6 +53,8 @@ Storage=volatile
 RateLimitIntervalSec=0
 RateLimitBurst=0
 RuntimeMaxUse=4G
+RuntimeKeepFree=0
+RuntimeMaxFileSize=1G
 ForwardToSyslog=no
 ForwardToKMsg=no
 ForwardToConsole=no

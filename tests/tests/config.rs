@@ -460,6 +460,11 @@ fn schema_keys_match_the_parser() {
             "start_limit_burst" => "3".to_owned(),
             "stop_signal" => "\"SIGINT\"".to_owned(),
             "stderr_priority" => "\"warning\"".to_owned(),
+            "port" => "\"auto\"".to_owned(),
+            "ports" => "{ http = \"auto\", admin = 9001 }".to_owned(),
+            "watch" => "[\"src/**\"]".to_owned(),
+            "restart_on" => "[]".to_owned(),
+            "default" => "false".to_owned(),
             _ => "\"1s\"".to_owned(),
         };
         let mut text = format!("[services.web]\n{key} = {value}\n");

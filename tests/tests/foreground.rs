@@ -119,6 +119,19 @@ fn exits_non_zero_when_a_service_fails_and_nothing_else_runs() {
 }
 
 #[test]
+fn exits_0_when_every_service_ended_successfully() {
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{}\"\n[services.migrate]\ncommand = \"echo migrated\"\nrestart = \"on-failure\"\n\
+         [services.seed]\ncommand = \"true\"\nrestart = \"never\"\n",
+        unique("fgdone")
+    ));
+    let (code, out, err) = finish(spawn_up(&p), Duration::from_secs(10));
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("migrated"), "{out}");
+    assert!(out.contains("every service has ended"), "{out}");
+}
+
+#[test]
 fn broken_config_exits_2_before_running_anything() {
     let p = TestProject::new("[services.web]\ncommand = \"touch ran\"\ndepends_on = [\"db\"]\n");
     let (code, _out, err) = finish(spawn_up(&p), Duration::from_secs(10));
@@ -177,6 +190,13 @@ fn a_killed_locald_never_leaves_a_second_copy() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let old = locald_tests::pids_with(&pattern);
+        // The pid record is written just after the process appears: a kill
+        // between the two is a window no test should aim at by chance.
+        let end = Instant::now() + Duration::from_secs(10);
+        while !pid_recorded(old[0]) {
+            assert!(Instant::now() < end, "pid {} never recorded", old[0]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
         kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).expect("SIGKILL locald");
         let _ = finish(first, Duration::from_secs(5));
         assert_eq!(
@@ -207,4 +227,21 @@ fn a_killed_locald_never_leaves_a_second_copy() {
             "({cgroup}) nothing left"
         );
     }
+}
+
+/// Whether some `units/*/*.pid` record in locald's runtime directory names `pid`.
+fn pid_recorded(pid: i32) -> bool {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d).join("locald"),
+        _ => std::path::PathBuf::from(format!("/tmp/locald-{}", nix::unistd::geteuid())),
+    };
+    let Ok(keys) = std::fs::read_dir(dir.join("units")) else {
+        return false;
+    };
+    keys.flatten()
+        .filter_map(|k| std::fs::read_dir(k.path()).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .any(|text| text.split_whitespace().next() == Some(&pid.to_string()))
 }

@@ -66,6 +66,12 @@ fn install_script_stages_a_working_layout() {
         "{unit}"
     );
     assert!(unit.contains("Type=notify") && unit.contains("LogRateLimitIntervalSec=0"));
+    let dash = std::fs::read_to_string(d.join("usr/lib/systemd/user/locald-dashboard.service"))
+        .expect("dashboard unit");
+    assert!(
+        dash.contains("\nExecStart=/usr/local/bin/locald-ctl dashboard --no-open "),
+        "{dash}"
+    );
     let conf = std::fs::read_to_string(d.join("etc/locald/shim.conf")).expect("conf");
     assert!(conf.lines().any(|l| l.starts_with("runc = /")), "{conf}");
 }

@@ -401,3 +401,53 @@ async fn missing_program_is_an_error_with_the_reason() {
     );
     h.engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn first_health_pass_does_not_wait_a_whole_interval() {
+    let port = free_port();
+    let p = TestProject::new(&project_toml(
+        &unique("eager"),
+        &format!(
+            r#"
+[services.db]
+command = ["python3", "-c", "import socket,time; time.sleep(0.3); s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(100)"]
+health = {{ tcp = {port}, interval = "30s" }}
+"#
+        ),
+    ));
+    let h = up(&p).await;
+    // Listening after 0.3 s; with a 30 s interval, only eager first probes
+    // make it Healthy within seconds.
+    h.wait_state("db", ServiceState::Healthy, Duration::from_secs(5))
+        .await;
+    h.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn eager_first_probes_do_not_spend_retries_early() {
+    let port = free_port();
+    let p = TestProject::new(&project_toml(
+        &unique("eagerfail"),
+        &format!(
+            r#"
+[services.db]
+command = "sleep 100"
+health = {{ tcp = {port}, interval = "400ms", retries = 3, start_period = "0s" }}
+"#
+        ),
+    ));
+    let started = std::time::Instant::now();
+    let h = up(&p).await;
+    wait_for(Duration::from_secs(10), || {
+        h.service("db").reason.contains("unhealthy").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("db never unhealthy: {:?}", h.service("db")));
+    // Three counted failures, one per interval: at least two intervals.
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    h.engine.shutdown().await;
+}

@@ -3,7 +3,8 @@
 //! as docs/daemon.md says, then `locald-ctl up` activates the daemon,
 //! `Type=notify` and `STATUS=` reach systemd, the watchdog keeps it alive, a
 //! SIGKILLed daemon is restarted by systemd with each service once, and
-//! `systemctl --user stop` stops every service.
+//! `systemctl --user stop` stops every service; the dashboard unit serves
+//! the page and writes its address for the user.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +26,10 @@ fn install(root: &Path, marker: &str) {
     copy(
         &repo.join("systemd/locald.service"),
         &home.join(".config/systemd/user/locald.service"),
+    );
+    copy(
+        &repo.join("systemd/locald-dashboard.service"),
+        &home.join(".config/systemd/user/locald-dashboard.service"),
     );
     copy(
         &repo.join("systemd/dev.locald.Locald1.service"),
@@ -133,6 +138,46 @@ fn unit_installed_by_hand_runs_in_a_real_user_manager() {
     let web = pids_with(&format!("{marker}-web"));
     let db = pids_with(&format!("{marker}-db"));
     assert_eq!((web.len(), db.len()), (1, 1), "web {web:?}, db {db:?}");
+
+    // The dashboard unit: it serves on 127.0.0.1:8765 (the container shares
+    // the host's network) and writes its address, token included, where
+    // only the user reads it.
+    let start = c.user(HOME, "systemctl --user start locald-dashboard");
+    assert!(start.status.success(), "{start:?}");
+    let url_file = "/run/user/1000/locald/dashboard-url";
+    let mut url = String::new();
+    wait_until(Duration::from_secs(15), "the dashboard's URL file", || {
+        let out = c.root(&["cat", url_file]);
+        url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        !url.is_empty()
+    });
+    let mode = c.root(&["stat", "-c", "%a %u", url_file]);
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600 1000");
+    let token = url
+        .strip_prefix("http://127.0.0.1:8765/#token=")
+        .unwrap_or_else(|| panic!("{url}"));
+    let state = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 8765)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        write!(
+            s,
+            "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:8765\r\nX-Locald-Token: {token}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(state.starts_with("HTTP/1.1 200"), "{state}");
+    assert!(
+        state.contains(r#""connected":true"#) && state.contains(r#""shop""#),
+        "{state}"
+    );
+    let stop = c.user(HOME, "systemctl --user stop locald-dashboard");
+    assert!(stop.status.success(), "{stop:?}");
+    let gone = c.root(&["test", "-e", url_file]);
+    assert!(!gone.status.success(), "the URL file goes with the service");
 
     // Stopping the unit stops every service.
     let stop = c.user(HOME, "systemctl --user stop locald");

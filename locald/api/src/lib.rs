@@ -77,6 +77,8 @@ pub enum Error {
     /// The image store could not be used (listing, pruning, or there is no
     /// store).
     ImageStoreFailed(String),
+    /// No free TCP port could be found for a service's `port = "auto"`.
+    NoFreePort(String),
 }
 
 /// The name zbus gives errors that have no D-Bus name of their own.
@@ -103,6 +105,7 @@ impl Error {
             Error::NoImage(t) => ("dev.locald.Error.NoImage", t),
             Error::PullFailed(t) => ("dev.locald.Error.PullFailed", t),
             Error::ImageStoreFailed(t) => ("dev.locald.Error.ImageStoreFailed", t),
+            Error::NoFreePort(t) => ("dev.locald.Error.NoFreePort", t),
         };
         Some((name, text.as_str()))
     }
@@ -126,6 +129,7 @@ impl Error {
             "NoImage" => Error::NoImage(text),
             "PullFailed" => Error::PullFailed(text),
             "ImageStoreFailed" => Error::ImageStoreFailed(text),
+            "NoFreePort" => Error::NoFreePort(text),
             _ => return None,
         })
     }
@@ -327,6 +331,7 @@ mod tests {
             Error::NoImage(text()),
             Error::PullFailed(text()),
             Error::ImageStoreFailed(text()),
+            Error::NoFreePort(text()),
         ];
         for e in &locald {
             let name = e.name().to_string();

@@ -25,6 +25,10 @@ pub trait Manager1 {
     /// Re-reads the project's file; touches only services whose config changed.
     fn reload(&self, project: &str) -> Result<ReloadResult, Error>;
 
+    /// Watches every service of the project (`all`), or only those with
+    /// `watch` in the file.
+    fn set_watch(&self, project: &str, all: bool) -> Result<(), Error>;
+
     /// Starts a stopped or failed service.
     fn start_service(&self, project: &str, service: &str) -> Result<(), Error>;
 
@@ -199,4 +203,12 @@ pub trait Service1 {
     /// The last build.
     #[zbus(property)]
     fn last_build(&self) -> zbus::Result<BuildInfo>;
+
+    /// Ports by environment variable (`PORT`, `PORT_HTTP`, ...).
+    #[zbus(property)]
+    fn ports(&self) -> zbus::Result<std::collections::HashMap<String, u16>>;
+
+    /// URL behind the `*.localhost` proxy; empty when none.
+    #[zbus(property)]
+    fn url(&self) -> zbus::Result<String>;
 }

@@ -169,6 +169,13 @@ pub struct ServiceInfo {
     pub started_at: u64,
     /// `LastBuild`.
     pub last_build: BuildInfo,
+    /// `Ports`, by environment variable (`PORT`, `PORT_HTTP`, ...); empty
+    /// from a daemon that predates it.
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u16>,
+    /// `Url`; empty without a port or proxy (or from an older daemon).
+    #[serde(default)]
+    pub url: String,
 }
 
 /// A property map did not have the shape of the interface.
@@ -232,6 +239,13 @@ impl ServiceInfo {
             restart_count: get(props, "RestartCount")?,
             started_at: get(props, "StartedAt")?,
             last_build,
+            ports: props
+                .get("Ports")
+                .and_then(|v| v.try_clone().ok())
+                .and_then(|v| HashMap::<String, u16>::try_from(v).ok())
+                .map(|m| m.into_iter().collect())
+                .unwrap_or_default(),
+            url: get(props, "Url").unwrap_or_default(),
         })
     }
 }

@@ -10,6 +10,8 @@
 //! dependencies exist and have no cycles, commands are not empty.
 
 mod diagnostic;
+mod ports;
+pub mod procfile;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,9 +26,13 @@ use toml::Spanned;
 use crate::fsutil::{read_input, UnsafeFile, CONFIG_LIMIT, ENV_FILE_LIMIT};
 
 pub use diagnostic::{did_you_mean, line_col, ConfigError, Diagnostic};
-pub use raw::RestartPolicy;
+pub use ports::Port;
+pub use raw::{RestartPolicy, WatchAction};
 
-use raw::{EnvValue, RawBuild, RawBuildTable, RawCommand, RawFile, RawHealth, RawService};
+use raw::{
+    EnvValue, RawBuild, RawBuildTable, RawCommand, RawFile, RawHealth, RawPort, RawService,
+    RawWatch,
+};
 
 /// The file name locald looks for.
 pub const FILE_NAME: &str = "locald.toml";
@@ -34,8 +40,9 @@ pub const FILE_NAME: &str = "locald.toml";
 /// Why a project's configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// No `locald.toml` in the directory or any parent the search may enter.
-    #[error("no {FILE_NAME} in {} or any parent directory{}", dir.display(), stopped.as_deref().map(|s| format!(" (the search stopped at {s})")).unwrap_or_default())]
+    /// No `locald.toml` (or `Procfile`) in the directory or any parent the
+    /// search may enter.
+    #[error("no {FILE_NAME} or Procfile in {} or any parent directory{}", dir.display(), stopped.as_deref().map(|s| format!(" (the search stopped at {s})")).unwrap_or_default())]
     NotFound {
         /// Where the search started.
         dir: PathBuf,
@@ -137,6 +144,24 @@ pub struct ServiceConfig {
     pub watchdog: Option<Duration>,
     /// Journal priority of stderr lines without a `<N>` prefix.
     pub stderr_priority: crate::journal::Priority,
+    /// Its ports, the main one (`port`, else the first of `ports`) first.
+    pub ports: Vec<Port>,
+    /// What file changes restart it, if any.
+    pub watch: Option<WatchSpec>,
+    /// Services whose restart by `watch` restarts this one too.
+    pub restart_on: Vec<String>,
+    /// `default = true`: `PROJECT.localhost` leads here.
+    pub url_default: bool,
+}
+
+/// `watch`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    /// Globs relative to the project; empty means the build's inputs, else
+    /// the whole project minus ignored files.
+    pub paths: Vec<String>,
+    /// What a change does.
+    pub action: WatchAction,
 }
 
 /// Restart policy and backoff.
@@ -331,9 +356,11 @@ pub struct HealthCheck {
 /// A health probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthKind {
-    /// TCP connect to 127.0.0.1:port.
+    /// TCP connect to 127.0.0.1:port; 0 (`tcp = "auto"`) is the service's
+    /// own port, filled in by [`Config::apply_ports`].
     Tcp(u16),
-    /// HTTP GET; 2xx/3xx is healthy.
+    /// HTTP GET; 2xx/3xx is healthy. Port 0 (`http = "/path"`) is the
+    /// service's own port, filled in by [`Config::apply_ports`].
     Http(HttpUrl),
     /// A command that exits 0 when healthy.
     Command(CommandSpec),
@@ -388,7 +415,9 @@ impl HttpUrl {
     }
 }
 
-/// Finds the project file: `dir/locald.toml`, else the nearest parent's.
+/// Finds the project file: `dir/locald.toml`, else `dir/Procfile`, else
+/// the nearest parent's (a directory's `locald.toml` wins over its
+/// `Procfile`, which it may use for commands).
 ///
 /// The climb stops (as git's does since CVE-2022-24765) at a directory owned
 /// by someone other than the caller or root, and at a file system boundary,
@@ -425,13 +454,15 @@ pub fn find_project_file(dir: &Path) -> Result<PathBuf, LoadError> {
                 break;
             }
         }
-        let file = d.join(FILE_NAME);
-        match std::fs::metadata(&file) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Ok(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            // Not a "not found": a directory we may not read must say so.
-            Err(e) => return Err(read(&file, e)),
+        for name in [FILE_NAME, procfile::PROCFILE] {
+            let file = d.join(name);
+            match std::fs::metadata(&file) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Ok(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Not a "not found": a directory we may not read must say so.
+                Err(e) => return Err(read(&file, e)),
+            }
         }
     }
     Err(LoadError::NotFound { dir, stopped })
@@ -444,14 +475,23 @@ pub fn load_project(dir: &Path) -> Result<Config, LoadError> {
 }
 
 impl Config {
-    /// Reads and checks a `locald.toml`.
+    /// Reads and checks a `locald.toml`, or a `Procfile` (by its name).
     pub fn load(file: &Path) -> Result<Config, LoadError> {
-        let bytes = read_input(file, "locald.toml", CONFIG_LIMIT)?;
+        let is_procfile = file.file_name() == Some(std::ffi::OsStr::new(procfile::PROCFILE));
+        let what = if is_procfile {
+            "a Procfile"
+        } else {
+            "locald.toml"
+        };
+        let bytes = read_input(file, what, CONFIG_LIMIT)?;
         let text = String::from_utf8(bytes).map_err(|_| LoadError::Read {
             path: file.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"),
         })?;
         let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        if is_procfile {
+            return Ok(Config::parse_procfile(&file, &text)?);
+        }
         Ok(Config::parse(&file, &text)?)
     }
 
@@ -473,6 +513,8 @@ impl Config {
         let mut c = Checker {
             diags: Vec::new(),
             root: root.to_owned(),
+            port_refs: Vec::new(),
+            procfile: None,
         };
         let name = match raw.project.and_then(|p| p.name) {
             Some(n) => {
@@ -527,6 +569,7 @@ impl Config {
             }
         }
         c.check_cycles(&names, &dep_spans);
+        c.check_ports(&services, &names);
 
         if c.diags.is_empty() {
             Ok(Config {
@@ -590,6 +633,12 @@ fn sanitize_name(s: &str) -> String {
 struct Checker {
     diags: Vec<Diagnostic>,
     root: PathBuf,
+    /// `${services.NAME.port}` references met in `env` values, with the
+    /// span of the value, checked once every service is known.
+    port_refs: Vec<(ports::PortRef, Range<usize>)>,
+    /// The project's `Procfile`, read the first time a service without
+    /// `command` needs it: its entries, or why it cannot be used.
+    procfile: Option<Result<Vec<procfile::Entry>, String>>,
 }
 
 const NAME_HINT: &str =
@@ -645,6 +694,45 @@ impl Checker {
         }
     }
 
+    /// The command of the `Procfile` entry `name`, or why there is none.
+    fn procfile_command(&mut self, name: &str) -> Result<CommandSpec, String> {
+        let root = self.root.clone();
+        let entries = self.procfile.get_or_insert_with(|| {
+            let path = root.join(procfile::PROCFILE);
+            let bytes = match read_input(&path, "a Procfile", CONFIG_LIMIT) {
+                Ok(b) => b,
+                Err(UnsafeFile::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err("there is no Procfile".into())
+                }
+                Err(e) => return Err(format!("the Procfile: {}", crate::error_chain(&e))),
+            };
+            let text =
+                String::from_utf8(bytes).map_err(|_| "the Procfile is not UTF-8".to_owned())?;
+            procfile::parse(&text).map_err(|diags| {
+                let each: Vec<String> = diags
+                    .iter()
+                    .map(|d| match &d.span {
+                        Some(span) => {
+                            format!("Procfile:{}: {}", line_col(&text, span.start).0, d.message)
+                        }
+                        None => format!("Procfile: {}", d.message),
+                    })
+                    .collect();
+                format!("the Procfile is invalid: {}", each.join("; "))
+            })
+        });
+        match entries {
+            Err(why) => Err(why.clone()),
+            Ok(entries) => entries
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| CommandSpec::Shell(e.command.clone()))
+                .ok_or_else(|| format!("the Procfile has no `{name}` entry")),
+        }
+    }
+
     fn rel_path(&mut self, p: &Spanned<String>, what: &str) -> Option<PathBuf> {
         let path = Path::new(p.get_ref());
         if p.get_ref().is_empty() {
@@ -676,6 +764,21 @@ impl Checker {
                     None,
                 );
                 continue;
+            }
+            match ports::find_refs(&v.get_ref().0) {
+                Ok(refs) => self
+                    .port_refs
+                    .extend(refs.into_iter().map(|r| (r, v.span()))),
+                Err(why) => {
+                    self.push(
+                        format!("environment variable `{k}`: {why}"),
+                        Some(v.span()),
+                        Some(
+                            "write ${services.NAME.port} or ${services.NAME.ports.PORTNAME}".into(),
+                        ),
+                    );
+                    continue;
+                }
             }
             out.push((k, v.into_inner().0));
         }
@@ -718,7 +821,7 @@ impl Checker {
         names: &[String],
     ) -> Option<ServiceConfig> {
         let errors_before = self.diags.len();
-        let command = svc.command.and_then(|cmd| self.command(cmd, "command"));
+        let mut command = svc.command.and_then(|cmd| self.command(cmd, "command"));
         let image = match svc.image {
             Some(image) => self.image(
                 image,
@@ -741,16 +844,20 @@ impl Checker {
                         Some("a host process sees the host's files as they are; remove `volumes` or add `image`".into()),
                     );
                 }
+                // A buildpacks build makes the image and its start command.
                 let cnb = matches!(
                     svc.build.as_ref().map(Spanned::get_ref),
                     Some(RawBuild::Table(t)) if t.builder.is_some()
                 );
                 if command.is_none() && !cnb && self.diags.len() == errors_before {
-                    self.push(
-                        format!("service `{name}` has no `command` or `image`"),
-                        Some(span.clone()),
-                        Some("add `command = \"...\"` (what to run after the build) or `image = \"...\"`".into()),
-                    );
+                    match self.procfile_command(name) {
+                        Ok(c) => command = Some(c),
+                        Err(why) => self.push(
+                            format!("service `{name}` has no `command` or `image`, and {why}"),
+                            Some(span.clone()),
+                            Some("add `command = \"...\"` (what to run after the build), `image = \"...\"`, a buildpacks build, or a Procfile line `NAME: COMMAND`".into()),
+                        ),
+                    }
                 }
                 None
             }
@@ -797,7 +904,22 @@ impl Checker {
         }
 
         let build = svc.build.and_then(|b| self.build(b, name));
-        let health = svc.health.and_then(|h| self.health(h));
+        let ports = self.ports(svc.port, svc.ports);
+        let watch = svc.watch.and_then(|w| self.watch(w, build.is_some()));
+        let restart_on = self.restart_on(name, svc.restart_on, names);
+        let url_default = match &svc.default {
+            Some(d) if *d.get_ref() && ports.is_empty() => {
+                self.push(
+                    format!("service `{name}` is the project's default URL but has no port"),
+                    Some(d.span()),
+                    Some("add `port = \"auto\"` so the proxy knows where to send requests".into()),
+                );
+                false
+            }
+            Some(d) => *d.get_ref(),
+            None => false,
+        };
+        let health = svc.health.and_then(|h| self.health(h, !ports.is_empty()));
         let restart = RestartConfig {
             policy: svc.restart.map(Spanned::into_inner).unwrap_or_default(),
             delay: svc
@@ -866,7 +988,214 @@ impl Checker {
             stderr_priority: svc
                 .stderr_priority
                 .map_or(crate::journal::Priority::INFO, |p| p.into_inner().0),
+            ports,
+            watch,
+            restart_on,
+            url_default,
         })
+    }
+
+    fn watch(&mut self, w: Spanned<RawWatch>, has_build: bool) -> Option<WatchSpec> {
+        let span = w.span();
+        let default_action = if has_build {
+            WatchAction::Rebuild
+        } else {
+            WatchAction::Restart
+        };
+        let (paths, action) = match w.into_inner() {
+            RawWatch::On(false) => return None,
+            RawWatch::On(true) => (Vec::new(), default_action),
+            RawWatch::Paths(p) => (p, default_action),
+            RawWatch::Table(t) => (
+                t.paths.unwrap_or_default(),
+                t.action.unwrap_or(default_action),
+            ),
+        };
+        for p in &paths {
+            if let Err(e) = globset::Glob::new(p) {
+                self.push(
+                    format!("invalid watch pattern `{p}`: {}", e.kind()),
+                    Some(span.clone()),
+                    Some("globs are relative to the project, e.g. \"src/**\" or \"templates/*.html\"".into()),
+                );
+                return None;
+            }
+        }
+        if action == WatchAction::Rebuild && !has_build {
+            self.push(
+                "watch action \"rebuild\" needs a `build`",
+                Some(span),
+                Some("use action = \"restart\", or add a build".into()),
+            );
+            return None;
+        }
+        Some(WatchSpec { paths, action })
+    }
+
+    fn restart_on(
+        &mut self,
+        name: &str,
+        list: Option<Vec<Spanned<String>>>,
+        names: &[String],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in list.unwrap_or_default() {
+            let n = s.get_ref();
+            if n == name {
+                self.push(
+                    format!("service `{name}` lists itself in restart_on"),
+                    Some(s.span()),
+                    Some("remove it".into()),
+                );
+            } else if !names.contains(n) {
+                let hint = match did_you_mean(n, names.iter().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("services in this project: {}", names.join(", ")),
+                };
+                self.push(
+                    format!("restart_on names unknown service `{n}`"),
+                    Some(s.span()),
+                    Some(hint),
+                );
+            } else if !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+        out
+    }
+
+    fn ports(
+        &mut self,
+        port: Option<Spanned<RawPort>>,
+        named: Option<IndexMap<Spanned<String>, Spanned<RawPort>>>,
+    ) -> Vec<Port> {
+        let to_port = |name: Option<String>, p: RawPort| match p {
+            RawPort::Auto => Port {
+                name,
+                auto: true,
+                number: 0,
+            },
+            RawPort::Fixed(n) => Port {
+                name,
+                auto: false,
+                number: n,
+            },
+        };
+        let mut out: Vec<Port> = port
+            .map(|p| to_port(None, p.into_inner()))
+            .into_iter()
+            .collect();
+        for (name, p) in named.unwrap_or_default() {
+            let n = name.get_ref();
+            let ok = !n.is_empty()
+                && n.len() <= 32
+                && n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                self.push(
+                    format!("invalid port name `{n}`"),
+                    Some(name.span()),
+                    Some("port names use letters, digits, `-` and `_`, start with a letter and are at most 32 long; the name becomes PORT_NAME in the environment".into()),
+                );
+                continue;
+            }
+            let port = to_port(Some(n.clone()), *p.get_ref());
+            if let Some(other) = out.iter().find(|o| o.var() == port.var()) {
+                self.push(
+                    format!(
+                        "port `{n}` and {} both become {}",
+                        other
+                            .name
+                            .as_ref()
+                            .map_or("`port`".to_owned(), |o| format!("port `{o}`")),
+                        port.var()
+                    ),
+                    Some(name.span()),
+                    Some("rename one of them".into()),
+                );
+                continue;
+            }
+            if !port.auto && out.iter().any(|o| !o.auto && o.number == port.number) {
+                self.push(
+                    format!("port {} is listed twice", port.number),
+                    Some(p.span()),
+                    None,
+                );
+                continue;
+            }
+            out.push(port);
+        }
+        out
+    }
+
+    /// Port references name services and ports that exist; two services
+    /// never declare the same fixed port.
+    fn check_ports(&mut self, services: &IndexMap<String, ServiceConfig>, names: &[String]) {
+        for (r, span) in std::mem::take(&mut self.port_refs) {
+            let Some(svc) = services.get(&r.service) else {
+                // A service that failed its own checks was reported already.
+                if !names.contains(&r.service) {
+                    let hint = match did_you_mean(&r.service, names.iter().map(String::as_str)) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => format!("services in this project: {}", names.join(", ")),
+                    };
+                    self.push(
+                        format!("`${{services.{}...}}` names an unknown service", r.service),
+                        Some(span),
+                        Some(hint),
+                    );
+                }
+                continue;
+            };
+            let found = match &r.port {
+                None => !svc.ports.is_empty(),
+                Some(p) => svc.ports.iter().any(|x| x.name.as_deref() == Some(p)),
+            };
+            if !found {
+                let what = match &r.port {
+                    None => format!("service `{}` has no port", r.service),
+                    Some(p) => format!("service `{}` has no port named `{p}`", r.service),
+                };
+                self.push(
+                    what,
+                    Some(span),
+                    Some(format!(
+                        "add `port = \"auto\"` (or `ports = {{ NAME = \"auto\" }}`) to [services.{}]",
+                        r.service
+                    )),
+                );
+            }
+        }
+        let defaults: Vec<&str> = services
+            .iter()
+            .filter(|(_, s)| s.url_default)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if defaults.len() > 1 {
+            self.push(
+                format!(
+                    "services {} are all marked `default = true`",
+                    defaults.join(", ")
+                ),
+                None,
+                Some("PROJECT.localhost leads to one service; keep `default = true` on one".into()),
+            );
+        }
+        let mut seen: HashMap<u16, &str> = HashMap::new();
+        for (name, svc) in services {
+            for p in svc.ports.iter().filter(|p| !p.auto) {
+                if let Some(other) = seen.insert(p.number, name) {
+                    if other != name {
+                        self.push(
+                            format!("services `{other}` and `{name}` both use port {}", p.number),
+                            None,
+                            Some("give one of them another port, or \"auto\"".into()),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn image(
@@ -1151,22 +1480,40 @@ impl Checker {
         out
     }
 
-    fn health(&mut self, health: Spanned<RawHealth>) -> Option<HealthCheck> {
+    fn health(&mut self, health: Spanned<RawHealth>, has_port: bool) -> Option<HealthCheck> {
         let span = health.span();
         let h = health.into_inner();
         let errors_before = self.diags.len();
         let mut kinds = Vec::new();
+        let no_port = |what: &str| {
+            (
+                format!("{what} uses the service's port, but the service has none"),
+                Some("add `port = \"auto\"` (or a number) to the service".to_owned()),
+            )
+        };
         if let Some(port) = h.tcp {
-            if *port.get_ref() == 0 {
-                self.push(
-                    "tcp port 0 cannot be checked",
-                    Some(port.span()),
-                    Some("use the port the service listens on".into()),
-                );
+            match port.get_ref() {
+                RawPort::Fixed(n) => kinds.push(HealthKind::Tcp(*n)),
+                RawPort::Auto if has_port => kinds.push(HealthKind::Tcp(0)),
+                RawPort::Auto => {
+                    let (m, hint) = no_port("tcp = \"auto\"");
+                    self.push(m, Some(port.span()), hint);
+                }
             }
-            kinds.push(HealthKind::Tcp(port.into_inner()));
         }
-        if let Some(url) = h.http {
+        if let Some(url) = h.http.as_ref().filter(|u| u.get_ref().starts_with('/')) {
+            if has_port {
+                kinds.push(HealthKind::Http(HttpUrl {
+                    host: "127.0.0.1".into(),
+                    port: 0,
+                    path: url.get_ref().clone(),
+                    text: url.get_ref().clone(),
+                }));
+            } else {
+                let (m, hint) = no_port(&format!("http = \"{}\"", url.get_ref()));
+                self.push(m, Some(url.span()), hint);
+            }
+        } else if let Some(url) = h.http {
             match HttpUrl::parse(url.get_ref()) {
                 Ok(u) => kinds.push(HealthKind::Http(u)),
                 Err(e) => self.push(
@@ -1193,7 +1540,7 @@ impl Checker {
             self.push(
                 if kinds.is_empty() { "health check has no kind" } else { "health check has more than one kind" },
                 Some(span),
-                Some("use exactly one of `tcp = PORT`, `http = \"URL\"`, `command = \"...\"`, `notify = true`".into()),
+                Some("use exactly one of `tcp = PORT`, `http = \"URL\"` (or \"/path\"), `command = \"...\"`, `notify = true`".into()),
             );
             return None;
         }
@@ -1346,6 +1693,101 @@ mod tests {
                 ("B".into(), "two words".into()),
                 ("C".into(), "x".into())
             ]
+        );
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn ports_are_parsed_in_order_main_first() {
+        let c = parse(
+            "[services.web]\ncommand='x'\nports = { http = \"auto\", admin = 9001 }\nport = 8000\nhealth = { http = \"/health\" }\n",
+        )
+        .unwrap();
+        let web = &c.services["web"];
+        let vars: Vec<String> = web.ports.iter().map(Port::var).collect();
+        assert_eq!(vars, ["PORT", "PORT_HTTP", "PORT_ADMIN"]);
+        assert!(web.ports[1].auto);
+        assert_eq!(web.ports[2].number, 9001);
+    }
+
+    #[test]
+    fn port_errors_have_positions() {
+        let e = error("[services.web]\ncommand='x'\nport = \"any\"\n");
+        assert!(e.contains("invalid port `any`"), "{e}");
+        assert!(e.contains("locald.toml:3:8"), "{e}");
+        let e = error("[services.web]\ncommand='x'\nport = 70000\n");
+        assert!(
+            e.contains("invalid port 70000") && e.contains(":3:8"),
+            "{e}"
+        );
+        let e = error("[services.web]\ncommand='x'\nports = { \"9x\" = 1 }\n");
+        assert!(e.contains("invalid port name `9x`"), "{e}");
+        let e = error("[services.web]\ncommand='x'\nhealth = { tcp = \"auto\" }\n");
+        assert!(
+            e.contains("the service has none") && e.contains(":3:18"),
+            "{e}"
+        );
+        let e = error("[services.web]\ncommand='x'\nhealth = { http = \"/h\" }\n");
+        assert!(e.contains("the service has none"), "{e}");
+    }
+
+    #[test]
+    fn port_references_are_checked() {
+        let base = "[services.api]\ncommand='x'\nport = 'auto'\n[services.web]\ncommand='x'\n";
+        parse(&format!(
+            "{base}env = {{ U = 'http://h:${{services.api.port}}/${{HOME}}' }}\n"
+        ))
+        .unwrap();
+        let e = error(&format!("{base}env = {{ U = '${{services.apx.port}}' }}\n"));
+        assert!(
+            e.contains("unknown service") && e.contains("did you mean `api`"),
+            "{e}"
+        );
+        assert!(e.contains("locald.toml:6:13"), "{e}");
+        let e = error(&format!("{base}env = {{ U = '${{services.web.port}}' }}\n"));
+        assert!(e.contains("service `web` has no port"), "{e}");
+        let e = error(&format!(
+            "{base}env = {{ U = '${{services.api.ports.x}}' }}\n"
+        ));
+        assert!(e.contains("no port named `x`"), "{e}");
+        let e = error(&format!("{base}env = {{ U = '${{services.api}}' }}\n"));
+        assert!(e.contains("not a port reference"), "{e}");
+    }
+
+    #[test]
+    fn two_services_with_one_fixed_port_are_refused() {
+        let e = error("[services.a]\ncommand='x'\nport = 9000\n[services.b]\ncommand='x'\nports = { web = 9000 }\n");
+        assert!(e.contains("both use port 9000"), "{e}");
+    }
+
+    #[test]
+    fn watch_forms_and_errors() {
+        let c = parse("[services.a]\ncommand='x'\nwatch = true\n[services.b]\ncommand='x'\nbuild='make'\nwatch = ['src/**']\nrestart_on = ['a']\n").unwrap();
+        assert_eq!(
+            c.services["a"].watch.as_ref().map(|w| w.action),
+            Some(WatchAction::Restart)
+        );
+        assert_eq!(
+            c.services["b"].watch.as_ref().map(|w| w.action),
+            Some(WatchAction::Rebuild)
+        );
+        assert_eq!(c.services["b"].restart_on, ["a"]);
+        let e = error("[services.a]\ncommand='x'\nwatch = { paths = ['src/[x'] }\n");
+        assert!(
+            e.contains("invalid watch pattern") && e.contains(":3:9"),
+            "{e}"
+        );
+        let e = error("[services.a]\ncommand='x'\nwatch = { action = 'rebuild' }\n");
+        assert!(e.contains("needs a `build`"), "{e}");
+        let e = error("[services.a]\ncommand='x'\nwatch = 'yes'\n");
+        assert!(e.contains(":3:9"), "{e}");
+        let e = error("[services.a]\ncommand='x'\nrestart_on = ['b']\n");
+        assert!(
+            e.contains("unknown service `b`") && e.contains(":3:15"),
+            "{e}"
         );
     }
 

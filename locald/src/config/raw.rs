@@ -54,7 +54,7 @@ pub struct RawProject {
 }
 
 /// `[services.NAME]`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     /// What to run: a string is run with `sh -c`, an array is an argv run directly.
@@ -120,6 +120,26 @@ pub struct RawService {
     /// If set, the service must send `WATCHDOG=1` on `$NOTIFY_SOCKET` at least this often.
     #[schemars(with = "Option<RawDurationSchema>")]
     pub watchdog_sec: Option<Spanned<RawDuration>>,
+    /// A port for the service: "auto" (a free port, remembered per project
+    /// and service) or a number. Passed as `PORT`.
+    #[schemars(with = "Option<RawPortSchema>")]
+    pub port: Option<Spanned<RawPort>>,
+    /// Named ports, each "auto" or a number, passed as `PORT_NAME` (upper
+    /// case); without `port`, the first is also `PORT`.
+    #[schemars(with = "Option<IndexMap<String, RawPortSchema>>")]
+    pub ports: Option<IndexMap<Spanned<String>, Spanned<RawPort>>>,
+    /// Rebuild and restart when sources change: `true` (the build's inputs,
+    /// else the whole project minus ignored files), an array of globs, or a
+    /// table `{ paths = [...], action = "restart" | "rebuild" }`.
+    #[schemars(with = "Option<RawWatchSchema>")]
+    pub watch: Option<Spanned<RawWatch>>,
+    /// The service `http://PROJECT.localhost:PROXY/` leads to (it needs a
+    /// `port`); at most one per project.
+    #[schemars(with = "Option<bool>")]
+    pub default: Option<Spanned<bool>>,
+    /// Services whose restart by `watch` restarts this one too.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub restart_on: Option<Vec<Spanned<String>>>,
     /// Journal priority of stderr lines that carry no `<N>` prefix: "err",
     /// "warning", "info" (default), ... or 0-7.
     #[schemars(with = "Option<String>")]
@@ -298,10 +318,12 @@ pub struct RawBuildTable {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
-    /// Healthy once a TCP connection to 127.0.0.1:PORT succeeds.
-    #[schemars(with = "Option<u16>")]
-    pub tcp: Option<Spanned<u16>>,
-    /// Healthy once a GET of this http:// URL answers 2xx or 3xx.
+    /// Healthy once a TCP connection to 127.0.0.1:PORT succeeds; "auto" is
+    /// the service's own `port`.
+    #[schemars(with = "Option<RawPortSchema>")]
+    pub tcp: Option<Spanned<RawPort>>,
+    /// Healthy once a GET of this http:// URL answers 2xx or 3xx; a path
+    /// such as "/health" is asked of 127.0.0.1 on the service's own `port`.
     #[schemars(with = "Option<String>")]
     pub http: Option<Spanned<String>>,
     /// Healthy once this command (run with `sh -c`) exits 0.
@@ -322,6 +344,137 @@ pub struct RawHealth {
     /// Grace time after start during which failed checks do not count. Default "30s".
     #[schemars(with = "Option<RawDurationSchema>")]
     pub start_period: Option<Spanned<RawDuration>>,
+}
+
+/// A port: "auto" or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawPort {
+    /// A free port, chosen once and remembered.
+    Auto,
+    /// This number.
+    Fixed(u16),
+}
+
+/// Schema stand-in for [`RawPort`].
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RawPortSchema {
+    /// "auto".
+    Auto(RawPortAuto),
+    /// A port number.
+    Number(u16),
+}
+
+/// The word "auto".
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+enum RawPortAuto {
+    /// A free port, chosen once and remembered.
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+const PORT_HINT: &str =
+    "write \"auto\" for a free port chosen by locald, or a number from 1 to 65535";
+
+impl<'de> Deserialize<'de> for RawPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawPort;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or a port number")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawPort, E> {
+                if s == "auto" {
+                    Ok(RawPort::Auto)
+                } else {
+                    Err(custom_with_hint(format!("invalid port `{s}`"), PORT_HINT))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPort, E> {
+                u16::try_from(v)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .map(RawPort::Fixed)
+                    .ok_or_else(|| custom_with_hint(format!("invalid port {v}"), PORT_HINT))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `watch`: on/off, globs, or a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawWatch {
+    /// `true` / `false`.
+    On(bool),
+    /// Globs relative to the project.
+    Paths(Vec<String>),
+    /// `{ paths, action }`.
+    Table(RawWatchTable),
+}
+
+/// The table form of `watch`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatchTable {
+    /// Globs relative to the project (default: as `watch = true`).
+    pub paths: Option<Vec<String>>,
+    /// "rebuild" (default when the service has a build) runs the build
+    /// first; "restart" only restarts the process.
+    pub action: Option<WatchAction>,
+}
+
+/// What a watched change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchAction {
+    /// Restart the process, no build.
+    Restart,
+    /// Run the build (skipped when up to date), then restart.
+    Rebuild,
+}
+
+/// Schema stand-in for [`RawWatch`].
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RawWatchSchema {
+    /// Watch the build's inputs, else the project minus ignored files.
+    On(bool),
+    /// Globs relative to the project.
+    Paths(Vec<String>),
+    /// Paths and action.
+    Table(RawWatchTable),
+}
+
+impl<'de> Deserialize<'de> for RawWatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawWatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, an array of globs, or a table { paths, action }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawWatch, E> {
+                Ok(RawWatch::On(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawWatch, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    paths.push(p);
+                }
+                Ok(RawWatch::Paths(paths))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawWatch, A::Error> {
+                RawWatchTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawWatch::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `restart`.

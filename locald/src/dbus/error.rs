@@ -38,6 +38,7 @@ pub fn to_dbus(e: EngineError) -> Error {
         EngineError::ShuttingDown => Error::ShuttingDown(chain(&e)),
         EngineError::NoImage { .. } => Error::NoImage(chain(&e)),
         EngineError::Pull { .. } => Error::PullFailed(chain(&e)),
+        EngineError::Ports(_) => Error::NoFreePort(chain(&e)),
         EngineError::ImageStore(_) | EngineError::NoImageStore(_) | EngineError::ImageUsers(_) => {
             Error::ImageStoreFailed(chain(&e))
         }

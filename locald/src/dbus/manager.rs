@@ -98,6 +98,17 @@ impl Manager1 {
         })
     }
 
+    /// Watches every service of the project for changes to its sources
+    /// (`all` true, as `locald-ctl up --watch`), or only those with `watch`
+    /// in the file (`all` false). Lasts until the project goes down.
+    async fn set_watch(&self, project: String, all: bool) -> Result<(), Error> {
+        self.shared
+            .engine
+            .set_watch_all(&project, all)
+            .await
+            .map_err(to_dbus)
+    }
+
     /// Starts a stopped or failed service.
     async fn start_service(&self, project: String, service: String) -> Result<(), Error> {
         self.shared

@@ -67,7 +67,14 @@ fn properties(s: &ServiceSnapshot) -> Vec<(&'static str, Value<'static>)> {
         ("RestartCount", Value::from(s.restart_count)),
         ("StartedAt", Value::from(usec(s.started_at))),
         ("LastBuild", Value::from(build_info(s.last_build.as_ref()))),
+        ("Ports", Value::from(ports(s))),
+        ("Url", Value::from(s.url.clone())),
     ]
+}
+
+/// The service's ports by environment variable, as `Ports` carries them.
+fn ports(s: &ServiceSnapshot) -> std::collections::HashMap<String, u16> {
+    s.ports.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 /// Swaps in a new snapshot and emits what changed, for the service and for
@@ -225,5 +232,21 @@ impl Service1 {
     #[zbus(property(emits_changed_signal = "true"))]
     async fn last_build(&self) -> BuildInfo {
         build_info(self.snapshot().last_build.as_ref())
+    }
+
+    /// The service's ports by the environment variable that carries each
+    /// (`PORT`, `PORT_HTTP`, ...): fixed ones and those locald chose for
+    /// `port = "auto"`, remembered across restarts. Empty when it has none.
+    #[zbus(property(emits_changed_signal = "true"))]
+    async fn ports(&self) -> std::collections::HashMap<String, u16> {
+        ports(&self.snapshot())
+    }
+
+    /// The service's URL behind the daemon's `*.localhost` proxy
+    /// (`http://SERVICE.PROJECT.localhost:7780/`); empty when it has no
+    /// port or the proxy is off.
+    #[zbus(property(emits_changed_signal = "true"))]
+    async fn url(&self) -> String {
+        self.snapshot().url.clone()
     }
 }

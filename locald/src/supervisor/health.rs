@@ -15,6 +15,9 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::config::{CommandSpec, HealthCheck, HealthKind, HttpUrl};
 
+/// The first re-probe while a service has not passed yet.
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// What a checker reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthEvent {
@@ -52,6 +55,11 @@ pub async fn run_checker(check: HealthCheck, ctx: ProbeContext, tx: mpsc::Sender
     }
     let mut healthy = false;
     let mut failures = 0u32;
+    // Until the first pass, probe again soon (doubling up to `interval`): a
+    // server that listens 30 ms after start should not wait a whole interval
+    // to be Healthy and release its dependents. After that, every `interval`.
+    let mut eager = FIRST_RETRY;
+    let mut last_counted: Option<Instant> = None;
     loop {
         let result = match timeout(check.timeout, probe(&check.kind, &ctx)).await {
             Ok(r) => r,
@@ -63,6 +71,7 @@ pub async fn run_checker(check: HealthCheck, ctx: ProbeContext, tx: mpsc::Sender
         match result {
             Ok(()) => {
                 failures = 0;
+                last_counted = None;
                 if !healthy {
                     healthy = true;
                     if tx.send(HealthEvent::Passed).await.is_err() {
@@ -72,7 +81,12 @@ pub async fn run_checker(check: HealthCheck, ctx: ProbeContext, tx: mpsc::Sender
             }
             Err(reason) => {
                 let in_grace = !healthy && started.elapsed() < check.start_period;
-                if !in_grace {
+                // Eager probes must not use up `retries` faster than one per
+                // interval: a failure counts once an interval has passed
+                // since the last counted one (or since the grace ended).
+                let due = last_counted.is_none_or(|t: Instant| t.elapsed() >= check.interval);
+                if !in_grace && due {
+                    last_counted = Some(Instant::now());
                     failures += 1;
                     if failures >= check.retries.max(1) {
                         let _ = tx.send(HealthEvent::Failed(reason)).await;
@@ -84,7 +98,13 @@ pub async fn run_checker(check: HealthCheck, ctx: ProbeContext, tx: mpsc::Sender
         if tx.is_closed() {
             return;
         }
-        sleep(check.interval).await;
+        if healthy {
+            eager = FIRST_RETRY;
+            sleep(check.interval).await;
+        } else {
+            sleep(eager.min(check.interval)).await;
+            eager = eager.saturating_mul(2);
+        }
     }
 }
 

@@ -89,6 +89,16 @@ impl Project {
         self.env.sink.configure_service(&self.config.name, &cfg);
         let snapshot =
             snapshot.unwrap_or_else(|| Arc::new(watch::Sender::new(ServiceSnapshot::new(name))));
+        let ports = cfg.ports_by_var();
+        let url_default = cfg.url_default;
+        let url = crate::proxy::service_url(&self.config.name, name, !ports.is_empty());
+        snapshot.send_if_modified(|s| {
+            let changed = s.ports != ports || s.url_default != url_default || s.url != url;
+            s.ports = ports;
+            s.url_default = url_default;
+            s.url = url;
+            changed
+        });
         let deps = cfg
             .depends_on
             .iter()
@@ -403,8 +413,19 @@ impl ServiceSender {
 
     /// Restarts the service (with its build); returns once the old process is gone.
     pub async fn restart(&self) {
+        self.restart_because("restart requested".into(), true).await;
+    }
+
+    /// Restarts the service saying why (shown as the state's reason and in
+    /// the journal), running its build first when `build`.
+    pub async fn restart_because(&self, why: String, build: bool) {
         let (tx, rx) = oneshot::channel();
-        if self.0.send(Command::Restart(tx)).await.is_ok() {
+        let cmd = Command::Restart {
+            reply: tx,
+            why,
+            build,
+        };
+        if self.0.send(cmd).await.is_ok() {
             let _ = rx.await;
         }
     }

@@ -39,8 +39,13 @@ pub(crate) enum Command {
     Start,
     /// Stop and stay stopped.
     Stop(oneshot::Sender<()>),
-    /// Stop if running, build again, start.
-    Restart(oneshot::Sender<()>),
+    /// Stop if running, build again (when `build`), start; `why` is the
+    /// reason shown while it stops ("restart requested", "src/app.py changed").
+    Restart {
+        reply: oneshot::Sender<()>,
+        why: String,
+        build: bool,
+    },
     /// Build now; does not restart a running process.
     Build {
         force: bool,
@@ -154,9 +159,10 @@ impl ServiceTask {
                     fsm.reset();
                     return Next::Run;
                 }
-                Some(Command::Restart(reply)) => {
+                Some(Command::Restart { reply, why, build }) => {
+                    self.tell(&format!("restarting: {why}"));
                     fsm.reset();
-                    fsm.build_needed = true;
+                    fsm.build_needed |= build;
                     let _ = reply.send(());
                     return Next::Run;
                 }
@@ -195,8 +201,9 @@ impl ServiceTask {
                 let _ = reply.send(());
                 Some(Next::Exit)
             }
-            Some(Command::Restart(reply)) => {
-                fsm.build_needed = true;
+            Some(Command::Restart { reply, why, build }) => {
+                self.tell(&format!("restarting: {why}"));
+                fsm.build_needed |= build;
                 let _ = reply.send(());
                 Some(Next::Run)
             }
@@ -291,7 +298,7 @@ impl ServiceTask {
         };
         let pid = proc.pid();
         self.tell(&format!("started (pid {pid})"));
-        self.start_pumps(proc.as_mut(), pid);
+        let pumps = self.start_pumps(proc.as_mut(), pid);
         let started = Instant::now();
         self.update(|s| {
             s.state = ServiceState::Running;
@@ -303,6 +310,13 @@ impl ServiceTask {
 
         let ended = self.supervise(proc.as_mut(), notify.as_ref(), fsm).await;
         proc.kill().await;
+        // A process's last lines belong before what is said about its end
+        // (and must not be lost when `locald up` returns right after). A
+        // descendant that keeps the pipe open is not waited for.
+        let deadline = tokio::time::Instant::now() + PUMP_DRAIN;
+        for pump in pumps {
+            let _ = tokio::time::timeout_at(deadline, pump).await;
+        }
         if started.elapsed() > self.cfg.restart.delay_max {
             fsm.consecutive = 0;
         }
@@ -402,7 +416,7 @@ impl ServiceTask {
         }
     }
 
-    fn start_pumps(&self, proc: &mut dyn Process, pid: u32) {
+    fn start_pumps(&self, proc: &mut dyn Process, pid: u32) -> Vec<tokio::task::JoinHandle<()>> {
         let owner = PipeOwner {
             project: self.project.clone(),
             service: self.name.clone(),
@@ -411,12 +425,24 @@ impl ServiceTask {
             build_id: None,
             image: proc.image().map(Into::into),
         };
+        let mut pumps = Vec::with_capacity(2);
         if let Some(out) = proc.take_stdout() {
-            tokio::spawn(pump(out, owner.clone(), Stream::Stdout, self.sink.clone()));
+            pumps.push(tokio::spawn(pump(
+                out,
+                owner.clone(),
+                Stream::Stdout,
+                self.sink.clone(),
+            )));
         }
         if let Some(err) = proc.take_stderr() {
-            tokio::spawn(pump(err, owner, Stream::Stderr, self.sink.clone()));
+            pumps.push(tokio::spawn(pump(
+                err,
+                owner,
+                Stream::Stderr,
+                self.sink.clone(),
+            )));
         }
+        pumps
     }
 
     /// Watches a running process until it ends or a request ends it.
@@ -487,10 +513,11 @@ impl ServiceTask {
                     Some(Command::Shutdown(reply)) => {
                         return self.stop_for_good(proc, "shutting down", reply, Next::Exit).await;
                     }
-                    Some(Command::Restart(reply)) => {
-                        self.stop_process(proc, "restart requested").await;
+                    Some(Command::Restart { reply, why, build }) => {
+                        self.tell(&format!("restarting: {why}"));
+                        self.stop_process(proc, &why).await;
                         proc.kill().await;
-                        fsm.build_needed = true;
+                        fsm.build_needed |= build;
                         fsm.reset();
                         let _ = reply.send(());
                         return Ended::Stopped(Next::Run);
@@ -608,6 +635,9 @@ impl Fsm {
         self.consecutive = 0;
     }
 }
+
+/// How long an ended process's output may take to arrive.
+const PUMP_DRAIN: Duration = Duration::from_secs(1);
 
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
 

@@ -1,0 +1,547 @@
+//! What the page shows, kept here from the daemon's D-Bus signals, and the
+//! events that tell every open page about each change.
+//!
+//! One task follows the same signals an editor would (`PropertiesChanged`,
+//! `InterfacesAdded`/`Removed`, `BuildProgress`, `BuildFinished`) plus
+//! `LogLine`, for which it calls `SubscribeLogs` on every service. Each
+//! change updates the [`Model`] and goes out as one [`Event`] on a broadcast
+//! channel, under the model's lock, so a page that takes a snapshot and a
+//! receiver together sees every change after its snapshot exactly once.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use zbus::message::Type as MessageType;
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::{Connection, MatchRule, MessageStream};
+
+use locald_api::{
+    BuildInfo, ServiceInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE,
+};
+
+/// Finished builds kept per service for the history.
+const HISTORY: usize = 20;
+/// Longest log line sent to a page, in bytes; the rest is cut with a mark.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// A build that is running: the last `BuildProgress`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// `LOCALD_BUILD_ID`.
+    pub build_id: String,
+    /// Step now running, from 1.
+    pub step: u32,
+    /// Steps in all.
+    pub total: u32,
+    /// What the step does.
+    pub label: String,
+}
+
+/// One service as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    /// The daemon's properties.
+    #[serde(flatten)]
+    pub info: ServiceInfo,
+    /// The running build, if one runs.
+    pub progress: Option<Progress>,
+    /// Finished builds, oldest first.
+    pub builds: VecDeque<BuildInfo>,
+}
+
+/// One project as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Project {
+    /// Name.
+    pub name: String,
+    /// Directory.
+    pub path: String,
+    /// Summary state.
+    pub state: String,
+    /// Services in file order.
+    pub services: Vec<Service>,
+}
+
+/// Everything the page shows, by project name.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Snapshot {
+    /// Projects by name.
+    pub projects: BTreeMap<String, Project>,
+    /// Whether the daemon is on the bus.
+    pub connected: bool,
+}
+
+/// One change, as it goes to the pages.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Everything anew (start, objects added or removed, daemon back).
+    Snapshot(Snapshot),
+    /// A service changed; it comes whole.
+    Service {
+        /// Project name.
+        project: String,
+        /// The service.
+        service: Box<Service>,
+    },
+    /// A project's summary state changed.
+    Project {
+        /// Project name.
+        project: String,
+        /// New state.
+        state: String,
+    },
+    /// One output line.
+    Log(LogLine),
+}
+
+/// One output line, from the bus or from the journal.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// Project name.
+    pub project: String,
+    /// Service name.
+    pub service: String,
+    /// `build` or `run`.
+    pub phase: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// syslog priority (3 error … 6 info), when known.
+    pub priority: Option<u8>,
+    /// µs since the epoch.
+    pub time: u64,
+    /// The journal's cursor (lines from the journal only).
+    pub cursor: Option<String>,
+    /// The text, lossily decoded, cut at [`MAX_LINE`].
+    pub text: String,
+}
+
+/// Text of a line's bytes for a page: lossy UTF-8, cut at [`MAX_LINE`].
+pub fn line_text(bytes: &[u8]) -> String {
+    let cut = bytes.len() > MAX_LINE;
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LINE)]).into_owned();
+    if cut {
+        text.push_str(" …[cut]");
+    }
+    text
+}
+
+/// µs since the epoch, now.
+pub fn now_usec() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The shared model and the channel of its changes.
+pub struct Hub {
+    model: Mutex<Snapshot>,
+    events: broadcast::Sender<Arc<str>>,
+}
+
+/// Serialized events kept for slow pages before they must resync.
+const QUEUE: usize = 1024;
+
+impl Hub {
+    /// An empty model.
+    pub fn new() -> Arc<Self> {
+        let (events, _) = broadcast::channel(QUEUE);
+        Arc::new(Self {
+            model: Mutex::new(Snapshot::default()),
+            events,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Snapshot> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The model now and a receiver of every change after it.
+    pub fn subscribe(&self) -> (String, broadcast::Receiver<Arc<str>>) {
+        let model = self.lock();
+        let rx = self.events.subscribe();
+        let snap = serde_json::to_string(&Event::Snapshot(model.clone())).unwrap_or_default();
+        (snap, rx)
+    }
+
+    /// The model now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
+    /// Applies `f` to the model and sends the event it returns, under the lock.
+    fn update(&self, f: impl FnOnce(&mut Snapshot) -> Option<Event>) {
+        let mut model = self.lock();
+        if let Some(e) = f(&mut model) {
+            if let Ok(json) = serde_json::to_string(&e) {
+                // No receiver is fine: no page is open.
+                let _ = self.events.send(json.into());
+            }
+        }
+    }
+}
+
+fn get<T: TryFrom<OwnedValue>>(props: &HashMap<String, OwnedValue>, key: &str) -> Option<T> {
+    props
+        .get(key)
+        .and_then(|v| v.try_clone().ok())
+        .and_then(|v| T::try_from(v).ok())
+}
+
+/// Applies the properties of a `PropertiesChanged` to a service.
+pub fn apply(info: &mut ServiceInfo, changed: &HashMap<String, OwnedValue>) {
+    if let Some(v) = get(changed, "State") {
+        info.state = v;
+    }
+    if let Some(v) = get(changed, "StateReason") {
+        info.state_reason = v;
+    }
+    if let Some(v) = get(changed, "StatusText") {
+        info.status_text = v;
+    }
+    if let Some(v) = get(changed, "MainPID") {
+        info.main_pid = v;
+    }
+    if let Some(v) = get(changed, "ExitStatus") {
+        info.exit_status = v;
+    }
+    if let Some(v) = get(changed, "RestartCount") {
+        info.restart_count = v;
+    }
+    if let Some(v) = get(changed, "StartedAt") {
+        info.started_at = v;
+    }
+    if let Some((build_id, result, reason, source_hash, started_at, finished_at)) =
+        get::<(String, String, String, String, u64, u64)>(changed, "LastBuild")
+    {
+        info.last_build = BuildInfo {
+            build_id,
+            result,
+            reason,
+            source_hash,
+            started_at,
+            finished_at,
+        };
+    }
+}
+
+/// The project and service names of a service object path.
+fn names_of(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix(locald_api::PROJECT_PATH_PREFIX)?;
+    let mut labels = rest.trim_start_matches('/').split('/');
+    let p = locald_api::unescape_label(labels.next()?)?;
+    let s = locald_api::unescape_label(labels.next()?)?;
+    labels.next().is_none().then_some((p, s))
+}
+
+fn service_mut<'a>(
+    model: &'a mut Snapshot,
+    project: &str,
+    service: &str,
+) -> Option<&'a mut Service> {
+    model
+        .projects
+        .get_mut(project)?
+        .services
+        .iter_mut()
+        .find(|s| s.info.name == service)
+}
+
+fn service_event(model: &mut Snapshot, project: &str, service: &str) -> Option<Event> {
+    let s = service_mut(model, project, service)?.clone();
+    Some(Event::Service {
+        project: project.to_owned(),
+        service: Box::new(s),
+    })
+}
+
+/// Subscribes to the daemon's signals, reads the model once (so the first
+/// page sees it whole), then follows the daemon in a task until the
+/// connection ends.
+pub async fn follow(
+    hub: Arc<Hub>,
+    conn: Connection,
+) -> zbus::Result<tokio::task::JoinHandle<zbus::Result<()>>> {
+    let rule = MatchRule::builder()
+        .msg_type(MessageType::Signal)
+        .sender(BUS_NAME)?
+        .path_namespace(MANAGER_PATH)?
+        .build();
+    let stream = MessageStream::for_match_rule(rule, &conn, Some(1024)).await?;
+    // The daemon coming back (or going) shows as its name changing owner.
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    let owners = dbus.receive_name_owner_changed().await?;
+    resync(&hub, &conn).await;
+    Ok(tokio::spawn(run(hub, conn, stream, owners)))
+}
+
+async fn run(
+    hub: Arc<Hub>,
+    conn: Connection,
+    mut stream: MessageStream,
+    mut owners: zbus::fdo::NameOwnerChangedStream,
+) -> zbus::Result<()> {
+    loop {
+        tokio::select! {
+            m = stream.next() => {
+                let Some(m) = m else { return Ok(()) };
+                let Ok(m) = m else { continue };
+                handle(&hub, &conn, &m).await;
+            }
+            o = owners.next() => {
+                let Some(o) = o else { return Ok(()) };
+                let Ok(a) = o.args() else { continue };
+                if a.name() != BUS_NAME {
+                    continue;
+                }
+                if a.new_owner().is_some() {
+                    resync(&hub, &conn).await;
+                } else {
+                    // Gone: say so, and do not call it (a call would
+                    // activate it again right after `systemctl stop`).
+                    hub.update(|model| {
+                        model.connected = false;
+                        model.projects.clear();
+                        Some(Event::Snapshot(model.clone()))
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Reads everything anew with `GetManagedObjects` and subscribes to the
+/// log lines of every service.
+async fn resync(hub: &Hub, conn: &Connection) {
+    let fetched = fetch(conn).await;
+    let mut paths = Vec::new();
+    hub.update(|model| {
+        let old = std::mem::take(&mut model.projects);
+        match fetched {
+            Ok(projects) => {
+                model.connected = true;
+                for p in projects {
+                    let services = p
+                        .services
+                        .into_iter()
+                        .map(|info| {
+                            paths.push(locald_api::service_path(&p.name, &info.name));
+                            // Keep what only this process knows: the history
+                            // and a running build.
+                            let kept = old
+                                .get(&p.name)
+                                .and_then(|o| o.services.iter().find(|s| s.info.name == info.name));
+                            let mut builds = kept.map(|k| k.builds.clone()).unwrap_or_default();
+                            let b = &info.last_build;
+                            if b.finished_at != 0
+                                && !builds.iter().any(|x| x.build_id == b.build_id)
+                            {
+                                builds.push_back(b.clone());
+                            }
+                            let progress = kept
+                                .and_then(|k| k.progress.clone())
+                                .filter(|_| b.result == "running");
+                            Service {
+                                info,
+                                progress,
+                                builds,
+                            }
+                        })
+                        .collect();
+                    model.projects.insert(
+                        p.name.clone(),
+                        Project {
+                            name: p.name,
+                            path: p.path,
+                            state: p.state,
+                            services,
+                        },
+                    );
+                }
+            }
+            Err(_) => model.connected = false,
+        }
+        Some(Event::Snapshot(model.clone()))
+    });
+    for path in paths {
+        subscribe_logs(conn, path).await;
+    }
+}
+
+async fn subscribe_logs(conn: &Connection, path: OwnedObjectPath) {
+    let proxy = locald_api::Service1Proxy::builder(conn)
+        .path(path.into_inner())
+        .map(|b| b.cache_properties(CacheProperties::No));
+    if let Ok(b) = proxy {
+        if let Ok(p) = b.build().await {
+            // Already subscribed, or the service just went: nothing to do.
+            let _ = p.subscribe_logs().await;
+        }
+    }
+}
+
+/// Every project and service, from one `GetManagedObjects`.
+async fn fetch(conn: &Connection) -> Result<Vec<crate::status::ProjectStatus>, zbus::Error> {
+    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
+        .destination(BUS_NAME)?
+        .path(MANAGER_PATH)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let objects = om.get_managed_objects().await?;
+    crate::status::decode(&objects).map_err(|e| zbus::Error::Failure(format!("{e:?}")))
+}
+
+async fn handle(hub: &Hub, conn: &Connection, m: &zbus::Message) {
+    let header = m.header();
+    let (Some(path), Some(member)) = (header.path(), header.member()) else {
+        return;
+    };
+    let path = path.as_str().to_owned();
+    match member.as_str() {
+        "PropertiesChanged" => {
+            type Changed = (String, HashMap<String, OwnedValue>, Vec<String>);
+            let Ok((iface, changed, _)) = m.body().deserialize::<Changed>() else {
+                return;
+            };
+            if iface == SERVICE_INTERFACE {
+                let Some((p, s)) = names_of(&path) else {
+                    return;
+                };
+                hub.update(|model| {
+                    let svc = service_mut(model, &p, &s)?;
+                    apply(&mut svc.info, &changed);
+                    service_event(model, &p, &s)
+                });
+            } else if iface == PROJECT_INTERFACE {
+                let Some(state) = get::<String>(&changed, "State") else {
+                    return;
+                };
+                let Some(name) = path
+                    .strip_prefix(locald_api::PROJECT_PATH_PREFIX)
+                    .map(|l| l.trim_start_matches('/'))
+                    .and_then(locald_api::unescape_label)
+                else {
+                    return;
+                };
+                hub.update(|model| {
+                    model.projects.get_mut(&name)?.state = state.clone();
+                    Some(Event::Project {
+                        project: name,
+                        state,
+                    })
+                });
+            }
+        }
+        "InterfacesAdded" | "InterfacesRemoved" => resync(hub, conn).await,
+        "BuildProgress" => {
+            let Ok((project, service, build_id, step, total, label)) =
+                m.body()
+                    .deserialize::<(String, String, String, u32, u32, String)>()
+            else {
+                return;
+            };
+            hub.update(|model| {
+                service_mut(model, &project, &service)?.progress = Some(Progress {
+                    build_id,
+                    step,
+                    total,
+                    label,
+                });
+                service_event(model, &project, &service)
+            });
+        }
+        "BuildFinished" => {
+            let Ok((project, service, build)) =
+                m.body().deserialize::<(String, String, BuildInfo)>()
+            else {
+                return;
+            };
+            hub.update(|model| {
+                let svc = service_mut(model, &project, &service)?;
+                svc.progress = None;
+                if !svc.builds.iter().any(|b| b.build_id == build.build_id)
+                    || build.build_id.is_empty()
+                {
+                    svc.builds.push_back(build.clone());
+                }
+                while svc.builds.len() > HISTORY {
+                    svc.builds.pop_front();
+                }
+                svc.info.last_build = build;
+                service_event(model, &project, &service)
+            });
+        }
+        "LogLine" => {
+            let Ok((service, phase, stream, line)) =
+                m.body().deserialize::<(String, String, String, Vec<u8>)>()
+            else {
+                return;
+            };
+            let Some((project, _)) = names_of(&path) else {
+                return;
+            };
+            let line = LogLine {
+                project,
+                service,
+                // The bus does not carry it (the journal sink derives it
+                // from `stderr_priority` and `<N>` prefixes): no guess.
+                priority: None,
+                phase,
+                stream,
+                time: now_usec(),
+                cursor: None,
+                text: line_text(&line),
+            };
+            hub.update(|_| Some(Event::Log(line)));
+        }
+        _ => {}
+    }
+}
+
+/// The path of a service object.
+#[cfg(test)]
+fn service_object(project: &str, service: &str) -> OwnedObjectPath {
+    locald_api::service_path(project, service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_name_their_service() {
+        let p = service_object("shop-1", "web_2");
+        assert_eq!(
+            names_of(p.as_str()),
+            Some(("shop-1".to_owned(), "web_2".to_owned()))
+        );
+        assert_eq!(names_of(MANAGER_PATH), None);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_bad_bytes_kept_visible() {
+        let t = line_text(&vec![b'a'; MAX_LINE + 10]);
+        assert!(t.ends_with("…[cut]") && t.len() < MAX_LINE + 20);
+        assert_eq!(line_text(&[b'h', 0xff]), "h\u{fffd}");
+    }
+
+    #[test]
+    fn changed_properties_apply() {
+        let mut info = ServiceInfo::default();
+        let mut changed = HashMap::new();
+        changed.insert(
+            "State".to_owned(),
+            OwnedValue::from(zbus::zvariant::Str::from("running")),
+        );
+        changed.insert("MainPID".to_owned(), OwnedValue::from(42u32));
+        apply(&mut info, &changed);
+        assert_eq!((info.state.as_str(), info.main_pid), ("running", 42));
+    }
+}

@@ -1,0 +1,593 @@
+//! `watch`: restarting (and rebuilding) services when their sources change.
+//!
+//! One watcher per project that is up with at least one watched service.
+//! The project's directories are walked once with the ignore rules of the
+//! build hash (`.gitignore`, `.ignore`, `.git/info/exclude`, hidden files
+//! included, `.git` and `.locald` skipped) and each directory that is not
+//! ignored gets its own inotify watch (through the `notify` crate), so an
+//! ignored `node_modules/` or `target/` costs no watch at all. The same walk
+//! records the BLAKE3 digest of every file, so after an event only the
+//! paths it names are read again: a save that leaves the content as it was
+//! (an editor touching a file, `git checkout` of the same branch) changes no
+//! digest and triggers nothing, and a check costs O(changes), not a walk.
+//!
+//! Events are gathered until 100 ms pass without one (at most 1 s), so a
+//! burst of saves is one trigger. A directory that appears (created, renamed
+//! in, deleted and recreated) is walked and watched at once; a file renamed
+//! over another (how editors save) shows as a change of the target. When the
+//! kernel refuses another watch (`fs.inotify.max_user_watches`), locald says
+//! so once, with the sysctl to raise it, and falls back to polling the tree
+//! every second.
+//!
+//! A change restarts each service whose watched paths it matches, saying why
+//! ("src/app.py changed") as the state's reason, on the terminal, on D-Bus
+//! and in the journal; with a build (action "rebuild") the build runs first
+//! and is skipped as usual when its inputs did not change. Services that
+//! list a restarted one in `restart_on` restart after it.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+use crate::config::{BuildSpec, Config, WatchAction, WatchSpec};
+use crate::supervisor::ServiceSender;
+
+/// Quiet time that ends a burst of events.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Longest a burst is gathered before acting on it.
+const MAX_GATHER: Duration = Duration::from_secs(1);
+/// Interval of the polling fallback.
+const POLL: Duration = Duration::from_secs(1);
+/// Directory names never watched, at any depth (as the build hash).
+const ALWAYS_SKIPPED: [&str; 2] = [".git", ".locald"];
+
+/// A running watcher; stops when dropped.
+pub(crate) struct ProjectWatch {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProjectWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One watched service.
+struct Watched {
+    name: String,
+    /// Paths (relative to the project) that concern it; `None` is every
+    /// file that is not ignored.
+    globs: Option<GlobSet>,
+    build: bool,
+}
+
+/// The spec `watch = true` gets, or `locald up --watch` gives a service
+/// without `watch`.
+fn default_spec(svc: &crate::config::ServiceConfig) -> WatchSpec {
+    WatchSpec {
+        paths: Vec::new(),
+        action: if svc.build.is_some() {
+            WatchAction::Rebuild
+        } else {
+            WatchAction::Restart
+        },
+    }
+}
+
+fn globset(patterns: &[String]) -> Option<GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let p = p.trim_start_matches("./").trim_end_matches('/');
+        // A pattern naming a directory covers everything under it, as in
+        // a build's `inputs`.
+        for pat in [p.to_owned(), format!("{p}/**")] {
+            if let Ok(g) = Glob::new(&pat) {
+                b.add(g);
+            }
+        }
+    }
+    b.build().ok()
+}
+
+/// What to watch for each service of `config`: the services with `watch`,
+/// and with `all` every service.
+fn watched(config: &Config, all: bool) -> Vec<Watched> {
+    config
+        .services
+        .iter()
+        .filter_map(|(name, svc)| {
+            let spec = match (&svc.watch, all) {
+                (Some(w), _) => w.clone(),
+                (None, true) => default_spec(svc),
+                (None, false) => return None,
+            };
+            let patterns = if !spec.paths.is_empty() {
+                Some(spec.paths.clone())
+            } else {
+                match &svc.build {
+                    Some(BuildSpec::Host(h)) if !h.inputs.is_empty() => Some(h.inputs.clone()),
+                    _ => None,
+                }
+            };
+            Some(Watched {
+                name: name.clone(),
+                globs: patterns.and_then(|p| globset(&p)),
+                build: spec.action == WatchAction::Rebuild,
+            })
+        })
+        .collect()
+}
+
+/// The ignore rules met while walking, by the directory they apply to.
+#[derive(Default)]
+struct Ignores(Vec<Gitignore>);
+
+impl Ignores {
+    fn add_dir(&mut self, root: &Path, dir: &Path) {
+        let mut b = GitignoreBuilder::new(dir);
+        let mut any = false;
+        let mut files = vec![dir.join(".gitignore"), dir.join(".ignore")];
+        if dir == root {
+            files.push(root.join(".git/info/exclude"));
+        }
+        for f in files {
+            if f.is_file() && b.add(&f).is_none() {
+                any = true;
+            }
+        }
+        if any {
+            if let Ok(g) = b.build() {
+                self.0.retain(|o| o.path() != dir);
+                self.0.push(g);
+            }
+        }
+    }
+
+    fn ignored(&self, path: &Path, is_dir: bool) -> bool {
+        self.0.iter().any(|g| {
+            path.starts_with(g.path())
+                && path != g.path()
+                && g.matched_path_or_any_parents(path, is_dir).is_ignore()
+        })
+    }
+}
+
+/// The watched tree: digests of its files, its ignore rules, the watcher.
+struct Tree {
+    root: PathBuf,
+    files: HashMap<PathBuf, blake3::Hash>,
+    ignores: Ignores,
+    watcher: Box<dyn Watcher + Send>,
+    /// Polling instead of inotify (the watch limit was reached).
+    polling: bool,
+}
+
+/// The kernel refused another inotify watch.
+struct WatchLimit;
+
+fn digest(path: &Path) -> Option<blake3::Hash> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path).ok()?;
+        return Some(blake3::hash(target.as_os_str().as_encoded_bytes()));
+    }
+    if !meta.is_file() {
+        return None;
+    }
+    // O_NONBLOCK: a FIFO swapped in between the stat and the open must not
+    // hang the watcher.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open(path)
+        .ok()?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+            }
+            Err(_) => return None,
+        }
+    }
+    Some(h.finalize())
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    }
+}
+
+fn skipped(rel: &Path) -> bool {
+    rel.components()
+        .any(|c| ALWAYS_SKIPPED.iter().any(|s| c.as_os_str() == *s))
+}
+
+impl Tree {
+    /// Walks `dir` (the root or a directory that appeared): watches each
+    /// directory that is not ignored and records each file's digest;
+    /// returns the files whose digest is new or differs.
+    fn walk(&mut self, dir: &Path) -> Result<Vec<PathBuf>, WatchLimit> {
+        let mut changed = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            self.ignores.add_dir(&self.root, &d);
+            if !self.polling {
+                match self.watcher.watch(&d, RecursiveMode::NonRecursive) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                        return Err(WatchLimit)
+                    }
+                    Err(e) => tracing::debug!("cannot watch {}: {e}", d.display()),
+                }
+            }
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                let path = entry.path();
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let Ok(ft) = entry.file_type() else {
+                    continue;
+                };
+                if skipped(rel) || self.ignores.ignored(&path, ft.is_dir()) {
+                    continue;
+                }
+                if ft.is_dir() {
+                    stack.push(path);
+                } else if let Some(h) = digest(&path) {
+                    if self.files.insert(rel.to_owned(), h) != Some(h) {
+                        changed.push(rel.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Re-reads the paths events named; returns the files (relative) whose
+    /// content changed, appeared or went away.
+    fn check(&mut self, paths: HashSet<PathBuf>) -> Result<Vec<PathBuf>, WatchLimit> {
+        let mut changed = Vec::new();
+        let mut paths: Vec<PathBuf> = paths.into_iter().collect();
+        paths.sort();
+        for path in paths {
+            let Ok(rel) = path.strip_prefix(&self.root).map(Path::to_owned) else {
+                continue;
+            };
+            if rel.as_os_str().is_empty() || skipped(&rel) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path);
+            let is_dir = meta.as_ref().is_ok_and(|m| m.is_dir());
+            if self.ignores.ignored(&path, is_dir) {
+                continue;
+            }
+            if rel
+                .file_name()
+                .is_some_and(|n| n == ".gitignore" || n == ".ignore")
+            {
+                if let Some(parent) = path.parent() {
+                    self.ignores.add_dir(&self.root, parent);
+                }
+            }
+            match meta {
+                Ok(m) if m.is_dir() => changed.extend(self.walk(&path)?),
+                Ok(_) => match digest(&path) {
+                    Some(h) => {
+                        if self.files.insert(rel.clone(), h) != Some(h) {
+                            changed.push(rel);
+                        }
+                    }
+                    None => {
+                        if self.files.remove(&rel).is_some() {
+                            changed.push(rel);
+                        }
+                    }
+                },
+                Err(_) => {
+                    // Gone: the file itself, or a directory and all it held.
+                    let before = self.files.len();
+                    let mut gone: Vec<PathBuf> = self
+                        .files
+                        .keys()
+                        .filter(|k| k.starts_with(&rel))
+                        .cloned()
+                        .collect();
+                    gone.sort();
+                    for g in &gone {
+                        self.files.remove(g);
+                    }
+                    if self.files.len() != before {
+                        changed.extend(gone);
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// Where the watcher's callback leaves the paths it saw.
+#[derive(Default)]
+struct Inbox {
+    paths: Mutex<HashSet<PathBuf>>,
+    wake: Notify,
+}
+
+fn inotify_watcher(inbox: Arc<Inbox>) -> notify::Result<Box<dyn Watcher + Send>> {
+    let w = notify::RecommendedWatcher::new(
+        move |res: notify::Result<notify::Event>| handle(&inbox, res),
+        notify::Config::default(),
+    )?;
+    Ok(Box::new(w))
+}
+
+fn poll_watcher(inbox: Arc<Inbox>, root: &Path) -> notify::Result<Box<dyn Watcher + Send>> {
+    let mut w = notify::PollWatcher::new(
+        move |res: notify::Result<notify::Event>| handle(&inbox, res),
+        notify::Config::default().with_poll_interval(POLL),
+    )?;
+    w.watch(root, RecursiveMode::Recursive)?;
+    Ok(Box::new(w))
+}
+
+fn handle(inbox: &Inbox, res: notify::Result<notify::Event>) {
+    match res {
+        Ok(ev) => {
+            if ev.paths.is_empty() {
+                return;
+            }
+            lock(&inbox.paths).extend(ev.paths);
+            inbox.wake.notify_one();
+        }
+        Err(e) => tracing::debug!("file watch: {e}"),
+    }
+}
+
+/// The message for the watch-limit fallback.
+pub(crate) fn limit_message(project: &str) -> String {
+    let now = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .map(|s| format!(" ({})", s.trim()))
+        .unwrap_or_default();
+    format!(
+        "{project}: the inotify watch limit fs.inotify.max_user_watches{now} is reached; watching by polling every {}s instead. Raise it with `sudo sysctl fs.inotify.max_user_watches=524288` (and a file in /etc/sysctl.d/ to keep it)",
+        POLL.as_secs()
+    )
+}
+
+/// Builds the tree: inotify, or polling when the watch limit is reached.
+fn build_tree(project: &str, root: &Path, inbox: &Arc<Inbox>) -> Option<Tree> {
+    let watcher = match inotify_watcher(inbox.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("{project}: cannot use inotify ({e}); watching by polling");
+            poll_watcher(inbox.clone(), root).ok()?
+        }
+    };
+    let mut tree = Tree {
+        root: root.to_owned(),
+        files: HashMap::new(),
+        ignores: Ignores::default(),
+        watcher,
+        polling: false,
+    };
+    if tree.walk(root).is_err() {
+        fall_back(&mut tree, project, inbox)?;
+    }
+    Some(tree)
+}
+
+/// Switches `tree` to polling after the watch limit was hit, saying so once.
+fn fall_back(tree: &mut Tree, project: &str, inbox: &Arc<Inbox>) -> Option<()> {
+    tracing::warn!("{}", limit_message(project));
+    tree.watcher = poll_watcher(inbox.clone(), &tree.root).ok()?;
+    tree.polling = true;
+    // Record every file (without watches) so the poller's events compare
+    // against the contents as they are now.
+    let root = tree.root.clone();
+    let _ = tree.walk(&root);
+    Some(())
+}
+
+/// Starts watching `config`'s project; `None` when no service is watched.
+/// `senders` are the services' command channels.
+pub(crate) fn spawn(
+    config: &Config,
+    all: bool,
+    senders: HashMap<String, ServiceSender>,
+) -> Option<ProjectWatch> {
+    let services = watched(config, all);
+    if services.is_empty() {
+        return None;
+    }
+    let restart_on: HashMap<String, Vec<String>> = config
+        .services
+        .iter()
+        .map(|(n, s)| (n.clone(), s.restart_on.clone()))
+        .collect();
+    let project = config.name.clone();
+    let root = config.root.clone();
+    let task = tokio::spawn(async move {
+        let inbox = Arc::new(Inbox::default());
+        let (p, r, i) = (project.clone(), root.clone(), inbox.clone());
+        let Ok(Some(mut tree)) = tokio::task::spawn_blocking(move || build_tree(&p, &r, &i)).await
+        else {
+            tracing::warn!("{project}: cannot watch {}", root.display());
+            return;
+        };
+        loop {
+            inbox.wake.notified().await;
+            let first = Instant::now();
+            loop {
+                tokio::select! {
+                    () = inbox.wake.notified() => {
+                        if first.elapsed() >= MAX_GATHER { break; }
+                    }
+                    () = tokio::time::sleep(SETTLE) => break,
+                }
+            }
+            let paths = std::mem::take(&mut *lock(&inbox.paths));
+            let (p, i) = (project.clone(), inbox.clone());
+            let Ok((t, changed)) = tokio::task::spawn_blocking(move || {
+                let changed = match tree.check(paths) {
+                    Ok(c) => c,
+                    Err(WatchLimit) => {
+                        let _ = fall_back(&mut tree, &p, &i);
+                        Vec::new()
+                    }
+                };
+                (tree, changed)
+            })
+            .await
+            else {
+                return;
+            };
+            tree = t;
+            if !changed.is_empty() {
+                dispatch(&project, &services, &restart_on, &senders, &changed).await;
+            }
+        }
+    });
+    Some(ProjectWatch { task })
+}
+
+/// "src/app.py changed", "src/app.py and 3 more changed".
+fn describe(paths: &[&PathBuf]) -> String {
+    match paths {
+        [] => "files changed".into(),
+        [one] => format!("{} changed", one.display()),
+        [one, rest @ ..] => format!("{} and {} more changed", one.display(), rest.len()),
+    }
+}
+
+async fn dispatch(
+    project: &str,
+    services: &[Watched],
+    restart_on: &HashMap<String, Vec<String>>,
+    senders: &HashMap<String, ServiceSender>,
+    changed: &[PathBuf],
+) {
+    let mut restarted: Vec<String> = Vec::new();
+    for w in services {
+        let hits: Vec<&PathBuf> = changed
+            .iter()
+            .filter(|p| w.globs.as_ref().is_none_or(|g| g.is_match(p)))
+            .collect();
+        if hits.is_empty() {
+            continue;
+        }
+        let why = describe(&hits);
+        tracing::info!(project = %project, service = %w.name, "{project}/{}: {why}", w.name);
+        if let Some(s) = senders.get(&w.name) {
+            s.restart_because(why, w.build).await;
+            restarted.push(w.name.clone());
+        }
+    }
+    for (name, on) in restart_on {
+        if restarted.contains(name) {
+            continue;
+        }
+        if let Some(dep) = on.iter().find(|d| restarted.contains(d)) {
+            if let Some(s) = senders.get(name) {
+                s.restart_because(format!("{dep} restarted"), false).await;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(root: &Path) -> (Tree, Arc<Inbox>) {
+        let inbox = Arc::new(Inbox::default());
+        let t = build_tree("t", root, &inbox).expect("tree");
+        (t, inbox)
+    }
+
+    #[test]
+    fn only_real_changes_of_files_that_are_not_ignored_count() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().canonicalize().expect("canon");
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::create_dir_all(root.join("build")).expect("mkdir");
+        std::fs::write(root.join(".gitignore"), "build/\n*.log\n").expect("write");
+        std::fs::write(root.join("src/app.py"), "v1").expect("write");
+        let (mut t, _inbox) = tree(&root);
+        assert!(t.files.contains_key(Path::new("src/app.py")));
+
+        // Same content: nothing.
+        std::fs::write(root.join("src/app.py"), "v1").expect("write");
+        let set = |p: &[&str]| p.iter().map(|p| root.join(p)).collect::<HashSet<_>>();
+        assert!(t
+            .check(set(&["src/app.py"]))
+            .ok()
+            .expect("check")
+            .is_empty());
+        // Ignored: nothing.
+        std::fs::write(root.join("x.log"), "1").expect("write");
+        std::fs::write(root.join("build/out"), "1").expect("write");
+        assert!(t
+            .check(set(&["x.log", "build/out"]))
+            .ok()
+            .expect("check")
+            .is_empty());
+        // A rename over the file: the target changed.
+        std::fs::write(root.join("src/.app.py.swp"), "v2").expect("write");
+        std::fs::rename(root.join("src/.app.py.swp"), root.join("src/app.py")).expect("mv");
+        let c = t
+            .check(set(&["src/.app.py.swp", "src/app.py"]))
+            .ok()
+            .expect("check");
+        assert_eq!(c, [PathBuf::from("src/app.py")]);
+        // A directory deleted and recreated: its files count again.
+        std::fs::remove_dir_all(root.join("src")).expect("rm");
+        let c = t.check(set(&["src"])).ok().expect("check");
+        assert_eq!(c, [PathBuf::from("src/app.py")]);
+        std::fs::create_dir(root.join("src")).expect("mkdir");
+        std::fs::write(root.join("src/app.py"), "v3").expect("write");
+        let c = t.check(set(&["src"])).ok().expect("check");
+        assert_eq!(c, [PathBuf::from("src/app.py")]);
+    }
+
+    #[test]
+    fn globs_and_descriptions() {
+        let g = globset(&["src".into(), "templates/*.html".into()]).expect("globs");
+        assert!(g.is_match("src/a/b.py"));
+        assert!(g.is_match("templates/x.html"));
+        assert!(!g.is_match("README.md"));
+        let a = PathBuf::from("a");
+        let b = PathBuf::from("b");
+        assert_eq!(describe(&[&a]), "a changed");
+        assert_eq!(describe(&[&a, &b]), "a and 1 more changed");
+    }
+
+    #[test]
+    fn the_limit_message_names_the_sysctl() {
+        let m = limit_message("p");
+        assert!(m.contains("sysctl fs.inotify.max_user_watches="), "{m}");
+        assert!(m.contains("polling"), "{m}");
+    }
+}
