@@ -640,3 +640,25 @@ fn an_explicit_command_wins_over_the_process_types_and_runs_through_the_launcher
     up.stop()?;
     Ok(())
 }
+
+#[test]
+fn port_auto_reaches_the_buildpacks_process_as_port() -> Result<()> {
+    let Some(w) = World::new()? else {
+        return Ok(());
+    };
+    let dir = w.project(&format!(
+        r#"[project]
+name = "{}"
+
+[services.web]
+build = {{ builder = "oci:./builder:builder", run_image = "oci:./builder:run" }}
+port = "auto"
+health = {{ http = "/hello.txt", interval = "200ms" }}
+"#,
+        unique("cnb")
+    ))?;
+    let up = Up::start(&w, &dir)?;
+    up.wait_for("healthy", Duration::from_secs(120))?;
+    up.stop()?;
+    Ok(())
+}
