@@ -117,12 +117,25 @@ pub async fn build(
     client: &Client,
     service: Option<String>,
     force: bool,
+    pull: bool,
 ) -> Result<ExitCode, CtlError> {
     let project = client.resolve(None).await?;
     let tty = std::io::stderr().is_terminal();
     let services = crate::status::targets(client, &project, service).await?;
     let (mut failed, mut built) = (0, 0);
     for (service, named) in services {
+        if pull {
+            match crate::images::pull_one(client, &project, &service, false, tty).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {
+                    failed += 1;
+                    continue;
+                }
+                // A service without images (a host build) has nothing to pull.
+                Err(Error::NoImage(_)) => {}
+                Err(e) => return Err(CtlError::call(e)),
+            }
+        }
         match build_one(client, &project, &service, force, tty).await {
             Ok(Ok(_)) => built += 1,
             Ok(Err(_)) => failed += 1,

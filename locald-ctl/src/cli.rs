@@ -72,6 +72,10 @@ pub enum Command {
         /// Build even when the sources have not changed.
         #[arg(long)]
         force: bool,
+        /// First ask the registry for newer images (a buildpacks build's
+        /// builder and run image); a new digest rebuilds.
+        #[arg(long)]
+        pull: bool,
     },
     /// List the images in your store: size on disk, which projects that are up use them.
     Images {

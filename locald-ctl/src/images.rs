@@ -189,7 +189,7 @@ pub fn result_line(service: &str, outcome: &Result<PullResult, String>) -> Strin
     }
 }
 
-async fn pull_one(
+pub(crate) async fn pull_one(
     client: &Client,
     project: &str,
     service: &str,

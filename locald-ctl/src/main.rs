@@ -124,7 +124,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Start { service } => client.service_call("start", &service).await,
         Command::Stop { service } => client.service_call("stop", &service).await,
         Command::Restart { service } => client.service_call("restart", &service).await,
-        Command::Build { service, force } => build::build(&client, service, force).await,
+        Command::Build {
+            service,
+            force,
+            pull,
+        } => build::build(&client, service, force, pull).await,
         Command::Images { json } => images::images(&client, json).await,
         Command::Pull { service, force } => images::pull(&client, service, force).await,
         Command::Prune => images::prune(&client).await,

@@ -118,7 +118,7 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("locald is shutting down")]
     ShuttingDown,
-    /// The service runs no image.
+    /// The service runs no image and has no buildpacks build.
     #[error("service `{service}` of project `{project}` has no image")]
     NoImage {
         /// Project name.
@@ -570,13 +570,28 @@ impl Engine {
                     project: project.into(),
                     service: service.into(),
                 })?;
-            let image = cfg.image.as_ref().ok_or_else(|| EngineError::NoImage {
-                project: project.into(),
-                service: service.into(),
-            })?;
-            (image.reference.clone(), p.config.root.clone())
+            // A buildpacks service's images are its builder and run image.
+            let reference = match (&cfg.image, &cfg.build) {
+                (Some(image), _) => (image.reference.clone(), None),
+                (None, Some(crate::config::BuildSpec::Cnb(c))) => {
+                    (c.builder.clone(), Some(c.run_image.clone()))
+                }
+                _ => {
+                    return Err(EngineError::NoImage {
+                        project: project.into(),
+                        service: service.into(),
+                    })
+                }
+            };
+            (reference, p.config.root.clone())
         };
         let images = self.store_images()?;
+        let (reference, cnb_run) = reference;
+        if let Some(run_image) = cnb_run {
+            return self
+                .pull_cnb(project, service, &reference, run_image, &root, force)
+                .await;
+        }
         let progress = crate::supervisor::pull_reporter(
             self.inner.env.events.clone(),
             project,
@@ -590,6 +605,56 @@ impl Engine {
                 service: service.into(),
                 source: Box::new(source),
             })
+    }
+
+    /// Pulls a buildpacks service's builder, then its run image (the one
+    /// configured, else the one the builder names); the summary is the
+    /// builder's. The next build sees new digests and rebuilds.
+    async fn pull_cnb(
+        &self,
+        project: &str,
+        service: &str,
+        builder: &str,
+        run_image: Option<String>,
+        root: &Path,
+        force: bool,
+    ) -> Result<PullSummary, EngineError> {
+        let images = self.store_images()?;
+        let fail = |source| EngineError::Pull {
+            service: service.into(),
+            source: Box::new(source),
+        };
+        let reporter = |reference: &str| {
+            crate::supervisor::pull_reporter(
+                self.inner.env.events.clone(),
+                project,
+                service,
+                reference,
+            )
+        };
+        let summary = images
+            .pull(builder, root, force, reporter(builder))
+            .await
+            .map_err(fail)?;
+        let run_image = match run_image {
+            Some(r) => Some(r),
+            None => images
+                .images()
+                .store()
+                .image(&summary.manifest)
+                .ok()
+                .and_then(|image| {
+                    crate::build::cnb::BuilderInfo::from_config(builder, &image.config).ok()
+                })
+                .and_then(|info| info.run_image),
+        };
+        if let Some(run) = run_image {
+            images
+                .pull(&run, root, force, reporter(&run))
+                .await
+                .map_err(fail)?;
+        }
+        Ok(summary)
     }
 
     /// Every stored image, its size, and the projects that are up and use

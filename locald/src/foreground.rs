@@ -200,15 +200,40 @@ pub async fn build(
     for s in extra {
         sink = sink.with(s);
     }
-    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let (events, mut rx) = tokio::sync::broadcast::channel(1024);
+    // Buildpacks builds run in containers from the image store; the same
+    // runtimes `locald up` uses.
+    let runtime = if config
+        .services
+        .values()
+        .any(|s| matches!(s.build, Some(crate::config::BuildSpec::Cnb(_))))
+    {
+        crate::runtime::RuntimeSet::detect()
+    } else {
+        crate::runtime::RuntimeSet::host(Arc::new(crate::runtime::host::HostRuntime::detect()))
+    };
     let env = crate::supervisor::Env {
         events,
         sink: Arc::new(sink),
-        runtime: crate::runtime::RuntimeSet::host(Arc::new(
-            crate::runtime::host::HostRuntime::detect(),
-        )),
+        runtime,
+    };
+    // Progress steps ("Building: step 3/5 – Restoring cache") as lines.
+    let printer = {
+        let term = term.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev @ Event::BuildProgress { .. }) => {
+                        term.event(&ev);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
     };
     let records = crate::supervisor::build_services(config, &names, force, env).await;
+    printer.abort();
     let mut ok = true;
     for (name, r) in &records {
         let took = r

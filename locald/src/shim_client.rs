@@ -196,6 +196,30 @@ impl BundleSpec {
         self
     }
 
+    /// Maps the caller's own uid and gid to `uid:gid` in the container
+    /// instead of to root, swapping them with the subordinate ids that
+    /// `uid:gid` had: files the caller owns appear as `uid:gid`'s, and the
+    /// image's root-owned files (unpacked as the caller's) as owned by the
+    /// subordinate id now at 0. Only for a read-only rootfs, whose owners
+    /// then matter for reading alone. Fails when `uid` or `gid` is not
+    /// mapped (too few subordinate ids).
+    pub fn own_ids_as(mut self, uid: u32, gid: u32) -> Result<Self, ShimError> {
+        let not_mapped = |kind: &str, id: u32| ShimError::Io {
+            what: "cannot map your own id to the build user",
+            path: PathBuf::from(format!("/etc/sub{kind}")),
+            source: std::io::Error::other(format!(
+                "container {kind} {id} is not in your subordinate {kind} ranges; \
+                 give your user at least {} ids in /etc/sub{kind}",
+                u64::from(id) + 1
+            )),
+        };
+        self.uid_mappings =
+            swap_to(&self.uid_mappings, uid).ok_or_else(|| not_mapped("uid", uid))?;
+        self.gid_mappings =
+            swap_to(&self.gid_mappings, gid).ok_or_else(|| not_mapped("gid", gid))?;
+        Ok(self)
+    }
+
     /// Mount the rootfs read-only or not.
     pub fn readonly_root(mut self, yes: bool) -> Self {
         self.readonly_root = yes;
@@ -479,6 +503,57 @@ fn mappings(own: u32, sub: &[(u32, u32)]) -> Vec<IdMap> {
     out
 }
 
+/// `maps` (container 0 first, as [`mappings`] makes them) with container
+/// ids 0 and `to` swapped; `None` when `to` is not mapped.
+fn swap_to(maps: &[IdMap], to: u32) -> Option<Vec<IdMap>> {
+    if to == 0 {
+        return Some(maps.to_vec());
+    }
+    let host_of = |c: u32| {
+        maps.iter()
+            .find(|m| c >= m.container_id && c - m.container_id < m.size)
+            .map(|m| m.host_id + (c - m.container_id))
+    };
+    let (own, other) = (host_of(0)?, host_of(to)?);
+    let mut out = Vec::new();
+    for m in maps {
+        let end = m.container_id + m.size;
+        // Split every range around ids 0 and `to`, which get single entries.
+        let mut start = m.container_id;
+        for cut in [0, to] {
+            if cut >= start && cut < end {
+                if cut > start {
+                    out.push(IdMap {
+                        container_id: start,
+                        host_id: m.host_id + (start - m.container_id),
+                        size: cut - start,
+                    });
+                }
+                start = cut + 1;
+            }
+        }
+        if start < end {
+            out.push(IdMap {
+                container_id: start,
+                host_id: m.host_id + (start - m.container_id),
+                size: end - start,
+            });
+        }
+    }
+    out.push(IdMap {
+        container_id: 0,
+        host_id: other,
+        size: 1,
+    });
+    out.push(IdMap {
+        container_id: to,
+        host_id: own,
+        size: 1,
+    });
+    out.sort_by_key(|m| m.container_id);
+    Some(out)
+}
+
 /// Drives one installed shim binary.
 #[derive(Clone, Debug)]
 pub struct ShimClient {
@@ -659,6 +734,25 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn own_ids_swap_with_the_build_user() {
+        let m = mappings(1000, &[(100000, 65536)]);
+        let s = swap_to(&m, 1000).unwrap();
+        let host = |c: u32| {
+            s.iter()
+                .find(|m| c >= m.container_id && c - m.container_id < m.size)
+                .map(|m| m.host_id + (c - m.container_id))
+        };
+        assert_eq!(host(1000), Some(1000));
+        assert_eq!(host(0), Some(100000 + 999));
+        assert_eq!(host(1), Some(100000));
+        assert_eq!(host(999), Some(100000 + 998));
+        assert_eq!(host(1001), Some(100000 + 1000));
+        assert_eq!(host(65536), Some(100000 + 65535));
+        assert_eq!(s.iter().map(|m| u64::from(m.size)).sum::<u64>(), 65537);
+        assert!(swap_to(&mappings(1000, &[]), 1000).is_none());
     }
 
     #[test]

@@ -260,6 +260,18 @@ impl Terminal {
                 }
                 text
             }
+            // Steps of a multi-step build (a buildpacks lifecycle's phases):
+            // "web Building: step 3/5 – Restoring cache". Step 0 is the
+            // preparation before the first phase, not worth a line.
+            Event::BuildProgress {
+                service,
+                step,
+                total,
+                label,
+                ..
+            } if *step > 0 && *total > 3 => {
+                format!("{service} Building: step {step}/{total} – {label}")
+            }
             Event::BuildFinished {
                 service, record, ..
             } => match record.result {

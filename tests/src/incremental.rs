@@ -82,6 +82,12 @@ impl Project {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            run_image: None,
+            process: None,
+            pull: locald::config::PullPolicy::IfNotPresent,
+            layout: self
+                .path()
+                .join(".locald/services/web/artifacts/oci-layout"),
         });
         Ok(BuildOptions::new(self.path(), "web", spec, false)?)
     }

@@ -259,6 +259,71 @@ fn build_table_unknown_key() {
 }
 
 #[test]
+fn cnb_build_bad_builder_reference() {
+    check(
+        "[services.web]\nbuild = { builder = \"oci:\" }\n",
+        "invalid builder image",
+        2,
+        21,
+        "oci:PATH[:TAG]",
+    );
+}
+
+#[test]
+fn cnb_build_bad_run_image() {
+    check(
+        "[services.web]\nbuild = { builder = \"b/b\", run_image = \"a b\" }\n",
+        "invalid run image",
+        2,
+        40,
+        "name[:tag]",
+    );
+}
+
+#[test]
+fn cnb_build_bad_pull_policy() {
+    check(
+        "[services.web]\nbuild = { builder = \"b/b\", pull = \"sometimes\" }\n",
+        "invalid pull policy `sometimes`",
+        2,
+        35,
+        "\"always\"",
+    );
+}
+
+#[test]
+fn cnb_build_bad_process_type() {
+    check(
+        "[services.web]\nbuild = { builder = \"b/b\", process = \"../x\" }\n",
+        "invalid process type",
+        2,
+        38,
+        "worker",
+    );
+}
+
+#[test]
+fn cnb_keys_on_a_host_build() {
+    check(
+        "[services.web]\ncommand = \"x\"\nbuild = { command = \"make\", process = \"web\" }\n",
+        "`process` is for buildpacks builds",
+        3,
+        9,
+        "add `builder`",
+    );
+}
+
+#[test]
+fn cnb_service_needs_no_command() {
+    let c = Config::parse(
+        Path::new("/proj/locald.toml"),
+        "[services.web]\nbuild = { builder = \"b/b\", process = \"worker\", pull = \"always\" }\n",
+    )
+    .unwrap();
+    assert!(c.services["web"].command.is_none());
+}
+
+#[test]
 fn toml_syntax_error() {
     check(
         "[services.web]\ncommand = \"x\n",

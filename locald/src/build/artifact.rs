@@ -70,6 +70,9 @@ pub struct Manifest {
     /// Digest of the builder image used (CNB builds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder_image_digest: Option<String>,
+    /// CNB builds: what else the image was made with and what it offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnb: Option<Box<CnbManifest>>,
     /// Tree hash (hex) of a host build's declared `outputs` as the build
     /// left them; a later check that finds them different rebuilds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +90,23 @@ pub struct Manifest {
     /// How it ended (only a successful build is committed, so `succeeded`
     /// in an `artifacts/` directory).
     pub result: BuildResult,
+}
+
+/// The CNB part of a [`Manifest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CnbManifest {
+    /// Digest of the run image's manifest.
+    pub run_image_digest: String,
+    /// The platform API the creator ran with.
+    pub platform_api: String,
+    /// The exported image's manifest digest.
+    pub image_digest: String,
+    /// Its name in the user's image store (`locald.local/<project>/<service>:latest`).
+    pub image_name: String,
+    /// Its process types.
+    pub process_types: Vec<String>,
+    /// The default process type, if any.
+    pub default_process: Option<String>,
 }
 
 mod rfc3339 {
@@ -540,6 +560,7 @@ mod tests {
             source_hash: Some(hash.into()),
             config_hash: "c".into(),
             builder_image_digest: Some("sha256:abc".into()),
+            cnb: None,
             output_hash: None,
             locald_version: env!("CARGO_PKG_VERSION").into(),
             started_at: started,

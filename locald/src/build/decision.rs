@@ -43,6 +43,12 @@ pub struct BuildOptions {
     pub output_dir: PathBuf,
     /// Build even if up to date.
     pub force: bool,
+    /// CNB builds: `project.toml`'s `[build] include` patterns (empty: the
+    /// whole tree).
+    pub include: Vec<String>,
+    /// CNB builds: paths (relative to the source directory) `project.toml`
+    /// excludes.
+    pub exclude: Vec<PathBuf>,
 }
 
 impl BuildOptions {
@@ -62,6 +68,8 @@ impl BuildOptions {
             service: service.to_owned(),
             spec,
             force,
+            include: Vec::new(),
+            exclude: Vec::new(),
         })
     }
 
@@ -100,7 +108,15 @@ impl BuildOptions {
                     .filter(|p| !p.as_os_str().is_empty())
                     .collect(),
             ),
-            BuildSpec::Cnb(c) => (HashScope::tree(&c.path), Vec::new()),
+            BuildSpec::Cnb(c) if self.include.is_empty() => {
+                (HashScope::tree(&c.path), self.exclude.clone())
+            }
+            BuildSpec::Cnb(c) => {
+                // The descriptor itself always counts: its env changes builds.
+                let mut include = self.include.clone();
+                include.push("project.toml".into());
+                (HashScope::inputs(&c.path, &include), self.exclude.clone())
+            }
         };
         scope.exclude = extra;
         for dir in [&self.output_dir, &self.cache_dir] {
@@ -136,6 +152,13 @@ pub enum Reason {
         /// Digest now.
         new: String,
     },
+    /// The run image resolves to another digest.
+    RunImageChanged {
+        /// Digest used by the last build.
+        old: Option<String>,
+        /// Digest now.
+        new: String,
+    },
     /// A host build's declared output is gone.
     OutputMissing(PathBuf),
     /// A host build's outputs differ from what the last good build left
@@ -160,6 +183,12 @@ impl fmt::Display for Reason {
             }
             Reason::BuilderChanged { old: None, new } => {
                 write!(f, "builder image changed: now {new}")
+            }
+            Reason::RunImageChanged { old: Some(o), new } => {
+                write!(f, "run image changed: {o} → {new}")
+            }
+            Reason::RunImageChanged { old: None, new } => {
+                write!(f, "run image changed: now {new}")
             }
             Reason::OutputMissing(p) => write!(f, "output missing: {}", p.display()),
             Reason::OutputChanged => f.write_str("outputs changed since the last good build"),
@@ -209,6 +238,7 @@ impl Decision {
             source_hash: self.source_hash().map(|d| d.to_hex()),
             config_hash: self.config_hash.to_hex(),
             builder_image_digest: self.builder_digest.clone(),
+            cnb: None,
             // What the build left, so a later check notices outputs that
             // changed since (by hand, or by a build that failed half-way).
             output_hash: output_hash(opts)?,
@@ -313,6 +343,29 @@ pub fn needs_rebuild(
     Ok(decide(Reason::UpToDate, Some(tree)))
 }
 
+/// [`needs_rebuild`] for a CNB build, which also rebuilds when the run
+/// image resolves to another digest than the last build's.
+pub fn needs_cnb_rebuild(
+    opts: &BuildOptions,
+    builder_digest: &str,
+    run_image_digest: &str,
+) -> Result<Decision, BuildError> {
+    let mut d = needs_rebuild(opts, Some(builder_digest))?;
+    if d.reason == Reason::UpToDate {
+        let old = match opts.service_layout().read_manifest()? {
+            Stored::Found(m) => m.cnb.map(|c| c.run_image_digest),
+            _ => None,
+        };
+        if old.as_deref() != Some(run_image_digest) {
+            d.reason = Reason::RunImageChanged {
+                old,
+                new: run_image_digest.to_owned(),
+            };
+        }
+    }
+    Ok(d)
+}
+
 /// The tree hash (hex) of a host build's declared `outputs`, ignored files
 /// included; `None` for a build that declares none. Uses a stat cache of its
 /// own, so an unchanged output costs a `stat` per file, not a read.
@@ -368,6 +421,7 @@ pub fn config_hash(spec: &BuildSpec, project_path: &Path) -> Digest {
         BuildSpec::Cnb(c) => {
             h.field(b"cnb");
             h.field(c.builder.as_bytes());
+            h.field(c.run_image.as_deref().unwrap_or("").as_bytes());
             h.list(&c.buildpacks);
             let path = c.path.strip_prefix(project_path).unwrap_or(&c.path);
             h.field(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()));
@@ -447,9 +501,13 @@ mod tests {
         let cnb = |root: &str| {
             BuildSpec::Cnb(CnbBuild {
                 builder: "b:1".into(),
+                run_image: None,
                 buildpacks: vec![],
                 path: Path::new(root).join("app"),
                 env: vec![],
+                process: None,
+                pull: crate::config::PullPolicy::IfNotPresent,
+                layout: Path::new(root).join("layout"),
             })
         };
         assert_eq!(

@@ -13,6 +13,8 @@
 //!   read again, as git's index does.
 //! - [`artifact`] owns the `.locald/` layout, the manifest and the staging
 //!   directory a build writes into before it is swapped in.
+//! - [`cnb`] is the Cloud Native Buildpacks platform side as data: builder
+//!   inspection, the creator's command line, phases, process types.
 //! - [`decision`] puts them together into a [`Decision`] that says why a
 //!   build runs or why it is skipped.
 //!
@@ -20,6 +22,7 @@
 //! keeps the results.
 
 pub mod artifact;
+pub mod cnb;
 pub mod decision;
 pub mod hash;
 pub mod statcache;
@@ -28,8 +31,10 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-pub use artifact::{Layout, Manifest, ServiceLayout, Staging};
-pub use decision::{config_hash, needs_rebuild, output_hash, BuildOptions, Decision, Reason};
+pub use artifact::{CnbManifest, Layout, Manifest, ServiceLayout, Staging};
+pub use decision::{
+    config_hash, needs_cnb_rebuild, needs_rebuild, output_hash, BuildOptions, Decision, Reason,
+};
 pub use hash::{hash_tree, ChangeSummary, FileEntry, FileKind, HashScope, TreeHash};
 pub use statcache::StatCache;
 

@@ -30,7 +30,10 @@ pub use ports::Port;
 pub use raw::RuntimeChoice;
 pub use raw::{RestartPolicy, WatchAction};
 
-use raw::{EnvValue, RawBuild, RawCommand, RawFile, RawHealth, RawPort, RawService, RawWatch};
+use raw::{
+    EnvValue, RawBuild, RawBuildTable, RawCommand, RawFile, RawHealth, RawPort, RawService,
+    RawWatch,
+};
 
 /// The file name locald looks for.
 pub const FILE_NAME: &str = "locald.toml";
@@ -206,13 +209,7 @@ pub struct HostBuild {
 impl BuildSpec {
     /// Why this version of locald cannot run this build, if it cannot.
     pub fn unsupported(&self) -> Option<String> {
-        match self {
-            BuildSpec::Host(_) => None,
-            BuildSpec::Cnb(c) => Some(format!(
-                "buildpacks builds (builder {}) are not available in this version of locald",
-                c.builder
-            )),
-        }
+        None
     }
 }
 
@@ -260,6 +257,9 @@ pub struct Volume {
 impl ServiceConfig {
     /// What the service runs, as the runtime takes it.
     pub fn workload(&self) -> crate::runtime::Workload {
+        if let Some(BuildSpec::Cnb(cnb)) = &self.build {
+            return cnb_workload(cnb, self.command.as_ref());
+        }
         match &self.image {
             Some(image) => crate::runtime::Workload::Image {
                 reference: image.reference.clone(),
@@ -267,6 +267,7 @@ impl ServiceConfig {
                 volumes: image.volumes.clone(),
                 workdir: image.workdir.clone(),
                 read_only: image.read_only,
+                map_user: None,
             },
             None => crate::runtime::Workload::Host {
                 argv: self
@@ -279,18 +280,67 @@ impl ServiceConfig {
     }
 }
 
+/// What a service built by buildpacks runs: its exported image (read from
+/// the artifact, the workspace's source of truth), with an explicit
+/// `command` first, then the chosen process type, then the image's default
+/// process. Both go through the CNB launcher, so the buildpacks' launch
+/// environment applies.
+fn cnb_workload(cnb: &CnbBuild, command: Option<&CommandSpec>) -> crate::runtime::Workload {
+    let command = match (command, &cnb.process) {
+        (Some(c), _) => Some(
+            ["/cnb/lifecycle/launcher".to_owned(), "--".to_owned()]
+                .into_iter()
+                .chain(c.argv())
+                .collect(),
+        ),
+        (None, Some(p)) => Some(vec![format!("/cnb/process/{p}")]),
+        (None, None) => None,
+    };
+    crate::runtime::Workload::Image {
+        reference: format!("oci:{}:{CNB_IMAGE_TAG}", cnb.layout.display()),
+        command,
+        volumes: Vec::new(),
+        workdir: None,
+        read_only: false,
+        map_user: None,
+    }
+}
+
 /// A CNB build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CnbBuild {
     /// Builder image reference.
     pub builder: String,
-    /// Explicit buildpacks.
+    /// Run image reference; `None` takes the builder's.
+    pub run_image: Option<String>,
+    /// Explicit buildpacks: ids (`id` or `id@version`) or local directories
+    /// (absolute after checking).
     pub buildpacks: Vec<String>,
     /// Source directory, absolute.
     pub path: PathBuf,
-    /// Build environment.
+    /// Build environment (the platform's `env/` directory).
     pub env: Vec<(String, String)>,
+    /// The process type to run; `None` runs the image's default.
+    pub process: Option<String>,
+    /// When to ask registries for newer builder and run images.
+    pub pull: PullPolicy,
+    /// The exported image: `.locald/services/<name>/artifacts/oci-layout`.
+    pub layout: PathBuf,
 }
+
+/// When a CNB build asks registries for newer images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Use what is stored; pull only what is missing (`locald-ctl build
+    /// --pull` checks anyway).
+    #[default]
+    IfNotPresent,
+    /// Check the registry before every build.
+    Always,
+}
+
+/// The tag of a CNB build's image in its OCI layout.
+pub const CNB_IMAGE_TAG: &str = "latest";
 
 /// What makes a service Healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -806,13 +856,18 @@ impl Checker {
                         Some("a host process sees the host's files as they are; remove `volumes` or add `image`".into()),
                     );
                 }
-                if command.is_none() && self.diags.len() == errors_before {
+                // A buildpacks build makes the image and its start command.
+                let cnb = matches!(
+                    svc.build.as_ref().map(Spanned::get_ref),
+                    Some(RawBuild::Table(t)) if t.builder.is_some()
+                );
+                if command.is_none() && !cnb && self.diags.len() == errors_before {
                     match self.procfile_command(name) {
                         Ok(c) => command = Some(c),
                         Err(why) => self.push(
                             format!("service `{name}` has no `command` or `image`, and {why}"),
                             Some(span.clone()),
-                            Some("add `command = \"...\"` (what to run after the build), `image = \"...\"`, or a Procfile line `NAME: COMMAND`".into()),
+                            Some("add `command = \"...\"` (what to run after the build), `image = \"...\"`, a buildpacks build, or a Procfile line `NAME: COMMAND`".into()),
                         ),
                     }
                 }
@@ -860,7 +915,7 @@ impl Checker {
             }
         }
 
-        let build = svc.build.and_then(|b| self.build(b));
+        let build = svc.build.and_then(|b| self.build(b, name));
         let ports = self.ports(svc.port, svc.ports);
         let watch = svc.watch.and_then(|w| self.watch(w, build.is_some()));
         let restart_on = self.restart_on(name, svc.restart_on, names);
@@ -1244,7 +1299,7 @@ impl Checker {
         })
     }
 
-    fn build(&mut self, build: Spanned<RawBuild>) -> Option<BuildSpec> {
+    fn build(&mut self, build: Spanned<RawBuild>, service: &str) -> Option<BuildSpec> {
         let span = build.span();
         match build.into_inner() {
             RawBuild::Command(s) => {
@@ -1257,100 +1312,184 @@ impl Checker {
                     env: Vec::new(),
                 }))
             }
-            RawBuild::Table(t) => {
-                match (t.command, t.builder) {
-                    (Some(_), Some(b)) => {
-                        self.push(
+            RawBuild::Table(mut t) => match (t.command.take(), t.builder.take()) {
+                (Some(_), Some(b)) => {
+                    self.push(
                         "a build table has both `command` and `builder`",
                         Some(b.span()),
                         Some("use `command` for a host build or `builder` for a buildpacks build, not both".into()),
                     );
-                        None
-                    }
-                    (None, None) => {
-                        self.push(
+                    None
+                }
+                (None, None) => {
+                    self.push(
                         "a build table needs `command` or `builder`",
                         Some(span),
                         Some("e.g. build = { command = \"make\" } or build = { builder = \"paketobuildpacks/builder:base\" }".into()),
                     );
-                        None
-                    }
-                    (Some(cmd), None) => {
-                        for (field, v) in [
-                            ("buildpacks", t.buildpacks.is_some()),
-                            ("path", t.path.is_some()),
-                        ] {
-                            if v {
-                                self.push(
-                                    format!("`{field}` is for buildpacks builds"),
-                                    Some(span.clone()),
-                                    Some("add `builder`, or remove it".into()),
-                                );
-                            }
-                        }
-                        let command = self.command(cmd, "build command")?;
-                        let inputs = self.globs(t.inputs, "inputs");
-                        let outputs = t
-                            .outputs
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(Spanned::into_inner)
-                            .collect();
-                        let env = self.env(t.env);
-                        Some(BuildSpec::Host(HostBuild {
-                            command,
-                            inputs,
-                            outputs,
-                            env,
-                        }))
-                    }
-                    (None, Some(builder)) => {
-                        for (field, v) in [
-                            ("inputs", t.inputs.is_some()),
-                            ("outputs", t.outputs.is_some()),
-                        ] {
-                            if v {
-                                self.push(
-                                    format!("`{field}` is for host builds"),
-                                    Some(span.clone()),
-                                    Some(
-                                        "buildpacks builds hash the whole source tree; remove it"
-                                            .into(),
-                                    ),
-                                );
-                            }
-                        }
-                        if builder.get_ref().trim().is_empty()
-                            || builder.get_ref().contains(char::is_whitespace)
-                        {
+                    None
+                }
+                (Some(cmd), None) => {
+                    for (field, v) in [
+                        ("buildpacks", t.buildpacks.is_some()),
+                        ("path", t.path.is_some()),
+                        ("run_image", t.run_image.is_some()),
+                        ("process", t.process.is_some()),
+                        ("pull", t.pull.is_some()),
+                    ] {
+                        if v {
                             self.push(
-                            format!("invalid builder image `{}`", builder.get_ref()),
-                            Some(builder.span()),
-                            Some("use an image reference such as \"paketobuildpacks/builder:base\"".into()),
-                        );
-                            return None;
+                                format!("`{field}` is for buildpacks builds"),
+                                Some(span.clone()),
+                                Some("add `builder`, or remove it".into()),
+                            );
                         }
-                        let path = match &t.path {
-                            Some(p) => self.rel_path(p, "path")?,
-                            None => self.root.clone(),
-                        };
-                        let buildpacks = t
-                            .buildpacks
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(Spanned::into_inner)
-                            .collect();
-                        let env = self.env(t.env);
-                        Some(BuildSpec::Cnb(CnbBuild {
-                            builder: builder.into_inner(),
-                            buildpacks,
-                            path,
-                            env,
-                        }))
                     }
+                    let command = self.command(cmd, "build command")?;
+                    let inputs = self.globs(t.inputs, "inputs");
+                    let outputs = t
+                        .outputs
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(Spanned::into_inner)
+                        .collect();
+                    let env = self.env(t.env);
+                    Some(BuildSpec::Host(HostBuild {
+                        command,
+                        inputs,
+                        outputs,
+                        env,
+                    }))
+                }
+                (None, Some(builder)) => {
+                    for (field, v) in [
+                        ("inputs", t.inputs.is_some()),
+                        ("outputs", t.outputs.is_some()),
+                    ] {
+                        if v {
+                            self.push(
+                                format!("`{field}` is for host builds"),
+                                Some(span.clone()),
+                                Some(
+                                    "buildpacks builds hash the whole source tree; remove it"
+                                        .into(),
+                                ),
+                            );
+                        }
+                    }
+                    self.cnb_build(*t, builder, service)
+                }
+            },
+        }
+    }
+
+    /// The buildpacks side of a build table (`builder` is set).
+    fn cnb_build(
+        &mut self,
+        t: RawBuildTable,
+        builder: Spanned<String>,
+        service: &str,
+    ) -> Option<BuildSpec> {
+        let before = self.diags.len();
+        let hint = "write `name[:tag][@sha256:…]`, `oci:PATH[:TAG]` or `oci-archive:FILE[:TAG]`, \
+                    e.g. \"paketobuildpacks/builder-jammy-base\"";
+        let image = |this: &mut Self, what: &str, r: &Spanned<String>| {
+            let text = r.get_ref().trim();
+            match check_image_reference(text) {
+                Ok(()) if !text.contains(char::is_whitespace) => Some(text.to_owned()),
+                Ok(()) => {
+                    this.push(
+                        format!("invalid {what} image `{}`", r.get_ref()),
+                        Some(r.span()),
+                        Some(hint.into()),
+                    );
+                    None
+                }
+                Err(why) => {
+                    this.push(
+                        format!("invalid {what} image `{}`: {why}", r.get_ref()),
+                        Some(r.span()),
+                        Some(hint.into()),
+                    );
+                    None
                 }
             }
+        };
+        let builder_ref = image(self, "builder", &builder);
+        let run_image = t.run_image.as_ref().and_then(|r| image(self, "run", r));
+        let path = match &t.path {
+            Some(p) => self.rel_path(p, "path"),
+            None => Some(self.root.clone()),
+        };
+        let mut buildpacks = Vec::new();
+        for bp in t.buildpacks.unwrap_or_default() {
+            let text = bp.get_ref().trim();
+            if text.is_empty() || text.contains(char::is_whitespace) {
+                self.push(
+                    format!("invalid buildpack `{}`", bp.get_ref()),
+                    Some(bp.span()),
+                    Some("give a buildpack id (`heroku/nodejs`, `id@1.2.3`) or a local directory (`./buildpacks/mine`)".into()),
+                );
+            } else if text.starts_with("./") || text.starts_with("../") || text.starts_with('/') {
+                if let Some(p) = self.rel_path(&bp, "buildpack directory") {
+                    buildpacks.push(p.to_string_lossy().into_owned());
+                }
+            } else {
+                buildpacks.push(text.to_owned());
+            }
         }
+        let process = t.process.as_ref().and_then(|p| {
+            let ok = !p.get_ref().is_empty()
+                && p
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+                && !p.get_ref().starts_with('.');
+            if ok {
+                Some(p.get_ref().clone())
+            } else {
+                self.push(
+                    format!("invalid process type `{}`", p.get_ref()),
+                    Some(p.span()),
+                    Some("process types are letters, digits, `-`, `_` and `.`, e.g. \"web\" or \"worker\"".into()),
+                );
+                None
+            }
+        });
+        let pull = match t.pull.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("if-not-present") => PullPolicy::IfNotPresent,
+            Some("always") => PullPolicy::Always,
+            Some(other) => {
+                let span = t.pull.as_ref().map(Spanned::span);
+                self.push(
+                    format!("invalid pull policy `{other}`"),
+                    span,
+                    Some("use \"if-not-present\" (the default) or \"always\"".into()),
+                );
+                PullPolicy::IfNotPresent
+            }
+        };
+        let env = self.env(t.env);
+        if self.diags.len() > before {
+            return None;
+        }
+        let layout = self
+            .root
+            .join(crate::build::artifact::LOCALD_DIR)
+            .join("services")
+            .join(service)
+            .join("artifacts")
+            .join("oci-layout");
+        Some(BuildSpec::Cnb(CnbBuild {
+            builder: builder_ref?,
+            run_image,
+            buildpacks,
+            path: path?,
+            env,
+            process,
+            pull,
+            layout,
+        }))
     }
 
     fn globs(&mut self, globs: Option<Vec<Spanned<String>>>, what: &str) -> Vec<String> {

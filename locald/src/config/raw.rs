@@ -317,6 +317,18 @@ pub struct RawBuildTable {
     /// CNB build: source directory relative to the project (default: the project).
     #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
+    /// CNB build: the run image (default: the builder's own run image); any
+    /// image reference, `oci:PATH:TAG` included.
+    #[schemars(with = "Option<String>")]
+    pub run_image: Option<Spanned<String>>,
+    /// CNB build: the process type the service runs (default: the
+    /// buildpacks' default process, usually "web").
+    #[schemars(with = "Option<String>")]
+    pub process: Option<Spanned<String>>,
+    /// CNB build: when to ask the registry for newer builder and run images:
+    /// "if-not-present" (default: use what is stored) or "always".
+    #[schemars(with = "Option<String>")]
+    pub pull: Option<Spanned<String>>,
     /// Environment for the build.
     #[schemars(with = "Option<IndexMap<String, String>>")]
     pub env: Option<IndexMap<String, Spanned<EnvValue>>>,

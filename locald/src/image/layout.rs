@@ -200,6 +200,57 @@ pub trait Source {
     fn open_blob(&mut self, digest: &Digest) -> Result<Option<OpenBlob<'_>>, LayoutError>;
 }
 
+/// Writes the stored image `manifest` as an OCI image layout at `dir` (which
+/// must not exist) holding that one image, tagged `tag`: what a CNB creator
+/// reads its run image from. Blobs are copied, never linked, so nothing
+/// done to the layout reaches the store.
+pub fn export_image(
+    store: &Store,
+    manifest: &Digest,
+    dir: &Path,
+    tag: &str,
+) -> Result<(), LayoutError> {
+    let io_err = |path: &Path, source: io::Error| LayoutError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let image = store.image(manifest)?;
+    let manifest_bytes = store.read_blob(manifest, MANIFEST_LIMIT)?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
+        .ok()
+        .and_then(|v| v.get("mediaType")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned());
+    let blobs = dir.join("blobs");
+    std::fs::create_dir_all(&blobs).map_err(|e| io_err(&blobs, e))?;
+    let digests = std::iter::once(manifest.clone())
+        .chain(std::iter::once(image.config_digest.clone()))
+        .chain(image.layers.iter().map(|l| l.digest.clone()));
+    for d in digests {
+        let algo_dir = blobs.join("sha256");
+        std::fs::create_dir_all(&algo_dir).map_err(|e| io_err(&algo_dir, e))?;
+        let to = algo_dir.join(d.hex());
+        if to.exists() {
+            continue;
+        }
+        std::fs::copy(store.blob_path(&d), &to).map_err(|e| io_err(&to, e))?;
+    }
+    let layout = dir.join("oci-layout");
+    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| io_err(&layout, e))?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": media_type,
+            "digest": manifest.to_string(),
+            "size": manifest_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    let index_path = dir.join("index.json");
+    std::fs::write(&index_path, index.to_string()).map_err(|e| io_err(&index_path, e))?;
+    Ok(())
+}
+
 /// Imports the image tagged `tag` (or the only one) from the layout
 /// directory `dir`.
 pub fn import_layout(

@@ -245,6 +245,21 @@ impl Images {
         project_dir: &Path,
         progress: ProgressFn,
     ) -> Result<Fetched, ImageError> {
+        self.fetch_and_record(image, project_dir, progress, true)
+            .await
+    }
+
+    /// [`Images::fetch`]; with `always_record` false, `images.json` is
+    /// rewritten only when what the reference names (or who uses it)
+    /// changed, so re-importing an unchanged layout costs no write and no
+    /// fsync.
+    async fn fetch_and_record(
+        &self,
+        image: &ImageRef,
+        project_dir: &Path,
+        progress: ProgressFn,
+        always_record: bool,
+    ) -> Result<Fetched, ImageError> {
         let (manifest, index, copied, bytes) = match image {
             ImageRef::Registry(r) => {
                 let p = self
@@ -289,7 +304,13 @@ impl Images {
         let key = image.key(project_dir);
         let project = project_dir.to_owned();
         let (image, index) = tokio::task::spawn_blocking(move || {
-            store.record(&key, &manifest, index.as_ref(), Some(&project))?;
+            let unchanged = !always_record
+                && store.lookup(&key)?.is_some_and(|e| {
+                    e.manifest == manifest && e.index == index && e.projects.contains(&project)
+                });
+            if !unchanged {
+                store.record(&key, &manifest, index.as_ref(), Some(&project))?;
+            }
             Ok::<_, StoreError>((store.image(&manifest)?, index))
         })
         .await
@@ -326,7 +347,10 @@ impl Images {
                 return Ok(stored);
             }
         }
-        Ok(self.fetch(image, project_dir, progress).await?.image)
+        Ok(self
+            .fetch_and_record(image, project_dir, progress, false)
+            .await?
+            .image)
     }
 }
 

@@ -278,6 +278,7 @@ impl ContainerRuntime {
             volumes,
             workdir,
             read_only,
+            map_user,
         } = &spec.workload
         else {
             return Err(unavailable(format!(
@@ -337,8 +338,12 @@ impl ContainerRuntime {
                 "image {reference} has no Entrypoint or Cmd; give the service a `command`"
             )));
         }
-        let user = resolve_user(&image.rootfs, image.user.as_deref())
+        let mut user = resolve_user(&image.rootfs, image.user.as_deref())
             .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
+        if let Some((uid, gid)) = map_user {
+            user.uid = *uid;
+            user.gid = *gid;
+        }
         let mut env = image.env.clone();
         if let Some(home) = &user.home {
             if !env.iter().any(|e| e.starts_with("HOME=")) {
@@ -358,6 +363,9 @@ impl ContainerRuntime {
             )
             .readonly_root(*read_only)
             .user(user.uid, user.gid);
+        if let Some((uid, gid)) = map_user {
+            bundle = bundle.own_ids_as(*uid, *gid).map_err(unavailable)?;
+        }
         for tmp in ["/tmp", "/run", "/var/tmp"] {
             bundle = bundle.tmpfs(tmp);
         }

@@ -62,6 +62,11 @@ pub enum Workload {
         /// Run on the image's shared rootfs, read-only, instead of a
         /// private writable copy.
         read_only: bool,
+        /// Run as this `uid:gid` of the container and map the caller's own
+        /// ids to it (instead of to root): what the process writes in its
+        /// bind mounts is then the caller's. Buildpacks builds run so, as the
+        /// builder's CNB user.
+        map_user: Option<(u32, u32)>,
     },
 }
 

@@ -107,6 +107,9 @@ impl Builder {
         if let Some(why) = self.unsupported() {
             return Err(why);
         }
+        if let BuildSpec::Cnb(cnb) = &spec {
+            return self.cnb(cnb, force, build_id, started, record).await;
+        }
         self.progress(build_id, 1, 3, "checking sources".into());
         let opts = BuildOptions::new(&self.root, &self.service, spec.clone(), force)
             .map_err(|e| error_chain(&e))?;
@@ -151,7 +154,7 @@ impl Builder {
         Ok(BuildResult::Succeeded)
     }
 
-    fn publish(&self, record: &BuildRecord) {
+    pub(super) fn publish(&self, record: &BuildRecord) {
         self.snapshot
             .send_modify(|s| s.last_build = Some(record.clone()));
         let snap = self.snapshot.borrow().clone();
@@ -161,7 +164,7 @@ impl Builder {
         });
     }
 
-    fn progress(&self, build_id: &str, step: u32, total: u32, label: String) {
+    pub(super) fn progress(&self, build_id: &str, step: u32, total: u32, label: String) {
         let _ = self.events.send(Event::BuildProgress {
             project: self.project.to_string(),
             service: self.service.to_string(),
@@ -175,6 +178,33 @@ impl Builder {
     async fn host(&self, host: &HostBuild, build_id: &str) -> Result<(), String> {
         let mut env = self.cfg.env.clone();
         env.extend(host.env.iter().cloned());
+        let workload = Workload::Host {
+            argv: host.command.argv(),
+        };
+        self.run_unit(
+            workload,
+            env,
+            build_id,
+            self.sink.clone(),
+            &self.cfg.workdir,
+        )
+        .await
+        .map_err(|e| match e {
+            UnitError::Start(why) => why,
+            UnitError::Exit(status) => format!("build command {status}"),
+        })
+    }
+
+    /// Runs a build's workload as the unit `NAME.build`, its output tagged
+    /// as the build phase into `sink`.
+    pub(super) async fn run_unit(
+        &self,
+        workload: Workload,
+        mut env: Vec<(String, String)>,
+        build_id: &str,
+        sink: Arc<dyn LogSink>,
+        cwd: &std::path::Path,
+    ) -> Result<(), UnitError> {
         env.push(("LOCALD_PROJECT".into(), self.project.to_string()));
         env.push(("LOCALD_SERVICE".into(), self.service.to_string()));
         env.push(("LOCALD_BUILD_ID".into(), build_id.to_owned()));
@@ -182,19 +212,20 @@ impl Builder {
             project: self.project.to_string(),
             key: self.key.to_string(),
             unit: format!("{}.build", self.service),
-            workload: Workload::Host {
-                argv: host.command.argv(),
-            },
-            cwd: self.cfg.workdir.clone(),
+            workload,
+            cwd: cwd.to_owned(),
             env,
             notify_socket: None,
             progress: crate::runtime::ProgressSink::default(),
         };
         let runtime = self.runtime.get(spec.workload.kind());
-        let proc = runtime.spawn(&spec).await.map_err(|e| error_chain(&e))?;
+        let proc = runtime
+            .spawn(&spec)
+            .await
+            .map_err(|e| UnitError::Start(error_chain(&e)))?;
         let mut guard = KillOnDrop(Some(proc));
         let Some(proc) = guard.0.as_mut() else {
-            return Err("build process vanished".into());
+            return Err(UnitError::Start("build process vanished".into()));
         };
         let owner = PipeOwner {
             project: self.project.clone(),
@@ -202,7 +233,7 @@ impl Builder {
             phase: Phase::Build,
             pid: Some(proc.pid()),
             build_id: Some(build_id.into()),
-            image: None,
+            image: proc.image().map(Into::into),
         };
         let mut pumps = Vec::new();
         if let Some(out) = proc.take_stdout() {
@@ -210,16 +241,11 @@ impl Builder {
                 out,
                 owner.clone(),
                 Stream::Stdout,
-                self.sink.clone(),
+                sink.clone(),
             )));
         }
         if let Some(err) = proc.take_stderr() {
-            pumps.push(tokio::spawn(pump(
-                err,
-                owner,
-                Stream::Stderr,
-                self.sink.clone(),
-            )));
+            pumps.push(tokio::spawn(pump(err, owner, Stream::Stderr, sink)));
         }
         let status = proc.wait().await;
         proc.kill().await;
@@ -232,9 +258,17 @@ impl Builder {
         if status.success() {
             Ok(())
         } else {
-            Err(format!("build command {status}"))
+            Err(UnitError::Exit(status))
         }
     }
+}
+
+/// Why a build's workload did not succeed.
+pub(super) enum UnitError {
+    /// It could not be started (the message says why).
+    Start(String),
+    /// It ended unsuccessfully.
+    Exit(crate::runtime::ExitStatus),
 }
 
 /// Kills a build's processes if the build future is dropped (the service was

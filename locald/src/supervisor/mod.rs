@@ -7,6 +7,7 @@
 //! that depends on it has stopped.
 
 pub(crate) mod build;
+mod cnb;
 pub mod health;
 pub mod notify;
 pub mod pipe;

@@ -108,6 +108,10 @@ fn main() -> Result<()> {
         buildpacks: vec![],
         path: tree.clone(),
         env: vec![],
+        run_image: None,
+        process: None,
+        pull: locald::config::PullPolicy::IfNotPresent,
+        layout: tree.join(".locald/services/bench/artifacts/oci-layout"),
     });
     let opts = BuildOptions::new(&tree, "bench", spec, false)?;
     let d = needs_rebuild(&opts, None)?;
