@@ -37,6 +37,7 @@ fn install(root: &Path, marker: &str) {
     let toml = format!(
         r#"[project]
 name = "shop"
+runtime = "systemd"
 
 [services.web]
 command = ["sh", "-c", "echo hello from web; setsid sh -c 'sleep 1000; true' {marker}-gr$(echo and) & sleep 1000; true", "{marker}-web"]

@@ -409,20 +409,11 @@ impl RuntimeSet {
         self
     }
 
-    /// Which runtime runs a host service that names none: `"systemd"` or
-    /// `"host"`.
-    pub fn service_runtime_name(&self) -> &'static str {
-        if self.systemd.is_some() {
-            "systemd"
-        } else {
-            "host"
-        }
-    }
-
     /// The runtime for a service's workload. A host workload runs as a
-    /// systemd unit when `choice` says so, or says nothing and there is a
-    /// systemd user manager; `runtime = "systemd"` without one fails to
-    /// start, with why.
+    /// systemd unit when `choice` says `runtime = "systemd"` and there is a
+    /// systemd user manager; otherwise (no manager: `locald up`, a
+    /// container, CI) as a child of locald, which `Runtime` on `Service1`
+    /// and `locald-ctl status` show.
     pub fn for_service(
         &self,
         kind: RuntimeKind,
@@ -430,13 +421,7 @@ impl RuntimeSet {
     ) -> Arc<dyn Runtime> {
         use crate::config::RuntimeChoice;
         match (kind, choice, &self.systemd) {
-            (RuntimeKind::Host, Some(RuntimeChoice::Host), _) => self.host.clone(),
-            (RuntimeKind::Host, _, Some(s)) => s.clone(),
-            (RuntimeKind::Host, Some(RuntimeChoice::Systemd), None) => Arc::new(Unavailable(
-                "runtime = \"systemd\" needs the locald daemon running under a systemd \
-                     user manager (this locald has none); remove it to run the service here"
-                    .into(),
-            )),
+            (RuntimeKind::Host, Some(RuntimeChoice::Systemd), Some(s)) => s.clone(),
             _ => self.get(kind).clone(),
         }
     }
