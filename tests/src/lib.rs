@@ -10,6 +10,7 @@ pub mod journald;
 pub mod nspawn;
 pub mod shim;
 pub mod unpack;
+pub mod userworld;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -14,23 +14,24 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use locald_tests::cnb;
 use locald_tests::journald::Journald;
-use locald_tests::shim::{
-    chown_tree, install_shim, preconditions, test_user, InstalledShim, TestUser,
-};
+use locald_tests::shim::{chown_tree, preconditions, test_user};
+use locald_tests::userworld::{Up, UserWorld};
 use locald_tests::{free_port, pids_with, require, unique};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
-struct World {
-    user: TestUser,
-    shim: InstalledShim,
-    base: tempfile::TempDir,
+/// A user, the shim, and a scratch tree the user owns.
+struct World(UserWorld);
+
+impl std::ops::Deref for World {
+    type Target = UserWorld;
+    fn deref(&self) -> &UserWorld {
+        &self.0
+    }
 }
 
 impl World {
@@ -44,18 +45,7 @@ impl World {
             }
         }
         let user = test_user("locald-cnb-t1")?;
-        let shim = install_shim()?;
-        let base = tempfile::Builder::new()
-            .prefix("locald-cnb-")
-            .tempdir_in("/tmp")?;
-        fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755))?;
-        for d in ["run", "data", "home", "config"] {
-            let p = base.path().join(d);
-            fs::create_dir(&p)?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
-        }
-        chown_tree(base.path(), (user.uid, user.gid))?;
-        Ok(Some(World { user, shim, base }))
+        Ok(Some(World(UserWorld::new(user, "locald-cnb-")?)))
     }
 
     /// A project owned by the user: the fixture builder at `./builder`
@@ -68,38 +58,6 @@ impl World {
         fs::write(dir.join("locald.toml"), toml)?;
         chown_tree(&dir, (self.user.uid, self.user.gid))?;
         Ok(dir)
-    }
-
-    fn write(&self, path: &Path, content: &str) -> Result<()> {
-        fs::write(path, content)?;
-        chown_tree(path, (self.user.uid, self.user.gid))
-    }
-
-    /// `locald ARGS` as the user with private directories and the test's shim.
-    fn locald(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("setpriv");
-        c.args(self.locald_args(args));
-        c
-    }
-
-    /// The arguments of `setpriv` that run `locald ARGS` as [`World::locald`] does.
-    fn locald_args(&self, args: &[&str]) -> Vec<std::ffi::OsString> {
-        let base = self.base.path();
-        let mut v: Vec<std::ffi::OsString> = vec![
-            format!("--reuid={}", self.user.uid).into(),
-            format!("--regid={}", self.user.gid).into(),
-            "--init-groups".into(),
-            "env".into(),
-            format!("XDG_RUNTIME_DIR={}", base.join("run").display()).into(),
-            format!("XDG_DATA_HOME={}", base.join("data").display()).into(),
-            format!("XDG_CONFIG_HOME={}", base.join("config").display()).into(),
-            format!("HOME={}", base.join("home").display()).into(),
-            format!("LOCALD_SHIM={}", self.shim.path.display()).into(),
-            "NO_COLOR=1".into(),
-            locald_tests::user_bin("locald").into(),
-        ];
-        v.extend(args.iter().map(std::ffi::OsString::from));
-        v
     }
 
     fn build(&self, dir: &Path, args: &[&str]) -> Result<(bool, String)> {
@@ -332,54 +290,6 @@ fn a_failing_buildpack_keeps_the_last_artifact_and_a_builder_change_rebuilds() -
     Ok(())
 }
 
-/// `locald up` in the background, its output in a file.
-struct Up {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Up {
-    fn start(w: &World, dir: &Path) -> Result<Up> {
-        let out = dir.with_extension("out");
-        let f = fs::File::create(&out)?;
-        let child = w
-            .locald(&["up", &dir.display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()?;
-        Ok(Up { child, out })
-    }
-
-    fn text(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration) -> Result<()> {
-        let end = Instant::now() + timeout;
-        while !self.text().contains(what) {
-            if Instant::now() > end {
-                bail!("never saw {what:?}; output:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    fn stop(mut self) -> Result<String> {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
-        let end = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                bail!("locald up did not stop; output:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(self.text())
-    }
-}
-
 fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -398,17 +308,17 @@ fn up_builds_once_and_runs_the_default_process_until_healthy() -> Result<()> {
     let port = free_port();
     let dir = w.project(&project_toml(&unique("cnb"), port, ""))?;
     let up = Up::start(&w, &dir)?;
-    up.wait_for("Restoring cache", Duration::from_secs(120))?;
-    up.wait_for("healthy", Duration::from_secs(120))?;
+    up.wait_for("Restoring cache", 1, Duration::from_secs(120))?;
+    up.wait_for("healthy", 1, Duration::from_secs(120))?;
     let body = http_get(port, "/hello.txt").context("no answer")?;
     assert!(body.contains("hello from the cnb test"), "{body}");
-    let text = up.stop()?;
+    let text = String::from_utf8_lossy(&up.stop()?.stdout).into_owned();
     assert!(text.contains("===> EXPORTING"), "{text}");
 
     // Up again: the artifact is current, no build runs.
     let up = Up::start(&w, &dir)?;
-    up.wait_for("healthy", Duration::from_secs(60))?;
-    let text = up.stop()?;
+    up.wait_for("healthy", 1, Duration::from_secs(60))?;
+    let text = String::from_utf8_lossy(&up.stop()?.stdout).into_owned();
     assert!(!text.contains("===> ANALYZING"), "rebuilt:\n{text}");
     assert!(text.contains("Build up to date"), "{text}");
     Ok(())
@@ -501,8 +411,8 @@ value = "yes-it-is"
 
     // The chosen process type runs.
     let up = Up::start(&w, &dir)?;
-    up.wait_for("extra-process-ran", Duration::from_secs(60))?;
-    up.wait_for("healthy", Duration::from_secs(60))?;
+    up.wait_for("extra-process-ran", 1, Duration::from_secs(60))?;
+    up.wait_for("healthy", 1, Duration::from_secs(60))?;
     up.stop()?;
     Ok(())
 }
@@ -587,7 +497,7 @@ fn stopping_up_mid_build_stops_the_container_and_keeps_the_last_artifact() -> Re
     chown_tree(&dir, (w.user.uid, w.user.gid))?;
 
     let up = Up::start(&w, &dir)?;
-    up.wait_for("slow-buildpack-sleeping", Duration::from_secs(60))?;
+    up.wait_for("slow-buildpack-sleeping", 1, Duration::from_secs(60))?;
     assert_eq!(pids_with(&marker).len(), 1, "the build is running");
     up.stop()?;
     let end = Instant::now() + Duration::from_secs(10);
@@ -633,8 +543,8 @@ fn an_explicit_command_wins_over_the_process_types_and_runs_through_the_launcher
     let up = Up::start(&w, &dir)?;
     // HELLO_WEB_ROOT comes from the buildpack's launch env: the command ran
     // through the launcher, with the buildpacks' environment.
-    up.wait_for("command-wins-/", Duration::from_secs(120))?;
-    up.wait_for("healthy", Duration::from_secs(60))?;
+    up.wait_for("command-wins-/", 1, Duration::from_secs(120))?;
+    up.wait_for("healthy", 1, Duration::from_secs(60))?;
     let body = http_get(port, "/hello.txt").context("no answer")?;
     assert!(body.contains("hello from the cnb test"), "{body}");
     up.stop()?;
@@ -658,7 +568,7 @@ health = {{ http = "/hello.txt", interval = "200ms" }}
         unique("cnb")
     ))?;
     let up = Up::start(&w, &dir)?;
-    up.wait_for("healthy", Duration::from_secs(120))?;
+    up.wait_for("healthy", 1, Duration::from_secs(120))?;
     up.stop()?;
     Ok(())
 }

@@ -6,28 +6,28 @@
 //! writes to a private journald at the default socket path.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use locald_tests::images::{archive, build_busybox_layout, missing_tools, Layout, Registry};
 use locald_tests::journald::Journald;
-use locald_tests::shim::{
-    chown_tree, install_shim, leftovers, preconditions, test_user, InstalledShim, TestUser,
-};
+use locald_tests::shim::{chown_tree, leftovers, preconditions, test_user};
+use locald_tests::userworld::{Up, UserWorld};
 use locald_tests::{free_port, pids_with, require, unique};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Everything one test needs: a user, the shim, and a scratch tree the user owns.
-struct World {
-    user: TestUser,
-    shim: InstalledShim,
-    base: tempfile::TempDir,
+struct World(UserWorld);
+
+impl std::ops::Deref for World {
+    type Target = UserWorld;
+    fn deref(&self) -> &UserWorld {
+        &self.0
+    }
 }
 
 impl World {
@@ -41,18 +41,7 @@ impl World {
             }
         }
         let user = test_user("locald-ctr-t1")?;
-        let shim = install_shim()?;
-        let base = tempfile::Builder::new()
-            .prefix("locald-ctr-")
-            .tempdir_in("/tmp")?;
-        fs::set_permissions(base.path(), fs::Permissions::from_mode(0o755))?;
-        for d in ["run", "data", "home", "config"] {
-            let p = base.path().join(d);
-            fs::create_dir(&p)?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))?;
-        }
-        chown_tree(base.path(), (user.uid, user.gid))?;
-        Ok(Some(World { user, shim, base }))
+        Ok(Some(World(UserWorld::new(user, "locald-ctr-")?)))
     }
 
     /// A project owned by the user, with a busybox OCI layout at `./layout`.
@@ -70,42 +59,6 @@ impl World {
         build_busybox_layout(&dir.join("layout"))?;
         chown_tree(&dir, (self.user.uid, self.user.gid))?;
         Ok(dir)
-    }
-
-    /// Writes a file owned by the user (mode 0644).
-    fn write(&self, path: &Path, content: &str) -> Result<()> {
-        fs::write(path, content)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
-        chown_tree(path, (self.user.uid, self.user.gid))
-    }
-
-    /// `locald ARGS` as the user, with its own runtime, data and config
-    /// directories and the test's shim.
-    fn locald(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("setpriv");
-        c.args(self.locald_args(args));
-        c
-    }
-
-    /// The arguments of `setpriv` that run `locald ARGS` as [`World::locald`]
-    /// does, for running it under another program (a mount namespace).
-    fn locald_args(&self, args: &[&str]) -> Vec<OsString> {
-        let base = self.base.path();
-        let mut v: Vec<OsString> = vec![
-            format!("--reuid={}", self.user.uid).into(),
-            format!("--regid={}", self.user.gid).into(),
-            "--init-groups".into(),
-            "env".into(),
-            format!("XDG_RUNTIME_DIR={}", base.join("run").display()).into(),
-            format!("XDG_DATA_HOME={}", base.join("data").display()).into(),
-            format!("XDG_CONFIG_HOME={}", base.join("config").display()).into(),
-            format!("HOME={}", base.join("home").display()).into(),
-            format!("LOCALD_SHIM={}", self.shim.path.display()).into(),
-            "NO_COLOR=1".into(),
-            locald_tests::user_bin("locald").into(),
-        ];
-        v.extend(args.iter().map(OsString::from));
-        v
     }
 
     /// Writes the user's `$XDG_CONFIG_HOME/locald/config.toml`.
@@ -155,69 +108,6 @@ impl World {
                     .collect()
             })
             .unwrap_or_default())
-    }
-}
-
-/// `locald up DIR` in the background, its output into a file.
-struct Up {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Up {
-    fn start(w: &World, dir: &Path) -> Result<Up> {
-        Up::spawn(w.locald(&["up", &dir.display().to_string()]), dir)
-    }
-
-    /// Runs `cmd` (a `locald up` of the project in `dir`), its output into
-    /// a file beside `dir`.
-    fn spawn(mut cmd: Command, dir: &Path) -> Result<Up> {
-        let out = dir.with_extension("out");
-        let f = fs::File::create(&out)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .spawn()?;
-        Ok(Up { child, out })
-    }
-
-    fn text(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn wait_for(&self, what: &str, n: usize, timeout: Duration) -> Result<()> {
-        let end = Instant::now() + timeout;
-        while self.text().matches(what).count() < n {
-            if Instant::now() > end {
-                bail!("never saw {what:?} {n} times; output:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
-    fn stop(mut self) -> Result<Output> {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
-        let end = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > end {
-                let _ = self.child.kill();
-                bail!("locald up did not stop; output:\n{}", self.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let status = self.child.wait()?;
-        Ok(Output {
-            status,
-            stdout: self.text().into_bytes(),
-            stderr: Vec::new(),
-        })
-    }
-
-    fn kill_hard(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
