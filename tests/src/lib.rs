@@ -208,3 +208,31 @@ impl CollectSink {
             .collect()
     }
 }
+
+/// Kills, when dropped, every process whose command line contains its
+/// marker: a test's leftovers are gone even when it fails halfway.
+pub struct Reaper(pub String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in pids_with(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Waits until `f` holds, polling every 25 ms; panics naming `what` after
+/// `timeout`.
+pub fn wait_until(timeout: std::time::Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}

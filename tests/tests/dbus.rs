@@ -16,6 +16,7 @@ use locald_tests::dbus::{
     ctl, have_dbus_daemon, states, status_json, wait_states, Daemon, DaemonSetup, TestBus,
 };
 use locald_tests::{pids_with, require, unique, TestProject};
+use locald_tests::{wait_until, Reaper};
 use nix::sys::signal::Signal;
 
 const UP: &[&str] = &["running", "healthy"];
@@ -43,25 +44,6 @@ fn project_name(p: &TestProject) -> String {
     locald::config::load_project(p.path())
         .expect("test project is valid")
         .name
-}
-
-/// Kills leftover processes of a test even when it fails halfway.
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_with(&self.0) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use locald_api::{
@@ -20,8 +20,8 @@ use locald_api::{
 };
 use locald_tests::dbus::{have_dbus_daemon, Daemon, TestBus};
 use locald_tests::shim::{test_user, TestUser};
-use locald_tests::{pids_with, require, unique, TestProject};
-use nix::sys::signal::Signal;
+use locald_tests::{require, unique, TestProject};
+use locald_tests::{wait_until, Reaper};
 
 const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 const INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
@@ -113,17 +113,6 @@ fn describe(out: &Output) -> String {
     )
 }
 
-/// Kills leftover service processes of a test even when it fails halfway.
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_with(&self.0) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
 /// A project named uniquely whose one service, `app`, prints `line` every
 /// 50 ms (and, with `build`, has a host build running that command);
 /// `marker` is in its command line for the [`Reaper`].
@@ -134,14 +123,6 @@ fn printer(marker: &str, line: &str, build: Option<&str>) -> (TestProject, Strin
         "[project]\nname = \"{name}\"\n\n[services.app]\n{build}command = [\"sh\", \"-c\", \"while true; do echo {line}; sleep 0.05; done\", \"{marker}\"]\nstop_timeout = \"2s\"\n"
     ));
     (p, name)
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// Brings the project up as the owner; returns the path of its service's

@@ -5,33 +5,16 @@
 //! never gives two projects the same one.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use locald_tests::dbus::{
     ctl, have_dbus_daemon, status_json, wait_states, Daemon, DaemonSetup, TestBus,
 };
-use locald_tests::{pids_with, require, unique, TestProject};
+use locald_tests::{require, unique, TestProject};
+use locald_tests::{wait_until, Reaper};
 use nix::sys::signal::Signal;
 
 const UP: &[&str] = &["healthy", "running"];
-
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_with(&self.0) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// `api` listens on its auto port (a real socket: the tcp health check on
 /// "auto" passes only then); `web` has named ports and gets api's port in

@@ -9,26 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use locald_tests::dbus::{ctl, have_dbus_daemon, status_json, wait_states, Daemon, TestBus};
-use locald_tests::{bin, pids_with, require, unique};
+use locald_tests::{bin, require, unique};
+use locald_tests::{wait_until, Reaper};
 use nix::sys::signal::Signal;
-
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_with(&self.0) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
