@@ -51,9 +51,9 @@ pub struct RawProject {
     /// Project name; defaults to the name of the directory holding `locald.toml`.
     #[schemars(with = "Option<String>")]
     pub name: Option<Spanned<String>>,
-    /// How host services run: "systemd" (each a transient unit of the user's
-    /// systemd manager) or "host" (children of locald). Default: systemd when
-    /// the daemon runs under a systemd user manager, else host.
+    /// How host services run: "host" (children of locald, the default) or
+    /// "systemd" (each a transient unit of the user's systemd manager when
+    /// the daemon runs under one; host elsewhere).
     #[schemars(with = "Option<RuntimeChoice>")]
     pub runtime: Option<Spanned<RuntimeChoice>>,
 }
