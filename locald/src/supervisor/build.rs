@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::pipe::{pump, PipeOwner};
-use crate::build::{needs_rebuild, BuildOptions};
+use crate::build::{needs_rebuild, needs_rebuild_with, BuildOptions};
 use crate::config::{BuildSpec, HostBuild, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
@@ -115,7 +115,8 @@ impl Builder {
             .map_err(|e| error_chain(&e))?;
         let decision = {
             let opts = opts.clone();
-            tokio::task::spawn_blocking(move || needs_rebuild(&opts, None))
+            let watch = crate::watch::source_watch(&self.root);
+            tokio::task::spawn_blocking(move || decide_watched(&opts, watch.as_ref()))
                 .await
                 .map_err(|e| format!("source check crashed: {e}"))?
                 .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
@@ -153,7 +154,38 @@ impl Builder {
         .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
         Ok(BuildResult::Succeeded)
     }
+}
 
+/// [`needs_rebuild`], skipping the walk of the sources when the project's
+/// file watcher vouches that nothing changed since the last walk this
+/// daemon made for the same build (see `watch::SourceWatch`), and
+/// remembering the hash of a walk for the next check.
+pub(super) fn decide_watched(
+    opts: &BuildOptions,
+    watch: Option<&crate::watch::SourceWatch>,
+) -> Result<crate::build::Decision, crate::build::BuildError> {
+    let (Some(watch), Some(scope), false) = (watch, opts.hash_scope(), opts.force) else {
+        return needs_rebuild(opts, None);
+    };
+    let key = crate::watch::hash_key(
+        &opts.service,
+        &scope,
+        &crate::build::config_hash(&opts.spec, &opts.project_path).to_hex(),
+    );
+    if let Some(known) = watch.unchanged(&key, &scope) {
+        return needs_rebuild_with(opts, None, Some(&known));
+    }
+    // Taken before the walk: a change made during it is newer than this,
+    // so the watcher will not vouch for the result.
+    let at = crate::watch::SourceWatch::now();
+    let decision = needs_rebuild(opts, None)?;
+    if let Some(tree) = &decision.source {
+        watch.remember(key, at, tree.clone());
+    }
+    Ok(decision)
+}
+
+impl Builder {
     pub(super) fn publish(&self, record: &BuildRecord) {
         self.snapshot
             .send_modify(|s| s.last_build = Some(record.clone()));
