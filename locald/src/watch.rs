@@ -523,6 +523,7 @@ impl SourceWatch {
             (k.at, k.tree.clone(), k.covered)
         };
         if !self.0.sync() {
+            tracing::debug!("watch: no sync with the event queue");
             return None;
         }
         let quiet = lock(&self.0.state).quiet_since.is_some_and(|q| q <= at);
@@ -559,6 +560,22 @@ fn poll_watcher(inbox: Arc<Inbox>, root: &Path) -> notify::Result<Box<dyn Watche
 }
 
 fn handle(inbox: &Inbox, res: notify::Result<notify::Event>) {
+    if let Ok(ev) = &res {
+        // Opening or reading a file changes nothing; the watcher's own
+        // digests and every build's hash open files, and counting that
+        // would make each check trigger the next one. (A truncating open
+        // also sends a modify event, which counts.)
+        if matches!(
+            ev.kind,
+            notify::EventKind::Access(
+                notify::event::AccessKind::Open(_)
+                    | notify::event::AccessKind::Read
+                    | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+            )
+        ) {
+            return;
+        }
+    }
     let mut st = lock(&inbox.state);
     if let Ok(ev) = &res {
         if !ev.paths.is_empty() && ev.paths.iter().all(|p| p.starts_with(&inbox.sync_dir)) {
@@ -865,5 +882,102 @@ mod tests {
         let m = limit_message("p");
         assert!(m.contains("sysctl fs.inotify.max_user_watches="), "{m}");
         assert!(m.contains("polling"), "{m}");
+    }
+
+    /// The trust `SourceWatch` gives a remembered hash, and everything that
+    /// takes it away: an event, a queue overflow, the polling fallback.
+    #[test]
+    fn a_remembered_hash_holds_only_while_nothing_happens() {
+        use crate::build::{hash_tree, StatCache};
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().canonicalize().expect("canon");
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::write(root.join("src/app.py"), "v1").expect("write");
+        let (t, inbox) = tree(&root);
+        *lock(&inbox.tree) = Some(Arc::new(Mutex::new(t)));
+        // What `spawn` does once the first walk is done.
+        let quiet = |inbox: &Inbox| lock(&inbox.state).quiet_since = Some(Instant::now());
+        quiet(&inbox);
+        let scope = HashScope::tree(&root);
+        let watch = SourceWatch(inbox.clone());
+        let hash = || hash_tree(&scope, &mut StatCache::in_memory()).expect("hash");
+        let remember = || watch.remember("k".into(), SourceWatch::now(), hash());
+
+        remember();
+        assert!(
+            watch.unchanged("k", &scope).is_some(),
+            "quiet since the walk"
+        );
+        assert!(watch.unchanged("other", &scope).is_none(), "never hashed");
+
+        // An event (even one the watcher would ignore) ends the trust, and
+        // so does the watcher becoming quiet again after the walk started.
+        std::fs::write(root.join("src/app.py"), "v2").expect("write");
+        assert!(watch.unchanged("k", &scope).is_none(), "edit seen");
+        quiet(&inbox);
+        assert!(
+            watch.unchanged("k", &scope).is_none(),
+            "quiet only since after the walk"
+        );
+        remember();
+        assert!(watch.unchanged("k", &scope).is_some(), "a new walk");
+
+        // A queue overflow.
+        handle(
+            &inbox,
+            Ok(notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan)),
+        );
+        assert!(watch.unchanged("k", &scope).is_none(), "overflow");
+        assert!(lock(&inbox.state).paths.contains(&root), "overflow rescans");
+        quiet(&inbox);
+        remember();
+        assert!(watch.unchanged("k", &scope).is_some());
+
+        // A watcher error.
+        handle(&inbox, Err(notify::Error::generic("boom")));
+        assert!(watch.unchanged("k", &scope).is_none(), "error");
+        quiet(&inbox);
+        remember();
+        assert!(watch.unchanged("k", &scope).is_some());
+
+        // The polling fallback: never again, and not found any more.
+        lock(&WATCHERS).push(Arc::downgrade(&inbox));
+        assert!(source_watch(&root).is_some(), "offered while trusted");
+        inbox.disable();
+        quiet(&inbox);
+        assert!(
+            source_watch(&root).is_none(),
+            "a disabled watcher is not offered"
+        );
+        lock(&inbox.state).quiet_since = None;
+        remember();
+        assert!(watch.unchanged("k", &scope).is_none(), "polling");
+    }
+
+    /// A hash covering a file the watcher does not watch (an ignored file a
+    /// literal input names) is never trusted.
+    #[test]
+    fn a_literal_input_the_watcher_ignores_is_never_trusted() {
+        use crate::build::{hash_tree, StatCache};
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().canonicalize().expect("canon");
+        std::fs::write(root.join(".gitignore"), ".env\n").expect("write");
+        std::fs::write(root.join(".env"), "A=1").expect("write");
+        std::fs::write(root.join("app.py"), "v1").expect("write");
+        let (t, inbox) = tree(&root);
+        *lock(&inbox.tree) = Some(Arc::new(Mutex::new(t)));
+        lock(&inbox.state).quiet_since = Some(Instant::now());
+        let watch = SourceWatch(inbox.clone());
+        for (inputs, trusted) in [(vec!["app.py"], true), (vec!["app.py", ".env"], false)] {
+            let inputs: Vec<String> = inputs.into_iter().map(str::to_owned).collect();
+            let scope = HashScope::inputs(&root, &inputs);
+            let h = hash_tree(&scope, &mut StatCache::in_memory()).expect("hash");
+            watch.remember("k".into(), SourceWatch::now(), h);
+            assert_eq!(
+                watch.unchanged("k", &scope).is_some(),
+                trusted,
+                "{inputs:?}"
+            );
+        }
     }
 }

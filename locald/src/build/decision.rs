@@ -392,7 +392,18 @@ pub fn needs_cnb_rebuild(
     builder_digest: &str,
     run_image_digest: &str,
 ) -> Result<Decision, BuildError> {
-    let mut d = needs_rebuild(opts, Some(builder_digest))?;
+    needs_cnb_rebuild_with(opts, builder_digest, run_image_digest, None)
+}
+
+/// [`needs_cnb_rebuild`] with the source tree hash already known (see
+/// [`needs_rebuild_with`]).
+pub fn needs_cnb_rebuild_with(
+    opts: &BuildOptions,
+    builder_digest: &str,
+    run_image_digest: &str,
+    known: Option<&TreeHash>,
+) -> Result<Decision, BuildError> {
+    let mut d = needs_rebuild_with(opts, Some(builder_digest), known)?;
     if d.reason == Reason::UpToDate {
         let old = match opts.service_layout().read_manifest()? {
             Stored::Found(m) => m.cnb.map(|c| c.run_image_digest),
