@@ -157,12 +157,26 @@ impl Ignores {
         }
     }
 
+    /// Git's precedence, as the build hash: the deepest ignore file that
+    /// says something about `path` decides, so a subdirectory's
+    /// `!vmlinux.scr` whitelists what the root's `vmlinux*` ignores.
     fn ignored(&self, path: &Path, is_dir: bool) -> bool {
-        self.0.iter().any(|g| {
-            path.starts_with(g.path())
-                && path != g.path()
-                && g.matched_path_or_any_parents(path, is_dir).is_ignore()
-        })
+        let mut rules: Vec<&Gitignore> = self
+            .0
+            .iter()
+            .filter(|g| path.starts_with(g.path()) && path != g.path())
+            .collect();
+        rules.sort_by_key(|g| std::cmp::Reverse(g.path().components().count()));
+        for g in rules {
+            let m = g.matched_path_or_any_parents(path, is_dir);
+            if m.is_ignore() {
+                return true;
+            }
+            if m.is_whitelist() {
+                return false;
+            }
+        }
+        false
     }
 }
 
@@ -458,11 +472,21 @@ impl Inbox {
                     .ignores
                     .ignored(&scope.root.join(p.trim_start_matches("./")), false)
         });
-        !literal_ignored
-            && tree
-                .files
-                .iter()
-                .all(|f| watched.files.contains_key(&prefix.join(&f.path)))
+        if literal_ignored {
+            tracing::debug!("watch: an input names a file the watcher ignores; walking");
+            return false;
+        }
+        let missing = tree
+            .files
+            .iter()
+            .find(|f| !watched.files.contains_key(&prefix.join(&f.path)));
+        if let Some(f) = missing {
+            tracing::debug!(
+                "watch: {} is hashed but not watched; walking",
+                f.path.display()
+            );
+        }
+        missing.is_none()
     }
 }
 
@@ -952,6 +976,22 @@ mod tests {
         lock(&inbox.state).quiet_since = None;
         remember();
         assert!(watch.unchanged("k", &scope).is_none(), "polling");
+    }
+
+    /// A subdirectory's `!pattern` wins over the root's ignore rule, as in
+    /// git and the build hash (the kernel's `arch/sh/boot/.gitignore`).
+    #[test]
+    fn a_deeper_whitelist_wins() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().canonicalize().expect("canon");
+        std::fs::create_dir_all(root.join("boot")).expect("mkdir");
+        std::fs::write(root.join(".gitignore"), "vmlinux*\n").expect("write");
+        std::fs::write(root.join("boot/.gitignore"), "!vmlinux.scr\n").expect("write");
+        std::fs::write(root.join("boot/vmlinux.scr"), "x").expect("write");
+        std::fs::write(root.join("boot/vmlinux.o"), "x").expect("write");
+        let (t, _inbox) = tree(&root);
+        assert!(t.files.contains_key(Path::new("boot/vmlinux.scr")));
+        assert!(!t.files.contains_key(Path::new("boot/vmlinux.o")));
     }
 
     /// A hash covering a file the watcher does not watch (an ignored file a
