@@ -168,7 +168,18 @@ impl Ignores {
             .collect();
         rules.sort_by_key(|g| std::cmp::Reverse(g.path().components().count()));
         for g in rules {
-            let m = g.matched_path_or_any_parents(path, is_dir);
+            // The path, then its parents below the ignore file's directory
+            // (`matched_path_or_any_parents` also tries that directory
+            // itself as "", which a `/*/` rule matches).
+            let mut m = g.matched(path, is_dir);
+            let mut up = path.parent();
+            while m.is_none() {
+                let Some(dir) = up.filter(|d| d.starts_with(g.path()) && *d != g.path()) else {
+                    break;
+                };
+                m = g.matched(dir, true);
+                up = dir.parent();
+            }
             if m.is_ignore() {
                 return true;
             }
@@ -989,7 +1000,17 @@ mod tests {
         std::fs::write(root.join("boot/.gitignore"), "!vmlinux.scr\n").expect("write");
         std::fs::write(root.join("boot/vmlinux.scr"), "x").expect("write");
         std::fs::write(root.join("boot/vmlinux.o"), "x").expect("write");
+        std::fs::create_dir_all(root.join("usr/include/linux")).expect("mkdir");
+        std::fs::write(root.join("usr/include/.gitignore"), "/*/\n").expect("write");
+        std::fs::write(root.join("usr/include/Makefile"), "x").expect("write");
+        std::fs::write(root.join("usr/include/linux/gen.h"), "x").expect("write");
         let (t, _inbox) = tree(&root);
+        assert!(
+            t.files.contains_key(Path::new("usr/include/Makefile")),
+            "{:?}",
+            t.files.keys()
+        );
+        assert!(!t.files.contains_key(Path::new("usr/include/linux/gen.h")));
         assert!(t.files.contains_key(Path::new("boot/vmlinux.scr")));
         assert!(!t.files.contains_key(Path::new("boot/vmlinux.o")));
     }
