@@ -224,7 +224,7 @@ fn up_watch_watches_services_without_watch() {
 #[test]
 fn locald_ctl_up_watch_watches_a_daemon_project() {
     use locald_tests::dbus::{ctl, have_dbus_daemon, wait_states, Daemon, TestBus};
-    if !locald_tests::require(
+    if locald_tests::require(
         have_dbus_daemon(),
         "dbus-daemon is not installed (tests/setup-debian.sh installs it)",
     ) {
@@ -271,7 +271,7 @@ fn an_exhausted_watch_limit_falls_back_to_polling_with_one_message() {
             "echo 5 > /proc/sys/user/max_inotify_watches",
         ])
         .status();
-    if !locald_tests::require(
+    if locald_tests::require(
         probe.is_ok_and(|s| s.success()),
         "cannot lower the inotify limit in a user namespace (unshare -Ur)",
     ) {
@@ -335,7 +335,7 @@ fn an_exhausted_watch_limit_falls_back_to_polling_with_one_message() {
 #[test]
 fn a_watched_no_op_check_does_not_walk_and_an_edit_is_never_missed() {
     use locald_tests::dbus::{ctl, have_dbus_daemon, wait_states, Daemon, TestBus};
-    if !locald_tests::require(
+    if locald_tests::require(
         have_dbus_daemon(),
         "dbus-daemon is not installed (tests/setup-debian.sh installs it)",
     ) {
