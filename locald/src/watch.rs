@@ -19,6 +19,15 @@
 //! so once, with the sysctl to raise it, and falls back to polling the tree
 //! every second.
 //!
+//! Builds ask the watcher too ([`SourceWatch`]): it keeps the instant since
+//! which it has been watching by inotify with every event checked and none
+//! received, so a build check reuses the hash of its last walk when nothing
+//! happened since that walk started, after syncing with the event queue
+//! through a marker file in `.locald/watch-sync/`. Any event but an open or
+//! a read, a queue overflow (which also rescans the tree), an error or the
+//! polling fallback ends that trust. Ignore rules follow git's precedence
+//! (the deepest rule that matches decides), as the build hash does.
+//!
 //! A change restarts each service whose watched paths it matches, saying why
 //! ("src/app.py changed") as the state's reason, on the terminal, on D-Bus
 //! and in the journal; with a build (action "rebuild") the build runs first
