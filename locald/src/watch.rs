@@ -693,6 +693,13 @@ fn build_tree(project: &str, root: &Path, inbox: &Arc<Inbox>) -> Option<Tree> {
     if !tree.polling {
         // Builds sync with the event queue through markers in this
         // directory (see `Inbox::sync`); without it they always walk.
+        // Markers a killed daemon left would collide with this one's
+        // numbers (they restart at 1): clear them first.
+        if let Ok(rd) = std::fs::read_dir(&inbox.sync_dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let watched = std::fs::create_dir_all(&inbox.sync_dir).is_ok()
             && std::fs::symlink_metadata(&inbox.sync_dir).is_ok_and(|m| m.is_dir())
             && tree
@@ -937,6 +944,9 @@ mod tests {
         let root = d.path().canonicalize().expect("canon");
         std::fs::create_dir_all(root.join("src")).expect("mkdir");
         std::fs::write(root.join("src/app.py"), "v1").expect("write");
+        // A marker a killed daemon left behind.
+        std::fs::create_dir_all(root.join(".locald/watch-sync")).expect("mkdir");
+        std::fs::write(root.join(".locald/watch-sync/sync-1"), "").expect("write");
         let (t, inbox) = tree(&root);
         *lock(&inbox.tree) = Some(Arc::new(Mutex::new(t)));
         // What `spawn` does once the first walk is done.
