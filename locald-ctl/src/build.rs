@@ -16,6 +16,11 @@ use crate::client::{Client, CtlError};
 /// `✓ web: Build up to date`, `✗ web: build failed: …`.
 pub fn result_line(service: &str, outcome: &Result<BuildInfo, String>, secs: f64) -> String {
     match outcome {
+        // "Build up to date (watched: …)" when the daemon's file watcher
+        // vouched for the sources instead of a walk.
+        Ok(b) if b.result == "skipped" && b.reason.starts_with("Build up to date (") => {
+            format!("✓ {service}: {}", b.reason)
+        }
         Ok(b) if b.result == "skipped" => format!("✓ {service}: Build up to date"),
         Ok(b) if b.reason.is_empty() => format!("✓ {service} built in {secs:.1}s"),
         Ok(b) => format!("✓ {service} built in {secs:.1}s ({})", b.reason),

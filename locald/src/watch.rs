@@ -19,6 +19,15 @@
 //! so once, with the sysctl to raise it, and falls back to polling the tree
 //! every second.
 //!
+//! Builds ask the watcher too ([`SourceWatch`]): it keeps the instant since
+//! which it has been watching by inotify with every event checked and none
+//! received, so a build check reuses the hash of its last walk when nothing
+//! happened since that walk started, after syncing with the event queue
+//! through a marker file in `.locald/watch-sync/`. Any event but an open or
+//! a read, a queue overflow (which also rescans the tree), an error or the
+//! polling fallback ends that trust. Ignore rules follow git's precedence
+//! (the deepest rule that matches decides), as the build hash does.
+//!
 //! A change restarts each service whose watched paths it matches, saying why
 //! ("src/app.py changed") as the state's reason, on the terminal, on D-Bus
 //! and in the journal; with a build (action "rebuild") the build runs first
@@ -28,7 +37,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -36,6 +46,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
+use crate::build::{HashScope, TreeHash};
 use crate::config::{BuildSpec, Config, WatchAction, WatchSpec};
 use crate::supervisor::ServiceSender;
 
@@ -51,11 +62,16 @@ const ALWAYS_SKIPPED: [&str; 2] = [".git", ".locald"];
 /// A running watcher; stops when dropped.
 pub(crate) struct ProjectWatch {
     task: tokio::task::JoinHandle<()>,
+    inbox: Arc<Inbox>,
 }
 
 impl Drop for ProjectWatch {
     fn drop(&mut self) {
         self.task.abort();
+        self.inbox.disable();
+        // The tree holds the watcher, whose callback holds the inbox: break
+        // the cycle so the inotify instance closes.
+        lock(&self.inbox.tree).take();
     }
 }
 
@@ -150,12 +166,37 @@ impl Ignores {
         }
     }
 
+    /// Git's precedence, as the build hash: the deepest ignore file that
+    /// says something about `path` decides, so a subdirectory's
+    /// `!vmlinux.scr` whitelists what the root's `vmlinux*` ignores.
     fn ignored(&self, path: &Path, is_dir: bool) -> bool {
-        self.0.iter().any(|g| {
-            path.starts_with(g.path())
-                && path != g.path()
-                && g.matched_path_or_any_parents(path, is_dir).is_ignore()
-        })
+        let mut rules: Vec<&Gitignore> = self
+            .0
+            .iter()
+            .filter(|g| path.starts_with(g.path()) && path != g.path())
+            .collect();
+        rules.sort_by_key(|g| std::cmp::Reverse(g.path().components().count()));
+        for g in rules {
+            // The path, then its parents below the ignore file's directory
+            // (`matched_path_or_any_parents` also tries that directory
+            // itself as "", which a `/*/` rule matches).
+            let mut m = g.matched(path, is_dir);
+            let mut up = path.parent();
+            while m.is_none() {
+                let Some(dir) = up.filter(|d| d.starts_with(g.path()) && *d != g.path()) else {
+                    break;
+                };
+                m = g.matched(dir, true);
+                up = dir.parent();
+            }
+            if m.is_ignore() {
+                return true;
+            }
+            if m.is_whitelist() {
+                return false;
+            }
+        }
+        false
     }
 }
 
@@ -272,7 +313,13 @@ impl Tree {
             let Ok(rel) = path.strip_prefix(&self.root).map(Path::to_owned) else {
                 continue;
             };
-            if rel.as_os_str().is_empty() || skipped(&rel) {
+            if rel.as_os_str().is_empty() {
+                // Events were lost (queue overflow): walk everything again.
+                let root = self.root.clone();
+                changed.extend(self.walk(&root)?);
+                continue;
+            }
+            if skipped(&rel) {
                 continue;
             }
             let meta = std::fs::symlink_metadata(&path);
@@ -325,11 +372,218 @@ impl Tree {
     }
 }
 
-/// Where the watcher's callback leaves the paths it saw.
-#[derive(Default)]
+/// Where the watcher's callback leaves the paths it saw, and what builds
+/// may trust from it (see [`SourceWatch`]).
 struct Inbox {
-    paths: Mutex<HashSet<PathBuf>>,
+    state: Mutex<InboxState>,
     wake: Notify,
+    /// The project root.
+    root: PathBuf,
+    /// `.locald/watch-sync/`: where [`Inbox::sync`] creates its marker files.
+    sync_dir: PathBuf,
+    /// Signalled when a sync marker's event arrives.
+    synced: Condvar,
+    next_sync: AtomicU64,
+    /// The watched tree, once walked; taken when the watcher stops.
+    tree: Mutex<Option<Arc<Mutex<Tree>>>>,
+    /// Source hashes builds computed while this watcher ran, by
+    /// [`hash_key`].
+    known: Mutex<HashMap<String, Known>>,
+}
+
+#[derive(Default)]
+struct InboxState {
+    /// Paths events named, not yet checked.
+    paths: HashSet<PathBuf>,
+    /// Counts events (and watcher errors) received.
+    generation: u64,
+    /// The tree has been watched by inotify, with every event checked and
+    /// every new directory watched, and nothing happened since this instant.
+    /// `None` while events are pending, before the first walk ends, and
+    /// for good once polling.
+    quiet_since: Option<Instant>,
+    /// Polling (or stopped): never quiet again.
+    disabled: bool,
+    /// Highest sync marker number seen.
+    synced: u64,
+}
+
+/// A source hash a build computed, and when its walk started.
+struct Known {
+    at: Instant,
+    tree: Arc<TreeHash>,
+    /// Every file it covers is one the watcher watches (checked once).
+    covered: bool,
+}
+
+impl Inbox {
+    fn new(root: &Path) -> Self {
+        Inbox {
+            state: Mutex::new(InboxState::default()),
+            wake: Notify::new(),
+            root: root.to_owned(),
+            sync_dir: root.join(".locald").join("watch-sync"),
+            synced: Condvar::new(),
+            next_sync: AtomicU64::new(0),
+            tree: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stops trusting this watcher for good (polling, or stopped).
+    fn disable(&self) {
+        let mut st = lock(&self.state);
+        st.disabled = true;
+        st.quiet_since = None;
+    }
+
+    /// Waits until every event for changes made before this call has been
+    /// received: creates a marker file in the watched `sync_dir` and waits
+    /// for its own event (inotify delivers one instance's events in order).
+    /// `false` when that cannot be done within a second.
+    fn sync(&self) -> bool {
+        let n = self.next_sync.fetch_add(1, Ordering::SeqCst) + 1;
+        let marker = self.sync_dir.join(format!("sync-{n}"));
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags_nonblock()
+            .open(&marker);
+        if created.is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        let mut st = lock(&self.state);
+        let ok = loop {
+            if st.synced >= n {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            st = self
+                .synced
+                .wait_timeout(st, left)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        };
+        drop(st);
+        let _ = std::fs::remove_file(&marker);
+        ok
+    }
+
+    /// Whether every file `tree` covers lives in a watched directory, and
+    /// no literal input names a file the watcher ignores (the hash reads
+    /// such a file anyway; the watcher would not see it change).
+    fn covers(&self, scope: &HashScope, tree: &TreeHash) -> bool {
+        let Ok(prefix) = scope.root.strip_prefix(&self.root) else {
+            return false;
+        };
+        let Some(watched) = lock(&self.tree).clone() else {
+            return false;
+        };
+        let watched = lock(&watched);
+        if watched.polling {
+            return false;
+        }
+        let literal_ignored = scope.inputs.iter().flatten().any(|p| {
+            !p.contains(['*', '?', '[', '{'])
+                && watched
+                    .ignores
+                    .ignored(&scope.root.join(p.trim_start_matches("./")), false)
+        });
+        if literal_ignored {
+            tracing::debug!("watch: an input names a file the watcher ignores; walking");
+            return false;
+        }
+        let missing = tree
+            .files
+            .iter()
+            .find(|f| !watched.files.contains_key(&prefix.join(&f.path)));
+        if let Some(f) = missing {
+            tracing::debug!(
+                "watch: {} is hashed but not watched; walking",
+                f.path.display()
+            );
+        }
+        missing.is_none()
+    }
+}
+
+/// Time [`Inbox::sync`] waits for its marker's event.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Running watchers by project root, for builds to ask.
+static WATCHERS: Mutex<Vec<Weak<Inbox>>> = Mutex::new(Vec::new());
+
+/// What a running inotify watcher can tell a build about its project's
+/// sources: that nothing changed since a hash was computed, so the hash
+/// still holds and the tree need not be walked again.
+pub(crate) struct SourceWatch(Arc<Inbox>);
+
+/// The watcher of the project at `root`, if one is running.
+pub(crate) fn source_watch(root: &Path) -> Option<SourceWatch> {
+    let mut all = lock(&WATCHERS);
+    all.retain(|w| w.strong_count() > 0);
+    all.iter()
+        .rev()
+        .filter_map(Weak::upgrade)
+        .find(|i| i.root == root && !lock(&i.state).disabled)
+        .map(SourceWatch)
+}
+
+/// The key a build's source hash is remembered under.
+pub(crate) fn hash_key(service: &str, scope: &HashScope, config: &str) -> String {
+    format!("{service}\0{config}\0{scope:?}")
+}
+
+impl SourceWatch {
+    /// The instant to pass to [`SourceWatch::remember`] for a hash whose
+    /// walk starts now.
+    pub(crate) fn now() -> Instant {
+        Instant::now()
+    }
+
+    /// Remembers `tree`, hashed from `scope` by a walk that started `at`.
+    pub(crate) fn remember(&self, key: String, at: Instant, tree: TreeHash) {
+        lock(&self.0.known).insert(
+            key,
+            Known {
+                at,
+                tree: Arc::new(tree),
+                covered: false,
+            },
+        );
+    }
+
+    /// The hash remembered under `key` if it still holds: the watcher was
+    /// already watching when its walk started, every event received since
+    /// the caller started this check has been checked, and none has
+    /// arrived since the walk started. Blocks up to a second.
+    pub(crate) fn unchanged(&self, key: &str, scope: &HashScope) -> Option<Arc<TreeHash>> {
+        let (at, tree, covered) = {
+            let known = lock(&self.0.known);
+            let k = known.get(key)?;
+            (k.at, k.tree.clone(), k.covered)
+        };
+        if !self.0.sync() {
+            tracing::debug!("watch: no sync with the event queue");
+            return None;
+        }
+        let quiet = lock(&self.0.state).quiet_since.is_some_and(|q| q <= at);
+        if !quiet {
+            return None;
+        }
+        if !covered {
+            if !self.0.covers(scope, &tree) {
+                return None;
+            }
+            if let Some(k) = lock(&self.0.known).get_mut(key) {
+                k.covered = true;
+            }
+        }
+        Some(tree)
+    }
 }
 
 fn inotify_watcher(inbox: Arc<Inbox>) -> notify::Result<Box<dyn Watcher + Send>> {
@@ -350,12 +604,55 @@ fn poll_watcher(inbox: Arc<Inbox>, root: &Path) -> notify::Result<Box<dyn Watche
 }
 
 fn handle(inbox: &Inbox, res: notify::Result<notify::Event>) {
+    if let Ok(ev) = &res {
+        // Opening or reading a file changes nothing; the watcher's own
+        // digests and every build's hash open files, and counting that
+        // would make each check trigger the next one. (A truncating open
+        // also sends a modify event, which counts.)
+        if matches!(
+            ev.kind,
+            notify::EventKind::Access(
+                notify::event::AccessKind::Open(_)
+                    | notify::event::AccessKind::Read
+                    | notify::event::AccessKind::Close(notify::event::AccessMode::Read)
+            )
+        ) {
+            return;
+        }
+    }
+    let mut st = lock(&inbox.state);
+    if let Ok(ev) = &res {
+        if !ev.paths.is_empty() && ev.paths.iter().all(|p| p.starts_with(&inbox.sync_dir)) {
+            // Our own sync markers: no change to the sources.
+            for p in &ev.paths {
+                let n = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("sync-"))
+                    .and_then(|n| n.parse::<u64>().ok());
+                if let Some(n) = n {
+                    st.synced = st.synced.max(n);
+                }
+            }
+            inbox.synced.notify_all();
+            return;
+        }
+    }
+    // Anything else (a change, an ignored file, a queue overflow, an error)
+    // ends the quiet: builds walk again until the events are checked.
+    st.generation += 1;
+    st.quiet_since = None;
     match res {
         Ok(ev) => {
-            if ev.paths.is_empty() {
+            if ev.need_rescan() {
+                tracing::debug!("file watch: events were lost; rescanning");
+                st.paths.insert(inbox.root.clone());
+            }
+            if ev.paths.is_empty() && !ev.need_rescan() {
                 return;
             }
-            lock(&inbox.paths).extend(ev.paths);
+            st.paths.extend(ev.paths);
+            drop(st);
             inbox.wake.notify_one();
         }
         Err(e) => tracing::debug!("file watch: {e}"),
@@ -379,6 +676,7 @@ fn build_tree(project: &str, root: &Path, inbox: &Arc<Inbox>) -> Option<Tree> {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!("{project}: cannot use inotify ({e}); watching by polling");
+            inbox.disable();
             poll_watcher(inbox.clone(), root).ok()?
         }
     };
@@ -392,12 +690,33 @@ fn build_tree(project: &str, root: &Path, inbox: &Arc<Inbox>) -> Option<Tree> {
     if tree.walk(root).is_err() {
         fall_back(&mut tree, project, inbox)?;
     }
+    if !tree.polling {
+        // Builds sync with the event queue through markers in this
+        // directory (see `Inbox::sync`); without it they always walk.
+        // Markers a killed daemon left would collide with this one's
+        // numbers (they restart at 1): clear them first.
+        if let Ok(rd) = std::fs::read_dir(&inbox.sync_dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let watched = std::fs::create_dir_all(&inbox.sync_dir).is_ok()
+            && std::fs::symlink_metadata(&inbox.sync_dir).is_ok_and(|m| m.is_dir())
+            && tree
+                .watcher
+                .watch(&inbox.sync_dir, RecursiveMode::NonRecursive)
+                .is_ok();
+        if !watched {
+            inbox.disable();
+        }
+    }
     Some(tree)
 }
 
 /// Switches `tree` to polling after the watch limit was hit, saying so once.
 fn fall_back(tree: &mut Tree, project: &str, inbox: &Arc<Inbox>) -> Option<()> {
     tracing::warn!("{}", limit_message(project));
+    inbox.disable();
     tree.watcher = poll_watcher(inbox.clone(), &tree.root).ok()?;
     tree.polling = true;
     // Record every file (without watches) so the poller's events compare
@@ -425,14 +744,28 @@ pub(crate) fn spawn(
         .collect();
     let project = config.name.clone();
     let root = config.root.clone();
+    let inbox = Arc::new(Inbox::new(&root));
+    lock(&WATCHERS).push(Arc::downgrade(&inbox));
+    let task_inbox = inbox.clone();
     let task = tokio::spawn(async move {
-        let inbox = Arc::new(Inbox::default());
+        let inbox = task_inbox;
         let (p, r, i) = (project.clone(), root.clone(), inbox.clone());
-        let Ok(Some(mut tree)) = tokio::task::spawn_blocking(move || build_tree(&p, &r, &i)).await
+        let Ok(Some(tree)) = tokio::task::spawn_blocking(move || build_tree(&p, &r, &i)).await
         else {
             tracing::warn!("{project}: cannot watch {}", root.display());
+            inbox.disable();
             return;
         };
+        let tree = Arc::new(Mutex::new(tree));
+        *lock(&inbox.tree) = Some(tree.clone());
+        {
+            // Quiet from now on, unless events came during the walk (a
+            // directory created then may not be watched yet).
+            let mut st = lock(&inbox.state);
+            if st.generation == 0 && !st.disabled {
+                st.quiet_since = Some(Instant::now());
+            }
+        }
         loop {
             inbox.wake.notified().await;
             let first = Instant::now();
@@ -444,29 +777,40 @@ pub(crate) fn spawn(
                     () = tokio::time::sleep(SETTLE) => break,
                 }
             }
-            let paths = std::mem::take(&mut *lock(&inbox.paths));
-            let (p, i) = (project.clone(), inbox.clone());
-            let Ok((t, changed)) = tokio::task::spawn_blocking(move || {
-                let changed = match tree.check(paths) {
+            let (paths, generation) = {
+                let mut st = lock(&inbox.state);
+                (std::mem::take(&mut st.paths), st.generation)
+            };
+            let (p, i, t) = (project.clone(), inbox.clone(), tree.clone());
+            let Ok(changed) = tokio::task::spawn_blocking(move || {
+                let mut tree = lock(&t);
+                match tree.check(paths) {
                     Ok(c) => c,
                     Err(WatchLimit) => {
                         let _ = fall_back(&mut tree, &p, &i);
                         Vec::new()
                     }
-                };
-                (tree, changed)
+                }
             })
             .await
             else {
+                inbox.disable();
                 return;
             };
-            tree = t;
+            {
+                // Every event so far is checked (and every new directory
+                // watched): quiet again, unless more came meanwhile.
+                let mut st = lock(&inbox.state);
+                if st.generation == generation && !st.disabled {
+                    st.quiet_since = Some(Instant::now());
+                }
+            }
             if !changed.is_empty() {
                 dispatch(&project, &services, &restart_on, &senders, &changed).await;
             }
         }
     });
-    Some(ProjectWatch { task })
+    Some(ProjectWatch { task, inbox })
 }
 
 /// "src/app.py changed", "src/app.py and 3 more changed".
@@ -522,7 +866,7 @@ mod tests {
     use super::*;
 
     fn tree(root: &Path) -> (Tree, Arc<Inbox>) {
-        let inbox = Arc::new(Inbox::default());
+        let inbox = Arc::new(Inbox::new(root));
         let t = build_tree("t", root, &inbox).expect("tree");
         (t, inbox)
     }
@@ -589,5 +933,131 @@ mod tests {
         let m = limit_message("p");
         assert!(m.contains("sysctl fs.inotify.max_user_watches="), "{m}");
         assert!(m.contains("polling"), "{m}");
+    }
+
+    /// The trust `SourceWatch` gives a remembered hash, and everything that
+    /// takes it away: an event, a queue overflow, the polling fallback.
+    #[test]
+    fn a_remembered_hash_holds_only_while_nothing_happens() {
+        use crate::build::{hash_tree, StatCache};
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().canonicalize().expect("canon");
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::write(root.join("src/app.py"), "v1").expect("write");
+        // A marker a killed daemon left behind.
+        std::fs::create_dir_all(root.join(".locald/watch-sync")).expect("mkdir");
+        std::fs::write(root.join(".locald/watch-sync/sync-1"), "").expect("write");
+        let (t, inbox) = tree(&root);
+        *lock(&inbox.tree) = Some(Arc::new(Mutex::new(t)));
+        // What `spawn` does once the first walk is done.
+        let quiet = |inbox: &Inbox| lock(&inbox.state).quiet_since = Some(Instant::now());
+        quiet(&inbox);
+        let scope = HashScope::tree(&root);
+        let watch = SourceWatch(inbox.clone());
+        let hash = || hash_tree(&scope, &mut StatCache::in_memory()).expect("hash");
+        let remember = || watch.remember("k".into(), SourceWatch::now(), hash());
+
+        remember();
+        assert!(
+            watch.unchanged("k", &scope).is_some(),
+            "quiet since the walk"
+        );
+        assert!(watch.unchanged("other", &scope).is_none(), "never hashed");
+
+        // An event (even one the watcher would ignore) ends the trust, and
+        // so does the watcher becoming quiet again after the walk started.
+        std::fs::write(root.join("src/app.py"), "v2").expect("write");
+        assert!(watch.unchanged("k", &scope).is_none(), "edit seen");
+        quiet(&inbox);
+        assert!(
+            watch.unchanged("k", &scope).is_none(),
+            "quiet only since after the walk"
+        );
+        remember();
+        assert!(watch.unchanged("k", &scope).is_some(), "a new walk");
+
+        // A queue overflow.
+        handle(
+            &inbox,
+            Ok(notify::Event::new(notify::EventKind::Other).set_flag(notify::event::Flag::Rescan)),
+        );
+        assert!(watch.unchanged("k", &scope).is_none(), "overflow");
+        assert!(lock(&inbox.state).paths.contains(&root), "overflow rescans");
+        quiet(&inbox);
+        remember();
+        assert!(watch.unchanged("k", &scope).is_some());
+
+        // A watcher error.
+        handle(&inbox, Err(notify::Error::generic("boom")));
+        assert!(watch.unchanged("k", &scope).is_none(), "error");
+        quiet(&inbox);
+        remember();
+        assert!(watch.unchanged("k", &scope).is_some());
+
+        // The polling fallback: never again, and not found any more.
+        lock(&WATCHERS).push(Arc::downgrade(&inbox));
+        assert!(source_watch(&root).is_some(), "offered while trusted");
+        inbox.disable();
+        quiet(&inbox);
+        assert!(
+            source_watch(&root).is_none(),
+            "a disabled watcher is not offered"
+        );
+        lock(&inbox.state).quiet_since = None;
+        remember();
+        assert!(watch.unchanged("k", &scope).is_none(), "polling");
+    }
+
+    /// A subdirectory's `!pattern` wins over the root's ignore rule, as in
+    /// git and the build hash (the kernel's `arch/sh/boot/.gitignore`).
+    #[test]
+    fn a_deeper_whitelist_wins() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().canonicalize().expect("canon");
+        std::fs::create_dir_all(root.join("boot")).expect("mkdir");
+        std::fs::write(root.join(".gitignore"), "vmlinux*\n").expect("write");
+        std::fs::write(root.join("boot/.gitignore"), "!vmlinux.scr\n").expect("write");
+        std::fs::write(root.join("boot/vmlinux.scr"), "x").expect("write");
+        std::fs::write(root.join("boot/vmlinux.o"), "x").expect("write");
+        std::fs::create_dir_all(root.join("usr/include/linux")).expect("mkdir");
+        std::fs::write(root.join("usr/include/.gitignore"), "/*/\n").expect("write");
+        std::fs::write(root.join("usr/include/Makefile"), "x").expect("write");
+        std::fs::write(root.join("usr/include/linux/gen.h"), "x").expect("write");
+        let (t, _inbox) = tree(&root);
+        assert!(
+            t.files.contains_key(Path::new("usr/include/Makefile")),
+            "{:?}",
+            t.files.keys()
+        );
+        assert!(!t.files.contains_key(Path::new("usr/include/linux/gen.h")));
+        assert!(t.files.contains_key(Path::new("boot/vmlinux.scr")));
+        assert!(!t.files.contains_key(Path::new("boot/vmlinux.o")));
+    }
+
+    /// A hash covering a file the watcher does not watch (an ignored file a
+    /// literal input names) is never trusted.
+    #[test]
+    fn a_literal_input_the_watcher_ignores_is_never_trusted() {
+        use crate::build::{hash_tree, StatCache};
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().canonicalize().expect("canon");
+        std::fs::write(root.join(".gitignore"), ".env\n").expect("write");
+        std::fs::write(root.join(".env"), "A=1").expect("write");
+        std::fs::write(root.join("app.py"), "v1").expect("write");
+        let (t, inbox) = tree(&root);
+        *lock(&inbox.tree) = Some(Arc::new(Mutex::new(t)));
+        lock(&inbox.state).quiet_since = Some(Instant::now());
+        let watch = SourceWatch(inbox.clone());
+        for (inputs, trusted) in [(vec!["app.py"], true), (vec!["app.py", ".env"], false)] {
+            let inputs: Vec<String> = inputs.into_iter().map(str::to_owned).collect();
+            let scope = HashScope::inputs(&root, &inputs);
+            let h = hash_tree(&scope, &mut StatCache::in_memory()).expect("hash");
+            watch.remember("k".into(), SourceWatch::now(), h);
+            assert_eq!(
+                watch.unchanged("k", &scope).is_some(),
+                trusted,
+                "{inputs:?}"
+            );
+        }
     }
 }

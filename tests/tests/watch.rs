@@ -224,7 +224,7 @@ fn up_watch_watches_services_without_watch() {
 #[test]
 fn locald_ctl_up_watch_watches_a_daemon_project() {
     use locald_tests::dbus::{ctl, have_dbus_daemon, wait_states, Daemon, TestBus};
-    if !locald_tests::require(
+    if locald_tests::require(
         have_dbus_daemon(),
         "dbus-daemon is not installed (tests/setup-debian.sh installs it)",
     ) {
@@ -271,7 +271,7 @@ fn an_exhausted_watch_limit_falls_back_to_polling_with_one_message() {
             "echo 5 > /proc/sys/user/max_inotify_watches",
         ])
         .status();
-    if !locald_tests::require(
+    if locald_tests::require(
         probe.is_ok_and(|s| s.success()),
         "cannot lower the inotify limit in a user namespace (unshare -Ur)",
     ) {
@@ -326,4 +326,104 @@ fn an_exhausted_watch_limit_falls_back_to_polling_with_one_message() {
         text.contains("sysctl fs.inotify.max_user_watches="),
         "{text}"
     );
+}
+
+/// While a project is watched, a no-op `locald-ctl build` takes the source
+/// hash from the watcher instead of walking the tree (the reason says so);
+/// an edit made just before the check is never missed, even one the
+/// watcher has not acted on yet; a project that is not watched walks.
+#[test]
+fn a_watched_no_op_check_does_not_walk_and_an_edit_is_never_missed() {
+    use locald_tests::dbus::{ctl, have_dbus_daemon, wait_states, Daemon, TestBus};
+    if locald_tests::require(
+        have_dbus_daemon(),
+        "dbus-daemon is not installed (tests/setup-debian.sh installs it)",
+    ) {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let d = project();
+    let p = d.path();
+    let toml = |watch: &str| {
+        format!(
+            "[project]\nname = \"{}\"\n[services.web]\ncommand = [\"sleep\", \"1000\"]\nbuild = {{ command = [\"sh\", \"-c\", \"echo built >> out/builds\"], inputs = [\"src/**\"] }}\n{watch}stop_timeout = \"1s\"\n",
+            unique("watchhash")
+        )
+    };
+    // Watched, but no change restarts or rebuilds it on its own: every
+    // build below is one this test asked for.
+    std::fs::write(
+        p.join("locald.toml"),
+        toml("watch = { paths = [\"elsewhere/**\"], action = \"restart\" }\n"),
+    )
+    .expect("toml");
+    let up = ctl(&bus, p, &["up"]);
+    assert_eq!(up.code, 0, "{up:?}");
+    wait_states(&bus, p, &["running"], Duration::from_secs(10));
+    let build = || {
+        let out = ctl(&bus, p, &["build", "web"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout
+    };
+    // The first checks walk (the build at `up` may have hashed before the
+    // watcher was watching); one that walked after it was is remembered.
+    let mut watched = false;
+    for _ in 0..20 {
+        if build().contains("(watched") {
+            watched = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(watched, "no check was vouched for by the watcher");
+    let again = build();
+    assert!(
+        again.contains("Build up to date (watched: no change"),
+        "{again}"
+    );
+    let builds = lines(p, "out/builds");
+
+    // Edits immediately followed by a check: the check syncs with the
+    // event queue, so it never answers from a stale hash; each rebuilds.
+    for i in 0..20 {
+        std::fs::write(p.join("src/app.py"), format!("v{i}")).expect("edit");
+        let out = build();
+        assert!(!out.contains("up to date"), "edit {i} missed: {out}");
+    }
+    // A new directory: files written into it right away count too.
+    std::fs::create_dir_all(p.join("src/new/deeper")).expect("mkdir");
+    std::fs::write(p.join("src/new/deeper/mod.py"), "x").expect("write");
+    let out = build();
+    assert!(!out.contains("up to date"), "new directory missed: {out}");
+    assert_eq!(lines(p, "out/builds"), builds + 21, "every edit rebuilt");
+    // Quiet again: vouched for again.
+    let mut watched = false;
+    for _ in 0..20 {
+        if build().contains("(watched") {
+            watched = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(watched, "not vouched for again after the edits settled");
+    // An ignored file changing is conservative: the next check walks,
+    // and finds the build up to date.
+    std::fs::write(p.join("x.log"), "noise").expect("write");
+    let out = build();
+    assert!(out.contains("Build up to date"), "{out}");
+    assert!(!out.contains("(watched"), "{out}");
+    assert_eq!(ctl(&bus, p, &["down"]).code, 0);
+
+    // Not watched: every check walks.
+    std::fs::write(p.join("locald.toml"), toml("")).expect("toml");
+    let up = ctl(&bus, p, &["up"]);
+    assert_eq!(up.code, 0, "{up:?}");
+    wait_states(&bus, p, &["running"], Duration::from_secs(10));
+    for _ in 0..3 {
+        let out = build();
+        assert!(out.contains("Build up to date"), "{out}");
+        assert!(!out.contains("(watched"), "{out}");
+    }
+    assert_eq!(ctl(&bus, p, &["down"]).code, 0);
 }

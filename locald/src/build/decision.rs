@@ -209,6 +209,9 @@ pub struct Decision {
     pub source: Option<TreeHash>,
     /// The builder image digest the decision was made with.
     pub builder_digest: Option<String>,
+    /// The source hash was vouched for by the file watcher (nothing changed
+    /// since it was computed), so the tree was not walked.
+    pub from_watcher: bool,
 }
 
 impl Decision {
@@ -253,7 +256,11 @@ impl Decision {
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.reason.fmt(f)
+        self.reason.fmt(f)?;
+        if self.from_watcher && self.reason == Reason::UpToDate {
+            f.write_str(" (watched: no change since the last check)")?;
+        }
+        Ok(())
     }
 }
 
@@ -273,6 +280,19 @@ pub fn needs_rebuild(
     opts: &BuildOptions,
     builder_digest: Option<&str>,
 ) -> Result<Decision, BuildError> {
+    needs_rebuild_with(opts, builder_digest, None)
+}
+
+/// [`needs_rebuild`] with the source tree hash already known: `known` is
+/// a hash of [`BuildOptions::hash_scope`] that something vouches is still
+/// the tree's (a file watcher that has seen no change since it was
+/// computed), so the tree is not walked. Every other check (build spec,
+/// builder, manifest, artifact, outputs) runs as usual.
+pub fn needs_rebuild_with(
+    opts: &BuildOptions,
+    builder_digest: Option<&str>,
+    known: Option<&TreeHash>,
+) -> Result<Decision, BuildError> {
     let config_hash = config_hash(&opts.spec, &opts.project_path);
     let builder_digest = builder_digest.map(str::to_owned);
     let decide = |reason, source| Decision {
@@ -280,6 +300,7 @@ pub fn needs_rebuild(
         config_hash,
         source,
         builder_digest: builder_digest.clone(),
+        from_watcher: known.is_some(),
     };
 
     let Some(scope) = opts.hash_scope() else {
@@ -290,19 +311,42 @@ pub fn needs_rebuild(
         };
         return Ok(decide(reason, None));
     };
-    let tree = hash_with_cache(opts, &scope, &opts.service)?;
+    let tree = match known {
+        // Only the digest matters for "up to date"; the file list (which
+        // can be the size of a kernel tree) is cloned when a build follows.
+        Some(k) => TreeHash {
+            digest: k.digest,
+            files: Vec::new(),
+            stats: k.stats,
+        },
+        None => hash_with_cache(opts, &scope, &opts.service)?,
+    };
+    let decide_full = |reason: Reason, tree: TreeHash| {
+        let tree = match known {
+            Some(k) => k.clone(),
+            None => tree,
+        };
+        decide(reason, Some(tree))
+    };
+    let decide = |reason: Reason, tree: TreeHash| {
+        if reason == Reason::UpToDate {
+            decide(reason, Some(tree))
+        } else {
+            decide_full(reason, tree)
+        }
+    };
 
     if opts.force {
-        return Ok(decide(Reason::Forced, Some(tree)));
+        return Ok(decide(Reason::Forced, tree));
     }
     let svc = opts.service_layout();
     let manifest = match svc.read_manifest()? {
-        Stored::Missing => return Ok(decide(Reason::NoArtifact, Some(tree))),
-        Stored::Unusable(why) => return Ok(decide(Reason::ArtifactUnusable(why), Some(tree))),
+        Stored::Missing => return Ok(decide(Reason::NoArtifact, tree)),
+        Stored::Unusable(why) => return Ok(decide(Reason::ArtifactUnusable(why), tree)),
         Stored::Found(m) => m,
     };
     if manifest.config_hash != config_hash.to_hex() {
-        return Ok(decide(Reason::ConfigChanged, Some(tree)));
+        return Ok(decide(Reason::ConfigChanged, tree));
     }
     if let Some(new) = &builder_digest {
         if manifest.builder_image_digest.as_deref() != Some(new.as_str()) {
@@ -310,37 +354,35 @@ pub fn needs_rebuild(
                 old: manifest.builder_image_digest.clone(),
                 new: new.clone(),
             };
-            return Ok(decide(reason, Some(tree)));
+            return Ok(decide(reason, tree));
         }
     }
     match &opts.spec {
         BuildSpec::Cnb(_) => {
             if !svc.oci_layout_dir().is_dir() {
-                return Ok(decide(Reason::NoArtifact, Some(tree)));
+                return Ok(decide(Reason::NoArtifact, tree));
             }
         }
         BuildSpec::Host(h) => {
             for out in &h.outputs {
                 let p = opts.project_path.join(out);
                 if std::fs::symlink_metadata(&p).is_err() {
-                    return Ok(decide(
-                        Reason::OutputMissing(PathBuf::from(out)),
-                        Some(tree),
-                    ));
+                    return Ok(decide(Reason::OutputMissing(PathBuf::from(out)), tree));
                 }
             }
             if output_hash(opts)? != manifest.output_hash {
-                return Ok(decide(Reason::OutputChanged, Some(tree)));
+                return Ok(decide(Reason::OutputChanged, tree));
             }
         }
     }
     if manifest.source_hash.as_deref() != Some(tree.digest.to_hex().as_str()) {
+        let files = known.map_or(&tree.files, |k| &k.files);
         let summary = svc
             .read_sources()
-            .map(|old| ChangeSummary::between(&old, &tree.files));
-        return Ok(decide(Reason::SourceChanged(summary), Some(tree)));
+            .map(|old| ChangeSummary::between(&old, files));
+        return Ok(decide(Reason::SourceChanged(summary), tree));
     }
-    Ok(decide(Reason::UpToDate, Some(tree)))
+    Ok(decide(Reason::UpToDate, tree))
 }
 
 /// [`needs_rebuild`] for a CNB build, which also rebuilds when the run
@@ -350,7 +392,18 @@ pub fn needs_cnb_rebuild(
     builder_digest: &str,
     run_image_digest: &str,
 ) -> Result<Decision, BuildError> {
-    let mut d = needs_rebuild(opts, Some(builder_digest))?;
+    needs_cnb_rebuild_with(opts, builder_digest, run_image_digest, None)
+}
+
+/// [`needs_cnb_rebuild`] with the source tree hash already known (see
+/// [`needs_rebuild_with`]).
+pub fn needs_cnb_rebuild_with(
+    opts: &BuildOptions,
+    builder_digest: &str,
+    run_image_digest: &str,
+    known: Option<&TreeHash>,
+) -> Result<Decision, BuildError> {
+    let mut d = needs_rebuild_with(opts, Some(builder_digest), known)?;
     if d.reason == Reason::UpToDate {
         let old = match opts.service_layout().read_manifest()? {
             Stored::Found(m) => m.cnb.map(|c| c.run_image_digest),

@@ -33,7 +33,8 @@ use std::path::PathBuf;
 
 pub use artifact::{CnbManifest, Layout, Manifest, ServiceLayout, Staging};
 pub use decision::{
-    config_hash, needs_cnb_rebuild, needs_rebuild, output_hash, BuildOptions, Decision, Reason,
+    config_hash, needs_cnb_rebuild, needs_cnb_rebuild_with, needs_rebuild, needs_rebuild_with,
+    output_hash, BuildOptions, Decision, Reason,
 };
 pub use hash::{hash_tree, ChangeSummary, FileEntry, FileKind, HashScope, TreeHash};
 pub use statcache::StatCache;

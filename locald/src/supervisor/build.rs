@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, watch, Mutex};
 
 use super::pipe::{pump, PipeOwner};
-use crate::build::{needs_rebuild, BuildOptions};
+use crate::build::{needs_rebuild_with, BuildError, BuildOptions, Decision, TreeHash};
 use crate::config::{BuildSpec, HostBuild, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
@@ -115,10 +115,15 @@ impl Builder {
             .map_err(|e| error_chain(&e))?;
         let decision = {
             let opts = opts.clone();
-            tokio::task::spawn_blocking(move || needs_rebuild(&opts, None))
-                .await
-                .map_err(|e| format!("source check crashed: {e}"))?
-                .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
+            let watch = crate::watch::source_watch(&self.root);
+            tokio::task::spawn_blocking(move || {
+                decide_watched(&opts, watch.as_ref(), |o, known| {
+                    needs_rebuild_with(o, None, known)
+                })
+            })
+            .await
+            .map_err(|e| format!("source check crashed: {e}"))?
+            .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
         };
         record.source_hash = decision.source_hash().map(|d| d.to_hex());
         record.reason = decision.to_string();
@@ -153,7 +158,40 @@ impl Builder {
         .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
         Ok(BuildResult::Succeeded)
     }
+}
 
+/// [`crate::build::needs_rebuild`], skipping the walk of the sources when the project's
+/// file watcher vouches that nothing changed since the last walk this
+/// daemon made for the same build (see `watch::SourceWatch`), and
+/// remembering the hash of a walk for the next check.
+/// `decide` is the check itself, given the hash when it is known.
+pub(super) fn decide_watched(
+    opts: &BuildOptions,
+    watch: Option<&crate::watch::SourceWatch>,
+    decide: impl Fn(&BuildOptions, Option<&TreeHash>) -> Result<Decision, BuildError>,
+) -> Result<Decision, BuildError> {
+    let (Some(watch), Some(scope), false) = (watch, opts.hash_scope(), opts.force) else {
+        return decide(opts, None);
+    };
+    let key = crate::watch::hash_key(
+        &opts.service,
+        &scope,
+        &crate::build::config_hash(&opts.spec, &opts.project_path).to_hex(),
+    );
+    if let Some(known) = watch.unchanged(&key, &scope) {
+        return decide(opts, Some(&known));
+    }
+    // Taken before the walk: a change made during it is newer than this,
+    // so the watcher will not vouch for the result.
+    let at = crate::watch::SourceWatch::now();
+    let decision = decide(opts, None)?;
+    if let Some(tree) = &decision.source {
+        watch.remember(key, at, tree.clone());
+    }
+    Ok(decision)
+}
+
+impl Builder {
     pub(super) fn publish(&self, record: &BuildRecord) {
         self.snapshot
             .send_modify(|s| s.last_build = Some(record.clone()));

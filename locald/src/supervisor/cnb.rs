@@ -36,7 +36,7 @@ use crate::build::cnb::{
     self, creator_args, creator_env, layout_path, output_name, paths, run_image_name,
     BuildMetadata, BuilderInfo, BuildpackChoice, CreatorCall, ProjectDescriptor,
 };
-use crate::build::{needs_cnb_rebuild, BuildOptions, CnbManifest, FileEntry, FileKind};
+use crate::build::{needs_cnb_rebuild_with, BuildOptions, CnbManifest, FileEntry, FileKind};
 use crate::config::{BuildSpec, CnbBuild, PullPolicy, Volume, CNB_IMAGE_TAG};
 use crate::error_chain;
 use crate::event::{BuildRecord, BuildResult, LogLine};
@@ -85,10 +85,15 @@ impl Builder {
             let opts = plan.opts.clone();
             let b = plan.builder.manifest_digest.to_string();
             let r = plan.run.manifest_digest.to_string();
-            tokio::task::spawn_blocking(move || needs_cnb_rebuild(&opts, &b, &r))
-                .await
-                .map_err(|e| format!("source check crashed: {e}"))?
-                .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
+            let watch = crate::watch::source_watch(&self.root);
+            tokio::task::spawn_blocking(move || {
+                super::build::decide_watched(&opts, watch.as_ref(), |o, known| {
+                    needs_cnb_rebuild_with(o, &b, &r, known)
+                })
+            })
+            .await
+            .map_err(|e| format!("source check crashed: {e}"))?
+            .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
         };
         record.source_hash = decision.source_hash().map(|d| d.to_hex());
         record.reason = decision.to_string();
