@@ -113,25 +113,11 @@ impl Builder {
         self.progress(build_id, 1, 3, "checking sources".into());
         let opts = BuildOptions::new(&self.root, &self.service, spec.clone(), force)
             .map_err(|e| error_chain(&e))?;
-        let decision = {
-            let opts = opts.clone();
-            let watch = crate::watch::source_watch(&self.root);
-            tokio::task::spawn_blocking(move || {
-                decide_watched(&opts, watch.as_ref(), |o, known| {
-                    needs_rebuild_with(o, None, known)
-                })
+        let decision = self
+            .decide(&opts, build_id, record, |o, known| {
+                needs_rebuild_with(o, None, known)
             })
-            .await
-            .map_err(|e| format!("source check crashed: {e}"))?
-            .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
-        };
-        record.source_hash = decision.source_hash().map(|d| d.to_hex());
-        record.reason = decision.to_string();
-        tracing::info!(project = %self.project, service = %self.service, build_id, "{}/{}: build {build_id}: {decision}", self.project, self.service);
-        self.publish(record);
-        self.sink
-            .build_started(&self.project, &self.service, record)
-            .await;
+            .await?;
         if !decision.rebuild() {
             return Ok(BuildResult::Skipped);
         }
@@ -157,6 +143,40 @@ impl Builder {
         .map_err(|e| format!("saving the artifact crashed: {e}"))?
         .map_err(|e| format!("cannot save the artifact: {}", error_chain(&e)))?;
         Ok(BuildResult::Succeeded)
+    }
+}
+
+impl Builder {
+    /// Whether `opts`'s service must build: `check` runs off the async
+    /// threads, with the project's watcher vouching for an unchanged tree
+    /// where it can ([`decide_watched`]); the decision is then recorded in
+    /// `record` and announced (daemon log, D-Bus, sinks).
+    pub(super) async fn decide<F>(
+        &self,
+        opts: &BuildOptions,
+        build_id: &str,
+        record: &mut BuildRecord,
+        check: F,
+    ) -> Result<Decision, String>
+    where
+        F: Fn(&BuildOptions, Option<&TreeHash>) -> Result<Decision, BuildError> + Send + 'static,
+    {
+        let decision = {
+            let opts = opts.clone();
+            let watch = crate::watch::source_watch(&self.root);
+            tokio::task::spawn_blocking(move || decide_watched(&opts, watch.as_ref(), check))
+                .await
+                .map_err(|e| format!("source check crashed: {e}"))?
+                .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
+        };
+        record.source_hash = decision.source_hash().map(|d| d.to_hex());
+        record.reason = decision.to_string();
+        tracing::info!(project = %self.project, service = %self.service, build_id, "{}/{}: build {build_id}: {decision}", self.project, self.service);
+        self.publish(record);
+        self.sink
+            .build_started(&self.project, &self.service, record)
+            .await;
+        Ok(decision)
     }
 }
 

@@ -81,27 +81,13 @@ impl Builder {
             .clone();
         let plan = self.cnb_plan(cnb, &images, force, build_id).await?;
         self.progress(build_id, 0, STEPS, "checking sources".into());
-        let decision = {
-            let opts = plan.opts.clone();
-            let b = plan.builder.manifest_digest.to_string();
-            let r = plan.run.manifest_digest.to_string();
-            let watch = crate::watch::source_watch(&self.root);
-            tokio::task::spawn_blocking(move || {
-                super::build::decide_watched(&opts, watch.as_ref(), |o, known| {
-                    needs_cnb_rebuild_with(o, &b, &r, known)
-                })
+        let b = plan.builder.manifest_digest.to_string();
+        let r = plan.run.manifest_digest.to_string();
+        let decision = self
+            .decide(&plan.opts, build_id, record, move |o, known| {
+                needs_cnb_rebuild_with(o, &b, &r, known)
             })
-            .await
-            .map_err(|e| format!("source check crashed: {e}"))?
-            .map_err(|e| format!("cannot check sources: {}", error_chain(&e)))?
-        };
-        record.source_hash = decision.source_hash().map(|d| d.to_hex());
-        record.reason = decision.to_string();
-        tracing::info!(project = %self.project, service = %self.service, build_id, "{}/{}: build {build_id}: {decision}", self.project, self.service);
-        self.publish(record);
-        self.sink
-            .build_started(&self.project, &self.service, record)
-            .await;
+            .await?;
         if !decision.rebuild() {
             return Ok(BuildResult::Skipped);
         }
