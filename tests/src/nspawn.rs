@@ -285,3 +285,32 @@ impl Drop for Container {
         }
     }
 }
+
+/// Installs locald into the container's user home at `root` as
+/// docs/daemon.md says: `locald` and `locald-ctl` in `~/.cargo/bin`, the
+/// user units from `systemd/` and the D-Bus activation file.
+pub fn install_locald(root: &Path) {
+    let home = root.join(HOME.trim_start_matches('/'));
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let copy = |from: &Path, to: &Path| {
+        if let Some(d) = to.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    copy(&crate::bin("locald"), &home.join(".cargo/bin/locald"));
+    copy(
+        &crate::bin("locald-ctl"),
+        &home.join(".cargo/bin/locald-ctl"),
+    );
+    for unit in ["locald.service", "locald-dashboard.service"] {
+        copy(
+            &repo.join("systemd").join(unit),
+            &home.join(".config/systemd/user").join(unit),
+        );
+    }
+    copy(
+        &repo.join("systemd/dev.locald.Locald1.service"),
+        &home.join(".local/share/dbus-1/services/dev.locald.Locald1.service"),
+    );
+}

@@ -9,27 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use locald_tests::nspawn::{self, Container, HOME};
-use locald_tests::{bin, pids_with, require, unique};
+use locald_tests::{pids_with, require, unique};
 
 fn install(root: &Path, marker: &str) {
     let home = root.join(HOME.trim_start_matches('/'));
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let copy = |from: &Path, to: &Path| {
-        if let Some(d) = to.parent() {
-            std::fs::create_dir_all(d).expect("mkdir");
-        }
-        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
-    };
-    copy(&bin("locald"), &home.join(".cargo/bin/locald"));
-    copy(&bin("locald-ctl"), &home.join(".cargo/bin/locald-ctl"));
-    copy(
-        &repo.join("systemd/locald.service"),
-        &home.join(".config/systemd/user/locald.service"),
-    );
-    copy(
-        &repo.join("systemd/dev.locald.Locald1.service"),
-        &home.join(".local/share/dbus-1/services/dev.locald.Locald1.service"),
-    );
+    nspawn::install_locald(root);
     let project = home.join("proj/locald.toml");
     std::fs::create_dir_all(project.parent().expect("parent")).expect("mkdir");
     // web leaves a grandchild in its own session, which only a cgroup stop
