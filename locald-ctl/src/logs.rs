@@ -14,7 +14,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
-use locald::event::{LogLine, Phase, Stream};
 use locald::term::Terminal;
 use serde_json::Value;
 
@@ -105,22 +104,7 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
     v
 }
 
-/// A field's bytes: journalctl prints text as a string and other bytes as
-/// an array of numbers.
-pub(crate) fn bytes(entry: &Value, field: &str) -> Option<Vec<u8>> {
-    match entry.get(field)? {
-        Value::String(s) => Some(s.as_bytes().to_vec()),
-        Value::Array(a) => a
-            .iter()
-            .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
-            .collect(),
-        _ => None,
-    }
-}
-
-pub(crate) fn text(entry: &Value, field: &str) -> Option<String> {
-    bytes(entry, field).map(|b| String::from_utf8_lossy(&b).into_owned())
-}
+pub(crate) use locald::journal::entry::{bytes, text};
 
 /// When the entry was written, as `output` shows it; `None` for formats
 /// without a time, or an entry without one. Like journalctl, the time the
@@ -147,57 +131,7 @@ pub fn stamp(entry: &Value, output: Output) -> Option<String> {
     })
 }
 
-/// Turns one journal entry into the line `locald up` would have printed.
-pub fn entry_to_line(entry: &Value) -> Option<LogLine> {
-    if text(entry, "LOCALD_SERVICE").is_none() {
-        return unit_entry_to_line(entry);
-    }
-    let service = text(entry, "LOCALD_SERVICE")?;
-    let phase = match text(entry, "LOCALD_PHASE").as_deref() {
-        Some("build") => Phase::Build,
-        _ => Phase::Run,
-    };
-    let stream = match text(entry, "LOCALD_STREAM").as_deref() {
-        Some("stderr") => Stream::Stderr,
-        _ => Stream::Stdout,
-    };
-    Some(LogLine {
-        project: text(entry, "LOCALD_PROJECT").unwrap_or_default().into(),
-        service: service.into(),
-        phase,
-        stream,
-        pid: text(entry, "LOCALD_PID").and_then(|p| p.parse().ok()),
-        build_id: text(entry, "LOCALD_BUILD_ID").map(Into::into),
-        image: text(entry, "LOCALD_IMAGE").map(Into::into),
-        line: bytes(entry, "MESSAGE").unwrap_or_default(),
-        partial: false,
-        continues: false,
-    })
-}
-
-/// A line a service run as a systemd unit wrote: the service is its
-/// `SyslogIdentifier=`, the project the one its slice is named after.
-fn unit_entry_to_line(entry: &Value) -> Option<LogLine> {
-    let unit = text(entry, "_SYSTEMD_USER_UNIT")?;
-    if !unit.starts_with("locald-") {
-        return None;
-    }
-    let slice = text(entry, "_SYSTEMD_USER_SLICE").unwrap_or_default();
-    Some(LogLine {
-        project: locald::runtime::systemd::project_of_slice(&slice)
-            .unwrap_or_default()
-            .into(),
-        service: text(entry, "SYSLOG_IDENTIFIER")?.into(),
-        phase: Phase::Run,
-        stream: Stream::Stdout,
-        pid: text(entry, "_PID").and_then(|p| p.parse().ok()),
-        build_id: None,
-        image: None,
-        line: bytes(entry, "MESSAGE").unwrap_or_default(),
-        partial: false,
-        continues: false,
-    })
-}
+pub use locald::journal::entry::entry_to_line;
 
 /// Runs journalctl and prints what it finds.
 pub fn run(args: &LogsArgs) -> ExitCode {
@@ -252,6 +186,7 @@ pub fn run(args: &LogsArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use locald::event::{Phase, Stream};
 
     #[test]
     fn filters_by_project_service_and_phase() {

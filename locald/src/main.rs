@@ -58,6 +58,15 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // The first process of a service's systemd unit: before clap (its
+    // arguments are the service's) and while there is one thread (it forks).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == locald::runtime::unit_exec::SUBCOMMAND)
+    {
+        return locald::runtime::unit_exec::main(&args[2..]);
+    }
     let cli = Cli::parse();
     // Commands that only print end quietly on a closed pipe; `up` and
     // `build` run processes a sudden death would orphan (see the helper).

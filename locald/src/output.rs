@@ -22,6 +22,14 @@ pub trait LogSink: Send + Sync + 'static {
     /// Takes one line. Returning applies backpressure to the writer's pipe.
     fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()>;
 
+    /// Whether anything would be done with a line of this service now. A
+    /// source that must work to produce lines (following the journal) asks
+    /// before it does; a pipe reader does not. Default: yes.
+    fn is_listening(&self, project: &str, service: &str) -> bool {
+        let _ = (project, service);
+        true
+    }
+
     /// A service's settings, given before its first line and again after a
     /// reload changed them. Sinks that care (the journal's stderr priority)
     /// keep what they need.
@@ -80,6 +88,10 @@ impl LogSink for Fanout {
                 s.write(line).await;
             }
         })
+    }
+
+    fn is_listening(&self, project: &str, service: &str) -> bool {
+        self.sinks.iter().any(|s| s.is_listening(project, service))
     }
 
     fn configure_service(&self, project: &str, service: &ServiceConfig) {

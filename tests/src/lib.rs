@@ -152,6 +152,20 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Pids of processes whose command line contains `marker`.
+/// [`pids_with`] without the output forwarders of systemd units
+/// (`locald internal-unit-exec … -- COMMAND`, which repeat the service's
+/// command line): the services' own processes.
+pub fn service_pids(marker: &str) -> Vec<i32> {
+    pids_with(marker)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| !String::from_utf8_lossy(&c).contains("internal-unit-exec"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 pub fn pids_with(marker: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     std::fs::read_dir("/proc")

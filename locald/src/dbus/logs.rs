@@ -124,6 +124,10 @@ impl DbusLogSink {
 }
 
 impl LogSink for DbusLogSink {
+    fn is_listening(&self, project: &str, service: &str) -> bool {
+        self.is_subscribed(project, service)
+    }
+
     fn write<'a>(&'a self, line: &'a LogLine) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let subscribers = self.subscribers_of(&line.project, &line.service);

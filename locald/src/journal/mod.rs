@@ -25,6 +25,8 @@
 
 mod daemon_log;
 pub mod encode;
+pub mod entry;
+pub mod follow;
 mod native;
 
 use std::collections::HashMap;

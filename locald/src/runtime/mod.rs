@@ -24,6 +24,7 @@ pub mod container;
 pub(crate) mod fake;
 pub mod host;
 pub mod systemd;
+pub mod unit_exec;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -118,6 +119,19 @@ pub struct LaunchSpec {
     /// runtime makes it reachable by the workload and sets `$NOTIFY_SOCKET`
     /// to where the workload sees it.
     pub notify_socket: Option<PathBuf>,
+    /// The workload says `READY=1` when it is ready (`health = { notify =
+    /// true }`). A runtime that tracks readiness itself (a systemd unit of
+    /// `Type=notify`) reports it through [`Process::take_notices`].
+    pub notify_ready: bool,
+    /// `watchdog_sec`: a runtime that enforces it itself (systemd's
+    /// `WatchdogSec=`) says so through [`Process::enforces_watchdog`].
+    pub watchdog: Option<std::time::Duration>,
+    /// Priority of stderr lines without a `<N>` prefix, for a runtime that
+    /// writes the workload's output to the journal itself.
+    pub stderr_priority: crate::journal::Priority,
+    /// How often the service was restarted so far; a workload that outlives
+    /// the daemon keeps it for the next one ([`Process::adopted_history`]).
+    pub restarts: u32,
     /// Where the runtime reports how far it got in making the workload
     /// ready to start (an image pulled or imported for its first start).
     pub progress: ProgressSink,
@@ -329,6 +343,29 @@ pub trait Process: Send + 'static {
     fn stopped_outside(&self) -> bool {
         false
     }
+    /// Readiness and status notices the runtime gathers itself (systemd
+    /// keeps a unit's `READY=1` and `STATUS=` and publishes them as unit
+    /// properties), taken once. `None`: the workload talks to locald's
+    /// notify socket.
+    fn take_notices(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::supervisor::notify::Notice>> {
+        None
+    }
+    /// Whether the runtime enforces `watchdog_sec` itself (systemd's
+    /// `WatchdogSec=`), so locald must not time the workload out as well.
+    fn enforces_watchdog(&self) -> bool {
+        false
+    }
+    /// Whether the runtime ended the workload for a missed watchdog ping.
+    fn ended_by_watchdog(&self) -> bool {
+        false
+    }
+    /// For a workload an earlier daemon started (an adopted unit): how often
+    /// the service had been restarted then, and when this process started.
+    fn adopted_history(&self) -> Option<(u32, std::time::SystemTime)> {
+        None
+    }
     /// Which kind runs it, as `status` shows: `host`, `container` or `systemd`.
     fn runtime_name(&self) -> &'static str {
         "host"
@@ -410,10 +447,10 @@ impl RuntimeSet {
     }
 
     /// The runtime for a service's workload. A host workload runs as a
-    /// systemd unit when `choice` says `runtime = "systemd"` and there is a
-    /// systemd user manager; otherwise (no manager: `locald up`, a
-    /// container, CI) as a child of locald, which `Runtime` on `Service1`
-    /// and `locald-ctl status` show.
+    /// systemd unit whenever there is a systemd user manager (the daemon
+    /// under `systemctl --user`), unless `choice` says `runtime = "host"`;
+    /// otherwise (no manager: `locald up`, a container, CI) as a child of
+    /// locald. `Runtime` on `Service1` and `locald-ctl status` say which.
     pub fn for_service(
         &self,
         kind: RuntimeKind,
@@ -421,7 +458,7 @@ impl RuntimeSet {
     ) -> Arc<dyn Runtime> {
         use crate::config::RuntimeChoice;
         match (kind, choice, &self.systemd) {
-            (RuntimeKind::Host, Some(RuntimeChoice::Systemd), Some(s)) => s.clone(),
+            (RuntimeKind::Host, None | Some(RuntimeChoice::Systemd), Some(s)) => s.clone(),
             _ => self.get(kind).clone(),
         }
     }

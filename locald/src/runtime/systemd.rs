@@ -1,17 +1,25 @@
 //! Host workloads as systemd transient user units, started the way
-//! `systemd-run --user` starts them.
+//! `systemd-run --user` starts them: under a user manager, the default for
+//! every host service (`runtime = "host"` opts out).
 //!
 //! Each service becomes `locald-<project>-<service>.service` (both names
-//! escaped as `systemd-escape` does) in `locald-<project>.slice`. Output goes
-//! from the service straight to journald, tagged with `LogExtraFields=`
-//! (`LOCALD_PROJECT`, `LOCALD_SERVICE`, `LOCALD_PHASE=run`), so locald copies
-//! nothing and a [`Process`] of this kind has no output streams. systemd owns
-//! the cgroup: a stop reaches every descendant, also those that called
-//! `setsid`.
+//! escaped as `systemd-escape` does) in `locald-<project>.slice`. systemd
+//! owns the cgroup: a stop reaches every descendant, also those that called
+//! `setsid`; its accounting shows in `status`.
+//!
+//! Output: the unit starts as `locald internal-unit-exec`
+//! ([`super::unit_exec`]), which forks an output forwarder into the unit's
+//! cgroup and execs the service with the same pid. The forwarder writes each
+//! line to journald with locald's fields (journald would not apply the
+//! unit's `LogExtraFields=` to a user unit), so locald copies nothing and a
+//! [`Process`] of this kind has no output streams. Live listeners get the
+//! lines read back from the journal ([`crate::journal::follow`]).
 //!
 //! Restarts stay locald's decision (`Restart=no`). Readiness and the watchdog
-//! stay locald's too: the unit is `Type=exec` and the service talks to
-//! locald's own notify socket (`$NOTIFY_SOCKET`), as it does on the host.
+//! are the unit's: `Type=notify` for `health = { notify = true }`,
+//! `WatchdogSec=` for `watchdog_sec`, `NotifyAccess=all`; locald follows the
+//! unit's `ActiveState` and `StatusText` ([`Process::take_notices`]) and its
+//! `Result=watchdog`.
 //!
 //! The unit is created with `AddRef=yes`, so systemd keeps it (and its exit
 //! status) until locald has read how it ended; then locald drops the
@@ -20,21 +28,28 @@
 //! slow poll as a safety net). A stop that did not come from locald (a
 //! `systemctl --user stop` by hand) is reported by
 //! [`Process::stopped_outside`], so the supervisor treats it as a stop, not
-//! a crash.
+//! a crash. The description carries the project instance, a fingerprint of
+//! what the unit runs and the restart count, so a new daemon adopts only
+//! what it would start the same and keeps counting restarts.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
 use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
 use zbus::zvariant::{OwnedObjectPath, Value};
 use zbus::Connection;
 
 use super::claim::ProjectClaim;
+use super::unit_exec::UnitExec;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
+use crate::journal::follow::{Follower, Target};
 use crate::output::BoxFuture;
+use crate::output::LogSink;
+use crate::supervisor::notify::Notice;
 
 const DEST: &str = "org.freedesktop.systemd1";
 
@@ -100,6 +115,12 @@ struct UnitState {
     exec_main_pid: u32,
     exec_main_code: i32,
     exec_main_status: i32,
+    /// systemd's word for how the unit ended (`success`, `watchdog`, …).
+    result: String,
+    /// When the main process started, in µs since the epoch.
+    exec_main_start_us: u64,
+    /// The service's last `STATUS=`.
+    status_text: String,
 }
 
 impl UnitState {
@@ -181,6 +202,14 @@ impl Systemd {
                 .get(path, SERVICE, "ExecMainStatus")
                 .await
                 .map_err(map)?),
+            result: s(self.get(path, SERVICE, "Result").await.map_err(map)?),
+            exec_main_start_us: u64::try_from(
+                self.get(path, SERVICE, "ExecMainStartTimestamp")
+                    .await
+                    .map_err(map)?,
+            )
+            .unwrap_or_default(),
+            status_text: s(self.get(path, SERVICE, "StatusText").await.map_err(map)?),
         };
         // A unit that is not loaded (systemd answers for any name) is gone.
         if st.active == "inactive" && st.exec_main_pid == 0 && st.description.is_empty() {
@@ -207,6 +236,13 @@ impl Systemd {
 #[derive(Clone)]
 pub struct SystemdRuntime {
     systemd: Systemd,
+    /// This `locald` binary: each unit starts as `locald internal-unit-exec`.
+    locald: PathBuf,
+    /// journald's native socket, for the units' output forwarders.
+    journal_socket: PathBuf,
+    /// Where lines read back from the journal go (the live `LogLine`
+    /// signal), when the daemon wants them.
+    follow_sink: Option<Arc<dyn LogSink>>,
     /// Names of units started here and not yet reaped.
     live: Arc<Mutex<HashSet<String>>>,
 }
@@ -252,8 +288,35 @@ impl SystemdRuntime {
         tracing::info!("services run as transient units of systemd {version}");
         Ok(SystemdRuntime {
             systemd: Systemd { conn, manager },
+            locald: own_binary(),
+            journal_socket: crate::journal::JournalConfig::from_env().socket_path,
+            follow_sink: None,
             live: Arc::default(),
         })
+    }
+
+    /// The same runtime, with each unit's lines read back from the journal
+    /// into `sink` while it listens ([`Follower`]).
+    pub fn with_live_logs(mut self, sink: Arc<dyn LogSink>) -> SystemdRuntime {
+        self.follow_sink = Some(sink);
+        self
+    }
+
+    fn follower(&self, spec: &LaunchSpec, unit: &str, resume: bool) -> Option<Follower> {
+        let sink = self.follow_sink.clone()?;
+        let cursor_file = crate::supervisor::notify::runtime_dir().ok().and_then(|d| {
+            let dir = d.join("cursors");
+            crate::fsutil::private_dir(&dir).ok()?;
+            Some(dir.join(format!("{}.{}", spec.key, spec.unit)))
+        });
+        let target = Target {
+            project: spec.project.clone(),
+            service: spec.unit.clone(),
+            unit: unit.to_owned(),
+            uid: nix::unistd::geteuid().as_raw(),
+            cursor_file,
+        };
+        Some(Follower::spawn(target, sink, resume))
     }
 
     /// Whether systemd is restarting the unit this daemon runs in
@@ -323,11 +386,14 @@ impl SystemdRuntime {
         if !spec.env.iter().any(|(k, _)| k == "PATH") {
             env.push(format!("PATH={path_var}"));
         }
-        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        if let Some(sock) = &spec.notify_socket {
-            // The unit runs on this host as this user: the path works as is.
-            env.push(format!("NOTIFY_SOCKET={}", sock.display()));
-        }
+        // systemd gives the unit its own $NOTIFY_SOCKET and, with
+        // WatchdogSec=, $WATCHDOG_USEC and $WATCHDOG_PID.
+        env.extend(
+            spec.env
+                .iter()
+                .filter(|(k, _)| k != "WATCHDOG_USEC" && k != "NOTIFY_SOCKET")
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         let fields: Vec<Vec<u8>> = [
             format!("LOCALD_PROJECT={}", spec.project),
             format!("LOCALD_SERVICE={}", spec.unit),
@@ -336,11 +402,34 @@ impl SystemdRuntime {
         .into_iter()
         .map(String::into_bytes)
         .collect();
-        let exec = vec![(exe.to_string_lossy().into_owned(), argv.clone(), false)];
-        let props: Vec<(&str, Value<'_>)> = vec![
+        // The unit starts as `locald internal-unit-exec`, which gives the
+        // output locald's fields and then becomes the service (same pid).
+        let forwarder = UnitExec {
+            project: spec.project.clone(),
+            service: spec.unit.clone(),
+            phase: crate::event::Phase::Run,
+            build_id: None,
+            stderr_priority: spec.stderr_priority,
+            socket: self.journal_socket.clone(),
+            arg0: Some(program.clone()),
+            argv: std::iter::once(exe.clone().into_os_string())
+                .chain(argv.iter().skip(1).map(Into::into))
+                .collect(),
+        };
+        let exec_argv: Vec<String> = std::iter::once("locald".to_owned())
+            .chain(forwarder.to_args())
+            .collect();
+        let exec = vec![(self.locald.to_string_lossy().into_owned(), exec_argv, false)];
+        let mut props: Vec<(&str, Value<'_>)> = vec![
             ("Description", Value::from(describe(spec))),
             ("Slice", Value::from(slice)),
-            ("Type", Value::from("exec")),
+            (
+                "Type",
+                Value::from(if spec.notify_ready { "notify" } else { "exec" }),
+            ),
+            // The service may hand READY=/STATUS=/WATCHDOG= to a child (a
+            // shell wrapping it), as with locald's own socket.
+            ("NotifyAccess", Value::from("all")),
             ("ExecStart", Value::from(exec)),
             (
                 "WorkingDirectory",
@@ -360,6 +449,15 @@ impl SystemdRuntime {
             ("CollectMode", Value::from("inactive-or-failed")),
             ("AddRef", Value::from(true)),
         ];
+        if spec.notify_ready {
+            // Whether it ever gets ready is the health check's call, not a
+            // start timeout of systemd's.
+            props.push(("TimeoutStartUSec", Value::from(u64::MAX)));
+        }
+        if let Some(w) = spec.watchdog {
+            let usec = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
+            props.push(("WatchdogUSec", Value::from(usec)));
+        }
         let sd = &self.systemd;
         let mut jobs = sd
             .manager
@@ -423,11 +521,35 @@ impl SystemdRuntime {
                 }
             }
         };
+        // With Type=notify the job lasts until READY=1; the process runs
+        // once the unit has a main pid.
+        let has_pid = async {
+            if !spec.notify_ready {
+                return std::future::pending().await;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Ok(path) = sd.manager.get_unit(&name).await {
+                    match sd.read(&path).await {
+                        Ok(st) if st.exec_main_pid != 0 || st.ended() => {
+                            return "running".to_owned()
+                        }
+                        Err(ReadError::Gone) => return "gone".to_owned(),
+                        _ => {}
+                    }
+                }
+            }
+        };
         // A lost signal must not hang the service in Starting: after a
         // while the unit's own state says how the start went.
-        let result = tokio::time::timeout(Duration::from_secs(30), wait_job)
-            .await
-            .unwrap_or_else(|_| "timeout".to_owned());
+        let result = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::select! {
+                r = wait_job => r,
+                r = has_pid => r,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| "timeout".to_owned());
         drop(jobs);
         let path = sd
             .manager
@@ -435,7 +557,7 @@ impl SystemdRuntime {
             .await
             .map_err(|e| bus_error(&name, e))?;
         let st = sd.read(&path).await.unwrap_or_default();
-        if result != "done" && st.exec_main_pid == 0 {
+        if !matches!(result.as_str(), "done" | "running") && st.exec_main_pid == 0 {
             sd.unit_call(&path, "Unref").await;
             let _ = sd.manager.reset_failed_unit(&name).await;
             lock(&self.live).remove(&name);
@@ -446,16 +568,16 @@ impl SystemdRuntime {
                 )),
             });
         }
-        Ok(Box::new(UnitProcess {
-            systemd: sd.clone(),
+        let follower = self.follower(spec, &name, false);
+        Ok(Box::new(UnitProcess::new(
+            self,
             name,
             path,
-            pid: st.exec_main_pid,
-            exit: None,
-            stopping: false,
-            outside: false,
-            live: self.live.clone(),
-        }))
+            st.exec_main_pid,
+            spec,
+            None,
+            follower,
+        )))
     }
 
     /// Stops `name` now (SIGKILL to every process, then a stop job) and
@@ -543,16 +665,18 @@ impl Runtime for SystemdRuntime {
                 return None;
             }
             lock(&self.live).insert(name.clone());
-            Some(Box::new(UnitProcess {
-                systemd: sd.clone(),
+            let restarts = restarts_from_description(&st.description).unwrap_or(0);
+            let since = std::time::UNIX_EPOCH + Duration::from_micros(st.exec_main_start_us);
+            let follower = self.follower(spec, &name, true);
+            Some(Box::new(UnitProcess::new(
+                self,
                 name,
                 path,
-                pid: st.exec_main_pid,
-                exit: None,
-                stopping: false,
-                outside: false,
-                live: self.live.clone(),
-            }) as Box<dyn Process>)
+                st.exec_main_pid,
+                spec,
+                Some((restarts, since)),
+                follower,
+            )) as Box<dyn Process>)
         })
     }
 
@@ -633,9 +757,52 @@ struct UnitProcess {
     /// Someone else stopped it (`systemctl --user stop`).
     outside: bool,
     live: Arc<Mutex<HashSet<String>>>,
+    /// READY=1 and STATUS= as systemd saw them.
+    notices: Option<mpsc::Receiver<Notice>>,
+    /// The unit has `WatchdogSec=`.
+    watchdog: bool,
+    /// systemd ended it for a missed watchdog ping (`Result=watchdog`).
+    by_watchdog: bool,
+    /// Restarts and start time, for a unit an earlier daemon started.
+    history: Option<(u32, SystemTime)>,
+    /// Reads the unit's lines back for live listeners.
+    follower: Option<Follower>,
 }
 
 impl UnitProcess {
+    fn new(
+        rt: &SystemdRuntime,
+        name: String,
+        path: OwnedObjectPath,
+        pid: u32,
+        spec: &LaunchSpec,
+        history: Option<(u32, SystemTime)>,
+        follower: Option<Follower>,
+    ) -> UnitProcess {
+        let systemd = rt.systemd.clone();
+        let live = rt.live.clone();
+        let notices = Some(watch_notices(
+            systemd.clone(),
+            path.clone(),
+            spec.notify_ready,
+        ));
+        UnitProcess {
+            systemd,
+            name,
+            path,
+            pid,
+            exit: None,
+            stopping: false,
+            outside: false,
+            live,
+            notices,
+            watchdog: spec.watchdog.is_some(),
+            by_watchdog: false,
+            history,
+            follower,
+        }
+    }
+
     async fn kill_unit(&self, sig: Signal) {
         if let Err(e) = self
             .systemd
@@ -673,7 +840,7 @@ impl UnitProcess {
                 }
             }
             match read {
-                Ok(st) if st.ended() => return st.exit(),
+                Ok(st) if st.ended() => return self.drained(st).await,
                 Ok(_) => {}
                 Err(ReadError::Gone) => {
                     return ExitStatus::Signaled(Signal::SIGKILL as i32);
@@ -704,6 +871,25 @@ impl UnitProcess {
                 }
             }
         }
+    }
+
+    /// How the unit ended, once its output forwarder has written the last
+    /// lines (it leaves when the service's pipes close; the unit is then
+    /// inactive), waiting at most a second for a descendant that keeps the
+    /// pipes open.
+    async fn drained(&mut self, mut st: UnitState) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !matches!(st.active.as_str(), "inactive" | "failed")
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            match self.systemd.read(&self.path).await {
+                Ok(next) => st = next,
+                Err(_) => break,
+            }
+        }
+        self.by_watchdog = st.result == "watchdog";
+        st.exit()
     }
 
     /// Drops locald's reference so systemd collects the unit.
@@ -759,6 +945,10 @@ impl Process for UnitProcess {
         Box::pin(async move {
             self.stopping = true;
             let _ = self.wait().await;
+            // The last lines reach live listeners before the exit is told.
+            if let Some(f) = self.follower.take() {
+                f.finish(Duration::from_secs(1)).await;
+            }
             // What is left of the unit (descendants, setsid or not) goes
             // with its cgroup; then the unit is stopped and collected.
             self.kill_unit(Signal::SIGKILL).await;
@@ -795,6 +985,95 @@ impl Process for UnitProcess {
     fn runtime_name(&self) -> &'static str {
         "systemd"
     }
+
+    fn take_notices(&mut self) -> Option<mpsc::Receiver<Notice>> {
+        self.notices.take()
+    }
+
+    fn enforces_watchdog(&self) -> bool {
+        self.watchdog
+    }
+
+    fn ended_by_watchdog(&self) -> bool {
+        self.by_watchdog
+    }
+
+    fn adopted_history(&self) -> Option<(u32, SystemTime)> {
+        self.history
+    }
+}
+
+/// Follows a unit's `ActiveState` and `StatusText` and turns them into
+/// notices: `Ready` once a `Type=notify` unit is active (systemd got
+/// READY=1), `Status` for each new `STATUS=` text. Ends with the unit or
+/// when the receiver is dropped.
+fn watch_notices(sd: Systemd, path: OwnedObjectPath, notify_ready: bool) -> mpsc::Receiver<Notice> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let props = zbus::fdo::PropertiesProxy::builder(&sd.conn)
+            .destination(DEST)
+            .and_then(|b| b.path(path.clone()));
+        let mut changes = match props {
+            Ok(b) => match b.build().await {
+                Ok(p) => p.receive_properties_changed().await.ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let mut ready = false;
+        let mut status = String::new();
+        loop {
+            let st = match sd.read(&path).await {
+                Ok(st) => st,
+                Err(ReadError::Gone) => return,
+                Err(ReadError::Bus(_)) => UnitState::default(),
+            };
+            if notify_ready && !ready && st.active == "active" {
+                ready = true;
+                if tx.send(Notice::Ready).await.is_err() {
+                    return;
+                }
+            }
+            if st.status_text != status {
+                status = st.status_text.clone();
+                if tx.send(Notice::Status(status.clone())).await.is_err() {
+                    return;
+                }
+            }
+            if st.ended() {
+                return;
+            }
+            let next = async {
+                match changes.as_mut() {
+                    Some(c) => {
+                        c.next().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::timeout(Duration::from_secs(5), next) => {}
+            }
+        }
+    });
+    rx
+}
+
+/// The running `locald` binary, for the units' `ExecStart`. After an
+/// upgrade replaced the file, `/proc/self/exe` names it `… (deleted)`;
+/// the new file at the same path is what the unit should run.
+fn own_binary() -> PathBuf {
+    match std::env::current_exe() {
+        Ok(p) => {
+            let s = p.to_string_lossy();
+            match s.strip_suffix(" (deleted)") {
+                Some(orig) if Path::new(orig).exists() => PathBuf::from(orig),
+                _ => p,
+            }
+        }
+        Err(_) => PathBuf::from("locald"),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -812,7 +1091,7 @@ fn bus_error(name: &str, e: zbus::Error) -> RuntimeError {
 /// clean-up never touches another instance's units.
 fn describe(spec: &LaunchSpec) -> String {
     format!(
-        "locald {}/{}: {}{} {}]",
+        "locald {}/{}: {}{} {} r{}]",
         spec.project,
         spec.unit,
         spec.workload
@@ -821,7 +1100,8 @@ fn describe(spec: &LaunchSpec) -> String {
             .take(200)
             .collect::<String>(),
         key_tag(&spec.key),
-        fingerprint(spec)
+        fingerprint(spec),
+        spec.restarts
     )
 }
 
@@ -851,8 +1131,17 @@ fn fingerprint(spec: &LaunchSpec) -> String {
 fn tag_from_description(d: &str) -> Option<(&str, &str)> {
     let rest = d.strip_suffix(']')?;
     let tag = &rest[rest.rfind(" [")? + 2..];
-    let (key, print) = tag.split_once(' ')?;
-    (!key.is_empty() && !key.contains('/') && !key.starts_with('.')).then_some((key, print))
+    let (key, rest) = tag.split_once(' ')?;
+    let print = rest.split(' ').next()?;
+    (!key.is_empty() && !key.contains('/') && !key.starts_with('.') && !print.is_empty())
+        .then_some((key, print))
+}
+
+/// The restart count a unit's description recorded (` rN]`).
+fn restarts_from_description(d: &str) -> Option<u32> {
+    let rest = d.strip_suffix(']')?;
+    let tag = &rest[rest.rfind(" [")? + 2..];
+    tag.split(' ').nth(2)?.strip_prefix('r')?.parse().ok()
 }
 
 fn key_from_description(d: &str) -> Option<&str> {
@@ -971,6 +1260,10 @@ mod tests {
         assert_eq!(key_from_description("locald shop/web: x [../x 00]"), None);
         assert_eq!(key_from_description("locald shop/web: x [shop-01]"), None);
         assert_eq!(key_from_description("something else"), None);
+        let d = "locald shop/web: sh -c x [shop-0123456789ab 0011 r7]";
+        assert_eq!(tag_from_description(d), Some(("shop-0123456789ab", "0011")));
+        assert_eq!(restarts_from_description(d), Some(7));
+        assert_eq!(restarts_from_description("locald a/b: x [a-01 00]"), None);
         assert_eq!(project_of("my-shop-0123456789ab"), Some("my-shop"));
     }
 

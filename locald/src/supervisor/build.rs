@@ -274,6 +274,10 @@ impl Builder {
             cwd: cwd.to_owned(),
             env,
             notify_socket: None,
+            notify_ready: false,
+            watchdog: None,
+            stderr_priority: crate::journal::Priority::INFO,
+            restarts: 0,
             progress: crate::runtime::ProgressSink::default(),
         };
         let runtime = self.runtime.get(spec.workload.kind());

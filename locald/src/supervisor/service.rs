@@ -111,6 +111,9 @@ impl ServiceTask {
                 .for_service(spec.workload.kind(), self.cfg.runtime);
             if let Some(proc) = runtime.adopt(&spec).await {
                 self.tell(&format!("adopted the running pid {}", proc.pid()));
+                if let Some((restarts, _)) = proc.adopted_history() {
+                    self.update(|s| s.restart_count = restarts);
+                }
                 adopted = Some((proc, notify));
             }
         }
@@ -312,11 +315,17 @@ impl ServiceTask {
             s.reason = String::new();
             s.main_pid = Some(pid);
             s.runtime = proc.runtime_name().to_owned();
-            s.started_at = Some(SystemTime::now());
+            s.started_at = Some(
+                proc.adopted_history()
+                    .map_or_else(SystemTime::now, |(_, since)| since),
+            );
             s.status_text = String::new();
         });
 
-        let ended = self.supervise(proc.as_mut(), notify.as_ref(), fsm).await;
+        let mut ended = self.supervise(proc.as_mut(), notify.as_ref(), fsm).await;
+        if matches!(ended, Ended::Exited(_)) && proc.ended_by_watchdog() {
+            ended = Ended::Watchdog;
+        }
         let outside = proc.stopped_outside();
         proc.kill().await;
         // A process's last lines belong before what is said about its end
@@ -425,6 +434,14 @@ impl ServiceTask {
             cwd: self.cfg.workdir.clone(),
             env,
             notify_socket: notify.map(|n| n.path().to_owned()),
+            notify_ready: self
+                .cfg
+                .health
+                .as_ref()
+                .is_some_and(|h| h.kind == HealthKind::Notify),
+            watchdog: self.cfg.watchdog,
+            stderr_priority: self.cfg.stderr_priority,
+            restarts: self.snapshot.borrow().restart_count,
             progress: match &self.cfg.image {
                 Some(image) => crate::runtime::ProgressSink::new(super::pull_reporter(
                     self.events.clone(),
@@ -513,7 +530,10 @@ impl ServiceTask {
             .as_ref()
             .is_some_and(|h| h.kind == HealthKind::Notify);
         let far = Instant::now() + Duration::from_secs(86400 * 365);
-        let mut watchdog = self.cfg.watchdog.map_or(far, |w| Instant::now() + w);
+        // A runtime that enforces the watchdog itself ends the process.
+        let own_watchdog = self.cfg.watchdog.filter(|_| !proc.enforces_watchdog());
+        let mut watchdog = own_watchdog.map_or(far, |w| Instant::now() + w);
+        let mut runtime_notices = proc.take_notices();
 
         loop {
             tokio::select! {
@@ -528,13 +548,13 @@ impl ServiceTask {
                         return Ended::Unhealthy(reason);
                     }
                 },
-                notices = recv_notify(notify) => {
+                notices = recv_notices(notify, runtime_notices.as_mut()) => {
                     for n in notices {
                         match n {
                             Notice::Ready if notify_health => self.set_state(ServiceState::Healthy, ""),
                             Notice::Status(text) => self.update(|s| s.status_text = text),
                             Notice::Watchdog => {
-                                if let Some(w) = self.cfg.watchdog {
+                                if let Some(w) = own_watchdog {
                                     watchdog = Instant::now() + w;
                                 }
                             }
@@ -660,10 +680,19 @@ impl ServiceTask {
     }
 }
 
-async fn recv_notify(sock: Option<&NotifySocket>) -> Vec<Notice> {
-    match sock {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
+/// The next notices: from the runtime when it gathers them (a systemd
+/// unit's), else from locald's notify socket.
+async fn recv_notices(
+    sock: Option<&NotifySocket>,
+    runtime: Option<&mut mpsc::Receiver<Notice>>,
+) -> Vec<Notice> {
+    match (runtime, sock) {
+        (Some(rx), _) => match rx.recv().await {
+            Some(n) => vec![n],
+            None => std::future::pending().await,
+        },
+        (None, Some(s)) => s.recv().await,
+        (None, None) => std::future::pending().await,
     }
 }
 
