@@ -15,12 +15,18 @@ pub mod userworld;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The directory holding the workspace's built binaries (`target/debug`).
+/// The directory holding the workspace's built binaries (`target/debug`,
+/// or `target/release` for a benchmark built there).
 pub fn bin_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps/.
+    // Test executables live in target/<profile>/deps/, the workspace's
+    // binaries (benchmarks among them) in target/<profile>/.
     let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_owned()
+    let dir = exe.parent().expect("executable dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("profile dir").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// Path of a workspace binary; panics with how to build it when missing.

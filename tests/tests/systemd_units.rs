@@ -73,6 +73,21 @@ command = ["sh", "-c", "if [ ! -e $HOME/crashed-once ]; then touch $HOME/crashed
         ),
     )
     .expect("feed locald.toml");
+    let bld = home.join("bld/locald.toml");
+    std::fs::create_dir_all(bld.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &bld,
+        format!(
+            r#"[project]
+name = "bld"
+
+[services.app]
+build = "echo building {marker}-build; sleep 4; echo built >&2"
+command = ["sh", "-c", "echo app up; sleep 1000", "{marker}-app"]
+"#
+        ),
+    )
+    .expect("bld locald.toml");
     let st = std::process::Command::new("chown")
         .args(["-R", "1000:1000"])
         .arg(&home)
@@ -564,6 +579,108 @@ fn unit_output_is_live_notify_goes_through_the_unit_and_restarts_survive_adoptio
     assert!(repeated <= 3, "{repeated} lines repeated: {t:?}");
 
     let down = c.user(&feed, "locald-ctl down");
+    assert!(down.status.success(), "down: {}", text(&down));
+    wait_until(Duration::from_secs(15), "every unit gone", || {
+        pids_with(&marker).is_empty()
+    });
+}
+
+#[test]
+fn host_builds_run_as_units_and_a_daemon_restart_cancels_them() {
+    let marker = unique("sdbuild");
+    let Some(c) = boot(&marker) else { return };
+    let bld = format!("{HOME}/bld");
+    const BUILD: &str = "locald-bld-app.build.service";
+    const APP: &str = "locald-bld-app.service";
+    let up = c.user(&bld, "locald-ctl up");
+    assert!(up.status.success(), "locald-ctl up: {}", text(&up));
+    wait_until(Duration::from_secs(15), "the build's unit", || {
+        show(&c, BUILD, "ActiveState") == "active"
+    });
+    let fields = show(&c, BUILD, "LogExtraFields");
+    assert!(
+        fields.contains("LOCALD_PHASE=build") && fields.contains("LOCALD_SERVICE=app"),
+        "{fields}"
+    );
+    assert_eq!(show(&c, BUILD, "Slice"), "locald-bld.slice");
+    // Its lines: the build phase of service app, with the build's id.
+    let mut entry = serde_json::Value::Null;
+    wait_until(Duration::from_secs(10), "the build's line", || {
+        let out = c.root(&[
+            "journalctl",
+            "-q",
+            "-o",
+            "json",
+            &format!("_SYSTEMD_USER_UNIT={BUILD}"),
+            "LOCALD_SERVICE=app",
+            "LOCALD_PHASE=build",
+        ]);
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let hit = v["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("building"));
+            if hit {
+                entry = v;
+            }
+            hit
+        })
+    });
+    assert!(
+        entry["LOCALD_BUILD_ID"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{entry}"
+    );
+    let first_id = entry["LOCALD_BUILD_ID"].clone();
+
+    // kill -9 of the daemon mid-build: the next daemon stops the orphaned
+    // build (a build's half-written output is never trusted) and builds
+    // afresh; the service then starts from the new build.
+    let old_build = service_pids(&format!("{marker}-build"));
+    assert_eq!(old_build.len(), 1, "{old_build:?}");
+    let daemon = || show(&c, "locald.service", "MainPID");
+    let old = daemon();
+    let k = c.root(&["kill", "-KILL", &old]);
+    assert!(k.status.success(), "{k:?}");
+    wait_until(Duration::from_secs(20), "a new daemon", || {
+        let pid = daemon();
+        pid != old && pid != "0" && !pid.is_empty()
+    });
+    wait_until(Duration::from_secs(15), "the old build gone", || {
+        !std::path::Path::new(&format!("/proc/{}", old_build[0])).exists()
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "app running after a new build",
+        || show(&c, APP, "ActiveState") == "active",
+    );
+    let ids = text(&c.root(&[
+        "journalctl",
+        "-q",
+        "-o",
+        "json",
+        "LOCALD_SERVICE=app",
+        "LOCALD_PHASE=build",
+    ]));
+    let builds: std::collections::BTreeSet<String> = ids
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["LOCALD_BUILD_ID"].as_str().map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        builds.len() >= 2 && builds.contains(first_id.as_str().unwrap_or_default()),
+        "expected the cancelled build and a new one: {builds:?}"
+    );
+    let st = text(&c.user(&bld, "locald-ctl status"));
+    assert!(
+        st.lines()
+            .any(|l| l.starts_with("app ") && l.contains("running")),
+        "{st}"
+    );
+    let down = c.user(&bld, "locald-ctl down");
     assert!(down.status.success(), "down: {}", text(&down));
     wait_until(Duration::from_secs(15), "every unit gone", || {
         pids_with(&marker).is_empty()

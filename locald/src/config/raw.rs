@@ -51,9 +51,10 @@ pub struct RawProject {
     /// Project name; defaults to the name of the directory holding `locald.toml`.
     #[schemars(with = "Option<String>")]
     pub name: Option<Spanned<String>>,
-    /// How host services run: "host" (children of locald, the default) or
-    /// "systemd" (each a transient unit of the user's systemd manager when
-    /// the daemon runs under one; host elsewhere).
+    /// How host services and their builds run: "systemd" (each a transient
+    /// unit of the user's systemd manager when the daemon runs under one;
+    /// the default there) or "host" (children of locald, as everywhere
+    /// without a user manager).
     #[schemars(with = "Option<RuntimeChoice>")]
     pub runtime: Option<Spanned<RuntimeChoice>>,
 }

@@ -129,6 +129,9 @@ pub struct LaunchSpec {
     /// Priority of stderr lines without a `<N>` prefix, for a runtime that
     /// writes the workload's output to the journal itself.
     pub stderr_priority: crate::journal::Priority,
+    /// The build's id when this is a build (unit `NAME.build`): its output
+    /// is the build phase of service `NAME`.
+    pub build_id: Option<String>,
     /// How often the service was restarted so far; a workload that outlives
     /// the daemon keeps it for the next one ([`Process::adopted_history`]).
     pub restarts: u32,
@@ -142,6 +145,17 @@ pub struct LaunchSpec {
 /// kinds with nothing to get ready never call it.
 #[derive(Clone, Default)]
 pub struct ProgressSink(Option<ProgressFn>);
+
+impl LaunchSpec {
+    /// The service this workload belongs to: `unit` without a build's
+    /// `.build`.
+    pub fn service(&self) -> &str {
+        match &self.build_id {
+            Some(_) => self.unit.strip_suffix(".build").unwrap_or(&self.unit),
+            None => &self.unit,
+        }
+    }
+}
 
 impl ProgressSink {
     /// Reports to `f`.

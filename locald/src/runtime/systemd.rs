@@ -311,7 +311,7 @@ impl SystemdRuntime {
         });
         let target = Target {
             project: spec.project.clone(),
-            service: spec.unit.clone(),
+            service: spec.service().to_owned(),
             unit: unit.to_owned(),
             uid: nix::unistd::geteuid().as_raw(),
             cursor_file,
@@ -394,21 +394,35 @@ impl SystemdRuntime {
                 .filter(|(k, _)| k != "WATCHDOG_USEC" && k != "NOTIFY_SOCKET")
                 .map(|(k, v)| format!("{k}={v}")),
         );
-        let fields: Vec<Vec<u8>> = [
-            format!("LOCALD_PROJECT={}", spec.project),
-            format!("LOCALD_SERVICE={}", spec.unit),
-            "LOCALD_PHASE=run".to_owned(),
-        ]
-        .into_iter()
-        .map(String::into_bytes)
-        .collect();
+        // journald applies these to system units only; they also say in
+        // `systemctl --user show` whose unit this is.
+        let mut fields: Vec<Vec<u8>> = vec![
+            format!("LOCALD_PROJECT={}", spec.project).into_bytes(),
+            format!("LOCALD_SERVICE={}", spec.service()).into_bytes(),
+            format!(
+                "LOCALD_PHASE={}",
+                if spec.build_id.is_some() {
+                    "build"
+                } else {
+                    "run"
+                }
+            )
+            .into_bytes(),
+        ];
+        if let Some(id) = &spec.build_id {
+            fields.push(format!("LOCALD_BUILD_ID={id}").into_bytes());
+        }
         // The unit starts as `locald internal-unit-exec`, which gives the
         // output locald's fields and then becomes the service (same pid).
         let forwarder = UnitExec {
             project: spec.project.clone(),
-            service: spec.unit.clone(),
-            phase: crate::event::Phase::Run,
-            build_id: None,
+            service: spec.service().to_owned(),
+            phase: if spec.build_id.is_some() {
+                crate::event::Phase::Build
+            } else {
+                crate::event::Phase::Run
+            },
+            build_id: spec.build_id.clone(),
             stderr_priority: spec.stderr_priority,
             socket: self.journal_socket.clone(),
             arg0: Some(program.clone()),
@@ -439,7 +453,7 @@ impl SystemdRuntime {
             ("StandardInput", Value::from("null")),
             ("StandardOutput", Value::from("journal")),
             ("StandardError", Value::from("journal")),
-            ("SyslogIdentifier", Value::from(spec.unit.clone())),
+            ("SyslogIdentifier", Value::from(spec.service().to_owned())),
             ("LogExtraFields", Value::from(fields)),
             ("KillMode", Value::from("control-group")),
             ("KillSignal", Value::from(Signal::SIGTERM as i32)),

@@ -278,9 +278,14 @@ impl Builder {
             watchdog: None,
             stderr_priority: crate::journal::Priority::INFO,
             restarts: 0,
+            build_id: Some(build_id.to_owned()),
             progress: crate::runtime::ProgressSink::default(),
         };
-        let runtime = self.runtime.get(spec.workload.kind());
+        // A host build runs where the service runs: a systemd unit of its
+        // own under a user manager (its lines still the build phase).
+        let runtime = self
+            .runtime
+            .for_service(spec.workload.kind(), self.cfg.runtime);
         let proc = runtime
             .spawn(&spec)
             .await

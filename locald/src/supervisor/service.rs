@@ -442,6 +442,7 @@ impl ServiceTask {
             watchdog: self.cfg.watchdog,
             stderr_priority: self.cfg.stderr_priority,
             restarts: self.snapshot.borrow().restart_count,
+            build_id: None,
             progress: match &self.cfg.image {
                 Some(image) => crate::runtime::ProgressSink::new(super::pull_reporter(
                     self.events.clone(),

@@ -9,6 +9,13 @@
 # limits), counting every line in the journal afterwards. Prints lines/s and
 # the ratios a/b (target >= 0.9) and a/c. Needs root.
 #
+# Then (issue 12; UNITS=0 skips it) the same flood in a real systemd user
+# manager booted with systemd-nspawn (units.rs): (u) a service run as a
+# transient unit, whose output forwarder writes locald's fields and the
+# daemon copies nothing, (h) the same service on the host runtime (copied
+# through the daemon), (c) systemd-cat; prints u/c (target >= 0.9) and the
+# daemon's CPU time during (u) against (h) (target < 5 %).
+#
 #   ROUNDS=3 tests/bench/journal/run.sh [--lines N] [--locald PATH]
 #
 # Each case runs ROUNDS times (interleaved); the best rate of each counts,
@@ -22,7 +29,7 @@ if ! [ -e /usr/include/systemd/sd-journal.h ] || ! command -v cc >/dev/null; the
     bash "$root/tests/setup-debian.sh"
 fi
 
-cargo build --release --manifest-path "$root/Cargo.toml" -p locald-tests --bin journal-bench -p locald --bin locald
+cargo build --release --manifest-path "$root/Cargo.toml" -p locald-tests --bin journal-bench --bin journal-units-bench -p locald --bin locald -p locald-ctl --bin locald-ctl
 bench="$target/release/journal-bench"
 sd_send="$target/release/journal-bench-sd-send"
 cc -O2 -Wall -o "$sd_send" "$here/sd_send.c" -lsystemd
@@ -32,4 +39,9 @@ case "${LOCALD:-$target/release/locald}" in
     stand-in) ;;
     *) args+=(--locald "${LOCALD:-$target/release/locald}") ;;
 esac
-exec "$bench" "${args[@]}" "$@"
+"$bench" "${args[@]}" "$@"
+if [ "${UNITS:-1}" != 0 ]; then
+    lines=()
+    if [ "${1:-}" = --lines ] && [ -n "${2:-}" ]; then lines=(--lines "$2"); fi
+    "$target/release/journal-units-bench" --rounds "${ROUNDS:-2}" "${lines[@]}"
+fi
