@@ -238,10 +238,18 @@ fn pid_recorded(pid: i32) -> bool {
     let Ok(keys) = std::fs::read_dir(dir.join("units")) else {
         return false;
     };
+    // Only a record in place counts: the temporary file it is written
+    // through (`.svc.pid.PID.N.tmp`) is not one yet, and a kill before the
+    // rename leaves no record (that window made this test flaky).
     keys.flatten()
         .filter_map(|k| std::fs::read_dir(k.path()).ok())
         .flatten()
         .flatten()
+        .filter(|f| {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".pid") && !name.starts_with('.')
+        })
         .filter_map(|f| std::fs::read_to_string(f.path()).ok())
         .any(|text| text.split_whitespace().next() == Some(&pid.to_string()))
 }
