@@ -314,3 +314,16 @@ pub fn install_locald(root: &Path) {
         &home.join(".local/share/dbus-1/services/dev.locald.Locald1.service"),
     );
 }
+
+/// Gives the user's home in the container at `root` (and all that was
+/// written into it) to the user, as their own files would be.
+pub fn give_home_to_user(root: &Path) {
+    let home = root.join(HOME.trim_start_matches('/'));
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{USER_UID}:{USER_UID}"))
+        .arg(&home)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown {}", home.display());
+}

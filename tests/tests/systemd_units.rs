@@ -88,12 +88,28 @@ command = ["sh", "-c", "echo app up; sleep 1000", "{marker}-app"]
         ),
     )
     .expect("bld locald.toml");
-    let st = std::process::Command::new("chown")
-        .args(["-R", "1000:1000"])
-        .arg(&home)
-        .status()
-        .expect("chown");
-    assert!(st.success());
+    nspawn::give_home_to_user(root);
+}
+
+/// The daemon's pid (in the container), as systemd knows it.
+fn daemon_pid(c: &Container) -> String {
+    show(c, "locald.service", "MainPID")
+}
+
+/// Waits until systemd runs a daemon other than `old`.
+fn wait_for_new_daemon(c: &Container, old: &str) {
+    wait_until(Duration::from_secs(20), "a new daemon", || {
+        let pid = daemon_pid(c);
+        pid != old && pid != "0" && !pid.is_empty()
+    });
+}
+
+/// `kill -9` of the daemon; returns once systemd has started the next.
+fn kill_daemon(c: &Container) {
+    let old = daemon_pid(c);
+    let k = c.root(&["kill", "-KILL", &old]);
+    assert!(k.status.success(), "{k:?}");
+    wait_for_new_daemon(c, &old);
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -328,7 +344,6 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
         show(&c, WEB, "ActiveState") == "active" && show(&c, DB, "ActiveState") == "active"
     });
     let (web, db) = (show(&c, WEB, "MainPID"), show(&c, DB, "MainPID"));
-    let daemon = || show(&c, "locald.service", "MainPID");
     let running_with = |pid: &str| {
         let st = status(&c);
         st.lines()
@@ -339,13 +354,7 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
     });
 
     // kill -9: systemd restarts the daemon, which adopts both units.
-    let old = daemon();
-    let k = c.root(&["kill", "-KILL", &old]);
-    assert!(k.status.success(), "{k:?}");
-    wait_until(Duration::from_secs(20), "a new daemon", || {
-        let pid = daemon();
-        pid != old && pid != "0" && !pid.is_empty()
-    });
+    kill_daemon(&c);
     wait_until(Duration::from_secs(15), "web adopted", || {
         running_with(&web)
     });
@@ -354,13 +363,10 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
     assert_eq!(service_pids(&format!("{marker}-web")).len(), 1);
 
     // `systemctl --user restart locald` (an upgrade) keeps them too.
-    let old = daemon();
+    let old = daemon_pid(&c);
     let r = c.user(HOME, "systemctl --user restart locald");
     assert!(r.status.success(), "{r:?}");
-    wait_until(Duration::from_secs(20), "a new daemon", || {
-        let pid = daemon();
-        pid != old && pid != "0" && !pid.is_empty()
-    });
+    wait_for_new_daemon(&c, &old);
     wait_until(Duration::from_secs(15), "web adopted again", || {
         running_with(&web)
     });
@@ -375,13 +381,7 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
         &format!("sed -i 's/^\\[services.db\\]$/[services.db]\\nenv = {{ CHANGED = \"1\" }}/' {file} && grep -c CHANGED {file}"),
     );
     assert!(edit.status.success(), "edit: {}", text(&edit));
-    let old = daemon();
-    let k = c.root(&["kill", "-KILL", &old]);
-    assert!(k.status.success(), "{k:?}");
-    wait_until(Duration::from_secs(20), "a new daemon", || {
-        let pid = daemon();
-        pid != old && pid != "0" && !pid.is_empty()
-    });
+    kill_daemon(&c);
     wait_until(Duration::from_secs(15), "db started afresh", || {
         let pid = show(&c, DB, "MainPID");
         show(&c, DB, "ActiveState") == "active" && pid != db && pid != "0"
@@ -534,14 +534,7 @@ fn unit_output_is_live_notify_goes_through_the_unit_and_restarts_survive_adoptio
     );
     let flaky_pid = show(&c, FLAKY, "MainPID");
     let ticker_pid = show(&c, TICKER, "MainPID");
-    let daemon = || show(&c, "locald.service", "MainPID");
-    let old = daemon();
-    let k = c.root(&["kill", "-KILL", &old]);
-    assert!(k.status.success(), "{k:?}");
-    wait_until(Duration::from_secs(20), "a new daemon", || {
-        let pid = daemon();
-        pid != old && pid != "0" && !pid.is_empty()
-    });
+    kill_daemon(&c);
     wait_until(
         Duration::from_secs(15),
         "flaky adopted with its count",
@@ -639,14 +632,7 @@ fn host_builds_run_as_units_and_a_daemon_restart_cancels_them() {
     // afresh; the service then starts from the new build.
     let old_build = service_pids(&format!("{marker}-build"));
     assert_eq!(old_build.len(), 1, "{old_build:?}");
-    let daemon = || show(&c, "locald.service", "MainPID");
-    let old = daemon();
-    let k = c.root(&["kill", "-KILL", &old]);
-    assert!(k.status.success(), "{k:?}");
-    wait_until(Duration::from_secs(20), "a new daemon", || {
-        let pid = daemon();
-        pid != old && pid != "0" && !pid.is_empty()
-    });
+    kill_daemon(&c);
     wait_until(Duration::from_secs(15), "the old build gone", || {
         !std::path::Path::new(&format!("/proc/{}", old_build[0])).exists()
     });

@@ -28,12 +28,7 @@ fn install(root: &Path, marker: &str) {
         ));
     }
     std::fs::write(&project, toml).expect("locald.toml");
-    let st = std::process::Command::new("chown")
-        .args(["-R", "1000:1000"])
-        .arg(&home)
-        .status()
-        .expect("chown");
-    assert!(st.success());
+    nspawn::give_home_to_user(root);
 }
 
 fn show(c: &Container, prop: &str) -> String {

@@ -14,6 +14,22 @@ use anyhow::Result;
 use locald_tests::journald::Journald;
 use locald_tests::{bin, unique};
 
+/// `locald internal-unit-exec` for `project`/`service` into `j`; the
+/// caller adds further options and `-- COMMAND`.
+fn forwarder(j: &Journald, project: &str, service: &str) -> Command {
+    let mut c = Command::new(bin("locald"));
+    c.args([
+        "internal-unit-exec",
+        "--project",
+        project,
+        "--service",
+        service,
+        "--socket",
+    ])
+    .arg(j.socket());
+    c
+}
+
 #[test]
 fn forwarder_writes_locald_fields_and_becomes_the_service() -> Result<()> {
     let Some(j) =
@@ -29,21 +45,19 @@ fn forwarder_writes_locald_fields_and_becomes_the_service() -> Result<()> {
     let script = format!(
         "echo pid=$$; echo to-err >&2; echo '<3>bad thing' >&2; echo {long}; printf tail; exit 3"
     );
-    let mut child = Command::new(bin("locald"))
+    let mut child = forwarder(&j, &project, "web")
         .args([
-            "internal-unit-exec",
-            "--project",
-            &project,
-            "--service",
-            "web",
             "--phase",
             "run",
             "--stderr-priority",
             "4",
-            "--socket",
+            "--arg0",
+            "sh",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
         ])
-        .arg(j.socket())
-        .args(["--arg0", "sh", "--", "/bin/sh", "-c", &script])
         .spawn()?;
     let pid = child.id();
     let status = child.wait()?;
@@ -97,16 +111,7 @@ fn a_stopping_unit_loses_no_line() -> Result<()> {
     // service prints 2000 lines on SIGTERM and exits; the forwarder must
     // stay to write them.
     let script = "trap 'i=0; while [ $i -lt 2000 ]; do echo bye-$i; i=$((i+1)); done; exit 0' TERM; echo ready; while :; do sleep 0.05; done";
-    let mut child = Command::new(bin("locald"))
-        .args([
-            "internal-unit-exec",
-            "--project",
-            &project,
-            "--service",
-            "w",
-            "--socket",
-        ])
-        .arg(j.socket())
+    let mut child = forwarder(&j, &project, "w")
         .args(["--", "/bin/sh", "-c", script])
         .process_group(0)
         .spawn()?;

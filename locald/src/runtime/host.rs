@@ -329,9 +329,35 @@ impl PidRecord {
     }
 
     /// Kills the recorded process group if the recorded process still
-    /// exists and is ours; returns how many groups it killed (0 or 1).
+    /// exists and is ours; returns how many groups it killed. A locald
+    /// killed between writing a record and renaming it into place left it
+    /// as `.UNIT.pid.PID.N.tmp` beside: such leftovers count as records too
+    /// (only the holder of the project's claim writes or reads them, so
+    /// none is being written now) and are removed.
     async fn kill_stale(path: &Path) -> usize {
+        let mut n = 0;
+        for record in std::iter::once(path.to_owned()).chain(Self::leftovers(path)) {
+            n += Self::kill_recorded(&record).await;
+        }
+        n
+    }
+
+    /// Temporary files a killed writer left for the record at `path`.
+    fn leftovers(path: &Path) -> Vec<PathBuf> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Vec::new();
+        };
+        let prefix = format!(".{}.", name.to_string_lossy());
+        list_files(dir, ".tmp")
+            .into_iter()
+            .filter(|f| f.starts_with(&prefix))
+            .map(|f| dir.join(format!("{f}.tmp")))
+            .collect()
+    }
+
+    async fn kill_recorded(path: &Path) -> usize {
         let Ok(Some(bytes)) = read_state(path, 256) else {
+            let _ = std::fs::remove_file(path);
             return 0;
         };
         let _ = std::fs::remove_file(path);
@@ -373,4 +399,35 @@ fn start_time(pid: u32) -> Option<String> {
     let field = rest.split_whitespace().nth(19)?;
     // A zombie is as good as gone.
     (rest.split_whitespace().next()? != "Z").then(|| field.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt as _;
+
+    #[tokio::test]
+    async fn a_record_left_half_written_still_finds_the_orphan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let start = start_time(pid).expect("start time");
+        // As write_atomic leaves it when killed before the rename.
+        let tmp = dir.path().join(format!(".svc.pid.{}.0.tmp", pid + 1));
+        std::fs::write(&tmp, format!("{pid} {start}\n")).expect("write");
+        std::fs::write(dir.path().join(".other.pid.1.0.tmp"), "1 1\n").expect("write");
+        let n = PidRecord::kill_stale(&dir.path().join("svc.pid")).await;
+        assert_eq!(n, 1);
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "the orphan was killed");
+        assert!(!tmp.exists(), "the leftover is removed");
+        assert!(
+            dir.path().join(".other.pid.1.0.tmp").exists(),
+            "another unit's file stays"
+        );
+    }
 }

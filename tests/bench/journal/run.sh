@@ -43,5 +43,5 @@ esac
 if [ "${UNITS:-1}" != 0 ]; then
     lines=()
     if [ "${1:-}" = --lines ] && [ -n "${2:-}" ]; then lines=(--lines "$2"); fi
-    "$target/release/journal-units-bench" --rounds "${ROUNDS:-2}" "${lines[@]}"
+    "$target/release/journal-units-bench" --rounds "${ROUNDS:-2}" --sd-send "$sd_send" "${lines[@]}"
 fi

@@ -8,14 +8,16 @@
 //!       writes each line with locald's fields; the daemon copies nothing;
 //!   (h) as the same service with `runtime = "host"`: the daemon's copying
 //!       path (a pipe into locald, locald into journald);
+//!   (b) through `sd_journal_sendv()` with the same fields (`sd_send.c`,
+//!       with `--sd-send PATH`): journald's own ceiling for such entries;
 //!   (c) through `systemd-cat` (stream protocol, no fields of ours).
 //! Each case ends when the last process of it has exited and
 //! `journalctl --sync` returned; then every line is counted. Prints lines/s,
-//! the ratio u/c (target >= 0.9), and the daemon's own CPU time (utime +
+//! the ratios u/c (the target: >= 0.9) and u/b, and the daemon's own CPU time (utime +
 //! stime of `locald daemon`) during (u) against (h) (target: under 5 %).
 //! Needs root (it boots a container).
 //!
-//!   journal-units-bench [--lines N] [--rounds K]
+//!   journal-units-bench [--lines N] [--rounds K] [--sd-send PATH]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,11 +36,17 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: u64 = flag(&args, "--lines").map_or(Ok(1_000_000), |v| v.parse())?;
     let rounds: usize = flag(&args, "--rounds").map_or(Ok(2), |v| v.parse())?;
+    let sd_send = flag(&args, "--sd-send").map(std::path::PathBuf::from);
     if let Err(why) = nspawn::available() {
         bail!("cannot boot a systemd container: {why}");
     }
     let marker = locald_tests::unique("unitbench");
-    let c = Container::boot(|root| prepare(root, n, &marker));
+    let c = Container::boot(|root| prepare(root, n, &marker, sd_send.as_deref()));
+    let cases: &[char] = if sd_send.is_some() {
+        &['u', 'h', 'b', 'c']
+    } else {
+        &['u', 'h', 'c']
+    };
     let reload = c.user(HOME, "systemctl --user daemon-reload");
     if !reload.status.success() {
         bail!("daemon-reload: {reload:?}");
@@ -49,7 +57,7 @@ fn main() -> Result<()> {
     let mut rows: Vec<(char, usize, f64, f64)> = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
-        for case in ['u', 'h', 'c'] {
+        for &case in cases {
             let (secs, cpu) = run_case(&c, case, round, n, &marker)?;
             let tag = format!("{case}{round}");
             let lines = count(&c, case, &tag)?;
@@ -90,6 +98,12 @@ fn main() -> Result<()> {
         "h/c = {:.2} (the copying path, for comparison)",
         best('h') / best('c')
     );
+    if sd_send.is_some() {
+        println!(
+            "u/b = {:.2} (against journald's ceiling for entries with the same fields)",
+            best('u') / best('b')
+        );
+    }
     println!(
         "daemon CPU during the flood: unit {:.3} s vs host {:.3} s = {:.1} % (target < 5 %)",
         cpu('u'),
@@ -103,15 +117,19 @@ fn describe(case: char) -> &'static str {
     match case {
         'u' => "service as a systemd unit (forwarder, locald's fields)",
         'h' => "service on the host runtime (copied through the daemon)",
+        'b' => "sd_journal_sendv(), same fields (journald's ceiling)",
         _ => "systemd-cat (stream protocol, no fields)",
     }
 }
 
 /// The container's journald keeps everything (no rate limit, no vacuuming
 /// during a run); one project per case and round.
-fn prepare(root: &Path, n: u64, marker: &str) {
+fn prepare(root: &Path, n: u64, marker: &str, sd_send: Option<&Path>) {
     nspawn::install_locald(root);
     let home = root.join(HOME.trim_start_matches('/'));
+    if let Some(p) = sd_send {
+        std::fs::copy(p, home.join(".cargo/bin/sd-send")).expect("copy sd-send");
+    }
     std::fs::copy(
         locald_tests::bin("journal-bench"),
         home.join(".cargo/bin/journal-bench"),
@@ -138,12 +156,7 @@ fn prepare(root: &Path, n: u64, marker: &str) {
         }
     }
     std::fs::create_dir_all(home.join("u0")).ok();
-    let st = std::process::Command::new("chown")
-        .args(["-R", "1000:1000"])
-        .arg(&home)
-        .status()
-        .expect("chown");
-    assert!(st.success());
+    nspawn::give_home_to_user(root);
 }
 
 /// utime + stime of the `locald daemon` process, seconds.
@@ -172,6 +185,15 @@ fn run_case(c: &Container, case: char, round: usize, n: u64, marker: &str) -> Re
     let cpu0 = daemon_cpu(c)?;
     let t0 = Instant::now();
     match case {
+        'b' => {
+            let out = c.user(
+                HOME,
+                &format!("journal-bench generate {n} {marker} | sd-send {tag} gen"),
+            );
+            if !out.status.success() {
+                bail!("sd-send: {out:?}");
+            }
+        }
         'c' => {
             let out = c.user(
                 HOME,
@@ -208,7 +230,7 @@ fn run_case(c: &Container, case: char, round: usize, n: u64, marker: &str) -> Re
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu = daemon_cpu(c)? - cpu0;
-    if case != 'c' {
+    if matches!(case, 'u' | 'h') {
         let down = c.user(&format!("{HOME}/{tag}"), "locald-ctl down");
         if !down.status.success() {
             bail!("locald-ctl down: {down:?}");
@@ -221,6 +243,7 @@ fn run_case(c: &Container, case: char, round: usize, n: u64, marker: &str) -> Re
 fn count(c: &Container, case: char, tag: &str) -> Result<u64> {
     let m = match case {
         'c' => format!("SYSLOG_IDENTIFIER=flood-{tag}"),
+        'b' => format!("LOCALD_PROJECT={tag}"),
         _ => format!("LOCALD_PROJECT={tag}"),
     };
     let out = c.root(&[
