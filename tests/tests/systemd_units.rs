@@ -519,7 +519,7 @@ fn unit_output_is_live_notify_goes_through_the_unit_and_restarts_survive_adoptio
     // while no daemon ran arrive and none is lost.
     let bg = c.user(
         HOME,
-        "nohup locald-test-unit loglines feed ticker 14 >live.txt 2>live.err </dev/null &",
+        "nohup locald-test-unit loglines feed ticker 120 >live.txt 2>live.err </dev/null &",
     );
     assert!(bg.status.success(), "{}", text(&bg));
     std::thread::sleep(Duration::from_secs(3));
@@ -546,14 +546,35 @@ fn unit_output_is_live_notify_goes_through_the_unit_and_restarts_survive_adoptio
         },
     );
     assert_eq!(show(&c, TICKER, "MainPID"), ticker_pid, "ticker restarted");
-    // Wait for the listener to finish its 14 s.
-    std::thread::sleep(Duration::from_secs(9));
+    // A restart while someone listens: the new unit's lines from its very
+    // first one (written before any journalctl could be following it).
+    std::thread::sleep(Duration::from_secs(3));
+    let restart = c.user(&feed, "locald-ctl restart ticker");
+    assert!(restart.status.success(), "restart: {}", text(&restart));
+    std::thread::sleep(Duration::from_secs(4));
+    let stop = c.user(HOME, "pkill -f '[l]ocald-test-unit loglines'");
+    assert!(
+        stop.status.success(),
+        "no listener to stop: {}\n{}\n{}",
+        text(&stop),
+        text(&c.user(HOME, "cat live.err")),
+        text(&c.user(HOME, "tail -5 live.txt"))
+    );
     let live = text(&c.user(HOME, "cat live.txt"));
     let err = text(&c.user(HOME, "cat live.err"));
-    let t = ticks(&live);
+    let all = ticks(&live);
     assert!(
         err.matches("subscribed").count() >= 2,
         "the listener never got back on: {err}"
+    );
+    let reset = all
+        .windows(2)
+        .position(|w| w[1] == 1 && w[0] > 1)
+        .unwrap_or_else(|| panic!("the restarted ticker's tick-1 never arrived: {all:?}"));
+    let (t, after) = all.split_at(reset + 1);
+    assert!(
+        after.len() >= 10 && after.windows(2).all(|w| w[1] == w[0] + 1),
+        "the restarted unit's lines: {after:?}"
     );
     assert!(t.len() >= 50, "too few lines across the restart: {t:?}");
     let mut repeated = 0;

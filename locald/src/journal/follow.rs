@@ -14,7 +14,10 @@
 //! and none twice (at most the last 200 ms of lines may come again after a
 //! `kill -9`, the interval the cursor is saved at). A follower that stops
 //! because its last listener left forgets the cursor; the next one starts
-//! from the present, as a fresh subscription should.
+//! from the present, as a fresh subscription should. A listener that is
+//! already there when a unit starts (the dashboard watching a service that
+//! restarts) gets the unit's lines from its start, also those written
+//! before journalctl was running.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -47,6 +50,15 @@ pub struct Target {
     pub cursor_file: Option<PathBuf>,
 }
 
+/// Where a follower starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// A unit an earlier daemon followed (adopted): at its saved cursor.
+    Resume,
+    /// A unit started at this time (just before its start was asked for).
+    Fresh(std::time::SystemTime),
+}
+
 /// A running follower; dropping it stops it at once.
 pub struct Follower {
     finish: Option<oneshot::Sender<Duration>>,
@@ -54,17 +66,24 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Starts following `target` into `sink`. `resume`: a daemon before this
-    /// one followed the unit (it was adopted), so start at its cursor;
-    /// otherwise a cursor file left from an earlier unit is removed.
-    pub fn spawn(target: Target, sink: Arc<dyn LogSink>, resume: bool) -> Follower {
-        if !resume {
-            if let Some(f) = &target.cursor_file {
-                let _ = std::fs::remove_file(f);
+    /// Starts following `target` into `sink` (see [`Start`]).
+    pub fn spawn(target: Target, sink: Arc<dyn LogSink>, start: Start) -> Follower {
+        let since = match start {
+            Start::Resume => None,
+            Start::Fresh(at) => {
+                // A cursor file left from an earlier unit of the name.
+                if let Some(f) = &target.cursor_file {
+                    let _ = std::fs::remove_file(f);
+                }
+                // Someone already listens as the unit starts (a dashboard
+                // watching a service that restarts): they get every line
+                // of it, also those written before journalctl is running.
+                sink.is_listening(&target.project, &target.service)
+                    .then_some(at)
             }
-        }
+        };
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(run(target, sink, rx));
+        let task = tokio::spawn(run(target, sink, rx, since));
         Follower {
             finish: Some(tx),
             task: Some(task),
@@ -102,7 +121,12 @@ enum Ended {
     Failed,
 }
 
-async fn run(target: Target, sink: Arc<dyn LogSink>, mut finish: oneshot::Receiver<Duration>) {
+async fn run(
+    target: Target,
+    sink: Arc<dyn LogSink>,
+    mut finish: oneshot::Receiver<Duration>,
+    mut since: Option<std::time::SystemTime>,
+) {
     let mut warned = false;
     loop {
         // Wait for a listener; a unit that ends unheard has nothing to drain.
@@ -115,7 +139,10 @@ async fn run(target: Target, sink: Arc<dyn LogSink>, mut finish: oneshot::Receiv
                 () = tokio::time::sleep(TICK) => {}
             }
         }
-        match follow_once(&target, &sink, &mut finish, &mut warned).await {
+        // Only the first run starts at the unit's start; a later one (after
+        // the listeners left and came back) starts at the present.
+        let from = since.take();
+        match follow_once(&target, &sink, &mut finish, &mut warned, from).await {
             Ended::Finished => {
                 forget(&target);
                 return;
@@ -140,17 +167,29 @@ fn forget(target: &Target) {
     }
 }
 
-/// The journalctl arguments that follow `target`, after `cursor` or from now.
-pub fn journalctl_args(target: &Target, cursor: Option<&str>) -> Vec<String> {
+/// The journalctl arguments that follow `target`: after `cursor`, else
+/// from `since`, else from now.
+pub fn journalctl_args(
+    target: &Target,
+    cursor: Option<&str>,
+    since: Option<std::time::SystemTime>,
+) -> Vec<String> {
     let mut v = vec![
         "--output=json".to_owned(),
         "--all".to_owned(),
         "--no-pager".to_owned(),
         "--follow".to_owned(),
     ];
-    match cursor {
-        Some(c) => v.push(format!("--after-cursor={c}")),
-        None => v.push("--lines=0".to_owned()),
+    match (cursor, since) {
+        (Some(c), _) => v.push(format!("--after-cursor={c}")),
+        (None, Some(t)) => {
+            let us = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            v.push(format!("--since=@{}.{:06}", us / 1_000_000, us % 1_000_000));
+        }
+        (None, None) => v.push("--lines=0".to_owned()),
     }
     v.push(format!("_SYSTEMD_USER_UNIT={}", target.unit));
     v.push(format!("_UID={}", target.uid));
@@ -162,6 +201,7 @@ async fn follow_once(
     sink: &Arc<dyn LogSink>,
     finish: &mut oneshot::Receiver<Duration>,
     warned: &mut bool,
+    since: Option<std::time::SystemTime>,
 ) -> Ended {
     let saved = target.cursor_file.as_ref().and_then(|f| {
         crate::fsutil::read_state(f, 4096)
@@ -171,7 +211,7 @@ async fn follow_once(
             .filter(|c| !c.is_empty() && !c.contains('\n'))
     });
     let mut child = match tokio::process::Command::new("journalctl")
-        .args(journalctl_args(target, saved.as_deref()))
+        .args(journalctl_args(target, saved.as_deref(), since))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -301,12 +341,16 @@ mod tests {
             uid: 1000,
             cursor_file: None,
         };
-        let now = journalctl_args(&t, None);
+        let now = journalctl_args(&t, None, None);
         assert!(now.contains(&"--lines=0".to_owned()));
         assert!(now.contains(&"_SYSTEMD_USER_UNIT=locald-shop-web.service".to_owned()));
         assert!(now.contains(&"_UID=1000".to_owned()));
-        let after = journalctl_args(&t, Some("s=abc;i=1"));
+        let after = journalctl_args(&t, Some("s=abc;i=1"), Some(std::time::UNIX_EPOCH));
         assert!(after.contains(&"--after-cursor=s=abc;i=1".to_owned()));
         assert!(!after.contains(&"--lines=0".to_owned()));
+        assert!(!after.iter().any(|a| a.starts_with("--since")));
+        let start = std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_042);
+        let from_start = journalctl_args(&t, None, Some(start));
+        assert!(from_start.contains(&"--since=@1700000000.000042".to_owned()));
     }
 }

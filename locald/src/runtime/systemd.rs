@@ -46,7 +46,7 @@ use zbus::Connection;
 use super::claim::ProjectClaim;
 use super::unit_exec::UnitExec;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
-use crate::journal::follow::{Follower, Target};
+use crate::journal::follow::{Follower, Start, Target};
 use crate::output::BoxFuture;
 use crate::output::LogSink;
 use crate::supervisor::notify::Notice;
@@ -302,7 +302,9 @@ impl SystemdRuntime {
         self
     }
 
-    fn follower(&self, spec: &LaunchSpec, unit: &str, resume: bool) -> Option<Follower> {
+    /// The follower of a unit's lines: `Start::Resume` for an adopted
+    /// unit, `Start::Fresh(t)` for one started at `t`.
+    fn follower(&self, spec: &LaunchSpec, unit: &str, start: Start) -> Option<Follower> {
         let sink = self.follow_sink.clone()?;
         let cursor_file = crate::supervisor::notify::runtime_dir().ok().and_then(|d| {
             let dir = d.join("cursors");
@@ -316,7 +318,7 @@ impl SystemdRuntime {
             uid: nix::unistd::geteuid().as_raw(),
             cursor_file,
         };
-        Some(Follower::spawn(target, sink, resume))
+        Some(Follower::spawn(target, sink, start))
     }
 
     /// Whether systemd is restarting the unit this daemon runs in
@@ -473,6 +475,8 @@ impl SystemdRuntime {
             props.push(("WatchdogUSec", Value::from(usec)));
         }
         let sd = &self.systemd;
+        // Before anything of the unit can have written a line.
+        let requested = SystemTime::now();
         let mut jobs = sd
             .manager
             .receive_job_removed()
@@ -582,7 +586,7 @@ impl SystemdRuntime {
                 )),
             });
         }
-        let follower = self.follower(spec, &name, false);
+        let follower = self.follower(spec, &name, Start::Fresh(requested));
         Ok(Box::new(UnitProcess::new(
             self,
             name,
@@ -681,7 +685,7 @@ impl Runtime for SystemdRuntime {
             lock(&self.live).insert(name.clone());
             let restarts = restarts_from_description(&st.description).unwrap_or(0);
             let since = std::time::UNIX_EPOCH + Duration::from_micros(st.exec_main_start_us);
-            let follower = self.follower(spec, &name, true);
+            let follower = self.follower(spec, &name, Start::Resume);
             Some(Box::new(UnitProcess::new(
                 self,
                 name,
