@@ -1045,6 +1045,10 @@ mod tests {
         std::fs::write(root.join(".env"), "A=1").expect("write");
         std::fs::write(root.join("app.py"), "v1").expect("write");
         let (t, inbox) = tree(&root);
+        // The watcher's own setup (making .locald/watch-sync) sends events
+        // that may arrive late on a busy machine and end the quiet the test
+        // sets: wait until they are in.
+        assert!(inbox.sync(), "the watcher settles");
         *lock(&inbox.tree) = Some(Arc::new(Mutex::new(t)));
         lock(&inbox.state).quiet_since = Some(Instant::now());
         let watch = SourceWatch(inbox.clone());

@@ -209,7 +209,20 @@ impl Shared {
         for snap in snapshot.services {
             let known = lock(&cell.services).get(&snap.name).cloned();
             match known {
-                Some(svc) => service::update(&self.conn, &svc, snap).await?,
+                Some(svc) => {
+                    // `snapshot` was read before this loop's awaits, and the
+                    // event task may have given the cell something newer
+                    // meanwhile: writing the old one would undo it for good
+                    // (a service left "starting" while it runs). What the
+                    // engine says now is never older than what an event
+                    // already brought.
+                    let fresh = self
+                        .engine
+                        .project(&cell.name)
+                        .and_then(|p| p.services.into_iter().find(|s| s.name == snap.name))
+                        .unwrap_or(snap);
+                    service::update(&self.conn, &svc, fresh).await?
+                }
                 None => {
                     let svc = Arc::new(ServiceCell {
                         project: cell.name.clone(),
