@@ -231,6 +231,16 @@ impl Container {
     }
 
     /// Runs a shell command as the user, in their session, from `cwd`.
+    /// A property of a unit of the user's manager (`systemctl --user show
+    /// UNIT -p PROP --value`), trimmed; empty when there is none.
+    pub fn show(&self, unit: &str, prop: &str) -> String {
+        let out = self.user(
+            HOME,
+            &format!("systemctl --user show '{unit}' -p {prop} --value"),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     pub fn user(&self, cwd: &str, script: &str) -> Output {
         let uid = USER_UID.to_string();
         Command::new("nsenter")
@@ -326,4 +336,14 @@ pub fn give_home_to_user(root: &Path) {
         .status()
         .expect("chown");
     assert!(st.success(), "chown {}", home.display());
+}
+
+/// Polls `f` until it holds, at most `timeout`. Every 100 ms, not faster:
+/// each poll of a container starts processes in it.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use locald_tests::nspawn::{self, Container, HOME};
+use locald_tests::nspawn::{self, wait_until, Container, HOME};
 use locald_tests::{pids_with, require, service_pids, unique};
 
 fn install(root: &Path, marker: &str) {
@@ -121,19 +121,7 @@ fn text(o: &std::process::Output) -> String {
 }
 
 fn show(c: &Container, unit: &str, prop: &str) -> String {
-    let out = c.user(
-        HOME,
-        &format!("systemctl --user show '{unit}' -p {prop} --value"),
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.show(unit, prop)
 }
 
 fn status(c: &Container) -> String {

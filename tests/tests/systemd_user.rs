@@ -7,9 +7,9 @@
 //! the page and writes its address for the user.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use locald_tests::nspawn::{self, Container, HOME};
+use locald_tests::nspawn::{self, wait_until, Container, HOME};
 use locald_tests::{pids_with, require, service_pids, unique};
 
 fn install(root: &Path, marker: &str) {
@@ -31,20 +31,9 @@ fn install(root: &Path, marker: &str) {
     nspawn::give_home_to_user(root);
 }
 
+/// A property of the locald unit.
 fn show(c: &Container, prop: &str) -> String {
-    let out = c.user(
-        HOME,
-        &format!("systemctl --user show locald -p {prop} --value"),
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.show("locald", prop)
 }
 
 #[test]

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::daemon::AbortOnDrop;
 use crate::output::LogSink;
 
 /// How often the listener check and the cursor file are refreshed.
@@ -317,14 +318,6 @@ fn save(target: &Target, cursor: Option<&str>) {
         if let Err(e) = crate::fsutil::write_atomic(f, c.as_bytes()) {
             tracing::debug!("cannot keep the journal cursor of {}: {e}", target.unit);
         }
-    }
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -1145,21 +1145,29 @@ fn fingerprint(spec: &LaunchSpec) -> String {
     h.finalize().to_hex()[..16].to_owned()
 }
 
+/// The tag a unit's description ends with: `KEY FINGERPRINT rN` of
+/// ` [KEY FINGERPRINT rN]` (units of older versions lack ` rN`).
+fn description_tag(d: &str) -> Option<&str> {
+    let rest = d.strip_suffix(']')?;
+    Some(&rest[rest.rfind(" [")? + 2..])
+}
+
 /// (key, fingerprint) from a unit's description.
 fn tag_from_description(d: &str) -> Option<(&str, &str)> {
-    let rest = d.strip_suffix(']')?;
-    let tag = &rest[rest.rfind(" [")? + 2..];
-    let (key, rest) = tag.split_once(' ')?;
-    let print = rest.split(' ').next()?;
+    let mut parts = description_tag(d)?.split(' ');
+    let (key, print) = (parts.next()?, parts.next()?);
     (!key.is_empty() && !key.contains('/') && !key.starts_with('.') && !print.is_empty())
         .then_some((key, print))
 }
 
 /// The restart count a unit's description recorded (` rN]`).
 fn restarts_from_description(d: &str) -> Option<u32> {
-    let rest = d.strip_suffix(']')?;
-    let tag = &rest[rest.rfind(" [")? + 2..];
-    tag.split(' ').nth(2)?.strip_prefix('r')?.parse().ok()
+    description_tag(d)?
+        .split(' ')
+        .nth(2)?
+        .strip_prefix('r')?
+        .parse()
+        .ok()
 }
 
 fn key_from_description(d: &str) -> Option<&str> {

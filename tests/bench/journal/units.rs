@@ -161,12 +161,7 @@ fn prepare(root: &Path, n: u64, marker: &str, sd_send: Option<&Path>) {
 
 /// utime + stime of the `locald daemon` process, seconds.
 fn daemon_cpu(c: &Container) -> Result<f64> {
-    let pid = String::from_utf8_lossy(
-        &c.user(HOME, "systemctl --user show locald -p MainPID --value")
-            .stdout,
-    )
-    .trim()
-    .to_owned();
+    let pid = c.show("locald", "MainPID");
     // The pid is the container's: read its /proc there.
     let out = c.root(&["cat", &format!("/proc/{pid}/stat")]);
     if !out.status.success() {
