@@ -639,14 +639,3 @@ fn bad_runtime() {
         "host",
     );
 }
-
-#[test]
-fn runtime_of_an_image_service() {
-    check(
-        "[services.web]\nimage = \"redis\"\nruntime = \"systemd\"\n",
-        "`runtime` is for host services",
-        3,
-        11,
-        "remove `runtime`",
-    );
-}

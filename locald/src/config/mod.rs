@@ -982,14 +982,6 @@ impl Checker {
             );
             return None;
         }
-        if let (Some(r), Some(_)) = (&svc.runtime, &image) {
-            self.push(
-                "`runtime` is for host services",
-                Some(r.span()),
-                Some("an image service always runs as a container; remove `runtime`".into()),
-            );
-            return None;
-        }
         Some(ServiceConfig {
             name: name.to_owned(),
             command,
@@ -1689,6 +1681,16 @@ mod tests {
         );
         assert_eq!(web.stop_signal, None);
         assert_eq!(web.workdir, Path::new("/p"));
+    }
+
+    #[test]
+    fn an_image_service_may_choose_its_runtime() {
+        let c = parse(
+            "[project]\nruntime = \"host\"\n[services.a]\nimage='redis'\n[services.b]\nimage='redis'\nruntime = \"systemd\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.services["a"].runtime, Some(RuntimeChoice::Host));
+        assert_eq!(c.services["b"].runtime, Some(RuntimeChoice::Systemd));
     }
 
     #[test]

@@ -51,10 +51,10 @@ pub struct RawProject {
     /// Project name; defaults to the name of the directory holding `locald.toml`.
     #[schemars(with = "Option<String>")]
     pub name: Option<Spanned<String>>,
-    /// How host services and their builds run: "systemd" (each a transient
-    /// unit of the user's systemd manager when the daemon runs under one;
-    /// the default there) or "host" (children of locald, as everywhere
-    /// without a user manager).
+    /// How services (host programs and containers) and host builds run:
+    /// "systemd" (each a transient unit of the user's systemd manager when
+    /// the daemon runs under one; the default there) or "host" (children of
+    /// locald, as everywhere without a user manager).
     #[schemars(with = "Option<RuntimeChoice>")]
     pub runtime: Option<Spanned<RuntimeChoice>>,
 }
@@ -161,8 +161,9 @@ pub struct RawService {
     /// "warning", "info" (default), ... or 0-7.
     #[schemars(with = "Option<String>")]
     pub stderr_priority: Option<Spanned<RawPriority>>,
-    /// How this service runs if it is a host service: "systemd" or "host";
-    /// overrides `[project] runtime`.
+    /// How this service runs: "systemd" (a transient unit, where there is a
+    /// user manager) or "host" (a child of locald); overrides
+    /// `[project] runtime`.
     #[schemars(with = "Option<RuntimeChoice>")]
     pub runtime: Option<Spanned<RuntimeChoice>>,
 }
