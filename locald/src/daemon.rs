@@ -365,7 +365,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut runtimes = crate::runtime::RuntimeSet::detect();
     let systemd = crate::runtime::systemd::SystemdRuntime::detect().await;
     if let Some(sd) = &systemd {
-        runtimes = runtimes.with_systemd(Arc::new(sd.clone().with_live_logs(bus_logs.clone())));
+        runtimes = runtimes.with_systemd(sd.clone().with_live_logs(bus_logs.clone()));
     }
     let engine = Engine::with_runtimes(
         EngineOptions {

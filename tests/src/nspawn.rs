@@ -4,7 +4,7 @@
 //!
 //! The root file system is made once with `debootstrap` (~45 s, ~250 MB) and
 //! cached in `$LOCALD_TEST_ROOTFS` (default
-//! `/var/cache/locald-tests/rootfs-bookworm`); each container runs on an
+//! `/var/cache/locald-tests/rootfs-bookworm-v2`; the suffix changes with what it holds); each container runs on an
 //! overlay of it, so tests never change the cache. Host PID 1 need not be
 //! systemd: the container gets its own host cgroups, created here and removed
 //! on drop, as `shared/testing-notes.md` describes.
@@ -65,7 +65,7 @@ fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
 pub fn rootfs() -> PathBuf {
     let dir = std::env::var_os("LOCALD_TEST_ROOTFS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/locald-tests/rootfs-bookworm"));
+        .unwrap_or_else(|| PathBuf::from("/var/cache/locald-tests/rootfs-bookworm-v2"));
     if dir.join("etc/os-release").exists() {
         return dir;
     }
@@ -87,7 +87,8 @@ pub fn rootfs() -> PathBuf {
     let out = Command::new("debootstrap")
         .args([
             "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,procps",
+            // runc, uidmap and busybox for image services in units.
+            "--include=systemd,systemd-sysv,dbus,dbus-user-session,libpam-systemd,procps,runc,uidmap,busybox-static",
             "bookworm",
         ])
         .arg(&tmp)

@@ -3,6 +3,10 @@
 //! and `IOWriteBytes` report, read from the same place systemd reads them —
 //! the unit's cgroup v2 files — so a property read costs no bus round trip.
 //!
+//! A container service's unit holds the shim, not the container
+//! (`locald-shim` keeps containers in a cgroup tree of its own); its
+//! counters are read from the container's cgroup instead.
+//!
 //! A value is `None` when the cgroup does not account it (a controller the
 //! user manager was not delegated, such as `io` by default).
 
@@ -63,15 +67,31 @@ impl Accounting {
     }
 }
 
-/// The cgroup v2 directory of `pid` if it is a locald unit's.
+/// Whether the cgroup `rel` (as `/proc/PID/cgroup` names it) counts for a
+/// service of user `uid`: a locald unit's, or the cgroup `locald-shim` gave
+/// one of the user's containers (`/locald-shim/u<uid>/locald-…`), which a
+/// container service's unit does not hold.
+fn accountable(rel: &str, uid: u32) -> bool {
+    if rel.contains("/..") {
+        return false;
+    }
+    let last = rel.rsplit('/').next().unwrap_or_default();
+    let unit = last.starts_with("locald-") && last.ends_with(".service");
+    let container = rel
+        .strip_prefix(&format!("/locald-shim/u{uid}/"))
+        .is_some_and(|id| id.starts_with("locald-") && !id.contains('/'));
+    unit || container
+}
+
+/// The cgroup v2 directory of `pid` if it is a locald unit's (or its
+/// container's).
 fn unit_cgroup(pid: u32) -> Option<PathBuf> {
     if pid == 0 {
         return None;
     }
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
-    let last = rel.rsplit('/').next()?;
-    if !(last.starts_with("locald-") && last.ends_with(".service")) || rel.contains("/..") {
+    if !accountable(rel, nix::unistd::geteuid().as_raw()) {
         return None;
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -108,6 +128,19 @@ mod tests {
                 io_write: Some(20),
             }
         );
+    }
+
+    #[test]
+    fn units_and_the_users_own_containers_are_accounted() {
+        let unit =
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/locald-shop-web.service";
+        assert!(accountable(unit, 1000));
+        assert!(accountable("/locald-shim/u1000/locald-0123-web", 1000));
+        assert!(!accountable("/locald-shim/u1001/locald-0123-web", 1000));
+        assert!(!accountable("/locald-shim/u1000/other", 1000));
+        assert!(!accountable("/locald-shim/u1000/locald-x/deeper", 1000));
+        assert!(!accountable("/user.slice/sshd.service", 1000));
+        assert!(!accountable("/x/../locald-a.service", 1000));
     }
 
     #[test]

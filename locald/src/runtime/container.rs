@@ -201,6 +201,18 @@ pub trait ImageSource: Send + Sync + 'static {
     fn remove_copy<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// A container made ready to run ([`ContainerRuntime::prepare`]).
+pub(crate) struct Prepared {
+    /// Its id in the shim.
+    pub id: String,
+    /// Its directory (bundle, rootfs copy, records).
+    pub dir: PathBuf,
+    /// The bundle to run.
+    pub bundle: PathBuf,
+    /// The image it runs (digest, stop signal, lease).
+    pub image: PreparedImage,
+}
+
 /// Runs image workloads as containers through the shim.
 pub struct ContainerRuntime {
     shim: ShimClient,
@@ -239,7 +251,7 @@ pub fn container_id(key: &str, unit: &str) -> String {
 
 /// An image's StopSignal (`SIGQUIT`, `QUIT` or a number), SIGTERM if it
 /// names none or one this machine does not know.
-fn image_stop_signal(s: Option<&str>) -> Signal {
+pub(crate) fn image_stop_signal(s: Option<&str>) -> Signal {
     let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
         return Signal::SIGTERM;
     };
@@ -256,7 +268,7 @@ fn image_stop_signal(s: Option<&str>) -> Signal {
 }
 
 /// The signal name `locald-shim kill` takes (`TERM`, not `SIGTERM`).
-fn shim_signal(sig: Signal) -> &'static str {
+pub(crate) fn shim_signal(sig: Signal) -> &'static str {
     sig.as_str().trim_start_matches("SIG")
 }
 
@@ -271,7 +283,11 @@ impl ContainerRuntime {
         Ok(dir.join(id))
     }
 
-    async fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+    /// Everything before the container runs: the image prepared, the
+    /// container's directory with its rootfs copy and bundle, and a record
+    /// of the image digest (a later daemon adopting the container compares
+    /// it). What is left is `locald-shim run --bundle BUNDLE ID`.
+    pub(crate) async fn prepare(&self, spec: &LaunchSpec) -> Result<Prepared, RuntimeError> {
         let Workload::Image {
             reference,
             command,
@@ -381,11 +397,28 @@ impl ContainerRuntime {
         for v in volumes {
             bundle = bundle.bind(v.source.clone(), v.target.clone(), v.read_only);
         }
-        let bundle_dir = bundle
+        let bundle = bundle
             .env(env)
             .write(&dir.join("bundle"))
             .map_err(unavailable)?;
-        let mut child = self.shim.run(&bundle_dir, &id).map_err(unavailable)?;
+        write_atomic(&dir.join("image"), image.digest.as_bytes())
+            .map_err(|e| unavailable(format!("cannot write {}: {e}", dir.display())))?;
+        Ok(Prepared {
+            id,
+            dir,
+            bundle,
+            image,
+        })
+    }
+
+    async fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+        let Prepared {
+            id,
+            dir,
+            bundle,
+            image,
+        } = self.prepare(spec).await?;
+        let mut child = self.shim.run(&bundle, &id).map_err(unavailable)?;
         let stdout = child.stdout.take().map(|p| Box::pin(p) as Output);
         let stderr = child.stderr.take().map(|p| Box::pin(p) as Output);
         let pid = self.init_pid(&id, &mut child).await;
@@ -405,6 +438,39 @@ impl ContainerRuntime {
             image: image.digest,
             _lease: image.lease,
         }))
+    }
+
+    /// The shim this runtime runs containers through.
+    pub(crate) fn shim(&self) -> &ShimClient {
+        &self.shim
+    }
+
+    /// Prepares `reference` as [`ImageSource::prepare`] does, for a
+    /// container a later daemon adopts (its lease and stop signal).
+    pub(crate) async fn image(
+        &self,
+        reference: &str,
+        project_dir: &Path,
+    ) -> Result<PreparedImage, String> {
+        self.images
+            .prepare(reference, project_dir, crate::image::no_progress())
+            .await
+    }
+
+    /// The image digest a container's directory records, if any.
+    pub(crate) fn recorded_image(id: &str) -> Option<String> {
+        let dir = Self::state_dir(id).ok()?;
+        crate::fsutil::read_state(&dir.join("image"), 200)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+    }
+
+    /// Removes the directory of container `id` (after it is gone).
+    pub(crate) async fn remove_container(&self, id: &str) {
+        if let Ok(dir) = Self::state_dir(id) {
+            self.remove_dir(&dir).await;
+        }
     }
 
     /// Removes a container's directory, its writable copy of the image
@@ -453,7 +519,7 @@ impl ContainerRuntime {
 /// runc that is pid 1 of a pid namespace of its own (`NSpid: HOST … 1`).
 /// It keeps that pid from creation through its exec of the command, as
 /// runc's state reports it. `None` until runc has created it.
-fn init_below(shim_pid: u32) -> Option<u32> {
+pub(crate) fn init_below(shim_pid: u32) -> Option<u32> {
     children(shim_pid)
         .into_iter()
         .flat_map(children)
@@ -567,7 +633,7 @@ impl Runtime for ContainerRuntime {
 
 /// Sends KILL through the shim without waiting (from `Drop` and the second
 /// Ctrl-C, where nothing may block).
-fn kill_detached(shim: &ShimClient, id: &str) {
+pub(crate) fn kill_detached(shim: &ShimClient, id: &str) {
     let _ = std::process::Command::new(shim.path())
         .args(["kill", "--id", id, "--signal", "KILL"])
         .stdin(std::process::Stdio::null())

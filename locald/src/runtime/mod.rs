@@ -20,6 +20,7 @@ pub mod accounting;
 pub mod cgroup;
 pub mod claim;
 pub mod container;
+pub mod container_unit;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod host;
@@ -395,6 +396,10 @@ pub struct RuntimeSet {
     container: Arc<dyn Runtime>,
     /// The user's systemd manager, when services run as its transient units.
     systemd: Option<Arc<dyn Runtime>>,
+    /// The shim's containers, to run in units when there is a manager.
+    containers: Option<Arc<container::ContainerRuntime>>,
+    /// Image services as units ([`container_unit`]).
+    container_unit: Option<Arc<dyn Runtime>>,
     images: Result<StoreImages, String>,
 }
 
@@ -408,6 +413,8 @@ impl RuntimeSet {
                 "this version of locald cannot run image services yet".into(),
             )),
             systemd: None,
+            containers: None,
+            container_unit: None,
             images: Err("this locald has no image store".into()),
         }
     }
@@ -420,12 +427,15 @@ impl RuntimeSet {
     pub fn detect() -> RuntimeSet {
         let set = RuntimeSet::host(Arc::new(host::HostRuntime::detect()));
         match StoreImages::open_default() {
-            Ok(images) => set
-                .with_container(Arc::new(container::ContainerRuntime::new(
+            Ok(images) => {
+                let containers = Arc::new(container::ContainerRuntime::new(
                     crate::shim_client::ShimClient::from_env(),
                     Arc::new(images.clone()),
-                )))
-                .with_images(images),
+                ));
+                let mut set = set.with_container(containers.clone()).with_images(images);
+                set.containers = Some(containers);
+                set
+            }
             Err(why) => {
                 let why = format!("image services need the image store: {why}");
                 let mut set = set.with_container(Arc::new(Unavailable(why.clone())));
@@ -450,30 +460,62 @@ impl RuntimeSet {
     /// The same set with `container` running image workloads.
     pub fn with_container(mut self, container: Arc<dyn Runtime>) -> RuntimeSet {
         self.container = container;
+        // Units run the shim's containers only; another runtime's never.
+        self.containers = None;
+        self.container_unit = None;
         self
     }
 
-    /// The same set with host services (not builds) run by `systemd`, as
-    /// transient units ([`systemd::SystemdRuntime`]).
-    pub fn with_systemd(mut self, systemd: Arc<dyn Runtime>) -> RuntimeSet {
+    /// The same set with services and host builds run by `systemd`, as
+    /// transient units ([`systemd::SystemdRuntime`]); image services too
+    /// when the set runs containers through the shim
+    /// ([`container_unit::ContainerUnitRuntime`]).
+    pub fn with_systemd(mut self, systemd: systemd::SystemdRuntime) -> RuntimeSet {
+        let systemd = Arc::new(systemd);
+        if let Some(c) = &self.containers {
+            self.container_unit = Some(Arc::new(container_unit::ContainerUnitRuntime::new(
+                c.clone(),
+                systemd.clone(),
+            )));
+        }
         self.systemd = Some(systemd);
         self
     }
 
-    /// The runtime for a service's workload. A host workload runs as a
-    /// systemd unit whenever there is a systemd user manager (the daemon
-    /// under `systemctl --user`), unless `choice` says `runtime = "host"`;
-    /// otherwise (no manager: `locald up`, a container, CI) as a child of
-    /// locald. `Runtime` on `Service1` and `locald-ctl status` say which.
+    /// The runtime for a service's workload. A workload (host program or
+    /// container) runs as a systemd unit whenever there is a systemd user
+    /// manager (the daemon under `systemctl --user`), unless `choice` says
+    /// `runtime = "host"`; otherwise (no manager: `locald up`, a container,
+    /// CI) as a child of locald. `Runtime` on `Service1` and `locald-ctl
+    /// status` say which.
     pub fn for_service(
         &self,
         kind: RuntimeKind,
         choice: Option<crate::config::RuntimeChoice>,
     ) -> Arc<dyn Runtime> {
         use crate::config::RuntimeChoice;
-        match (kind, choice, &self.systemd) {
-            (RuntimeKind::Host, None | Some(RuntimeChoice::Systemd), Some(s)) => s.clone(),
+        let unit = match kind {
+            RuntimeKind::Host => &self.systemd,
+            RuntimeKind::Container => &self.container_unit,
+        };
+        match (choice, unit) {
+            (None | Some(RuntimeChoice::Systemd), Some(u)) => u.clone(),
             _ => self.get(kind).clone(),
+        }
+    }
+
+    /// The runtime for a build's workload: a host build runs where its
+    /// service would ([`RuntimeSet::for_service`]); a buildpacks build stays
+    /// a child of locald, which reads its phase banners from the output as
+    /// it comes.
+    pub fn for_build(
+        &self,
+        kind: RuntimeKind,
+        choice: Option<crate::config::RuntimeChoice>,
+    ) -> Arc<dyn Runtime> {
+        match kind {
+            RuntimeKind::Host => self.for_service(kind, choice),
+            RuntimeKind::Container => self.get(kind).clone(),
         }
     }
 

@@ -349,6 +349,13 @@ impl SystemdRuntime {
     }
 
     async fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+        let cmd = self.host_command(spec)?;
+        Ok(Box::new(self.start_unit(spec, cmd).await?))
+    }
+
+    /// What the unit of a host workload runs: the program found in the
+    /// service's `PATH`, its environment, stopped as a host process is.
+    fn host_command(&self, spec: &LaunchSpec) -> Result<UnitCommand, RuntimeError> {
         let Workload::Host { argv } = &spec.workload else {
             return Err(RuntimeError::Unavailable(format!(
                 "the systemd runtime cannot run {}",
@@ -380,10 +387,6 @@ impl SystemdRuntime {
                 ),
             });
         }
-        let project = project_of(&spec.key).unwrap_or(&spec.project);
-        let name = unit_name(project, &spec.unit);
-        let slice = slice_name(project);
-
         let mut env: Vec<String> = Vec::new();
         if !spec.env.iter().any(|(k, _)| k == "PATH") {
             env.push(format!("PATH={path_var}"));
@@ -396,6 +399,44 @@ impl SystemdRuntime {
                 .filter(|(k, _)| k != "WATCHDOG_USEC" && k != "NOTIFY_SOCKET")
                 .map(|(k, v)| format!("{k}={v}")),
         );
+        Ok(UnitCommand {
+            argv: std::iter::once(exe.into_os_string())
+                .chain(argv.iter().skip(1).map(Into::into))
+                .collect(),
+            arg0: Some(program.clone()),
+            program,
+            env,
+            notify_ready: spec.notify_ready,
+            watchdog: spec.watchdog,
+            kill_mode: "control-group",
+            kill_signal: Signal::SIGTERM,
+            stop_post: None,
+            image: None,
+        })
+    }
+
+    /// Starts `cmd` as the transient unit of `spec` and waits until it
+    /// runs (or could not be started).
+    pub(crate) async fn start_unit(
+        &self,
+        spec: &LaunchSpec,
+        cmd: UnitCommand,
+    ) -> Result<UnitProcess, RuntimeError> {
+        let project = project_of(&spec.key).unwrap_or(&spec.project);
+        let name = unit_name(project, &spec.unit);
+        let slice = slice_name(project);
+        let UnitCommand {
+            program,
+            argv,
+            arg0,
+            env,
+            notify_ready,
+            watchdog,
+            kill_mode,
+            kill_signal,
+            stop_post,
+            image,
+        } = cmd;
         // journald applies these to system units only; they also say in
         // `systemctl --user show` whose unit this is.
         let mut fields: Vec<Vec<u8>> = vec![
@@ -427,10 +468,9 @@ impl SystemdRuntime {
             build_id: spec.build_id.clone(),
             stderr_priority: spec.stderr_priority,
             socket: self.journal_socket.clone(),
-            arg0: Some(program.clone()),
-            argv: std::iter::once(exe.clone().into_os_string())
-                .chain(argv.iter().skip(1).map(Into::into))
-                .collect(),
+            image,
+            arg0,
+            argv,
         };
         let exec_argv: Vec<String> = std::iter::once("locald".to_owned())
             .chain(forwarder.to_args())
@@ -441,7 +481,7 @@ impl SystemdRuntime {
             ("Slice", Value::from(slice)),
             (
                 "Type",
-                Value::from(if spec.notify_ready { "notify" } else { "exec" }),
+                Value::from(if notify_ready { "notify" } else { "exec" }),
             ),
             // The service may hand READY=/STATUS=/WATCHDOG= to a child (a
             // shell wrapping it), as with locald's own socket.
@@ -457,22 +497,28 @@ impl SystemdRuntime {
             ("StandardError", Value::from("journal")),
             ("SyslogIdentifier", Value::from(spec.service().to_owned())),
             ("LogExtraFields", Value::from(fields)),
-            ("KillMode", Value::from("control-group")),
-            ("KillSignal", Value::from(Signal::SIGTERM as i32)),
+            ("KillMode", Value::from(kill_mode)),
+            ("KillSignal", Value::from(kill_signal as i32)),
             ("SendSIGKILL", Value::from(true)),
             ("TimeoutStopUSec", Value::from(10_000_000u64)),
             ("Restart", Value::from("no")),
             ("CollectMode", Value::from("inactive-or-failed")),
             ("AddRef", Value::from(true)),
         ];
-        if spec.notify_ready {
+        if notify_ready {
             // Whether it ever gets ready is the health check's call, not a
             // start timeout of systemd's.
             props.push(("TimeoutStartUSec", Value::from(u64::MAX)));
         }
-        if let Some(w) = spec.watchdog {
+        if let Some(w) = watchdog {
             let usec = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
             props.push(("WatchdogUSec", Value::from(usec)));
+        }
+        if let Some(post) = stop_post {
+            // Runs however the unit ended, also after a SIGKILL that left
+            // processes systemd may not signal (a container's, run by root).
+            let path = post.first().cloned().unwrap_or_default();
+            props.push(("ExecStopPost", Value::from(vec![(path, post, true)])));
         }
         let sd = &self.systemd;
         // Before anything of the unit can have written a line.
@@ -542,7 +588,7 @@ impl SystemdRuntime {
         // With Type=notify the job lasts until READY=1; the process runs
         // once the unit has a main pid.
         let has_pid = async {
-            if !spec.notify_ready {
+            if !notify_ready {
                 return std::future::pending().await;
             }
             loop {
@@ -587,15 +633,62 @@ impl SystemdRuntime {
             });
         }
         let follower = self.follower(spec, &name, Start::Fresh(requested));
-        Ok(Box::new(UnitProcess::new(
+        Ok(UnitProcess::new(
             self,
             name,
             path,
             st.exec_main_pid,
-            spec,
+            (notify_ready, watchdog.is_some()),
             None,
             follower,
-        )))
+        ))
+    }
+
+    /// Takes over the running unit of `spec` an earlier daemon started, if
+    /// it runs what `spec` would start (same key and fingerprint).
+    /// `notices`: (`Type=notify`, `WatchdogSec=`) as the unit was started.
+    pub(crate) async fn adopt_unit(
+        &self,
+        spec: &LaunchSpec,
+        notices: (bool, bool),
+    ) -> Option<UnitProcess> {
+        let project = project_of(&spec.key).unwrap_or(&spec.project);
+        let name = unit_name(project, &spec.unit);
+        let sd = &self.systemd;
+        let path = sd.manager.get_unit(&name).await.ok()?;
+        let st = sd.read(&path).await.ok()?;
+        let (key, print) = tag_from_description(&st.description)?;
+        if st.active != "active" || key != spec.key || print != fingerprint(spec) {
+            return None;
+        }
+        // Keeps the unit (and its exit status) until this daemon read it.
+        let r = sd
+            .conn
+            .call_method(
+                Some(DEST),
+                path.as_str(),
+                Some("org.freedesktop.systemd1.Unit"),
+                "Ref",
+                &(),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("cannot hold on to {name}: {e}; starting it afresh");
+            return None;
+        }
+        lock(&self.live).insert(name.clone());
+        let restarts = restarts_from_description(&st.description).unwrap_or(0);
+        let since = std::time::UNIX_EPOCH + Duration::from_micros(st.exec_main_start_us);
+        let follower = self.follower(spec, &name, Start::Resume);
+        Some(UnitProcess::new(
+            self,
+            name,
+            path,
+            st.exec_main_pid,
+            notices,
+            Some((restarts, since)),
+            follower,
+        ))
     }
 
     /// Stops `name` now (SIGKILL to every process, then a stop job) and
@@ -658,43 +751,10 @@ impl Runtime for SystemdRuntime {
             if !matches!(spec.workload, Workload::Host { .. }) {
                 return None;
             }
-            let project = project_of(&spec.key).unwrap_or(&spec.project);
-            let name = unit_name(project, &spec.unit);
-            let sd = &self.systemd;
-            let path = sd.manager.get_unit(&name).await.ok()?;
-            let st = sd.read(&path).await.ok()?;
-            let (key, print) = tag_from_description(&st.description)?;
-            if st.active != "active" || key != spec.key || print != fingerprint(spec) {
-                return None;
-            }
-            // Keeps the unit (and its exit status) until this daemon read it.
-            let r = sd
-                .conn
-                .call_method(
-                    Some(DEST),
-                    path.as_str(),
-                    Some("org.freedesktop.systemd1.Unit"),
-                    "Ref",
-                    &(),
-                )
-                .await;
-            if let Err(e) = r {
-                tracing::warn!("cannot hold on to {name}: {e}; starting it afresh");
-                return None;
-            }
-            lock(&self.live).insert(name.clone());
-            let restarts = restarts_from_description(&st.description).unwrap_or(0);
-            let since = std::time::UNIX_EPOCH + Duration::from_micros(st.exec_main_start_us);
-            let follower = self.follower(spec, &name, Start::Resume);
-            Some(Box::new(UnitProcess::new(
-                self,
-                name,
-                path,
-                st.exec_main_pid,
-                spec,
-                Some((restarts, since)),
-                follower,
-            )) as Box<dyn Process>)
+            let unit = self
+                .adopt_unit(spec, (spec.notify_ready, spec.watchdog.is_some()))
+                .await?;
+            Some(Box::new(unit) as Box<dyn Process>)
         })
     }
 
@@ -763,8 +823,33 @@ impl Runtime for SystemdRuntime {
     }
 }
 
+/// What a unit runs and how it stops, as [`SystemdRuntime::start_unit`]
+/// tells systemd.
+pub(crate) struct UnitCommand {
+    /// The program as the user named it, for messages.
+    pub program: String,
+    /// The program's absolute path, then its arguments.
+    pub argv: Vec<std::ffi::OsString>,
+    /// `argv[0]` when it is not the path.
+    pub arg0: Option<String>,
+    /// The unit's environment (`NAME=value`).
+    pub env: Vec<String>,
+    /// `Type=notify`: systemd waits for `READY=1` on its own socket.
+    pub notify_ready: bool,
+    /// `WatchdogSec=`.
+    pub watchdog: Option<Duration>,
+    /// `KillMode=`.
+    pub kill_mode: &'static str,
+    /// `KillSignal=`.
+    pub kill_signal: Signal,
+    /// `ExecStopPost=` (its failure ignored).
+    pub stop_post: Option<Vec<String>>,
+    /// `LOCALD_IMAGE` for the output's journal entries.
+    pub image: Option<String>,
+}
+
 /// A running transient unit.
-struct UnitProcess {
+pub(crate) struct UnitProcess {
     systemd: Systemd,
     name: String,
     path: OwnedObjectPath,
@@ -793,17 +878,13 @@ impl UnitProcess {
         name: String,
         path: OwnedObjectPath,
         pid: u32,
-        spec: &LaunchSpec,
+        (notify_ready, watchdog): (bool, bool),
         history: Option<(u32, SystemTime)>,
         follower: Option<Follower>,
     ) -> UnitProcess {
         let systemd = rt.systemd.clone();
         let live = rt.live.clone();
-        let notices = Some(watch_notices(
-            systemd.clone(),
-            path.clone(),
-            spec.notify_ready,
-        ));
+        let notices = Some(watch_notices(systemd.clone(), path.clone(), notify_ready));
         UnitProcess {
             systemd,
             name,
@@ -814,7 +895,7 @@ impl UnitProcess {
             outside: false,
             live,
             notices,
-            watchdog: spec.watchdog.is_some(),
+            watchdog,
             by_watchdog: false,
             history,
             follower,
@@ -910,8 +991,13 @@ impl UnitProcess {
         st.exit()
     }
 
+    /// The stop that follows is locald's own, not someone else's.
+    pub(crate) fn expect_stop(&mut self) {
+        self.stopping = true;
+    }
+
     /// Drops locald's reference so systemd collects the unit.
-    async fn release(&mut self) {
+    pub(crate) async fn release(&mut self) {
         self.systemd.unit_call(&self.path, "Unref").await;
         let _ = self.systemd.manager.reset_failed_unit(&self.name).await;
         lock(&self.live).remove(&self.name);

@@ -62,6 +62,8 @@ pub struct UnitExec {
     pub stderr_priority: Priority,
     /// journald's native socket.
     pub socket: PathBuf,
+    /// `LOCALD_IMAGE`: the digest of the image a container service runs.
+    pub image: Option<String>,
     /// The service's `argv[0]`, when it is not the program's path (`sh`
     /// for `/usr/bin/sh`, as a shell would pass it).
     pub arg0: Option<String>,
@@ -89,6 +91,10 @@ impl UnitExec {
             v.push("--build-id".into());
             v.push(id.clone());
         }
+        if let Some(i) = &self.image {
+            v.push("--image".into());
+            v.push(i.clone());
+        }
         if let Some(a) = &self.arg0 {
             v.push("--arg0".into());
             v.push(a.clone());
@@ -106,6 +112,7 @@ impl UnitExec {
         let mut phase = Phase::Run;
         let mut build_id = None;
         let mut arg0 = None;
+        let mut image = None;
         let mut stderr_priority = Priority::INFO;
         let mut socket = PathBuf::from(crate::journal::DEFAULT_SOCKET);
         loop {
@@ -132,6 +139,7 @@ impl UnitExec {
                 }
                 "--build-id" => build_id = Some(value),
                 "--arg0" => arg0 = Some(value),
+                "--image" => image = Some(value),
                 "--stderr-priority" => {
                     stderr_priority = value.parse().map_err(|e| format!("{e}"))?;
                 }
@@ -150,6 +158,7 @@ impl UnitExec {
             build_id,
             stderr_priority,
             socket,
+            image,
             arg0,
             argv,
         })
@@ -263,7 +272,7 @@ fn forward(exec: &UnitExec, service_pid: u32, out: OwnedFd, err: OwnedFd) {
             phase: exec.phase,
             pid: Some(service_pid),
             build_id: exec.build_id.as_deref().map(Into::into),
-            image: None,
+            image: exec.image.as_deref().map(Into::into),
         };
         let mut pumps = Vec::with_capacity(2);
         for (fd, stream) in [(out, Stream::Stdout), (err, Stream::Stderr)] {
@@ -291,6 +300,7 @@ mod tests {
             build_id: Some("b-1".into()),
             stderr_priority: Priority::WARNING,
             socket: "/run/x/socket".into(),
+            image: Some("sha256:ab".into()),
             arg0: Some("sh".into()),
             argv: vec!["/bin/sh".into(), "-c".into(), "echo -- --project".into()],
         };

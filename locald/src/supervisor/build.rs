@@ -285,7 +285,7 @@ impl Builder {
         // own under a user manager (its lines still the build phase).
         let runtime = self
             .runtime
-            .for_service(spec.workload.kind(), self.cfg.runtime);
+            .for_build(spec.workload.kind(), self.cfg.runtime);
         let proc = runtime
             .spawn(&spec)
             .await

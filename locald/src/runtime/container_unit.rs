@@ -1,0 +1,347 @@
+//! Image services as systemd transient user units: the container's
+//! `locald-shim run` is the unit's main process.
+//!
+//! Under a user manager an image service becomes
+//! `locald-<project>-<service>.service` like a host service: the unit starts
+//! as `locald internal-unit-exec` (the output forwarder, with
+//! `LOCALD_IMAGE` added), which execs `locald-shim run --bundle B ID`; the
+//! shim runs runc, runc the container. So the container outlives a daemon
+//! restart (the next daemon adopts the unit, as for a host service),
+//! `systemctl --user stop` stops it, and `systemctl --user status` and
+//! `list-units` show it.
+//!
+//! What systemd does not get is the container's cgroup: `locald-shim`
+//! places every container in `/locald-shim/u<uid>/<id>`, a root-owned tree
+//! of its own, whatever the caller's cgroup is. The unit's cgroup holds
+//! the forwarder, the shim and runc (which runs as root, so the user's
+//! manager cannot signal it). Stopping therefore goes through the shim:
+//!
+//! - locald stops the container with `locald-shim kill` (its stop signal,
+//!   then `KILL` after the timeout), as for a container it runs itself;
+//! - a stop by hand uses `KillMode=mixed`: the stop signal (the image's
+//!   `StopSignal`) goes to the unit's main process, the shim, which hands it
+//!   to runc and runc to the container; the final `SIGKILL` reaches only
+//!   what the user may signal;
+//! - `ExecStopPost=locald-shim delete --force ID` runs however the unit
+//!   ended (also after a `SIGKILL` of the shim, or with no daemon at all),
+//!   so no container outlives its unit.
+//!
+//! Accounting (CPU, memory) of the unit is therefore the shim's, not the
+//! container's; docs/systemd.md says so. Buildpacks builds stay children
+//! of locald: their phase banners are read from the output as it arrives.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use super::container::{
+    image_stop_signal, init_below, kill_detached, shim_signal, ContainerRuntime, Lease, Prepared,
+};
+use super::systemd::{SystemdRuntime, UnitCommand, UnitProcess};
+use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
+use crate::output::BoxFuture;
+use crate::shim_client::ShimClient;
+use crate::supervisor::notify::Notice;
+
+/// Runs image workloads as units of the user's systemd manager.
+pub struct ContainerUnitRuntime {
+    containers: Arc<ContainerRuntime>,
+    systemd: Arc<SystemdRuntime>,
+    /// Ids of containers in units started or adopted here.
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+impl ContainerUnitRuntime {
+    /// Containers prepared by `containers`, run in units of `systemd`.
+    pub fn new(containers: Arc<ContainerRuntime>, systemd: Arc<SystemdRuntime>) -> Self {
+        ContainerUnitRuntime {
+            containers,
+            systemd,
+            live: Arc::default(),
+        }
+    }
+
+    async fn start(&self, spec: &LaunchSpec) -> Result<Box<dyn Process>, RuntimeError> {
+        let Prepared {
+            id,
+            dir: _,
+            bundle,
+            image,
+        } = self.containers.prepare(spec).await?;
+        let shim = self.containers.shim().clone();
+        let stop_signal = image_stop_signal(image.stop_signal.as_deref());
+        let shim_path = shim.path().to_string_lossy().into_owned();
+        let cmd = UnitCommand {
+            program: shim_path.clone(),
+            argv: vec![
+                shim.path().as_os_str().to_owned(),
+                "run".into(),
+                "--bundle".into(),
+                bundle.into_os_string(),
+                "--id".into(),
+                id.clone().into(),
+            ],
+            arg0: None,
+            // Everything the container sees is in its bundle.
+            env: Vec::new(),
+            // The container talks to locald's notify socket (bound into it),
+            // not to the unit's, which only the shim could reach.
+            notify_ready: false,
+            watchdog: None,
+            kill_mode: "mixed",
+            kill_signal: stop_signal,
+            stop_post: Some(vec![
+                shim_path,
+                "delete".into(),
+                "--id".into(),
+                id.clone(),
+                "--force".into(),
+            ]),
+            image: Some(image.digest.clone()),
+        };
+        let unit = match self.systemd.start_unit(spec, cmd).await {
+            Ok(u) => u,
+            Err(e) => {
+                self.containers.remove_container(&id).await;
+                return Err(e);
+            }
+        };
+        let pid = container_pid(unit.pid()).await;
+        Ok(Box::new(self.process(
+            unit,
+            id,
+            pid,
+            image.digest,
+            stop_signal,
+            image.lease,
+        )))
+    }
+
+    fn process(
+        &self,
+        unit: UnitProcess,
+        id: String,
+        pid: u32,
+        image: String,
+        stop_signal: Signal,
+        lease: Lease,
+    ) -> ContainerUnitProcess {
+        lock(&self.live).insert(id.clone());
+        ContainerUnitProcess {
+            unit,
+            containers: self.containers.clone(),
+            shim: self.containers.shim().clone(),
+            id,
+            pid,
+            image,
+            stop_signal,
+            live: self.live.clone(),
+            _lease: lease,
+        }
+    }
+
+    async fn adopt_container(&self, spec: &LaunchSpec) -> Option<Box<dyn Process>> {
+        let Workload::Image { reference, .. } = &spec.workload else {
+            return None;
+        };
+        let id = super::container::container_id(&spec.key, &spec.unit);
+        let recorded = ContainerRuntime::recorded_image(&id)?;
+        let mut unit = self.systemd.adopt_unit(spec, (false, false)).await?;
+        // The reference may name another image by now (a tag moved, a new
+        // layout): then the running container is not what would start.
+        let image = match self.containers.image(reference, &spec.cwd).await {
+            Ok(i) if i.digest == recorded => i,
+            Ok(i) => {
+                tracing::info!(
+                    "{reference} is {} now, the running container has {recorded}: restarting it",
+                    i.digest
+                );
+                unit.release().await;
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("cannot prepare {reference} for the running container: {e}");
+                unit.release().await;
+                return None;
+            }
+        };
+        let pid = container_pid(unit.pid()).await;
+        let stop_signal = image_stop_signal(image.stop_signal.as_deref());
+        Some(Box::new(self.process(
+            unit,
+            id,
+            pid,
+            image.digest,
+            stop_signal,
+            image.lease,
+        )))
+    }
+}
+
+/// The container's init below the shim `shim_pid` (the unit's main
+/// process), once runc has made it; the shim's pid if it does not appear
+/// within 3 s (the container ended at once, or never started).
+async fn container_pid(shim_pid: u32) -> u32 {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        if let Some(pid) = init_below(shim_pid) {
+            return pid;
+        }
+        if !std::path::Path::new(&format!("/proc/{shim_pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shim_pid
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Runtime for ContainerUnitRuntime {
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<Box<dyn Process>, RuntimeError>> {
+        Box::pin(self.start(spec))
+    }
+
+    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Box<dyn Process>>> {
+        Box::pin(self.adopt_container(spec))
+    }
+
+    fn outlives_daemon<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, bool> {
+        self.systemd.outlives_daemon(key, unit)
+    }
+
+    fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            // The container first: its end lets the unit's shim end.
+            self.containers.clean_stale(key, unit).await + self.systemd.clean_stale(key, unit).await
+        })
+    }
+
+    fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
+        Box::pin(async move {
+            self.containers.sweep_abandoned().await + self.systemd.sweep_abandoned().await
+        })
+    }
+
+    fn kill_all(&self) {
+        for id in lock(&self.live).iter() {
+            kill_detached(self.containers.shim(), id);
+        }
+        self.systemd.kill_all();
+    }
+}
+
+/// A container running in its unit.
+struct ContainerUnitProcess {
+    unit: UnitProcess,
+    containers: Arc<ContainerRuntime>,
+    shim: ShimClient,
+    id: String,
+    /// The container's init as the host sees it.
+    pid: u32,
+    image: String,
+    stop_signal: Signal,
+    live: Arc<Mutex<HashSet<String>>>,
+    /// Keeps the rootfs from being pruned while the container runs.
+    _lease: Lease,
+}
+
+impl Process for ContainerUnitProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn take_stdout(&mut self) -> Option<Output> {
+        None
+    }
+
+    fn take_stderr(&mut self) -> Option<Output> {
+        None
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            // The shim exits with the container's status (128+N for a signal).
+            match self.unit.wait().await {
+                ExitStatus::Exited(c) if c > 128 && c < 128 + 65 => ExitStatus::Signaled(c - 128),
+                other => other,
+            }
+        })
+    }
+
+    fn stop(&mut self, signal: Signal, timeout: Duration) -> BoxFuture<'_, ExitStatus> {
+        Box::pin(async move {
+            self.unit.expect_stop();
+            if let Err(e) = self.shim.kill(&self.id, shim_signal(signal)).await {
+                tracing::debug!("locald-shim kill {}: {e}", self.id);
+            }
+            match tokio::time::timeout(timeout, self.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = self.shim.kill(&self.id, "KILL").await;
+                    self.wait().await
+                }
+            }
+        })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.unit.expect_stop();
+            // Gone already unless the shim died before it; then runc (root)
+            // keeps it alive and only the shim can end it.
+            let _ = self.shim.delete(&self.id, true).await;
+            self.unit.kill().await;
+            self.containers.remove_container(&self.id).await;
+            lock(&self.live).remove(&self.id);
+        })
+    }
+
+    fn kill_now(&self) {
+        kill_detached(&self.shim, &self.id);
+        self.unit.kill_now();
+    }
+
+    fn image(&self) -> Option<&str> {
+        Some(&self.image)
+    }
+
+    fn stop_signal(&self) -> Signal {
+        self.stop_signal
+    }
+
+    fn probe_prefix(&self) -> Option<Vec<String>> {
+        Some(vec![
+            self.shim.path().display().to_string(),
+            "exec".into(),
+            "--id".into(),
+            self.id.clone(),
+            "--".into(),
+        ])
+    }
+
+    fn stopped_outside(&self) -> bool {
+        self.unit.stopped_outside()
+    }
+
+    fn take_notices(&mut self) -> Option<mpsc::Receiver<Notice>> {
+        // READY=1 and STATUS= reach locald's own socket.
+        None
+    }
+
+    fn adopted_history(&self) -> Option<(u32, SystemTime)> {
+        self.unit.adopted_history()
+    }
+
+    fn runtime_name(&self) -> &'static str {
+        "systemd"
+    }
+}
