@@ -135,7 +135,7 @@ impl ContainerUnitRuntime {
             containers: self.containers.clone(),
             shim: self.containers.shim().clone(),
             id,
-            pid,
+            pid: std::cell::Cell::new(pid),
             image,
             stop_signal,
             live: self.live.clone(),
@@ -245,8 +245,9 @@ struct ContainerUnitProcess {
     containers: Arc<ContainerRuntime>,
     shim: ShimClient,
     id: String,
-    /// The container's init as the host sees it.
-    pid: u32,
+    /// The container's init as the host sees it; the shim's pid until it
+    /// was found (runc may take longer than [`container_pid`] waits).
+    pid: std::cell::Cell<u32>,
     image: String,
     stop_signal: Signal,
     live: Arc<Mutex<HashSet<String>>>,
@@ -256,7 +257,14 @@ struct ContainerUnitProcess {
 
 impl Process for ContainerUnitProcess {
     fn pid(&self) -> u32 {
-        self.pid
+        let pid = self.pid.get();
+        if pid == self.unit.pid() {
+            if let Some(init) = init_below(pid) {
+                self.pid.set(init);
+                return init;
+            }
+        }
+        pid
     }
 
     fn take_stdout(&mut self) -> Option<Output> {
