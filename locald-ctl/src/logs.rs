@@ -78,6 +78,12 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
     if let Some(n) = args.lines {
         v.push(format!("--lines={n}"));
     }
+    // LOCALD_* are fields a writer chooses: any local user can log
+    // `LOCALD_PROJECT=shop` (logger --journald), and a user who may read
+    // others' journals (group adm or systemd-journal) would see such lines
+    // as their own service's. Only the user's own count: `_UID` is set by
+    // journald from the sender's credentials.
+    let uid = own_uid();
     v.push(format!("LOCALD_PROJECT={}", args.project));
     if let Some(s) = &args.service {
         v.push(format!("LOCALD_SERVICE={s}"));
@@ -85,11 +91,13 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
     if let Some(p) = &args.phase {
         v.push(format!("LOCALD_PHASE={p}"));
     }
+    v.push(uid.clone());
     // A service run as a systemd user unit writes to the journal itself,
     // and systemd gives a user unit's lines no LogExtraFields: match the
     // unit (or the project's slice) too.
     if args.phase.as_deref().is_none_or(|p| p == "run") {
         v.push("+".into());
+        v.push(uid);
         match &args.service {
             Some(s) => v.push(format!(
                 "_SYSTEMD_USER_UNIT={}",
@@ -105,6 +113,12 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
 }
 
 pub(crate) use locald::journal::entry::{bytes, text};
+
+/// The journal match for entries this user's processes wrote.
+pub(crate) fn own_uid() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    format!("_UID={}", unsafe { libc::getuid() })
+}
 
 /// When the entry was written, as `output` shows it; `None` for formats
 /// without a time, or an entry without one. Like journalctl, the time the
@@ -212,6 +226,9 @@ mod tests {
         ] {
             assert!(v.iter().any(|x| x == want), "{want} in {v:?}");
         }
+        // Only the user's own entries, in every alternative of the match.
+        let groups: Vec<&[String]> = v.split(|x| x == "+").collect();
+        assert!(groups.iter().all(|g| g.contains(&own_uid())), "{v:?}");
     }
 
     #[test]
@@ -243,8 +260,11 @@ mod tests {
         let v = journalctl_args(&a);
         let plus = v.iter().position(|x| x == "+").expect("an OR");
         assert_eq!(
-            v[plus + 1],
-            "_SYSTEMD_USER_UNIT=locald-my\\x2dshop-web.service"
+            v[plus + 1..],
+            [
+                own_uid(),
+                "_SYSTEMD_USER_UNIT=locald-my\\x2dshop-web.service".to_owned()
+            ]
         );
         let e: Value = serde_json::from_str(
             r#"{"_SYSTEMD_USER_UNIT":"locald-my\\x2dshop-web.service","_SYSTEMD_USER_SLICE":"locald-my\\x2dshop.slice","SYSLOG_IDENTIFIER":"web","_PID":"42","MESSAGE":"hi"}"#,

@@ -273,6 +273,34 @@ fn services_run_as_transient_units_with_locald_fields() {
         "logs: {all}"
     );
 
+    // Another local user can write entries with any LOCALD_* field (and a
+    // USER_UNIT naming web's unit); a user who may read others' journals
+    // (group adm, as Debian makes its first user) sees them, but `locald-ctl
+    // logs` shows only the user's own (`_UID`, set by journald).
+    let eve = c.root(&["sh", "-c", "useradd -m eve && usermod -aG adm dev"]);
+    assert!(eve.status.success(), "{eve:?}");
+    let forged = c.root(&[
+        "setpriv",
+        "--reuid=eve",
+        "--regid=eve",
+        "--clear-groups",
+        "sh",
+        "-c",
+        "printf 'MESSAGE=forged-line\\nLOCALD_PROJECT=shop\\nLOCALD_SERVICE=web\\nLOCALD_PHASE=run\\nLOCALD_STREAM=stdout\\nSYSLOG_IDENTIFIER=web\\nUSER_UNIT=locald-shop-web.service\\n' | logger --journald",
+    ]);
+    assert!(forged.status.success(), "{}", text(&forged));
+    wait_until(Duration::from_secs(10), "dev reads eve's entry", || {
+        text(&c.user(HOME, "journalctl -q -o cat LOCALD_SERVICE=web")).contains("forged-line")
+    });
+    for query in ["locald-ctl logs web", "locald-ctl logs"] {
+        let out = text(&c.user(&format!("{HOME}/proj"), query));
+        assert!(out.contains("hello from web"), "{query}: {out}");
+        assert!(
+            !out.contains("forged-line"),
+            "{query} shows eve's line: {out}"
+        );
+    }
+
     // A stop through locald takes the setsid grandchild with the unit.
     assert_eq!(pids_with(&format!("{marker}-grand")).len(), 1);
     let stop = c.user(&format!("{HOME}/proj"), "locald-ctl stop web");

@@ -117,6 +117,9 @@ impl Query {
         if let Some(p) = &self.phase {
             v.push(format!("LOCALD_PHASE={p}"));
         }
+        // Another user can write entries with these fields; only this
+        // user's own are theirs (see `logs::journalctl_args`).
+        v.push(crate::logs::own_uid());
         v
     }
 }
@@ -228,6 +231,7 @@ mod tests {
         ] {
             assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
         }
+        assert!(args.contains(&crate::logs::own_uid()), "{args:?}");
     }
 
     #[test]
