@@ -256,3 +256,18 @@ pub fn wait_until(timeout: std::time::Duration, what: &str, mut f: impl FnMut() 
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
+
+/// The service object named `name` anywhere in `locald-ctl status --json`
+/// output.
+pub fn find_service<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("name").and_then(|n| n.as_str()) == Some(name) && m.contains_key("state") {
+                return Some(v);
+            }
+            m.values().find_map(|x| find_service(x, name))
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_service(x, name)),
+        _ => None,
+    }
+}

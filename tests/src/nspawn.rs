@@ -222,6 +222,27 @@ impl Container {
         std::fs::read_to_string(self.work.path().join("nspawn.log")).unwrap_or_default()
     }
 
+    /// The daemon's pid (in the container), as systemd knows it.
+    pub fn daemon_pid(&self) -> String {
+        self.show("locald.service", "MainPID")
+    }
+
+    /// Waits until systemd runs a daemon other than `old`.
+    pub fn wait_for_new_daemon(&self, old: &str) {
+        wait_until(Duration::from_secs(20), "a new daemon", || {
+            let pid = self.daemon_pid();
+            pid != old && pid != "0" && !pid.is_empty()
+        });
+    }
+
+    /// `kill -9` of the daemon; returns once systemd has started the next.
+    pub fn kill_daemon(&self) {
+        let old = self.daemon_pid();
+        let k = self.root(&["kill", "-KILL", &old]);
+        assert!(k.status.success(), "{k:?}");
+        self.wait_for_new_daemon(&old);
+    }
+
     /// Runs a command as root inside the container.
     pub fn root(&self, argv: &[&str]) -> Output {
         Command::new("nsenter")
@@ -295,6 +316,34 @@ impl Drop for Container {
             eprintln!("--- systemd-nspawn log ---\n{}", self.log());
         }
     }
+}
+
+/// Boots a container with a user manager (after `prepare` wrote into its
+/// root) and reloads the user's units; `None`, after saying why, when this
+/// machine cannot (a failure instead under `CI=true`).
+pub fn boot_or_skip(prepare: impl FnOnce(&Path)) -> Option<Container> {
+    if crate::require(
+        available().is_ok(),
+        &format!(
+            "cannot boot a systemd container: {}",
+            available().err().unwrap_or_default()
+        ),
+    ) {
+        return None;
+    }
+    let c = Container::boot(prepare);
+    let reload = c.user(HOME, "systemctl --user daemon-reload");
+    assert!(reload.status.success(), "{reload:?}");
+    Some(c)
+}
+
+/// Stdout and stderr of a command, as one text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Installs locald into the container's user home at `root` as

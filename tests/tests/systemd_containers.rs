@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use locald_tests::images::build_busybox_layout;
-use locald_tests::nspawn::{self, wait_until, Container, HOME};
-use locald_tests::{pids_with, require, unique};
+use locald_tests::nspawn::{self, text, wait_until, Container, HOME};
+use locald_tests::{find_service, pids_with, require, unique};
 
 const WEB: &str = "locald-box-web.service";
 
@@ -55,21 +55,12 @@ stop_timeout = "5s"
 }
 
 fn boot(marker: &str) -> Option<Container> {
-    if require(
-        nspawn::available().is_ok(),
-        &format!(
-            "cannot boot a systemd container: {}",
-            nspawn::available().err().unwrap_or_default()
-        ),
-    ) {
-        return None;
-    }
     if let Some(why) = locald_tests::images::missing_tools() {
         if require(false, &why) {
             return None;
         }
     }
-    let c = Container::boot(|root| install(root, marker));
+    let c = nspawn::boot_or_skip(|root| install(root, marker))?;
     // nspawn mounts the v1 controllers read-only; runc needs to make the
     // shim's cgroups in them (shared/testing-notes.md).
     let rw = c.root(&[
@@ -78,17 +69,7 @@ fn boot(marker: &str) -> Option<Container> {
         "for d in /sys/fs/cgroup/*/; do mount -o remount,bind,rw \"$d\" 2>/dev/null; done; true",
     ]);
     assert!(rw.status.success(), "{rw:?}");
-    let reload = c.user(HOME, "systemctl --user daemon-reload");
-    assert!(reload.status.success(), "{reload:?}");
     Some(c)
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn status_json(c: &Container) -> serde_json::Value {
@@ -98,20 +79,9 @@ fn status_json(c: &Container) -> serde_json::Value {
 
 /// web's entry in `status --json` (`null` while there is none).
 fn web(c: &Container) -> serde_json::Value {
-    fn find(v: &serde_json::Value) -> Option<&serde_json::Value> {
-        match v {
-            serde_json::Value::Object(m) => {
-                if m.get("name").and_then(|n| n.as_str()) == Some("web") && m.contains_key("state")
-                {
-                    return Some(v);
-                }
-                m.values().find_map(find)
-            }
-            serde_json::Value::Array(a) => a.iter().find_map(find),
-            _ => None,
-        }
-    }
-    find(&status_json(c)).cloned().unwrap_or_default()
+    find_service(&status_json(c), "web")
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The journal's lines of web, as the user reads them.
@@ -135,10 +105,6 @@ fn container_shells(marker: &str) -> Vec<i32> {
                 .unwrap_or(false)
         })
         .collect()
-}
-
-fn daemon_pid(c: &Container) -> String {
-    c.show("locald.service", "MainPID")
 }
 
 #[test]
@@ -204,14 +170,7 @@ fn image_services_run_in_units_and_survive_a_daemon_restart() {
     );
 
     // A daemon kill -9: the container keeps running, adopted.
-    let old = daemon_pid(&c);
-    let k = c.root(&["kill", "-KILL", &old]);
-    assert!(k.status.success(), "{k:?}");
-    wait_until(Duration::from_secs(20), "a new daemon", || {
-        let p = daemon_pid(&c);
-        p != old && p != "0" && !p.is_empty()
-    });
-    // The next daemon starts at the next call (bus activation) and adopts.
+    c.kill_daemon();
     wait_until(Duration::from_secs(30), "web adopted", || {
         let w = web(&c);
         w["state"] == "running" && w["main_pid"].as_u64() == Some(pid)
@@ -259,7 +218,7 @@ fn a_killed_shim_leaves_no_container_behind() {
     // container alive. With the daemon frozen, only the unit's ExecStopPost
     // (the shim's delete) can end it. Then locald restarts web, with one
     // container, never two.
-    let daemon = daemon_pid(&c);
+    let daemon = c.daemon_pid();
     let shim = c.show(WEB, "MainPID");
     let k = c.user(HOME, &format!("kill -STOP {daemon}; kill -KILL {shim}"));
     assert!(k.status.success(), "{}", text(&k));

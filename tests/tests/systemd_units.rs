@@ -12,8 +12,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use locald_tests::nspawn::{self, wait_until, Container, HOME};
-use locald_tests::{pids_with, require, service_pids, unique};
+use locald_tests::nspawn::{self, text, wait_until, Container, HOME};
+use locald_tests::{find_service, pids_with, service_pids, unique};
 
 fn install(root: &Path, marker: &str) {
     let home = root.join(HOME.trim_start_matches('/'));
@@ -91,35 +91,6 @@ command = ["sh", "-c", "echo app up; sleep 1000", "{marker}-app"]
     nspawn::give_home_to_user(root);
 }
 
-/// The daemon's pid (in the container), as systemd knows it.
-fn daemon_pid(c: &Container) -> String {
-    show(c, "locald.service", "MainPID")
-}
-
-/// Waits until systemd runs a daemon other than `old`.
-fn wait_for_new_daemon(c: &Container, old: &str) {
-    wait_until(Duration::from_secs(20), "a new daemon", || {
-        let pid = daemon_pid(c);
-        pid != old && pid != "0" && !pid.is_empty()
-    });
-}
-
-/// `kill -9` of the daemon; returns once systemd has started the next.
-fn kill_daemon(c: &Container) {
-    let old = daemon_pid(c);
-    let k = c.root(&["kill", "-KILL", &old]);
-    assert!(k.status.success(), "{k:?}");
-    wait_for_new_daemon(c, &old);
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn show(c: &Container, unit: &str, prop: &str) -> String {
     c.show(unit, prop)
 }
@@ -129,33 +100,7 @@ fn status(c: &Container) -> String {
 }
 
 fn boot(marker: &str) -> Option<Container> {
-    if require(
-        nspawn::available().is_ok(),
-        &format!(
-            "cannot boot a systemd container: {}",
-            nspawn::available().err().unwrap_or_default()
-        ),
-    ) {
-        return None;
-    }
-    let c = Container::boot(|root| install(root, marker));
-    let reload = c.user(HOME, "systemctl --user daemon-reload");
-    assert!(reload.status.success(), "{reload:?}");
-    Some(c)
-}
-
-/// The service object named `name` anywhere in `status --json` output.
-fn find_service<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
-    match v {
-        serde_json::Value::Object(m) => {
-            if m.get("name").and_then(|n| n.as_str()) == Some(name) && m.contains_key("state") {
-                return Some(v);
-            }
-            m.values().find_map(|x| find_service(x, name))
-        }
-        serde_json::Value::Array(a) => a.iter().find_map(|x| find_service(x, name)),
-        _ => None,
-    }
+    nspawn::boot_or_skip(|root| install(root, marker))
 }
 
 const WEB: &str = "locald-shop-web.service";
@@ -370,7 +315,7 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
     });
 
     // kill -9: systemd restarts the daemon, which adopts both units.
-    kill_daemon(&c);
+    c.kill_daemon();
     wait_until(Duration::from_secs(15), "web adopted", || {
         running_with(&web)
     });
@@ -379,10 +324,10 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
     assert_eq!(service_pids(&format!("{marker}-web")).len(), 1);
 
     // `systemctl --user restart locald` (an upgrade) keeps them too.
-    let old = daemon_pid(&c);
+    let old = c.daemon_pid();
     let r = c.user(HOME, "systemctl --user restart locald");
     assert!(r.status.success(), "{r:?}");
-    wait_for_new_daemon(&c, &old);
+    c.wait_for_new_daemon(&old);
     wait_until(Duration::from_secs(15), "web adopted again", || {
         running_with(&web)
     });
@@ -397,7 +342,7 @@ fn services_keep_their_pids_across_daemon_kill_and_restart() {
         &format!("sed -i 's/^\\[services.db\\]$/[services.db]\\nenv = {{ CHANGED = \"1\" }}/' {file} && grep -c CHANGED {file}"),
     );
     assert!(edit.status.success(), "edit: {}", text(&edit));
-    kill_daemon(&c);
+    c.kill_daemon();
     wait_until(Duration::from_secs(15), "db started afresh", || {
         let pid = show(&c, DB, "MainPID");
         show(&c, DB, "ActiveState") == "active" && pid != db && pid != "0"
@@ -550,7 +495,7 @@ fn unit_output_is_live_notify_goes_through_the_unit_and_restarts_survive_adoptio
     );
     let flaky_pid = show(&c, FLAKY, "MainPID");
     let ticker_pid = show(&c, TICKER, "MainPID");
-    kill_daemon(&c);
+    c.kill_daemon();
     wait_until(
         Duration::from_secs(15),
         "flaky adopted with its count",
@@ -669,7 +614,7 @@ fn host_builds_run_as_units_and_a_daemon_restart_cancels_them() {
     // afresh; the service then starts from the new build.
     let old_build = service_pids(&format!("{marker}-build"));
     assert_eq!(old_build.len(), 1, "{old_build:?}");
-    kill_daemon(&c);
+    c.kill_daemon();
     wait_until(Duration::from_secs(15), "the old build gone", || {
         !std::path::Path::new(&format!("/proc/{}", old_build[0])).exists()
     });

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use locald_tests::nspawn::{self, wait_until, Container, HOME};
-use locald_tests::{pids_with, require, service_pids, unique};
+use locald_tests::{pids_with, service_pids, unique};
 
 fn install(root: &Path, marker: &str) {
     let home = root.join(HOME.trim_start_matches('/'));
@@ -38,19 +38,10 @@ fn show(c: &Container, prop: &str) -> String {
 
 #[test]
 fn unit_installed_by_hand_runs_in_a_real_user_manager() {
-    if require(
-        nspawn::available().is_ok(),
-        &format!(
-            "cannot boot a systemd container: {}",
-            nspawn::available().err().unwrap_or_default()
-        ),
-    ) {
-        return;
-    }
     let marker = unique("e2e-marker");
-    let c = Container::boot(|root| install(root, &marker));
-    let reload = c.user(HOME, "systemctl --user daemon-reload");
-    assert!(reload.status.success(), "{reload:?}");
+    let Some(c) = nspawn::boot_or_skip(|root| install(root, &marker)) else {
+        return;
+    };
     assert_eq!(show(&c, "ActiveState"), "inactive");
 
     // The first call activates the daemon through the bus and systemd.

@@ -268,7 +268,7 @@ pub(crate) fn image_stop_signal(s: Option<&str>) -> Signal {
 }
 
 /// The signal name `locald-shim kill` takes (`TERM`, not `SIGTERM`).
-pub(crate) fn shim_signal(sig: Signal) -> &'static str {
+fn shim_signal(sig: Signal) -> &'static str {
     sig.as_str().trim_start_matches("SIG")
 }
 
@@ -631,6 +631,47 @@ impl Runtime for ContainerRuntime {
     }
 }
 
+/// Stops container `id` of `process` through the shim: `signal`, then
+/// `KILL` after `timeout`; returns how the container ended.
+pub(crate) async fn stop_through_shim(
+    process: &mut dyn Process,
+    shim: &ShimClient,
+    id: &str,
+    signal: Signal,
+    timeout: Duration,
+) -> ExitStatus {
+    if let Err(e) = shim.kill(id, shim_signal(signal)).await {
+        tracing::debug!("locald-shim kill {id}: {e}");
+    }
+    match tokio::time::timeout(timeout, process.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            let _ = shim.kill(id, "KILL").await;
+            process.wait().await
+        }
+    }
+}
+
+/// The argv prefix that runs a command inside container `id`.
+pub(crate) fn exec_prefix(shim: &ShimClient, id: &str) -> Vec<String> {
+    vec![
+        shim.path().display().to_string(),
+        "exec".into(),
+        "--id".into(),
+        id.to_owned(),
+        "--".into(),
+    ]
+}
+
+/// The container's status from `locald-shim run`'s: it exits 128+N when
+/// the container was killed by signal N, as runc reports it.
+pub(crate) fn container_status(shim: ExitStatus) -> ExitStatus {
+    match shim {
+        ExitStatus::Exited(c) if c > 128 && c < 128 + 65 => ExitStatus::Signaled(c - 128),
+        other => other,
+    }
+}
+
 /// Sends KILL through the shim without waiting (from `Drop` and the second
 /// Ctrl-C, where nothing may block).
 pub(crate) fn kill_detached(shim: &ShimClient, id: &str) {
@@ -681,15 +722,8 @@ impl Process for ContainerProcess {
             if let Some(e) = self.exit {
                 return e;
             }
-            // `locald-shim run` exits with the container's status (128+N
-            // for a signal, as runc reports it).
             let status = match self.child.wait().await {
-                Ok(s) => match ExitStatus::from_std(s) {
-                    ExitStatus::Exited(c) if c > 128 && c < 128 + 65 => {
-                        ExitStatus::Signaled(c - 128)
-                    }
-                    other => other,
-                },
+                Ok(s) => container_status(ExitStatus::from_std(s)),
                 Err(_) => ExitStatus::Exited(-1),
             };
             self.exit = Some(status);
@@ -699,16 +733,8 @@ impl Process for ContainerProcess {
 
     fn stop(&mut self, signal: Signal, timeout: Duration) -> BoxFuture<'_, ExitStatus> {
         Box::pin(async move {
-            if let Err(e) = self.shim.kill(&self.id, shim_signal(signal)).await {
-                tracing::debug!("locald-shim kill {}: {e}", self.id);
-            }
-            match tokio::time::timeout(timeout, self.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    let _ = self.shim.kill(&self.id, "KILL").await;
-                    self.wait().await
-                }
-            }
+            let (shim, id) = (self.shim.clone(), self.id.clone());
+            stop_through_shim(self, &shim, &id, signal, timeout).await
         })
     }
 
@@ -737,13 +763,7 @@ impl Process for ContainerProcess {
     }
 
     fn probe_prefix(&self) -> Option<Vec<String>> {
-        Some(vec![
-            self.shim.path().display().to_string(),
-            "exec".into(),
-            "--id".into(),
-            self.id.clone(),
-            "--".into(),
-        ])
+        Some(exec_prefix(&self.shim, &self.id))
     }
 }
 

@@ -38,7 +38,8 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 use super::container::{
-    image_stop_signal, init_below, kill_detached, shim_signal, ContainerRuntime, Lease, Prepared,
+    container_status, exec_prefix, image_stop_signal, init_below, kill_detached, stop_through_shim,
+    ContainerRuntime, Lease, Prepared,
 };
 use super::systemd::{SystemdRuntime, UnitCommand, UnitProcess};
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
@@ -276,28 +277,14 @@ impl Process for ContainerUnitProcess {
     }
 
     fn wait(&mut self) -> BoxFuture<'_, ExitStatus> {
-        Box::pin(async move {
-            // The shim exits with the container's status (128+N for a signal).
-            match self.unit.wait().await {
-                ExitStatus::Exited(c) if c > 128 && c < 128 + 65 => ExitStatus::Signaled(c - 128),
-                other => other,
-            }
-        })
+        Box::pin(async move { container_status(self.unit.wait().await) })
     }
 
     fn stop(&mut self, signal: Signal, timeout: Duration) -> BoxFuture<'_, ExitStatus> {
         Box::pin(async move {
             self.unit.expect_stop();
-            if let Err(e) = self.shim.kill(&self.id, shim_signal(signal)).await {
-                tracing::debug!("locald-shim kill {}: {e}", self.id);
-            }
-            match tokio::time::timeout(timeout, self.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    let _ = self.shim.kill(&self.id, "KILL").await;
-                    self.wait().await
-                }
-            }
+            let (shim, id) = (self.shim.clone(), self.id.clone());
+            stop_through_shim(self, &shim, &id, signal, timeout).await
         })
     }
 
@@ -327,13 +314,7 @@ impl Process for ContainerUnitProcess {
     }
 
     fn probe_prefix(&self) -> Option<Vec<String>> {
-        Some(vec![
-            self.shim.path().display().to_string(),
-            "exec".into(),
-            "--id".into(),
-            self.id.clone(),
-            "--".into(),
-        ])
+        Some(exec_prefix(&self.shim, &self.id))
     }
 
     fn stopped_outside(&self) -> bool {
