@@ -47,6 +47,12 @@ name = "box"
 image = "oci:./layout:v1"
 command = ["/bin/busybox", "sh", "-c", "trap 'echo box-bye; exit 0' TERM; echo box-up; while :; do /bin/busybox sleep 0.2; done", "{marker}-web"]
 stop_timeout = "5s"
+
+# Opted out: a child of locald through the shim, no unit.
+[services.side]
+image = "oci:./layout:v1"
+command = ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /bin/busybox sleep 0.2; done", "{marker}-side"]
+runtime = "host"
 "#
         ),
     )
@@ -146,6 +152,19 @@ fn image_services_run_in_units_and_survive_a_daemon_restart() {
         "the container's pid, not the shim's"
     );
     assert_eq!(container_shells(&marker).len(), 1);
+    // `runtime = "host"` keeps an image service a child of locald.
+    wait_until(Duration::from_secs(30), "side running", || {
+        find_service(&status_json(&c), "side").is_some_and(|s| s["state"] == "running")
+    });
+    let side = find_service(&status_json(&c), "side")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(side["runtime"], "container", "{side}");
+    assert_eq!(
+        c.show("locald-box-side.service", "LoadState"),
+        "not-found",
+        "side has a unit"
+    );
 
     // Output with locald's fields and the image's digest.
     let out = c.root(&[
