@@ -129,6 +129,8 @@ fn image_services_run_in_units_and_survive_a_daemon_restart() {
     // image's stop signal to the main process only, and deletes the
     // container however it ends.
     assert_eq!(c.show(WEB, "KillMode"), "mixed");
+    assert_eq!(c.show(WEB, "KillSignal"), "15");
+    assert_eq!(c.show(WEB, "TimeoutStopUSec"), "5s");
     assert_eq!(c.show(WEB, "Slice"), "locald-box.slice");
     let start = c.show(WEB, "ExecStart");
     assert!(
@@ -187,6 +189,8 @@ fn image_services_run_in_units_and_survive_a_daemon_restart() {
             .is_some_and(|d| d.starts_with("sha256:")),
         "{entry}"
     );
+    // The container's pid, as when locald runs the shim itself.
+    assert_eq!(entry["LOCALD_PID"], pid.to_string().as_str(), "{entry}");
 
     // A daemon kill -9: the container keeps running, adopted.
     c.kill_daemon();
@@ -200,6 +204,39 @@ fn image_services_run_in_units_and_survive_a_daemon_restart() {
         "the unit was not restarted"
     );
     assert_eq!(container_shells(&marker).len(), 1);
+
+    // A graceful restart (an upgrade) too; and the container still reaches
+    // the new daemon's notify socket: its directory is bind-mounted, so the
+    // socket must be made again in that same directory.
+    let old = c.daemon_pid();
+    let r = c.user(HOME, "systemctl --user restart locald");
+    assert!(r.status.success(), "{}", text(&r));
+    c.wait_for_new_daemon(&old);
+    wait_until(Duration::from_secs(30), "web adopted again", || {
+        let w = web(&c);
+        w["state"] == "running" && w["main_pid"].as_u64() == Some(pid)
+    });
+    assert_eq!(
+        c.show(WEB, "MainPID"),
+        main_pid,
+        "restarted by a daemon restart"
+    );
+    let inode = |argv: &[&str]| text(&c.root(argv)).trim().to_owned();
+    let outside = inode(&[
+        "sh",
+        "-c",
+        "stat -c %i /run/user/1000/locald/notify/*.web/notify.sock",
+    ]);
+    let inside = inode(&[
+        "stat",
+        "-c",
+        "%i",
+        &format!("/proc/{pid}/root/run/locald/notify/notify.sock"),
+    ]);
+    assert!(
+        !outside.is_empty() && outside == inside,
+        "{outside} vs {inside}"
+    );
 
     // A stop by hand reaches the container with its stop signal, and
     // locald takes it as a stop, not a crash.

@@ -122,6 +122,9 @@ fn services_run_as_transient_units_with_locald_fields() {
     assert_eq!(show(&c, WEB, "Restart"), "no");
     assert_eq!(show(&c, WEB, "CollectMode"), "inactive-or-failed");
     assert_eq!(show(&c, WEB, "SyslogIdentifier"), "web");
+    // A stop by hand stops it as locald would.
+    assert_eq!(show(&c, WEB, "KillSignal"), "15");
+    assert_eq!(show(&c, WEB, "TimeoutStopUSec"), "2s");
     let fields = show(&c, WEB, "LogExtraFields");
     for f in [
         "LOCALD_PROJECT=shop",

@@ -68,7 +68,8 @@ impl Accounting {
 }
 
 /// Whether the cgroup `rel` (as `/proc/PID/cgroup` names it) counts for a
-/// service of user `uid`: a locald unit's, or the cgroup `locald-shim` gave
+/// service of user `uid`: a locald unit of the user's own manager, or the
+/// cgroup `locald-shim` gave
 /// one of the user's containers (`/locald-shim/u<uid>/locald-…`), which a
 /// container service's unit does not hold.
 fn accountable(rel: &str, uid: u32) -> bool {
@@ -76,7 +77,9 @@ fn accountable(rel: &str, uid: u32) -> bool {
         return false;
     }
     let last = rel.rsplit('/').next().unwrap_or_default();
-    let unit = last.starts_with("locald-") && last.ends_with(".service");
+    let unit = last.starts_with("locald-")
+        && last.ends_with(".service")
+        && rel.contains(&format!("/user@{uid}.service/"));
     let container = rel
         .strip_prefix(&format!("/locald-shim/u{uid}/"))
         .is_some_and(|id| id.starts_with("locald-") && !id.contains('/'));
@@ -140,6 +143,10 @@ mod tests {
         assert!(!accountable("/locald-shim/u1000/other", 1000));
         assert!(!accountable("/locald-shim/u1000/locald-x/deeper", 1000));
         assert!(!accountable("/user.slice/sshd.service", 1000));
+        // Another user's manager's unit of the same name.
+        let other =
+            "/user.slice/user-1001.slice/user@1001.service/app.slice/locald-shop-web.service";
+        assert!(!accountable(other, 1000));
         assert!(!accountable("/x/../locald-a.service", 1000));
     }
 

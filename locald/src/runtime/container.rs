@@ -519,11 +519,29 @@ impl ContainerRuntime {
 /// runc that is pid 1 of a pid namespace of its own (`NSpid: HOST … 1`).
 /// It keeps that pid from creation through its exec of the command, as
 /// runc's state reports it. `None` until runc has created it.
-pub(crate) fn init_below(shim_pid: u32) -> Option<u32> {
+fn init_below(shim_pid: u32) -> Option<u32> {
     children(shim_pid)
         .into_iter()
         .flat_map(children)
         .find(|&pid| is_pid_namespace_init(pid))
+}
+
+/// The container's init below the shim `shim_pid` (not locald's child: a
+/// unit's main process), once runc has made it; `shim_pid` if the shim
+/// ends first or 30 s pass (runc is slow on a loaded machine; until then
+/// the service is starting).
+pub(crate) async fn wait_for_init(shim_pid: u32) -> u32 {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(pid) = init_below(shim_pid) {
+            return pid;
+        }
+        if !Path::new(&format!("/proc/{shim_pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shim_pid
 }
 
 /// The children of every thread of `pid` (`/proc/PID/task/*/children`,

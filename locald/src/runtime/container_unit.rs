@@ -18,10 +18,11 @@
 //!
 //! - locald stops the container with `locald-shim kill` (its stop signal,
 //!   then `KILL` after the timeout), as for a container it runs itself;
-//! - a stop by hand uses `KillMode=mixed`: the stop signal (the image's
-//!   `StopSignal`) goes to the unit's main process, the shim, which hands it
-//!   to runc and runc to the container; the final `SIGKILL` reaches only
-//!   what the user may signal;
+//! - a stop by hand uses `KillMode=mixed`: the stop signal (the service's,
+//!   else the image's `StopSignal`, if it is one the shim hands on) goes to
+//!   the unit's main process, the shim, which hands it to runc and runc to
+//!   the container; the final `SIGKILL` reaches only what the user may
+//!   signal;
 //! - `ExecStopPost=locald-shim delete --force ID` runs however the unit
 //!   ended (also after a `SIGKILL` of the shim, or with no daemon at all),
 //!   so no container outlives its unit.
@@ -38,8 +39,8 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 use super::container::{
-    container_status, exec_prefix, image_stop_signal, init_below, kill_detached, stop_through_shim,
-    ContainerRuntime, Lease, Prepared,
+    container_status, exec_prefix, image_stop_signal, kill_detached, stop_through_shim,
+    wait_for_init, ContainerRuntime, Lease, Prepared,
 };
 use super::systemd::{SystemdRuntime, UnitCommand, UnitProcess};
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
@@ -93,7 +94,8 @@ impl ContainerUnitRuntime {
             notify_ready: false,
             watchdog: None,
             kill_mode: "mixed",
-            kill_signal: stop_signal,
+            kill_signal: hand_stop_signal(spec.stop_signal.unwrap_or(stop_signal)),
+            stop_timeout: spec.stop_timeout,
             stop_post: Some(vec![
                 shim_path,
                 "delete".into(),
@@ -110,7 +112,7 @@ impl ContainerUnitRuntime {
                 return Err(e);
             }
         };
-        let pid = container_pid(unit.pid()).await;
+        let pid = wait_for_init(unit.pid()).await;
         Ok(Box::new(self.process(
             unit,
             id,
@@ -136,7 +138,7 @@ impl ContainerUnitRuntime {
             containers: self.containers.clone(),
             shim: self.containers.shim().clone(),
             id,
-            pid: std::cell::Cell::new(pid),
+            pid,
             image,
             stop_signal,
             live: self.live.clone(),
@@ -169,7 +171,7 @@ impl ContainerUnitRuntime {
                 return None;
             }
         };
-        let pid = container_pid(unit.pid()).await;
+        let pid = wait_for_init(unit.pid()).await;
         let stop_signal = image_stop_signal(image.stop_signal.as_deref());
         Some(Box::new(self.process(
             unit,
@@ -182,21 +184,17 @@ impl ContainerUnitRuntime {
     }
 }
 
-/// The container's init below the shim `shim_pid` (the unit's main
-/// process), once runc has made it; the shim's pid if it does not appear
-/// within 3 s (the container ended at once, or never started).
-async fn container_pid(shim_pid: u32) -> u32 {
-    let start = tokio::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        if let Some(pid) = init_below(shim_pid) {
-            return pid;
-        }
-        if !std::path::Path::new(&format!("/proc/{shim_pid}")).exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// The signal a stop by hand (`systemctl --user stop`) sends the unit's
+/// main process, the shim: `stop` if the shim hands it on to the container
+/// (the signals `locald-shim run` forwards), `SIGKILL` as it is (the shim
+/// dies and `ExecStopPost` deletes the container), else `SIGTERM` — any
+/// other signal would kill or stop the shim, not reach the container.
+fn hand_stop_signal(stop: Signal) -> Signal {
+    use Signal::*;
+    match stop {
+        SIGINT | SIGTERM | SIGHUP | SIGQUIT | SIGUSR1 | SIGUSR2 | SIGWINCH | SIGKILL => stop,
+        _ => SIGTERM,
     }
-    shim_pid
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -215,28 +213,22 @@ impl Runtime for ContainerUnitRuntime {
         Box::pin(self.adopt_container(spec))
     }
 
-    fn outlives_daemon<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, bool> {
-        self.systemd.outlives_daemon(key, unit)
-    }
-
-    fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
-        Box::pin(async move {
-            // The container first: its end lets the unit's shim end.
-            self.containers.clean_stale(key, unit).await + self.systemd.clean_stale(key, unit).await
-        })
+    // What is left of a container unit is a container and a unit: the
+    // container kind (before the systemd kind in `RuntimeSet`, so the
+    // container ends before its shim's unit is stopped) and the systemd
+    // kind clean those up.
+    fn clean_stale<'a>(&'a self, _key: &'a str, _unit: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(std::future::ready(0))
     }
 
     fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
-        Box::pin(async move {
-            self.containers.sweep_abandoned().await + self.systemd.sweep_abandoned().await
-        })
+        Box::pin(std::future::ready(0))
     }
 
     fn kill_all(&self) {
         for id in lock(&self.live).iter() {
             kill_detached(self.containers.shim(), id);
         }
-        self.systemd.kill_all();
     }
 }
 
@@ -246,9 +238,8 @@ struct ContainerUnitProcess {
     containers: Arc<ContainerRuntime>,
     shim: ShimClient,
     id: String,
-    /// The container's init as the host sees it; the shim's pid until it
-    /// was found (runc may take longer than [`container_pid`] waits).
-    pid: std::cell::Cell<u32>,
+    /// The container's init as the host sees it.
+    pid: u32,
     image: String,
     stop_signal: Signal,
     live: Arc<Mutex<HashSet<String>>>,
@@ -258,14 +249,7 @@ struct ContainerUnitProcess {
 
 impl Process for ContainerUnitProcess {
     fn pid(&self) -> u32 {
-        let pid = self.pid.get();
-        if pid == self.unit.pid() {
-            if let Some(init) = init_below(pid) {
-                self.pid.set(init);
-                return init;
-            }
-        }
-        pid
+        self.pid
     }
 
     fn take_stdout(&mut self) -> Option<Output> {
@@ -284,7 +268,17 @@ impl Process for ContainerUnitProcess {
         Box::pin(async move {
             self.unit.expect_stop();
             let (shim, id) = (self.shim.clone(), self.id.clone());
-            stop_through_shim(self, &shim, &id, signal, timeout).await
+            let grace = timeout + Duration::from_secs(5);
+            let stop = stop_through_shim(self, &shim, &id, signal, timeout);
+            match tokio::time::timeout(grace, stop).await {
+                Ok(status) => status,
+                // runc never made the container (nothing to kill by id):
+                // the unit's SIGKILL ends the shim, ExecStopPost the rest.
+                Err(_) => {
+                    self.unit.kill_now();
+                    self.wait().await
+                }
+            }
         })
     }
 
@@ -293,9 +287,26 @@ impl Process for ContainerUnitProcess {
             self.unit.expect_stop();
             // Gone already unless the shim died before it; then runc (root)
             // keeps it alive and only the shim can end it.
-            let _ = self.shim.delete(&self.id, true).await;
+            let mut gone = false;
+            for _ in 0..5 {
+                let _ = self.shim.delete(&self.id, true).await;
+                if self.shim.state(&self.id).await.is_err() {
+                    gone = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             self.unit.kill().await;
-            self.containers.remove_container(&self.id).await;
+            if gone {
+                self.containers.remove_container(&self.id).await;
+            } else {
+                // Its files stay under a container that may still run; the
+                // next start (or the sweep) deletes it by id first.
+                tracing::warn!(
+                    "container {} did not go away; left for the next start",
+                    self.id
+                );
+            }
             lock(&self.live).remove(&self.id);
         })
     }
@@ -332,5 +343,21 @@ impl Process for ContainerUnitProcess {
 
     fn runtime_name(&self) -> &'static str {
         "systemd"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_stop_sends_only_what_the_shim_hands_on() {
+        assert_eq!(hand_stop_signal(Signal::SIGQUIT), Signal::SIGQUIT);
+        assert_eq!(hand_stop_signal(Signal::SIGINT), Signal::SIGINT);
+        assert_eq!(hand_stop_signal(Signal::SIGKILL), Signal::SIGKILL);
+        // These would stop or kill the shim itself.
+        assert_eq!(hand_stop_signal(Signal::SIGPWR), Signal::SIGTERM);
+        assert_eq!(hand_stop_signal(Signal::SIGSTOP), Signal::SIGTERM);
+        assert_eq!(hand_stop_signal(Signal::SIGALRM), Signal::SIGTERM);
     }
 }

@@ -133,6 +133,12 @@ pub struct LaunchSpec {
     /// The build's id when this is a build (unit `NAME.build`): its output
     /// is the build phase of service `NAME`.
     pub build_id: Option<String>,
+    /// The service's own `stop_signal` (`None`: the workload's default,
+    /// SIGTERM or an image's StopSignal), for a runtime whose workload can
+    /// also be stopped by someone else (a unit's `KillSignal=`).
+    pub stop_signal: Option<Signal>,
+    /// `stop_timeout`, likewise (a unit's `TimeoutStopSec=`).
+    pub stop_timeout: Duration,
     /// How often the service was restarted so far; a workload that outlives
     /// the daemon keeps it for the next one ([`Process::adopted_history`]).
     pub restarts: u32,
@@ -531,6 +537,7 @@ impl RuntimeSet {
         [&self.host, &self.container]
             .into_iter()
             .chain(self.systemd.as_ref())
+            .chain(self.container_unit.as_ref())
     }
 
     /// [`Runtime::clean_stale`] of every kind: a service whose kind changed

@@ -409,7 +409,8 @@ impl SystemdRuntime {
             notify_ready: spec.notify_ready,
             watchdog: spec.watchdog,
             kill_mode: "control-group",
-            kill_signal: Signal::SIGTERM,
+            kill_signal: spec.stop_signal.unwrap_or(Signal::SIGTERM),
+            stop_timeout: spec.stop_timeout,
             stop_post: None,
             image: None,
         })
@@ -434,6 +435,7 @@ impl SystemdRuntime {
             watchdog,
             kill_mode,
             kill_signal,
+            stop_timeout,
             stop_post,
             image,
         } = cmd;
@@ -500,7 +502,10 @@ impl SystemdRuntime {
             ("KillMode", Value::from(kill_mode)),
             ("KillSignal", Value::from(kill_signal as i32)),
             ("SendSIGKILL", Value::from(true)),
-            ("TimeoutStopUSec", Value::from(10_000_000u64)),
+            (
+                "TimeoutStopUSec",
+                Value::from(u64::try_from(stop_timeout.as_micros()).unwrap_or(u64::MAX)),
+            ),
             ("Restart", Value::from("no")),
             ("CollectMode", Value::from("inactive-or-failed")),
             ("AddRef", Value::from(true)),
@@ -842,6 +847,8 @@ pub(crate) struct UnitCommand {
     pub kill_mode: &'static str,
     /// `KillSignal=`.
     pub kill_signal: Signal,
+    /// `TimeoutStopSec=`: how long a stop waits before `SIGKILL`.
+    pub stop_timeout: Duration,
     /// `ExecStopPost=` (its failure ignored).
     pub stop_post: Option<Vec<String>>,
     /// `LOCALD_IMAGE` for the output's journal entries.

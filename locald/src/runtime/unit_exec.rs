@@ -266,11 +266,19 @@ fn forward(exec: &UnitExec, service_pid: u32, out: OwnedFd, err: OwnedFd) {
             },
         );
         let sink: Arc<dyn LogSink> = Arc::new(journal);
+        // A container service's lines name the container's init, as they
+        // do when locald runs the shim itself; the service here is the
+        // shim. Nothing is read before runc has made it (the pipes hold
+        // what comes meanwhile).
+        let pid = match exec.image {
+            Some(_) => super::container::wait_for_init(service_pid).await,
+            None => service_pid,
+        };
         let owner = PipeOwner {
             project: exec.project.as_str().into(),
             service: exec.service.as_str().into(),
             phase: exec.phase,
-            pid: Some(service_pid),
+            pid: Some(pid),
             build_id: exec.build_id.as_deref().map(Into::into),
             image: exec.image.as_deref().map(Into::into),
         };

@@ -277,6 +277,8 @@ impl Builder {
             notify_ready: false,
             watchdog: None,
             stderr_priority: crate::journal::Priority::INFO,
+            stop_signal: self.cfg.stop_signal,
+            stop_timeout: self.cfg.stop_timeout,
             restarts: 0,
             build_id: Some(build_id.to_owned()),
             progress: crate::runtime::ProgressSink::default(),

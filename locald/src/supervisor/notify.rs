@@ -78,11 +78,12 @@ impl NotifySocket {
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
+        // The directory stays: a container that outlives this daemon (a
+        // systemd unit, adopted by the next one) has it bind-mounted, and
+        // sees the next daemon's socket only if it is made in this same
+        // directory. An empty directory per service in the runtime dir
+        // costs nothing and goes at logout.
         let _ = std::fs::remove_file(&self.path);
-        // Its own directory goes with it (fails, harmlessly, if shared).
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
     }
 }
 

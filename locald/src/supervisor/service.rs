@@ -441,6 +441,8 @@ impl ServiceTask {
                 .is_some_and(|h| h.kind == HealthKind::Notify),
             watchdog: self.cfg.watchdog,
             stderr_priority: self.cfg.stderr_priority,
+            stop_signal: self.cfg.stop_signal,
+            stop_timeout: self.cfg.stop_timeout,
             restarts: self.snapshot.borrow().restart_count,
             build_id: None,
             progress: match &self.cfg.image {
