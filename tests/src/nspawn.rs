@@ -305,12 +305,22 @@ impl Drop for Container {
         }
         let merged = self.work.path().join("merged");
         let _ = Command::new("umount").arg("-l").arg(&merged).status();
-        // Depth-first: a cgroup can only go once its children are gone.
+        // Depth-first: a cgroup can only go once its children are gone,
+        // and a child only once its last process has exited, which may be
+        // a moment after nspawn: try again for up to 3 s.
+        let end = Instant::now() + Duration::from_secs(3);
         for c in &self.cgroups {
-            let _ = Command::new("find")
-                .arg(c)
-                .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                .status();
+            while c.exists() {
+                let _ = Command::new("find")
+                    .arg(c)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .stderr(Stdio::null())
+                    .status();
+                if !c.exists() || Instant::now() > end {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         if std::thread::panicking() {
             eprintln!("--- systemd-nspawn log ---\n{}", self.log());

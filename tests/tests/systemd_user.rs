@@ -4,7 +4,8 @@
 //! `Type=notify` and `STATUS=` reach systemd, the watchdog keeps it alive, a
 //! SIGKILLed daemon is restarted by systemd with each service once, and
 //! `systemctl --user stop` stops every service; the dashboard unit serves
-//! the page and writes its address for the user.
+//! the page and writes its address for the user; a logout (the user
+//! manager stopped, the session bus with it) is not held up by locald.
 
 use std::path::Path;
 use std::time::Duration;
@@ -155,4 +156,20 @@ fn unit_installed_by_hand_runs_in_a_real_user_manager() {
     wait_until(Duration::from_secs(10), "locald active again", || {
         show(&c, "ActiveState") == "active"
     });
+
+    // Logging out (or shutting down) stops the user manager: it stops the
+    // session bus along with locald and its units. locald must not wait
+    // for a bus that is gone (it did, until systemd's 90 s stop timeout).
+    let t = std::time::Instant::now();
+    let logout = c.root(&["timeout", "60", "systemctl", "stop", "user@1000.service"]);
+    let took = t.elapsed();
+    assert!(logout.status.success(), "{logout:?}");
+    let log = c.root(&["journalctl", "-q", "--no-pager", "-o", "cat"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        took < Duration::from_secs(15)
+            && !log.contains("locald.service: State 'stop-sigterm' timed out"),
+        "logout took {took:?}: {log}"
+    );
+    assert!(pids_with(&marker).is_empty(), "services left after logout");
 }

@@ -945,6 +945,7 @@ impl UnitProcess {
                     self.outside = true;
                 }
             }
+            let mut poll = Duration::from_secs(5);
             match read {
                 Ok(st) if st.ended() => return self.drained(st).await,
                 Ok(_) => {}
@@ -953,28 +954,46 @@ impl UnitProcess {
                 }
                 Err(ReadError::Bus(e)) => {
                     tracing::debug!("cannot read unit {}: {e}", self.name);
+                    // The session bus is gone (the user's session is
+                    // ending: systemd stops the bus with everything else).
+                    // Nobody can say how the unit ended; whether its main
+                    // process still lives is all there is to ask, often.
+                    if !process_exists(self.pid) {
+                        return ExitStatus::Signaled(Signal::SIGKILL as i32);
+                    }
+                    poll = Duration::from_millis(200);
                 }
             }
             // Woken by a change; the poll is a safety net for a missed one.
+            // A stream that ended (its connection closed) is dropped, or it
+            // would wake the loop at once, forever.
             let next = async {
-                match (changes.as_mut(), jobs.as_mut()) {
-                    (Some(c), Some(j)) => {
-                        tokio::select! {
-                            _ = c.next() => None,
-                            sig = j.next() => sig,
-                        }
+                let change = async {
+                    match changes.as_mut() {
+                        Some(c) => c.next().await.is_some(),
+                        None => std::future::pending().await,
                     }
-                    (Some(c), None) => {
-                        c.next().await;
-                        None
+                };
+                let job = async {
+                    match jobs.as_mut() {
+                        Some(j) => j.next().await,
+                        None => std::future::pending().await,
                     }
-                    _ => std::future::pending().await,
+                };
+                tokio::select! {
+                    alive = change => Wake::Change(alive),
+                    sig = job => Wake::Job(sig),
                 }
             };
-            if let Ok(Some(sig)) = tokio::time::timeout(Duration::from_secs(5), next).await {
-                if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
-                    self.outside = true;
+            match tokio::time::timeout(poll, next).await {
+                Ok(Wake::Change(false)) => changes = None,
+                Ok(Wake::Job(None)) => jobs = None,
+                Ok(Wake::Job(Some(sig))) => {
+                    if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
+                        self.outside = true;
+                    }
                 }
+                Ok(Wake::Change(true)) | Err(_) => {}
             }
         }
     }
@@ -1169,6 +1188,25 @@ fn watch_notices(sd: Systemd, path: OwnedObjectPath, notify_ready: bool) -> mpsc
         }
     });
     rx
+}
+
+/// What woke [`UnitProcess::wait_exit`]: a property change (`false`: the
+/// stream ended) or a new job (`None`: the stream ended).
+enum Wake {
+    Change(bool),
+    Job(Option<JobNew>),
+}
+
+/// Whether a process `pid` exists (a zombie counts).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    pid > 0
+        && !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
 }
 
 /// The running `locald` binary, for the units' `ExecStart`. After an
