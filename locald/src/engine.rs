@@ -17,6 +17,7 @@ use crate::event::{BuildRecord, BuildResult, Event, ProjectSnapshot};
 use crate::image::manage::{ImageInfo, ManageError, Pruned, PullSummary, Users};
 use crate::image::prepare::StoreImages;
 use crate::image::ImageRef;
+use crate::lock;
 use crate::output::LogSink;
 use crate::ports::{InUse, PortBook, PortError};
 use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
@@ -889,10 +890,4 @@ fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Locks a std mutex, recovering from poisoning (a panicked holder leaves
-/// plain data that is still usable).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

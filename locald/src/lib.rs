@@ -29,6 +29,13 @@ pub mod term;
 pub mod user_config;
 mod watch;
 
+/// Locks a std mutex, recovering the data if a panicking thread poisoned
+/// it: every mutex in locald guards plain values that are whole after any
+/// single write, so a panic elsewhere must not take the daemon down too.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// An error and its sources on one line (`outer: inner: innermost`), as
 /// `anyhow`'s `{:#}` prints them: the one formatter for reasons shown to a
 /// user or sent over the bus.

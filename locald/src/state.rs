@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::fsutil::{read_state, write_atomic, STATE_LIMIT};
+use crate::lock;
 
 /// The version this locald writes and reads.
 pub const VERSION: u32 = 1;
@@ -179,10 +180,6 @@ impl StateFile {
             ),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ use tokio::sync::Notify;
 
 use crate::build::{HashScope, TreeHash};
 use crate::config::{BuildSpec, Config, WatchAction, WatchSpec};
+use crate::lock;
 use crate::supervisor::ServiceSender;
 
 /// Quiet time that ends a burst of events.
@@ -855,10 +856,6 @@ async fn dispatch(
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

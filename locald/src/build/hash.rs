@@ -43,6 +43,7 @@ use rayon::slice::ParallelSliceMut;
 
 use super::statcache::{Aux, StatCache, StatKey, WalkRecord};
 use super::{BuildError, Digest};
+use crate::lock;
 
 /// Files at least this big are read in [`LARGE_CHUNK`] pieces, each hashed
 /// with rayon, so one large file uses every core. They are read, never
@@ -711,12 +712,6 @@ fn skipped_path(rel: &Path, exclude: &[PathBuf]) -> bool {
         let c = c.as_os_str();
         ALWAYS_SKIPPED.iter().any(|s| c == *s)
     }) || exclude.iter().any(|e| rel.starts_with(e))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic in a walker thread leaves the data usable: the vectors are
-    // only ever pushed to.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `inputs` globs, compiled.

@@ -31,7 +31,7 @@ mod service;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use indexmap::IndexMap;
 use tokio::task::JoinHandle;
@@ -50,11 +50,7 @@ use crate::event::{ProjectSnapshot, ServiceSnapshot, ServiceState};
 
 pub use logs::DbusLogSink;
 
-/// Locks a std mutex, recovering the data if a panicking thread poisoned it:
-/// every cell holds plain snapshots that are whole after any single write.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::lock;
 
 /// Emits one `PropertiesChanged` carrying every property in `changed`.
 pub(crate) async fn emit_changed(

@@ -28,6 +28,7 @@ use super::claim::ProjectClaim;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::fsutil::{sub_dir, write_atomic};
 use crate::image::ProgressFn;
+use crate::lock;
 use crate::output::BoxFuture;
 use crate::shim_client::{BundleSpec, ShimClient};
 use crate::supervisor::notify::runtime_dir;
@@ -583,10 +584,6 @@ async fn remove_container_dir(images: &dyn ImageSource, dir: &Path) {
         tracing::warn!("cannot remove {}: {e}", dir.join("rootfs").display());
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Runtime for ContainerRuntime {

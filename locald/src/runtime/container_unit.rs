@@ -40,10 +40,11 @@ use tokio::sync::mpsc;
 
 use super::container::{
     container_status, exec_prefix, image_stop_signal, kill_detached, stop_through_shim,
-    wait_for_init, ContainerRuntime, Lease, Prepared,
+    wait_for_init, ContainerRuntime, Lease, Prepared, PreparedImage,
 };
 use super::systemd::{SystemdRuntime, UnitCommand, UnitProcess};
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
+use crate::lock;
 use crate::output::BoxFuture;
 use crate::shim_client::ShimClient;
 use crate::supervisor::notify::Notice;
@@ -112,26 +113,18 @@ impl ContainerUnitRuntime {
                 return Err(e);
             }
         };
-        let pid = wait_for_init(unit.pid()).await;
-        Ok(Box::new(self.process(
-            unit,
-            id,
-            pid,
-            image.digest,
-            stop_signal,
-            image.lease,
-        )))
+        Ok(Box::new(self.process(unit, id, image).await))
     }
 
-    fn process(
+    /// The process of container `id` from `image` in `unit`, once runc has
+    /// made the container.
+    async fn process(
         &self,
         unit: UnitProcess,
         id: String,
-        pid: u32,
-        image: String,
-        stop_signal: Signal,
-        lease: Lease,
+        image: PreparedImage,
     ) -> ContainerUnitProcess {
+        let pid = wait_for_init(unit.pid()).await;
         lock(&self.live).insert(id.clone());
         ContainerUnitProcess {
             unit,
@@ -139,10 +132,10 @@ impl ContainerUnitRuntime {
             shim: self.containers.shim().clone(),
             id,
             pid,
-            image,
-            stop_signal,
+            stop_signal: image_stop_signal(image.stop_signal.as_deref()),
+            image: image.digest,
             live: self.live.clone(),
-            _lease: lease,
+            _lease: image.lease,
         }
     }
 
@@ -171,16 +164,7 @@ impl ContainerUnitRuntime {
                 return None;
             }
         };
-        let pid = wait_for_init(unit.pid()).await;
-        let stop_signal = image_stop_signal(image.stop_signal.as_deref());
-        Some(Box::new(self.process(
-            unit,
-            id,
-            pid,
-            image.digest,
-            stop_signal,
-            image.lease,
-        )))
+        Some(Box::new(self.process(unit, id, image).await))
     }
 }
 
@@ -195,10 +179,6 @@ fn hand_stop_signal(stop: Signal) -> Signal {
         SIGINT | SIGTERM | SIGHUP | SIGQUIT | SIGUSR1 | SIGUSR2 | SIGWINCH | SIGKILL => stop,
         _ => SIGTERM,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Runtime for ContainerUnitRuntime {

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError};
+use crate::lock;
 use crate::output::BoxFuture;
 
 /// What one spawned workload does.
@@ -73,10 +74,6 @@ impl FakeRuntime {
     fn record(&self, call: Call) {
         lock(&self.shared).calls.push((Instant::now(), call));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Runtime for FakeRuntime {

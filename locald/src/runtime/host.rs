@@ -21,6 +21,7 @@ use super::cgroup::{Cgroup, CgroupRoot};
 use super::claim::ProjectClaim;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::fsutil::{read_state, sub_dir, write_atomic};
+use crate::lock;
 use crate::output::BoxFuture;
 use crate::supervisor::notify::runtime_dir;
 
@@ -186,10 +187,6 @@ impl Runtime for HostRuntime {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct HostProcess {

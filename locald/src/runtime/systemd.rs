@@ -1,6 +1,7 @@
-//! Host workloads as systemd transient user units, started the way
-//! `systemd-run --user` starts them: under a user manager, the default for
-//! every host service (`runtime = "host"` opts out).
+//! Workloads as systemd transient user units, started the way `systemd-run
+//! --user` starts them: under a user manager, the default for every host
+//! service (`runtime = "host"` opts out). Image services use the same units
+//! with `locald-shim run` as the program ([`super::container_unit`]).
 //!
 //! Each service becomes `locald-<project>-<service>.service` (both names
 //! escaped as `systemd-escape` does) in `locald-<project>.slice`. systemd
@@ -47,6 +48,7 @@ use super::claim::ProjectClaim;
 use super::unit_exec::UnitExec;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::journal::follow::{Follower, Start, Target};
+use crate::lock;
 use crate::output::BoxFuture;
 use crate::output::LogSink;
 use crate::supervisor::notify::Notice;
@@ -216,6 +218,22 @@ impl Systemd {
             return Err(ReadError::Gone);
         }
         Ok(st)
+    }
+
+    /// The `PropertiesChanged` signals of the unit at `path`, if they can
+    /// be subscribed to.
+    async fn property_changes(
+        &self,
+        path: &OwnedObjectPath,
+    ) -> Option<zbus::fdo::PropertiesChangedStream> {
+        let proxy = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination(DEST)
+            .and_then(|b| b.path(path.clone()))
+            .ok()?
+            .build()
+            .await
+            .ok()?;
+        proxy.receive_properties_changed().await.ok()
     }
 
     async fn unit_call(&self, path: &OwnedObjectPath, method: &str) {
@@ -441,18 +459,15 @@ impl SystemdRuntime {
         } = cmd;
         // journald applies these to system units only; they also say in
         // `systemctl --user show` whose unit this is.
+        let phase = if spec.build_id.is_some() {
+            crate::event::Phase::Build
+        } else {
+            crate::event::Phase::Run
+        };
         let mut fields: Vec<Vec<u8>> = vec![
             format!("LOCALD_PROJECT={}", spec.project).into_bytes(),
             format!("LOCALD_SERVICE={}", spec.service()).into_bytes(),
-            format!(
-                "LOCALD_PHASE={}",
-                if spec.build_id.is_some() {
-                    "build"
-                } else {
-                    "run"
-                }
-            )
-            .into_bytes(),
+            format!("LOCALD_PHASE={}", phase.as_str()).into_bytes(),
         ];
         if let Some(id) = &spec.build_id {
             fields.push(format!("LOCALD_BUILD_ID={id}").into_bytes());
@@ -462,11 +477,7 @@ impl SystemdRuntime {
         let forwarder = UnitExec {
             project: spec.project.clone(),
             service: spec.service().to_owned(),
-            phase: if spec.build_id.is_some() {
-                crate::event::Phase::Build
-            } else {
-                crate::event::Phase::Run
-            },
+            phase,
             build_id: spec.build_id.clone(),
             stderr_priority: spec.stderr_priority,
             socket: self.journal_socket.clone(),
@@ -923,16 +934,7 @@ impl UnitProcess {
     /// Follows the unit until its main process has ended.
     async fn wait_exit(&mut self) -> ExitStatus {
         let sd = self.systemd.clone();
-        let props = zbus::fdo::PropertiesProxy::builder(&sd.conn)
-            .destination(DEST)
-            .and_then(|b| b.path(self.path.clone()));
-        let mut changes = match props {
-            Ok(b) => match b.build().await {
-                Ok(p) => p.receive_properties_changed().await.ok(),
-                Err(_) => None,
-            },
-            Err(_) => None,
-        };
+        let mut changes = sd.property_changes(&self.path).await;
         // A job on the unit that locald did not ask for is someone's
         // `systemctl --user stop` (or restart): systemd announces it before
         // the unit's state changes, so it is in the queue by the time a read
@@ -966,14 +968,10 @@ impl UnitProcess {
             }
             // Woken by a change; the poll is a safety net for a missed one.
             // A stream that ended (its connection closed) is dropped, or it
-            // would wake the loop at once, forever.
+            // would wake the loop at once, forever (`next_change` does so
+            // for the property changes).
             let next = async {
-                let change = async {
-                    match changes.as_mut() {
-                        Some(c) => c.next().await.is_some(),
-                        None => std::future::pending().await,
-                    }
-                };
+                let change = next_change(&mut changes);
                 let job = async {
                     match jobs.as_mut() {
                         Some(j) => j.next().await,
@@ -981,19 +979,18 @@ impl UnitProcess {
                     }
                 };
                 tokio::select! {
-                    alive = change => Wake::Change(alive),
+                    () = change => Wake::Change,
                     sig = job => Wake::Job(sig),
                 }
             };
             match tokio::time::timeout(poll, next).await {
-                Ok(Wake::Change(false)) => changes = None,
                 Ok(Wake::Job(None)) => jobs = None,
                 Ok(Wake::Job(Some(sig))) => {
                     if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
                         self.outside = true;
                     }
                 }
-                Ok(Wake::Change(true)) | Err(_) => {}
+                Ok(Wake::Change) | Err(_) => {}
             }
         }
     }
@@ -1140,16 +1137,7 @@ impl Process for UnitProcess {
 fn watch_notices(sd: Systemd, path: OwnedObjectPath, notify_ready: bool) -> mpsc::Receiver<Notice> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let props = zbus::fdo::PropertiesProxy::builder(&sd.conn)
-            .destination(DEST)
-            .and_then(|b| b.path(path.clone()));
-        let mut changes = match props {
-            Ok(b) => match b.build().await {
-                Ok(p) => p.receive_properties_changed().await.ok(),
-                Err(_) => None,
-            },
-            Err(_) => None,
-        };
+        let mut changes = sd.property_changes(&path).await;
         let mut ready = false;
         let mut status = String::new();
         loop {
@@ -1173,28 +1161,35 @@ fn watch_notices(sd: Systemd, path: OwnedObjectPath, notify_ready: bool) -> mpsc
             if st.ended() {
                 return;
             }
-            let next = async {
-                match changes.as_mut() {
-                    Some(c) => {
-                        c.next().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = tx.closed() => return,
-                _ = tokio::time::timeout(Duration::from_secs(5), next) => {}
+                _ = tokio::time::timeout(Duration::from_secs(5), next_change(&mut changes)) => {}
             }
         }
     });
     rx
 }
 
-/// What woke [`UnitProcess::wait_exit`]: a property change (`false`: the
-/// stream ended) or a new job (`None`: the stream ended).
+/// What woke [`UnitProcess::wait_exit`]: a property change or a new job
+/// (`None`: the stream ended).
 enum Wake {
-    Change(bool),
+    Change,
     Job(Option<JobNew>),
+}
+
+/// Waits for the unit's next property change. A stream that ended (the
+/// bus connection closed) is dropped and never wakes anyone again:
+/// otherwise every wait on it would return at once, and its loop spin.
+async fn next_change(changes: &mut Option<zbus::fdo::PropertiesChangedStream>) {
+    match changes.as_mut() {
+        Some(c) => {
+            if c.next().await.is_none() {
+                *changes = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether a process `pid` exists (a zombie counts).
@@ -1223,10 +1218,6 @@ fn own_binary() -> PathBuf {
         }
         Err(_) => PathBuf::from("locald"),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn bus_error(name: &str, e: zbus::Error) -> RuntimeError {
