@@ -48,6 +48,7 @@ use tokio::sync::Notify;
 
 use crate::build::{HashScope, TreeHash};
 use crate::config::{BuildSpec, Config, WatchAction, WatchSpec};
+use crate::fsutil::{work_dir, SafeDir};
 use crate::lock;
 use crate::supervisor::ServiceSender;
 
@@ -382,6 +383,10 @@ struct Inbox {
     root: PathBuf,
     /// `.locald/watch-sync/`: where [`Inbox::sync`] creates its marker files.
     sync_dir: PathBuf,
+    /// That directory, held open once the watcher set it up (markers are
+    /// made and removed by descriptor, never through the path: see
+    /// [`crate::fsutil::dir`]); `None` until then, or when it could not be.
+    sync_handle: Mutex<Option<SafeDir>>,
     /// Signalled when a sync marker's event arrives.
     synced: Condvar,
     next_sync: AtomicU64,
@@ -424,6 +429,7 @@ impl Inbox {
             wake: Notify::new(),
             root: root.to_owned(),
             sync_dir: root.join(".locald").join("watch-sync"),
+            sync_handle: Mutex::new(None),
             synced: Condvar::new(),
             next_sync: AtomicU64::new(0),
             tree: Mutex::new(None),
@@ -443,14 +449,12 @@ impl Inbox {
     /// for its own event (inotify delivers one instance's events in order).
     /// `false` when that cannot be done within a second.
     fn sync(&self) -> bool {
+        let Some(dir) = lock(&self.sync_handle).clone() else {
+            return false;
+        };
         let n = self.next_sync.fetch_add(1, Ordering::SeqCst) + 1;
-        let marker = self.sync_dir.join(format!("sync-{n}"));
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags_nonblock()
-            .open(&marker);
-        if created.is_err() {
+        let marker = format!("sync-{n}");
+        if dir.create_new(&marker).is_err() {
             return false;
         }
         let deadline = Instant::now() + SYNC_TIMEOUT;
@@ -469,7 +473,7 @@ impl Inbox {
                 .map_or_else(|e| e.into_inner().0, |(g, _)| g);
         };
         drop(st);
-        let _ = std::fs::remove_file(&marker);
+        let _ = dir.remove(&marker);
         ok
     }
 
@@ -695,20 +699,38 @@ fn build_tree(project: &str, root: &Path, inbox: &Arc<Inbox>) -> Option<Tree> {
         // Builds sync with the event queue through markers in this
         // directory (see `Inbox::sync`); without it they always walk.
         // Markers a killed daemon left would collide with this one's
-        // numbers (they restart at 1): clear them first.
-        if let Ok(rd) = std::fs::read_dir(&inbox.sync_dir) {
-            for e in rd.flatten() {
-                let _ = std::fs::remove_file(e.path());
+        // numbers (they restart at 1): clear them first. The directory is
+        // opened without following a symlink and must be ours (a teammate
+        // who plants `.locald/watch-sync -> ~/precious` in a shared
+        // checkout must not have us empty `precious`), and cleared by
+        // descriptor.
+        let dir = match work_dir(&inbox.sync_dir, true) {
+            Ok(Some(dir)) => match dir.clear() {
+                Ok(()) => Some(dir),
+                Err(e) => {
+                    tracing::warn!("cannot clear {}: {e}", dir.path().display());
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "{}; builds of `{project}` will check their sources in full",
+                    crate::error_chain(&e)
+                );
+                None
             }
-        }
-        let watched = std::fs::create_dir_all(&inbox.sync_dir).is_ok()
-            && std::fs::symlink_metadata(&inbox.sync_dir).is_ok_and(|m| m.is_dir())
-            && tree
-                .watcher
-                .watch(&inbox.sync_dir, RecursiveMode::NonRecursive)
-                .is_ok();
-        if !watched {
-            inbox.disable();
+        };
+        let watched = dir.filter(|d| {
+            d.still_at_path()
+                && tree
+                    .watcher
+                    .watch(&inbox.sync_dir, RecursiveMode::NonRecursive)
+                    .is_ok()
+        });
+        match watched {
+            Some(d) => *lock(&inbox.sync_handle) = Some(d),
+            None => inbox.disable(),
         }
     }
     Some(tree)

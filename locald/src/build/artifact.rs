@@ -22,8 +22,10 @@
 //! and usable; a build that fails, or a process that is killed, leaves only
 //! a staging directory behind, which the next build removes.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,13 +35,17 @@ use serde::{Deserialize, Serialize};
 use super::hash::{decode_files, encode_files, FileEntry};
 use super::BuildError;
 use crate::event::BuildResult;
+use crate::fsutil::{work_dir, SafeDir, STATE_LIMIT};
 
 /// Version of `manifest.json`; a manifest of another version is treated as
 /// absent, so the service is rebuilt once.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The directory under the project root.
-pub const LOCALD_DIR: &str = ".locald";
+pub use crate::fsutil::LOCALD_DIR;
+
+/// The size limit for `sources.bin` (a file list: ~100 bytes a file).
+const SOURCES_LIMIT: u64 = 256 << 20;
 
 const STAGING_PREFIX: &str = ".staging-";
 const OLD_PREFIX: &str = ".old-";
@@ -165,17 +171,23 @@ impl Layout {
         self.state_dir().join(format!("{service}.statcache"))
     }
 
-    /// Creates `.locald/` with its `.gitignore` and `state/`.
+    /// Creates `.locald/` with its `.gitignore` and `state/`, each opened
+    /// as [`work_dir`] opens them (never through a symlink, ours only).
     pub fn ensure(&self) -> Result<(), BuildError> {
-        let state = self.state_dir();
-        fs::create_dir_all(&state).map_err(|e| BuildError::io("cannot create", &state, e))?;
-        let gi = self.root.join(".gitignore");
-        if !gi.exists() {
-            write_atomic(
-                &gi,
+        let root = open_dir(&self.root, true)?;
+        open_dir(&self.state_dir(), true)?;
+        let gi = ".gitignore";
+        if root
+            .kind(gi)
+            .map_err(|e| BuildError::io("cannot stat", root.join(gi), e))?
+            .is_none()
+        {
+            root.write_atomic(
+                gi,
                 b"# Written by locald: build artifacts and state.\n*\n",
                 false,
-            )?;
+            )
+            .map_err(|e| BuildError::io("cannot write", root.join(gi), e))?;
         }
         Ok(())
     }
@@ -190,6 +202,18 @@ impl Layout {
             cache: dir.join("cache"),
         })
     }
+}
+
+/// Opens (and with `create`, makes) a directory through [`work_dir`]; a
+/// missing one is an error (`NotFound`) here.
+pub(crate) fn open_dir(path: &Path, create: bool) -> Result<SafeDir, BuildError> {
+    work_dir(path, create)?.ok_or_else(|| {
+        BuildError::io(
+            "cannot open",
+            path,
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })
 }
 
 /// A name used as one path component: not empty, not `.` or `..`, no `/`
@@ -261,23 +285,24 @@ impl ServiceLayout {
         self.artifacts.parent().unwrap_or(Path::new("."))
     }
 
-    fn sibling(&self, suffix: &str) -> PathBuf {
+    /// The name of `artifacts` plus `suffix`, a sibling of `artifacts/`.
+    fn sibling_name(&self, suffix: &str) -> OsString {
         let mut name = self
             .artifacts
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_else(|| "artifacts".into());
         name.push(suffix);
-        self.parent().join(name)
+        name
     }
 
     /// The manifest of the last good build.
     pub fn read_manifest(&self) -> Result<Stored, BuildError> {
-        let path = self.manifest_path();
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Stored::Missing),
-            Err(e) => return Err(BuildError::io("cannot read", path, e)),
+        let Some(dir) = work_dir(&self.artifacts, false)? else {
+            return Ok(Stored::Missing);
+        };
+        let Some(data) = dir.read("manifest.json", "a build manifest", STATE_LIMIT)? else {
+            return Ok(Stored::Missing);
         };
         #[derive(Deserialize)]
         struct Version {
@@ -302,7 +327,8 @@ impl ServiceLayout {
     /// The file list the last good build was made from, if it was kept and
     /// is intact.
     pub fn read_sources(&self) -> Option<Vec<FileEntry>> {
-        decode_files(&fs::read(self.sources_path()).ok()?)
+        let dir = work_dir(&self.artifacts, false).ok()??;
+        decode_files(&dir.read("sources.bin", "a source list", SOURCES_LIMIT).ok()??)
     }
 
     /// Starts a build: takes the service's lock, cleans up after builds that
@@ -311,23 +337,17 @@ impl ServiceLayout {
     /// Fails with [`BuildError::Busy`] while another build of the service
     /// (in this process or another) holds the lock.
     pub fn stage(&self) -> Result<Staging, BuildError> {
-        let parent = self.parent().to_path_buf();
-        fs::create_dir_all(&parent).map_err(|e| BuildError::io("cannot create", &parent, e))?;
+        let parent = open_dir(self.parent(), true)?;
         // `.locald/` is the grandparent for the default layout; give it its
         // .gitignore when that is where we are.
-        if let Some(root) = parent.ancestors().find(|p| p.ends_with(LOCALD_DIR)) {
+        if let Some(root) = self.parent().ancestors().find(|p| p.ends_with(LOCALD_DIR)) {
             if let Some(project) = root.parent() {
                 Layout::new(project).ensure()?;
             }
         }
 
-        let lock_path = self.sibling(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| BuildError::io("cannot open", &lock_path, e))?;
+        let lock_name = self.sibling_name(".lock");
+        let file = parent.open_rw(&lock_name)?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -335,20 +355,30 @@ impl ServiceLayout {
                     service: self.service.clone(),
                 })
             }
-            Err((_, errno)) => return Err(BuildError::io("cannot lock", &lock_path, errno.into())),
+            Err((_, errno)) => {
+                return Err(BuildError::io(
+                    "cannot lock",
+                    parent.join(&lock_name),
+                    errno.into(),
+                ))
+            }
         };
 
-        self.recover()?;
+        self.recover(&parent)?;
 
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = self.sibling(&format!("{STAGING_PREFIX}{}-{nanos}", std::process::id()));
-        fs::create_dir(&dir).map_err(|e| BuildError::io("cannot create", &dir, e))?;
+        let name = self.sibling_name(&format!("{STAGING_PREFIX}{}-{nanos}", std::process::id()));
+        parent
+            .mkdir(&name, 0o755)
+            .map_err(|e| BuildError::io("cannot create", parent.join(&name), e))?;
         Ok(Staging {
             layout: self.clone(),
-            dir,
+            dir: parent.join(&name),
+            parent,
+            name,
             committed: false,
             _lock: lock,
         })
@@ -356,40 +386,35 @@ impl ServiceLayout {
 
     /// With the lock held: removes staging directories of dead builds, and
     /// finishes a swap that was interrupted between its two renames (only
-    /// possible where `RENAME_EXCHANGE` is not supported).
-    fn recover(&self) -> Result<(), BuildError> {
-        let parent = self.parent();
-        let Some(base) = self
-            .artifacts
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-        else {
+    /// possible where `RENAME_EXCHANGE` is not supported). Everything by
+    /// descriptor from `parent`: these names are removed, never followed.
+    fn recover(&self, parent: &SafeDir) -> Result<(), BuildError> {
+        let Some(base) = self.artifacts.file_name() else {
             return Ok(());
         };
-        let entries = match fs::read_dir(parent) {
-            Ok(e) => e,
-            Err(e) => return Err(BuildError::io("cannot read", parent, e)),
-        };
+        let base_bytes = base.as_bytes();
+        let entries = parent
+            .entries()
+            .map_err(|e| BuildError::io("cannot read", parent.path(), e))?;
         let mut old = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| BuildError::io("cannot read", parent, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(base.as_str()) else {
+        for name in entries {
+            let Some(rest) = name.as_bytes().strip_prefix(base_bytes) else {
                 continue;
             };
-            if rest.starts_with(STAGING_PREFIX) {
-                tracing::info!(path = %entry.path().display(), "removing the staging directory of an interrupted build");
-                remove_tree(&entry.path())?;
-            } else if rest.starts_with(OLD_PREFIX) {
-                old.push(entry.path());
+            if rest.starts_with(STAGING_PREFIX.as_bytes()) {
+                tracing::info!(path = %parent.join(&name).display(), "removing the staging directory of an interrupted build");
+                remove_in(parent, &name)?;
+            } else if rest.starts_with(OLD_PREFIX.as_bytes()) {
+                old.push(name);
             }
         }
         for o in old {
-            if !self.artifacts.exists() {
-                fs::rename(&o, &self.artifacts)
-                    .map_err(|e| BuildError::io("cannot restore", &o, e))?;
+            if kind_in(parent, base)?.is_none() {
+                parent
+                    .rename(&o, base)
+                    .map_err(|e| BuildError::io("cannot restore", parent.join(&o), e))?;
             } else {
-                remove_tree(&o)?;
+                remove_in(parent, &o)?;
             }
         }
         Ok(())
@@ -404,6 +429,11 @@ impl ServiceLayout {
 #[derive(Debug)]
 pub struct Staging {
     layout: ServiceLayout,
+    /// The directory holding `artifacts/` and the staging directory.
+    parent: SafeDir,
+    /// The staging directory's name in `parent`.
+    name: OsString,
+    /// Its path, for the build to write into.
     dir: PathBuf,
     committed: bool,
     _lock: Flock<File>,
@@ -433,82 +463,87 @@ impl Staging {
         manifest: &Manifest,
         sources: Option<&[FileEntry]>,
     ) -> Result<(), BuildError> {
+        let staged = self
+            .parent
+            .sub(&self.name, false)?
+            .ok_or_else(|| BuildError::io("cannot open", &self.dir, io::ErrorKind::NotFound.into()))?;
+        let write = |name: &str, data: &[u8]| {
+            staged
+                .write_atomic(name, data, true)
+                .map_err(|e| BuildError::io("cannot write", staged.join(name), e))
+        };
         if let Some(files) = sources {
-            write_atomic(&self.dir.join("sources.bin"), &encode_files(files), true)?;
+            write("sources.bin", &encode_files(files))?;
         }
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| {
             BuildError::io("cannot encode", self.dir.join("manifest.json"), e.into())
         })?;
-        write_atomic(&self.dir.join("manifest.json"), &json, true)?;
+        write("manifest.json", &json)?;
         sync_tree(&self.dir)?;
 
-        let target = self.layout.artifacts.clone();
-        swap_in(&self.dir, &target, &self.layout)?;
+        self.swap_in()?;
         self.committed = true;
-        // The staging path now holds the previous artifact, if there was one.
-        if self.dir.exists() {
-            remove_tree(&self.dir)?;
+        // The staging name now holds the previous artifact, if there was one.
+        remove_in(&self.parent, &self.name)?;
+        self.parent
+            .sync()
+            .map_err(|e| BuildError::io("cannot fsync", self.parent.path(), e))
+    }
+
+    /// Moves the staging directory to `artifacts/`, atomically replacing
+    /// what is there.
+    fn swap_in(&self) -> Result<(), BuildError> {
+        let parent = &self.parent;
+        let staged = &self.name;
+        let target = self.layout.artifacts.file_name().unwrap_or_default();
+        let fail = |what, e| BuildError::io(what, &self.dir, e);
+        if kind_in(parent, target)?.is_none() {
+            return parent
+                .rename(staged, target)
+                .map_err(|e| fail("cannot rename", e));
         }
-        sync_dir(self.layout.parent())?;
-        Ok(())
+        match parent.exchange(staged, target) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) => {}
+            Err(e) => return Err(fail("cannot swap in", e)),
+        }
+        // No RENAME_EXCHANGE here: two renames. `recover` puts the old
+        // artifact back if we die between them.
+        let old = self
+            .layout
+            .sibling_name(&format!("{OLD_PREFIX}{}", std::process::id()));
+        parent
+            .rename(target, &old)
+            .map_err(|e| fail("cannot rename", e))?;
+        parent
+            .rename(staged, target)
+            .map_err(|e| fail("cannot rename", e))?;
+        parent.rename(&old, staged).map_err(|e| fail("cannot rename", e))
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
-            if let Err(e) = remove_tree(&self.dir) {
+            if let Err(e) = remove_in(&self.parent, &self.name) {
                 tracing::warn!(error = %e, "cannot remove the staging directory of a failed build");
             }
         }
     }
 }
 
-/// Moves `staged` to `target`, atomically replacing what is there.
-fn swap_in(staged: &Path, target: &Path, layout: &ServiceLayout) -> Result<(), BuildError> {
-    match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return fs::rename(staged, target)
-                .map_err(|e| BuildError::io("cannot rename", staged, e));
-        }
-        Err(e) => return Err(BuildError::io("cannot stat", target, e)),
-        Ok(_) => {}
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use nix::errno::Errno;
-        use nix::fcntl::{renameat2, RenameFlags};
-        match renameat2(None, staged, None, target, RenameFlags::RENAME_EXCHANGE) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {}
-            Err(e) => return Err(BuildError::io("cannot swap in", staged, e.into())),
-        }
-    }
-    // No RENAME_EXCHANGE here: two renames. `recover` puts the old artifact
-    // back if we die between them.
-    let old = layout.sibling(&format!("{OLD_PREFIX}{}", std::process::id()));
-    fs::rename(target, &old).map_err(|e| BuildError::io("cannot rename", target, e))?;
-    fs::rename(staged, target).map_err(|e| BuildError::io("cannot rename", staged, e))?;
-    fs::rename(&old, staged).map_err(|e| BuildError::io("cannot rename", &old, e))
+fn remove_in(dir: &SafeDir, name: &OsStr) -> Result<(), BuildError> {
+    dir.remove(name)
+        .map_err(|e| BuildError::io("cannot remove", dir.join(name), e))
 }
 
-/// Writes `data` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, data: &[u8], sync: bool) -> Result<(), BuildError> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        if sync {
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        BuildError::io("cannot write", path, e)
-    })
+fn kind_in(dir: &SafeDir, name: &OsStr) -> Result<Option<rustix::fs::FileType>, BuildError> {
+    dir.kind(name)
+        .map_err(|e| BuildError::io("cannot stat", dir.join(name), e))
 }
 
 /// fsyncs every file and directory under `dir` (symlinks need no fsync of
@@ -536,14 +571,6 @@ fn sync_dir(dir: &Path) -> Result<(), BuildError> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|e| BuildError::io("cannot fsync", dir, e))
-}
-
-fn remove_tree(path: &Path) -> Result<(), BuildError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(BuildError::io("cannot remove", path, e)),
-    }
 }
 
 #[cfg(test)]
@@ -655,7 +682,7 @@ mod tests {
             .commit(&manifest("api", "h1"), None)
             .unwrap();
         // Simulate death between the two renames of the fallback path.
-        let old = svc.sibling(&format!("{OLD_PREFIX}999"));
+        let old = svc.parent().join(svc.sibling_name(&format!("{OLD_PREFIX}999")));
         fs::rename(svc.artifacts_dir(), &old).unwrap();
         let st = svc.stage().unwrap();
         assert_eq!(

@@ -121,6 +121,10 @@ pub enum BuildError {
         /// The service.
         service: String,
     },
+    /// Something under `.locald/` is not what locald made: a symlink, a
+    /// FIFO, a directory of another user.
+    #[error(transparent)]
+    Unsafe(#[from] crate::fsutil::UnsafeFile),
     /// A service name that cannot be a directory name under `.locald/`.
     #[error("service name `{0}` cannot be used as a directory name")]
     BadServiceName(String),

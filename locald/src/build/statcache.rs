@@ -50,7 +50,7 @@
 //! forces a full walk.
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -58,6 +58,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{BuildError, Digest};
+use crate::fsutil::{work_dir, SafeDir};
 
 const MAGIC: &[u8; 8] = b"LDSTAT\0\x02";
 
@@ -180,8 +181,8 @@ impl StatCache {
             path: Some(path.clone()),
             ..StatCache::default()
         };
-        match fs::read(&path) {
-            Ok(data) => match check(&data) {
+        match read_cache(&path) {
+            Ok(Some(data)) => match check(&data) {
                 Some(Checked {
                     stamp,
                     count,
@@ -199,9 +200,9 @@ impl StatCache {
                     cache.dirty = true;
                 }
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(None) => {}
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the stat cache; hashing everything once");
+                tracing::warn!(path = %path.display(), error = %crate::error_chain(&e), "cannot read the stat cache; hashing everything once");
             }
         }
         cache
@@ -279,7 +280,7 @@ impl StatCache {
         match fs_clock(Path::new(&clock)) {
             Ok(t) => t,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot read the filesystem clock; using the system clock");
+                tracing::debug!(error = %crate::error_chain(&e), "cannot read the filesystem clock; using the system clock");
                 fallback()
             }
         }
@@ -321,21 +322,9 @@ impl StatCache {
         if !self.dirty || self.stamp.is_none() {
             return Ok(());
         }
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| BuildError::io("cannot create", dir, e))?;
-        }
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(format!(".tmp.{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&self.data)?;
-            fs::rename(&tmp, path)
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(BuildError::io("cannot write", path, e));
-        }
+        let (dir, name) = dir_of(path, true)?;
+        dir.write_atomic(name, &self.data, false)
+            .map_err(|e| BuildError::io("cannot write", path, e))?;
         self.dirty = false;
         Ok(())
     }
@@ -346,18 +335,49 @@ fn trusted(key: &StatKey, stamp: Timestamp) -> bool {
     key.mtime < stamp && key.ctime < stamp
 }
 
-fn fs_clock(path: &Path) -> io::Result<Timestamp> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut f = File::create(path)?;
-    f.write_all(b"x")?;
-    let m = f.metadata()?;
+/// The directory of a cache file, opened as everything under `.locald/`
+/// is ([`work_dir`]), and the file's name in it.
+fn dir_of(path: &Path, create: bool) -> Result<(SafeDir, &OsStr), BuildError> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(BuildError::io(
+            "cannot open",
+            path,
+            io::ErrorKind::InvalidInput.into(),
+        ));
+    };
+    let dir = work_dir(parent, create)?
+        .ok_or_else(|| BuildError::io("cannot open", parent, io::ErrorKind::NotFound.into()))?;
+    Ok((dir, name))
+}
+
+fn read_cache(path: &Path) -> Result<Option<Vec<u8>>, BuildError> {
+    let (dir, name) = match dir_of(path, false) {
+        Ok(d) => d,
+        Err(BuildError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(dir.read(name, "a stat cache", CACHE_LIMIT)?)
+}
+
+fn fs_clock(path: &Path) -> Result<Timestamp, BuildError> {
+    let (dir, name) = dir_of(path, true)?;
+    let mut f = dir.open_rw(name)?;
+    let m = (|| {
+        f.set_len(0)?;
+        f.write_all(b"x")?;
+        f.metadata()
+    })()
+    .map_err(|e| BuildError::io("cannot write", path, e))?;
     Ok(Timestamp {
         sec: m.mtime(),
         nsec: u32::try_from(m.mtime_nsec()).unwrap_or(0),
     })
 }
+
+/// The size limit for a stat cache file (~100 bytes a file).
+const CACHE_LIMIT: u64 = 1 << 30;
 
 fn put_ts(out: &mut Vec<u8>, t: Timestamp) {
     out.extend_from_slice(&t.sec.to_le_bytes());

@@ -40,6 +40,7 @@ use crate::build::{needs_cnb_rebuild_with, BuildOptions, CnbManifest, FileEntry,
 use crate::config::{BuildSpec, CnbBuild, PullPolicy, Volume, CNB_IMAGE_TAG};
 use crate::error_chain;
 use crate::event::{BuildRecord, BuildResult, LogLine};
+use crate::fsutil::{work_dir, SafeDir};
 use crate::image::prepare::StoreImages;
 use crate::image::{no_progress, Image, ImageRef};
 use crate::output::{BoxFuture, LogSink};
@@ -230,7 +231,7 @@ impl Builder {
         {
             let (src, dir, store) = (
                 cnb.path.clone(),
-                work.0.clone(),
+                work.path.clone(),
                 images.images().store().clone(),
             );
             let run_digest = plan.run.manifest_digest.clone();
@@ -278,7 +279,7 @@ impl Builder {
         let order = (!choices.is_empty()).then_some(ORDER_IN_CONTAINER);
         if !choices.is_empty() {
             let have = cnb::builder_buildpacks(&plan.builder.config);
-            let (dir, name) = (work.0.clone(), cnb.builder.clone());
+            let (dir, name) = (work.path.clone(), cnb.builder.clone());
             let rootfs = builder_rootfs.as_ref().map(|p| p.rootfs.clone());
             tokio::task::spawn_blocking(move || {
                 choose_buildpacks(&dir, &choices, &have, &name, rootfs.as_deref())
@@ -286,23 +287,28 @@ impl Builder {
             .await
             .map_err(|e| format!("preparing the buildpacks crashed: {e}"))??;
         }
-        let cache = plan.opts.cache_dir.clone();
-        std::fs::create_dir_all(&cache)
-            .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+        let cache = work_dir(&plan.opts.cache_dir, true)
+            .map_err(|e| error_chain(&e))?
+            .ok_or_else(|| format!("cannot create {}", plan.opts.cache_dir.display()))?;
+        if !cache.still_at_path() {
+            return Err(format!("{} was moved while the build was prepared", cache.path().display()));
+        }
+        let cache = cache.path().to_owned();
+        let workdir = work.path()?;
         let bind = |source: PathBuf, target: &str, read_only| Volume {
             source,
             target: target.to_owned(),
             read_only,
         };
         let mut volumes = vec![
-            bind(work.0.join("app"), paths::APP, false),
-            bind(work.0.join("layers"), paths::LAYERS, false),
+            bind(workdir.join("app"), paths::APP, false),
+            bind(workdir.join("layers"), paths::LAYERS, false),
             bind(cache, paths::CACHE, false),
-            bind(work.0.join("platform"), paths::PLATFORM, true),
-            bind(work.0.join("layout"), paths::LAYOUT, false),
+            bind(workdir.join("platform"), paths::PLATFORM, true),
+            bind(workdir.join("layout"), paths::LAYOUT, false),
         ];
         if local {
-            volumes.push(bind(work.0.join("buildpacks"), "/cnb/buildpacks", true));
+            volumes.push(bind(workdir.join("buildpacks"), "/cnb/buildpacks", true));
         }
         Ok((volumes, order, builder_rootfs))
     }
@@ -390,28 +396,55 @@ fn tag_of(name: &str) -> &str {
     }
 }
 
-/// A build's private directory, removed when dropped (also when the build
-/// is cancelled).
-struct BuildDir(PathBuf);
+/// A build's private directory (`.locald/services/<name>/build/`), removed
+/// when dropped (also when the build is cancelled). It is made and removed
+/// by descriptor from its parent, opened as everything under `.locald/` is
+/// ([`work_dir`]): a `build` symlink a teammate planted is removed, never
+/// followed.
+struct BuildDir {
+    parent: SafeDir,
+    name: std::ffi::OsString,
+    path: PathBuf,
+}
 
 impl BuildDir {
     fn create(path: PathBuf) -> Result<Self, String> {
-        if std::fs::symlink_metadata(&path).is_ok() {
-            let _ = std::fs::remove_dir_all(&path);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(format!("{} cannot be a build directory", path.display()));
+        };
+        let parent = work_dir(parent, true)
+            .map_err(|e| error_chain(&e))?
+            .ok_or_else(|| format!("cannot create {}", parent.display()))?;
+        let fail = |e: std::io::Error| format!("cannot create {}: {e}", path.display());
+        parent.remove(name).map_err(fail)?;
+        parent.mkdir(name, 0o700).map_err(fail)?;
+        Ok(BuildDir {
+            parent,
+            name: name.to_owned(),
+            path,
+        })
+    }
+
+    /// Where it is, for the lifecycle's bind mounts; an error when the name
+    /// no longer leads to the directory made (something above it was
+    /// renamed away since).
+    fn path(&self) -> Result<&Path, String> {
+        match self.parent.sub(&self.name, false) {
+            Ok(Some(d)) if d.still_at_path() => Ok(&self.path),
+            _ => Err(format!(
+                "{} was moved or replaced while the build was being prepared",
+                self.path.display()
+            )),
         }
-        std::fs::create_dir(&path)
-            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)))
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        Ok(BuildDir(path))
     }
 }
 
 impl Drop for BuildDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+        if let Err(e) = self.parent.remove(&self.name) {
             tracing::warn!(
                 "cannot remove the build directory {}: {e}",
-                self.0.display()
+                self.path.display()
             );
         }
     }
@@ -605,7 +638,7 @@ async fn take_result(
     target: &Path,
     project: &Path,
 ) -> Result<(String, BuildMetadata), String> {
-    let exported = work.0.join("layout").join(
+    let exported = work.path.join("layout").join(
         layout_path(output).ok_or_else(|| format!("image name `{output}` cannot be mapped"))?,
     );
     // The build wrote this tree: take it only as a real directory (a

@@ -20,6 +20,9 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timestamps, CWD};
 use rustix::io::Errno;
 
+use crate::fsutil::dir::{list, open_subdir};
+pub(super) use crate::fsutil::dir::{kind_at, remove_tree};
+
 /// How the directories that hold entries are resolved.
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_MAGICLINKS)
@@ -185,15 +188,6 @@ fn is_dot(name: &CStr) -> bool {
     matches!(name.to_bytes(), b"." | b"..")
 }
 
-/// `fstatat(AT_SYMLINK_NOFOLLOW)`: what is at `name`, if anything.
-pub(super) fn kind_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<FileType>> {
-    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
-        Err(Errno::NOENT) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Whether `a` in `da` and `b` in `db` are the same inode (neither followed).
 pub(super) fn same_inode(
     da: BorrowedFd<'_>,
@@ -204,22 +198,6 @@ pub(super) fn same_inode(
     let sa = rustix::fs::statat(da, a, AtFlags::SYMLINK_NOFOLLOW)?;
     let sb = rustix::fs::statat(db, b, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
-}
-
-/// Removes `name` in `dir` and, if it is a directory, everything below it;
-/// symlinks are unlinked, never followed. Missing is fine.
-pub(super) fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    match kind_at(dir, name)? {
-        None => Ok(()),
-        Some(FileType::Directory) => {
-            let sub = open_subdir(dir, name)?;
-            for child in list(&sub)? {
-                remove_tree(sub.as_fd(), &child)?;
-            }
-            unlink(dir, name, AtFlags::REMOVEDIR)
-        }
-        Some(_) => unlink(dir, name, AtFlags::empty()),
-    }
 }
 
 /// Removes from the directory `dir` (at `path`) everything whose path is not
@@ -241,36 +219,6 @@ pub(super) fn prune(dir: BorrowedFd<'_>, path: &[u8], keep: &HashSet<Vec<u8>>) -
         }
     }
     Ok(())
-}
-
-fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
-/// The names in a directory (without `.` and `..`), read before anything in
-/// it is changed.
-fn list(dir: &impl AsFd) -> io::Result<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    let mut d = Dir::read_from(dir)?;
-    while let Some(e) = d.read() {
-        let e = e?;
-        if !is_dot(e.file_name()) {
-            out.push(e.file_name().to_bytes().to_vec());
-        }
-    }
-    Ok(out)
-}
-
-fn unlink(dir: BorrowedFd<'_>, name: &[u8], flags: AtFlags) -> io::Result<()> {
-    match rustix::fs::unlinkat(dir, name, flags) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Runs `make` (which creates `name` in `dir` and fails with `EEXIST` when

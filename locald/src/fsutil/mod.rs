@@ -20,12 +20,19 @@
 //!   file (`O_EXCL|O_NOFOLLOW`), fsync and rename, so concurrent writers
 //!   never share a temporary and a reader sees old or new, never a mix.
 //! - [`read_state`] reads a state file without following a symlink.
+//! - [`work_dir`] opens a directory below a project's `.locald/` without
+//!   following symlinks, and gives a [`SafeDir`] that does everything
+//!   inside it by descriptor ([`dir`] says why).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod dir;
+
+pub use dir::{work_dir, SafeDir, LOCALD_DIR};
 
 /// Why a file or directory was refused.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,14 @@ pub enum UnsafeFile {
         what: &'static str,
         /// The limit in bytes.
         limit: u64,
+    },
+    /// Something else where a directory must be.
+    #[error("{} is not a directory (it is {kind}); refusing to use it", path.display())]
+    NotDirectory {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
     },
     /// A symlink where a directory or state file must be.
     #[error("{} is a symbolic link; refusing to follow it", path.display())]
