@@ -261,3 +261,60 @@ fn a_group_writable_locald_from_a_shared_checkout_is_made_private() {
     let mode = std::fs::metadata(p.join(".locald")).expect("stat").mode() & 0o7777;
     assert_eq!(mode & 0o022, 0, "mode {mode:o}");
 }
+
+/// Regression (item 10): the daemon's start restores each project and then
+/// sweeps what no live locald claims, reading each container directory's
+/// `key`. A directory being made by a restoring service had no key yet (it
+/// was written after the writable copy); the sweep read "" as claimed by
+/// nobody and deleted the copy being made ("cannot make the container's
+/// copy: … No such file or directory", then failed — 3 of 4 restarts under
+/// a user manager). Directories are now made with their key in them, and
+/// one without a key is never taken for abandoned: this plants such a
+/// directory, in the middle of being filled, and starts a daemon.
+#[test]
+fn a_daemon_start_never_sweeps_a_container_directory_without_its_key() {
+    use locald_tests::dbus::{Daemon, DaemonSetup, TestBus};
+    if require(
+        locald_tests::dbus::have_dbus_daemon(),
+        "needs dbus-daemon (apt-get install dbus)",
+    ) {
+        return;
+    }
+    let bus = TestBus::start();
+    let run = bus.dir().join("run");
+    let filling = run.join("locald/containers/locald-restoring-0123456789ab-web");
+    std::fs::create_dir_all(filling.join("rootfs/bin")).expect("mkdir");
+    std::fs::write(filling.join("rootfs/bin/half-copied"), "x").expect("write");
+    for d in [run.as_path(), &run.join("locald"), &run.join("locald/containers")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    // A directory with a key nobody claims is swept, as before.
+    let ghost = run.join("locald/containers/locald-ghost-0123456789ab-web");
+    std::fs::create_dir_all(&ghost).expect("mkdir");
+    std::fs::write(ghost.join("key"), "ghost-0123456789ab").expect("key");
+
+    let env = vec![
+        ("XDG_RUNTIME_DIR".to_owned(), run.display().to_string()),
+        (
+            "LOCALD_SHIM".to_owned(),
+            bus.dir().join("no-shim").display().to_string(),
+        ),
+    ];
+    let d = Daemon::start_with(
+        &bus,
+        DaemonSetup {
+            env,
+            ..DaemonSetup::default()
+        },
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while ghost.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!ghost.exists(), "the abandoned one is swept:\n{}", d.log());
+    assert!(
+        filling.join("rootfs/bin/half-copied").exists(),
+        "the one being made is left alone:\n{}",
+        d.log()
+    );
+}

@@ -30,6 +30,18 @@ pub fn project_key(name: &str, root: &Path) -> String {
     format!("{name}-{}", &hash.to_hex()[..12])
 }
 
+/// Whether `key` has the form [`project_key`] gives: a name, `-`, and 12
+/// hex digits, usable as one path component.
+fn is_key(key: &str) -> bool {
+    let Some((name, hash)) = key.rsplit_once('-') else {
+        return false;
+    };
+    !name.is_empty()
+        && !key.contains(['/', '\0'])
+        && hash.len() == 12
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// How a lock's holder describes itself while it cleans up after a dead
 /// locald.
 const CLEANING: &str = "cleaning up after a locald that died";
@@ -140,6 +152,12 @@ impl ProjectClaim {
     /// that died; `None` when a live instance holds it (or it cannot be
     /// checked: then nothing of it is touched).
     pub fn take_abandoned(key: &str) -> Option<ProjectClaim> {
+        // A key is `name-hash` ([`project_key`]); anything else (an empty
+        // key read from a half-made record) names no project and must not
+        // be "claimed" as abandoned.
+        if !is_key(key) {
+            return None;
+        }
         let path = lock_path(key).ok()?;
         let file = open_lock(&path).ok()?;
         let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
@@ -195,6 +213,15 @@ pub fn live_roots() -> Result<Vec<PathBuf>, ClaimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_well_formed_keys_are_taken_as_abandoned() {
+        assert!(is_key(&project_key("web", Path::new("/p"))));
+        for bad in ["", "-", "web", "web-", "a/b-0123456789ab", "web-0123456789aZ"] {
+            assert!(!is_key(bad), "{bad:?}");
+            assert!(ProjectClaim::take_abandoned(bad).is_none(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn keys_differ_by_directory() {

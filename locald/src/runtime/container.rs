@@ -324,7 +324,8 @@ impl ContainerRuntime {
             let _ = self.shim.delete(&id, true).await;
             self.remove_dir(&dir).await;
         }
-        sub_dir(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        create_with_key(&dir, &spec.key)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         // Its own writable copy of the image, unless the service runs on the
         // shared, read-only one.
         let rootfs = if *read_only {
@@ -337,9 +338,6 @@ impl ContainerRuntime {
                 .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
             copy
         };
-        // The key lets a later daemon's sweep ask whether anyone claims it.
-        write_atomic(&dir.join("key"), spec.key.as_bytes())
-            .map_err(|e| unavailable(format!("cannot write {}: {e}", dir.display())))?;
 
         let args = match command {
             Some(c) => c.clone(),
@@ -579,6 +577,59 @@ fn nspid_is_init(status: &str) -> bool {
         })
 }
 
+/// Makes the container directory `dir` with its `key` already inside: the
+/// directory is made under a temporary name, the key written, then renamed
+/// into place. A sweep (the daemon's start, while the projects it restores
+/// fill their containers' copies) reads the key of every directory it sees
+/// to ask whether a live locald claims it; a directory seen before its key
+/// was written read as claimed by nobody and was deleted while the copy was
+/// being made ("cannot make the container's copy: … No such file or
+/// directory").
+fn create_with_key(dir: &Path, key: &str) -> std::io::Result<()> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let tmp = parent.join(format!(
+        "{UNFINISHED}{}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let made = (|| {
+        sub_dir(&tmp)?;
+        write_atomic(&tmp.join("key"), key.as_bytes())?;
+        std::fs::rename(&tmp, dir)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    made
+}
+
+/// The prefix of a container directory being made ([`create_with_key`]).
+const UNFINISHED: &str = ".new-";
+
+/// Removes directories [`create_with_key`] left half-made in `dir` when its
+/// process died (their name ends with the pid that made them).
+fn sweep_unfinished(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(UNFINISHED)) else {
+            continue;
+        };
+        let pid = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
+        let alive = pid.is_some_and(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+        });
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 async fn remove_container_dir(images: &dyn ImageSource, dir: &Path) {
     if let Err(e) = images.remove_copy(&dir.join("rootfs")).await {
         tracing::warn!("cannot remove {}: {e}", dir.join("rootfs").display());
@@ -623,10 +674,21 @@ impl Runtime for ContainerRuntime {
                         .collect()
                 })
                 .unwrap_or_default();
+            sweep_unfinished(&dir);
             let mut n = 0;
             for id in ids {
+                // A directory always has its key (`create_with_key`); one
+                // without (made by an older locald, or unreadable) says
+                // nothing about who owns it, so it is left alone rather
+                // than taken for abandoned: the container being restored
+                // right now may be filling it.
                 let key = std::fs::read_to_string(dir.join(&id).join("key")).unwrap_or_default();
-                let Some(_claim) = ProjectClaim::take_abandoned(key.trim()) else {
+                let key = key.trim();
+                if key.is_empty() {
+                    tracing::debug!("{}: no key; left alone", dir.join(&id).display());
+                    continue;
+                }
+                let Some(_claim) = ProjectClaim::take_abandoned(key) else {
                     continue;
                 };
                 if self.shim.state(&id).await.is_ok() {
