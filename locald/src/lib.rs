@@ -18,6 +18,7 @@ pub mod foreground;
 pub mod fsutil;
 pub mod image;
 pub mod journal;
+pub mod listeners;
 pub mod output;
 pub mod ports;
 pub mod proxy;

@@ -65,6 +65,16 @@ pub enum PullError {
     /// The HTTP client could not be set up.
     #[error("cannot set up the registry client")]
     Client(#[source] OciDistributionError),
+    /// A registry reached over plain HTTP at an address of this machine is
+    /// served by another user: a local port belongs to whoever binds it
+    /// first, and their image would run in the user's containers.
+    #[error("{registry} is an insecure (plain HTTP) registry on this machine, and its port is held by {holder}, not by you or root; refusing to pull from it (start your registry there, or pin images by digest: docs/containers.md)")]
+    UntrustedListener {
+        /// The registry (`host:port`).
+        registry: String,
+        /// Who holds the port ("uid 1001 (eve)").
+        holder: String,
+    },
     /// The registry refused access (or hides that the repository does not
     /// exist, as Docker Hub does).
     #[error("{registry} refused access to {repository} ({})", if *.anonymous { "anonymously; if it exists and is private, log in with `podman login` or `docker login`" } else { "with the stored credentials" })]
@@ -389,6 +399,39 @@ pub struct RegistryClient {
     insecure: Vec<String>,
 }
 
+/// `host:port` (`[v6]:port`) of a registry, the port 80 when none is
+/// given (plain HTTP's; only insecure registries are asked).
+fn split_host_port(registry: &str) -> (&str, u16) {
+    if let Some(rest) = registry.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            let port = p
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(80);
+            return (h, port);
+        }
+    }
+    match registry.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().unwrap_or(80)),
+        _ => (registry, 80),
+    }
+}
+
+/// Whether `ip` is one of this machine's: loopback, or an address of one
+/// of its interfaces (another local user can bind those too).
+fn is_this_machine(ip: std::net::IpAddr) -> bool {
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    addrs.into_iter().filter_map(|a| a.address).any(|a| {
+        a.as_sockaddr_in().map(|s| std::net::IpAddr::V4(s.ip())) == Some(ip)
+            || a.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())) == Some(ip)
+    })
+}
+
 /// reqwest is built without a compiled-in TLS provider; install `ring` as
 /// the process default once (a provider installed by someone else stays).
 fn install_crypto_provider() {
@@ -431,6 +474,43 @@ impl RegistryClient {
         Ok(self.client.get_or_init(|| client))
     }
 
+    /// For a registry spoken to over plain HTTP (`insecure_registries`) at
+    /// an address of this machine: whoever listens there must be the user
+    /// or root. Over HTTPS the certificate says who answers; over plain
+    /// HTTP on a shared machine nothing does, and another user can bind
+    /// the port while the user's registry is not running. (The check is
+    /// made just before the pull connects; a listener that appears in
+    /// between is not seen — digest pins cover that.)
+    async fn check_local_listener(&self, registry: &str) -> Result<(), PullError> {
+        if !self.insecure.iter().any(|r| r == registry) {
+            return Ok(());
+        }
+        let (host, port) = split_host_port(registry);
+        let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.collect(),
+            // The pull reports the lookup failure itself.
+            Err(_) => return Ok(()),
+        };
+        let local: Vec<_> = addrs
+            .into_iter()
+            .filter(|a| is_this_machine(a.ip()))
+            .collect();
+        if local.is_empty() {
+            return Ok(());
+        }
+        let owner = crate::listeners::Owner::current();
+        let table = crate::listeners::listeners(port).unwrap_or_default();
+        for a in local {
+            if let Err(uid) = crate::listeners::check_owner(&table, a, &owner) {
+                return Err(PullError::UntrustedListener {
+                    registry: registry.to_owned(),
+                    holder: crate::listeners::describe_uid(uid),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn auth_for(&self, r: &RegistryRef) -> RegistryAuth {
         match self.credentials.find(r.registry(), r.repository()) {
             Some(l) => RegistryAuth::Basic(l.user.clone(), l.password.clone()),
@@ -447,6 +527,7 @@ impl RegistryClient {
         r: &RegistryRef,
         progress: ProgressFn,
     ) -> Result<Pulled, PullError> {
+        self.check_local_listener(r.registry()).await?;
         let auth = self.auth_for(r);
         let ctx = Ctx {
             client: self.client()?.clone(),
@@ -953,6 +1034,76 @@ fn client_digest_error(e: &std::io::Error) -> Option<(String, String)> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn registry_addresses_split_into_host_and_port() {
+        assert_eq!(split_host_port("127.0.0.1:5000"), ("127.0.0.1", 5000));
+        assert_eq!(split_host_port("localhost"), ("localhost", 80));
+        assert_eq!(split_host_port("[::1]:5000"), ("::1", 5000));
+        assert!(is_this_machine("127.0.0.1".parse().expect("ip")));
+        assert!(is_this_machine("::1".parse().expect("ip")));
+        assert!(!is_this_machine("192.0.2.1".parse().expect("ip")));
+    }
+
+    /// Regression (#19 item 2): a user who binds the loopback port of the
+    /// victim's insecure registry first served an image that ran in the
+    /// victim's containers. A listener of another uid is refused before
+    /// anything is sent to it.
+    #[tokio::test]
+    async fn an_insecure_registry_port_held_by_another_user_is_refused() {
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let registry = format!("127.0.0.1:{}", sock.local_addr().expect("addr").port());
+        let config = UserConfig {
+            insecure_registries: vec![registry.clone()],
+        };
+        let client = RegistryClient::new(&config, Credentials::none()).expect("client");
+        // Our own listener: fine.
+        client.check_local_listener(&registry).await.expect("ours");
+        // Not an insecure registry: HTTPS vouches for it, nothing to check.
+        client
+            .check_local_listener("127.0.0.1:1")
+            .await
+            .expect("not insecure");
+        if nix::unistd::geteuid().is_root() {
+            drop(sock);
+            let port: u16 = registry
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port");
+            let squatter = std::process::Command::new("setpriv")
+                .args(["--reuid=4242", "--regid=4242", "--clear-groups", "/usr/bin/python3", "-c"])
+                .arg(format!(
+                    "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\ns.listen()\ntime.sleep(30)"
+                ))
+                .spawn()
+                .expect("squatter");
+            let squatter = Killed(squatter);
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let e = loop {
+                match client.check_local_listener(&registry).await {
+                    Err(e) => break e,
+                    Ok(()) => {
+                        assert!(
+                            std::time::Instant::now() < end,
+                            "the squatter never listened"
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                }
+            };
+            assert!(e.to_string().contains("held by uid 4242"), "{e}");
+            drop(squatter);
+        }
+    }
+
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 
     fn auth_file(dir: &Path, name: &str, json: &str) -> PathBuf {
         let p = dir.join(name);
