@@ -382,8 +382,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _proxy = match crate::proxy::configured_port() {
         Some(port) => match crate::proxy::serve(engine.clone(), port).await {
             Ok(task) => Some(AbortOnDrop(task)),
+            Err(e) if e.held_by_another_user() => {
+                // Whoever opens a *.localhost URL on this port reaches
+                // their server, with the user's cookies for that origin.
+                engine.warn_user(format!(
+                    "the URL proxy {e}: *.localhost:{port} URLs would reach their server, so locald shows none; set LOCALD_PROXY_PORT to a port of your own (docs/urls.md)"
+                ));
+                None
+            }
             Err(e) => {
-                tracing::warn!("the URL proxy cannot listen on 127.0.0.1:{port} ({e}); *.localhost URLs are off (set LOCALD_PROXY_PORT to another port)");
+                tracing::warn!("the URL proxy {e}; *.localhost URLs are off (set LOCALD_PROXY_PORT to another port)");
                 None
             }
         },

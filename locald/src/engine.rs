@@ -165,6 +165,9 @@ struct Inner {
     /// (up, reload, down) without blocking the others.
     projects: std::sync::Mutex<IndexMap<String, Arc<ProjectEntry>>>,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// What the user must know that is not a service's state (the URL
+    /// proxy's port held by another user), one line each.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 struct ProjectEntry {
@@ -217,6 +220,7 @@ impl Engine {
                 instance: opts.instance,
                 projects: std::sync::Mutex::new(IndexMap::new()),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
+                warnings: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -802,6 +806,21 @@ impl Engine {
             );
         }
         failed
+    }
+
+    /// Records a problem the user should know about (shown by `status`, on
+    /// D-Bus as `Warnings`), and logs it.
+    pub fn warn_user(&self, text: String) {
+        tracing::warn!("{text}");
+        lock(&self.inner.warnings).push(text);
+    }
+
+    /// Every problem recorded with [`Engine::warn_user`], and the state
+    /// file's, if any.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = lock(&self.inner.warnings).clone();
+        w.extend(self.state_problem());
+        w
     }
 
     /// What went wrong with the state file at the last restore, if anything

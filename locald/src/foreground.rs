@@ -81,6 +81,13 @@ pub async fn up(
                 }
                 Some(crate::daemon::AbortOnDrop(task))
             }
+            Err(e) if e.held_by_another_user() => {
+                term.note(&format!(
+                    "warning: the URL proxy {e}: *.localhost:{port} URLs would reach their server, so none are shown; set LOCALD_PROXY_PORT to a port of your own"
+                ));
+                None
+            }
+            // The daemon (ours) serves it.
             Err(_) => None,
         },
         None => None,

@@ -18,20 +18,87 @@
 //! (the daemon's takes precedence). The port is 7780 by default,
 //! `LOCALD_PROXY_PORT` changes it and `0` turns the proxy off; it binds
 //! 127.0.0.1 only. `docs/urls.md` shows how to get port 80 without root.
+//!
+//! Loopback is shared by every local user, so the proxy trusts no port by
+//! its number ([`crate::listeners`]):
+//! - a request goes only to a listener that is the service's own (its uid,
+//!   one of its processes holds the socket); a port another user squatted
+//!   while the service restarted, or a `127.0.0.1` left free by a server on
+//!   `::1` only, gets the "starting…" page with who holds it — never their
+//!   content under the user's origin (a server on `::1` only is reached
+//!   there);
+//! - connections are capped in total and per connecting user (found from
+//!   the kernel's socket table), headers must arrive within 10 s and an
+//!   idle keep-alive connection is closed after as long, and the total
+//!   stays far below the open-file limit, so a flood of idle connections
+//!   cannot take the descriptors the engine needs to start services;
+//! - every page is built from escaped parts (a Host header is text).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::Engine;
 use crate::event::{ProjectSnapshot, ServiceSnapshot, ServiceState};
+use crate::listeners::{self, Holder, Owner};
+use crate::lock;
+
+/// Longest a client may take to send a request's headers, and longest a
+/// keep-alive connection may sit idle between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the proxy waits to connect to a service on loopback.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the proxy waits for a service's response headers (a dev
+/// server's first compile can be slow).
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connections at most, whatever the open-file limit allows.
+const MAX_CONNECTIONS: usize = 1024;
+/// Descriptors never used by the proxy: the engine's, to start services.
+const RESERVED_FDS: usize = 512;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Its port is taken.
+    #[error("cannot listen on 127.0.0.1:{port}: {}", match holder {
+        Some(h) => format!("the port is held by {}", h.describe()),
+        None => source.to_string(),
+    })]
+    Bind {
+        /// The port.
+        port: u16,
+        /// Who holds it, when that can be known and is not us.
+        holder: Option<Holder>,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ProxyError {
+    /// Another user holds the port: whoever opens a `*.localhost` URL on
+    /// it reaches *their* server, which the user must be told loudly.
+    pub fn held_by_another_user(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Bind {
+                holder: Some(Holder::OtherUser { .. }),
+                ..
+            }
+        )
+    }
+}
 
 /// The proxy's port when `LOCALD_PROXY_PORT` does not say otherwise.
 pub const DEFAULT_PORT: u16 = 7780;
@@ -84,30 +151,148 @@ pub fn url(project: &str, service: &str, proxy: u16) -> String {
 }
 
 /// Binds the proxy on 127.0.0.1:`port` and serves it for `engine` until
-/// the returned task is aborted. Errs when the port cannot be bound.
-pub async fn serve(engine: Engine, port: u16) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+/// the returned task is aborted. Errs when the port cannot be bound,
+/// naming who holds it when another user does.
+pub async fn serve(engine: Engine, port: u16) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
+    let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(source) => {
+            let owner = Owner::current();
+            let holder = listeners::listeners(port).ok().and_then(|t| {
+                let to = SocketAddr::from(([127, 0, 0, 1], port));
+                match listeners::check_owner(&t, to, &owner) {
+                    Err(uid) => Some(Holder::OtherUser { uid }),
+                    Ok(_) => None,
+                }
+            });
+            return Err(ProxyError::Bind {
+                port,
+                holder,
+                source,
+            });
+        }
+    };
     SERVING.store(port, std::sync::atomic::Ordering::Relaxed);
+    let proxy = Arc::new(Proxy {
+        engine,
+        port,
+        owner: Owner::current(),
+        verified: Mutex::new(HashMap::new()),
+        limits: Limits::new(max_connections()),
+    });
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 // EMFILE and the like: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let engine = engine.clone();
+            let local = stream
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)));
+            // Who connects: the owner of the other end of this loopback
+            // connection, from the kernel's socket table.
+            let uid = listeners::connection_owner(peer, local);
+            let Some(slot) = proxy.limits.admit(uid) else {
+                drop(stream);
+                continue;
+            };
+            let proxy = proxy.clone();
             tokio::spawn(async move {
+                let slot = Arc::new(slot);
+                let held = slot.clone();
                 let svc = hyper::service::service_fn(move |req| {
-                    let engine = engine.clone();
-                    async move { Ok::<_, Infallible>(handle(&engine, port, req).await) }
+                    let proxy = proxy.clone();
+                    let slot = held.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(req, slot).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(64 * 1024)
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
                     .await;
+                drop(slot);
             });
         }
     }))
+}
+
+/// How many connections the proxy takes at once: [`MAX_CONNECTIONS`], or
+/// fewer when the open-file limit is low (each proxied connection holds two
+/// descriptors, and [`RESERVED_FDS`] stay the engine's).
+fn max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| {
+            usize::try_from(soft).unwrap_or(usize::MAX)
+        });
+    (soft.saturating_sub(RESERVED_FDS) / 2).clamp(16, MAX_CONNECTIONS)
+}
+
+/// The proxy's state shared by its connections.
+struct Proxy {
+    engine: Engine,
+    port: u16,
+    owner: Owner,
+    /// Listener inodes already found held by a service's process, by
+    /// (main pid, port): the descriptor scan runs once per listener.
+    verified: Mutex<HashMap<(u32, u16), u64>>,
+    limits: Limits,
+}
+
+/// Connection caps: in total, and per connecting uid (a quarter of the
+/// total), so one user's idle connections cannot lock out another's.
+struct Limits {
+    total: Arc<Semaphore>,
+    per_uid: Arc<Mutex<HashMap<Option<u32>, usize>>>,
+    each: usize,
+}
+
+/// One admitted connection; gives its places back when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    uid: Option<u32>,
+    per_uid: Arc<Mutex<HashMap<Option<u32>, usize>>>,
+}
+
+impl Limits {
+    fn new(total: usize) -> Limits {
+        Limits {
+            total: Arc::new(Semaphore::new(total)),
+            per_uid: Arc::new(Mutex::new(HashMap::new())),
+            each: (total / 4).max(4),
+        }
+    }
+
+    /// A place for a connection of `uid`, or `None` when it or everyone
+    /// is at the cap (the connection is then closed at once).
+    fn admit(&self, uid: Option<u32>) -> Option<Slot> {
+        let permit = self.total.clone().try_acquire_owned().ok()?;
+        let mut m = lock(&self.per_uid);
+        let n = m.entry(uid).or_insert(0);
+        if *n >= self.each {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            _permit: permit,
+            uid,
+            per_uid: self.per_uid.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = lock(&self.per_uid);
+        if let Some(n) = m.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Where a host name leads.
@@ -173,79 +358,160 @@ fn route<'a>(projects: &'a [ProjectSnapshot], host: &str) -> Route<'a> {
     }
 }
 
-async fn handle(engine: &Engine, proxy: u16, mut req: Request<Incoming>) -> Response<Body> {
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let projects = engine.projects();
-    let (project, service) = match route(&projects, &host) {
-        Route::Unknown(why) => return not_found(&why, &projects, proxy),
-        Route::Service(p, s) => (p, s),
-    };
-    let Some(&port) = service.ports.get("PORT") else {
-        return page(
-            StatusCode::NOT_FOUND,
-            &format!("{}/{} has no port", project.name, service.name),
-            "Give it `port = \"auto\"` in locald.toml to reach it here.",
-            false,
-        );
-    };
-    if !matches!(service.state, ServiceState::Running | ServiceState::Healthy) {
-        return starting(project, service);
-    }
-    let Ok(tcp) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await else {
-        return starting(project, service);
-    };
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
-    else {
-        return starting(project, service);
-    };
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let wants_upgrade = req.headers().contains_key(hyper::header::UPGRADE);
-    let client_side = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = match sender.send_request(req).await {
-        Ok(r) => r,
-        Err(e) => {
+impl Proxy {
+    async fn handle(&self, mut req: Request<Incoming>, slot: Arc<Slot>) -> Response<Body> {
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let projects = self.engine.projects();
+        let (project, service) = match route(&projects, &host) {
+            Route::Unknown(why) => return not_found(&why, &projects, self.port),
+            Route::Service(p, s) => (p, s),
+        };
+        let Some(&port) = service.ports.get("PORT") else {
             return page(
-                StatusCode::BAD_GATEWAY,
-                &format!("{}/{} did not answer", project.name, service.name),
-                &format!("{e}"),
+                StatusCode::NOT_FOUND,
+                &format!("{}/{} has no port", project.name, service.name),
+                &escape("Give it `port = \"auto\"` in locald.toml to reach it here."),
                 false,
-            )
+            );
+        };
+        if !matches!(service.state, ServiceState::Running | ServiceState::Healthy) {
+            return starting(project, service, None);
         }
-    };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_side) = client_side {
-            let service_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                if let (Ok(a), Ok(b)) = (client_side.await, service_side.await) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
-                            .await;
+        let to = match self.target(service, port).await {
+            Ok(to) => to,
+            Err(holder) => return starting(project, service, Some((port, holder))),
+        };
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await;
+        let Ok(Ok(tcp)) = connected else {
+            return starting(project, service, None);
+        };
+        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
+        else {
+            return starting(project, service, None);
+        };
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let wants_upgrade = req.headers().contains_key(hyper::header::UPGRADE);
+        let client_side = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let sent = tokio::time::timeout(UPSTREAM_TIMEOUT, sender.send_request(req)).await;
+        let mut resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return page(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{}/{} did not answer", project.name, service.name),
+                    &escape(&e.to_string()),
+                    false,
+                )
+            }
+            Err(_) => {
+                return page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("{}/{} did not answer", project.name, service.name),
+                    &escape(&format!(
+                        "no response within {}",
+                        humantime::format_duration(UPSTREAM_TIMEOUT)
+                    )),
+                    false,
+                )
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_side) = client_side {
+                let service_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    // The connection's place is held while the upgraded
+                    // stream lives.
+                    let _slot = slot;
+                    if let (Ok(a), Ok(b)) = (client_side.await, service_side.await) {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(a),
+                            &mut TokioIo::new(b),
+                        )
+                        .await;
+                    }
+                });
+            }
+        }
+        resp.map(BodyExt::boxed)
+    }
+
+    /// Where the service listens on `port`, if the listener there is its
+    /// own; who holds the port otherwise.
+    async fn target(&self, service: &ServiceSnapshot, port: u16) -> Result<SocketAddr, Holder> {
+        let Some(main) = service.main_pid else {
+            return Err(Holder::Nobody);
+        };
+        let key = (main, port);
+        let known = lock(&self.verified).get(&key).copied();
+        let owner = self.owner.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let table = listeners::listeners(port).unwrap_or_default();
+            // The inode already seen held by the service: only the owner is
+            // checked again (the table says it is still the same socket).
+            if let Some(inode) = known {
+                if let Some(l) = table.iter().find(|l| l.inode == inode) {
+                    if let Ok(to) = listeners::check_service(std::slice::from_ref(l), port, &owner, &[]) {
+                        return Ok((to, inode));
+                    }
                 }
-            });
+            }
+            let pids = listeners::service_processes(main);
+            let to = listeners::check_service(&table, port, &owner, &pids)?;
+            let inode = listeners::receiver(&table, to).map_or(0, |l| l.inode);
+            Ok((to, inode))
+        })
+        .await
+        .unwrap_or(Err(Holder::Nobody));
+        match checked {
+            Ok((to, inode)) => {
+                lock(&self.verified).insert(key, inode);
+                Ok(to)
+            }
+            Err(holder) => {
+                lock(&self.verified).remove(&key);
+                if !matches!(holder, Holder::Nobody) {
+                    tracing::warn!(
+                        "not forwarding to {}:{port} for {}: the port is held by {}",
+                        "localhost",
+                        service.name,
+                        holder.describe()
+                    );
+                }
+                Err(holder)
+            }
         }
     }
-    resp.map(BodyExt::boxed)
 }
 
-fn starting(project: &ProjectSnapshot, service: &ServiceSnapshot) -> Response<Body> {
+/// The "starting…" page; `held` says that the port is held by someone
+/// other than the service.
+fn starting(
+    project: &ProjectSnapshot,
+    service: &ServiceSnapshot,
+    held: Option<(u16, Holder)>,
+) -> Response<Body> {
     let state = service.state.as_str();
-    let why = if service.reason.is_empty() {
-        state.to_owned()
-    } else {
-        format!("{state}: {}", service.reason)
+    let why = match held {
+        Some((port, h)) => format!(
+            "{state}: port {port} is held by {}, not by {}; locald does not forward to it",
+            h.describe(),
+            service.name
+        ),
+        None if service.reason.is_empty() => state.to_owned(),
+        None => format!("{state}: {}", service.reason),
     };
     page(
         StatusCode::SERVICE_UNAVAILABLE,
         &format!("{}/{} is starting…", project.name, service.name),
-        &why,
+        &escape(&why),
         true,
     )
 }
@@ -254,10 +520,11 @@ fn not_found(why: &str, projects: &[ProjectSnapshot], proxy: u16) -> Response<Bo
     let mut list = String::new();
     for p in projects {
         for s in p.services.iter().filter(|s| s.ports.contains_key("PORT")) {
-            let u = url(&p.name, &s.name, proxy);
-            list.push_str(&format!("<li><a href=\"{u}\">{}</a></li>", escape(&u)));
+            let u = escape(&url(&p.name, &s.name, proxy));
+            list.push_str(&format!("<li><a href=\"{u}\">{u}</a></li>"));
         }
     }
+    let why = escape(why);
     let body = if list.is_empty() {
         format!("{why}. No service with a port is up.")
     } else {
@@ -266,28 +533,32 @@ fn not_found(why: &str, projects: &[ProjectSnapshot], proxy: u16) -> Response<Bo
     page(StatusCode::NOT_FOUND, "Not found", &body, false)
 }
 
+/// Text as HTML: every character that means something in markup escaped.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
-/// A small HTML page; `reload` makes it ask again every second.
-fn page(status: StatusCode, title: &str, text: &str, reload: bool) -> Response<Body> {
+/// A small HTML page around `body`, which the caller built from escaped
+/// parts; `reload` makes it ask again every second.
+fn page(status: StatusCode, title: &str, body: &str, reload: bool) -> Response<Body> {
     let refresh = if reload {
         "<meta http-equiv=\"refresh\" content=\"1\">"
     } else {
         ""
     };
-    // `text` of the 404 page carries its own markup (built from escaped parts).
-    let text = if status == StatusCode::NOT_FOUND && text.contains("<ul>") {
-        text.to_owned()
-    } else {
-        escape(text)
-    };
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\">{refresh}<title>{t}</title></head><body><h1>{t}</h1><p>{text}</p><p><small>locald</small></p></body></html>\n",
+        "<!doctype html><html><head><meta charset=\"utf-8\">{refresh}<title>{t}</title></head><body><h1>{t}</h1><p>{body}</p><p><small>locald</small></p></body></html>\n",
         t = escape(title)
     );
     let mut r = Response::new(Full::new(Bytes::from(html)).map_err(|n| match n {}).boxed());
@@ -295,6 +566,10 @@ fn page(status: StatusCode, title: &str, text: &str, reload: bool) -> Response<B
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     if reload {
         r.headers_mut()
@@ -345,6 +620,42 @@ mod tests {
         assert!(name(route(&p, "other.localhost")).contains("no project"));
         assert!(name(route(&p, "example.com")).contains("not a *.localhost"));
         assert!(name(route(&p, "a.b.c.localhost")).starts_with("unknown"));
+    }
+
+    async fn body_text(r: Response<Body>) -> String {
+        let b = r.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    #[tokio::test]
+    async fn the_404_page_never_reflects_markup_from_the_host_header() {
+        let p = projects();
+        let host = "x<script>alert(1)</script>.shop.localhost";
+        let Route::Unknown(why) = route(&p, host) else {
+            panic!("routed");
+        };
+        let html = body_text(not_found(&why, &p, 7780)).await;
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(
+            html.contains("<ul><li><a href=\"http://api.shop.localhost:7780/\">"),
+            "{html}"
+        );
+        // The markup-free case too.
+        let html = body_text(not_found(&why, &[], 7780)).await;
+        assert!(!html.contains("<script>"), "{html}");
+    }
+
+    #[test]
+    fn connections_are_capped_per_user_and_in_total() {
+        let l = Limits::new(16);
+        let a: Vec<Slot> = (0..4).filter_map(|_| l.admit(Some(1001))).collect();
+        assert_eq!(a.len(), 4);
+        assert!(l.admit(Some(1001)).is_none(), "per-uid cap");
+        let b: Vec<Slot> = (0..4).filter_map(|_| l.admit(Some(1000))).collect();
+        assert_eq!(b.len(), 4, "another user still gets in");
+        drop(a);
+        assert!(l.admit(Some(1001)).is_some(), "places come back");
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub struct DaemonSetup {
     pub env: Vec<(String, String)>,
     /// Do not wait for the bus name (the test watches startup itself).
     pub no_wait: bool,
+    /// Run it with this open-file limit (soft and hard), through `prlimit`.
+    pub nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -174,7 +176,17 @@ impl Daemon {
         let state = setup.state_dir.unwrap_or_else(|| bus.dir().join("state"));
         let log = bus.dir().join(format!("daemon-{}.log", crate::unique("d")));
         let log_file = std::fs::File::create(&log).expect("daemon log");
-        let mut cmd = Command::new(bin("locald"));
+        let mut cmd = match setup.nofile {
+            // prlimit execs the daemon: same pid.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("locald"));
+                c
+            }
+            None => Command::new(bin("locald")),
+        };
         cmd.arg("daemon")
             .arg("--bus-address")
             .arg(bus.address())

@@ -70,7 +70,7 @@ fn port_of(ports: &[(String, serde_json::Value)], service: &str, var: &str) -> u
 
 #[test]
 fn auto_ports_reach_env_health_and_status_survive_kill_9_and_differ_between_projects() {
-    if !require(
+    if require(
         have_dbus_daemon(),
         "dbus-daemon is not installed (tests/setup-debian.sh installs it)",
     ) {

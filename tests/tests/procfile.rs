@@ -93,7 +93,7 @@ fn a_foreman_procfile_runs_with_locald_up() {
 
 #[test]
 fn a_procfile_runs_with_locald_ctl_up_and_shows_ports() {
-    if !require(
+    if require(
         have_dbus_daemon(),
         "dbus-daemon is not installed (tests/setup-debian.sh installs it)",
     ) {

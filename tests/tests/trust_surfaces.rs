@@ -115,7 +115,10 @@ fn a_planted_watch_sync_symlink_never_empties_the_directory_it_names() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -132,7 +135,11 @@ fn a_planted_watch_sync_symlink_never_empties_the_directory_it_names() {
         nix::sys::signal::Signal::SIGINT,
     );
     let out = child.wait_with_output().expect("wait");
-    assert!(seen.contains("web-up"), "service came up: {seen}{}", text(&out));
+    assert!(
+        seen.contains("web-up"),
+        "service came up: {seen}{}",
+        text(&out)
+    );
     assert_intact(&victim);
     assert!(
         std::fs::symlink_metadata(p.join(".locald/watch-sync"))
@@ -197,7 +204,11 @@ fn planted_symlinks_below_locald_are_removed_or_refused_never_followed() {
     symlink(&victim, p.join(".locald/state")).expect("plant");
     let out = build(&p);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("state is a symbolic link"), "{}", text(&out));
+    assert!(
+        text(&out).contains("state is a symbolic link"),
+        "{}",
+        text(&out)
+    );
     assert_intact(&victim);
 }
 
@@ -285,7 +296,11 @@ fn a_daemon_start_never_sweeps_a_container_directory_without_its_key() {
     let filling = run.join("locald/containers/locald-restoring-0123456789ab-web");
     std::fs::create_dir_all(filling.join("rootfs/bin")).expect("mkdir");
     std::fs::write(filling.join("rootfs/bin/half-copied"), "x").expect("write");
-    for d in [run.as_path(), &run.join("locald"), &run.join("locald/containers")] {
+    for d in [
+        run.as_path(),
+        &run.join("locald"),
+        &run.join("locald/containers"),
+    ] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     }
     // A directory with a key nobody claims is swept, as before.
@@ -317,4 +332,366 @@ fn a_daemon_start_never_sweeps_a_container_directory_without_its_key() {
         "the one being made is left alone:\n{}",
         d.log()
     );
+}
+
+// ---------------------------------------------------------------------------
+// The *.localhost proxy (items 3, 4 and 7).
+
+/// A server of another user (uid 4242, no account needed) on
+/// 127.0.0.1:`port`, answering every request with `PWNED`.
+struct Squatter(Child);
+
+const SQUAT: &str = r#"import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    try:
+        c.recv(65536)
+        c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nPWNED')
+    except Exception:
+        pass
+    c.close()
+"#;
+
+impl Squatter {
+    fn start(port: u16) -> Squatter {
+        let child = Command::new("setpriv")
+            .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", SQUAT])
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("squatter");
+        let s = Squatter(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while !held_by_4242(port) {
+            assert!(
+                Instant::now() < end,
+                "the squatter never listened on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn held_by_4242(port: u16) -> bool {
+    locald::listeners::listeners(port)
+        .unwrap_or_default()
+        .iter()
+        .any(|l| l.uid == OTHER)
+}
+
+/// `GET /who.txt` through the proxy with this Host: status and body.
+fn via_proxy(proxy: u16, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", proxy)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /who.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+fn service_port(bus: &locald_tests::dbus::TestBus, dir: &Path, service: &str) -> Option<u16> {
+    let json = locald_tests::dbus::status_json(bus, dir);
+    let svc = locald_tests::find_service(&json, service)?;
+    svc["ports"]["PORT"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+}
+
+fn proxy_daemon(
+    nofile: Option<u64>,
+) -> Option<(locald_tests::dbus::TestBus, locald_tests::dbus::Daemon, u16)> {
+    use locald_tests::dbus::{have_dbus_daemon, Daemon, DaemonSetup, TestBus};
+    if require(am_root(), "needs root to run a squatter as another uid")
+        || require(
+            have_dbus_daemon(),
+            "needs dbus-daemon (apt-get install dbus)",
+        )
+    {
+        return None;
+    }
+    let proxy = locald_tests::free_port();
+    let bus = TestBus::start();
+    let daemon = Daemon::start_with(
+        &bus,
+        DaemonSetup {
+            env: vec![("LOCALD_PROXY_PORT".into(), proxy.to_string())],
+            nofile,
+            ..DaemonSetup::default()
+        },
+    );
+    Some((bus, daemon, proxy))
+}
+
+/// Regression (item 4): the proxy connected to 127.0.0.1:PORT whenever the
+/// service was running, whoever listened there. A server that binds only
+/// `::1` (as Vite does) left 127.0.0.1:PORT to another user, whose page was
+/// then served under the victim's origin; a port squatted while the service
+/// restarted was served the same way.
+#[test]
+fn the_proxy_never_serves_another_users_listener_under_the_services_url() {
+    use locald_tests::dbus::{ctl, wait_states};
+    let Some((bus, _daemon, proxy)) = proxy_daemon(None) else {
+        return;
+    };
+    let name = locald_tests::unique("squat");
+    let p = TestProject::new(&format!(
+        r#"[project]
+name = "{name}"
+
+[services.vite]
+port = "auto"
+command = "exec python3 -m http.server $PORT --bind ::1 --directory pub"
+stop_timeout = "1s"
+
+[services.api]
+port = "auto"
+command = "sleep 1; exec python3 -m http.server $PORT --bind 127.0.0.1 --directory pub"
+stop_timeout = "1s"
+"#
+    ));
+    p.write("pub/who.txt", "I am the service\n");
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    wait_states(
+        &bus,
+        p.path(),
+        &["running", "running"],
+        Duration::from_secs(20),
+    );
+
+    // The ::1-only server: another user takes 127.0.0.1 of its port.
+    let vite = format!("vite.{name}.localhost:{proxy}");
+    let port = service_port(&bus, p.path(), "vite").expect("vite's port");
+    let end = Instant::now() + Duration::from_secs(15);
+    while !via_proxy(proxy, &vite).1.contains("I am the service") {
+        assert!(Instant::now() < end, "vite never answered over ::1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let squatter = Squatter::start(port);
+    for _ in 0..10 {
+        let (code, body) = via_proxy(proxy, &vite);
+        assert!(!body.contains("PWNED"), "served the squatter: {body}");
+        assert_eq!(code, 200, "still reached over ::1: {body}");
+    }
+    drop(squatter);
+
+    // A restart: the port is free for a moment, and taken.
+    let api = format!("api.{name}.localhost:{proxy}");
+    let port = service_port(&bus, p.path(), "api").expect("api's port");
+    let end = Instant::now() + Duration::from_secs(15);
+    while !via_proxy(proxy, &api).1.contains("I am the service") {
+        assert!(Instant::now() < end, "api never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ctl(&bus, p.path(), &["stop", "api"]).code, 0);
+    let _squatter = Squatter::start(port);
+    assert_eq!(ctl(&bus, p.path(), &["start", "api"]).code, 0);
+    let mut told = String::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        let (code, body) = via_proxy(proxy, &api);
+        assert!(!body.contains("PWNED"), "served the squatter: {body}");
+        if code == 503 && body.contains("uid 4242") {
+            told = body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        told.contains("is held by uid 4242"),
+        "the page says who holds the port"
+    );
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
+
+/// Regression (item 3): two clients holding ~20,000 idle connections to
+/// the proxy took the daemon's descriptors; starts failed with "Too many
+/// open files", hit the start limit, and the service stayed failed. Here
+/// the daemon has 1,100 descriptors and another user opens 3,000 idle
+/// connections: most are closed at once (per-user and total caps), the
+/// rest after the 10-second header/idle timeout, a restart of the service
+/// works meanwhile, and the user's own requests still get through.
+#[test]
+fn a_flood_of_idle_proxy_connections_starves_neither_the_proxy_nor_the_services() {
+    use locald_tests::dbus::{ctl, wait_states};
+    let Some((bus, daemon, proxy)) = proxy_daemon(Some(1100)) else {
+        return;
+    };
+    let name = locald_tests::unique("flood");
+    let p = TestProject::new(&format!(
+        r#"[project]
+name = "{name}"
+
+[services.web]
+port = "auto"
+command = "exec python3 -m http.server $PORT --bind 127.0.0.1 --directory pub"
+stop_timeout = "1s"
+start_limit_burst = 3
+"#
+    ));
+    p.write("pub/who.txt", "I am the service\n");
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    wait_states(&bus, p.path(), &["running"], Duration::from_secs(20));
+    let web = format!("web.{name}.localhost:{proxy}");
+
+    let flood = format!(
+        r#"import socket, time, select
+conns = []
+start = time.time()
+for i in range(3000):
+    if time.time() - start > 8:
+        break
+    try:
+        s = socket.create_connection(('127.0.0.1', {proxy}), timeout=0.2)
+        conns.append(s)
+    except OSError:
+        pass
+def alive():
+    n = 0
+    for s in conns:
+        try:
+            s.setblocking(False)
+            if s.recv(1, socket.MSG_PEEK) != b'':
+                n += 1
+        except BlockingIOError:
+            n += 1
+        except OSError:
+            pass
+    return n
+time.sleep(2)
+print('open-after-2s', alive(), flush=True)
+time.sleep(12)
+print('open-after-14s', alive(), flush=True)
+"#
+    );
+    let flooder = Command::new("prlimit")
+        .args([
+            "--nofile=5000:5000",
+            "--",
+            "setpriv",
+            "--reuid=4242",
+            "--regid=4242",
+        ])
+        .args(["--clear-groups", "/usr/bin/python3", "-c", &flood])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flooder");
+    std::thread::sleep(Duration::from_secs(3));
+    // The service restarts and the user's own requests get through.
+    assert_eq!(ctl(&bus, p.path(), &["restart", "web"]).code, 0);
+    wait_states(&bus, p.path(), &["running"], Duration::from_secs(20));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !via_proxy(proxy, &web).1.contains("I am the service") {
+        assert!(Instant::now() < end, "the user's request never got through");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut flooder = flooder;
+    let end = Instant::now() + Duration::from_secs(40);
+    while flooder.try_wait().expect("wait").is_none() {
+        if Instant::now() > end {
+            let _ = flooder.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = flooder.wait_with_output().expect("flooder");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count = |what: &str| -> usize {
+        text.lines()
+            .find_map(|l| l.strip_prefix(what))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "flooder said: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    };
+    let held = count("open-after-2s");
+    assert!(
+        held <= 100,
+        "one user holds at most a quarter of the places: {held}"
+    );
+    assert_eq!(count("open-after-14s"), 0, "idle connections are closed");
+    let log = daemon.log();
+    assert!(!log.contains("start limit hit"), "{log}");
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
+}
+
+/// Item 4, the other half: whoever binds the proxy's port first receives
+/// every `*.localhost:PORT` request of the other users. A daemon that finds
+/// its port held by another user says so where the user looks (`status`,
+/// `Warnings` on D-Bus, the journal) and prints no URL on that port.
+#[test]
+fn a_proxy_port_held_by_another_user_is_a_warning_and_gives_no_urls() {
+    use locald_tests::dbus::{ctl, have_dbus_daemon, wait_states, Daemon, DaemonSetup, TestBus};
+    if require(am_root(), "needs root to run a squatter as another uid")
+        || require(
+            have_dbus_daemon(),
+            "needs dbus-daemon (apt-get install dbus)",
+        )
+    {
+        return;
+    }
+    let proxy = locald_tests::free_port();
+    let _squatter = Squatter::start(proxy);
+    let bus = TestBus::start();
+    let _daemon = Daemon::start_with(
+        &bus,
+        DaemonSetup {
+            env: vec![("LOCALD_PROXY_PORT".into(), proxy.to_string())],
+            ..DaemonSetup::default()
+        },
+    );
+    let p = TestProject::new(&format!(
+        "[project]\nname = \"{}\"\n\n[services.web]\nport = \"auto\"\ncommand = [\"sleep\", \"600\"]\n",
+        locald_tests::unique("held")
+    ));
+    assert_eq!(ctl(&bus, p.path(), &["up"]).code, 0);
+    wait_states(&bus, p.path(), &["running"], Duration::from_secs(20));
+    let status = ctl(&bus, p.path(), &["status"]);
+    assert!(
+        status.stderr.contains(&format!(
+            "the URL proxy cannot listen on 127.0.0.1:{proxy}: the port is held by uid 4242"
+        )),
+        "{status:?}"
+    );
+    assert!(!status.stdout.contains(".localhost"), "{status:?}");
+    let warnings = bus.busctl(&[
+        "get-property",
+        "dev.locald.Locald1",
+        "/dev/locald/Locald1",
+        "dev.locald.Manager1",
+        "Warnings",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&warnings.stdout).contains("held by uid 4242"),
+        "{warnings:?}"
+    );
+    assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
 }

@@ -328,7 +328,10 @@ impl ServiceLayout {
     /// is intact.
     pub fn read_sources(&self) -> Option<Vec<FileEntry>> {
         let dir = work_dir(&self.artifacts, false).ok()??;
-        decode_files(&dir.read("sources.bin", "a source list", SOURCES_LIMIT).ok()??)
+        decode_files(
+            &dir.read("sources.bin", "a source list", SOURCES_LIMIT)
+                .ok()??,
+        )
     }
 
     /// Starts a build: takes the service's lock, cleans up after builds that
@@ -463,10 +466,9 @@ impl Staging {
         manifest: &Manifest,
         sources: Option<&[FileEntry]>,
     ) -> Result<(), BuildError> {
-        let staged = self
-            .parent
-            .sub(&self.name, false)?
-            .ok_or_else(|| BuildError::io("cannot open", &self.dir, io::ErrorKind::NotFound.into()))?;
+        let staged = self.parent.sub(&self.name, false)?.ok_or_else(|| {
+            BuildError::io("cannot open", &self.dir, io::ErrorKind::NotFound.into())
+        })?;
         let write = |name: &str, data: &[u8]| {
             staged
                 .write_atomic(name, data, true)
@@ -522,7 +524,9 @@ impl Staging {
         parent
             .rename(staged, target)
             .map_err(|e| fail("cannot rename", e))?;
-        parent.rename(&old, staged).map_err(|e| fail("cannot rename", e))
+        parent
+            .rename(&old, staged)
+            .map_err(|e| fail("cannot rename", e))
     }
 }
 
@@ -682,7 +686,9 @@ mod tests {
             .commit(&manifest("api", "h1"), None)
             .unwrap();
         // Simulate death between the two renames of the fallback path.
-        let old = svc.parent().join(svc.sibling_name(&format!("{OLD_PREFIX}999")));
+        let old = svc
+            .parent()
+            .join(svc.sibling_name(&format!("{OLD_PREFIX}999")));
         fs::rename(svc.artifacts_dir(), &old).unwrap();
         let st = svc.stage().unwrap();
         assert_eq!(

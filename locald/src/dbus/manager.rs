@@ -295,10 +295,11 @@ impl Manager1 {
     }
 
     /// Problems the daemon met that the user should know about, one line
-    /// each (e.g. a state file that could not be read and was set aside).
+    /// each (e.g. a state file that could not be read and was set aside,
+    /// the URL proxy's port held by another user).
     #[zbus(property(emits_changed_signal = "const"))]
     async fn warnings(&self) -> Vec<String> {
-        self.shared.engine.state_problem().into_iter().collect()
+        self.shared.engine.warnings()
     }
 
     /// The objects of every project that is up.

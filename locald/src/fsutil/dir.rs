@@ -610,7 +610,10 @@ mod tests {
             std::fs::create_dir(&s).expect("mkdir");
             std::os::unix::fs::chown(&s, Some(65534), Some(65534)).expect("chown");
             let e = work_dir(&s, true).expect_err("foreign");
-            assert!(matches!(e, UnsafeFile::ForeignOwner { owner: 65534, .. }), "{e}");
+            assert!(
+                matches!(e, UnsafeFile::ForeignOwner { owner: 65534, .. }),
+                "{e}"
+            );
         }
     }
 
@@ -641,8 +644,12 @@ mod tests {
             d.read("manifest.json", "a manifest", 1 << 20),
             Err(UnsafeFile::Symlink { .. })
         ));
-        assert!(matches!(d.open_rw("manifest.json"), Err(UnsafeFile::Symlink { .. })));
-        d.write_atomic("manifest.json", b"{}", true).expect("replaced");
+        assert!(matches!(
+            d.open_rw("manifest.json"),
+            Err(UnsafeFile::Symlink { .. })
+        ));
+        d.write_atomic("manifest.json", b"{}", true)
+            .expect("replaced");
         intact(&victim);
         assert_eq!(
             d.read("manifest.json", "a manifest", 10).expect("ok"),

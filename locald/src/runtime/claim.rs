@@ -217,7 +217,14 @@ mod tests {
     #[test]
     fn only_well_formed_keys_are_taken_as_abandoned() {
         assert!(is_key(&project_key("web", Path::new("/p"))));
-        for bad in ["", "-", "web", "web-", "a/b-0123456789ab", "web-0123456789aZ"] {
+        for bad in [
+            "",
+            "-",
+            "web",
+            "web-",
+            "a/b-0123456789ab",
+            "web-0123456789aZ",
+        ] {
             assert!(!is_key(bad), "{bad:?}");
             assert!(ProjectClaim::take_abandoned(bad).is_none(), "{bad:?}");
         }

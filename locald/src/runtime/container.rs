@@ -621,9 +621,8 @@ fn sweep_unfinished(dir: &Path) {
             continue;
         };
         let pid = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
-        let alive = pid.is_some_and(|p| {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
-        });
+        let alive = pid
+            .is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
         if !alive {
             let _ = std::fs::remove_dir_all(e.path());
         }

@@ -27,6 +27,8 @@ pub(crate) enum Behavior {
     Serve { grace: Option<Duration> },
     /// `spawn` fails as exec would with this error.
     FailSpawn(std::io::ErrorKind),
+    /// `spawn` fails as fork or exec would with this errno (`EMFILE`).
+    FailSpawnErrno(i32),
 }
 
 /// One recorded call.
@@ -91,10 +93,15 @@ impl Runtime for FakeRuntime {
                 (b, 1000 + s.next_pid)
             };
             self.record(Call::Spawn(spec.unit.clone()));
-            if let Behavior::FailSpawn(kind) = behavior {
+            let failed = match behavior {
+                Behavior::FailSpawn(kind) => Some(std::io::Error::from(kind)),
+                Behavior::FailSpawnErrno(n) => Some(std::io::Error::from_raw_os_error(n)),
+                _ => None,
+            };
+            if let Some(source) = failed {
                 return Err(RuntimeError::Spawn {
                     program: spec.workload.describe(),
-                    source: std::io::Error::from(kind),
+                    source,
                 });
             }
             let (exit_tx, exit_rx) = watch::channel(None);

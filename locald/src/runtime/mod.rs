@@ -261,6 +261,19 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// Whether the start failed for want of descriptors or processes
+    /// (`EMFILE`, `ENFILE`, `EAGAIN`, `ENOMEM` from `fork`/`exec`): a
+    /// shortage of the machine, not a fault of the service.
+    pub fn is_resource_shortage(&self) -> bool {
+        match self {
+            RuntimeError::Spawn { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether trying again cannot help: the program or working directory
     /// does not exist or may not be executed, or locald's runtime directory
     /// is unsafe. Such a failure goes to Failed at once, without backoff.

@@ -291,7 +291,10 @@ impl Builder {
             .map_err(|e| error_chain(&e))?
             .ok_or_else(|| format!("cannot create {}", plan.opts.cache_dir.display()))?;
         if !cache.still_at_path() {
-            return Err(format!("{} was moved while the build was prepared", cache.path().display()));
+            return Err(format!(
+                "{} was moved while the build was prepared",
+                cache.path().display()
+            ));
         }
         let cache = cache.path().to_owned();
         let workdir = work.path()?;

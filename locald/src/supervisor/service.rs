@@ -293,6 +293,12 @@ impl ServiceTask {
         let proc = match runtime.spawn(&spec).await {
             Ok(p) => p,
             Err(e) if e.is_permanent() => return self.permanent(error_chain(&e)),
+            // Out of descriptors or processes (a flood of connections to
+            // the daemon, a fork bomb elsewhere): not the service's fault,
+            // so it does not count towards the start limit.
+            Err(e) if e.is_resource_shortage() => {
+                return self.shortage(fsm, error_chain(&e)).await;
+            }
             Err(e) => return self.failure(fsm, error_chain(&e), None).await,
         };
         self.tell(&format!("started (pid {})", proc.pid()));
@@ -626,6 +632,19 @@ impl ServiceTask {
         self.update(|s| s.exit_status = Some(status.code()));
     }
 
+    /// A start that failed for want of descriptors or processes: tried
+    /// again after the base restart delay, without counting as a failure
+    /// of the service.
+    async fn shortage(&mut self, fsm: &mut Fsm, reason: String) -> Next {
+        self.set_state(ServiceState::Error, reason.clone());
+        let delay = self
+            .cfg
+            .restart
+            .delay
+            .max(std::time::Duration::from_millis(100));
+        self.back_off(fsm, delay, reason).await
+    }
+
     /// Records a failure; decides between Backoff and Failed.
     async fn failure(&mut self, fsm: &mut Fsm, reason: String, status: Option<ExitStatus>) -> Next {
         if let Some(st) = status {
@@ -657,6 +676,16 @@ impl ServiceTask {
             .saturating_mul(1u32 << fsm.consecutive.min(20))
             .min(r.delay_max);
         fsm.consecutive += 1;
+        self.back_off(fsm, delay, reason).await
+    }
+
+    /// Waits `delay` in Backoff (a `start` ends it early), then tries again.
+    async fn back_off(
+        &mut self,
+        fsm: &mut Fsm,
+        delay: std::time::Duration,
+        reason: String,
+    ) -> Next {
         let why = format!(
             "restarting in {}: {reason}",
             humantime::format_duration(delay)

@@ -135,6 +135,27 @@ async fn a_missing_program_fails_at_once_without_backoff() {
     p.shutdown().await;
 }
 
+/// Regression (#19 item 3): with the daemon's descriptors taken by a flood
+/// of connections, starts failed with EMFILE, hit the start limit and the
+/// service stayed failed after the flood was gone. A shortage is retried
+/// and never counted.
+#[tokio::test(start_paused = true)]
+async fn starts_that_fail_for_want_of_descriptors_do_not_count_towards_the_start_limit() {
+    let rt = FakeRuntime::new([Behavior::FailSpawnErrno(libc::EMFILE); 12]);
+    let (mut p, _rx) = project(
+        "[services.web]\ncommand = \"x\"\nrestart_delay = \"100ms\"\nstart_limit_burst = 3\nstart_limit_interval = \"1h\"\n",
+        &rt,
+    );
+    reach(&p, "web", ServiceState::Running).await;
+    assert_eq!(rt.spawns("web").len(), 13, "12 shortages, then the start");
+    let gaps: Vec<u128> = gaps(&rt.spawns("web"))
+        .iter()
+        .map(Duration::as_millis)
+        .collect();
+    assert!(gaps.iter().all(|&g| g == 100), "no doubling: {gaps:?}");
+    p.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn stop_asks_with_the_configured_signal_and_timeout_then_kills() {
     let rt = FakeRuntime::new([Behavior::Serve { grace: None }]);
