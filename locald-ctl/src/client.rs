@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use zbus::fdo::DBusProxy;
+use zbus::names::{BusName, OwnedUniqueName, UniqueName};
 use zbus::proxy::CacheProperties;
 use zbus::Connection;
 
-use locald_api::{Error, Manager1Proxy};
+use locald_api::{Error, Manager1Proxy, BUS_NAME};
 
 /// The hint printed whenever the daemon cannot be reached.
 pub const START_HINT: &str =
@@ -33,6 +35,14 @@ impl CtlError {
             CtlError::Unreachable(e.message())
         } else {
             CtlError::Call(e)
+        }
+    }
+
+    /// The message alone, for a line that is not the command's end.
+    pub fn text(&self) -> String {
+        match self {
+            CtlError::Unreachable(t) | CtlError::Usage(t) | CtlError::Failed(t) => t.clone(),
+            CtlError::Call(e) => e.message(),
         }
     }
 
@@ -96,9 +106,66 @@ pub enum Selection {
 pub struct Client {
     /// The bus connection.
     pub conn: Connection,
-    /// `dev.locald.Manager1`.
+    /// The daemon: the unique name that owned `dev.locald.Locald1` when it
+    /// was checked to be the caller's (see [`trusted_owner`]). Every call
+    /// goes here, not to the well-known name, so no other owner the name
+    /// may get meanwhile ever receives one.
+    pub daemon: OwnedUniqueName,
+    /// `dev.locald.Manager1` of that daemon.
     pub manager: Manager1Proxy<'static>,
     project: Option<String>,
+}
+
+/// The owner of `dev.locald.Locald1`, if it is the caller or root: asked of
+/// the bus (`GetNameOwner`, then `GetConnectionUnixUser`, which the bus
+/// daemon answers from the owner's credentials). On a bus shared between
+/// users, another user can take the name while the caller's daemon is not
+/// running and would receive the caller's `Up('/home/…')` and answer with
+/// whatever it likes; such an owner is refused. With `activate`, a name
+/// nobody owns is activated first (as any call would); without, `Ok(None)`.
+pub async fn trusted_owner(
+    conn: &Connection,
+    activate: bool,
+) -> Result<Option<OwnedUniqueName>, CtlError> {
+    let dbus = DBusProxy::new(conn).await.map_err(CtlError::zbus)?;
+    let name = BusName::try_from(BUS_NAME).map_err(|e| CtlError::zbus(e.into()))?;
+    let owner = match dbus.get_name_owner(name.clone()).await {
+        Ok(o) => o,
+        Err(zbus::fdo::Error::NameHasNoOwner(_)) if activate => {
+            dbus.start_service_by_name(
+                BUS_NAME
+                    .try_into()
+                    .map_err(|e: zbus::names::Error| CtlError::zbus(e.into()))?,
+                0,
+            )
+            .await
+            .map_err(|e| CtlError::Unreachable(e.to_string()))?;
+            dbus.get_name_owner(name)
+                .await
+                .map_err(|e| CtlError::Unreachable(e.to_string()))?
+        }
+        Err(zbus::fdo::Error::NameHasNoOwner(_)) => return Ok(None),
+        Err(e) => return Err(CtlError::Unreachable(e.to_string())),
+    };
+    check_owner(&dbus, owner.as_ref()).await?;
+    Ok(Some(owner))
+}
+
+/// Refuses `owner` (a new owner of `dev.locald.Locald1`, seen by a client
+/// that follows the daemon across restarts) unless its uid is the caller's
+/// or root's.
+pub async fn check_owner(dbus: &DBusProxy<'_>, owner: UniqueName<'_>) -> Result<(), CtlError> {
+    let uid = dbus
+        .get_connection_unix_user(BusName::from(owner))
+        .await
+        .map_err(|e| CtlError::Unreachable(e.to_string()))?;
+    let me = rustix::process::getuid().as_raw();
+    if uid != me && uid != 0 {
+        return Err(CtlError::Failed(format!(
+            "{BUS_NAME} on this bus is owned by uid {uid}, not by you (uid {me}): that is not your locald, and nothing was sent to it; stop it, or use a bus of your own (another user can take the name on a shared bus while your daemon is not running)"
+        )));
+    }
+    Ok(())
 }
 
 impl Client {
@@ -113,17 +180,24 @@ impl Client {
             Err(e) => Err(e),
         }
         .map_err(|e| CtlError::Unreachable(e.to_string()))?;
+        // The name is activated (through systemd, where it is installed)
+        // when nobody owns it, and its owner checked before anything is
+        // sent to it.
+        let daemon = trusted_owner(&conn, true)
+            .await?
+            .ok_or_else(|| CtlError::Unreachable(format!("nobody owns {BUS_NAME}")))?;
         // No property cache: it would cost a GetAll and a match rule on
-        // every start, and most commands make one call. Calls go to the
-        // well-known name without NO_AUTO_START, so the bus activates the
-        // daemon (through systemd) when it is installed.
+        // every start, and most commands make one call.
         let manager = Manager1Proxy::builder(&conn)
+            .destination(daemon.clone())
+            .map_err(CtlError::zbus)?
             .cache_properties(CacheProperties::No)
             .build()
             .await
             .map_err(CtlError::zbus)?;
         Ok(Self {
             conn,
+            daemon,
             manager,
             project,
         })
@@ -180,7 +254,8 @@ impl Client {
         match self.manager.up(text).await {
             Ok(path) => {
                 let name = locald_api::Project1Proxy::builder(&self.conn)
-                    .path(path)
+                    .destination(self.daemon.clone())
+                    .and_then(|b| b.path(path))
                     .map_err(CtlError::zbus)?
                     .cache_properties(CacheProperties::No)
                     .build()

@@ -15,9 +15,7 @@ use serde::Serialize;
 use zbus::fdo::{ManagedObjects, ObjectManagerProxy};
 use zbus::proxy::CacheProperties;
 
-use locald_api::{
-    ProjectInfo, ServiceInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE,
-};
+use locald_api::{ProjectInfo, ServiceInfo, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE};
 
 use crate::client::{Client, CtlError, Selection};
 
@@ -161,7 +159,7 @@ impl<'a> ProjectJson<'a> {
 /// Every project the daemon has, decoded from one `GetManagedObjects`.
 pub async fn fetch(client: &Client) -> Result<Vec<ProjectStatus>, CtlError> {
     let om = ObjectManagerProxy::builder(&client.conn)
-        .destination(BUS_NAME)
+        .destination(client.daemon.clone())
         .and_then(|b| b.path(MANAGER_PATH))
         .map_err(CtlError::zbus)?
         .cache_properties(CacheProperties::No)

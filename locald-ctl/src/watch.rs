@@ -16,7 +16,7 @@ use zbus::message::Type as MessageType;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{MatchRule, MessageStream};
 
-use locald_api::{BuildInfo, BUS_NAME, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE};
+use locald_api::{BuildInfo, MANAGER_PATH, PROJECT_INTERFACE, SERVICE_INTERFACE};
 
 use crate::client::{Client, CtlError};
 
@@ -148,11 +148,20 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
     let project = client.resolve_optional().await?;
     let rule = MatchRule::builder()
         .msg_type(MessageType::Signal)
-        .sender(BUS_NAME)
+        .sender(client.daemon.clone())
         .and_then(|b| b.path_namespace(MANAGER_PATH))
         .map_err(CtlError::zbus)?
         .build();
     let mut stream = MessageStream::for_match_rule(rule, &client.conn, Some(256))
+        .await
+        .map_err(CtlError::zbus)?;
+    // A daemon restart gives the name a new owner: followed once it is
+    // checked to be the caller's (crate::client::check_owner).
+    let dbus = zbus::fdo::DBusProxy::new(&client.conn)
+        .await
+        .map_err(CtlError::zbus)?;
+    let mut owners = dbus
+        .receive_name_owner_changed_with_args(&[(0, locald_api::BUS_NAME)])
         .await
         .map_err(CtlError::zbus)?;
     // Initial state, after subscribing so nothing falls in between.
@@ -203,6 +212,28 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
+            o = owners.next() => {
+                let Some(owner) = o.as_ref().and_then(|o| o.args().ok()).and_then(|a| a.new_owner().as_ref().map(|n| n.to_owned())) else {
+                    print("locald stopped");
+                    continue;
+                };
+                match crate::client::check_owner(&dbus, owner.as_ref()).await {
+                    Ok(()) => {
+                        let rule = MatchRule::builder()
+                            .msg_type(MessageType::Signal)
+                            .sender(owner.clone())
+                            .and_then(|b| b.path_namespace(MANAGER_PATH))
+                            .map_err(CtlError::zbus)?
+                            .build();
+                        stream = MessageStream::for_match_rule(rule, &client.conn, Some(256))
+                            .await
+                            .map_err(CtlError::zbus)?;
+                        print("locald started");
+                    }
+                    Err(e) => print(&format!("warning: {}", e.text())),
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         };
         let Some(msg) = msg else {

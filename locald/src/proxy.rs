@@ -458,7 +458,9 @@ impl Proxy {
             // checked again (the table says it is still the same socket).
             if let Some(inode) = known {
                 if let Some(l) = table.iter().find(|l| l.inode == inode) {
-                    if let Ok(to) = listeners::check_service(std::slice::from_ref(l), port, &owner, &[]) {
+                    if let Ok(to) =
+                        listeners::check_service(std::slice::from_ref(l), port, &owner, &[])
+                    {
                         return Ok((to, inode));
                     }
                 }

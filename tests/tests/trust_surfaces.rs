@@ -695,3 +695,85 @@ fn a_proxy_port_held_by_another_user_is_a_warning_and_gives_no_urls() {
     );
     assert_eq!(ctl(&bus, p.path(), &["down"]).code, 0);
 }
+
+// ---------------------------------------------------------------------------
+// The bus (item 5).
+
+const FAKE_DAEMON: &str = r#"import sys
+from jeepney import MessageType, HeaderFields
+from jeepney.io.blocking import open_dbus_connection
+from jeepney.bus_messages import message_bus
+conn = open_dbus_connection(bus=sys.argv[1])
+conn.send_and_get_reply(message_bus.RequestName('dev.locald.Locald1'))
+print('owned', flush=True)
+while True:
+    msg = conn.receive()
+    if msg.header.message_type == MessageType.method_call:
+        with open(sys.argv[2], 'a') as f:
+            f.write(str(msg.header.fields.get(HeaderFields.member)) + ' ' + repr(msg.body) + '\n')
+"#;
+
+/// Regression (item 5): `locald-ctl` called whoever owned
+/// `dev.locald.Locald1`. On a bus shared between users, another user who
+/// takes the name while the victim's daemon is not running received the
+/// victim's `Up('/home/victim/proj')` and printed escape sequences into
+/// the victim's terminal. The owner's uid is now checked first, and
+/// nothing is sent to a stranger.
+#[test]
+fn locald_ctl_never_talks_to_a_daemon_of_another_user() {
+    use locald_tests::dbus::{have_dbus_daemon, TestBus};
+    use std::io::BufRead;
+    if require(
+        am_root() && have_dbus_daemon(),
+        "needs root (a second user) and dbus-daemon",
+    ) {
+        return;
+    }
+    let user = locald_tests::shim::test_user("locald-dbus-t2").expect("second user");
+    let bus = TestBus::start_with(true);
+    let calls = bus.dir().join("fake-calls.log");
+    std::fs::write(&calls, "").expect("log");
+    chown(&calls, Some(user.uid), Some(user.gid)).expect("chown");
+    let mut fake = Command::new("setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args(["--clear-groups", "/usr/bin/python3", "-c", FAKE_DAEMON])
+        .arg(bus.address())
+        .arg(&calls)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fake daemon");
+    let mut first = String::new();
+    let _ = std::io::BufReader::new(fake.stdout.take().expect("stdout")).read_line(&mut first);
+    assert_eq!(first.trim(), "owned", "the fake took the name");
+
+    let p = TestProject::new("[services.web]\ncommand = \"sleep 60\"\n");
+    for args in [&["up"][..], &["status"], &["down"], &["images"]] {
+        // Bounded: a client that talks to the fake waits for an answer
+        // that never comes.
+        let mut c = Command::new(bin("locald-ctl"));
+        c.args(args)
+            .current_dir(p.path())
+            .env("LOCALD_BUS_ADDRESS", bus.address())
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        let out = output_within(c, Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "dev.locald.Locald1 on this bus is owned by uid {}",
+                user.uid
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = fake.kill();
+    let _ = fake.wait();
+    assert_eq!(
+        std::fs::read_to_string(&calls).expect("log"),
+        "",
+        "nothing was sent to the fake daemon"
+    );
+}

@@ -60,8 +60,10 @@ pub struct Server {
     pub port: u16,
     /// The model and its events.
     pub hub: Arc<Hub>,
-    /// The daemon.
-    pub manager: locald_api::Manager1Proxy<'static>,
+    /// The bus connection.
+    pub conn: zbus::Connection,
+    /// The daemon on it, as last checked.
+    pub daemon: Arc<super::model::DaemonRef>,
     /// `journalctl --namespace`, for tests.
     pub namespace: Option<String>,
 }
@@ -315,7 +317,26 @@ impl Server {
     }
 
     async fn run_action(&self, a: Action) -> Response<Body> {
-        let m = &self.manager;
+        let manager = match self.daemon.get() {
+            Some(d) => locald_api::Manager1Proxy::builder(&self.conn)
+                .destination(d)
+                .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No)),
+            None => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no locald of yours is running",
+                )
+            }
+        };
+        let manager = match manager {
+            Ok(b) => b.build().await,
+            Err(e) => Err(e),
+        };
+        let m = match manager {
+            Ok(m) => m,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        };
+        let m = &m;
         let service = a.service.as_deref().unwrap_or_default();
         let needs_service = matches!(a.action.as_str(), "start" | "stop" | "restart" | "build");
         if needs_service && service.is_empty() {

@@ -44,22 +44,8 @@ const MAX_CONNECTIONS: usize = 64;
 
 /// A fresh random token: 32 bytes from the kernel, in hex.
 fn new_token() -> Result<String, CtlError> {
-    let mut buf = [0u8; 32];
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled part of `buf`.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(CtlError::Failed(format!("cannot make a token: {e}")));
-        }
-        filled += usize::try_from(n).unwrap_or(0);
-    }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    locald::fsutil::random_hex(32)
+        .map_err(|e| CtlError::Failed(format!("cannot make a token: {e}")))
 }
 
 /// Opens `url` in the user's browser when there is a desktop to show it.
@@ -171,14 +157,16 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
     }
 
     let hub = model::Hub::new();
-    let follower = model::follow(hub.clone(), client.conn.clone())
+    let daemon = model::DaemonRef::new(client.daemon.clone());
+    let follower = model::follow(hub.clone(), client.conn.clone(), daemon.clone())
         .await
         .map_err(CtlError::zbus)?;
     let server = Arc::new(http::Server {
         token,
         port,
         hub,
-        manager: client.manager.clone(),
+        conn: client.conn.clone(),
+        daemon,
         namespace: opts.namespace.clone(),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use zbus::message::Type as MessageType;
+use zbus::names::OwnedUniqueName;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{Connection, MatchRule, MessageStream};
@@ -261,12 +262,43 @@ fn service_event(model: &mut Snapshot, project: &str, service: &str) -> Option<E
     })
 }
 
+/// The daemon the dashboard talks to: the owner of `dev.locald.Locald1`
+/// last checked to be the user's (`crate::client::check_owner`); `None`
+/// while there is none, or while another user holds the name. Calls go to
+/// it, and signals count only from it.
+#[derive(Debug, Default)]
+pub struct DaemonRef(Mutex<Option<OwnedUniqueName>>);
+
+impl DaemonRef {
+    /// Starts with `owner`, already checked.
+    pub fn new(owner: OwnedUniqueName) -> Arc<DaemonRef> {
+        Arc::new(DaemonRef(Mutex::new(Some(owner))))
+    }
+
+    /// The checked owner, if any.
+    pub fn get(&self) -> Option<OwnedUniqueName> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, owner: Option<OwnedUniqueName>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = owner;
+    }
+}
+
+/// The connection and the daemon on it.
+#[derive(Clone)]
+struct Bus {
+    conn: Connection,
+    daemon: Arc<DaemonRef>,
+}
+
 /// Subscribes to the daemon's signals, reads the model once (so the first
 /// page sees it whole), then follows the daemon in a task until the
 /// connection ends.
 pub async fn follow(
     hub: Arc<Hub>,
     conn: Connection,
+    daemon: Arc<DaemonRef>,
 ) -> zbus::Result<tokio::task::JoinHandle<zbus::Result<()>>> {
     let rule = MatchRule::builder()
         .msg_type(MessageType::Signal)
@@ -277,13 +309,15 @@ pub async fn follow(
     // The daemon coming back (or going) shows as its name changing owner.
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
     let owners = dbus.receive_name_owner_changed().await?;
-    resync(&hub, &conn).await;
-    Ok(tokio::spawn(run(hub, conn, stream, owners)))
+    let bus = Bus { conn, daemon };
+    resync(&hub, &bus).await;
+    Ok(tokio::spawn(run(hub, bus, dbus, stream, owners)))
 }
 
 async fn run(
     hub: Arc<Hub>,
-    conn: Connection,
+    bus: Bus,
+    dbus: zbus::fdo::DBusProxy<'static>,
     mut stream: MessageStream,
     mut owners: zbus::fdo::NameOwnerChangedStream,
 ) -> zbus::Result<()> {
@@ -292,7 +326,15 @@ async fn run(
             m = stream.next() => {
                 let Some(m) = m else { return Ok(()) };
                 let Ok(m) = m else { continue };
-                handle(&hub, &conn, &m).await;
+                // The match rule names the well-known name, which follows
+                // its owner: count only the one that was checked.
+                let from_daemon = match (m.header().sender(), bus.daemon.get()) {
+                    (Some(sender), Some(d)) => *sender == d.as_ref(),
+                    _ => false,
+                };
+                if from_daemon {
+                    handle(&hub, &bus, &m).await;
+                }
             }
             o = owners.next() => {
                 let Some(o) = o else { return Ok(()) };
@@ -300,11 +342,24 @@ async fn run(
                 if a.name() != BUS_NAME {
                     continue;
                 }
-                if a.new_owner().is_some() {
-                    resync(&hub, &conn).await;
+                let checked = match a.new_owner().as_ref() {
+                    Some(owner) => match crate::client::check_owner(&dbus, owner.clone()).await {
+                        Ok(()) => Some(OwnedUniqueName::from(owner.to_owned())),
+                        Err(e) => {
+                            eprintln!("locald-ctl dashboard: {}", e.text());
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let up = checked.is_some();
+                bus.daemon.set(checked);
+                if up {
+                    resync(&hub, &bus).await;
                 } else {
-                    // Gone: say so, and do not call it (a call would
-                    // activate it again right after `systemctl stop`).
+                    // Gone (or not the user's): say so, and do not call it
+                    // (a call would activate it again right after
+                    // `systemctl stop`).
                     hub.update(|model| {
                         model.connected = false;
                         model.projects.clear();
@@ -318,8 +373,8 @@ async fn run(
 
 /// Reads everything anew with `GetManagedObjects` and subscribes to the
 /// log lines of every service.
-async fn resync(hub: &Hub, conn: &Connection) {
-    let fetched = fetch(conn).await;
+async fn resync(hub: &Hub, bus: &Bus) {
+    let fetched = fetch(bus).await;
     let mut paths = Vec::new();
     hub.update(|model| {
         let old = std::mem::take(&mut model.projects);
@@ -370,13 +425,17 @@ async fn resync(hub: &Hub, conn: &Connection) {
         Some(Event::Snapshot(model.clone()))
     });
     for path in paths {
-        subscribe_logs(conn, path).await;
+        subscribe_logs(bus, path).await;
     }
 }
 
-async fn subscribe_logs(conn: &Connection, path: OwnedObjectPath) {
-    let proxy = locald_api::Service1Proxy::builder(conn)
-        .path(path.into_inner())
+async fn subscribe_logs(bus: &Bus, path: OwnedObjectPath) {
+    let Some(daemon) = bus.daemon.get() else {
+        return;
+    };
+    let proxy = locald_api::Service1Proxy::builder(&bus.conn)
+        .destination(daemon)
+        .and_then(|b| b.path(path.into_inner()))
         .map(|b| b.cache_properties(CacheProperties::No));
     if let Ok(b) = proxy {
         if let Ok(p) = b.build().await {
@@ -387,9 +446,13 @@ async fn subscribe_logs(conn: &Connection, path: OwnedObjectPath) {
 }
 
 /// Every project and service, from one `GetManagedObjects`.
-async fn fetch(conn: &Connection) -> Result<Vec<crate::status::ProjectStatus>, zbus::Error> {
-    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
-        .destination(BUS_NAME)?
+async fn fetch(bus: &Bus) -> Result<Vec<crate::status::ProjectStatus>, zbus::Error> {
+    let daemon = bus
+        .daemon
+        .get()
+        .ok_or_else(|| zbus::Error::Failure("no daemon of yours owns the name".into()))?;
+    let om = zbus::fdo::ObjectManagerProxy::builder(&bus.conn)
+        .destination(daemon)?
         .path(MANAGER_PATH)?
         .cache_properties(CacheProperties::No)
         .build()
@@ -398,7 +461,7 @@ async fn fetch(conn: &Connection) -> Result<Vec<crate::status::ProjectStatus>, z
     crate::status::decode(&objects).map_err(|e| zbus::Error::Failure(format!("{e:?}")))
 }
 
-async fn handle(hub: &Hub, conn: &Connection, m: &zbus::Message) {
+async fn handle(hub: &Hub, bus: &Bus, m: &zbus::Message) {
     let header = m.header();
     let (Some(path), Some(member)) = (header.path(), header.member()) else {
         return;
@@ -439,7 +502,7 @@ async fn handle(hub: &Hub, conn: &Connection, m: &zbus::Message) {
                 });
             }
         }
-        "InterfacesAdded" | "InterfacesRemoved" => resync(hub, conn).await,
+        "InterfacesAdded" | "InterfacesRemoved" => resync(hub, bus).await,
         "BuildProgress" => {
             let Ok((project, service, build_id, step, total, label)) =
                 m.body()

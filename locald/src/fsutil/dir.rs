@@ -31,7 +31,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, CWD};
@@ -361,20 +360,16 @@ impl SafeDir {
     /// are fsynced.
     pub fn write_atomic(&self, name: impl AsRef<OsStr>, data: &[u8], sync: bool) -> io::Result<()> {
         let name = name_bytes(name.as_ref())?;
-        let mut tmp = Vec::with_capacity(name.len() + 32);
-        tmp.push(b'.');
-        tmp.extend_from_slice(name);
-        tmp.extend_from_slice(
-            format!(
-                ".{}.{}.tmp",
-                std::process::id(),
-                TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-            )
-            .as_bytes(),
-        );
-        let tmp = OsString::from_vec(tmp);
+        let mut tries = 0;
+        let (tmp, mut f) = loop {
+            let tmp = OsString::from(super::temporary_name(&String::from_utf8_lossy(name)));
+            match self.create_new(&tmp) {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let result = (|| {
-            let mut f = self.create_new(&tmp)?;
             f.write_all(data)?;
             if sync {
                 f.sync_all()?;
@@ -433,8 +428,6 @@ impl SafeDir {
         here.st_dev == there.st_dev && here.st_ino == there.st_ino
     }
 }
-
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A file under `.locald/` must be a regular file of ours.
 fn check_own_file(path: &Path, meta: &std::fs::Metadata) -> Result<(), UnsafeFile> {

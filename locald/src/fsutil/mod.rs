@@ -360,26 +360,57 @@ pub fn sub_dir(dir: &Path) -> io::Result<()> {
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// `count` random bytes from the kernel, as hex.
+pub fn random_hex(count: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; count];
+    let mut filled = 0;
+    while filled < count {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A temporary name for `name`: `.NAME.PID.SEQ.RANDOM.tmp`. The random
+/// part keeps another user from guessing it: in a directory others may
+/// write (a `--url-file` in a shared place), a name they made first would
+/// make the `O_EXCL` create fail every time.
+pub(crate) fn temporary_name(name: &str) -> String {
+    let random = random_hex(8).unwrap_or_default();
+    format!(
+        ".{name}.{}.{}.{random}.tmp",
+        std::process::id(),
+        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Writes `data` to `path` so that a reader sees the old or the new
-/// content, never a mix: a temporary file with a name unique to this
-/// process and call (`O_EXCL|O_NOFOLLOW`, mode 0600), fsync, rename over
-/// `path`, fsync of the directory. A symlink at `path` is replaced, never
-/// followed.
+/// content, never a mix: a temporary file with an unpredictable name
+/// ([`temporary_name`], `O_EXCL|O_NOFOLLOW`, mode 0600; another name is
+/// tried if one is taken), fsync, rename over `path`, fsync of the
+/// directory. A symlink at `path` is replaced, never followed.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
+    let mut tries = 0;
+    let (tmp, mut f) = loop {
+        let tmp = dir.join(temporary_name(name));
+        match OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    let result = (|| {
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -468,6 +499,29 @@ mod tests {
         assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
         assert_eq!(fs::read_to_string(&state).expect("read"), "new");
         assert!(matches!(read_state(&victim, 10), Ok(Some(_))));
+    }
+
+    #[test]
+    fn write_atomic_cannot_be_blocked_by_a_planted_temporary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = dir.path().join("dashboard-url");
+        // Every name the old scheme would use for the next calls.
+        for seq in 0..64 {
+            let _ = fs::write(
+                dir.path()
+                    .join(format!(".dashboard-url.{}.{seq}.tmp", std::process::id())),
+                "",
+            );
+        }
+        write_atomic(&url, b"http://127.0.0.1:1/\n").expect("written");
+        assert_eq!(
+            fs::read_to_string(&url).expect("read"),
+            "http://127.0.0.1:1/\n"
+        );
+        let a = temporary_name("x");
+        let b = temporary_name("x");
+        assert_ne!(a, b);
+        assert_eq!(random_hex(8).expect("random").len(), 16);
     }
 
     #[test]
