@@ -80,7 +80,7 @@ async fn build_one(
                 }
                 let line = bar(service, *a.step(), *a.total(), a.label());
                 if tty {
-                    let _ = write!(stderr, "\r\x1b[2K{line}");
+                    let _ = write!(stderr, "\r\x1b[2K{}", locald_api::sanitize(&line));
                     let _ = stderr.flush();
                 } else {
                     let _ = writeln!(stderr, "{line}");
@@ -113,7 +113,10 @@ async fn build_one(
             )))
         }
     };
-    println!("{}", result_line(service, &outcome, secs));
+    println!(
+        "{}",
+        locald_api::sanitize(&result_line(service, &outcome, secs))
+    );
     Ok(outcome)
 }
 

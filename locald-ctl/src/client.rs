@@ -9,7 +9,7 @@ use zbus::names::{BusName, OwnedUniqueName, UniqueName};
 use zbus::proxy::CacheProperties;
 use zbus::Connection;
 
-use locald_api::{Error, Manager1Proxy, BUS_NAME};
+use locald_api::{sanitize, Error, Manager1Proxy, BUS_NAME};
 
 /// The hint printed whenever the daemon cannot be reached.
 pub const START_HINT: &str =
@@ -57,7 +57,7 @@ impl CtlError {
             CtlError::Unreachable(detail) => {
                 eprintln!("locald-ctl: {START_HINT}");
                 if !detail.is_empty() {
-                    eprintln!("  ({detail})");
+                    eprintln!("  ({})", sanitize(&detail));
                 }
                 ExitCode::from(1)
             }
@@ -66,18 +66,20 @@ impl CtlError {
                 if let Some(report) = e.config_report() {
                     // The daemon's report of a broken locald.toml, as
                     // `locald check` prints it (it ends without a newline).
-                    eprintln!("{report}");
+                    // It quotes the file's line: each line escaped.
+                    let lines: Vec<_> = report.split('\n').map(sanitize).collect();
+                    eprintln!("{}", lines.join("\n"));
                     return ExitCode::from(exit_code_of(&name));
                 }
-                eprintln!("locald-ctl: {} [{name}]", e.message());
+                eprintln!("locald-ctl: {} [{name}]", sanitize(&e.message()));
                 ExitCode::from(exit_code_of(&name))
             }
             CtlError::Usage(text) => {
-                eprintln!("locald-ctl: {text}");
+                eprintln!("locald-ctl: {}", sanitize(&text));
                 ExitCode::from(2)
             }
             CtlError::Failed(text) => {
-                eprintln!("locald-ctl: {text}");
+                eprintln!("locald-ctl: {}", sanitize(&text));
                 ExitCode::from(1)
             }
         }

@@ -217,7 +217,11 @@ pub(crate) async fn pull_one(
                     (*a.index(), *a.layers(), *a.done(), *a.total(), *a.cached());
                 layers.update(index, count, done, total, cached);
                 if tty {
-                    let _ = write!(stderr, "\r\x1b[2K{}", layers.bar(service));
+                    let _ = write!(
+                        stderr,
+                        "\r\x1b[2K{}",
+                        locald_api::sanitize(&layers.bar(service))
+                    );
                     let _ = stderr.flush();
                 } else if done >= total {
                     let what = if cached { "stored already" } else { "pulled" };
@@ -239,7 +243,7 @@ pub(crate) async fn pull_one(
         Err(Error::PullFailed(reason)) => Err(reason),
         Err(e) => return Err(e),
     };
-    println!("{}", result_line(service, &outcome));
+    println!("{}", locald_api::sanitize(&result_line(service, &outcome)));
     Ok(outcome)
 }
 
@@ -309,7 +313,7 @@ pub fn prune_lines(p: &PruneResult) -> Vec<String> {
 pub async fn prune(client: &Client) -> Result<ExitCode, CtlError> {
     let result = client.manager.prune().await.map_err(CtlError::call)?;
     for line in prune_lines(&result) {
-        println!("{line}");
+        println!("{}", locald_api::sanitize(&line));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -208,17 +208,28 @@ pub fn decode(objects: &ManagedObjects) -> Result<Vec<ProjectStatus>, CtlError> 
 /// Rows as left-aligned columns two spaces apart (the last one unpadded),
 /// each line cut to `width`: the one table layout of every listing.
 pub fn columns<R: AsRef<[String]>>(rows: &[R], width: Option<usize>) -> String {
+    // Cells hold text from outside (reasons, STATUS= lines, registry
+    // messages, paths): escapes shown, never obeyed.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .iter()
+                .map(|c| locald_api::sanitize(c).into_owned())
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = Vec::new();
-    for r in rows {
-        let r = r.as_ref();
+    for r in &rows {
+        let r = r.as_slice();
         widths.resize(widths.len().max(r.len()), 0);
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for r in rows {
-        let r = r.as_ref();
+    for r in &rows {
+        let r = r.as_slice();
         let mut line = String::new();
         for (i, (c, w)) in r.iter().zip(&widths).enumerate() {
             if i + 1 == r.len() {
@@ -263,7 +274,7 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
     let (projects, warnings) = tokio::join!(fetch(client), client.manager.warnings());
     let mut projects = projects?;
     for w in warnings.unwrap_or_default() {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", locald_api::sanitize(&w));
     }
     match &selection {
         Selection::Name(name) => {
@@ -305,7 +316,12 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
         if i > 0 {
             println!();
         }
-        println!("{} ({}) — {}", p.name, p.state, p.path);
+        println!(
+            "{} ({}) — {}",
+            p.name,
+            p.state,
+            locald_api::sanitize(&p.path)
+        );
         print!("{}", table(&p.services, now, width));
     }
     Ok(ExitCode::SUCCESS)

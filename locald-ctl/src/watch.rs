@@ -139,8 +139,10 @@ impl Objects {
     }
 }
 
+/// One line of `watch`: everything in it came from the daemon (reasons,
+/// build labels), so it is shown escaped.
 fn print(text: &str) {
-    println!("{} {text}", crate::clock::now_hms());
+    println!("{} {}", crate::clock::now_hms(), locald_api::sanitize(text));
 }
 
 /// `watch`.

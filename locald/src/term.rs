@@ -282,6 +282,9 @@ impl Terminal {
             },
             _ => return false,
         };
+        // Reasons, labels and references come from outside (a registry's
+        // message, a build's output): escapes shown, never obeyed.
+        let text = locald_api::sanitize(&text);
         let line = format!("{:>w$} {}\n", "locald", text, w = self.width + 1);
         let line = if self.color {
             format!("\x1b[2m{}\x1b[0m\n", line.trim_end())
@@ -294,6 +297,7 @@ impl Terminal {
 
     /// Prints a message from locald itself.
     pub fn note(&self, text: &str) {
+        let text = locald_api::sanitize(text);
         let line = format!("{:>w$} {}\n", "locald", text, w = self.width + 1);
         self.emit(line.as_bytes());
     }
@@ -384,6 +388,28 @@ mod tests {
         assert!(!t.event(&ev(50, false)), "small layers skip the quarters");
         assert!(t.event(&ev(100, false)));
         assert!(!t.event(&ev(100, true)));
+    }
+
+    /// Regression (#19 item 6): a registry's error body went verbatim into
+    /// a reason, and `locald up` printed `ESC ] 0 ; … BEL` (a new window
+    /// title) and `ESC [ 2 J` (a cleared screen) into the terminal.
+    #[test]
+    fn outside_text_in_state_lines_is_escaped() {
+        let t = Terminal::with_color(&["web".to_owned()], false);
+        let mut svc = ServiceSnapshot::new("web");
+        svc.state = ServiceState::Error;
+        svc.reason = "registry said: \u{1b}]0;PWNED-TITLE\u{7}\u{1b}[2J".into();
+        let text = state_text(&svc);
+        let shown = locald_api::sanitize(&text);
+        assert!(!shown.contains('\u{1b}'), "{shown}");
+        assert!(
+            shown.contains("\\x1b]0;PWNED-TITLE\\x07\\x1b[2J"),
+            "{shown}"
+        );
+        assert!(t.event(&Event::ServiceChanged {
+            project: "p".into(),
+            service: svc,
+        }));
     }
 
     #[test]

@@ -575,3 +575,74 @@ fn another_user_cannot_list_pull_or_prune() {
         );
     }
 }
+
+/// A "registry" that answers `/v2/` and then every request with an error
+/// whose message drives a terminal: a new window title, a cleared screen.
+const HOSTILE_REGISTRY: &str = r#"import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        if self.path == '/v2/':
+            body = b'{}'
+            self.send_response(200)
+        else:
+            body = json.dumps({'errors': [{'code': 'MANIFEST_UNKNOWN',
+                'message': '\x1b]0;PWNED-TITLE\x07\x1b[2Jgone'}]}).encode()
+            self.send_response(404)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_HEAD = do_GET
+http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// Regression (#19 item 6): a registry's error body went verbatim into a
+/// service's reason, and `locald-ctl status` and `pull` printed
+/// `ESC ] 0 ; PWNED-TITLE BEL ESC [ 2 J` into the user's terminal. Text
+/// from outside is shown with its escapes written out.
+#[test]
+fn a_registrys_escape_sequences_are_shown_not_obeyed() {
+    if !preconditions() || !tools() {
+        return;
+    }
+    let port = locald_tests::free_port();
+    let mut registry = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", HOSTILE_REGISTRY, &port.to_string()])
+        .spawn()
+        .expect("registry");
+    let addr = format!("127.0.0.1:{port}");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < end, "the registry never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shim = install_shim().expect("install the shim");
+    let w = World::start(Some(&shim), &[&addr]);
+    let p = w.project(&format!(
+        "[project]\nname = \"{}\"\n\n[services.cache]\nimage = \"{addr}/evil/app:1\"\n",
+        unique("icli-esc")
+    ));
+    w.ctl_ok(&p, &["up"]);
+    wait_states(&w.bus, &p, &["failed"], Duration::from_secs(30));
+    let pull = ctl(&w.bus, &p, &["pull", "cache"]);
+    let status = ctl(&w.bus, &p, &["status"]);
+    let _ = registry.kill();
+    let _ = registry.wait();
+    for (what, out) in [("pull", &pull), ("status", &status)] {
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            !text.contains('\u{1b}'),
+            "{what} printed a raw ESC: {text:?}"
+        );
+        assert!(
+            !text.contains('\u{7}'),
+            "{what} printed a raw BEL: {text:?}"
+        );
+        assert!(
+            text.contains(r"\x1b]0;PWNED-TITLE\x07\x1b[2Jgone"),
+            "{what} shows the text escaped: {text}"
+        );
+    }
+}
