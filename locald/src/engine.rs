@@ -798,6 +798,13 @@ impl Engine {
                 failed.push((path, e));
             }
         }
+        // What interrupted unpacks left in the image store (possibly a
+        // large tree) goes in the background: restoring does not wait.
+        if let Ok(images) = self.inner.env.runtime.images().cloned() {
+            tokio::spawn(async move {
+                images.sweep_leftovers().await;
+            });
+        }
         let swept = self.inner.env.runtime.sweep_abandoned().await;
         if swept > 0 {
             tracing::warn!(
@@ -896,6 +903,7 @@ fn placeholder(config: &crate::config::Config) -> crate::config::Config {
         file: config.file.clone(),
         root: config.root.clone(),
         name: config.name.clone(),
+        name_derived_from: None,
         services: IndexMap::new(),
     }
 }

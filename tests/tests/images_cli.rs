@@ -24,6 +24,7 @@ use serde_json::Value;
 struct World {
     bus: TestBus,
     base: tempfile::TempDir,
+    env: Vec<(String, String)>,
     daemon: Option<Daemon>,
 }
 
@@ -62,15 +63,32 @@ impl World {
         let daemon = Daemon::start_with(
             &bus,
             DaemonSetup {
-                env,
+                env: env.clone(),
                 ..DaemonSetup::default()
             },
         );
         World {
             bus,
             base,
+            env,
             daemon: Some(daemon),
         }
+    }
+
+    /// Kills the daemon and starts a new one with `self.env`, on the same
+    /// state.
+    fn kill_and_start_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill_hard();
+        }
+        self.daemon = Some(Daemon::start_with(
+            &self.bus,
+            DaemonSetup {
+                state_dir: Some(self.bus.dir().join("state")),
+                env: self.env.clone(),
+                ..DaemonSetup::default()
+            },
+        ));
     }
 
     fn store(&self) -> PathBuf {
@@ -645,4 +663,60 @@ fn a_registrys_escape_sequences_are_shown_not_obeyed() {
             "{what} shows the text escaped: {text}"
         );
     }
+}
+
+/// Regression (#19 item 8): an unpack killed part-way left its temporary
+/// tree (`rootfs/.tmp-<digest>-<pid>-<n>`, 192k inodes in the report)
+/// until someone ran `prune`. The daemon's start (and every unpack) now
+/// removes what a dead process left, and only that.
+#[test]
+fn a_daemon_start_removes_what_killed_unpacks_left() {
+    if !tools() {
+        return;
+    }
+    let base = tempfile::Builder::new()
+        .prefix("locald-icli-sweep-")
+        .tempdir()
+        .expect("tempdir");
+    let rootfs = base.path().join("data/locald/rootfs");
+    fs::create_dir_all(&rootfs).expect("mkdir");
+    for d in [base.path().join("data/locald"), rootfs.clone()] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    let mut gone = std::process::Command::new("true").spawn().expect("true");
+    let dead = gone.id();
+    gone.wait().expect("wait");
+    let hex = "ab".repeat(32);
+    let stale = rootfs.join(format!(".tmp-{hex}-{dead}-1"));
+    let aside = rootfs.join(format!(".rm-{hex}-{dead}-2"));
+    let live = rootfs.join(format!(".tmp-{hex}-{}-3", std::process::id()));
+    for t in [&stale, &aside, &live] {
+        fs::create_dir_all(t.join("usr/bin")).expect("mkdir");
+        for i in 0..200 {
+            fs::write(t.join(format!("usr/bin/f{i}")), "x").expect("write");
+        }
+    }
+    let mut w = World::start(None, &[]);
+    // The world's daemon uses its own data dir: restart it on this one.
+    for (k, v) in w.env.iter_mut() {
+        if k == "XDG_DATA_HOME" {
+            *v = base.path().join("data").display().to_string();
+        }
+    }
+    w.kill_and_start_daemon();
+    let end = Instant::now() + Duration::from_secs(20);
+    while (stale.exists() || aside.exists()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !stale.exists(),
+        "the dead unpack's tree is gone\n{}",
+        w.log()
+    );
+    assert!(
+        !aside.exists(),
+        "the dead prune's tree is gone\n{}",
+        w.log()
+    );
+    assert!(live.join("usr/bin/f0").exists(), "a live process's is kept");
 }

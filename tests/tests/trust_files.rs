@@ -284,22 +284,34 @@ fn a_planted_tmp_runtime_directory_is_refused() {
     let uid = nix::unistd::geteuid();
     // In a private /tmp, another user creates /tmp/locald-<uid> first, open
     // to all, with a pid record that is a symlink to the victim's file.
+    // The checkout (so the binary and the project) may itself live under
+    // /tmp, which the private tmpfs hides: the old /tmp stays reachable
+    // through a bind mount made first, and paths under it are rewritten.
+    let keep = tempfile::Builder::new()
+        .prefix("locald-keep-tmp-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
     let script = format!(
         r#"set -e
+keep="$3"
+mount --bind /tmp "$keep"
 mount -t tmpfs none /tmp
+under() {{ case "$1" in /tmp/*) printf '%s\n' "$keep/${{1#/tmp/}}" ;; *) printf '%s\n' "$1" ;; esac; }}
+bin=$(under "$0"); proj=$(under "$1"); victim=$(under "$2")
 mkdir -p /tmp/locald-{uid}/units/planted
-ln -s "$2" /tmp/locald-{uid}/units/planted/web.pid
+ln -s "$victim" /tmp/locald-{uid}/units/planted/web.pid
 chmod -R 777 /tmp/locald-{uid}
 chown -R {OTHER}:{OTHER} /tmp/locald-{uid}
 unset XDG_RUNTIME_DIR
-"$0" up "$1" && echo "up ran" || true
-"$0" daemon --bus-address unix:path=/nonexistent --state-dir "$1/state" || true"#
+"$bin" up "$proj" && echo "up ran" || true
+"$bin" daemon --bus-address unix:path=/nonexistent --state-dir "$proj/state" || true"#
     );
     let mut c = Command::new("unshare");
     c.args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .arg(bin("locald"))
         .arg(p.path())
         .arg(&victim)
+        .arg(keep.path())
         .env("NO_COLOR", "1");
     let out = run_within(c, Duration::from_secs(20));
     let err = stderr(&out);

@@ -83,6 +83,9 @@ pub struct Config {
     pub root: PathBuf,
     /// Project name.
     pub name: String,
+    /// The directory name the project name was derived from, when the file
+    /// names none and the directory's name is not a valid name itself.
+    pub name_derived_from: Option<String>,
     /// Services in the order the file declares them.
     pub services: IndexMap<String, ServiceConfig>,
 }
@@ -217,14 +220,21 @@ impl Config {
     /// What `locald check` should warn about in a valid file: settings this
     /// version accepts but cannot act on, each naming its service.
     pub fn warnings(&self) -> Vec<String> {
-        self.services
-            .iter()
-            .filter_map(|(name, s)| {
+        let derived = self.name_derived_from.as_ref().map(|dir| {
+            format!(
+                "the project is named `{}` after its directory `{}`, which is not a valid name; set `[project] name` to choose one",
+                self.name,
+                locald_api::sanitize(dir)
+            )
+        });
+        derived
+            .into_iter()
+            .chain(self.services.iter().filter_map(|(name, s)| {
                 let why = s.build.as_ref()?.unsupported()?;
                 Some(format!(
                     "service `{name}`: {why}; it will be marked failed when started"
                 ))
-            })
+            }))
             .collect()
     }
 }
@@ -526,15 +536,23 @@ impl Config {
             None => (None, None),
         };
         c.project_runtime = project_runtime.map(Spanned::into_inner);
+        let mut name_derived_from = None;
         let name = match project_name {
             Some(n) => {
                 c.check_name(&n, "project");
                 n.into_inner()
             }
-            None => root
-                .file_name()
-                .map(|n| sanitize_name(&n.to_string_lossy()))
-                .unwrap_or_else(|| "project".into()),
+            None => {
+                let dir = root
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let name = sanitize_name(&dir);
+                if name != dir {
+                    name_derived_from = Some(dir);
+                }
+                name
+            }
         };
 
         let mut raw_services = Vec::new();
@@ -586,6 +604,7 @@ impl Config {
                 file: file.to_owned(),
                 root: root.to_owned(),
                 name,
+                name_derived_from,
                 services,
             })
         } else {
@@ -620,22 +639,34 @@ impl Config {
     }
 }
 
-/// Turns a directory name into a valid project name.
+/// Turns a directory name into a valid project name (the rule
+/// [`Checker::check_name`] applies to written names): other characters
+/// become `-`, runs of them one, the name starts and ends with a letter or
+/// digit and has at most 64 characters; `project` when nothing is left. A
+/// name starting with `-` would be read as an option (`locald-ctl -p -n-`)
+/// and a URL label of `-n-` is not a host name.
 fn sanitize_name(s: &str) -> String {
-    let n: String = s
+    let mut n = String::new();
+    for c in s.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && n.ends_with('-')) {
+            n.push(c);
+        }
+    }
+    let n: String = n
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
+        .take(64)
         .collect();
+    let n = n.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
     if n.is_empty() {
         "project".into()
     } else {
-        n
+        n.to_owned()
     }
 }
 
@@ -1668,6 +1699,47 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/p/locald.toml"), text)
+    }
+
+    /// Regression (#19 item 9): a directory named `ünï` gave the project
+    /// name `-n-`, which `locald check` accepted, `locald-ctl -p -n-` took
+    /// for an option and a URL could not use.
+    #[test]
+    fn names_derived_from_directories_follow_the_name_rule() {
+        for (dir, want) in [
+            ("ünï", "n"),
+            ("my app", "my-app"),
+            ("--x--", "x"),
+            ("___", "project"),
+            ("日本", "project"),
+            ("web_shop", "web_shop"),
+        ] {
+            let c = Config::parse(
+                &Path::new("/tmp").join(dir).join("locald.toml"),
+                "[services.web]\ncommand = \"x\"\n",
+            )
+            .expect("valid");
+            assert_eq!(c.name, want, "{dir}");
+            let mut chk = Checker {
+                diags: Vec::new(),
+                root: PathBuf::new(),
+                port_refs: Vec::new(),
+                procfile: None,
+                project_runtime: None,
+            };
+            chk.check_name(&Spanned::new(0..0, c.name.clone()), "project");
+            assert!(chk.diags.is_empty(), "{dir} -> {}", c.name);
+            let said = c.warnings().join("\n");
+            if want == dir {
+                assert!(said.is_empty(), "{said}");
+            } else {
+                assert!(
+                    said.contains(&format!("named `{want}` after its directory")),
+                    "{said}"
+                );
+            }
+        }
+        assert_eq!(sanitize_name(&"a".repeat(100)).len(), 64);
     }
 
     #[test]

@@ -346,7 +346,7 @@ fn doomed_rootfs(
             continue;
         };
         let path = entry.path();
-        if name.starts_with(".rm-") || stale_temporary(&name) {
+        if stale_temporary(&name) {
             doomed.push(path);
             continue;
         }
@@ -382,9 +382,50 @@ fn doomed_rootfs(
     Ok(doomed)
 }
 
-/// Whether `.tmp-HEX-PID-SEQ` is an unpack of a process that is gone.
+/// Removes what unpacks and prunes killed part-way left in the store's
+/// `rootfs/` (`.tmp-HEX-PID-SEQ`, `.rm-HEX-PID-SEQ` of a process that is
+/// gone: a killed unpack of a large image leaves hundreds of thousands of
+/// inodes), through `remove_rootfs` (the unpack helper's user namespace:
+/// the files may belong to subordinate ids). Returns how many it removed.
+/// Run at the daemon's start and before each unpack; a temporary of a live
+/// process is never touched.
+pub fn sweep_leftovers(
+    store: &Store,
+    remove_rootfs: &dyn Fn(&Path) -> Result<(), UnpackError>,
+) -> usize {
+    let Ok(entries) = fs::read_dir(store.rootfs_root()) else {
+        return 0;
+    };
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !stale_temporary(&name) {
+            continue;
+        }
+        match remove_rootfs(&entry.path()) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!(
+                "cannot remove {}, left by an interrupted unpack: {}",
+                entry.path().display(),
+                crate::error_chain(&e)
+            ),
+        }
+    }
+    if n > 0 {
+        tracing::info!("removed {n} unpacked trees that interrupted unpacks left");
+    }
+    n
+}
+
+/// Whether `.tmp-HEX-PID-SEQ` (an unpack) or `.rm-HEX-PID-SEQ` (a tree
+/// set aside for removal) belongs to a process that is gone.
 fn stale_temporary(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(".tmp-") else {
+    let Some(rest) = name
+        .strip_prefix(".tmp-")
+        .or_else(|| name.strip_prefix(".rm-"))
+    else {
         return false;
     };
     let pid = rest.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());

@@ -99,6 +99,17 @@ impl StoreImages {
         .map_err(|_| ManageError::Interrupted)?
     }
 
+    /// Removes what interrupted unpacks left ([`manage::sweep_leftovers`]).
+    pub async fn sweep_leftovers(&self) -> usize {
+        let store = self.images.store().clone();
+        let opts = UnpackOptions::new(self.helper.clone());
+        tokio::task::spawn_blocking(move || {
+            manage::sweep_leftovers(&store, &|path| super::unpack::remove(path, &opts))
+        })
+        .await
+        .unwrap_or(0)
+    }
+
     /// Takes a lease on the rootfs of `image` (see the module doc).
     /// Blocking; call with the store's use lock held.
     fn lease(&self, image: &Image) -> Result<Flock<File>, String> {
@@ -144,6 +155,10 @@ impl StoreImages {
         if target.is_dir() {
             return Ok(target);
         }
+        let opts = UnpackOptions::new(self.helper.clone());
+        manage::sweep_leftovers(self.images.store(), &|path| {
+            super::unpack::remove(path, &opts)
+        });
         let tmp = parent.join(format!(
             ".tmp-{}-{}-{}",
             image.manifest_digest.hex(),
@@ -151,7 +166,6 @@ impl StoreImages {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let layers: Vec<Layer> = image.layers.iter().map(Layer::from).collect();
-        let opts = UnpackOptions::new(self.helper.clone());
         let stats = match unpack(&tmp, &layers, &opts) {
             Ok(stats) => stats,
             Err(e) => {
