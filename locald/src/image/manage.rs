@@ -346,7 +346,9 @@ fn doomed_rootfs(
             continue;
         };
         let path = entry.path();
-        if stale_temporary(&name) {
+        // Under the exclusive lock no other prune runs: every tree set
+        // aside is a leftover.
+        if name.starts_with(".rm-") || stale_temporary(&name) {
             doomed.push(path);
             continue;
         }

@@ -121,18 +121,19 @@ impl ProjectClaim {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 let holder = text.lines().next().unwrap_or("").trim();
-                if holder.starts_with(CLEANING) {
+                // Empty: whoever took the lock has not written who they
+                // are yet — a live holder a moment from now, or a brief
+                // `take_abandoned` (another locald's sweep or `live_roots`
+                // looking at every lock) that lets go at once. Either way
+                // the caller waits and tries again, as for a clean-up.
+                if holder.is_empty() || holder.starts_with(CLEANING) {
                     return Err(ClaimError::CleaningUp {
                         root: root.to_owned(),
                     });
                 }
                 return Err(ClaimError::Held {
                     root: root.to_owned(),
-                    holder: if holder.is_empty() {
-                        "another locald".into()
-                    } else {
-                        holder.to_owned()
-                    },
+                    holder: holder.to_owned(),
                 });
             }
             Err((_, e)) => return Err(io(e.into())),
