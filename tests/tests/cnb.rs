@@ -154,18 +154,10 @@ fn build_skip_rebuild_with_warm_cache_and_a_valid_image() -> Result<()> {
     assert_eq!(m["cnb"]["platform_api"], "0.13");
     assert_eq!(m["cnb"]["process_types"], serde_json::json!(["web"]));
     assert_eq!(m["cnb"]["default_process"], "web");
-    // Nothing of the build is left but the artifact and the cache.
-    let svc = dir.join(".locald/services/web");
-    let mut left: Vec<String> = fs::read_dir(&svc)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(
-        left,
-        ["artifacts", "artifacts.lock", "cache"],
-        "left behind"
-    );
+    // Nothing of the build is left but the artifact, and the cache in the
+    // user's private build directory.
+    assert_eq!(left_behind(&dir)?, ["artifacts", "artifacts.lock"]);
+    assert_eq!(private_left(&w, &dir)?, ["cache"]);
     // The sources were never written to.
     assert_eq!(
         fs::read_to_string(dir.join("hello.txt"))?,
@@ -173,7 +165,7 @@ fn build_skip_rebuild_with_warm_cache_and_a_valid_image() -> Result<()> {
     );
 
     // The exported image is an OCI layout other tools read.
-    let layout = svc.join("artifacts/oci-layout");
+    let layout = dir.join(".locald/services/web/artifacts/oci-layout");
     let inspect = run(Command::new("skopeo").args([
         "inspect",
         "--config",
@@ -509,17 +501,8 @@ fn stopping_up_mid_build_stops_the_container_and_keeps_the_last_artifact() -> Re
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(manifest(&dir)?, good, "the last good artifact stays");
-    let svc = dir.join(".locald/services/web");
-    let mut left: Vec<String> = fs::read_dir(&svc)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(
-        left,
-        ["artifacts", "artifacts.lock", "cache"],
-        "left behind"
-    );
+    assert_eq!(left_behind(&dir)?, ["artifacts", "artifacts.lock"]);
+    assert_eq!(private_left(&w, &dir)?, ["cache"]);
 
     // Without the slow buildpack the sources are the last build's again.
     fs::remove_file(dir.join("project.toml"))?;
@@ -571,4 +554,37 @@ health = {{ http = "/hello.txt", interval = "200ms" }}
     up.wait_for("healthy", 1, Duration::from_secs(120))?;
     up.stop()?;
     Ok(())
+}
+
+fn names_in(dir: &Path) -> Result<Vec<String>> {
+    let mut left: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    Ok(left)
+}
+
+/// What a build left in the project's `.locald/services/web/`.
+fn left_behind(project: &Path) -> Result<Vec<String>> {
+    names_in(&project.join(".locald/services/web"))
+}
+
+/// What a build left in the user's private build directory of `web`
+/// (`$HOME/.cache/locald/builds/<key>/web/`).
+fn private_left(w: &UserWorld, project: &Path) -> Result<Vec<String>> {
+    let builds = w.base.path().join("home/.cache/locald/builds");
+    let keys = names_in(&builds)?;
+    let name = fs::read_to_string(project.join("locald.toml"))?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("name = ")
+                .map(|n| n.trim_matches('"').to_owned())
+        })
+        .unwrap_or_default();
+    let key = keys
+        .iter()
+        .find(|k| k.starts_with(&format!("{name}-")))
+        .ok_or_else(|| anyhow::anyhow!("no build directory of {name} in {keys:?}"))?;
+    names_in(&builds.join(key).join("web"))
 }

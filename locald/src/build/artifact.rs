@@ -7,7 +7,6 @@
 //!   services/<name>/artifacts/manifest.json    # what was built from what (Manifest)
 //!   services/<name>/artifacts/sources.bin      # the file list hashed, to explain changes
 //!   services/<name>/artifacts/oci-layout/      # CNB image (CNB builds)
-//!   services/<name>/cache/                     # kept between builds
 //!   services/<name>/artifacts.lock             # held while a build of <name> runs
 //!   state/<name>.statcache                     # stat cache (see statcache.rs)
 //!   state/<name>.statcache.clock               # its stamp source, rewritten at each check
@@ -23,7 +22,7 @@
 //! a staging directory behind, which the next build removes.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -199,7 +198,6 @@ impl Layout {
         Ok(ServiceLayout {
             service: service.to_owned(),
             artifacts: dir.join("artifacts"),
-            cache: dir.join("cache"),
         })
     }
 }
@@ -231,23 +229,21 @@ fn validate_name(name: &str) -> Result<(), BuildError> {
     }
 }
 
-/// The artifact and cache directories of one service.
+/// The artifact directory of one service.
 #[derive(Debug, Clone)]
 pub struct ServiceLayout {
     service: String,
     artifacts: PathBuf,
-    cache: PathBuf,
 }
 
 impl ServiceLayout {
-    /// Directories chosen by the caller (a build's `output_dir` and
-    /// `cache_dir`). Staging directories and the lock live next to
+    /// A directory chosen by the caller (a build's `output_dir`). Staging
+    /// directories and the lock live next to
     /// `artifacts`, so that the final rename stays on one filesystem.
-    pub fn at(service: &str, artifacts: PathBuf, cache: PathBuf) -> Self {
+    pub fn at(service: &str, artifacts: PathBuf) -> Self {
         ServiceLayout {
             service: service.to_owned(),
             artifacts,
-            cache,
         }
     }
 
@@ -274,11 +270,6 @@ impl ServiceLayout {
     /// `artifacts/oci-layout/`.
     pub fn oci_layout_dir(&self) -> PathBuf {
         self.artifacts.join("oci-layout")
-    }
-
-    /// `cache/`, kept between builds.
-    pub fn cache_dir(&self) -> &Path {
-        &self.cache
     }
 
     fn parent(&self) -> &Path {
@@ -453,6 +444,14 @@ impl Staging {
         self.dir.join("oci-layout")
     }
 
+    /// The staging directory, held open: what a build puts into it from
+    /// elsewhere goes through this handle ([`SafeDir::take_from`]).
+    pub fn handle(&self) -> Result<SafeDir, BuildError> {
+        self.parent
+            .sub(&self.name, false)?
+            .ok_or_else(|| BuildError::io("cannot open", &self.dir, io::ErrorKind::NotFound.into()))
+    }
+
     /// The service's directories.
     pub fn layout(&self) -> &ServiceLayout {
         &self.layout
@@ -481,7 +480,9 @@ impl Staging {
             BuildError::io("cannot encode", self.dir.join("manifest.json"), e.into())
         })?;
         write("manifest.json", &json)?;
-        sync_tree(&self.dir)?;
+        staged
+            .sync_tree()
+            .map_err(|e| BuildError::io("cannot fsync", &self.dir, e))?;
 
         self.swap_in()?;
         self.committed = true;
@@ -550,36 +551,10 @@ fn kind_in(dir: &SafeDir, name: &OsStr) -> Result<Option<rustix::fs::FileType>, 
         .map_err(|e| BuildError::io("cannot stat", dir.join(name), e))
 }
 
-/// fsyncs every file and directory under `dir` (symlinks need no fsync of
-/// their own: their directory's covers them).
-fn sync_tree(dir: &Path) -> Result<(), BuildError> {
-    let entries = fs::read_dir(dir).map_err(|e| BuildError::io("cannot read", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| BuildError::io("cannot read", dir, e))?;
-        let ft = entry
-            .file_type()
-            .map_err(|e| BuildError::io("cannot stat", entry.path(), e))?;
-        let path = entry.path();
-        if ft.is_dir() {
-            sync_tree(&path)?;
-        } else if ft.is_file() {
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| BuildError::io("cannot fsync", &path, e))?;
-        }
-    }
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), BuildError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| BuildError::io("cannot fsync", dir, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::time::Duration;
 
     fn manifest(service: &str, hash: &str) -> Manifest {
@@ -613,7 +588,6 @@ mod tests {
             s.oci_layout_dir(),
             Path::new("/p/.locald/services/web/artifacts/oci-layout")
         );
-        assert_eq!(s.cache_dir(), Path::new("/p/.locald/services/web/cache"));
         assert_eq!(l.state_dir(), Path::new("/p/.locald/state"));
         for bad in ["", ".", "..", "a/b", "a\0b"] {
             assert!(l.service(bad).is_err(), "{bad:?}");

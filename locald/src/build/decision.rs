@@ -36,8 +36,6 @@ pub struct BuildOptions {
     pub service: String,
     /// Its build spec.
     pub spec: BuildSpec,
-    /// Kept between builds (CNB layers); default `.locald/services/<name>/cache`.
-    pub cache_dir: PathBuf,
     /// Where the last good artifact lives; default
     /// `.locald/services/<name>/artifacts`.
     pub output_dir: PathBuf,
@@ -62,7 +60,6 @@ impl BuildOptions {
         let project_path = project_path.into();
         let svc = Layout::new(&project_path).service(service)?;
         Ok(BuildOptions {
-            cache_dir: svc.cache_dir().to_path_buf(),
             output_dir: svc.artifacts_dir().to_path_buf(),
             project_path,
             service: service.to_owned(),
@@ -80,11 +77,7 @@ impl BuildOptions {
 
     /// The service's artifact and cache directories.
     pub fn service_layout(&self) -> ServiceLayout {
-        ServiceLayout::at(
-            &self.service,
-            self.output_dir.clone(),
-            self.cache_dir.clone(),
-        )
+        ServiceLayout::at(&self.service, self.output_dir.clone())
     }
 
     /// Host or CNB.
@@ -119,7 +112,7 @@ impl BuildOptions {
             }
         };
         scope.exclude = extra;
-        for dir in [&self.output_dir, &self.cache_dir] {
+        for dir in [&self.output_dir] {
             if let Ok(rel) = dir.strip_prefix(&scope.root) {
                 if !rel.as_os_str().is_empty() {
                     scope.exclude.push(rel.to_path_buf());

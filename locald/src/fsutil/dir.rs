@@ -36,6 +36,8 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
+use std::os::unix::fs::MetadataExt as _;
+
 use super::{file_kind, my_uid, UnsafeFile};
 
 /// The name of locald's own directory in a project.
@@ -413,6 +415,84 @@ impl SafeDir {
     /// fsyncs the directory (its entries).
     pub fn sync(&self) -> io::Result<()> {
         Ok(rustix::fs::fsync(self.fd())?)
+    }
+
+    /// fsyncs every regular file and directory below this one, and this
+    /// one: descending by descriptor with `O_NOFOLLOW`, opening files with
+    /// `O_NONBLOCK` (a FIFO put in the tree is skipped, never waited on).
+    pub fn sync_tree(&self) -> io::Result<()> {
+        for name in list(&*self.fd)? {
+            match kind_at(self.fd(), &name)? {
+                Some(FileType::Directory) => {
+                    let sub = SafeDir {
+                        fd: Arc::new(open_subdir(self.fd(), &name)?),
+                        path: self.path.join(OsStr::from_bytes(&name)),
+                    };
+                    sub.sync_tree()?;
+                }
+                Some(FileType::RegularFile) => {
+                    let fd = rustix::fs::openat(
+                        self.fd(),
+                        name.as_slice(),
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    rustix::fs::fsync(&fd)?;
+                }
+                _ => {}
+            }
+        }
+        self.sync()
+    }
+
+    /// Moves the tree at `from` — a private path of ours, outside any
+    /// directory others can write — into this directory as `name`: one
+    /// rename where both are on one file system, else a copy made here by
+    /// descriptor (files, directories and symlinks; the source's symlinks
+    /// are copied, never followed) and the source removed.
+    pub fn take_from(&self, from: &Path, name: impl AsRef<OsStr>) -> io::Result<()> {
+        let name = name_bytes(name.as_ref())?;
+        match rustix::fs::renameat(CWD, from, self.fd(), name) {
+            Ok(()) => return Ok(()),
+            Err(Errno::XDEV) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.copy_in(from, name)?;
+        std::fs::remove_dir_all(from)
+    }
+
+    fn copy_in(&self, from: &Path, name: &[u8]) -> io::Result<()> {
+        let meta = std::fs::symlink_metadata(from)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(from)?;
+            Ok(rustix::fs::symlinkat(target.as_path(), self.fd(), name)?)
+        } else if ft.is_dir() {
+            rustix::fs::mkdirat(self.fd(), name, Mode::from_raw_mode(0o755))?;
+            let sub = SafeDir {
+                fd: Arc::new(open_subdir(self.fd(), name)?),
+                path: self.path.join(OsStr::from_bytes(name)),
+            };
+            for e in std::fs::read_dir(from)? {
+                let e = e?;
+                sub.copy_in(&e.path(), e.file_name().as_bytes())?;
+            }
+            Ok(())
+        } else if ft.is_file() {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mut src = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(from)?;
+            let mut dst = self.create_new(OsStr::from_bytes(name))?;
+            std::io::copy(&mut src, &mut dst)?;
+            dst.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o755))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a file, directory or symlink", from.display()),
+            ))
+        }
     }
 
     /// Whether [`SafeDir::path`] still leads to this directory (nobody

@@ -100,24 +100,27 @@ impl Builder {
             .service_layout()
             .stage()
             .map_err(|e| error_chain(&e))?;
-        // Next to the artifact (one filesystem: the result is renamed into
-        // the staging directory); one per service, as the lock is. One a
-        // killed build left is removed here.
-        let work = BuildDir::create(plan.opts.output_dir.with_file_name("build"))?;
+        // A private directory outside the project (see `scratch_dir`); one
+        // per service, as the lock is. One a killed build left is removed
+        // here.
+        // Keyed by the project instance (name and directory), not by this
+        // run's claim (`locald build` claims one of its own), so the cache
+        // is found again by every later build of the service.
+        let instance = crate::runtime::claim::project_key(&self.project, &self.root);
+        let work = BuildDir::create(scratch_dir(&instance, &self.service)?.join("build"))?;
         let files = decision
             .source
             .as_ref()
             .map(|s| s.files.clone())
             .unwrap_or_default();
-        let (volumes, order, _lease) = self.cnb_prepare(cnb, &images, &plan, &work, files).await?;
+        let (volumes, order, _held) = self.cnb_prepare(cnb, &images, &plan, &work, files).await?;
         let output = output_name(&self.project, &self.service);
         self.cnb_run(cnb, &plan, volumes, order, &output, build_id)
             .await?;
 
         // The exported layout becomes the artifact's `oci-layout/`.
-        let target = staging.oci_layout_dir();
-        let (image_digest, meta) =
-            take_result(&images, &work, &output, &target, &self.root).await?;
+        let target = staging.handle().map_err(|e| error_chain(&e))?;
+        let (image_digest, meta) = take_result(&images, &work, &output, target, &self.root).await?;
         meta.check_process(cnb.process.as_deref())
             .map_err(|e| e.to_string())?;
         let finished = SystemTime::now();
@@ -287,16 +290,10 @@ impl Builder {
             .await
             .map_err(|e| format!("preparing the buildpacks crashed: {e}"))??;
         }
-        let cache = work_dir(&plan.opts.cache_dir, true)
-            .map_err(|e| error_chain(&e))?
-            .ok_or_else(|| format!("cannot create {}", plan.opts.cache_dir.display()))?;
-        if !cache.still_at_path() {
-            return Err(format!(
-                "{} was moved while the build was prepared",
-                cache.path().display()
-            ));
-        }
-        let cache = cache.path().to_owned();
+        // Kept between builds, beside the build directory: private and
+        // outside the project, so no rename of `.locald` by another user can
+        // redirect the bind mount the shim makes of it.
+        let cache = work.cache()?;
         let workdir = work.path()?;
         let bind = |source: PathBuf, target: &str, read_only| Volume {
             source,
@@ -399,11 +396,34 @@ fn tag_of(name: &str) -> &str {
     }
 }
 
-/// A build's private directory (`.locald/services/<name>/build/`), removed
-/// when dropped (also when the build is cancelled). It is made and removed
-/// by descriptor from its parent, opened as everything under `.locald/` is
-/// ([`work_dir`]): a `build` symlink a teammate planted is removed, never
-/// followed.
+/// `$XDG_CACHE_HOME/locald/builds/<project key>/<service>/`: where a
+/// buildpacks build prepares its sources, platform files and exported image
+/// (`build/`, one build's), and keeps the lifecycle's cache (`cache/`).
+/// Private (0700, ours) and outside the project: the project directory may
+/// be writable by others, who could rename `.locald` between two of the
+/// many steps that fill these directories by name (`fsutil::dir`).
+fn scratch_dir(key: &str, service: &str) -> Result<PathBuf, String> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let base = from("XDG_CACHE_HOME")
+        .filter(|p| p.is_absolute())
+        .or_else(|| from("HOME").map(|h| h.join(".cache")))
+        .ok_or("neither XDG_CACHE_HOME nor HOME is set: no place for the build directory")?
+        .join("locald");
+    let mut dir = base;
+    for part in ["builds", key, service] {
+        crate::fsutil::private_dir(&dir).map_err(|e| error_chain(&e))?;
+        dir = dir.join(part);
+    }
+    crate::fsutil::private_dir(&dir).map_err(|e| error_chain(&e))?;
+    Ok(dir)
+}
+
+/// A build's private directory (in [`scratch_dir`]), removed when dropped
+/// (also when the build is cancelled).
 struct BuildDir {
     parent: SafeDir,
     name: std::ffi::OsString,
@@ -426,6 +446,16 @@ impl BuildDir {
             name: name.to_owned(),
             path,
         })
+    }
+
+    /// `cache/` beside it, kept between builds.
+    fn cache(&self) -> Result<PathBuf, String> {
+        let dir = self
+            .parent
+            .sub("cache", true)
+            .map_err(|e| error_chain(&e))?;
+        dir.map(|d| d.path().to_owned())
+            .ok_or_else(|| format!("cannot create {}", self.parent.join("cache").display()))
     }
 
     /// Where it is, for the lifecycle's bind mounts; an error when the name
@@ -506,8 +536,15 @@ fn choose_buildpacks(
                 let (id, version) = cnb::buildpack_id(&String::from_utf8_lossy(&text))
                     .map_err(|e| format!("{}: {e}", toml_path.display()))?;
                 let to = bps.join(cnb::escape_id(&id)).join(&version);
-                if to.exists() {
-                    std::fs::remove_dir_all(&to)
+                // Never through a symlink (copy_tree refused any that
+                // lead out; this one is removed, not followed).
+                if std::fs::symlink_metadata(&to).is_ok() {
+                    let (Some(parent), Some(name)) = (to.parent(), to.file_name()) else {
+                        return Err(format!("cannot replace {}", to.display()));
+                    };
+                    crate::fsutil::SafeDir::open(parent)
+                        .map_err(|e| error_chain(&e))?
+                        .remove(name)
                         .map_err(|e| format!("cannot replace {}: {e}", to.display()))?;
                 }
                 copy_tree(d, &to)?;
@@ -521,19 +558,33 @@ fn choose_buildpacks(
 }
 
 /// Copies a directory tree (files with their modes, symlinks as symlinks).
+/// A symlink that is absolute or climbs out of the tree being copied is
+/// refused: the tree comes from an image or a checkout, and such a link,
+/// recreated here, would lead later writes into this directory elsewhere.
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    copy_tree_at(from, to, 0)
+}
+
+fn copy_tree_at(from: &Path, to: &Path, depth: usize) -> Result<(), String> {
     let meta = std::fs::symlink_metadata(from)
         .map_err(|e| format!("cannot read {}: {e}", from.display()))?;
     let fail =
         |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(from).map_err(|e| fail("read", from, e))?;
+        if !stays_inside(&target, depth) {
+            return Err(format!(
+                "{} is a symbolic link to {}, outside the buildpack; refusing it",
+                from.display(),
+                target.display()
+            ));
+        }
         std::os::unix::fs::symlink(target, to).map_err(|e| fail("create", to, e))
     } else if meta.is_dir() {
         std::fs::create_dir_all(to).map_err(|e| fail("create", to, e))?;
         for entry in std::fs::read_dir(from).map_err(|e| fail("read", from, e))? {
             let entry = entry.map_err(|e| fail("read", from, e))?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+            copy_tree_at(&entry.path(), &to.join(entry.file_name()), depth + 1)?;
         }
         Ok(())
     } else if meta.is_file() {
@@ -550,6 +601,29 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
             from.display()
         ))
     }
+}
+
+/// Whether a relative symlink `target`, found `depth` directories below the
+/// top of a copied tree, resolves inside that tree (judged by its text:
+/// `..` may not climb above the top; an absolute target never stays).
+fn stays_inside(target: &Path, depth: usize) -> bool {
+    use std::path::Component;
+    // The link lives in a directory `depth - 1` levels below the top.
+    let mut level = depth.saturating_sub(1) as isize;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => level += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                level -= 1;
+                if level < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 /// Copies `files` from `src` to `dst`, checking each against the digest the
@@ -631,14 +705,14 @@ fn copy_sources(src: &Path, dst: &Path, files: &[FileEntry]) -> Result<(), Strin
     Ok(())
 }
 
-/// Moves the image the creator exported for `output` to `target` (the
-/// staged artifact's `oci-layout/`), imports and tags it, and reads its
-/// build metadata.
+/// Imports the image the creator exported for `output` (tagging it and
+/// reading its build metadata), then moves it into `target`, the staged
+/// artifact, as `oci-layout/`.
 async fn take_result(
     images: &StoreImages,
     work: &BuildDir,
     output: &str,
-    target: &Path,
+    target: SafeDir,
     project: &Path,
 ) -> Result<(String, BuildMetadata), String> {
     let exported = work.path.join("layout").join(
@@ -652,13 +726,17 @@ async fn take_result(
             exported.display()
         ));
     }
-    std::fs::rename(&exported, target)
-        .map_err(|e| format!("cannot move {}: {e}", exported.display()))?;
     let store = images.images().store().clone();
-    let (target, output, root) = (target.to_owned(), output.to_owned(), project.to_owned());
-    tokio::task::spawn_blocking(move || import_result(&store, &target, &output, &root))
-        .await
-        .map_err(|e| format!("importing the image crashed: {e}"))?
+    let (output, root) = (output.to_owned(), project.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let result = import_result(&store, &exported, &output, &root)?;
+        target
+            .take_from(&exported, "oci-layout")
+            .map_err(|e| format!("cannot move {}: {e}", exported.display()))?;
+        Ok(result)
+    })
+    .await
+    .map_err(|e| format!("importing the image crashed: {e}"))?
 }
 
 /// Imports the exported layout into the store under `name` and reads its
@@ -720,5 +798,31 @@ impl LogSink for PhaseSink {
                 .progress(&self.build_id, step, STEPS, label.to_owned());
         }
         self.inner.write(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A builder image's (or a checkout's) buildpack tree with a symlink
+    /// out: recreated in the build directory, it would lead the later
+    /// replacement of a buildpack (remove, then copy) into the user's home.
+    #[test]
+    fn buildpack_trees_with_symlinks_out_are_refused() {
+        assert!(stays_inside(Path::new("bin/x"), 1));
+        assert!(stays_inside(Path::new("../lib/x"), 2));
+        assert!(!stays_inside(Path::new("../x"), 1));
+        assert!(!stays_inside(Path::new("/home/victim"), 3));
+        assert!(!stays_inside(Path::new("a/../../../x"), 2));
+        let t = tempfile::tempdir().expect("tempdir");
+        let from = t.path().join("bps");
+        std::fs::create_dir_all(from.join("id/1.0/bin")).expect("mkdir");
+        std::os::unix::fs::symlink("../../../..", from.join("id/1.0/bin/up")).expect("ln");
+        let e = copy_tree(&from, &t.path().join("to")).expect_err("refused");
+        assert!(e.contains("outside the buildpack"), "{e}");
+        std::fs::remove_file(from.join("id/1.0/bin/up")).expect("rm");
+        std::os::unix::fs::symlink("../bin", from.join("id/1.0/bin/ok")).expect("ln");
+        copy_tree(&from, &t.path().join("to2")).expect("inside is fine");
     }
 }
