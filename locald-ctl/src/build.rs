@@ -83,7 +83,7 @@ async fn build_one(
                     let _ = write!(stderr, "\r\x1b[2K{}", locald_api::sanitize(&line));
                     let _ = stderr.flush();
                 } else {
-                    let _ = writeln!(stderr, "{line}");
+                    let _ = writeln!(stderr, "{}", locald_api::sanitize(&line));
                 }
             }
             Some(signal) = finished.next() => {

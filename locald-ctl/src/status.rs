@@ -158,8 +158,16 @@ impl<'a> ProjectJson<'a> {
 
 /// Every project the daemon has, decoded from one `GetManagedObjects`.
 pub async fn fetch(client: &Client) -> Result<Vec<ProjectStatus>, CtlError> {
-    let om = ObjectManagerProxy::builder(&client.conn)
-        .destination(client.daemon.clone())
+    fetch_from(&client.conn, client.daemon.as_ref()).await
+}
+
+/// Every project of the daemon `daemon` (a checked owner of the name).
+pub async fn fetch_from(
+    conn: &zbus::Connection,
+    daemon: zbus::names::UniqueName<'_>,
+) -> Result<Vec<ProjectStatus>, CtlError> {
+    let om = ObjectManagerProxy::builder(conn)
+        .destination(daemon.to_owned())
         .and_then(|b| b.path(MANAGER_PATH))
         .map_err(CtlError::zbus)?
         .cache_properties(CacheProperties::No)

@@ -107,6 +107,41 @@ struct Objects {
 }
 
 impl Objects {
+    /// Prints each project (only `only`, if given) and service as it is
+    /// now, and remembers them.
+    fn show(&mut self, projects: &[crate::status::ProjectStatus], only: Option<&str>) {
+        for p in projects {
+            if only.is_some_and(|n| n != p.name) {
+                continue;
+            }
+            let known = Known {
+                who: format!("project {}", p.name),
+                state: p.state.clone(),
+                ..Known::default()
+            };
+            print(&format!("{}: {}", known.who, known.state));
+            self.by_path
+                .insert(locald_api::project_path(&p.name).to_string(), known);
+            for s in &p.services {
+                let known = Known {
+                    who: self.service_name(&p.name, &s.name),
+                    state: s.state.clone(),
+                    reason: s.state_reason.clone(),
+                    restarts: s.restart_count,
+                };
+                print(&format!(
+                    "{}: {}",
+                    known.who,
+                    with_reason(&s.state, &s.state_reason)
+                ));
+                self.by_path.insert(
+                    locald_api::service_path(&p.name, &s.name).to_string(),
+                    known,
+                );
+            }
+        }
+    }
+
     fn service_name(&self, project: &str, service: &str) -> String {
         if self.scoped {
             service.to_owned()
@@ -172,37 +207,7 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
         by_path: HashMap::new(),
         scoped: project.is_some(),
     };
-    for p in &projects {
-        if project.as_ref().is_some_and(|n| n != &p.name) {
-            continue;
-        }
-        let known = Known {
-            who: format!("project {}", p.name),
-            state: p.state.clone(),
-            ..Known::default()
-        };
-        print(&format!("{}: {}", known.who, known.state));
-        objects
-            .by_path
-            .insert(locald_api::project_path(&p.name).to_string(), known);
-        for s in &p.services {
-            let known = Known {
-                who: objects.service_name(&p.name, &s.name),
-                state: s.state.clone(),
-                reason: s.state_reason.clone(),
-                restarts: s.restart_count,
-            };
-            print(&format!(
-                "{}: {}",
-                known.who,
-                with_reason(&s.state, &s.state_reason)
-            ));
-            objects.by_path.insert(
-                locald_api::service_path(&p.name, &s.name).to_string(),
-                known,
-            );
-        }
-    }
+    objects.show(&projects, project.as_deref());
     let prefix = project
         .as_deref()
         .map(|p| locald_api::project_path(p).to_string());
@@ -231,6 +236,11 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
                             .await
                             .map_err(CtlError::zbus)?;
                         print("locald started");
+                        // What it brought back, read after subscribing.
+                        let projects =
+                            crate::status::fetch_from(&client.conn, owner.as_ref()).await?;
+                        objects.by_path.clear();
+                        objects.show(&projects, project.as_deref());
                     }
                     Err(e) => print(&format!("warning: {}", e.text())),
                 }

@@ -43,6 +43,9 @@ pub struct Listener {
     pub uid: u32,
     /// Its inode (`socket:[INODE]` in `/proc/PID/fd`).
     pub inode: u64,
+    /// An IPv6 socket that takes no IPv4 connections (`IPV6_V6ONLY`);
+    /// known from the socket diagnostics only (false from `/proc`).
+    pub v6only: bool,
 }
 
 /// The listening sockets on `port` in this network namespace: asked of the
@@ -94,6 +97,7 @@ fn parse_table(text: &str, v6: bool) -> impl Iterator<Item = Listener> + '_ {
             port: u16::from_str_radix(port, 16).ok()?,
             uid: f[7].parse().ok()?,
             inode: f[9].parse().ok()?,
+            v6only: false,
         })
     })
 }
@@ -120,14 +124,12 @@ fn parse_addr(hex: &str, v6: bool) -> Option<IpAddr> {
 
 /// The listener a connection to `to` reaches, if any: one bound to that
 /// very address, else the wildcard of its family, else (for IPv4) the IPv6
-/// wildcard, which takes IPv4 connections unless it is IPv6-only. (An
-/// IPv6-only wildcard is counted too: the answer then errs towards
-/// "someone listens", never towards "nobody".)
+/// wildcard unless it is IPv6-only.
 pub fn receiver(listeners: &[Listener], to: SocketAddr) -> Option<&Listener> {
     let on = |a: IpAddr| {
-        listeners
-            .iter()
-            .find(|l| l.port == to.port() && l.addr == a)
+        listeners.iter().find(|l| {
+            l.port == to.port() && l.addr == a && !(to.is_ipv4() && a.is_ipv6() && l.v6only)
+        })
     };
     let ip = match to.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -224,11 +226,13 @@ impl Owner {
         self.uid
     }
 
-    /// Whether a socket of `uid` may be one of the user's services: the
-    /// user, or one of their subordinate uids (a container's non-root
-    /// user). Root is not: no service of the user's runs as root.
-    fn may_be_service(&self, uid: u32) -> bool {
+    /// Whether a socket of `uid` is one the user may trust: their own, one
+    /// of their subordinate uids' (a container's non-root user, a registry
+    /// they run in a container), or root's (trusted by everyone; e.g.
+    /// `docker-proxy` for a port a service published).
+    pub fn trusts(&self, uid: u32) -> bool {
         uid == self.uid
+            || uid == 0
             || self
                 .subuids
                 .iter()
@@ -236,19 +240,94 @@ impl Owner {
     }
 }
 
+/// Who is behind a uid: the account itself, or the account whose
+/// subordinate range (`/etc/subuid`) holds it. Counting connections by
+/// account keeps a user from multiplying their share with the subordinate
+/// ids every user has.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    me: u32,
+    /// (first, count, owner uid) of every subordinate range.
+    ranges: Vec<(u32, u32, u32)>,
+}
+
+impl Accounts {
+    /// This process's uid and every range of `/etc/subuid` (owners given
+    /// by name or number; names that are not users are skipped).
+    pub fn read() -> Accounts {
+        let text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+        let mut ranges = Vec::new();
+        for line in text.lines() {
+            let mut f = line.trim().split(':');
+            let (Some(who), Some(start), Some(count)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let (Ok(start), Ok(count)) = (start.parse::<u32>(), count.parse::<u32>()) else {
+                continue;
+            };
+            let owner = who.parse::<u32>().ok().or_else(|| {
+                nix::unistd::User::from_name(who)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.uid.as_raw())
+            });
+            if let Some(owner) = owner {
+                ranges.push((start, count, owner));
+            }
+        }
+        Accounts::from_ranges(nix::unistd::geteuid().as_raw(), ranges)
+    }
+
+    /// From given ranges (tests).
+    pub fn from_ranges(me: u32, ranges: Vec<(u32, u32, u32)>) -> Accounts {
+        Accounts { me, ranges }
+    }
+
+    /// The uid this process runs as.
+    pub fn me(&self) -> u32 {
+        self.me
+    }
+
+    /// The account `uid` belongs to.
+    pub fn account_of(&self, uid: u32) -> u32 {
+        self.ranges
+            .iter()
+            .find(|&&(start, count, _)| uid >= start && uid - start < count)
+            .map_or(uid, |&(_, _, owner)| owner)
+    }
+}
+
+/// Which process of the user's listens where a service's port is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attribution {
+    /// One of the service's own processes (or one whose descriptors cannot
+    /// be read, judged by its trusted uid).
+    Service,
+    /// Another process of the user's (or root's): a copy of the project
+    /// elsewhere, a server that outlived its service, `docker-proxy`.
+    Other {
+        /// The process found holding the socket, if one could be seen.
+        pid: Option<u32>,
+    },
+}
+
 /// Where to connect to reach `port` of the service whose processes are
-/// `pids` (empty: any process of the user's counts), trying `127.0.0.1`
-/// and then `::1` (a server that binds only `::1`, as Vite does, leaves
-/// 127.0.0.1 to whoever takes it): the first address whose receiving
-/// listener is the service's. Otherwise who holds the port instead (the
-/// most telling answer: another user, then another process, then nobody).
+/// `pids` (empty: any trusted process counts as the service's), trying
+/// `127.0.0.1` and then `::1` (a server that binds only `::1`, as Vite
+/// does, leaves 127.0.0.1 to whoever takes it): an address whose receiving
+/// listener is the service's comes first; else, unless `strict`, one that
+/// another trusted process of the user's holds, said as such. A listener of
+/// another user is never an answer: then (or when nobody listens) the
+/// error says who holds the port.
 pub fn check_service(
     table: &[Listener],
     port: u16,
     owner: &Owner,
     pids: &[u32],
-) -> Result<SocketAddr, Holder> {
+    strict: bool,
+) -> Result<(SocketAddr, Attribution), Holder> {
     let mut worst = Holder::Nobody;
+    let mut other = None;
     let held = (!pids.is_empty()).then(|| socket_inodes(pids));
     for ip in [
         IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -258,33 +337,38 @@ pub fn check_service(
         let Some(l) = receiver(table, to) else {
             continue;
         };
-        if !owner.may_be_service(l.uid) {
+        if !owner.trusts(l.uid) {
             worst = Holder::OtherUser { uid: l.uid };
             continue;
         }
         match &held {
             // A process whose descriptors cannot be read (a container's
-            // non-root user, another uid of the user's) is judged by uid.
+            // non-root user) is judged by its trusted uid.
             Some(h) if !h.inodes.contains(&l.inode) && !h.unreadable => {
+                let pid = holder_of(l.inode);
+                if other.is_none() {
+                    other = Some((to, pid));
+                }
                 if !matches!(worst, Holder::OtherUser { .. }) {
-                    worst = Holder::OtherProcess {
-                        pid: holder_of(l.inode),
-                    };
+                    worst = Holder::OtherProcess { pid };
                 }
             }
-            _ => return Ok(to),
+            _ => return Ok((to, Attribution::Service)),
         }
     }
-    Err(worst)
+    match other {
+        Some((to, pid)) if !strict => Ok((to, Attribution::Other { pid })),
+        _ => Err(worst),
+    }
 }
 
-/// Whether the listener that a connection to `to` reaches is owned by the
-/// user or root: `Ok(true)` yes, `Ok(false)` nobody listens, `Err` the
-/// other user's uid.
+/// Whether the listener that a connection to `to` reaches is one the user
+/// trusts ([`Owner::trusts`]): `Ok(true)` yes, `Ok(false)` nobody listens,
+/// `Err` the other user's uid.
 pub fn check_owner(table: &[Listener], to: SocketAddr, owner: &Owner) -> Result<bool, u32> {
     match receiver(table, to) {
         None => Ok(false),
-        Some(l) if l.uid == owner.uid || l.uid == 0 => Ok(true),
+        Some(l) if owner.trusts(l.uid) => Ok(true),
         Some(l) => Err(l.uid),
     }
 }
@@ -427,8 +511,10 @@ mod diag {
     const TCP_LISTEN: u32 = 10;
     const HEADER: usize = 16;
     /// `inet_diag_msg`: family, state, timer, retrans, the socket id (48
-    /// bytes), expires, rqueue, wqueue, uid, inode.
+    /// bytes), expires, rqueue, wqueue, uid, inode; attributes follow.
     const MSG: usize = 72;
+    /// The attribute saying whether an IPv6 socket is IPv6-only.
+    const INET_DIAG_SKV6ONLY: u16 = 11;
 
     /// `inet_diag_sockid`: ports big-endian, addresses in network order,
     /// no interface, no cookie.
@@ -505,7 +591,7 @@ mod diag {
                         }
                     }
                     SOCK_DIAG_BY_FAMILY if len >= HEADER + MSG => {
-                        out.push(buf[at + HEADER..at + HEADER + MSG].to_vec());
+                        out.push(buf[at + HEADER..at + len].to_vec());
                         if !dump {
                             return Ok(out);
                         }
@@ -535,7 +621,26 @@ mod diag {
             port,
             uid: u32_at(m, 64)?,
             inode: u64::from(u32_at(m, 68)?),
+            v6only: v6 && attribute(m, INET_DIAG_SKV6ONLY).is_some_and(|a| a.first() == Some(&1)),
         })
+    }
+
+    /// The data of attribute `kind` after the message (`struct rtattr`:
+    /// length, type, data, padded to 4 bytes).
+    fn attribute(m: &[u8], kind: u16) -> Option<&[u8]> {
+        let mut at = MSG;
+        while at + 4 <= m.len() {
+            let len = usize::from(u16::from_ne_bytes([m[at], m[at + 1]]));
+            let k = u16::from_ne_bytes([m[at + 2], m[at + 3]]);
+            if len < 4 || at + len > m.len() {
+                return None;
+            }
+            if k == kind {
+                return m.get(at + 4..at + len);
+            }
+            at += (len + 3) & !3;
+        }
+        None
     }
 
     /// Every listening TCP socket, IPv4 and IPv6.
@@ -622,6 +727,7 @@ mod tests {
             port: 80,
             uid,
             inode: u64::from(uid),
+            v6only: false,
         };
         let table = vec![
             l(Ipv4Addr::UNSPECIFIED.into(), 1),
@@ -656,8 +762,11 @@ mod tests {
         let me = Owner::only(nix::unistd::geteuid().as_raw());
         let pid = std::process::id();
         assert_eq!(
-            check_service(&table, port, &me, &[pid]),
-            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+            check_service(&table, port, &me, &[pid], true),
+            Ok((
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Attribution::Service
+            ))
         );
         assert_eq!(
             check_owner(&table, SocketAddr::from(([127, 0, 0, 1], port)), &me),
@@ -668,21 +777,32 @@ mod tests {
             .arg("5")
             .spawn()
             .expect("sleep");
-        let verdict = check_service(&table, port, &me, &[other.id()]);
+        let verdict = check_service(&table, port, &me, &[other.id()], true);
         assert!(
             matches!(verdict, Err(Holder::OtherProcess { pid: Some(p) }) if p == pid),
             "{verdict:?}"
         );
-        // Owned by someone else entirely.
-        let stranger = Owner::only(me.uid() + 1);
+        // Not strict (the proxy): forwarded, and said whose it is.
+        let verdict = check_service(&table, port, &me, &[other.id()], false);
         assert_eq!(
-            check_service(&table, port, &stranger, &[]),
-            Err(Holder::OtherUser { uid: me.uid() })
+            verdict,
+            Ok((
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Attribution::Other { pid: Some(pid) }
+            ))
         );
+        // Owned by someone else entirely (root is trusted by everyone).
+        if me.uid() != 0 {
+            let stranger = Owner::only(me.uid() + 1);
+            assert_eq!(
+                check_service(&table, port, &stranger, &[], false),
+                Err(Holder::OtherUser { uid: me.uid() })
+            );
+        }
         drop(sock);
         let table = listeners(port).expect("tables");
         assert_eq!(
-            check_service(&table, port, &me, &[pid]),
+            check_service(&table, port, &me, &[pid], false),
             Err(Holder::Nobody)
         );
         let mut other = other;
@@ -699,8 +819,35 @@ mod tests {
         let table = listeners(port).expect("tables");
         let me = Owner::only(nix::unistd::geteuid().as_raw());
         assert_eq!(
-            check_service(&table, port, &me, &[std::process::id()]),
-            Ok(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))
+            check_service(&table, port, &me, &[std::process::id()], true),
+            Ok((
+                SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+                Attribution::Service
+            ))
         );
+        // An IPv6-only wildcard takes no IPv4 connection.
+        let v6only = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import socket,sys,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\ns.bind(('::', 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\ntime.sleep(10)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        if let Ok(mut child) = v6only {
+            use std::io::BufRead;
+            let mut line = String::new();
+            if let Some(out) = child.stdout.take() {
+                let _ = std::io::BufReader::new(out).read_line(&mut line);
+            }
+            if let Ok(port) = line.trim().parse::<u16>() {
+                let table = listeners(port).expect("tables");
+                assert_eq!(table.len(), 1);
+                assert!(table[0].v6only, "{table:?}");
+                assert!(receiver(&table, SocketAddr::from(([127, 0, 0, 1], port))).is_none());
+                assert!(receiver(&table, SocketAddr::from((Ipv6Addr::LOCALHOST, port))).is_some());
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

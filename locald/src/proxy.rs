@@ -51,7 +51,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::Engine;
 use crate::event::{ProjectSnapshot, ServiceSnapshot, ServiceState};
-use crate::listeners::{self, Holder, Owner};
+use crate::listeners::{self, Attribution, Holder, Owner};
 use crate::lock;
 
 /// Longest a client may take to send a request's headers, and longest a
@@ -178,7 +178,8 @@ pub async fn serve(engine: Engine, port: u16) -> Result<tokio::task::JoinHandle<
         port,
         owner: Owner::current(),
         verified: Mutex::new(HashMap::new()),
-        limits: Limits::new(max_connections()),
+        said: Mutex::new(HashMap::new()),
+        limits: Limits::new(max_connections(), listeners::Accounts::read()),
     });
     Ok(tokio::spawn(async move {
         loop {
@@ -235,61 +236,80 @@ struct Proxy {
     engine: Engine,
     port: u16,
     owner: Owner,
-    /// Listener inodes already found held by a service's process, by
+    /// The address and listener inode already checked for a service, by
     /// (main pid, port): the descriptor scan runs once per listener.
-    verified: Mutex<HashMap<(u32, u16), u64>>,
+    verified: Mutex<HashMap<(u32, u16), (SocketAddr, u64)>>,
+    /// The last refusal logged for (main pid, port): a starting page that
+    /// reloads every second logs it once.
+    said: Mutex<HashMap<(u32, u16), Holder>>,
     limits: Limits,
 }
 
-/// Connection caps: in total, and per connecting uid (a quarter of the
-/// total), so one user's idle connections cannot lock out another's.
+/// Connection caps. Half of the places are the user's own (the uid this
+/// proxy runs as); the other half is shared by everyone else, each account
+/// at most an eighth of all places. An account is a uid together with its
+/// subordinate uids (`/etc/subuid`): a user cannot multiply their share by
+/// connecting from processes of their subordinate ids.
 struct Limits {
-    total: Arc<Semaphore>,
-    per_uid: Arc<Mutex<HashMap<Option<u32>, usize>>>,
+    own: Arc<Semaphore>,
+    shared: Arc<Semaphore>,
+    per_account: Arc<Mutex<HashMap<Option<u32>, usize>>>,
     each: usize,
+    accounts: listeners::Accounts,
 }
 
 /// One admitted connection; gives its places back when dropped.
 struct Slot {
     _permit: OwnedSemaphorePermit,
-    uid: Option<u32>,
-    per_uid: Arc<Mutex<HashMap<Option<u32>, usize>>>,
+    account: Option<u32>,
+    per_account: Arc<Mutex<HashMap<Option<u32>, usize>>>,
 }
 
 impl Limits {
-    fn new(total: usize) -> Limits {
+    fn new(total: usize, accounts: listeners::Accounts) -> Limits {
+        let own = total / 2;
         Limits {
-            total: Arc::new(Semaphore::new(total)),
-            per_uid: Arc::new(Mutex::new(HashMap::new())),
-            each: (total / 4).max(4),
+            own: Arc::new(Semaphore::new(own)),
+            shared: Arc::new(Semaphore::new(total - own)),
+            per_account: Arc::new(Mutex::new(HashMap::new())),
+            each: (total / 8).max(2),
+            accounts,
         }
     }
 
-    /// A place for a connection of `uid`, or `None` when it or everyone
-    /// is at the cap (the connection is then closed at once).
+    /// A place for a connection from `uid` (`None`: unknown), or `None`
+    /// when its account or its pool is full (the connection is then
+    /// closed at once).
     fn admit(&self, uid: Option<u32>) -> Option<Slot> {
-        let permit = self.total.clone().try_acquire_owned().ok()?;
-        let mut m = lock(&self.per_uid);
-        let n = m.entry(uid).or_insert(0);
-        if *n >= self.each {
+        let account = uid.map(|u| self.accounts.account_of(u));
+        let pool = if account == Some(self.accounts.me()) {
+            &self.own
+        } else {
+            &self.shared
+        };
+        let permit = pool.clone().try_acquire_owned().ok()?;
+        let mut m = lock(&self.per_account);
+        let n = m.entry(account).or_insert(0);
+        // The own pool is the user's alone: no per-account cap in it.
+        if account != Some(self.accounts.me()) && *n >= self.each {
             return None;
         }
         *n += 1;
         Some(Slot {
             _permit: permit,
-            uid,
-            per_uid: self.per_uid.clone(),
+            account,
+            per_account: self.per_account.clone(),
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut m = lock(&self.per_uid);
-        if let Some(n) = m.get_mut(&self.uid) {
+        let mut m = lock(&self.per_account);
+        if let Some(n) = m.get_mut(&self.account) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&self.uid);
+                m.remove(&self.account);
             }
         }
     }
@@ -454,38 +474,47 @@ impl Proxy {
         let owner = self.owner.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let table = listeners::listeners(port).unwrap_or_default();
-            // The inode already seen held by the service: only the owner is
-            // checked again (the table says it is still the same socket).
-            if let Some(inode) = known {
-                if let Some(l) = table.iter().find(|l| l.inode == inode) {
-                    if let Ok(to) =
-                        listeners::check_service(std::slice::from_ref(l), port, &owner, &[])
-                    {
-                        return Ok((to, inode));
-                    }
+            // Where the listener already seen is still the one a connection
+            // reaches (same inode, still trusted), nothing is scanned again.
+            if let Some((to, inode)) = known {
+                if listeners::receiver(&table, to)
+                    .is_some_and(|l| l.inode == inode && owner.trusts(l.uid))
+                {
+                    return Ok((to, inode, None));
                 }
             }
             let pids = listeners::service_processes(main);
-            let to = listeners::check_service(&table, port, &owner, &pids)?;
+            let (to, who) = listeners::check_service(&table, port, &owner, &pids, false)?;
             let inode = listeners::receiver(&table, to).map_or(0, |l| l.inode);
-            Ok((to, inode))
+            Ok((to, inode, Some(who)))
         })
         .await
         .unwrap_or(Err(Holder::Nobody));
         match checked {
-            Ok((to, inode)) => {
-                lock(&self.verified).insert(key, inode);
+            Ok((to, inode, who)) => {
+                lock(&self.verified).insert(key, (to, inode));
+                if let Some(Attribution::Other { pid }) = who {
+                    // The user's own (or root's) listener, but not the
+                    // service's: forwarded — the uid is the boundary — and
+                    // said once per listener.
+                    tracing::warn!(
+                        "{}: port {port} is served by {}, not by one of its processes; forwarding to it",
+                        service.name,
+                        Holder::OtherProcess { pid }.describe()
+                    );
+                }
                 Ok(to)
             }
             Err(holder) => {
                 lock(&self.verified).remove(&key);
-                if !matches!(holder, Holder::Nobody) {
+                let mut said = lock(&self.said);
+                if !matches!(holder, Holder::Nobody) && said.get(&key) != Some(&holder) {
                     tracing::warn!(
-                        "not forwarding to {}:{port} for {}: the port is held by {}",
-                        "localhost",
+                        "not forwarding to port {port} for {}: it is held by {}",
                         service.name,
                         holder.describe()
                     );
+                    said.insert(key, holder.clone());
                 }
                 Err(holder)
             }
@@ -649,13 +678,25 @@ mod tests {
     }
 
     #[test]
-    fn connections_are_capped_per_user_and_in_total() {
-        let l = Limits::new(16);
-        let a: Vec<Slot> = (0..4).filter_map(|_| l.admit(Some(1001))).collect();
+    fn connections_are_capped_per_account_with_a_pool_for_the_user() {
+        // uid 1000 runs the proxy; 1001 has the subordinate ids 100000..165536.
+        let accounts = listeners::Accounts::from_ranges(1000, vec![(100_000, 65_536, 1001)]);
+        let l = Limits::new(32, accounts);
+        // Another account: at most 32/8 = 4, whichever of its uids connects.
+        let a: Vec<Slot> = [1001, 100_001, 100_002, 165_535]
+            .iter()
+            .filter_map(|&u| l.admit(Some(u)))
+            .collect();
         assert_eq!(a.len(), 4);
-        assert!(l.admit(Some(1001)).is_none(), "per-uid cap");
-        let b: Vec<Slot> = (0..4).filter_map(|_| l.admit(Some(1000))).collect();
-        assert_eq!(b.len(), 4, "another user still gets in");
+        assert!(
+            l.admit(Some(100_003)).is_none(),
+            "subordinate ids count as 1001"
+        );
+        assert!(l.admit(Some(1001)).is_none(), "per-account cap");
+        // The user's own pool is untouched by the others.
+        let mine: Vec<Slot> = (0..16).filter_map(|_| l.admit(Some(1000))).collect();
+        assert_eq!(mine.len(), 16);
+        assert!(l.admit(Some(1000)).is_none(), "own pool full");
         drop(a);
         assert!(l.admit(Some(1001)).is_some(), "places come back");
     }

@@ -627,7 +627,11 @@ fn handle(inbox: &Inbox, res: notify::Result<notify::Event>) {
     }
     let mut st = lock(&inbox.state);
     if let Ok(ev) = &res {
-        if !ev.paths.is_empty() && ev.paths.iter().all(|p| p.starts_with(&inbox.sync_dir)) {
+        let sync_watch = lock(&inbox.sync_handle).as_ref().map(SafeDir::fd_path);
+        let is_sync = |p: &PathBuf| {
+            p.starts_with(&inbox.sync_dir) || sync_watch.as_ref().is_some_and(|w| p.starts_with(w))
+        };
+        if !ev.paths.is_empty() && ev.paths.iter().all(is_sync) {
             // Our own sync markers: no change to the sources.
             for p in &ev.paths {
                 let n = p
@@ -721,12 +725,13 @@ fn build_tree(project: &str, root: &Path, inbox: &Arc<Inbox>) -> Option<Tree> {
                 None
             }
         };
+        // Watched through the descriptor held (`/proc/self/fd/N`), not by
+        // name: a `.locald` renamed meanwhile cannot put the watch on a
+        // directory someone else fills with markers.
         let watched = dir.filter(|d| {
-            d.still_at_path()
-                && tree
-                    .watcher
-                    .watch(&inbox.sync_dir, RecursiveMode::NonRecursive)
-                    .is_ok()
+            tree.watcher
+                .watch(&d.fd_path(), RecursiveMode::NonRecursive)
+                .is_ok()
         });
         match watched {
             Some(d) => *lock(&inbox.sync_handle) = Some(d),

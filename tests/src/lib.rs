@@ -69,6 +69,17 @@ pub fn user_bin(name: &str) -> PathBuf {
     dst
 }
 
+/// A child process killed and reaped when dropped, so a test that fails
+/// half-way leaves no server running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether this run is CI, where a missing precondition is a failure.
 pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")

@@ -626,10 +626,12 @@ fn a_registrys_escape_sequences_are_shown_not_obeyed() {
         return;
     }
     let port = locald_tests::free_port();
-    let mut registry = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", HOSTILE_REGISTRY, &port.to_string()])
-        .spawn()
-        .expect("registry");
+    let registry = locald_tests::KillOnDrop(
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-c", HOSTILE_REGISTRY, &port.to_string()])
+            .spawn()
+            .expect("registry"),
+    );
     let addr = format!("127.0.0.1:{port}");
     let end = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&addr).is_err() {
@@ -646,8 +648,7 @@ fn a_registrys_escape_sequences_are_shown_not_obeyed() {
     wait_states(&w.bus, &p, &["failed"], Duration::from_secs(30));
     let pull = ctl(&w.bus, &p, &["pull", "cache"]);
     let status = ctl(&w.bus, &p, &["status"]);
-    let _ = registry.kill();
-    let _ = registry.wait();
+    drop(registry);
     for (what, out) in [("pull", &pull), ("status", &status)] {
         let text = format!("{}{}", out.stdout, out.stderr);
         assert!(
@@ -683,9 +684,11 @@ fn a_daemon_start_removes_what_killed_unpacks_left() {
     for d in [base.path().join("data/locald"), rootfs.clone()] {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).expect("chmod");
     }
-    let mut gone = std::process::Command::new("true").spawn().expect("true");
-    let dead = gone.id();
-    gone.wait().expect("wait");
+    // A pid above the kernel's limit: no process has it, or ever will.
+    let dead = fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|m| m.trim().parse::<u64>().ok())
+        .map_or(4_194_305, |m| m + 1);
     let hex = "ab".repeat(32);
     let stale = rootfs.join(format!(".tmp-{hex}-{dead}-1"));
     let aside = rootfs.join(format!(".rm-{hex}-{dead}-2"));

@@ -136,6 +136,11 @@ fn a_planted_watch_sync_symlink_never_empties_the_directory_it_names() {
     );
     let out = child.wait_with_output().expect("wait");
     assert!(
+        text(&out).contains(".locald/watch-sync is a symbolic link; refusing to follow it"),
+        "the watcher said why it checks sources in full: {}",
+        text(&out)
+    );
+    assert!(
         seen.contains("web-up"),
         "service came up: {seen}{}",
         text(&out)
@@ -485,6 +490,12 @@ stop_timeout = "1s"
     );
 
     // The ::1-only server: another user takes 127.0.0.1 of its port.
+    if require(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "needs IPv6 on loopback for the ::1-only server",
+    ) {
+        return;
+    }
     let vite = format!("vite.{name}.localhost:{proxy}");
     let port = service_port(&bus, p.path(), "vite").expect("vite's port");
     let end = Instant::now() + Duration::from_secs(15);
@@ -734,18 +745,20 @@ fn locald_ctl_never_talks_to_a_daemon_of_another_user() {
     let calls = bus.dir().join("fake-calls.log");
     std::fs::write(&calls, "").expect("log");
     chown(&calls, Some(user.uid), Some(user.gid)).expect("chown");
-    let mut fake = Command::new("setpriv")
-        .arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .args(["--clear-groups", "/usr/bin/python3", "-c", FAKE_DAEMON])
-        .arg(bus.address())
-        .arg(&calls)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fake daemon");
+    let mut fake = locald_tests::KillOnDrop(
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .args(["--clear-groups", "/usr/bin/python3", "-c", FAKE_DAEMON])
+            .arg(bus.address())
+            .arg(&calls)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fake daemon"),
+    );
     let mut first = String::new();
-    let _ = std::io::BufReader::new(fake.stdout.take().expect("stdout")).read_line(&mut first);
+    let _ = std::io::BufReader::new(fake.0.stdout.take().expect("stdout")).read_line(&mut first);
     assert_eq!(first.trim(), "owned", "the fake took the name");
 
     let p = TestProject::new("[services.web]\ncommand = \"sleep 60\"\n");
@@ -769,8 +782,7 @@ fn locald_ctl_never_talks_to_a_daemon_of_another_user() {
         );
     }
     std::thread::sleep(Duration::from_millis(200));
-    let _ = fake.kill();
-    let _ = fake.wait();
+    drop(fake);
     assert_eq!(
         std::fs::read_to_string(&calls).expect("log"),
         "",

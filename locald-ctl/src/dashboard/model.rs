@@ -309,6 +309,15 @@ pub async fn follow(
     // The daemon coming back (or going) shows as its name changing owner.
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
     let owners = dbus.receive_name_owner_changed().await?;
+    // The name may have changed owner between the client's check and these
+    // subscriptions: check again now that no change can be missed.
+    match crate::client::trusted_owner(&conn, false).await {
+        Ok(now) => daemon.set(now),
+        Err(e) => {
+            eprintln!("locald-ctl dashboard: {}", e.text());
+            daemon.set(None);
+        }
+    }
     let bus = Bus { conn, daemon };
     resync(&hub, &bus).await;
     Ok(tokio::spawn(run(hub, bus, dbus, stream, owners)))

@@ -36,7 +36,19 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    (c.is_control() && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    (c.is_control() && c != '\t')
+        || matches!(
+            c,
+            // Bidirectional embeddings, overrides, isolates and marks.
+            '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{061c}'
+                // Line and paragraph separators: a new line on some terminals.
+                | '\u{2028}'
+                | '\u{2029}'
+        )
 }
 
 #[cfg(test)]
@@ -52,6 +64,7 @@ mod tests {
         assert_eq!(sanitize("a\nfake line\r"), "a\\nfake line\\r");
         assert_eq!(sanitize("\u{9b}31m"), "\\x9b31m");
         assert_eq!(sanitize("abc\u{202e}fdp.exe"), "abc\\u{202e}fdp.exe");
+        assert_eq!(sanitize("a\u{200f}b\u{2028}c"), "a\\u{200f}b\\u{2028}c");
         assert_eq!(sanitize("tab\tand ünï ok"), "tab\tand ünï ok");
         assert!(matches!(sanitize("plain"), Cow::Borrowed(_)));
     }

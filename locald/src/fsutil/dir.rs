@@ -445,6 +445,14 @@ impl SafeDir {
         self.sync()
     }
 
+    /// `/proc/self/fd/N` of this directory, for this process: a name no
+    /// rename of a parent can redirect, valid while the handle lives (an
+    /// inotify watch added through it watches this very directory).
+    pub fn fd_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
     /// Moves the tree at `from` — a private path of ours, outside any
     /// directory others can write — into this directory as `name`: one
     /// rename where both are on one file system, else a copy made here by

@@ -68,7 +68,7 @@ pub enum PullError {
     /// A registry reached over plain HTTP at an address of this machine is
     /// served by another user: a local port belongs to whoever binds it
     /// first, and their image would run in the user's containers.
-    #[error("{registry} is an insecure (plain HTTP) registry on this machine, and its port is held by {holder}, not by you or root; refusing to pull from it (start your registry there, or pin images by digest: docs/containers.md)")]
+    #[error("{registry} is an insecure (plain HTTP) registry on this machine, and its port is held by {holder}, not by you (or your subordinate ids) or root; refusing to pull from it (start your registry there, or pin images by digest: docs/containers.md)")]
     UntrustedListener {
         /// The registry (`host:port`).
         registry: String,
@@ -420,6 +420,8 @@ fn split_host_port(registry: &str) -> (&str, u16) {
 /// Whether `ip` is one of this machine's: loopback, or an address of one
 /// of its interfaces (another local user can bind those too).
 fn is_this_machine(ip: std::net::IpAddr) -> bool {
+    // `::ffff:127.0.0.1` is 127.0.0.1.
+    let ip = ip.to_canonical();
     if ip.is_loopback() || ip.is_unspecified() {
         return true;
     }
@@ -1042,6 +1044,7 @@ mod tests {
         assert_eq!(split_host_port("[::1]:5000"), ("::1", 5000));
         assert!(is_this_machine("127.0.0.1".parse().expect("ip")));
         assert!(is_this_machine("::1".parse().expect("ip")));
+        assert!(is_this_machine("::ffff:127.0.0.1".parse().expect("ip")));
         assert!(!is_this_machine("192.0.2.1".parse().expect("ip")));
     }
 
