@@ -80,10 +80,10 @@ async fn build_one(
                 }
                 let line = bar(service, *a.step(), *a.total(), a.label());
                 if tty {
-                    let _ = write!(stderr, "\r\x1b[2K{}", locald_api::sanitize(&line));
+                    let _ = write!(stderr, "\r\x1b[2K{}", locald_core::text::sanitize(&line));
                     let _ = stderr.flush();
                 } else {
-                    let _ = writeln!(stderr, "{}", locald_api::sanitize(&line));
+                    let _ = writeln!(stderr, "{}", locald_core::text::sanitize(&line));
                 }
             }
             Some(signal) = finished.next() => {
@@ -115,7 +115,7 @@ async fn build_one(
     };
     println!(
         "{}",
-        locald_api::sanitize(&result_line(service, &outcome, secs))
+        locald_core::text::sanitize(&result_line(service, &outcome, secs))
     );
     Ok(outcome)
 }

@@ -9,7 +9,8 @@ use zbus::names::{BusName, OwnedUniqueName, UniqueName};
 use zbus::proxy::CacheProperties;
 use zbus::Connection;
 
-use locald_api::{sanitize, Error, Manager1Proxy, BUS_NAME};
+use locald_api::{Error, Manager1Proxy, BUS_NAME};
+use locald_core::text::sanitize;
 
 /// The hint printed whenever the daemon cannot be reached.
 pub const START_HINT: &str =
@@ -333,8 +334,8 @@ fn absolute(dir: Option<&Path>) -> Result<PathBuf, CtlError> {
 /// The directory of the `locald.toml` that governs `dir`, canonical.
 fn project_root(dir: Option<&Path>) -> Result<PathBuf, CtlError> {
     let dir = absolute(dir)?;
-    let file =
-        locald::config::find_project_file(&dir).map_err(|e| CtlError::Usage(e.to_string()))?;
+    let file = locald_core::project::find_project_file(&dir)
+        .map_err(|e| CtlError::Usage(e.to_string()))?;
     Ok(file.parent().map_or(file.clone(), ToOwned::to_owned))
 }
 

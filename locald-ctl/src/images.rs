@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use locald::term::human_bytes;
 use locald_api::{Error, ImageEntry, PruneResult, PullResult};
+use locald_core::term::human_bytes;
 
 use crate::client::{Client, CtlError};
 use crate::status::{rfc3339, short, terminal_width};
@@ -220,7 +220,7 @@ pub(crate) async fn pull_one(
                     let _ = write!(
                         stderr,
                         "\r\x1b[2K{}",
-                        locald_api::sanitize(&layers.bar(service))
+                        locald_core::text::sanitize(&layers.bar(service))
                     );
                     let _ = stderr.flush();
                 } else if done >= total {
@@ -243,7 +243,10 @@ pub(crate) async fn pull_one(
         Err(Error::PullFailed(reason)) => Err(reason),
         Err(e) => return Err(e),
     };
-    println!("{}", locald_api::sanitize(&result_line(service, &outcome)));
+    println!(
+        "{}",
+        locald_core::text::sanitize(&result_line(service, &outcome))
+    );
     Ok(outcome)
 }
 
@@ -313,7 +316,7 @@ pub fn prune_lines(p: &PruneResult) -> Vec<String> {
 pub async fn prune(client: &Client) -> Result<ExitCode, CtlError> {
     let result = client.manager.prune().await.map_err(CtlError::call)?;
     for line in prune_lines(&result) {
-        println!("{}", locald_api::sanitize(&line));
+        println!("{}", locald_core::text::sanitize(&line));
     }
     Ok(ExitCode::SUCCESS)
 }

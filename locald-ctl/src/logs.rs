@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
-use locald::term::Terminal;
+use locald_core::term::Terminal;
 use serde_json::Value;
 
 use crate::clock::Local;
@@ -101,18 +101,18 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
         match &args.service {
             Some(s) => v.push(format!(
                 "_SYSTEMD_USER_UNIT={}",
-                locald::runtime::systemd::unit_name(&args.project, s)
+                locald_core::units::unit_name(&args.project, s)
             )),
             None => v.push(format!(
                 "_SYSTEMD_USER_SLICE={}",
-                locald::runtime::systemd::slice_name(&args.project)
+                locald_core::units::slice_name(&args.project)
             )),
         }
     }
     v
 }
 
-pub(crate) use locald::journal::entry::{bytes, text};
+pub(crate) use locald_core::journal_entry::{bytes, text};
 
 /// The journal match for entries this user's processes wrote.
 pub(crate) fn own_uid() -> String {
@@ -145,7 +145,7 @@ pub fn stamp(entry: &Value, output: Output) -> Option<String> {
     })
 }
 
-pub use locald::journal::entry::entry_to_line;
+pub use locald_core::journal_entry::entry_to_line;
 
 /// Runs journalctl and prints what it finds.
 pub fn run(args: &LogsArgs) -> ExitCode {
@@ -200,7 +200,7 @@ pub fn run(args: &LogsArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use locald::event::{Phase, Stream};
+    use locald_core::event::{Phase, Stream};
 
     #[test]
     fn filters_by_project_service_and_phase() {

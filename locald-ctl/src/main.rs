@@ -27,7 +27,7 @@ use client::{Client, CtlError};
 fn main() -> ExitCode {
     // Every command only talks to the daemon or journalctl and prints: a
     // reader that went away (`| head`) ends it quietly, not with a panic.
-    locald::term::end_quietly_on_closed_pipe();
+    locald_core::term::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match cli.command {
         Command::Completions { shell } => {
@@ -64,10 +64,10 @@ fn main() -> ExitCode {
             // journal has its lines whether or not the daemon runs.
             let (project, services) = match &cli.project {
                 Some(p) => (p.clone(), Vec::new()),
-                None => match locald::config::load_project(Path::new(".")) {
-                    Ok(c) => (c.name.clone(), c.services.keys().cloned().collect()),
+                None => match locald_core::project::identity(Path::new(".")) {
+                    Ok(id) => (id.name, id.services),
                     Err(e) => {
-                        eprintln!("{e}");
+                        eprintln!("locald-ctl: {}", locald_core::error_chain(&e));
                         return ExitCode::from(2);
                     }
                 },
@@ -158,25 +158,27 @@ async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     }
 }
 
-/// `check [DIR]`: validates the project file locally, no daemon needed.
+/// `check [DIR]`: validates the project file locally, no daemon needed,
+/// with the engine's own checker: `locald check` (beside this program, else
+/// on `PATH`) runs in this process's place, so its report and exit code are
+/// this command's.
 fn check(dir: Option<&std::path::Path>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
     let dir = dir.map_or_else(|| std::path::PathBuf::from("."), ToOwned::to_owned);
-    match locald::config::load_project(&dir) {
-        Ok(config) => {
-            let n = config.services.len();
-            println!(
-                "{}: ok, project `{}`, {n} service{}",
-                config.file.display(),
-                config.name,
-                if n == 1 { "" } else { "s" }
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        }
-    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("locald")))
+        .filter(|p| p.is_file());
+    let locald = beside.unwrap_or_else(|| std::path::PathBuf::from("locald"));
+    let e = std::process::Command::new(&locald)
+        .arg("check")
+        .arg(&dir)
+        .exec();
+    eprintln!(
+        "locald-ctl: cannot run {} to check the project ({e}); install locald",
+        locald.display()
+    );
+    ExitCode::from(1)
 }
 
 #[cfg(test)]

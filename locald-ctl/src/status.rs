@@ -223,7 +223,7 @@ pub fn columns<R: AsRef<[String]>>(rows: &[R], width: Option<usize>) -> String {
         .map(|r| {
             r.as_ref()
                 .iter()
-                .map(|c| locald_api::sanitize(c).into_owned())
+                .map(|c| locald_core::text::sanitize(c).into_owned())
                 .collect()
         })
         .collect();
@@ -282,7 +282,7 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
     let (projects, warnings) = tokio::join!(fetch(client), client.manager.warnings());
     let mut projects = projects?;
     for w in warnings.unwrap_or_default() {
-        eprintln!("warning: {}", locald_api::sanitize(&w));
+        eprintln!("warning: {}", locald_core::text::sanitize(&w));
     }
     match &selection {
         Selection::Name(name) => {
@@ -328,7 +328,7 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
             "{} ({}) — {}",
             p.name,
             p.state,
-            locald_api::sanitize(&p.path)
+            locald_core::text::sanitize(&p.path)
         );
         print!("{}", table(&p.services, now, width));
     }

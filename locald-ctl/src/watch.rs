@@ -177,7 +177,11 @@ impl Objects {
 /// One line of `watch`: everything in it came from the daemon (reasons,
 /// build labels), so it is shown escaped.
 fn print(text: &str) {
-    println!("{} {}", crate::clock::now_hms(), locald_api::sanitize(text));
+    println!(
+        "{} {}",
+        crate::clock::now_hms(),
+        locald_core::text::sanitize(text)
+    );
 }
 
 /// `watch`.

@@ -191,14 +191,7 @@ impl LogSink for StderrSink {
     }
 }
 
-/// Aborts a task when dropped.
-pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+pub(crate) use locald_core::task::AbortOnDrop;
 
 /// `$XDG_STATE_HOME/locald`, else `~/.local/state/locald`.
 pub fn default_state_dir() -> Option<PathBuf> {

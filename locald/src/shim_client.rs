@@ -462,19 +462,12 @@ fn absolute(p: &Path) -> Result<PathBuf, ShimError> {
     })
 }
 
-/// `owner:start:count` lines of `/etc/subuid` for a name or numeric uid.
+/// `owner:start:count` lines of `/etc/subuid` for a name or numeric uid,
+/// as `(start, count)`.
 fn parse_subid(content: &str, name: Option<&str>, uid: u32) -> Vec<(u32, u32)> {
-    let uid_s = uid.to_string();
-    content
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.trim().split(':');
-            let owner = f.next()?;
-            let start = f.next()?.parse().ok()?;
-            let count: u32 = f.next()?.parse().ok()?;
-            let mine = owner == uid_s || name == Some(owner);
-            (mine && count > 0 && f.next().is_none()).then_some((start, count))
-        })
+    locald_core::ids::parse_subid(content, name, uid)
+        .into_iter()
+        .map(|r| (r.start, r.count))
         .collect()
 }
 

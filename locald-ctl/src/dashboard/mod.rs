@@ -44,7 +44,7 @@ const MAX_CONNECTIONS: usize = 64;
 
 /// A fresh random token: 32 bytes from the kernel, in hex.
 fn new_token() -> Result<String, CtlError> {
-    locald::fsutil::random_hex(32)
+    locald_core::fsutil::random_hex(32)
         .map_err(|e| CtlError::Failed(format!("cannot make a token: {e}")))
 }
 
@@ -66,10 +66,11 @@ fn open_browser(url: &str) {
     };
     let dir = PathBuf::from(runtime).join("locald");
     let page = dir.join("dashboard-open.html");
-    let written = locald::fsutil::private_dir(&dir)
+    let written = locald_core::fsutil::private_dir(&dir)
         .map_err(|e| e.to_string())
         .and_then(|()| {
-            locald::fsutil::write_atomic(&page, launcher(url).as_bytes()).map_err(|e| e.to_string())
+            locald_core::fsutil::write_atomic(&page, launcher(url).as_bytes())
+                .map_err(|e| e.to_string())
         });
     if let Err(e) = written {
         eprintln!(
@@ -104,10 +105,10 @@ fn write_url(file: &std::path::Path, url: &str) -> Result<(), CtlError> {
     let fail = |e: String| CtlError::Failed(format!("cannot write {}: {e}", file.display()));
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            locald::fsutil::private_dir(dir).map_err(|e| fail(e.to_string()))?;
+            locald_core::fsutil::private_dir(dir).map_err(|e| fail(e.to_string()))?;
         }
     }
-    locald::fsutil::write_atomic(file, format!("{url}\n").as_bytes())
+    locald_core::fsutil::write_atomic(file, format!("{url}\n").as_bytes())
         .map_err(|e| fail(e.to_string()))
 }
 

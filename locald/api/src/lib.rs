@@ -19,12 +19,10 @@ mod names;
 // doc comments; the traits themselves are documented.
 #[allow(missing_docs)]
 mod proxies;
-mod text;
 mod wire;
 
 pub use names::*;
 pub use proxies::*;
-pub use text::sanitize;
 pub use wire::*;
 
 /// Re-exported so clients use the same zbus the proxies were generated for.

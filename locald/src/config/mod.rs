@@ -35,8 +35,9 @@ use raw::{
     RawWatch,
 };
 
+use locald_core::project::FindError;
 /// The file name locald looks for.
-pub const FILE_NAME: &str = "locald.toml";
+pub use locald_core::project::FILE_NAME;
 
 /// Why a project's configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +225,7 @@ impl Config {
             format!(
                 "the project is named `{}` after its directory `{}`, which is not a valid name; set `[project] name` to choose one",
                 self.name,
-                locald_api::sanitize(dir)
+                locald_core::text::sanitize(dir)
             )
         });
         derived
@@ -429,57 +430,20 @@ impl HttpUrl {
     }
 }
 
-/// Finds the project file: `dir/locald.toml`, else `dir/Procfile`, else
-/// the nearest parent's (a directory's `locald.toml` wins over its
-/// `Procfile`, which it may use for commands).
-///
-/// The climb stops (as git's does since CVE-2022-24765) at a directory owned
-/// by someone other than the caller or root, and at a file system boundary,
-/// so a `locald.toml` planted in a shared parent is never found from a
-/// directory below it. The file found is still checked when it is read
-/// ([`Config::load`]): it must belong to the caller or root.
+/// The `locald.toml` (else `Procfile`) that governs `dir`
+/// ([`locald_core::project::find_project_file`]).
 pub fn find_project_file(dir: &Path) -> Result<PathBuf, LoadError> {
-    use std::os::unix::fs::MetadataExt;
-    let read = |path: &Path, source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = std::fs::metadata(dir).map_err(|e| read(dir, e))?;
-    if !meta.is_dir() {
-        return Err(LoadError::NotADirectory {
-            path: dir.to_owned(),
-        });
-    }
-    let dir = dir.canonicalize().map_err(|e| read(dir, e))?;
-    let mut stopped = None;
-    for d in dir.ancestors() {
-        let here = std::fs::metadata(d).map_err(|e| read(d, e))?;
-        if d != dir {
-            if here.dev() != meta.dev() {
-                stopped = Some(format!("{}: another file system", d.display()));
-                break;
-            }
-            if !crate::fsutil::trusted_owner(here.uid()) {
-                stopped = Some(format!(
-                    "{}: owned by uid {}, not by you or root",
-                    d.display(),
-                    here.uid()
-                ));
-                break;
-            }
-        }
-        for name in [FILE_NAME, procfile::PROCFILE] {
-            let file = d.join(name);
-            match std::fs::metadata(&file) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Ok(file),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                // Not a "not found": a directory we may not read must say so.
-                Err(e) => return Err(read(&file, e)),
-            }
+    Ok(locald_core::project::find_project_file(dir)?)
+}
+
+impl From<FindError> for LoadError {
+    fn from(e: FindError) -> Self {
+        match e {
+            FindError::NotFound { dir, stopped } => LoadError::NotFound { dir, stopped },
+            FindError::NotADirectory { path } => LoadError::NotADirectory { path },
+            FindError::Read { path, source } => LoadError::Read { path, source },
         }
     }
-    Err(LoadError::NotFound { dir, stopped })
 }
 
 /// Finds and loads the project containing `dir`.
@@ -639,36 +603,7 @@ impl Config {
     }
 }
 
-/// Turns a directory name into a valid project name (the rule
-/// [`Checker::check_name`] applies to written names): other characters
-/// become `-`, runs of them one, the name starts and ends with a letter or
-/// digit and has at most 64 characters; `project` when nothing is left. A
-/// name starting with `-` would be read as an option (`locald-ctl -p -n-`)
-/// and a URL label of `-n-` is not a host name.
-fn sanitize_name(s: &str) -> String {
-    let mut n = String::new();
-    for c in s.chars() {
-        let c = if c.is_ascii_alphanumeric() || c == '_' {
-            c
-        } else {
-            '-'
-        };
-        if !(c == '-' && n.ends_with('-')) {
-            n.push(c);
-        }
-    }
-    let n: String = n
-        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .chars()
-        .take(64)
-        .collect();
-    let n = n.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    if n.is_empty() {
-        "project".into()
-    } else {
-        n.to_owned()
-    }
-}
+use locald_core::project::derive_name as sanitize_name;
 
 /// Accumulates diagnostics while converting.
 struct Checker {

@@ -24,7 +24,7 @@ use super::raw::{RawCommand, RawFile, RawPort, RawService};
 use super::{Config, ConfigError, Diagnostic};
 
 /// The file name locald looks for next to (or instead of) `locald.toml`.
-pub const PROCFILE: &str = "Procfile";
+pub use locald_core::project::PROCFILE;
 
 /// One process type.
 #[derive(Debug, Clone, PartialEq, Eq)]

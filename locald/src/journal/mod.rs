@@ -25,7 +25,7 @@
 
 mod daemon_log;
 pub mod encode;
-pub mod entry;
+pub use locald_core::journal_entry as entry;
 pub mod follow;
 mod native;
 
@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::ServiceConfig;
 use crate::event::{BuildRecord, BuildResult, LogLine, Phase, Stream};
+pub use crate::output::ServiceLogOptions;
 use crate::output::{BoxFuture, LogSink};
 
 pub use daemon_log::{init_daemon_logging, journal_is_there, LogOutput, LoggingError};
@@ -86,14 +86,6 @@ impl JournalConfig {
         }
         c
     }
-}
-
-/// Per-service settings of the journal writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ServiceLogOptions {
-    /// Priority of stderr lines without a `<N>` prefix (info unless the
-    /// service says otherwise, as systemd does).
-    pub stderr_priority: Priority,
 }
 
 /// What the writer did so far.
@@ -466,14 +458,8 @@ impl LogSink for JournalSink {
         Box::pin(self.write_line(line))
     }
 
-    fn configure_service(&self, project: &str, service: &ServiceConfig) {
-        self.set_service_options(
-            project,
-            &service.name,
-            ServiceLogOptions {
-                stderr_priority: service.stderr_priority,
-            },
-        );
+    fn configure_service(&self, project: &str, service: &str, options: &ServiceLogOptions) {
+        self.set_service_options(project, service, *options);
     }
 
     fn build_started<'a>(

@@ -86,7 +86,13 @@ impl Project {
         let Some(cfg) = self.config.services.get(name).cloned() else {
             return;
         };
-        self.env.sink.configure_service(&self.config.name, &cfg);
+        self.env.sink.configure_service(
+            &self.config.name,
+            name,
+            &crate::output::ServiceLogOptions {
+                stderr_priority: cfg.stderr_priority,
+            },
+        );
         let snapshot =
             snapshot.unwrap_or_else(|| Arc::new(watch::Sender::new(ServiceSnapshot::new(name))));
         let ports = cfg.ports_by_var();

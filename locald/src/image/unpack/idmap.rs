@@ -9,14 +9,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-/// A contiguous range of host ids from `/etc/subuid` or `/etc/subgid`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdRange {
-    /// First host id.
-    pub start: u32,
-    /// How many.
-    pub count: u32,
-}
+use locald_core::ids::parse_subid;
+pub use locald_core::ids::IdRange;
 
 /// The user's own uid and gid and their subordinate ranges.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,27 +135,6 @@ fn lines(own: u32, sub: &[IdRange]) -> Vec<[u32; 3]> {
         next += size;
     }
     out
-}
-
-/// `owner:start:count` lines of `/etc/subuid` for a login name or numeric
-/// uid; malformed lines and zero counts grant nothing.
-pub(super) fn parse_subid(content: &str, name: Option<&str>, uid: u32) -> Vec<IdRange> {
-    let uid_s = uid.to_string();
-    content
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            if l.starts_with('#') {
-                return None;
-            }
-            let mut f = l.split(':');
-            let owner = f.next()?;
-            let start: u32 = f.next()?.trim().parse().ok()?;
-            let count: u32 = f.next()?.trim().parse().ok()?;
-            let mine = owner == uid_s || name == Some(owner);
-            (mine && count > 0 && f.next().is_none()).then_some(IdRange { start, count })
-        })
-        .collect()
 }
 
 /// A setuid helper from the standard system directories (not `PATH`: the

@@ -10,8 +10,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::extract::{pax_time, BadName, Name};
-use super::idmap::parse_subid;
 use super::*;
+use locald_core::ids::parse_subid;
 
 /// A tar stream with raw headers, so names like `../../x` go in as they are.
 #[derive(Default)]

@@ -11,8 +11,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::ServiceConfig;
 use crate::event::{BuildRecord, LogLine};
+use crate::priority::Priority;
+
+/// A service's settings that sinks may care about, given before its first
+/// line ([`LogSink::configure_service`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceLogOptions {
+    /// Priority of stderr lines without a `<N>` prefix (info unless the
+    /// service says otherwise, as systemd does).
+    pub stderr_priority: Priority,
+}
 
 /// A boxed future, for object-safe async sinks.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -33,8 +42,8 @@ pub trait LogSink: Send + Sync + 'static {
     /// A service's settings, given before its first line and again after a
     /// reload changed them. Sinks that care (the journal's stderr priority)
     /// keep what they need.
-    fn configure_service(&self, project: &str, service: &ServiceConfig) {
-        let _ = (project, service);
+    fn configure_service(&self, project: &str, service: &str, options: &ServiceLogOptions) {
+        let _ = (project, service, options);
     }
 
     /// A build of `service` was decided on (runs, or is up to date): the
@@ -94,9 +103,9 @@ impl LogSink for Fanout {
         self.sinks.iter().any(|s| s.is_listening(project, service))
     }
 
-    fn configure_service(&self, project: &str, service: &ServiceConfig) {
+    fn configure_service(&self, project: &str, service: &str, options: &ServiceLogOptions) {
         for s in &self.sinks {
-            s.configure_service(project, service);
+            s.configure_service(project, service, options);
         }
     }
 

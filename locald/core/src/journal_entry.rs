@@ -63,7 +63,7 @@ fn unit_entry_to_line(entry: &Value) -> Option<LogLine> {
     }
     let slice = text(entry, "_SYSTEMD_USER_SLICE").unwrap_or_default();
     Some(LogLine {
-        project: crate::runtime::systemd::project_of_slice(&slice)
+        project: crate::units::project_of_slice(&slice)
             .unwrap_or_default()
             .into(),
         service: text(entry, "SYSLOG_IDENTIFIER")?.into(),

@@ -284,7 +284,7 @@ impl Terminal {
         };
         // Reasons, labels and references come from outside (a registry's
         // message, a build's output): escapes shown, never obeyed.
-        let text = locald_api::sanitize(&text);
+        let text = crate::text::sanitize(&text);
         let line = format!("{:>w$} {}\n", "locald", text, w = self.width + 1);
         let line = if self.color {
             format!("\x1b[2m{}\x1b[0m\n", line.trim_end())
@@ -297,7 +297,7 @@ impl Terminal {
 
     /// Prints a message from locald itself.
     pub fn note(&self, text: &str) {
-        let text = locald_api::sanitize(text);
+        let text = crate::text::sanitize(text);
         let line = format!("{:>w$} {}\n", "locald", text, w = self.width + 1);
         self.emit(line.as_bytes());
     }
@@ -400,7 +400,7 @@ mod tests {
         svc.state = ServiceState::Error;
         svc.reason = "registry said: \u{1b}]0;PWNED-TITLE\u{7}\u{1b}[2J".into();
         let text = state_text(&svc);
-        let shown = locald_api::sanitize(&text);
+        let shown = crate::text::sanitize(&text);
         assert!(!shown.contains('\u{1b}'), "{shown}");
         assert!(
             shown.contains("\\x1b]0;PWNED-TITLE\\x07\\x1b[2J"),

@@ -191,7 +191,7 @@ pub fn describe_uid(uid: u32) -> String {
 /// `: python3` for pid 42, from its `comm` (empty when unknown).
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| format!(": {}", locald_api::sanitize(c.trim())))
+        .map(|c| format!(": {}", crate::text::sanitize(c.trim())))
         .unwrap_or_default()
 }
 
@@ -206,10 +206,12 @@ pub struct Owner {
 impl Owner {
     /// This process's user and their `/etc/subuid` ranges.
     pub fn current() -> Owner {
-        let ids = crate::image::unpack::IdMap::current_user();
         Owner {
             uid: nix::unistd::geteuid().as_raw(),
-            subuids: ids.subuids.iter().map(|r| (r.start, r.count)).collect(),
+            subuids: crate::ids::current_subuids()
+                .iter()
+                .map(|r| (r.start, r.count))
+                .collect(),
         }
     }
 
