@@ -16,7 +16,7 @@ pub mod engine;
 pub use locald_core::event;
 pub mod foreground;
 pub use locald_core::fsutil;
-pub mod image;
+pub use locald_image as image;
 pub mod journal;
 pub use locald_core::listeners;
 pub use locald_core::output;
@@ -27,7 +27,7 @@ pub mod shim_client;
 pub mod state;
 pub mod supervisor;
 pub use locald_core::term;
-pub mod user_config;
+pub use locald_image::user_config;
 mod watch;
 
 pub use locald_core::{error_chain, lock};

@@ -27,7 +27,6 @@ use tokio::process::Child;
 use super::claim::ProjectClaim;
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::fsutil::{sub_dir, write_atomic};
-use crate::image::ProgressFn;
 use crate::lock;
 use crate::output::BoxFuture;
 use crate::shim_client::{BundleSpec, ShimClient};
@@ -36,52 +35,7 @@ use crate::supervisor::notify::runtime_dir;
 /// Where a container sees its service's notify socket directory.
 pub const NOTIFY_DIR: &str = "/run/locald/notify";
 
-/// Something that must live as long as a container runs from its image
-/// (the image store's hold on the shared rootfs, which keeps `prune` from
-/// removing it); dropped with the container's process handle.
-#[derive(Clone, Default)]
-pub struct Lease(Option<Arc<dyn std::any::Any + Send + Sync>>);
-
-impl Lease {
-    /// A lease holding `hold` until the last clone is dropped.
-    pub fn new(hold: impl std::any::Any + Send + Sync) -> Self {
-        Lease(Some(Arc::new(hold)))
-    }
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Lease(held)"
-        } else {
-            "Lease(none)"
-        })
-    }
-}
-
-/// What a container needs from its image.
-#[derive(Debug, Clone, Default)]
-pub struct PreparedImage {
-    /// The image's manifest digest (`sha256:…`), for `LOCALD_IMAGE`.
-    pub digest: String,
-    /// The unpacked rootfs, shared by every container of the image; only
-    /// ever mounted read-only.
-    pub rootfs: PathBuf,
-    /// `NAME=value` entries of the image config's `Env`.
-    pub env: Vec<String>,
-    /// The image's Entrypoint.
-    pub entrypoint: Vec<String>,
-    /// The image's Cmd.
-    pub cmd: Vec<String>,
-    /// The image's WorkingDir.
-    pub workdir: Option<String>,
-    /// The image's StopSignal (e.g. `SIGQUIT`).
-    pub stop_signal: Option<String>,
-    /// Held for as long as the container runs.
-    pub lease: Lease,
-    /// The image's User: `uid`, `name`, `uid:gid`, `name:group`, ….
-    pub user: Option<String>,
-}
+pub use locald_image::source::{ImageSource, Lease, PreparedImage};
 
 /// Who the container's process runs as, and its home directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,32 +128,6 @@ fn read_in_root(rootfs: &Path, rel: &str) -> Option<String> {
     let mut text = String::new();
     file.take(1 << 20).read_to_string(&mut text).ok()?;
     Some(text)
-}
-
-/// Resolves an image reference to a prepared image (pulled or imported,
-/// verified and unpacked): the image store implements it.
-pub trait ImageSource: Send + Sync + 'static {
-    /// Prepares `reference` for the project in `project_dir` (relative
-    /// `oci:`/`oci-archive:` paths are relative to it), reporting the
-    /// progress of a pull or import to `progress`.
-    fn prepare<'a>(
-        &'a self,
-        reference: &'a str,
-        project_dir: &'a Path,
-        progress: ProgressFn,
-    ) -> BoxFuture<'a, Result<PreparedImage, String>>;
-
-    /// Makes `dest` (new, in a directory only the user can enter) a private,
-    /// writable copy of the image's files for one container.
-    fn writable_copy<'a>(
-        &'a self,
-        image: &'a PreparedImage,
-        dest: &'a Path,
-    ) -> BoxFuture<'a, Result<(), String>>;
-
-    /// Removes such a copy (its files may belong to subordinate ids); a
-    /// missing one is not an error.
-    fn remove_copy<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// A container made ready to run ([`ContainerRuntime::prepare`]).

@@ -33,7 +33,7 @@ use super::digest::Digest;
 use super::manifest::{self, Manifest, ManifestError, CONFIG_LIMIT, INDEX_DEPTH, MANIFEST_LIMIT};
 use super::store::{Store, StoreError};
 use super::{LayerProgress, ProgressFn};
-use crate::fsutil::{self, UnsafeFile};
+use locald_core::fsutil::{self, UnsafeFile};
 
 /// The annotation that tags an image in a layout's `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -800,7 +800,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&root.path().join("s")).expect("store");
         let e = import_layout(&store, f.dir.path(), Some("t1"), &quiet()).expect_err("corrupt");
-        let chain = crate::error_chain(&e);
+        let chain = locald_core::error_chain(&e);
         assert!(
             chain.contains(&format!("blob {}: the content hashes to sha256:", f.layer)),
             "{chain}"

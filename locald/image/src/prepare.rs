@@ -32,8 +32,8 @@ use nix::fcntl::{Flock, FlockArg};
 use super::manage::{self, ImageInfo, ManageError, Pruned, PullSummary, Users};
 use super::unpack::{unpack, Layer, UnpackOptions};
 use super::{Image, ImageRef, Images, ProgressFn};
-use crate::output::BoxFuture;
-use crate::runtime::container::{ImageSource, Lease, PreparedImage};
+use crate::source::{ImageSource, Lease, PreparedImage};
+use locald_core::output::BoxFuture;
 
 /// Images from the user's store, unpacked on first use.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ impl StoreImages {
 
     /// The user's default store, unpacking with the running executable.
     pub fn open_default() -> Result<Self, String> {
-        let images = Images::open_default().map_err(|e| crate::error_chain(&e))?;
+        let images = Images::open_default().map_err(|e| locald_core::error_chain(&e))?;
         let helper =
             std::env::current_exe().map_err(|e| format!("cannot find locald itself: {e}"))?;
         Ok(StoreImages::new(images, helper))
@@ -139,7 +139,7 @@ impl StoreImages {
             return Ok(target);
         }
         let parent = self.images.store().rootfs_root();
-        crate::fsutil::private_dir(&parent).map_err(|e| crate::error_chain(&e))?;
+        locald_core::fsutil::private_dir(&parent).map_err(|e| locald_core::error_chain(&e))?;
         // One unpack per image at a time, across processes.
         let lock_path = parent.join(format!(".{}.lock", image.manifest_digest.hex()));
         let file = OpenOptions::new()
@@ -174,10 +174,10 @@ impl StoreImages {
                     tracing::warn!(
                         "cannot remove the failed unpack {}: {}",
                         tmp.display(),
-                        crate::error_chain(&r)
+                        locald_core::error_chain(&r)
                     );
                 }
-                return Err(format!("cannot unpack: {}", crate::error_chain(&e)));
+                return Err(format!("cannot unpack: {}", locald_core::error_chain(&e)));
             }
         };
         std::fs::rename(&tmp, &target)
@@ -221,12 +221,12 @@ impl ImageSource for StoreImages {
             let use_lock = tokio::task::spawn_blocking(move || store.lock_shared())
                 .await
                 .map_err(|e| format!("locking the image store crashed: {e}"))?
-                .map_err(|e| crate::error_chain(&e))?;
+                .map_err(|e| locald_core::error_chain(&e))?;
             let image = self
                 .images
                 .ensure(&r, project_dir, progress)
                 .await
-                .map_err(|e| crate::error_chain(&e))?;
+                .map_err(|e| locald_core::error_chain(&e))?;
             let this = self.clone();
             let img = image.clone();
             let (rootfs, lease) = tokio::task::spawn_blocking(move || {
@@ -257,14 +257,14 @@ impl ImageSource for StoreImages {
                     .images
                     .store()
                     .image(&digest)
-                    .map_err(|e| crate::error_chain(&e))?;
+                    .map_err(|e| locald_core::error_chain(&e))?;
                 let layers: Vec<Layer> = image.layers.iter().map(Layer::from).collect();
                 let opts = UnpackOptions::new(this.helper.clone());
                 if let Err(e) = unpack(&dest, &layers, &opts) {
                     let _ = super::unpack::remove(&dest, &opts);
                     return Err(format!(
                         "cannot make the container's copy: {}",
-                        crate::error_chain(&e)
+                        locald_core::error_chain(&e)
                     ));
                 }
                 Ok(())
@@ -279,7 +279,7 @@ impl ImageSource for StoreImages {
             let opts = UnpackOptions::new(self.helper.clone());
             let dest = dest.to_owned();
             tokio::task::spawn_blocking(move || {
-                super::unpack::remove(&dest, &opts).map_err(|e| crate::error_chain(&e))
+                super::unpack::remove(&dest, &opts).map_err(|e| locald_core::error_chain(&e))
             })
             .await
             .map_err(|e| format!("removing the copy crashed: {e}"))?

@@ -183,7 +183,7 @@ impl From<UnpackError> for WireError {
                 what,
                 source: source.as_ref().map(Into::into),
             },
-            e @ UnpackError::Helper { .. } => WireError::Other(crate::error_chain(&e)),
+            e @ UnpackError::Helper { .. } => WireError::Other(locald_core::error_chain(&e)),
         }
     }
 }

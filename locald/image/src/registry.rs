@@ -50,8 +50,8 @@ use super::manifest::{self, Manifest, ManifestError, CONFIG_LIMIT, INDEX_DEPTH, 
 use super::reference::RegistryRef;
 use super::store::{Store, StoreError};
 use super::{LayerProgress, ProgressFn};
-use crate::fsutil::{self, UnsafeFile};
 use crate::user_config::UserConfig;
+use locald_core::fsutil::{self, UnsafeFile};
 
 /// Layers downloaded at once (Docker's default).
 pub const PARALLEL: usize = 3;
@@ -500,13 +500,13 @@ impl RegistryClient {
         if local.is_empty() {
             return Ok(());
         }
-        let owner = crate::listeners::Owner::current();
-        let table = crate::listeners::listeners(port).unwrap_or_default();
+        let owner = locald_core::listeners::Owner::current();
+        let table = locald_core::listeners::listeners(port).unwrap_or_default();
         for a in local {
-            if let Err(uid) = crate::listeners::check_owner(&table, a, &owner) {
+            if let Err(uid) = locald_core::listeners::check_owner(&table, a, &owner) {
                 return Err(PullError::UntrustedListener {
                     registry: registry.to_owned(),
-                    holder: crate::listeners::describe_uid(uid),
+                    holder: locald_core::listeners::describe_uid(uid),
                 });
             }
         }
@@ -683,7 +683,7 @@ impl RegistryClient {
         }
         let hint = if matches!(e, OciDistributionError::RequestError(_))
             && !self.insecure.contains(&registry)
-            && looks_like_tls_trouble(&crate::error_chain(&e))
+            && looks_like_tls_trouble(&locald_core::error_chain(&e))
         {
             format!(
                 " (if {registry} serves plain HTTP, list it in insecure_registries in {})",

@@ -307,7 +307,7 @@ pub fn prune(
                 tracing::warn!(
                     "cannot remove {}: {}",
                     path.display(),
-                    crate::error_chain(&source)
+                    locald_core::error_chain(&source)
                 );
                 failed.get_or_insert(ManageError::Remove { path, source });
             }
@@ -411,7 +411,7 @@ pub fn sweep_leftovers(
             Err(e) => tracing::warn!(
                 "cannot remove {}, left by an interrupted unpack: {}",
                 entry.path().display(),
-                crate::error_chain(&e)
+                locald_core::error_chain(&e)
             ),
         }
     }

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest::{Digest, Hasher};
 use super::manifest::{self, Compression, Manifest, ManifestError, CONFIG_LIMIT, MANIFEST_LIMIT};
-use crate::fsutil::{self, UnsafeFile};
+use locald_core::fsutil::{self, UnsafeFile};
 
 /// Version of `images.json` this build writes; a newer one is not touched.
 const INDEX_VERSION: u32 = 1;

@@ -12,7 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::json;
 
 use super::*;
-use crate::image::unpack::remove_in_place;
+use crate::unpack::remove_in_place;
 
 struct World {
     _dir: tempfile::TempDir,
@@ -257,7 +257,7 @@ fn a_rootfs_in_place_of_which_is_a_symlink_is_refused() {
     assert!(matches!(
         e,
         UnpackError::Rootfs {
-            problem: crate::image::unpack::RootfsProblem::NotDirectory,
+            problem: crate::unpack::RootfsProblem::NotDirectory,
             ..
         }
     ));

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, UnsafeFile};
+use locald_core::fsutil::{self, UnsafeFile};
 
 /// The largest `config.toml` read.
 const LIMIT: u64 = 1 << 20;
@@ -102,7 +102,7 @@ impl UserConfig {
                 source,
             })?;
         for entry in &config.insecure_registries {
-            crate::image::reference::check_registry_name(entry).map_err(|why| {
+            crate::reference::check_registry_name(entry).map_err(|why| {
                 UserConfigError::Registry {
                     path: path.to_owned(),
                     entry: entry.clone(),
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn typos_and_urls_are_errors() {
         let e = load("insecure_registry = [\"x\"]\n").expect_err("unknown key");
-        let chain = crate::error_chain(&e);
+        let chain = locald_core::error_chain(&e);
         assert!(
             chain.contains("unknown field `insecure_registry`"),
             "{chain}"

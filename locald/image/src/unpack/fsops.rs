@@ -20,8 +20,8 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timestamps, CWD};
 use rustix::io::Errno;
 
-pub(super) use crate::fsutil::dir::{kind_at, remove_tree};
-use crate::fsutil::dir::{list, open_subdir};
+pub(super) use locald_core::fsutil::dir::{kind_at, remove_tree};
+use locald_core::fsutil::dir::{list, open_subdir};
 
 /// How the directories that hold entries are resolved.
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH

@@ -27,7 +27,10 @@
 //! use: [`Images::resolve`] (no network), [`Images::fetch`] (`pull`), and
 //! [`Images::ensure`] (what starting a service does). [`prepare`] unpacks
 //! images for the container runtime; [`manage`] lists, pulls on demand and
-//! prunes (`locald-ctl images`, `pull`, `prune`).
+//! prunes (`locald-ctl images`, `pull`, `prune`); [`source`] is what the
+//! container runtime asks of all this. [`user_config`] holds the user's own
+//! settings (`insecure_registries`).
+#![deny(missing_docs)]
 
 pub mod digest;
 pub mod layout;
@@ -36,8 +39,10 @@ pub mod manifest;
 pub mod prepare;
 pub mod reference;
 pub mod registry;
+pub mod source;
 pub mod store;
 pub mod unpack;
+pub mod user_config;
 
 use std::path::Path;
 use std::sync::Arc;
