@@ -193,18 +193,7 @@ impl LogSink for StderrSink {
 
 pub(crate) use locald_core::task::AbortOnDrop;
 
-/// `$XDG_STATE_HOME/locald`, else `~/.local/state/locald`.
-pub fn default_state_dir() -> Option<PathBuf> {
-    let from = |var: &str| {
-        std::env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    from("XDG_STATE_HOME")
-        .filter(|p| p.is_absolute())
-        .or_else(|| from("HOME").map(|h| h.join(".local/state")))
-        .map(|d| d.join("locald"))
-}
+pub use locald_core::paths::default_state_dir;
 
 /// Takes `DIR/daemon.lock` with `flock`; released when the file is closed,
 /// even when the daemon is killed.
@@ -234,25 +223,6 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
             e => io(std::io::Error::from(e)),
         },
     )
-}
-
-/// Raises the soft limit on open files to the hard limit: every service
-/// costs the daemon a few descriptors (two pipes, a notify socket, a pidfd),
-/// and systemd's default soft limit of 1024 would stop a large session at
-/// a few hundred services with EMFILE. Services get the limit they would
-/// have had (std resets nothing, so they inherit the raised soft limit,
-/// like services under systemd with `LimitNOFILE=`).
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
-    }
 }
 
 /// The one-line status for `STATUS=`.
@@ -337,8 +307,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _state_lock = lock_state_dir(&state_dir)?;
     // Pid records and project locks live here; a directory another user
     // planted (the /tmp fallback) is refused before any service starts.
-    crate::supervisor::notify::runtime_dir().map_err(DaemonError::RuntimeDir)?;
-    raise_fd_limit();
+    crate::runtime::notify::runtime_dir().map_err(DaemonError::RuntimeDir)?;
+    crate::compose::raise_fd_limit();
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
@@ -346,7 +316,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Output lines go to the journal (with per-service fields) and to live
     // D-Bus subscribers. Without a journal (a test bus, a container without
     // journald) they go to stderr so they are not lost.
-    let journal = crate::foreground::journal_sinks();
+    let journal = crate::compose::journal_sinks();
     let mut fanout = Fanout::new();
     if journal.is_empty() {
         fanout = fanout.with(Arc::new(StderrSink));

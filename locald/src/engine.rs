@@ -37,18 +37,7 @@ pub struct EngineOptions {
     pub instance: String,
 }
 
-/// What [`Engine::reload`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReloadSummary {
-    /// Services new in the file, now started.
-    pub added: Vec<String>,
-    /// Services gone from the file, now stopped.
-    pub removed: Vec<String>,
-    /// Services whose config changed, now restarted.
-    pub changed: Vec<String>,
-    /// Services left alone.
-    pub unchanged: Vec<String>,
-}
+pub use crate::supervisor::ReloadSummary;
 
 /// Why an engine call failed.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +194,8 @@ impl Engine {
             events,
             sink: opts.sink,
             runtime,
+            url_port: crate::supervisor::UrlPort::default(),
+            sources: crate::watch::WatchSlot::default(),
         };
         Engine {
             inner: Arc::new(Inner {
@@ -214,7 +205,7 @@ impl Engine {
                 ports: PortBook::new(
                     opts.state_dir
                         .clone()
-                        .or_else(crate::daemon::default_state_dir),
+                        .or_else(locald_core::paths::default_state_dir),
                 ),
                 state: opts.state_dir.map(StateFile::new),
                 instance: opts.instance,
@@ -815,6 +806,12 @@ impl Engine {
         failed
     }
 
+    /// Says that the `*.localhost` proxy serves on `port`: the services'
+    /// URLs in snapshots use it from now on.
+    pub fn set_url_port(&self, port: u16) {
+        self.inner.env.url_port.set(port);
+    }
+
     /// Records a problem the user should know about (shown by `status`, on
     /// D-Bus as `Warnings`), and logs it.
     pub fn warn_user(&self, text: String) {
@@ -885,15 +882,18 @@ async fn load_off_runtime(dir: PathBuf) -> Result<crate::config::Config, EngineE
 /// it when nothing is watched.
 fn rewatch(entry: &ProjectEntry, p: &Project) {
     let all = entry.watch_all.load(std::sync::atomic::Ordering::SeqCst);
-    let senders = p
-        .config
-        .services
-        .keys()
-        .filter_map(|n| Some((n.clone(), p.sender(n)?)))
-        .collect();
+    let senders = crate::supervisor::Senders(
+        p.config
+            .services
+            .keys()
+            .filter_map(|n| Some((n.clone(), p.sender(n)?)))
+            .collect(),
+    );
     // The old watcher goes first, so one change never triggers twice.
     lock(&entry.watch).take();
-    *lock(&entry.watch) = crate::watch::spawn(&p.config, all, senders);
+    let watch = crate::watch::spawn(&p.config, all, Arc::new(senders));
+    *lock(&p.sources()) = watch.as_ref().map(crate::watch::ProjectWatch::source);
+    *lock(&entry.watch) = watch;
 }
 
 /// An empty config of the same project, to hold `config`'s place while it

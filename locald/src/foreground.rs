@@ -9,22 +9,12 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 
+pub use crate::compose::journal_sinks;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions};
 use crate::event::{BuildResult, Event, ProjectSnapshot, ServiceState};
 use crate::output::{Fanout, LogSink};
 use crate::term::Terminal;
-
-/// The journal sink when journald is there (`locald up` and `locald build`
-/// write to the journal as the daemon does, besides the terminal).
-pub fn journal_sinks() -> Vec<Arc<dyn LogSink>> {
-    let config = crate::journal::JournalConfig::from_env();
-    if config.socket_path.exists() || crate::journal::journal_is_there() {
-        vec![Arc::new(crate::journal::JournalSink::new(config))]
-    } else {
-        Vec::new()
-    }
-}
 
 /// How `locald up` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +32,13 @@ pub async fn up(
     extra: Vec<Arc<dyn LogSink>>,
     watch: bool,
 ) -> std::io::Result<UpOutcome> {
-    if let Err(e) = crate::supervisor::notify::runtime_dir() {
+    if let Err(e) = crate::runtime::notify::runtime_dir() {
         return Ok(UpOutcome::Failed(format!(
             "cannot use the runtime directory: {}",
             crate::error_chain(&e)
         )));
     }
-    crate::daemon::raise_fd_limit();
+    crate::compose::raise_fd_limit();
     let names: Vec<String> = config.services.keys().cloned().collect();
     let term = Arc::new(Terminal::new(&names));
     let mut sink = Fanout::new().with(term.clone());
@@ -79,7 +69,7 @@ pub async fn up(
                         ));
                     }
                 }
-                Some(crate::daemon::AbortOnDrop(task))
+                Some(locald_core::task::AbortOnDrop(task))
             }
             Err(e) if e.held_by_another_user() => {
                 term.note(&format!(
@@ -223,6 +213,8 @@ pub async fn build(
         events,
         sink: Arc::new(sink),
         runtime,
+        url_port: crate::supervisor::UrlPort::default(),
+        sources: crate::watch::WatchSlot::default(),
     };
     // Progress steps ("Building: step 3/5 – Restoring cache") as lines.
     let printer = {

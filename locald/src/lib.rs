@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod build;
+pub mod compose;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

@@ -103,19 +103,6 @@ impl ProxyError {
 /// The proxy's port when `LOCALD_PROXY_PORT` does not say otherwise.
 pub const DEFAULT_PORT: u16 = 7780;
 
-/// The port this process serves the proxy on; 0 when it does not.
-static SERVING: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-
-/// The URL of `service` when this process serves the proxy and the service
-/// has a port; empty otherwise.
-pub fn service_url(project: &str, service: &str, has_port: bool) -> String {
-    match SERVING.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => String::new(),
-        _ if !has_port => String::new(),
-        port => url(project, service, port),
-    }
-}
-
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The port to serve on: `LOCALD_PROXY_PORT`, else [`DEFAULT_PORT`];
@@ -136,19 +123,7 @@ pub fn configured_port() -> Option<u16> {
     }
 }
 
-/// The URL of a service (with a port) behind the proxy on `proxy`.
-pub fn url(project: &str, service: &str, proxy: u16) -> String {
-    let host = format!(
-        "{}.{}.localhost",
-        service.to_ascii_lowercase(),
-        project.to_ascii_lowercase()
-    );
-    if proxy == 80 {
-        format!("http://{host}/")
-    } else {
-        format!("http://{host}:{proxy}/")
-    }
-}
+pub use locald_core::urls::url;
 
 /// Binds the proxy on 127.0.0.1:`port` and serves it for `engine` until
 /// the returned task is aborted. Errs when the port cannot be bound,
@@ -172,7 +147,7 @@ pub async fn serve(engine: Engine, port: u16) -> Result<tokio::task::JoinHandle<
             });
         }
     };
-    SERVING.store(port, std::sync::atomic::Ordering::Relaxed);
+    engine.set_url_port(port);
     let proxy = Arc::new(Proxy {
         engine,
         port,

@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -50,7 +50,7 @@ use crate::build::{HashScope, TreeHash};
 use crate::config::{BuildSpec, Config, WatchAction, WatchSpec};
 use crate::fsutil::{work_dir, SafeDir};
 use crate::lock;
-use crate::supervisor::ServiceSender;
+use crate::output::BoxFuture;
 
 /// Quiet time that ends a burst of events.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -65,6 +65,13 @@ const ALWAYS_SKIPPED: [&str; 2] = [".git", ".locald"];
 pub(crate) struct ProjectWatch {
     task: tokio::task::JoinHandle<()>,
     inbox: Arc<Inbox>,
+}
+
+impl ProjectWatch {
+    /// What builds may ask this watcher ([`WatchSlot`]).
+    pub(crate) fn source(&self) -> SourceWatch {
+        SourceWatch(self.inbox.clone())
+    }
 }
 
 impl Drop for ProjectWatch {
@@ -518,23 +525,29 @@ impl Inbox {
 /// Time [`Inbox::sync`] waits for its marker's event.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Running watchers by project root, for builds to ask.
-static WATCHERS: Mutex<Vec<Weak<Inbox>>> = Mutex::new(Vec::new());
-
 /// What a running inotify watcher can tell a build about its project's
 /// sources: that nothing changed since a hash was computed, so the hash
 /// still holds and the tree need not be walked again.
+#[derive(Clone)]
 pub(crate) struct SourceWatch(Arc<Inbox>);
 
-/// The watcher of the project at `root`, if one is running.
-pub(crate) fn source_watch(root: &Path) -> Option<SourceWatch> {
-    let mut all = lock(&WATCHERS);
-    all.retain(|w| w.strong_count() > 0);
-    all.iter()
-        .rev()
-        .filter_map(Weak::upgrade)
-        .find(|i| i.root == root && !lock(&i.state).disabled)
-        .map(SourceWatch)
+/// Where a project's builds find its running watcher: set by whoever starts
+/// the watcher ([`ProjectWatch::source`]), read by the builds.
+pub(crate) type WatchSlot = Arc<Mutex<Option<SourceWatch>>>;
+
+/// The watcher in `slot`, if one is there and still to be trusted (not
+/// stopped, not polling).
+pub(crate) fn source_watch(slot: &WatchSlot) -> Option<SourceWatch> {
+    lock(slot).clone().filter(|w| !lock(&w.0.state).disabled)
+}
+
+/// Restarts services when their sources change: the supervisor's
+/// services, by name. A trait, so the watcher needs nothing of the
+/// supervisor.
+pub(crate) trait Restarter: Send + Sync + 'static {
+    /// Restarts `service` saying `why`, with its build first when `build`;
+    /// `false` when there is no such service.
+    fn restart<'a>(&'a self, service: &'a str, why: String, build: bool) -> BoxFuture<'a, bool>;
 }
 
 /// The key a build's source hash is remembered under.
@@ -755,11 +768,11 @@ fn fall_back(tree: &mut Tree, project: &str, inbox: &Arc<Inbox>) -> Option<()> {
 }
 
 /// Starts watching `config`'s project; `None` when no service is watched.
-/// `senders` are the services' command channels.
+/// `services` restarts them.
 pub(crate) fn spawn(
     config: &Config,
     all: bool,
-    senders: HashMap<String, ServiceSender>,
+    services_handle: Arc<dyn Restarter>,
 ) -> Option<ProjectWatch> {
     let services = watched(config, all);
     if services.is_empty() {
@@ -773,7 +786,6 @@ pub(crate) fn spawn(
     let project = config.name.clone();
     let root = config.root.clone();
     let inbox = Arc::new(Inbox::new(&root));
-    lock(&WATCHERS).push(Arc::downgrade(&inbox));
     let task_inbox = inbox.clone();
     let task = tokio::spawn(async move {
         let inbox = task_inbox;
@@ -834,7 +846,14 @@ pub(crate) fn spawn(
                 }
             }
             if !changed.is_empty() {
-                dispatch(&project, &services, &restart_on, &senders, &changed).await;
+                dispatch(
+                    &project,
+                    &services,
+                    &restart_on,
+                    &*services_handle,
+                    &changed,
+                )
+                .await;
             }
         }
     });
@@ -854,7 +873,7 @@ async fn dispatch(
     project: &str,
     services: &[Watched],
     restart_on: &HashMap<String, Vec<String>>,
-    senders: &HashMap<String, ServiceSender>,
+    senders: &dyn Restarter,
     changed: &[PathBuf],
 ) {
     let mut restarted: Vec<String> = Vec::new();
@@ -868,8 +887,7 @@ async fn dispatch(
         }
         let why = describe(&hits);
         tracing::info!(project = %project, service = %w.name, "{project}/{}: {why}", w.name);
-        if let Some(s) = senders.get(&w.name) {
-            s.restart_because(why, w.build).await;
+        if senders.restart(&w.name, why, w.build).await {
             restarted.push(w.name.clone());
         }
     }
@@ -878,9 +896,9 @@ async fn dispatch(
             continue;
         }
         if let Some(dep) = on.iter().find(|d| restarted.contains(d)) {
-            if let Some(s) = senders.get(name) {
-                s.restart_because(format!("{dep} restarted"), false).await;
-            }
+            senders
+                .restart(name, format!("{dep} restarted"), false)
+                .await;
         }
     }
 }
@@ -1019,12 +1037,12 @@ mod tests {
         assert!(watch.unchanged("k", &scope).is_some());
 
         // The polling fallback: never again, and not found any more.
-        lock(&WATCHERS).push(Arc::downgrade(&inbox));
-        assert!(source_watch(&root).is_some(), "offered while trusted");
+        let slot: WatchSlot = Arc::new(Mutex::new(Some(SourceWatch(inbox.clone()))));
+        assert!(source_watch(&slot).is_some(), "offered while trusted");
         inbox.disable();
         quiet(&inbox);
         assert!(
-            source_watch(&root).is_none(),
+            source_watch(&slot).is_none(),
             "a disabled watcher is not offered"
         );
         lock(&inbox.state).quiet_since = None;

@@ -16,12 +16,16 @@ pub mod ids;
 pub mod journal_entry;
 pub mod listeners;
 pub mod output;
+pub mod paths;
+pub mod pipe;
 pub mod priority;
 pub mod project;
 pub mod task;
 pub mod term;
 pub mod text;
 pub mod units;
+pub mod urls;
+pub mod workload;
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned
 /// it: every mutex in locald guards plain values that are whole after any

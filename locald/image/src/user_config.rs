@@ -58,17 +58,7 @@ pub enum UserConfigError {
     },
 }
 
-/// `$VAR` if set to an absolute path, else `~/<fallback>`: the XDG base
-/// directory rule (a relative value is ignored, as the spec says).
-pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
-    let from = |v: &str| {
-        std::env::var_os(v)
-            .filter(|x| !x.is_empty())
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    from(var).or_else(|| from("HOME").map(|h| h.join(fallback)))
-}
+pub use locald_core::paths::xdg_dir;
 
 impl UserConfig {
     /// `$XDG_CONFIG_HOME/locald/config.toml`, else

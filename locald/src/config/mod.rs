@@ -148,7 +148,7 @@ pub struct ServiceConfig {
     /// Required `WATCHDOG=1` interval.
     pub watchdog: Option<Duration>,
     /// Journal priority of stderr lines without a `<N>` prefix.
-    pub stderr_priority: crate::journal::Priority,
+    pub stderr_priority: locald_core::priority::Priority,
     /// Its ports, the main one (`port`, else the first of `ports`) first.
     pub ports: Vec<Port>,
     /// What file changes restart it, if any.
@@ -254,25 +254,16 @@ pub struct ImageSpec {
     pub read_only: bool,
 }
 
-/// One bind mount of a host path into a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Volume {
-    /// Absolute host path.
-    pub source: PathBuf,
-    /// Absolute path in the container.
-    pub target: String,
-    /// Mounted read-only.
-    pub read_only: bool,
-}
+pub use locald_core::workload::Volume;
 
 impl ServiceConfig {
     /// What the service runs, as the runtime takes it.
-    pub fn workload(&self) -> crate::runtime::Workload {
+    pub fn workload(&self) -> locald_core::workload::Workload {
         if let Some(BuildSpec::Cnb(cnb)) = &self.build {
             return cnb_workload(cnb, self.command.as_ref());
         }
         match &self.image {
-            Some(image) => crate::runtime::Workload::Image {
+            Some(image) => locald_core::workload::Workload::Image {
                 reference: image.reference.clone(),
                 command: self.command.as_ref().map(CommandSpec::argv),
                 volumes: image.volumes.clone(),
@@ -280,7 +271,7 @@ impl ServiceConfig {
                 read_only: image.read_only,
                 map_user: None,
             },
-            None => crate::runtime::Workload::Host {
+            None => locald_core::workload::Workload::Host {
                 argv: self
                     .command
                     .as_ref()
@@ -296,7 +287,7 @@ impl ServiceConfig {
 /// `command` first, then the chosen process type, then the image's default
 /// process. Both go through the CNB launcher, so the buildpacks' launch
 /// environment applies.
-fn cnb_workload(cnb: &CnbBuild, command: Option<&CommandSpec>) -> crate::runtime::Workload {
+fn cnb_workload(cnb: &CnbBuild, command: Option<&CommandSpec>) -> locald_core::workload::Workload {
     let command = match (command, &cnb.process) {
         (Some(c), _) => Some(
             ["/cnb/lifecycle/launcher".to_owned(), "--".to_owned()]
@@ -307,7 +298,7 @@ fn cnb_workload(cnb: &CnbBuild, command: Option<&CommandSpec>) -> crate::runtime
         (None, Some(p)) => Some(vec![format!("/cnb/process/{p}")]),
         (None, None) => None,
     };
-    crate::runtime::Workload::Image {
+    locald_core::workload::Workload::Image {
         reference: format!("oci:{}:{CNB_IMAGE_TAG}", cnb.layout.display()),
         command,
         volumes: Vec::new(),
@@ -965,7 +956,7 @@ impl Checker {
             watchdog,
             stderr_priority: svc
                 .stderr_priority
-                .map_or(crate::journal::Priority::INFO, |p| p.into_inner().0),
+                .map_or(locald_core::priority::Priority::INFO, |p| p.into_inner().0),
             ports,
             watch,
             restart_on,
@@ -1433,7 +1424,7 @@ impl Checker {
         }
         let layout = self
             .root
-            .join(crate::build::artifact::LOCALD_DIR)
+            .join(locald_core::fsutil::LOCALD_DIR)
             .join("services")
             .join(service)
             .join("artifacts")

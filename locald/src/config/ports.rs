@@ -2,7 +2,7 @@
 //! the places that use them.
 //!
 //! The config parser records each port as written: a number, or "auto" with
-//! number 0. The engine assigns the auto ones (`crate::ports`, remembered per
+//! number 0. The engine assigns the auto ones (`ports`, remembered per
 //! project and service) and then calls [`Config::apply_ports`], which puts
 //! the numbers where they are used: `PORT`/`PORT_NAME` in the service's
 //! environment, the service's own port in `health = { tcp = "auto" }` and

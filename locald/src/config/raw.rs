@@ -60,15 +60,7 @@ pub struct RawProject {
 }
 
 /// `runtime`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum RuntimeChoice {
-    /// A child process of locald, in its own process group (and cgroup where
-    /// locald can make one).
-    Host,
-    /// A transient unit of the user's systemd manager.
-    Systemd,
-}
+pub use locald_core::workload::RuntimeChoice;
 
 /// `[services.NAME]`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -170,7 +162,7 @@ pub struct RawService {
 
 /// A syslog priority name ("err", "warning", ...) or number 0-7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawPriority(pub crate::journal::Priority);
+pub struct RawPriority(pub locald_core::priority::Priority);
 
 const PRIORITY_HINT: &str =
     "use emerg, alert, crit, err, warning, notice, info or debug, or a number from 0 to 7";
@@ -191,7 +183,7 @@ impl<'de> Deserialize<'de> for RawPriority {
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPriority, E> {
                 u8::try_from(v)
                     .ok()
-                    .and_then(crate::journal::Priority::new)
+                    .and_then(locald_core::priority::Priority::new)
                     .map(RawPriority)
                     .ok_or_else(|| custom_with_hint(format!("unknown priority {v}"), PRIORITY_HINT))
             }

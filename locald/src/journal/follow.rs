@@ -1,7 +1,7 @@
 //! Following a systemd unit's lines in the journal, for the live surfaces
 //! (the `LogLine` D-Bus signal that the dashboard, editors and `locald-ctl`
 //! show): a service that runs as a transient unit writes to journald itself
-//! (through its output forwarder, see [`crate::runtime::unit_exec`]), so the
+//! (through its output forwarder, see the runtime's `unit_exec`), so the
 //! daemon reads its lines back instead of copying them.
 //!
 //! A [`Follower`] runs `journalctl --follow --output=json` for one unit, and
@@ -29,8 +29,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::daemon::AbortOnDrop;
 use crate::output::LogSink;
+use locald_core::task::AbortOnDrop;
 
 /// How often the listener check and the cursor file are refreshed.
 const TICK: Duration = Duration::from_millis(200);

@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::fsutil::{sub_dir, UnsafeFile};
-use crate::supervisor::notify::runtime_dir;
+use crate::runtime::notify::runtime_dir;
 
 /// The key of a project instance: its name and a hash of its directory,
 /// safe as a file and cgroup name.

@@ -29,8 +29,8 @@ use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Work
 use crate::fsutil::{sub_dir, write_atomic};
 use crate::lock;
 use crate::output::BoxFuture;
+use crate::runtime::notify::runtime_dir;
 use crate::shim_client::{BundleSpec, ShimClient};
-use crate::supervisor::notify::runtime_dir;
 
 /// Where a container sees its service's notify socket directory.
 pub const NOTIFY_DIR: &str = "/run/locald/notify";

@@ -46,8 +46,8 @@ use super::systemd::{SystemdRuntime, UnitCommand, UnitProcess};
 use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
 use crate::lock;
 use crate::output::BoxFuture;
+use crate::runtime::notify::Notice;
 use crate::shim_client::ShimClient;
-use crate::supervisor::notify::Notice;
 
 /// Runs image workloads as units of the user's systemd manager.
 pub struct ContainerUnitRuntime {

@@ -23,7 +23,7 @@ use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Work
 use crate::fsutil::{read_state, sub_dir, write_atomic};
 use crate::lock;
 use crate::output::BoxFuture;
-use crate::supervisor::notify::runtime_dir;
+use crate::runtime::notify::runtime_dir;
 
 /// Starts units as host processes.
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ pub mod container_unit;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod host;
+pub mod notify;
 pub mod systemd;
 pub mod unit_exec;
 
@@ -43,61 +44,7 @@ use crate::output::BoxFuture;
 /// One output stream of a workload.
 pub type Output = Pin<Box<dyn AsyncRead + Send>>;
 
-/// What a workload is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Workload {
-    /// A program on the host: argv\[0\] looked up in `PATH`.
-    Host {
-        /// Program and arguments.
-        argv: Vec<String>,
-    },
-    /// A container made from an image.
-    Image {
-        /// The image reference as the user wrote it.
-        reference: String,
-        /// Overrides the image's Entrypoint and Cmd.
-        command: Option<Vec<String>>,
-        /// Bind mounts of host paths.
-        volumes: Vec<crate::config::Volume>,
-        /// Working directory in the container (default: the image's).
-        workdir: Option<String>,
-        /// Run on the image's shared rootfs, read-only, instead of a
-        /// private writable copy.
-        read_only: bool,
-        /// Run as this `uid:gid` of the container and map the caller's own
-        /// ids to it (instead of to root): what the process writes in its
-        /// bind mounts is then the caller's. Buildpacks builds run so, as the
-        /// builder's CNB user.
-        map_user: Option<(u32, u32)>,
-    },
-}
-
-impl Workload {
-    /// Which kind of runtime runs it.
-    pub fn kind(&self) -> RuntimeKind {
-        match self {
-            Workload::Host { .. } => RuntimeKind::Host,
-            Workload::Image { .. } => RuntimeKind::Container,
-        }
-    }
-
-    /// A one-line description for messages (`python3 app.py`, `image redis:7`).
-    pub fn describe(&self) -> String {
-        match self {
-            Workload::Host { argv } => argv.join(" "),
-            Workload::Image { reference, .. } => format!("image {reference}"),
-        }
-    }
-}
-
-/// The kinds of runtime locald knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RuntimeKind {
-    /// Host processes.
-    Host,
-    /// Containers through `locald-shim`.
-    Container,
-}
+pub use locald_core::workload::{RuntimeKind, Workload};
 
 /// Everything needed to start one process of a service or build.
 #[derive(Debug, Clone)]
@@ -129,7 +76,7 @@ pub struct LaunchSpec {
     pub watchdog: Option<std::time::Duration>,
     /// Priority of stderr lines without a `<N>` prefix, for a runtime that
     /// writes the workload's output to the journal itself.
-    pub stderr_priority: crate::journal::Priority,
+    pub stderr_priority: locald_core::priority::Priority,
     /// The build's id when this is a build (unit `NAME.build`): its output
     /// is the build phase of service `NAME`.
     pub build_id: Option<String>,
@@ -383,7 +330,7 @@ pub trait Process: Send + 'static {
     /// notify socket.
     fn take_notices(
         &mut self,
-    ) -> Option<tokio::sync::mpsc::Receiver<crate::supervisor::notify::Notice>> {
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::runtime::notify::Notice>> {
         None
     }
     /// Whether the runtime enforces `watchdog_sec` itself (systemd's
@@ -510,9 +457,9 @@ impl RuntimeSet {
     pub fn for_service(
         &self,
         kind: RuntimeKind,
-        choice: Option<crate::config::RuntimeChoice>,
+        choice: Option<locald_core::workload::RuntimeChoice>,
     ) -> Arc<dyn Runtime> {
-        use crate::config::RuntimeChoice;
+        use locald_core::workload::RuntimeChoice;
         let unit = match kind {
             RuntimeKind::Host => &self.systemd,
             RuntimeKind::Container => &self.container_unit,
@@ -530,7 +477,7 @@ impl RuntimeSet {
     pub fn for_build(
         &self,
         kind: RuntimeKind,
-        choice: Option<crate::config::RuntimeChoice>,
+        choice: Option<locald_core::workload::RuntimeChoice>,
     ) -> Arc<dyn Runtime> {
         match kind {
             RuntimeKind::Host => self.for_service(kind, choice),

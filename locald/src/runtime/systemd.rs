@@ -51,7 +51,7 @@ use crate::journal::follow::{Follower, Start, Target};
 use crate::lock;
 use crate::output::BoxFuture;
 use crate::output::LogSink;
-use crate::supervisor::notify::Notice;
+use crate::runtime::notify::Notice;
 
 const DEST: &str = "org.freedesktop.systemd1";
 
@@ -324,7 +324,7 @@ impl SystemdRuntime {
     /// unit, `Start::Fresh(t)` for one started at `t`.
     fn follower(&self, spec: &LaunchSpec, unit: &str, start: Start) -> Option<Follower> {
         let sink = self.follow_sink.clone()?;
-        let cursor_file = crate::supervisor::notify::runtime_dir().ok().and_then(|d| {
+        let cursor_file = crate::runtime::notify::runtime_dir().ok().and_then(|d| {
             let dir = d.join("cursors");
             crate::fsutil::private_dir(&dir).ok()?;
             Some(dir.join(format!("{}.{}", spec.key, spec.unit)))

@@ -42,7 +42,7 @@ use nix::unistd::{dup2, fork, pipe2, ForkResult};
 use crate::event::{Phase, Stream};
 use crate::journal::{JournalConfig, JournalSink, Priority, ServiceLogOptions};
 use crate::output::LogSink;
-use crate::supervisor::pipe::{pump, PipeOwner};
+use locald_core::pipe::{pump, PipeOwner};
 
 /// The hidden subcommand of `locald` that runs this.
 pub const SUBCOMMAND: &str = "internal-unit-exec";

@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, watch, Mutex};
 
-use super::pipe::{pump, PipeOwner};
 use crate::build::{needs_rebuild_with, BuildError, BuildOptions, Decision, TreeHash};
 use crate::config::{BuildSpec, HostBuild, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, BuildResult, Event, Phase, ServiceSnapshot, Stream};
 use crate::output::LogSink;
 use crate::runtime::{LaunchSpec, Process, RuntimeSet, Workload};
+use locald_core::pipe::{pump, PipeOwner};
 
 /// Builds one service. Cheap to clone; clones share the one-at-a-time lock.
 #[derive(Clone)]
@@ -34,6 +34,8 @@ pub(crate) struct Builder {
     pub events: broadcast::Sender<Event>,
     pub snapshot: Arc<watch::Sender<ServiceSnapshot>>,
     pub lock: Arc<Mutex<()>>,
+    /// The project's running source watcher, if any.
+    pub sources: crate::watch::WatchSlot,
 }
 
 /// A fresh id for a build: 16 hex digits, unique enough to find its lines.
@@ -163,7 +165,7 @@ impl Builder {
     {
         let decision = {
             let opts = opts.clone();
-            let watch = crate::watch::source_watch(&self.root);
+            let watch = crate::watch::source_watch(&self.sources);
             tokio::task::spawn_blocking(move || decide_watched(&opts, watch.as_ref(), check))
                 .await
                 .map_err(|e| format!("source check crashed: {e}"))?
@@ -276,7 +278,7 @@ impl Builder {
             notify_socket: None,
             notify_ready: false,
             watchdog: None,
-            stderr_priority: crate::journal::Priority::INFO,
+            stderr_priority: locald_core::priority::Priority::INFO,
             stop_signal: self.cfg.stop_signal,
             stop_timeout: self.cfg.stop_timeout,
             restarts: 0,

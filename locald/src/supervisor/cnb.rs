@@ -45,7 +45,7 @@ use crate::image::prepare::StoreImages;
 use crate::image::{no_progress, Image, ImageRef};
 use crate::output::{BoxFuture, LogSink};
 use crate::runtime::container::{ImageSource, PreparedImage};
-use crate::runtime::Workload;
+use locald_core::workload::Workload;
 
 /// Where the order of the user's buildpacks is, in the build container: the
 /// layers directory's `order.toml`, which the spec reads before the

@@ -9,8 +9,6 @@
 pub(crate) mod build;
 mod cnb;
 pub mod health;
-pub mod notify;
-pub mod pipe;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -23,7 +21,6 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServiceConfig};
-use crate::engine::ReloadSummary;
 use crate::event::{BuildRecord, Event, ProjectSnapshot, ServiceSnapshot};
 use crate::output::LogSink;
 use crate::runtime::RuntimeSet;
@@ -37,6 +34,39 @@ pub(crate) struct Env {
     pub events: broadcast::Sender<Event>,
     pub sink: Arc<dyn LogSink>,
     pub runtime: RuntimeSet,
+    /// The port the `*.localhost` proxy serves on (0: none), for the URLs
+    /// in the snapshots.
+    pub url_port: UrlPort,
+    /// The running source watcher of this project, if any, for builds to
+    /// ask whether their sources changed (set by whoever starts it).
+    pub sources: crate::watch::WatchSlot,
+}
+
+/// The proxy's port, shared by the engine and whoever serves the proxy
+/// (which sets it once it listens).
+#[derive(Clone, Default, Debug)]
+pub struct UrlPort(Arc<std::sync::atomic::AtomicU16>);
+
+impl UrlPort {
+    /// The port; 0 when no proxy serves.
+    pub fn get(&self) -> u16 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Says the proxy serves on `port`.
+    pub fn set(&self, port: u16) {
+        self.0.store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The URL of `service` when a proxy serves and it has a port; empty
+    /// otherwise.
+    pub fn url_of(&self, project: &str, service: &str, has_port: bool) -> String {
+        match self.get() {
+            0 => String::new(),
+            _ if !has_port => String::new(),
+            port => locald_core::urls::url(project, service, port),
+        }
+    }
 }
 
 struct Slot {
@@ -54,8 +84,10 @@ pub(crate) struct Project {
 }
 
 impl Project {
-    /// Starts every service of `config`.
-    pub fn start(config: Config, env: Env) -> Project {
+    /// Starts every service of `config`. `env` is shared by the engine's
+    /// projects but for the watcher slot, which is this project's own.
+    pub fn start(config: Config, mut env: Env) -> Project {
+        env.sources = crate::watch::WatchSlot::default();
         let mut p = Project {
             config,
             env,
@@ -97,7 +129,10 @@ impl Project {
             snapshot.unwrap_or_else(|| Arc::new(watch::Sender::new(ServiceSnapshot::new(name))));
         let ports = cfg.ports_by_var();
         let url_default = cfg.url_default;
-        let url = crate::proxy::service_url(&self.config.name, name, !ports.is_empty());
+        let url = self
+            .env
+            .url_port
+            .url_of(&self.config.name, name, !ports.is_empty());
         snapshot.send_if_modified(|s| {
             let changed = s.ports != ports || s.url_default != url_default || s.url != url;
             s.ports = ports;
@@ -130,6 +165,7 @@ impl Project {
             root: self.config.root.clone(),
             sink: self.env.sink.clone(),
             runtime: self.env.runtime.clone(),
+            sources: self.env.sources.clone(),
             events: self.env.events.clone(),
             snapshot: snapshot.clone(),
             lock: Arc::new(Mutex::new(())),
@@ -171,6 +207,11 @@ impl Project {
     /// The service's config, if it exists.
     pub fn service_config(&self, name: &str) -> Option<&ServiceConfig> {
         self.slots.get(name).map(|s| &s.cfg)
+    }
+
+    /// Where this project's builds look for its running source watcher.
+    pub fn sources(&self) -> crate::watch::WatchSlot {
+        self.env.sources.clone()
     }
 
     /// A handle to send requests to a service without holding the project.
@@ -335,6 +376,7 @@ pub(crate) async fn build_services(
             root: config.root.clone(),
             sink: env.sink.clone(),
             runtime: env.runtime.clone(),
+            sources: env.sources.clone(),
             events: env.events.clone(),
             snapshot: Arc::new(watch::Sender::new(ServiceSnapshot::new(name))),
             lock: Arc::new(Mutex::new(())),
@@ -396,6 +438,41 @@ impl ProjectView {
             path: self.path.clone(),
             services: self.services.iter().map(|s| s.borrow().clone()).collect(),
         }
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Services new in the file, now started.
+    pub added: Vec<String>,
+    /// Services gone from the file, now stopped.
+    pub removed: Vec<String>,
+    /// Services whose config changed, now restarted.
+    pub changed: Vec<String>,
+    /// Services left alone.
+    pub unchanged: Vec<String>,
+}
+
+/// The services of a project by name, as the file watcher restarts them.
+pub(crate) struct Senders(pub HashMap<String, ServiceSender>);
+
+impl crate::watch::Restarter for Senders {
+    fn restart<'a>(
+        &'a self,
+        service: &'a str,
+        why: String,
+        build: bool,
+    ) -> crate::output::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.0.get(service) {
+                Some(s) => {
+                    s.restart_because(why, build).await;
+                    true
+                }
+                None => false,
+            }
+        })
     }
 }
 

@@ -24,13 +24,13 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::build::Builder;
 use super::health::{run_checker, HealthEvent, ProbeContext};
-use super::notify::{runtime_dir, Notice, NotifySocket};
-use super::pipe::{pump, PipeOwner};
 use crate::config::{HealthKind, RestartPolicy, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
 use crate::output::LogSink;
+use crate::runtime::notify::{runtime_dir, Notice, NotifySocket};
 use crate::runtime::{ExitStatus, LaunchSpec, Process, RuntimeSet};
+use locald_core::pipe::{pump, PipeOwner};
 
 /// A request to a service task. Replies are sent once the request is done.
 pub(crate) enum Command {

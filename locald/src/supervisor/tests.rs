@@ -28,6 +28,8 @@ fn project(toml: &str, rt: &FakeRuntime) -> (Project, broadcast::Receiver<Event>
         events,
         sink: Arc::new(Fanout::new()),
         runtime: RuntimeSet::host(Arc::new(rt.clone())),
+        url_port: super::UrlPort::default(),
+        sources: crate::watch::WatchSlot::default(),
     };
     (Project::start(config, env), rx)
 }

@@ -87,20 +87,7 @@ impl Drop for NotifySocket {
     }
 }
 
-/// Where locald puts its runtime files (pid records, notify sockets, project
-/// locks): `$XDG_RUNTIME_DIR/locald`, else `/tmp/locald-<uid>`.
-///
-/// Returned only once it is checked to be private: a real directory owned by
-/// us that nobody else can write. In `/tmp` another user can create the name
-/// first; such a directory is refused, never used.
-pub fn runtime_dir() -> Result<PathBuf, crate::fsutil::UnsafeFile> {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("locald"),
-        _ => PathBuf::from(format!("/tmp/locald-{}", nix::unistd::geteuid())),
-    };
-    crate::fsutil::private_dir(&dir)?;
-    Ok(dir)
-}
+pub use locald_core::paths::runtime_dir;
 
 #[cfg(test)]
 mod tests {
