@@ -4,6 +4,7 @@
 //! only thing read locally is which project contains the current directory
 //! (and `check`, which validates a file without the daemon). Exit codes: 0
 //! ok, 1 failure (including an unreachable daemon), 2 usage or config error.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod build;
 mod cli;

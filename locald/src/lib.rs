@@ -7,6 +7,7 @@
 //! thin edge over it (`locald up` in the foreground, `locald daemon` on the
 //! session bus). See `ARCHITECTURE.md` at the repository root for the map.
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod build;
 pub mod compose;

@@ -1,5 +1,6 @@
 //! The `locald` binary: parses arguments, sets up logging and signals, and
 //! hands over to the library.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Property test of the policy (part of the normal test suite): whatever the
 //! rest of the config says, a config that passes never maps a host id the
 //! caller does not own.

@@ -13,6 +13,7 @@
 //! - [`project_path`]: one `dev.locald.Project1` object per project that is up;
 //! - [`service_path`]: one `dev.locald.Service1` object per service.
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod names;
 // The `#[proxy]` macro generates signal-stream types and builders without

@@ -9,6 +9,7 @@
 //! Nothing here runs services: the engine (`locald`) and the clients
 //! (`locald-ctl`) both stand on this crate, and it stands on none of them.
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod event;
 pub mod fsutil;

@@ -31,6 +31,7 @@
 //! container runtime asks of all this. [`user_config`] holds the user's own
 //! settings (`insecure_registries`).
 #![deny(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod digest;
 pub mod layout;
