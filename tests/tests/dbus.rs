@@ -868,7 +868,7 @@ fn interface_doc(name: &str, body: &str) -> String {
  "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
 <!-- {name}, introspected from a running `locald daemon` by the test
      introspection_xml_matches_docs in tests/tests/dbus.rs. Do not edit:
-     regenerate with LOCALD_BLESS=1 cargo test -p locald-tests --test dbus introspection -->
+     regenerate with LOCALD_BLESS=1 cargo test -p locald-tests --test integration dbus::introspection -->
 <node>
 {body}</node>
 "#
@@ -932,7 +932,7 @@ async fn introspection_xml_matches_docs() {
         if stored != live {
             drift.push(format!(
                 "{} differs from the running daemon; regenerate with \
-                 LOCALD_BLESS=1 cargo test -p locald-tests --test dbus introspection\n--- live ---\n{live}",
+                 LOCALD_BLESS=1 cargo test -p locald-tests --test integration dbus::introspection\n--- live ---\n{live}",
                 file.display()
             ));
         }

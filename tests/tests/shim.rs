@@ -1206,7 +1206,14 @@ mod client {
         let out = output(
             std::process::Command::new(&exe)
                 .args([
-                    "client::client_inner_as_user",
+                    // This module's path in the test binary, without the
+                    // crate's name: `shim::client::…` in `integration`.
+                    &format!(
+                        "{}::client_inner_as_user",
+                        module_path!()
+                            .split_once("::")
+                            .map_or(module_path!(), |(_, rest)| rest)
+                    ),
                     "--exact",
                     "--ignored",
                     "--nocapture",
