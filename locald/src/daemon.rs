@@ -313,6 +313,34 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
     let bus_logs = Arc::new(DbusLogSink::new());
+    let (engine, systemd) = compose_engine(state_dir, bus_logs.clone()).await;
+    // Refuse a state file from a newer locald before touching anything.
+    engine.check_state_version().map_err(DaemonError::State)?;
+    let _proxy = start_proxy(&engine).await;
+    let conn = connect(opts.bus_address.as_deref()).await?;
+    let shutdown = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    let served = Served {
+        engine,
+        bus_logs,
+        systemd,
+        notifier,
+        watchdog: opts.notify.watchdog,
+    };
+    serve(conn, served, shutdown).await
+}
+
+/// The engine with the daemon's sinks (the journal, else stderr, and live
+/// D-Bus subscribers) and runtimes (systemd units where a user manager is
+/// on the session bus); the systemd runtime too, when there is one.
+async fn compose_engine(
+    state_dir: std::path::PathBuf,
+    bus_logs: Arc<DbusLogSink>,
+) -> (Engine, Option<crate::runtime::systemd::SystemdRuntime>) {
     // Output lines go to the journal (with per-service fields) and to live
     // D-Bus subscribers. Without a journal (a test bus, a container without
     // journald) they go to stderr so they are not lost.
@@ -328,7 +356,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut runtimes = crate::runtime::RuntimeSet::detect();
     let systemd = crate::runtime::systemd::SystemdRuntime::detect().await;
     if let Some(sd) = &systemd {
-        runtimes = runtimes.with_systemd(sd.clone().with_live_logs(bus_logs.clone()));
+        runtimes = runtimes.with_systemd(sd.clone().with_live_logs(bus_logs));
     }
     let engine = Engine::with_runtimes(
         EngineOptions {
@@ -338,62 +366,93 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         },
         runtimes,
     );
-    // Refuse a state file from a newer locald before touching anything.
-    engine.check_state_version().map_err(DaemonError::State)?;
-    // The *.localhost proxy; URLs are a convenience, so a port in use is
-    // said and the daemon runs on without them.
-    let _proxy = match crate::proxy::configured_port() {
-        Some(port) => match crate::proxy::serve(engine.clone(), port).await {
-            Ok(task) => Some(AbortOnDrop(task)),
-            Err(e) if e.held_by_another_user() => {
-                // Whoever opens a *.localhost URL on this port reaches
-                // their server, with the user's cookies for that origin.
-                engine.warn_user(format!(
-                    "the URL proxy {e}: *.localhost:{port} URLs would reach their server, so locald shows none; set LOCALD_PROXY_PORT to a port of your own (docs/urls.md)"
-                ));
-                None
-            }
-            Err(e) => {
-                tracing::warn!("the URL proxy {e}; *.localhost URLs are off (set LOCALD_PROXY_PORT to another port)");
-                None
-            }
-        },
-        None => None,
-    };
+    (engine, systemd)
+}
 
-    let builder = match &opts.bus_address {
-        Some(a) => zbus::connection::Builder::address(a.as_str()),
+/// The `*.localhost` proxy; URLs are a convenience, so a port in use is
+/// said and the daemon runs on without them (loudly when another user
+/// holds it).
+async fn start_proxy(engine: &Engine) -> Option<AbortOnDrop> {
+    let port = crate::proxy::configured_port()?;
+    match crate::proxy::serve(engine.clone(), port).await {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) if e.held_by_another_user() => {
+            // Whoever opens a *.localhost URL on this port reaches
+            // their server, with the user's cookies for that origin.
+            engine.warn_user(format!(
+                "the URL proxy {e}: *.localhost:{port} URLs would reach their server, so locald shows none; set LOCALD_PROXY_PORT to a port of your own (docs/urls.md)"
+            ));
+            None
+        }
+        Err(e) => {
+            tracing::warn!("the URL proxy {e}; *.localhost URLs are off (set LOCALD_PROXY_PORT to another port)");
+            None
+        }
+    }
+}
+
+/// A connection to the bus at `address`, else the session bus.
+async fn connect(address: Option<&str>) -> Result<zbus::Connection, DaemonError> {
+    let builder = match address {
+        Some(a) => zbus::connection::Builder::address(a),
         None => zbus::connection::Builder::session(),
     };
-    let conn = match builder {
+    match builder {
         Ok(b) => b.build().await,
         Err(e) => Err(e),
     }
     .map_err(|source| DaemonError::Connect {
-        address: opts.bus_address.clone(),
+        address: address.map(str::to_owned),
         source: Box::new(source),
-    })?;
+    })
+}
+
+/// What [`serve`] serves.
+pub struct Served {
+    /// The engine.
+    pub engine: Engine,
+    /// The sink that sends `LogLine` to subscribers (part of the engine's).
+    pub bus_logs: Arc<DbusLogSink>,
+    /// The systemd runtime, when services run as units.
+    pub systemd: Option<crate::runtime::systemd::SystemdRuntime>,
+    /// sd_notify towards the service manager (or nowhere).
+    pub notifier: Arc<Notifier>,
+    /// The watchdog period the service manager asked for.
+    pub watchdog: Option<std::time::Duration>,
+}
+
+/// Serves `served.engine` on `conn` until `shutdown` completes or the bus
+/// goes away: the objects, the projects brought back, the well-known
+/// name, `READY=1`, the watchdog; then stops (or, for a restart of a
+/// systemd unit, leaves running) the services. A function of what it is
+/// given, as tokio's mini-redis `server::run` is, so a test can run it
+/// in-process.
+pub async fn serve(
+    conn: zbus::Connection,
+    served: Served,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let Served {
+        engine,
+        bus_logs,
+        systemd,
+        notifier,
+        watchdog,
+    } = served;
     let server = dbus::serve(&conn, engine.clone(), bus_logs)
         .await
         .map_err(|e| DaemonError::Serve(Box::new(e)))?;
     // Fail fast, before touching any process, when another daemon serves
     // this bus; the request below settles a race between two starting ones.
-    let dbus = zbus::fdo::DBusProxy::new(&conn)
-        .await
-        .map_err(|e| DaemonError::Serve(Box::new(e)))?;
-    let bus_name = zbus::names::BusName::from_static_str(BUS_NAME)
-        .map_err(|e| DaemonError::Serve(Box::new(e.into())))?;
-    if dbus.name_has_owner(bus_name).await.unwrap_or(false) {
+    if name_has_owner(&conn).await? {
         return Err(DaemonError::NameTaken);
     }
-
     // Status follows events; subscribe before restoring so nothing is missed.
-    let status_task = tokio::spawn(follow_status(
+    let status_task = AbortOnDrop(tokio::spawn(follow_status(
         engine.clone(),
         engine.subscribe(),
         notifier.clone(),
-    ));
-
+    )));
     // Bring back the projects that were up when the last daemon stopped or
     // was killed; the engine stops what that daemon left running first. This
     // happens before the name is taken, so a client activated by its call
@@ -402,52 +461,84 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     for (path, e) in engine.restore().await {
         tracing::warn!("cannot bring back the project in {}: {e}", path.display());
     }
-
-    let reply = conn
-        .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
-        .await;
-    let owned = matches!(
-        reply,
-        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner)
-    );
-    if !owned {
-        // Lost a start-up race: stop what was restored (the saved list stays).
-        engine.shutdown().await;
-        return Err(match reply {
-            Err(e) if !matches!(e, zbus::Error::NameTaken) => DaemonError::Serve(Box::new(e)),
-            _ => DaemonError::NameTaken,
-        });
-    }
-
+    take_name(&conn, &engine).await?;
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&engine)));
     tracing::info!("locald {} serving {BUS_NAME}", env!("CARGO_PKG_VERSION"));
-
-    let watchdog_task = opts.notify.watchdog.map(|period| {
-        let notifier = notifier.clone();
-        tokio::spawn(async move {
-            // Half the period, as sd_watchdog_enabled(3) advises; the ping
-            // comes from the runtime that serves the bus, so a wedged runtime
-            // stops it and systemd restarts the daemon.
-            let mut tick = tokio::time::interval(period / 2);
-            loop {
-                tick.tick().await;
-                notifier.send("WATCHDOG=1");
-            }
-        })
-    });
+    let _watchdog_task = watchdog.map(|period| AbortOnDrop(ping_watchdog(&notifier, period)));
 
     let lost_bus = tokio::select! {
-        _ = terminate.recv() => false,
-        _ = interrupt.recv() => false,
+        () = shutdown => false,
         () = server.closed() => true,
     };
     if lost_bus {
         tracing::error!("lost the connection to the bus; stopping");
     }
-    // `systemctl --user restart locald` (an upgrade): services that run as
-    // systemd units stay up and the next daemon adopts them. A stop, or a
-    // daemon outside systemd, stops everything.
-    let restarting = match (&systemd, lost_bus) {
+    stop(&engine, systemd.as_ref(), lost_bus, &notifier).await;
+    drop(status_task);
+    if lost_bus {
+        return Err(DaemonError::LostBus);
+    }
+    let _ = conn.release_name(BUS_NAME).await;
+    drop(server);
+    Ok(())
+}
+
+/// Whether another connection owns the daemon's name.
+async fn name_has_owner(conn: &zbus::Connection) -> Result<bool, DaemonError> {
+    let dbus = zbus::fdo::DBusProxy::new(conn)
+        .await
+        .map_err(|e| DaemonError::Serve(Box::new(e)))?;
+    let bus_name = zbus::names::BusName::from_static_str(BUS_NAME)
+        .map_err(|e| DaemonError::Serve(Box::new(e.into())))?;
+    Ok(dbus.name_has_owner(bus_name).await.unwrap_or(false))
+}
+
+/// Takes the well-known name; losing a start-up race to another daemon
+/// stops what was restored (the saved list stays).
+async fn take_name(conn: &zbus::Connection, engine: &Engine) -> Result<(), DaemonError> {
+    let reply = conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
+        .await;
+    if matches!(
+        reply,
+        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner)
+    ) {
+        return Ok(());
+    }
+    engine.shutdown().await;
+    Err(match reply {
+        Err(e) if !matches!(e, zbus::Error::NameTaken) => DaemonError::Serve(Box::new(e)),
+        _ => DaemonError::NameTaken,
+    })
+}
+
+/// `WATCHDOG=1` every half `period`, as sd_watchdog_enabled(3) advises; the
+/// ping comes from the runtime that serves the bus, so a wedged runtime
+/// stops it and systemd restarts the daemon.
+fn ping_watchdog(
+    notifier: &Arc<Notifier>,
+    period: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let notifier = notifier.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period / 2);
+        loop {
+            tick.tick().await;
+            notifier.send("WATCHDOG=1");
+        }
+    })
+}
+
+/// The end: `systemctl --user restart locald` (an upgrade) leaves services
+/// that run as systemd units up for the next daemon to adopt; a stop, a
+/// lost bus, or a daemon outside systemd stops everything.
+async fn stop(
+    engine: &Engine,
+    systemd: Option<&crate::runtime::systemd::SystemdRuntime>,
+    lost_bus: bool,
+    notifier: &Notifier,
+) {
+    let restarting = match (systemd, lost_bus) {
         (Some(sd), false) => sd.own_unit_restarting().await,
         _ => false,
     };
@@ -459,16 +550,6 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         tracing::info!("stopping every project");
         engine.shutdown().await;
     }
-    status_task.abort();
-    if let Some(t) = watchdog_task {
-        t.abort();
-    }
-    if lost_bus {
-        return Err(DaemonError::LostBus);
-    }
-    let _ = conn.release_name(BUS_NAME).await;
-    drop(server);
-    Ok(())
 }
 
 /// Keeps `STATUS=` current, at most ten times a second.

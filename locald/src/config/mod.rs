@@ -31,8 +31,8 @@ pub use raw::RuntimeChoice;
 pub use raw::{RestartPolicy, WatchAction};
 
 use raw::{
-    EnvValue, RawBuild, RawBuildTable, RawCommand, RawFile, RawHealth, RawPort, RawService,
-    RawWatch,
+    EnvValue, RawBuild, RawBuildTable, RawCommand, RawDuration, RawFile, RawHealth, RawPort,
+    RawService, RawWatch,
 };
 
 use locald_core::project::FindError;
@@ -610,6 +610,24 @@ struct Checker {
     project_runtime: Option<RuntimeChoice>,
 }
 
+/// The keys of a service that say what it runs (see `Checker::what_runs`).
+struct RunsRaw<'a> {
+    command: Option<Spanned<RawCommand>>,
+    image: Option<Spanned<String>>,
+    volumes: Option<Vec<Spanned<String>>>,
+    workdir: Option<&'a Spanned<String>>,
+    read_only: Option<Spanned<bool>>,
+}
+
+/// The restart keys of a service (see `Checker::restart_config`).
+struct RestartRaw {
+    policy: Option<Spanned<RestartPolicy>>,
+    delay: Option<Spanned<RawDuration>>,
+    delay_max: Option<Spanned<RawDuration>>,
+    burst: Option<Spanned<u32>>,
+    interval: Option<Spanned<RawDuration>>,
+}
+
 const NAME_HINT: &str =
     "names use letters, digits, `-` and `_`, start with a letter or digit, and are at most 64 long";
 
@@ -790,47 +808,22 @@ impl Checker {
         names: &[String],
     ) -> Option<ServiceConfig> {
         let errors_before = self.diags.len();
-        let mut command = svc.command.and_then(|cmd| self.command(cmd, "command"));
-        let image = match svc.image {
-            Some(image) => self.image(
-                image,
-                svc.volumes,
-                svc.workdir.as_ref(),
-                svc.read_only.map(Spanned::into_inner).unwrap_or(false),
-            ),
-            None => {
-                if let Some(r) = &svc.read_only {
-                    self.push(
-                        "`read_only` is for image services",
-                        Some(r.span()),
-                        Some("it makes a container's image files read-only; remove it or add `image`".into()),
-                    );
-                }
-                if let Some(v) = svc.volumes.as_ref().and_then(|v| v.first()) {
-                    self.push(
-                        "`volumes` are for image services",
-                        Some(v.span()),
-                        Some("a host process sees the host's files as they are; remove `volumes` or add `image`".into()),
-                    );
-                }
-                // A buildpacks build makes the image and its start command.
-                let cnb = matches!(
-                    svc.build.as_ref().map(Spanned::get_ref),
-                    Some(RawBuild::Table(t)) if t.builder.is_some()
-                );
-                if command.is_none() && !cnb && self.diags.len() == errors_before {
-                    match self.procfile_command(name) {
-                        Ok(c) => command = Some(c),
-                        Err(why) => self.push(
-                            format!("service `{name}` has no `command` or `image`, and {why}"),
-                            Some(span.clone()),
-                            Some("add `command = \"...\"` (what to run after the build), `image = \"...\"`, a buildpacks build, or a Procfile line `NAME: COMMAND`".into()),
-                        ),
-                    }
-                }
-                None
-            }
-        };
+        let cnb = matches!(
+            svc.build.as_ref().map(Spanned::get_ref),
+            Some(RawBuild::Table(t)) if t.builder.is_some()
+        );
+        let (command, image) = self.what_runs(
+            name,
+            &span,
+            cnb,
+            RunsRaw {
+                command: svc.command,
+                image: svc.image,
+                volumes: svc.volumes,
+                workdir: svc.workdir.as_ref(),
+                read_only: svc.read_only,
+            },
+        );
         let workdir = match &svc.workdir {
             Some(w) if image.is_none() => self.rel_path(w, "workdir"),
             _ => Some(self.root.clone()),
@@ -841,92 +834,24 @@ impl Checker {
             .map(|f| self.env_file(f))
             .unwrap_or_default();
         env.extend(self.env(svc.env));
-
-        let mut depends_on = Vec::new();
-        for dep in svc.depends_on.unwrap_or_default() {
-            let d = dep.get_ref();
-            if d == name {
-                self.push(
-                    format!("service `{name}` depends on itself"),
-                    Some(dep.span()),
-                    Some("remove it from depends_on".into()),
-                );
-            } else if !names.iter().any(|n| n == d) {
-                let hint = match did_you_mean(d, names.iter().map(String::as_str)) {
-                    Some(best) => format!("did you mean `{best}`?"),
-                    None => format!("services in this project: {}", names.join(", ")),
-                };
-                self.push(
-                    format!("service `{name}` depends on unknown service `{d}`"),
-                    Some(dep.span()),
-                    Some(hint),
-                );
-            } else if depends_on.contains(d) {
-                self.push(
-                    format!("`{d}` is listed twice in depends_on"),
-                    Some(dep.span()),
-                    None,
-                );
-            } else {
-                depends_on.push(d.clone());
-            }
-        }
-
+        let depends_on = self.depends_on(name, svc.depends_on.unwrap_or_default(), names);
         let build = svc.build.and_then(|b| self.build(b, name));
         let ports = self.ports(svc.port, svc.ports);
         let watch = svc.watch.and_then(|w| self.watch(w, build.is_some()));
         let restart_on = self.restart_on(name, svc.restart_on, names);
-        let url_default = match &svc.default {
-            Some(d) if *d.get_ref() && ports.is_empty() => {
-                self.push(
-                    format!("service `{name}` is the project's default URL but has no port"),
-                    Some(d.span()),
-                    Some("add `port = \"auto\"` so the proxy knows where to send requests".into()),
-                );
-                false
-            }
-            Some(d) => *d.get_ref(),
-            None => false,
-        };
+        let url_default = self.url_default(name, svc.default, &ports);
         let health = svc.health.and_then(|h| self.health(h, !ports.is_empty()));
-        let restart = RestartConfig {
-            policy: svc.restart.map(Spanned::into_inner).unwrap_or_default(),
-            delay: svc
-                .restart_delay
-                .map_or(Duration::from_millis(500), |d| d.into_inner().0),
-            delay_max: svc
-                .restart_delay_max
-                .map_or(Duration::from_secs(30), |d| d.into_inner().0),
-            burst: svc.start_limit_burst.as_ref().map_or(5, |b| *b.get_ref()),
-            interval: svc
-                .start_limit_interval
-                .map_or(Duration::from_secs(60), |d| d.into_inner().0),
-        };
-        if restart.delay > restart.delay_max {
-            self.push(
-                "restart_delay is longer than restart_delay_max",
-                None,
-                Some(format!(
-                    "in service `{name}`, make restart_delay_max at least {}",
-                    humantime::format_duration(restart.delay)
-                )),
-            );
-        }
-        if let Some(b) = &svc.start_limit_burst {
-            if *b.get_ref() == 0 {
-                self.push("start_limit_burst must be at least 1", Some(b.span()), None);
-            }
-        }
-        let watchdog = svc.watchdog_sec.map(|d| d.into_inner().0);
-        if watchdog == Some(Duration::ZERO) {
-            self.push(
-                "watchdog_sec must be greater than zero",
-                None,
-                Some(format!(
-                    "in service `{name}`, remove it to disable the watchdog"
-                )),
-            );
-        }
+        let restart = self.restart_config(
+            name,
+            RestartRaw {
+                policy: svc.restart,
+                delay: svc.restart_delay,
+                delay_max: svc.restart_delay_max,
+                burst: svc.start_limit_burst,
+                interval: svc.start_limit_interval,
+            },
+        );
+        let watchdog = self.watchdog(name, svc.watchdog_sec);
 
         if self.diags.len() > errors_before {
             return None;
@@ -966,6 +891,159 @@ impl Checker {
                 .map(Spanned::into_inner)
                 .or(self.project_runtime),
         })
+    }
+
+    /// What a service runs: its `command` and, for an image service, its
+    /// image; a host service without `command` (and without a buildpacks
+    /// build, which makes its start command) takes its Procfile entry.
+    fn what_runs(
+        &mut self,
+        name: &str,
+        span: &Range<usize>,
+        cnb: bool,
+        raw: RunsRaw<'_>,
+    ) -> (Option<CommandSpec>, Option<ImageSpec>) {
+        let errors_before = self.diags.len();
+        let mut command = raw.command.and_then(|cmd| self.command(cmd, "command"));
+        if let Some(image) = raw.image {
+            let image = self.image(
+                image,
+                raw.volumes,
+                raw.workdir,
+                raw.read_only.map(Spanned::into_inner).unwrap_or(false),
+            );
+            return (command, image);
+        }
+        if let Some(r) = &raw.read_only {
+            self.push(
+                "`read_only` is for image services",
+                Some(r.span()),
+                Some(
+                    "it makes a container's image files read-only; remove it or add `image`".into(),
+                ),
+            );
+        }
+        if let Some(v) = raw.volumes.as_ref().and_then(|v| v.first()) {
+            self.push(
+                "`volumes` are for image services",
+                Some(v.span()),
+                Some("a host process sees the host's files as they are; remove `volumes` or add `image`".into()),
+            );
+        }
+        if command.is_none() && !cnb && self.diags.len() == errors_before {
+            match self.procfile_command(name) {
+                Ok(c) => command = Some(c),
+                Err(why) => self.push(
+                    format!("service `{name}` has no `command` or `image`, and {why}"),
+                    Some(span.clone()),
+                    Some("add `command = \"...\"` (what to run after the build), `image = \"...\"`, a buildpacks build, or a Procfile line `NAME: COMMAND`".into()),
+                ),
+            }
+        }
+        (command, None)
+    }
+
+    /// `depends_on`: known services of the project, not itself, each once.
+    fn depends_on(
+        &mut self,
+        name: &str,
+        deps: Vec<Spanned<String>>,
+        names: &[String],
+    ) -> Vec<String> {
+        let mut depends_on = Vec::new();
+        for dep in deps {
+            let d = dep.get_ref();
+            if d == name {
+                self.push(
+                    format!("service `{name}` depends on itself"),
+                    Some(dep.span()),
+                    Some("remove it from depends_on".into()),
+                );
+            } else if !names.iter().any(|n| n == d) {
+                let hint = match did_you_mean(d, names.iter().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("services in this project: {}", names.join(", ")),
+                };
+                self.push(
+                    format!("service `{name}` depends on unknown service `{d}`"),
+                    Some(dep.span()),
+                    Some(hint),
+                );
+            } else if depends_on.contains(d) {
+                self.push(
+                    format!("`{d}` is listed twice in depends_on"),
+                    Some(dep.span()),
+                    None,
+                );
+            } else {
+                depends_on.push(d.clone());
+            }
+        }
+        depends_on
+    }
+
+    /// `default = true`, which needs a port to lead to.
+    fn url_default(&mut self, name: &str, default: Option<Spanned<bool>>, ports: &[Port]) -> bool {
+        match &default {
+            Some(d) if *d.get_ref() && ports.is_empty() => {
+                self.push(
+                    format!("service `{name}` is the project's default URL but has no port"),
+                    Some(d.span()),
+                    Some("add `port = \"auto\"` so the proxy knows where to send requests".into()),
+                );
+                false
+            }
+            Some(d) => *d.get_ref(),
+            None => false,
+        }
+    }
+
+    /// The restart policy with its defaults, and what cannot work together.
+    fn restart_config(&mut self, name: &str, raw: RestartRaw) -> RestartConfig {
+        let restart = RestartConfig {
+            policy: raw.policy.map(Spanned::into_inner).unwrap_or_default(),
+            delay: raw
+                .delay
+                .map_or(Duration::from_millis(500), |d| d.into_inner().0),
+            delay_max: raw
+                .delay_max
+                .map_or(Duration::from_secs(30), |d| d.into_inner().0),
+            burst: raw.burst.as_ref().map_or(5, |b| *b.get_ref()),
+            interval: raw
+                .interval
+                .map_or(Duration::from_secs(60), |d| d.into_inner().0),
+        };
+        if restart.delay > restart.delay_max {
+            self.push(
+                "restart_delay is longer than restart_delay_max",
+                None,
+                Some(format!(
+                    "in service `{name}`, make restart_delay_max at least {}",
+                    humantime::format_duration(restart.delay)
+                )),
+            );
+        }
+        if let Some(b) = &raw.burst {
+            if *b.get_ref() == 0 {
+                self.push("start_limit_burst must be at least 1", Some(b.span()), None);
+            }
+        }
+        restart
+    }
+
+    /// `watchdog_sec`, which must not be zero.
+    fn watchdog(&mut self, name: &str, raw: Option<Spanned<RawDuration>>) -> Option<Duration> {
+        let watchdog = raw.map(|d| d.into_inner().0);
+        if watchdog == Some(Duration::ZERO) {
+            self.push(
+                "watchdog_sec must be greater than zero",
+                None,
+                Some(format!(
+                    "in service `{name}`, remove it to disable the watchdog"
+                )),
+            );
+        }
+        watchdog
     }
 
     fn watch(&mut self, w: Spanned<RawWatch>, has_build: bool) -> Option<WatchSpec> {
