@@ -82,7 +82,6 @@ const SIGNALS: &[&str] = &[
 
 /// Parse arguments (without argv\[0\]).
 pub fn parse(args: Vec<OsString>) -> Result<Cmd, ShimError> {
-    let usage = |m: &str| ShimError::Usage(format!("{m}\n{USAGE}"));
     let mut it = args.into_iter();
     let Some(cmd) = it.next() else {
         return Err(usage("no command"));
@@ -90,11 +89,35 @@ pub fn parse(args: Vec<OsString>) -> Result<Cmd, ShimError> {
     let cmd = cmd
         .into_string()
         .map_err(|_| usage("command is not UTF-8"))?;
-    let mut bundle = None;
-    let mut id = None;
-    let mut signal = None;
-    let mut force = false;
-    let mut exec_args: Option<Vec<String>> = None;
+    let opts = parse_options(it)?;
+    if opts.exec_args.is_some() && cmd != "exec" {
+        return Err(usage("`--` is only for exec"));
+    }
+    command(&cmd, opts)
+}
+
+/// A usage error: the message followed by the usage text, so that a wrong
+/// command line always shows what a right one looks like.
+fn usage(m: &str) -> ShimError {
+    ShimError::Usage(format!("{m}\n{USAGE}"))
+}
+
+/// The options of a command line, each seen at most once, before they are
+/// matched against what the command accepts.
+#[derive(Default)]
+struct Opts {
+    bundle: Option<PathBuf>,
+    id: Option<ContainerId>,
+    signal: Option<String>,
+    force: bool,
+    /// Everything after `--`, if there was a `--`.
+    exec_args: Option<Vec<String>>,
+}
+
+/// Read the options after the command; an unknown or repeated option is an
+/// error, so nothing the shim does not understand is silently ignored.
+fn parse_options(mut it: std::vec::IntoIter<OsString>) -> Result<Opts, ShimError> {
+    let mut opts = Opts::default();
     while let Some(a) = it.next() {
         let a = a.into_string().map_err(|_| usage("option is not UTF-8"))?;
         if a == "--" {
@@ -103,7 +126,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Cmd, ShimError> {
                 .by_ref()
                 .map(|s| s.into_string().map_err(|_| usage("argument is not UTF-8")))
                 .collect::<Result<Vec<String>, _>>()?;
-            exec_args = Some(rest);
+            opts.exec_args = Some(rest);
             break;
         }
         let (name, inline) = match a.split_once('=') {
@@ -117,57 +140,57 @@ pub fn parse(args: Vec<OsString>) -> Result<Cmd, ShimError> {
                 .ok_or_else(|| usage(&format!("{name} needs a value")))
         };
         match name.as_str() {
-            "--bundle" if bundle.is_none() => bundle = Some(PathBuf::from(value()?)),
-            "--id" if id.is_none() => {
+            "--bundle" if opts.bundle.is_none() => opts.bundle = Some(PathBuf::from(value()?)),
+            "--id" if opts.id.is_none() => {
                 let v = value()?
                     .into_string()
                     .map_err(|_| usage("--id is not UTF-8"))?;
-                id = Some(ContainerId::parse(&v).map_err(|e| ShimError::Usage(e.0))?);
+                opts.id = Some(ContainerId::parse(&v).map_err(|e| ShimError::Usage(e.0))?);
             }
-            "--signal" if signal.is_none() => {
+            "--signal" if opts.signal.is_none() => {
                 let v = value()?
                     .into_string()
                     .map_err(|_| usage("--signal is not UTF-8"))?;
-                let s = v.trim_start_matches("SIG").to_ascii_uppercase();
-                let s = match s.as_str() {
-                    "15" => "TERM".to_string(),
-                    "9" => "KILL".to_string(),
-                    "2" => "INT".to_string(),
-                    "1" => "HUP".to_string(),
-                    _ => s,
-                };
-                if !SIGNALS.contains(&s.as_str()) {
-                    return Err(usage(&format!("signal {v:?} is not allowed")));
-                }
-                signal = Some(s);
+                opts.signal = Some(parse_signal(&v)?);
             }
-            "--force" if !force && inline.is_none() => force = true,
+            "--force" if !opts.force && inline.is_none() => opts.force = true,
             _ => return Err(usage(&format!("unexpected argument {a:?}"))),
         }
     }
-    let need_id = |id: Option<ContainerId>| id.ok_or_else(|| usage("--id is required"));
-    let only = |ok: bool| {
-        if ok {
-            Ok(())
-        } else {
-            Err(usage("option not valid here"))
-        }
+    Ok(opts)
+}
+
+/// Normalize a `--signal` value (`SIGTERM`, `term`, `15`…) to its name
+/// without `SIG` and refuse any signal not in [`SIGNALS`].
+fn parse_signal(v: &str) -> Result<String, ShimError> {
+    let s = v.trim_start_matches("SIG").to_ascii_uppercase();
+    let s = match s.as_str() {
+        "15" => "TERM".to_string(),
+        "9" => "KILL".to_string(),
+        "2" => "INT".to_string(),
+        "1" => "HUP".to_string(),
+        _ => s,
     };
-    if exec_args.is_some() && cmd != "exec" {
-        return Err(usage("`--` is only for exec"));
+    if !SIGNALS.contains(&s.as_str()) {
+        return Err(usage(&format!("signal {v:?} is not allowed")));
     }
-    Ok(match cmd.as_str() {
+    Ok(s)
+}
+
+/// Build the command `cmd` from its options, refusing options the command
+/// does not take and requiring the ones it needs.
+fn command(cmd: &str, opts: Opts) -> Result<Cmd, ShimError> {
+    let Opts {
+        bundle,
+        id,
+        signal,
+        force,
+        exec_args,
+    } = opts;
+    Ok(match cmd {
         "exec" => {
             only(bundle.is_none() && signal.is_none() && !force)?;
-            let args = exec_args.ok_or_else(|| usage("exec needs `-- PROGRAM [ARG...]`"))?;
-            match args.first() {
-                None => return Err(usage("exec needs a program after `--`")),
-                // runc would read a leading dash as one of its own options.
-                Some(p) if p.starts_with('-') => {
-                    return Err(usage("the program must not start with '-'"))
-                }
-                Some(_) => {}
-            }
+            let args = exec_program(exec_args)?;
             Cmd::Exec {
                 id: need_id(id)?,
                 args,
@@ -209,6 +232,33 @@ pub fn parse(args: Vec<OsString>) -> Result<Cmd, ShimError> {
             }
         }
     })
+}
+
+/// Refuse an option the command does not take (`ok` is false).
+fn only(ok: bool) -> Result<(), ShimError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(usage("option not valid here"))
+    }
+}
+
+/// The `--id` every per-container command needs.
+fn need_id(id: Option<ContainerId>) -> Result<ContainerId, ShimError> {
+    id.ok_or_else(|| usage("--id is required"))
+}
+
+/// The program and arguments after `--` for `exec`; a program starting with
+/// `-` is refused because runc would read it as one of its own options.
+fn exec_program(exec_args: Option<Vec<String>>) -> Result<Vec<String>, ShimError> {
+    let args = exec_args.ok_or_else(|| usage("exec needs `-- PROGRAM [ARG...]`"))?;
+    match args.first() {
+        None => return Err(usage("exec needs a program after `--`")),
+        // runc would read a leading dash as one of its own options.
+        Some(p) if p.starts_with('-') => return Err(usage("the program must not start with '-'")),
+        Some(_) => {}
+    }
+    Ok(args)
 }
 
 /// The shim's entry point: harden, parse, run.

@@ -37,10 +37,27 @@ pub enum Mode {
 ///
 /// Must run first in `main`, while the process is single-threaded.
 pub fn harden() -> Result<Mode, ShimError> {
-    let fail = |what: &'static str| move |e: io::Error| ShimError::Harden { what, source: e };
+    reopen_standard_fds()?;
+    close_inherited_fds().map_err(fail("close inherited fds"))?;
+    reset_environment()?;
+    reset_signals();
+    // Files the shim creates get exactly the modes it asks for.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o022) };
+    forbid_inspection_and_privilege_gain()?;
+    detect_mode()
+}
 
-    // 0, 1 and 2 must be open, or the first file the shim opens becomes its
-    // stderr and error messages land in it.
+/// Turn an `io::Error` from hardening step `what` into the shim's error, so
+/// a failure names the step that could not put the process in a known state.
+fn fail(what: &'static str) -> impl Fn(io::Error) -> ShimError {
+    move |e: io::Error| ShimError::Harden { what, source: e }
+}
+
+/// Make sure fds 0, 1 and 2 are open (on `/dev/null` if the caller closed
+/// them): otherwise the first file the shim opens becomes its stderr and
+/// error messages land in it.
+fn reopen_standard_fds() -> Result<(), ShimError> {
     for fd in 0..3 {
         // SAFETY: F_GETFD only queries the fd table.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -62,8 +79,12 @@ pub fn harden() -> Result<Mode, ShimError> {
             }
         }
     }
-    close_inherited_fds().map_err(fail("close inherited fds"))?;
+    Ok(())
+}
 
+/// Drop the caller's whole environment and set only [`SAFE_PATH`], so that
+/// nothing of theirs (`PATH`, `LD_*`, `RUNC_*`…) reaches runc.
+fn reset_environment() -> Result<(), ShimError> {
     // SAFETY: single-threaded at this point; nothing holds pointers into environ.
     unsafe {
         if libc::clearenv() != 0 {
@@ -76,9 +97,12 @@ pub fn harden() -> Result<Mode, ShimError> {
             return Err(fail("set PATH")(io::Error::last_os_error()));
         }
     }
+    Ok(())
+}
 
-    // Default dispositions and an empty mask: an inherited SIG_IGN for
-    // SIGCHLD would make waitpid lose runc's exit status.
+/// Default dispositions and an empty mask: an inherited SIG_IGN for SIGCHLD
+/// would make waitpid lose runc's exit status.
+fn reset_signals() {
     // SAFETY: resetting handlers to SIG_DFL installs no Rust code.
     unsafe {
         for sig in 1..libc::SIGRTMAX() {
@@ -92,9 +116,12 @@ pub fn harden() -> Result<Mode, ShimError> {
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigemptyset(set.as_mut_ptr());
         libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
-        libc::umask(0o022);
     }
+}
 
+/// Keep the caller from inspecting the shim and everything it runs from
+/// gaining privileges through exec.
+fn forbid_inspection_and_privilege_gain() -> Result<(), ShimError> {
     // No core dumps, no ptrace, /proc/self owned by root.
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
@@ -105,7 +132,13 @@ pub fn harden() -> Result<Mode, ShimError> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(fail("PR_SET_NO_NEW_PRIVS")(io::Error::last_os_error()));
     }
+    Ok(())
+}
 
+/// Decide from the real and effective uid how the shim was started, refusing
+/// any effective uid but the caller's own or root's; in setuid mode, make
+/// the effective and saved gid root.
+fn detect_mode() -> Result<Mode, ShimError> {
     let (ruid, euid, _) = sys::getresuid();
     let (rgid, _, _) = sys::getresgid();
     let mode = match (ruid, euid) {

@@ -268,21 +268,8 @@ pub fn validate_bytes(bytes: &[u8], caller: &Caller) -> Result<Plan, Refusal> {
 /// Returns every violation found, not just the first, so a user fixing a
 /// bundle sees the whole list at once.
 pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
+    let spec = parse_spec(raw)?;
     let mut v = Vec::new();
-    check_raw_keys(raw, &mut v);
-    if !v.is_empty() {
-        // Unknown or forbidden fields: do not even try to interpret the rest.
-        return Err(Refusal(v));
-    }
-    let spec: Spec = match serde_json::from_value(raw.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(Refusal(vec![Violation::new(
-                "config.json",
-                format!("is not a valid OCI runtime spec: {e}"),
-            )]))
-        }
-    };
 
     if !spec.version().starts_with("1.") {
         v.push(Violation::new(
@@ -290,23 +277,7 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
             format!("{:?} is not a 1.x runtime spec version", spec.version()),
         ));
     }
-
-    let rootfs = match spec.root() {
-        None => {
-            v.push(Violation::new("root", "is missing"));
-            PathBuf::new()
-        }
-        Some(root) => {
-            let p = root.path().clone();
-            if p.as_os_str().is_empty() {
-                v.push(Violation::new("root.path", "is empty"));
-            }
-            if has_nul(&p) {
-                v.push(Violation::new("root.path", "contains a NUL byte"));
-            }
-            p
-        }
-    };
+    let rootfs = check_root(&spec, &mut v);
 
     let Some(linux) = spec.linux() else {
         v.push(Violation::new(
@@ -316,26 +287,7 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
         return Err(Refusal(v));
     };
     let ns = check_namespaces(&spec, linux, &mut v);
-
-    // Id mappings: only the caller's own id and their subordinate ranges.
-    let uid_ranges = check_mappings(
-        "linux.uidMappings",
-        "uid",
-        "/etc/subuid",
-        linux.uid_mappings().as_deref(),
-        caller.uid,
-        &caller.subuids,
-        &mut v,
-    );
-    let gid_ranges = check_mappings(
-        "linux.gidMappings",
-        "gid",
-        "/etc/subgid",
-        linux.gid_mappings().as_deref(),
-        caller.gid,
-        &caller.subgids,
-        &mut v,
-    );
+    let (uid_ranges, gid_ranges) = check_id_mappings(linux, caller, &mut v);
 
     check_process(&spec, &uid_ranges, &gid_ranges, caller, &mut v);
     check_devices(linux, &uid_ranges, &gid_ranges, &mut v);
@@ -357,6 +309,77 @@ pub fn validate(raw: &Value, caller: &Caller) -> Result<Plan, Refusal> {
     }
 }
 
+/// Turn raw JSON into a typed spec, but only after every key passed the
+/// allow-list: a config with an unknown or forbidden field is refused
+/// before anything interprets the rest of it.
+fn parse_spec(raw: &Value) -> Result<Spec, Refusal> {
+    let mut v = Vec::new();
+    check_raw_keys(raw, &mut v);
+    if !v.is_empty() {
+        // Unknown or forbidden fields: do not even try to interpret the rest.
+        return Err(Refusal(v));
+    }
+    serde_json::from_value(raw.clone()).map_err(|e| {
+        Refusal(vec![Violation::new(
+            "config.json",
+            format!("is not a valid OCI runtime spec: {e}"),
+        )])
+    })
+}
+
+/// `root.path` as written, to be opened as the caller later; a missing root
+/// or an unusable path is a violation (and yields an empty path).
+fn check_root(spec: &Spec, v: &mut Vec<Violation>) -> PathBuf {
+    match spec.root() {
+        None => {
+            v.push(Violation::new("root", "is missing"));
+            PathBuf::new()
+        }
+        Some(root) => {
+            let p = root.path().clone();
+            if p.as_os_str().is_empty() {
+                v.push(Violation::new("root.path", "is empty"));
+            }
+            if has_nul(&p) {
+                v.push(Violation::new("root.path", "contains a NUL byte"));
+            }
+            p
+        }
+    }
+}
+
+/// Container-side id ranges `[start, end)` that a mapping list maps; ids
+/// used inside the container must fall into them.
+type MappedIds = Vec<(u64, u64)>;
+
+/// Id mappings: only the caller's own id and their subordinate ranges.
+/// Returns what the uid and the gid mappings map inside the container.
+fn check_id_mappings(
+    linux: &oci_spec::runtime::Linux,
+    caller: &Caller,
+    v: &mut Vec<Violation>,
+) -> (MappedIds, MappedIds) {
+    let uid_ranges = check_mappings(
+        "linux.uidMappings",
+        "uid",
+        "/etc/subuid",
+        linux.uid_mappings().as_deref(),
+        caller.uid,
+        &caller.subuids,
+        v,
+    );
+    let gid_ranges = check_mappings(
+        "linux.gidMappings",
+        "gid",
+        "/etc/subgid",
+        linux.gid_mappings().as_deref(),
+        caller.gid,
+        &caller.subgids,
+        v,
+    );
+    (uid_ranges, gid_ranges)
+}
+
 /// Which namespaces the container creates (sysctls depend on them).
 struct Namespaces {
     net: bool,
@@ -369,58 +392,8 @@ fn check_namespaces(
     linux: &oci_spec::runtime::Linux,
     v: &mut Vec<Violation>,
 ) -> Namespaces {
-    // Namespaces: a fresh user namespace is mandatory, nothing is joined.
-    let mut seen = Vec::new();
-    let mut has_user = false;
-    let mut has_mount = false;
-    let mut has_net = false;
-    let mut has_ipc = false;
-    let mut has_uts = false;
-    for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
-        let field = format!("linux.namespaces[{i}]");
-        let typ = ns.typ();
-        if seen.contains(&typ) {
-            v.push(Violation::new(
-                &field,
-                format!("{typ} namespace listed twice"),
-            ));
-        }
-        seen.push(typ);
-        if let Some(path) = ns.path() {
-            if typ == LinuxNamespaceType::User {
-                v.push(Violation::new(
-                    &field,
-                    format!(
-                        "user namespace joined by path {}: the container must create \
-                         its own user namespace",
-                        path.display()
-                    ),
-                ));
-            } else {
-                v.push(Violation::new(
-                    &field,
-                    format!(
-                        "joining an existing {typ} namespace by path {} is not allowed",
-                        path.display()
-                    ),
-                ));
-            }
-            continue;
-        }
-        match typ {
-            LinuxNamespaceType::User => has_user = true,
-            LinuxNamespaceType::Mount => has_mount = true,
-            LinuxNamespaceType::Network => has_net = true,
-            LinuxNamespaceType::Ipc => has_ipc = true,
-            LinuxNamespaceType::Uts => has_uts = true,
-            LinuxNamespaceType::Pid | LinuxNamespaceType::Cgroup => {}
-            LinuxNamespaceType::Time => v.push(Violation::new(
-                &field,
-                "time namespaces are not supported by the shim",
-            )),
-        }
-    }
-    if !has_user
+    let created = scan_namespaces(linux, v);
+    if !created.user
         && !linux
             .namespaces()
             .iter()
@@ -432,13 +405,13 @@ fn check_namespaces(
             "no user namespace: the container must run in a new user namespace",
         ));
     }
-    if !has_mount {
+    if !created.mount {
         v.push(Violation::new(
             "linux.namespaces",
             "no mount namespace: the container must run in a new mount namespace",
         ));
     }
-    if (spec.hostname().is_some() || spec.domainname().is_some()) && !has_uts {
+    if (spec.hostname().is_some() || spec.domainname().is_some()) && !created.uts {
         v.push(Violation::new(
             "hostname",
             "setting a hostname requires a new uts namespace",
@@ -446,8 +419,78 @@ fn check_namespaces(
     }
 
     Namespaces {
-        net: has_net,
-        ipc: has_ipc,
+        net: created.net,
+        ipc: created.ipc,
+    }
+}
+
+/// The namespaces a config creates afresh (not joined by path), which decide
+/// what else it may ask for.
+#[derive(Default)]
+struct Created {
+    user: bool,
+    mount: bool,
+    net: bool,
+    ipc: bool,
+    uts: bool,
+}
+
+/// Go through `linux.namespaces` once, refusing duplicates, namespaces
+/// joined by path and time namespaces, and note which ones are created.
+fn scan_namespaces(linux: &oci_spec::runtime::Linux, v: &mut Vec<Violation>) -> Created {
+    let mut seen = Vec::new();
+    let mut created = Created::default();
+    for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+        let field = format!("linux.namespaces[{i}]");
+        let typ = ns.typ();
+        if seen.contains(&typ) {
+            v.push(Violation::new(
+                &field,
+                format!("{typ} namespace listed twice"),
+            ));
+        }
+        seen.push(typ);
+        if let Some(path) = ns.path() {
+            v.push(joined_namespace(&field, typ, path));
+            continue;
+        }
+        match typ {
+            LinuxNamespaceType::User => created.user = true,
+            LinuxNamespaceType::Mount => created.mount = true,
+            LinuxNamespaceType::Network => created.net = true,
+            LinuxNamespaceType::Ipc => created.ipc = true,
+            LinuxNamespaceType::Uts => created.uts = true,
+            LinuxNamespaceType::Pid | LinuxNamespaceType::Cgroup => {}
+            LinuxNamespaceType::Time => v.push(Violation::new(
+                &field,
+                "time namespaces are not supported by the shim",
+            )),
+        }
+    }
+    created
+}
+
+/// The refusal of a namespace joined by `path`: runc would join it as root,
+/// so the host's (or anyone's) namespaces could be entered, and a joined user
+/// namespace has mappings the shim never checked.
+fn joined_namespace(field: &str, typ: LinuxNamespaceType, path: &Path) -> Violation {
+    if typ == LinuxNamespaceType::User {
+        Violation::new(
+            field,
+            format!(
+                "user namespace joined by path {}: the container must create \
+                 its own user namespace",
+                path.display()
+            ),
+        )
+    } else {
+        Violation::new(
+            field,
+            format!(
+                "joining an existing {typ} namespace by path {} is not allowed",
+                path.display()
+            ),
+        )
     }
 }
 
@@ -617,11 +660,11 @@ fn check_linux_misc(linux: &oci_spec::runtime::Linux, v: &mut Vec<Violation>) {
     }
 }
 
-/// Refuse fields by name before typed parsing, so that nothing the shim does
-/// not know about (a newer spec field, a runc extension) reaches runc, and so
-/// that dangerous known fields get a message naming them.
-fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
-    const TOP: &[&str] = &[
+/// The allow-lists of JSON keys, object by object, that [`check_raw_keys`]
+/// applies before typed parsing, and the known keys that are refused with a
+/// message of their own. A key in neither list is refused as unknown.
+mod fields {
+    pub(super) const TOP: &[&str] = &[
         "ociVersion",
         "root",
         "mounts",
@@ -631,7 +674,7 @@ fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
         "annotations",
         "linux",
     ];
-    const TOP_NAMED: &[(&str, &str)] = &[
+    pub(super) const TOP_NAMED: &[(&str, &str)] = &[
         (
             "hooks",
             "OCI hooks are not allowed: they run as root on the host",
@@ -641,9 +684,9 @@ fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
         ("vm", "virtual-machine containers are not supported"),
         ("zos", "is not a Linux field"),
     ];
-    const ROOT: &[&str] = &["path", "readonly"];
-    const MOUNT: &[&str] = &["destination", "type", "source", "options"];
-    const PROCESS: &[&str] = &[
+    pub(super) const ROOT: &[&str] = &["path", "readonly"];
+    pub(super) const MOUNT: &[&str] = &["destination", "type", "source", "options"];
+    pub(super) const PROCESS: &[&str] = &[
         "terminal",
         "user",
         "args",
@@ -655,7 +698,7 @@ fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
         "oomScoreAdj",
         "consoleSize",
     ];
-    const PROCESS_NAMED: &[(&str, &str)] = &[
+    pub(super) const PROCESS_NAMED: &[(&str, &str)] = &[
         (
             "apparmorProfile",
             "custom AppArmor profiles are not allowed",
@@ -666,8 +709,9 @@ fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
         ("execCPUAffinity", "is not allowed"),
         ("commandLine", "is a Windows field"),
     ];
-    const USER: &[&str] = &["uid", "gid", "umask", "additionalGids"];
-    const LINUX: &[&str] = &[
+    pub(super) const USER: &[&str] = &["uid", "gid", "umask", "additionalGids"];
+    pub(super) const USER_NAMED: &[(&str, &str)] = &[("username", "is a Windows field")];
+    pub(super) const LINUX: &[&str] = &[
         "uidMappings",
         "gidMappings",
         "sysctl",
@@ -684,8 +728,8 @@ fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
         "personality",
         "timeOffsets",
     ];
-    const RESOURCES: &[&str] = &["devices", "memory", "cpu", "pids"];
-    const RESOURCES_NAMED: &[(&str, &str)] = &[
+    pub(super) const RESOURCES: &[&str] = &["devices", "memory", "cpu", "pids"];
+    pub(super) const RESOURCES_NAMED: &[(&str, &str)] = &[
         ("blockIO", "blockIO limits are not supported by the shim"),
         (
             "hugepageLimits",
@@ -701,7 +745,7 @@ fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
             "raw cgroup v2 files are not allowed: use memory, cpu or pids",
         ),
     ];
-    const SECCOMP: &[&str] = &[
+    pub(super) const SECCOMP: &[&str] = &[
         "defaultAction",
         "defaultErrnoRet",
         "architectures",
@@ -710,61 +754,72 @@ fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
         "listenerPath",
         "listenerMetadata",
     ];
-    const NAMESPACE: &[&str] = &["type", "path"];
-    const DEVICE: &[&str] = &["path", "type", "major", "minor", "fileMode", "uid", "gid"];
+    pub(super) const NAMESPACE: &[&str] = &["type", "path"];
+    pub(super) const DEVICE: &[&str] =
+        &["path", "type", "major", "minor", "fileMode", "uid", "gid"];
+}
 
+/// Refuse fields by name before typed parsing, so that nothing the shim does
+/// not know about (a newer spec field, a runc extension) reaches runc, and so
+/// that dangerous known fields get a message naming them.
+fn check_raw_keys(raw: &Value, v: &mut Vec<Violation>) {
     let Some(top) = raw.as_object() else {
         v.push(Violation::new("config.json", "is not a JSON object"));
         return;
     };
-    keys("", top, TOP, TOP_NAMED, v);
+    keys("", top, fields::TOP, fields::TOP_NAMED, v);
     if let Some(Value::Object(o)) = top.get("root") {
-        keys("root", o, ROOT, &[], v);
+        keys("root", o, fields::ROOT, &[], v);
     }
     if let Some(Value::Array(a)) = top.get("mounts") {
-        for (i, m) in a.iter().enumerate() {
-            if let Value::Object(o) = m {
-                keys(&format!("mounts[{i}]"), o, MOUNT, &[], v);
-            }
-        }
+        keys_each("mounts", a, fields::MOUNT, v);
     }
     if let Some(Value::Object(p)) = top.get("process") {
-        keys("process", p, PROCESS, PROCESS_NAMED, v);
+        keys("process", p, fields::PROCESS, fields::PROCESS_NAMED, v);
         if let Some(Value::Object(u)) = p.get("user") {
-            keys(
-                "process.user",
-                u,
-                USER,
-                &[("username", "is a Windows field")],
-                v,
-            );
+            keys("process.user", u, fields::USER, fields::USER_NAMED, v);
         }
     }
     if let Some(Value::Object(l)) = top.get("linux") {
-        keys("linux", l, LINUX, &[], v);
-        if let Some(Value::Object(r)) = l.get("resources") {
-            keys("linux.resources", r, RESOURCES, RESOURCES_NAMED, v);
-        }
-        if let Some(Value::Object(s)) = l.get("seccomp") {
-            keys("linux.seccomp", s, SECCOMP, &[], v);
-        }
-        if let Some(Value::Array(a)) = l.get("namespaces") {
-            for (i, n) in a.iter().enumerate() {
-                if let Value::Object(o) = n {
-                    keys(&format!("linux.namespaces[{i}]"), o, NAMESPACE, &[], v);
-                }
-            }
-        }
-        if let Some(Value::Array(a)) = l.get("devices") {
-            for (i, n) in a.iter().enumerate() {
-                if let Value::Object(o) = n {
-                    keys(&format!("linux.devices[{i}]"), o, DEVICE, &[], v);
-                }
-            }
+        check_raw_linux_keys(l, v);
+    }
+}
+
+/// The key allow-lists of `linux` and the objects inside it.
+fn check_raw_linux_keys(l: &serde_json::Map<String, Value>, v: &mut Vec<Violation>) {
+    keys("linux", l, fields::LINUX, &[], v);
+    if let Some(Value::Object(r)) = l.get("resources") {
+        keys(
+            "linux.resources",
+            r,
+            fields::RESOURCES,
+            fields::RESOURCES_NAMED,
+            v,
+        );
+    }
+    if let Some(Value::Object(s)) = l.get("seccomp") {
+        keys("linux.seccomp", s, fields::SECCOMP, &[], v);
+    }
+    if let Some(Value::Array(a)) = l.get("namespaces") {
+        keys_each("linux.namespaces", a, fields::NAMESPACE, v);
+    }
+    if let Some(Value::Array(a)) = l.get("devices") {
+        keys_each("linux.devices", a, fields::DEVICE, v);
+    }
+}
+
+/// [`keys`] for every object of an array (`prefix[i]`); elements that are
+/// not objects are left to typed parsing, which refuses them.
+fn keys_each(prefix: &str, a: &[Value], allowed: &[&str], v: &mut Vec<Violation>) {
+    for (i, m) in a.iter().enumerate() {
+        if let Value::Object(o) = m {
+            keys(&format!("{prefix}[{i}]"), o, allowed, &[], v);
         }
     }
 }
 
+/// Refuse every key of `obj` that is named in `named` (with its message) or
+/// missing from `allowed`; `prefix` is the object's JSON path.
 fn keys(
     prefix: &str,
     obj: &serde_json::Map<String, Value>,
@@ -904,6 +959,8 @@ fn container_path_ok(p: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `process`: what runs, as whom and with which limits. runc applies all of
+/// it as root, so none of it may reach beyond what the caller could do.
 fn check_process(
     spec: &Spec,
     uid_ranges: &[(u64, u64)],
@@ -915,6 +972,15 @@ fn check_process(
         v.push(Violation::new("process", "is missing"));
         return;
     };
+    check_command(p, v);
+    check_user(p.user(), uid_ranges, gid_ranges, v);
+    check_rlimits(p, caller, v);
+    check_oom_score_adj(p, caller, v);
+}
+
+/// The program, its arguments, environment, working directory and
+/// terminal: well-formed, and nothing started in or from `/proc`.
+fn check_command(p: &oci_spec::runtime::Process, v: &mut Vec<Violation>) {
     if p.terminal() == Some(true) {
         v.push(Violation::new(
             "process.terminal",
@@ -959,7 +1025,16 @@ fn check_process(
             "running a program from /proc is not allowed",
         ));
     }
-    let user = p.user();
+}
+
+/// `process.user`: the ids the process runs as must be mapped into the user
+/// namespace (an unmapped id would fail or mean the overflow id).
+fn check_user(
+    user: &oci_spec::runtime::User,
+    uid_ranges: &[(u64, u64)],
+    gid_ranges: &[(u64, u64)],
+    v: &mut Vec<Violation>,
+) {
     if !uid_ranges.is_empty() && !in_ranges(user.uid(), uid_ranges) {
         v.push(Violation::new(
             "process.user.uid",
@@ -991,9 +1066,11 @@ fn check_process(
             v.push(Violation::new("process.user.umask", "is not a umask"));
         }
     }
+}
 
-    // rlimits are applied by runc as root (prlimit on the container's init),
-    // so they must not exceed what the caller could set themselves.
+/// rlimits are applied by runc as root (prlimit on the container's init),
+/// so they must not exceed what the caller could set themselves.
+fn check_rlimits(p: &oci_spec::runtime::Process, caller: &Caller, v: &mut Vec<Violation>) {
     let mut seen = Vec::new();
     for (i, r) in p.rlimits().iter().flatten().enumerate() {
         let f = format!("process.rlimits[{i}]");
@@ -1020,7 +1097,11 @@ fn check_process(
             )),
         }
     }
+}
 
+/// `process.oomScoreAdj` may only be raised: lowering it below the caller's
+/// own value needs `CAP_SYS_RESOURCE`, which runc has and the caller has not.
+fn check_oom_score_adj(p: &oci_spec::runtime::Process, caller: &Caller, v: &mut Vec<Violation>) {
     if let Some(adj) = p.oom_score_adj() {
         if adj < caller.oom_score_adj {
             v.push(Violation::new(
