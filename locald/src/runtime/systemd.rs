@@ -443,99 +443,9 @@ impl SystemdRuntime {
     ) -> Result<UnitProcess, RuntimeError> {
         let project = project_of(&spec.key).unwrap_or(&spec.project);
         let name = unit_name(project, &spec.unit);
-        let slice = slice_name(project);
-        let UnitCommand {
-            program,
-            argv,
-            arg0,
-            env,
-            notify_ready,
-            watchdog,
-            kill_mode,
-            kill_signal,
-            stop_timeout,
-            stop_post,
-            image,
-        } = cmd;
-        // journald applies these to system units only; they also say in
-        // `systemctl --user show` whose unit this is.
-        let phase = if spec.build_id.is_some() {
-            crate::event::Phase::Build
-        } else {
-            crate::event::Phase::Run
-        };
-        let mut fields: Vec<Vec<u8>> = vec![
-            format!("LOCALD_PROJECT={}", spec.project).into_bytes(),
-            format!("LOCALD_SERVICE={}", spec.service()).into_bytes(),
-            format!("LOCALD_PHASE={}", phase.as_str()).into_bytes(),
-        ];
-        if let Some(id) = &spec.build_id {
-            fields.push(format!("LOCALD_BUILD_ID={id}").into_bytes());
-        }
-        // The unit starts as `locald internal-unit-exec`, which gives the
-        // output locald's fields and then becomes the service (same pid).
-        let forwarder = UnitExec {
-            project: spec.project.clone(),
-            service: spec.service().to_owned(),
-            phase,
-            build_id: spec.build_id.clone(),
-            stderr_priority: spec.stderr_priority,
-            socket: self.journal_socket.clone(),
-            image,
-            arg0,
-            argv,
-        };
-        let exec_argv: Vec<String> = std::iter::once("locald".to_owned())
-            .chain(forwarder.to_args())
-            .collect();
-        let exec = vec![(self.locald.to_string_lossy().into_owned(), exec_argv, false)];
-        let mut props: Vec<(&str, Value<'_>)> = vec![
-            ("Description", Value::from(describe(spec))),
-            ("Slice", Value::from(slice)),
-            (
-                "Type",
-                Value::from(if notify_ready { "notify" } else { "exec" }),
-            ),
-            // The service may hand READY=/STATUS=/WATCHDOG= to a child (a
-            // shell wrapping it), as with locald's own socket.
-            ("NotifyAccess", Value::from("all")),
-            ("ExecStart", Value::from(exec)),
-            (
-                "WorkingDirectory",
-                Value::from(spec.cwd.to_string_lossy().into_owned()),
-            ),
-            ("Environment", Value::from(env)),
-            ("StandardInput", Value::from("null")),
-            ("StandardOutput", Value::from("journal")),
-            ("StandardError", Value::from("journal")),
-            ("SyslogIdentifier", Value::from(spec.service().to_owned())),
-            ("LogExtraFields", Value::from(fields)),
-            ("KillMode", Value::from(kill_mode)),
-            ("KillSignal", Value::from(kill_signal as i32)),
-            ("SendSIGKILL", Value::from(true)),
-            (
-                "TimeoutStopUSec",
-                Value::from(u64::try_from(stop_timeout.as_micros()).unwrap_or(u64::MAX)),
-            ),
-            ("Restart", Value::from("no")),
-            ("CollectMode", Value::from("inactive-or-failed")),
-            ("AddRef", Value::from(true)),
-        ];
-        if notify_ready {
-            // Whether it ever gets ready is the health check's call, not a
-            // start timeout of systemd's.
-            props.push(("TimeoutStartUSec", Value::from(u64::MAX)));
-        }
-        if let Some(w) = watchdog {
-            let usec = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
-            props.push(("WatchdogUSec", Value::from(usec)));
-        }
-        if let Some(post) = stop_post {
-            // Runs however the unit ended, also after a SIGKILL that left
-            // processes systemd may not signal (a container's, run by root).
-            let path = post.first().cloned().unwrap_or_default();
-            props.push(("ExecStopPost", Value::from(vec![(path, post, true)])));
-        }
+        let (notify_ready, watchdog) = (cmd.notify_ready, cmd.watchdog);
+        let program = cmd.program.clone();
+        let props = unit_properties(spec, cmd, &self.locald, &self.journal_socket);
         let sd = &self.systemd;
         // Before anything of the unit can have written a line.
         let requested = SystemTime::now();
@@ -544,92 +454,11 @@ impl SystemdRuntime {
             .receive_job_removed()
             .await
             .map_err(|e| bus_error(&name, e))?;
-        let mut attempt = 0;
-        let job = loop {
-            match sd
-                .manager
-                .start_transient_unit(&name, "fail", &props, &[])
-                .await
-            {
-                Ok(job) => break job,
-                Err(zbus::Error::MethodError(err, _, _))
-                    if err.as_str() == "org.freedesktop.systemd1.UnitExists" && attempt < 50 =>
-                {
-                    attempt += 1;
-                    // Our own earlier unit that systemd has not collected
-                    // yet goes away by itself; a running one is someone else's.
-                    if let Ok(path) = sd.manager.get_unit(&name).await {
-                        if let Ok(st) = sd.read(&path).await {
-                            if !st.ended() {
-                                return Err(RuntimeError::Unavailable(format!(
-                                    "the systemd unit {name} already runs ({}); \
-                                     stop it with `systemctl --user stop {name}`",
-                                    st.description
-                                )));
-                            }
-                        }
-                        sd.unit_call(&path, "Unref").await;
-                    }
-                    let _ = sd.manager.reset_failed_unit(&name).await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                // systemd refuses what it finds invalid (an environment
-                // value it cannot take): no retry can mend that.
-                Err(zbus::Error::MethodError(err, msg, _))
-                    if err.as_str() == "org.freedesktop.DBus.Error.InvalidArgs" =>
-                {
-                    return Err(RuntimeError::Unavailable(format!(
-                        "systemd refused the unit {name}: {}",
-                        msg.unwrap_or_default()
-                    )));
-                }
-                Err(e) => return Err(bus_error(&name, e)),
-            }
-        };
+        let job = self.start_with_retry(&name, &props).await?;
         lock(&self.live).insert(name.clone());
-        // Wait for the start job: with Type=exec it ends once the program
-        // is executing (or could not be).
-        let wait_job = async {
-            loop {
-                let Some(sig) = jobs.next().await else {
-                    return "unknown".to_owned();
-                };
-                if let Ok(args) = sig.args() {
-                    if args.job == job {
-                        return args.result;
-                    }
-                }
-            }
-        };
-        // With Type=notify the job lasts until READY=1; the process runs
-        // once the unit has a main pid.
-        let has_pid = async {
-            if !notify_ready {
-                return std::future::pending().await;
-            }
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                if let Ok(path) = sd.manager.get_unit(&name).await {
-                    match sd.read(&path).await {
-                        Ok(st) if st.exec_main_pid != 0 || st.ended() => {
-                            return "running".to_owned()
-                        }
-                        Err(ReadError::Gone) => return "gone".to_owned(),
-                        _ => {}
-                    }
-                }
-            }
-        };
-        // A lost signal must not hang the service in Starting: after a
-        // while the unit's own state says how the start went.
-        let result = tokio::time::timeout(Duration::from_secs(30), async {
-            tokio::select! {
-                r = wait_job => r,
-                r = has_pid => r,
-            }
-        })
-        .await
-        .unwrap_or_else(|_| "timeout".to_owned());
+        let result = self
+            .wait_started(&name, &mut jobs, &job, notify_ready)
+            .await;
         drop(jobs);
         let path = sd
             .manager
@@ -658,6 +487,108 @@ impl SystemdRuntime {
             None,
             follower,
         ))
+    }
+
+    /// `StartTransientUnit`, again while systemd still holds an earlier unit
+    /// of that name of ours that has ended (it goes away by itself); a
+    /// running one is someone else's, and a unit systemd finds invalid
+    /// cannot be mended by trying again. Returns the start job.
+    async fn start_with_retry(
+        &self,
+        name: &str,
+        props: &[(&str, Value<'_>)],
+    ) -> Result<OwnedObjectPath, RuntimeError> {
+        let sd = &self.systemd;
+        let mut attempt = 0;
+        loop {
+            match sd
+                .manager
+                .start_transient_unit(name, "fail", props, &[])
+                .await
+            {
+                Ok(job) => return Ok(job),
+                Err(zbus::Error::MethodError(err, _, _))
+                    if err.as_str() == "org.freedesktop.systemd1.UnitExists" && attempt < 50 =>
+                {
+                    attempt += 1;
+                    if let Ok(path) = sd.manager.get_unit(name).await {
+                        if let Ok(st) = sd.read(&path).await {
+                            if !st.ended() {
+                                return Err(RuntimeError::Unavailable(format!(
+                                    "the systemd unit {name} already runs ({}); \
+                                     stop it with `systemctl --user stop {name}`",
+                                    st.description
+                                )));
+                            }
+                        }
+                        sd.unit_call(&path, "Unref").await;
+                    }
+                    let _ = sd.manager.reset_failed_unit(name).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(zbus::Error::MethodError(err, msg, _))
+                    if err.as_str() == "org.freedesktop.DBus.Error.InvalidArgs" =>
+                {
+                    return Err(RuntimeError::Unavailable(format!(
+                        "systemd refused the unit {name}: {}",
+                        msg.unwrap_or_default()
+                    )));
+                }
+                Err(e) => return Err(bus_error(name, e)),
+            }
+        }
+    }
+
+    /// How the start went: the start job's result (with `Type=exec` it ends
+    /// once the program executes, or could not); with `Type=notify` the job
+    /// lasts until `READY=1`, so "running" once the unit has a main pid. A
+    /// lost signal must not hang the service in Starting: after 30 s the
+    /// unit's own state says it ("timeout").
+    async fn wait_started(
+        &self,
+        name: &str,
+        jobs: &mut JobRemovedStream,
+        job: &OwnedObjectPath,
+        notify_ready: bool,
+    ) -> String {
+        let sd = &self.systemd;
+        let wait_job = async {
+            loop {
+                let Some(sig) = jobs.next().await else {
+                    return "unknown".to_owned();
+                };
+                if let Ok(args) = sig.args() {
+                    if &args.job == job {
+                        return args.result;
+                    }
+                }
+            }
+        };
+        let has_pid = async {
+            if !notify_ready {
+                return std::future::pending().await;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Ok(path) = sd.manager.get_unit(name).await {
+                    match sd.read(&path).await {
+                        Ok(st) if st.exec_main_pid != 0 || st.ended() => {
+                            return "running".to_owned()
+                        }
+                        Err(ReadError::Gone) => return "gone".to_owned(),
+                        _ => {}
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::select! {
+                r = wait_job => r,
+                r = has_pid => r,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| "timeout".to_owned())
     }
 
     /// Takes over the running unit of `spec` an earlier daemon started, if
@@ -837,6 +768,103 @@ impl Runtime for SystemdRuntime {
             });
         }
     }
+}
+
+/// The properties of the transient unit of `spec` running `cmd`, as
+/// `StartTransientUnit` takes them: a pure function of its inputs (unit
+/// tested property by property). The unit starts as `locald
+/// internal-unit-exec` (`locald`), which gives the output locald's journal
+/// fields (sent to `journal_socket`) and then becomes the service, with the
+/// same pid.
+pub(crate) fn unit_properties(
+    spec: &LaunchSpec,
+    cmd: UnitCommand,
+    locald: &Path,
+    journal_socket: &Path,
+) -> Vec<(&'static str, Value<'static>)> {
+    let project = project_of(&spec.key).unwrap_or(&spec.project);
+    let phase = if spec.build_id.is_some() {
+        crate::event::Phase::Build
+    } else {
+        crate::event::Phase::Run
+    };
+    let forwarder = UnitExec {
+        project: spec.project.clone(),
+        service: spec.service().to_owned(),
+        phase,
+        build_id: spec.build_id.clone(),
+        stderr_priority: spec.stderr_priority,
+        socket: journal_socket.to_owned(),
+        image: cmd.image,
+        arg0: cmd.arg0,
+        argv: cmd.argv,
+    };
+    let exec_argv: Vec<String> = std::iter::once("locald".to_owned())
+        .chain(forwarder.to_args())
+        .collect();
+    let exec = vec![(locald.to_string_lossy().into_owned(), exec_argv, false)];
+    let mut props: Vec<(&'static str, Value<'static>)> = vec![
+        ("Description", Value::from(describe(spec))),
+        ("Slice", Value::from(slice_name(project))),
+        (
+            "Type",
+            Value::from(if cmd.notify_ready { "notify" } else { "exec" }),
+        ),
+        // The service may hand READY=/STATUS=/WATCHDOG= to a child (a
+        // shell wrapping it), as with locald's own socket.
+        ("NotifyAccess", Value::from("all")),
+        ("ExecStart", Value::from(exec)),
+        (
+            "WorkingDirectory",
+            Value::from(spec.cwd.to_string_lossy().into_owned()),
+        ),
+        ("Environment", Value::from(cmd.env)),
+        ("StandardInput", Value::from("null")),
+        ("StandardOutput", Value::from("journal")),
+        ("StandardError", Value::from("journal")),
+        ("SyslogIdentifier", Value::from(spec.service().to_owned())),
+        ("LogExtraFields", Value::from(log_fields(spec, phase))),
+        ("KillMode", Value::from(cmd.kill_mode)),
+        ("KillSignal", Value::from(cmd.kill_signal as i32)),
+        ("SendSIGKILL", Value::from(true)),
+        (
+            "TimeoutStopUSec",
+            Value::from(u64::try_from(cmd.stop_timeout.as_micros()).unwrap_or(u64::MAX)),
+        ),
+        ("Restart", Value::from("no")),
+        ("CollectMode", Value::from("inactive-or-failed")),
+        ("AddRef", Value::from(true)),
+    ];
+    if cmd.notify_ready {
+        // Whether it ever gets ready is the health check's call, not a
+        // start timeout of systemd's.
+        props.push(("TimeoutStartUSec", Value::from(u64::MAX)));
+    }
+    if let Some(w) = cmd.watchdog {
+        let usec = u64::try_from(w.as_micros()).unwrap_or(u64::MAX);
+        props.push(("WatchdogUSec", Value::from(usec)));
+    }
+    if let Some(post) = cmd.stop_post {
+        // Runs however the unit ended, also after a SIGKILL that left
+        // processes systemd may not signal (a container's, run by root).
+        let path = post.first().cloned().unwrap_or_default();
+        props.push(("ExecStopPost", Value::from(vec![(path, post, true)])));
+    }
+    props
+}
+
+/// The unit's `LogExtraFields=`: journald applies these to system units
+/// only; they also say in `systemctl --user show` whose unit this is.
+fn log_fields(spec: &LaunchSpec, phase: crate::event::Phase) -> Vec<Vec<u8>> {
+    let mut fields: Vec<Vec<u8>> = vec![
+        format!("LOCALD_PROJECT={}", spec.project).into_bytes(),
+        format!("LOCALD_SERVICE={}", spec.service()).into_bytes(),
+        format!("LOCALD_PHASE={}", phase.as_str()).into_bytes(),
+    ];
+    if let Some(id) = &spec.build_id {
+        fields.push(format!("LOCALD_BUILD_ID={id}").into_bytes());
+    }
+    fields
 }
 
 /// What a unit runs and how it stops, as [`SystemdRuntime::start_unit`]
@@ -1372,6 +1400,142 @@ mod tests {
             None
         );
         assert_eq!(find_program("", "/bin", Path::new("/")), None);
+    }
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            project: "shop".into(),
+            key: "shop-0123456789ab".into(),
+            unit: "web".into(),
+            workload: Workload::Host {
+                argv: vec!["python3".into(), "app.py".into()],
+            },
+            cwd: "/p".into(),
+            env: Vec::new(),
+            notify_socket: None,
+            notify_ready: false,
+            watchdog: None,
+            stderr_priority: locald_core::priority::Priority::WARNING,
+            build_id: None,
+            stop_signal: None,
+            stop_timeout: Duration::from_secs(2),
+            restarts: 3,
+            progress: crate::runtime::ProgressSink::default(),
+        }
+    }
+
+    fn command(notify_ready: bool) -> UnitCommand {
+        UnitCommand {
+            program: "python3".into(),
+            argv: vec!["/usr/bin/python3".into(), "app.py".into()],
+            arg0: Some("python3".into()),
+            env: vec!["PORT=8080".into()],
+            notify_ready,
+            watchdog: notify_ready.then_some(Duration::from_secs(5)),
+            kill_mode: "mixed",
+            kill_signal: Signal::SIGQUIT,
+            stop_timeout: Duration::from_secs(2),
+            stop_post: notify_ready.then(|| vec!["/shim".into(), "delete".into()]),
+            image: None,
+        }
+    }
+
+    fn prop<'a>(props: &'a [(&str, Value<'static>)], name: &str) -> &'a Value<'static> {
+        &props
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .1
+    }
+
+    /// The unit's properties, one by one: what a hand stop, journald and
+    /// `systemctl --user` see.
+    #[test]
+    fn unit_properties_say_what_the_unit_is() {
+        let props = unit_properties(
+            &spec(),
+            command(false),
+            Path::new("/usr/bin/locald"),
+            Path::new("/run/systemd/journal/socket"),
+        );
+        let text = |n: &str| match prop(&props, n) {
+            Value::Str(s) => s.as_str().to_owned(),
+            v => format!("{v:?}"),
+        };
+        assert_eq!(text("Slice"), "locald-shop.slice");
+        assert_eq!(text("Type"), "exec");
+        assert_eq!(text("NotifyAccess"), "all");
+        assert_eq!(text("WorkingDirectory"), "/p");
+        assert_eq!(text("StandardInput"), "null");
+        assert_eq!(text("StandardOutput"), "journal");
+        assert_eq!(text("SyslogIdentifier"), "web");
+        assert_eq!(text("KillMode"), "mixed");
+        assert_eq!(text("Restart"), "no");
+        assert_eq!(text("CollectMode"), "inactive-or-failed");
+        assert!(text("Description").starts_with("locald shop/web: "));
+        assert!(text("Description").contains("[shop-0123456789ab "));
+        assert_eq!(
+            prop(&props, "KillSignal"),
+            &Value::from(Signal::SIGQUIT as i32)
+        );
+        assert_eq!(prop(&props, "TimeoutStopUSec"), &Value::from(2_000_000u64));
+        assert_eq!(prop(&props, "SendSIGKILL"), &Value::from(true));
+        assert_eq!(prop(&props, "AddRef"), &Value::from(true));
+        assert_eq!(
+            prop(&props, "Environment"),
+            &Value::from(vec!["PORT=8080".to_owned()])
+        );
+        let fields =
+            |f: &[&str]| Value::from(f.iter().map(|f| f.as_bytes().to_vec()).collect::<Vec<_>>());
+        assert_eq!(
+            prop(&props, "LogExtraFields"),
+            &fields(&[
+                "LOCALD_PROJECT=shop",
+                "LOCALD_SERVICE=web",
+                "LOCALD_PHASE=run"
+            ])
+        );
+        // ExecStart: the forwarder, then the program (same pid after exec).
+        let exec = format!("{:?}", prop(&props, "ExecStart"));
+        assert!(exec.contains("/usr/bin/locald"), "{exec}");
+        assert!(exec.contains("internal-unit-exec"), "{exec}");
+        assert!(exec.contains("/usr/bin/python3"), "{exec}");
+        for absent in ["TimeoutStartUSec", "WatchdogUSec", "ExecStopPost"] {
+            assert!(!props.iter().any(|(n, _)| *n == absent), "{absent}");
+        }
+
+        // Type=notify, a watchdog and a post-stop command.
+        let props = unit_properties(
+            &spec(),
+            command(true),
+            Path::new("/usr/bin/locald"),
+            Path::new("/run/systemd/journal/socket"),
+        );
+        assert_eq!(prop(&props, "Type"), &Value::from("notify"));
+        assert_eq!(prop(&props, "TimeoutStartUSec"), &Value::from(u64::MAX));
+        assert_eq!(prop(&props, "WatchdogUSec"), &Value::from(5_000_000u64));
+        let post = format!("{:?}", prop(&props, "ExecStopPost"));
+        assert!(post.contains("/shim") && post.contains("delete"), "{post}");
+
+        // A build's unit says so in its fields.
+        let mut build = spec();
+        build.unit = "web.build".into();
+        build.build_id = Some("00ff".into());
+        let props = unit_properties(
+            &build,
+            command(false),
+            Path::new("/usr/bin/locald"),
+            Path::new("/run/systemd/journal/socket"),
+        );
+        assert_eq!(
+            prop(&props, "LogExtraFields"),
+            &fields(&[
+                "LOCALD_PROJECT=shop",
+                "LOCALD_SERVICE=web",
+                "LOCALD_PHASE=build",
+                "LOCALD_BUILD_ID=00ff"
+            ])
+        );
     }
 
     #[test]
