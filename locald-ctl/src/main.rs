@@ -31,24 +31,8 @@ fn main() -> ExitCode {
     locald_core::term::end_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match cli.command {
-        Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            let mut out = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "locald-ctl", &mut out);
-            // A closed pipe (`| head`) is not worth a panic.
-            let _ = std::io::stdout().write_all(&out);
-            return ExitCode::SUCCESS;
-        }
-        Command::Man => {
-            let man = clap_mangen::Man::new(Cli::command());
-            let mut out = Vec::new();
-            if let Err(e) = man.render(&mut out) {
-                eprintln!("locald-ctl: cannot render the man page: {e}");
-                return ExitCode::FAILURE;
-            }
-            let _ = std::io::stdout().write_all(&out);
-            return ExitCode::SUCCESS;
-        }
+        Command::Completions { shell } => return completions(shell),
+        Command::Man => return man_page(),
         Command::Check { ref dir } => return check(dir.as_deref()),
         Command::Logs {
             ref service,
@@ -61,17 +45,9 @@ fn main() -> ExitCode {
             json,
             ref journal_namespace,
         } => {
-            // The project's name comes from --project or the file: the
-            // journal has its lines whether or not the daemon runs.
-            let (project, services) = match &cli.project {
-                Some(p) => (p.clone(), Vec::new()),
-                None => match locald_core::project::identity(Path::new(".")) {
-                    Ok(id) => (id.name, id.services),
-                    Err(e) => {
-                        eprintln!("locald-ctl: {}", locald_core::error_chain(&e));
-                        return ExitCode::from(2);
-                    }
-                },
+            let (project, services) = match logs_project(cli.project.as_deref()) {
+                Ok(found) => found,
+                Err(code) => return code,
             };
             return logs::run(&logs::LogsArgs {
                 project,
@@ -81,11 +57,7 @@ fn main() -> ExitCode {
                 phase: phase.clone(),
                 since: since.clone(),
                 lines,
-                output: match (json, timestamps) {
-                    (true, _) => logs::Output::Json,
-                    (_, true) => logs::Output::Short,
-                    _ => output.unwrap_or_default(),
-                },
+                output: logs_output(json, timestamps, output),
                 namespace: journal_namespace.clone(),
             });
         }
@@ -104,6 +76,56 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => e.report(),
+    }
+}
+
+/// `completions SHELL`: the script clap writes for `shell`, on stdout.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "locald-ctl", &mut out);
+    // A closed pipe (`| head`) is not worth a panic.
+    let _ = std::io::stdout().write_all(&out);
+    ExitCode::SUCCESS
+}
+
+/// `man`: the manual page in roff, rendered from the same definition as
+/// `--help` (`man_page_matches_docs` keeps `docs/man/locald-ctl.1` in step).
+fn man_page() -> ExitCode {
+    let man = clap_mangen::Man::new(Cli::command());
+    let mut out = Vec::new();
+    if let Err(e) = man.render(&mut out) {
+        eprintln!("locald-ctl: cannot render the man page: {e}");
+        return ExitCode::FAILURE;
+    }
+    let _ = std::io::stdout().write_all(&out);
+    ExitCode::SUCCESS
+}
+
+/// The project `logs` reads and its services: from `--project` (`flag`),
+/// else from the project file, since the journal has its lines whether or
+/// not the daemon runs. A project that cannot be found is a usage error
+/// (exit code 2), reported here.
+fn logs_project(flag: Option<&str>) -> Result<(String, Vec<String>), ExitCode> {
+    match flag {
+        Some(p) => Ok((p.to_owned(), Vec::new())),
+        None => match locald_core::project::identity(Path::new(".")) {
+            Ok(id) => Ok((id.name, id.services)),
+            Err(e) => {
+                eprintln!("locald-ctl: {}", locald_core::error_chain(&e));
+                Err(ExitCode::from(2))
+            }
+        },
+    }
+}
+
+/// How `logs` prints: `--json` and `--timestamps` are shorthands for an
+/// `--output` format (clap lets only one of the three through).
+fn logs_output(json: bool, timestamps: bool, output: Option<logs::Output>) -> logs::Output {
+    match (json, timestamps) {
+        (true, _) => logs::Output::Json,
+        (_, true) => logs::Output::Short,
+        _ => output.unwrap_or_default(),
     }
 }
 
@@ -185,6 +207,17 @@ fn check(dir: Option<&std::path::Path>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_shorthands_name_an_output_format() {
+        assert_eq!(logs_output(true, false, None), logs::Output::Json);
+        assert_eq!(logs_output(false, true, None), logs::Output::Short);
+        assert_eq!(
+            logs_output(false, false, Some(logs::Output::ShortIso)),
+            logs::Output::ShortIso
+        );
+        assert_eq!(logs_output(false, false, None), logs::Output::Plain);
+    }
 
     #[test]
     fn cli_is_consistent() {

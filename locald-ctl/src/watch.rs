@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use futures_util::StreamExt;
-use zbus::message::Type as MessageType;
+use zbus::message::{Body, Type as MessageType};
+use zbus::names::UniqueName;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{MatchRule, MessageStream};
 
@@ -187,15 +188,7 @@ fn print(text: &str) {
 /// `watch`.
 pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
     let project = client.resolve_optional().await?;
-    let rule = MatchRule::builder()
-        .msg_type(MessageType::Signal)
-        .sender(client.daemon.clone())
-        .and_then(|b| b.path_namespace(MANAGER_PATH))
-        .map_err(CtlError::zbus)?
-        .build();
-    let mut stream = MessageStream::for_match_rule(rule, &client.conn, Some(256))
-        .await
-        .map_err(CtlError::zbus)?;
+    let mut stream = signals_of(&client.conn, client.daemon.as_ref()).await?;
     // A daemon restart gives the name a new owner: followed once it is
     // checked to be the caller's (crate::client::check_owner).
     let dbus = zbus::fdo::DBusProxy::new(&client.conn)
@@ -207,47 +200,20 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
         .map_err(CtlError::zbus)?;
     // Initial state, after subscribing so nothing falls in between.
     let projects = crate::status::fetch(client).await?;
-    let mut objects = Objects {
-        by_path: HashMap::new(),
-        scoped: project.is_some(),
-    };
-    objects.show(&projects, project.as_deref());
-    let prefix = project
-        .as_deref()
-        .map(|p| locald_api::project_path(p).to_string());
-    let wanted = |path: &str| {
-        prefix
-            .as_deref()
-            .is_none_or(|p| path == p || path.starts_with(&format!("{p}/")))
-    };
+    let mut watched = Watched::new(project);
+    watched.show(&projects);
+    // An ended stream of owner changes (the connection closing) is not a
+    // change: it is no longer polled.
+    let mut owners_open = true;
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
-            o = owners.next() => {
-                let Some(owner) = o.as_ref().and_then(|o| o.args().ok()).and_then(|a| a.new_owner().as_ref().map(|n| n.to_owned())) else {
-                    print("locald stopped");
+            o = owners.next(), if owners_open => {
+                if o.is_none() {
+                    owners_open = false;
                     continue;
-                };
-                match crate::client::check_owner(&dbus, owner.as_ref()).await {
-                    Ok(()) => {
-                        let rule = MatchRule::builder()
-                            .msg_type(MessageType::Signal)
-                            .sender(owner.clone())
-                            .and_then(|b| b.path_namespace(MANAGER_PATH))
-                            .map_err(CtlError::zbus)?
-                            .build();
-                        stream = MessageStream::for_match_rule(rule, &client.conn, Some(256))
-                            .await
-                            .map_err(CtlError::zbus)?;
-                        print("locald started");
-                        // What it brought back, read after subscribing.
-                        let projects =
-                            crate::status::fetch_from(&client.conn, owner.as_ref()).await?;
-                        objects.by_path.clear();
-                        objects.show(&projects, project.as_deref());
-                    }
-                    Err(e) => print(&format!("warning: {}", e.text())),
                 }
+                owner_changed(client, &dbus, o, &mut stream, &mut watched).await?;
                 continue;
             }
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
@@ -256,76 +222,192 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
             return Err(CtlError::Unreachable("the daemon left the bus".into()));
         };
         let Ok(msg) = msg else { continue };
+        for line in watched.lines(&msg) {
+            print(&line);
+        }
+    }
+}
+
+/// The signals of `daemon` (a checked owner of the name) under the
+/// manager's path: every object it announces lives there.
+async fn signals_of(
+    conn: &zbus::Connection,
+    daemon: UniqueName<'_>,
+) -> Result<MessageStream, CtlError> {
+    let rule = MatchRule::builder()
+        .msg_type(MessageType::Signal)
+        .sender(daemon)
+        .and_then(|b| b.path_namespace(MANAGER_PATH))
+        .map_err(CtlError::zbus)?
+        .build();
+    MessageStream::for_match_rule(rule, conn, Some(256))
+        .await
+        .map_err(CtlError::zbus)
+}
+
+/// Follows the name to its new owner. Gone: says so. The caller's own
+/// daemon: `stream` is replaced by its signals and what it brought back is
+/// shown anew. Another user's: a warning, and `stream` stays on the old
+/// owner, so nothing the new one sends is believed.
+async fn owner_changed(
+    client: &Client,
+    dbus: &zbus::fdo::DBusProxy<'_>,
+    change: Option<zbus::fdo::NameOwnerChanged>,
+    stream: &mut MessageStream,
+    watched: &mut Watched,
+) -> Result<(), CtlError> {
+    let Some(owner) = change
+        .as_ref()
+        .and_then(|o| o.args().ok())
+        .and_then(|a| a.new_owner().as_ref().map(|n| n.to_owned()))
+    else {
+        print("locald stopped");
+        return Ok(());
+    };
+    match crate::client::check_owner(dbus, owner.as_ref()).await {
+        Ok(()) => {
+            *stream = signals_of(&client.conn, owner.as_ref()).await?;
+            print("locald started");
+            // What it brought back, read after subscribing.
+            let projects = crate::status::fetch_from(&client.conn, owner.as_ref()).await?;
+            watched.objects.by_path.clear();
+            watched.show(&projects);
+        }
+        Err(e) => print(&format!("warning: {}", e.text())),
+    }
+    Ok(())
+}
+
+/// What `watch` follows (one project, or every one) and what it knows of
+/// it; turns each signal into the lines it means.
+struct Watched {
+    /// The project watched, or `None` for every project.
+    project: Option<String>,
+    /// That project's object path: its objects are it and those below.
+    prefix: Option<String>,
+    /// Everything known so far.
+    objects: Objects,
+}
+
+impl Watched {
+    /// Watching `project`, or every project; nothing known yet.
+    fn new(project: Option<String>) -> Self {
+        let prefix = project
+            .as_deref()
+            .map(|p| locald_api::project_path(p).to_string());
+        let objects = Objects {
+            by_path: HashMap::new(),
+            scoped: project.is_some(),
+        };
+        Self {
+            project,
+            prefix,
+            objects,
+        }
+    }
+
+    /// Prints and remembers what is watched of `projects`.
+    fn show(&mut self, projects: &[crate::status::ProjectStatus]) {
+        self.objects.show(projects, self.project.as_deref());
+    }
+
+    /// Whether the object at `path` is watched.
+    fn wanted(&self, path: &str) -> bool {
+        self.prefix
+            .as_deref()
+            .is_none_or(|p| path == p || path.starts_with(&format!("{p}/")))
+    }
+
+    /// Whether a build signal's project is watched (build signals name
+    /// their project and service in the body, not in the path).
+    fn wanted_project(&self, project: &str) -> bool {
+        self.project.as_deref().is_none_or(|n| n == project)
+    }
+
+    /// The lines signal `msg` means, updating what is known; none for a
+    /// signal about something not watched or that does not decode.
+    fn lines(&mut self, msg: &zbus::Message) -> Vec<String> {
         let header = msg.header();
         let (Some(path), Some(member)) = (header.path(), header.member()) else {
-            continue;
+            return Vec::new();
         };
-        let path = path.as_str();
+        let body = msg.body();
         match member.as_str() {
-            "PropertiesChanged" if wanted(path) => {
-                let Ok((iface, changed, _)) =
-                    msg.body()
-                        .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
-                else {
-                    continue;
-                };
-                if iface == SERVICE_INTERFACE || iface == PROJECT_INTERFACE {
-                    for line in describe(objects.entry(path), &changed) {
-                        print(&line);
-                    }
-                }
+            "PropertiesChanged" if self.wanted(path.as_str()) => {
+                self.properties_changed(path.as_str(), &body)
             }
-            "InterfacesAdded" => {
-                type Added = (
-                    OwnedObjectPath,
-                    HashMap<String, HashMap<String, OwnedValue>>,
-                );
-                let Ok((p, ifaces)) = msg.body().deserialize::<Added>() else {
-                    continue;
-                };
-                if wanted(p.as_str()) {
-                    let props = ifaces
-                        .get(SERVICE_INTERFACE)
-                        .or_else(|| ifaces.get(PROJECT_INTERFACE));
-                    let known = objects.entry(p.as_str());
-                    if let Some(props) = props {
-                        known.state = get(props, "State").unwrap_or_default();
-                        known.reason = get(props, "StateReason").unwrap_or_default();
-                        known.restarts = get(props, "RestartCount").unwrap_or_default();
-                    }
-                    print(&format!("{}: added", known.who));
-                }
-            }
-            "InterfacesRemoved" => {
-                let Ok((p, _)) = msg.body().deserialize::<(OwnedObjectPath, Vec<String>)>() else {
-                    continue;
-                };
-                if wanted(p.as_str()) {
-                    let who = objects.entry(p.as_str()).who.clone();
-                    objects.by_path.remove(p.as_str());
-                    print(&format!("{who}: removed"));
-                }
-            }
-            "BuildProgress" => {
-                if let Ok((p, s, _, step, total, label)) =
-                    msg.body()
-                        .deserialize::<(String, String, String, u32, u32, String)>()
-                {
-                    if project.as_ref().is_none_or(|n| n == &p) {
-                        let who = objects.service_name(&p, &s);
-                        print(&format!("{who}: build step {step}/{total} {label}"));
-                    }
-                }
-            }
-            "BuildFinished" => {
-                if let Ok((p, s, b)) = msg.body().deserialize::<(String, String, BuildInfo)>() {
-                    if project.as_ref().is_none_or(|n| n == &p) {
-                        print(&build_line(&objects.service_name(&p, &s), &b));
-                    }
-                }
-            }
-            _ => {}
+            "InterfacesAdded" => self.added(&body).into_iter().collect(),
+            "InterfacesRemoved" => self.removed(&body).into_iter().collect(),
+            "BuildProgress" => self.build_progress(&body).into_iter().collect(),
+            "BuildFinished" => self.build_finished(&body).into_iter().collect(),
+            _ => Vec::new(),
         }
+    }
+
+    /// A `PropertiesChanged` of a service or project at `path`, in words.
+    fn properties_changed(&mut self, path: &str, body: &Body) -> Vec<String> {
+        let Ok((iface, changed, _)) =
+            body.deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+        else {
+            return Vec::new();
+        };
+        if iface == SERVICE_INTERFACE || iface == PROJECT_INTERFACE {
+            describe(self.objects.entry(path), &changed)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `InterfacesAdded`: remembers the object's state, so its first
+    /// change can say what it changed from.
+    fn added(&mut self, body: &Body) -> Option<String> {
+        type Added = (
+            OwnedObjectPath,
+            HashMap<String, HashMap<String, OwnedValue>>,
+        );
+        let (p, ifaces) = body.deserialize::<Added>().ok()?;
+        if !self.wanted(p.as_str()) {
+            return None;
+        }
+        let props = ifaces
+            .get(SERVICE_INTERFACE)
+            .or_else(|| ifaces.get(PROJECT_INTERFACE));
+        let known = self.objects.entry(p.as_str());
+        if let Some(props) = props {
+            known.state = get(props, "State").unwrap_or_default();
+            known.reason = get(props, "StateReason").unwrap_or_default();
+            known.restarts = get(props, "RestartCount").unwrap_or_default();
+        }
+        Some(format!("{}: added", known.who))
+    }
+
+    /// `InterfacesRemoved`: forgets the object.
+    fn removed(&mut self, body: &Body) -> Option<String> {
+        let (p, _) = body.deserialize::<(OwnedObjectPath, Vec<String>)>().ok()?;
+        if !self.wanted(p.as_str()) {
+            return None;
+        }
+        let who = self.objects.entry(p.as_str()).who.clone();
+        self.objects.by_path.remove(p.as_str());
+        Some(format!("{who}: removed"))
+    }
+
+    /// `BuildProgress`: the step a build went on to.
+    fn build_progress(&self, body: &Body) -> Option<String> {
+        let (p, s, _, step, total, label) = body
+            .deserialize::<(String, String, String, u32, u32, String)>()
+            .ok()?;
+        self.wanted_project(&p).then(|| {
+            let who = self.objects.service_name(&p, &s);
+            format!("{who}: build step {step}/{total} {label}")
+        })
+    }
+
+    /// `BuildFinished`: how a build ended.
+    fn build_finished(&self, body: &Body) -> Option<String> {
+        let (p, s, b) = body.deserialize::<(String, String, BuildInfo)>().ok()?;
+        self.wanted_project(&p)
+            .then(|| build_line(&self.objects.service_name(&p, &s), &b))
     }
 }
 
@@ -408,5 +490,59 @@ mod tests {
             "web: build failed: exit status 2"
         );
         assert_eq!(build_line("web", &b("skipped", "")), "web: build skipped");
+    }
+
+    /// A signal as the daemon sends it, from `path`.
+    fn signal<B>(path: &str, member: &str, body: &B) -> zbus::Message
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        zbus::Message::signal(path, "dev.locald.Test", member)
+            .and_then(|b| b.build(body))
+            .expect("a signal")
+    }
+
+    #[test]
+    fn signals_in_words() {
+        let mut watched = Watched::new(Some("shop".into()));
+        let web = locald_api::service_path("shop", "web");
+        let db = locald_api::service_path("other", "db");
+        let manager = MANAGER_PATH;
+
+        let props: HashMap<&str, Value<'_>> =
+            HashMap::from([("State", "starting".into()), ("RestartCount", 1u32.into())]);
+        let ifaces = HashMap::from([(SERVICE_INTERFACE, props)]);
+        let added = signal(manager, "InterfacesAdded", &(web.clone(), ifaces));
+        assert_eq!(watched.lines(&added), ["web: added"]);
+
+        let changed: HashMap<&str, Value<'_>> = HashMap::from([("State", "running".into())]);
+        let body = (SERVICE_INTERFACE, changed, Vec::<String>::new());
+        let m = signal(web.as_str(), "PropertiesChanged", &body);
+        assert_eq!(watched.lines(&m), ["web: starting → running"]);
+        let m = signal(db.as_str(), "PropertiesChanged", &body);
+        assert!(watched.lines(&m).is_empty(), "another project's service");
+
+        let step = ("shop", "web", "b1", 1u32, 2u32, "compile");
+        let m = signal(manager, "BuildProgress", &step);
+        assert_eq!(watched.lines(&m), ["web: build step 1/2 compile"]);
+        let step = ("other", "db", "b2", 1u32, 2u32, "compile");
+        assert!(watched
+            .lines(&signal(manager, "BuildProgress", &step))
+            .is_empty());
+
+        let build = BuildInfo {
+            result: "succeeded".into(),
+            ..BuildInfo::default()
+        };
+        let m = signal(manager, "BuildFinished", &("shop", "web", build));
+        assert_eq!(watched.lines(&m), ["web: build succeeded"]);
+
+        let removed = (web.clone(), vec![SERVICE_INTERFACE]);
+        let m = signal(manager, "InterfacesRemoved", &removed);
+        assert_eq!(watched.lines(&m), ["web: removed"]);
+        assert!(watched.objects.by_path.is_empty());
+
+        let m = signal(manager, "BuildFinished", &("shop", "web"));
+        assert!(watched.lines(&m).is_empty(), "a body of the wrong type");
     }
 }

@@ -54,34 +54,7 @@ pub async fn up(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    // The *.localhost proxy, unless another locald (the daemon) has the port.
-    // Only for a project with ports, so a `locald up` of another project
-    // never keeps the port from a daemon that starts later.
-    let has_ports = config.services.values().any(|s| !s.ports.is_empty());
-    let _proxy = match crate::proxy::configured_port().filter(|_| has_ports) {
-        Some(port) => match crate::proxy::serve(engine.clone(), port).await {
-            Ok(task) => {
-                for (name, svc) in &config.services {
-                    if !svc.ports.is_empty() {
-                        term.note(&format!(
-                            "{name}: {}",
-                            crate::proxy::url(&config.name, name, port)
-                        ));
-                    }
-                }
-                Some(locald_core::task::AbortOnDrop(task))
-            }
-            Err(e) if e.held_by_another_user() => {
-                term.note(&format!(
-                    "warning: the URL proxy {e}: *.localhost:{port} URLs would reach their server, so none are shown; set LOCALD_PROXY_PORT to a port of your own"
-                ));
-                None
-            }
-            // The daemon (ours) serves it.
-            Err(_) => None,
-        },
-        None => None,
-    };
+    let _proxy = start_proxy(config, &engine, &term).await;
     let project = match engine.up(&config.root).await {
         Ok(p) => p,
         Err(e) => return Ok(UpOutcome::Failed(e.to_string())),
@@ -93,33 +66,15 @@ pub async fn up(
         term.note("watching for changes");
     }
 
-    let outcome = loop {
-        tokio::select! {
-            _ = sigint.recv() => break UpOutcome::Stopped,
-            _ = sigterm.recv() => break UpOutcome::Stopped,
-            // `locald up | head`: nobody sees the services any more.
-            () = term.output_closed() => break UpOutcome::Stopped,
-            ev = events.recv() => match ev {
-                Ok(ev) => {
-                    term.event(&ev);
-                    if matches!(ev, Event::ServiceChanged { .. }) {
-                        if let Some(p) = engine.project(&project) {
-                            if let Some(reason) = dead_end(&p) {
-                                break UpOutcome::Failed(reason);
-                            }
-                            if all_ended(&p) {
-                                term.note("every service has ended");
-                                break UpOutcome::Stopped;
-                            }
-                        }
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => break UpOutcome::Stopped,
-            },
-        }
-    };
-
+    let outcome = run_until_done(
+        &engine,
+        &project,
+        &term,
+        &mut events,
+        &mut sigint,
+        &mut sigterm,
+    )
+    .await;
     term.note("stopping (press Ctrl-C again to kill at once)");
     let stop = engine.shutdown();
     tokio::pin!(stop);
@@ -133,6 +88,77 @@ pub async fn up(
     }
     term.note("stopped");
     Ok(outcome)
+}
+
+/// The `*.localhost` proxy, unless another locald (the daemon) has the
+/// port; only for a project with ports, so a `locald up` of another project
+/// never keeps the port from a daemon that starts later. Prints the URLs.
+async fn start_proxy(
+    config: &Config,
+    engine: &Engine,
+    term: &Terminal,
+) -> Option<locald_core::task::AbortOnDrop> {
+    let has_ports = config.services.values().any(|s| !s.ports.is_empty());
+    let port = crate::proxy::configured_port().filter(|_| has_ports)?;
+    match crate::proxy::serve(engine.clone(), port).await {
+        Ok(task) => {
+            for (name, svc) in &config.services {
+                if !svc.ports.is_empty() {
+                    term.note(&format!(
+                        "{name}: {}",
+                        crate::proxy::url(&config.name, name, port)
+                    ));
+                }
+            }
+            Some(locald_core::task::AbortOnDrop(task))
+        }
+        Err(e) if e.held_by_another_user() => {
+            term.note(&format!(
+                "warning: the URL proxy {e}: *.localhost:{port} URLs would reach their server, so none are shown; set LOCALD_PROXY_PORT to a port of your own"
+            ));
+            None
+        }
+        // The daemon (ours) serves it.
+        Err(_) => None,
+    }
+}
+
+/// Prints the events of `project` until a signal, until nobody reads the
+/// output, or until nothing can run any more.
+async fn run_until_done(
+    engine: &Engine,
+    project: &str,
+    term: &Terminal,
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> UpOutcome {
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => return UpOutcome::Stopped,
+            _ = sigterm.recv() => return UpOutcome::Stopped,
+            // `locald up | head`: nobody sees the services any more.
+            () = term.output_closed() => return UpOutcome::Stopped,
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    term.event(&ev);
+                    if matches!(ev, Event::ServiceChanged { .. }) {
+                        if let Some(p) = engine.project(project) {
+                            if let Some(reason) = dead_end(&p) {
+                                return UpOutcome::Failed(reason);
+                            }
+                            if all_ended(&p) {
+                                term.note("every service has ended");
+                                return UpOutcome::Stopped;
+                            }
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return UpOutcome::Stopped,
+            },
+        }
+    }
 }
 
 /// Whether every service ran and ended without failing (one-shot tasks, or

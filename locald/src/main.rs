@@ -2,7 +2,7 @@
 //! hands over to the library.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -84,21 +84,7 @@ fn main() -> ExitCode {
         Cmd::Daemon(args) => locald::daemon::main(args),
         // Single-threaded until here, as entering a user namespace needs.
         Cmd::InternalUnpack => locald::image::unpack::helper_main(),
-        Cmd::Check { dir } => match foreground::check(&dir) {
-            Ok(c) => {
-                for w in c.warnings() {
-                    eprintln!("warning: {w}");
-                }
-                println!(
-                    "{}: ok, project `{}` with {} services",
-                    c.file.display(),
-                    c.name,
-                    c.services.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => config_error(&e),
-        },
+        Cmd::Check { dir } => check(&dir),
         Cmd::Schema => {
             print!("{}", locald::config::json_schema());
             ExitCode::SUCCESS
@@ -107,65 +93,93 @@ fn main() -> ExitCode {
             service,
             force,
             dir,
-        } => {
-            let config = match foreground::check(&dir) {
-                Ok(c) => c,
-                Err(e) => return config_error(&e),
-            };
-            if let Some(s) = &service {
-                match config.services.get(s) {
-                    None => {
-                        eprintln!("locald: project `{}` has no service `{s}`", config.name);
-                        return ExitCode::from(2);
-                    }
-                    Some(svc) if svc.build.is_none() => {
-                        eprintln!("locald: service `{s}` has no build");
-                        return ExitCode::from(2);
-                    }
-                    Some(_) => {}
-                }
+        } => build(&dir, service.as_deref(), force),
+        Cmd::Up { dir, watch } => up(&dir, watch),
+    }
+}
+
+/// `locald check [DIR]`.
+fn check(dir: &Path) -> ExitCode {
+    match foreground::check(dir) {
+        Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("warning: {w}");
             }
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("locald: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if rt.block_on(foreground::build(
-                &config,
-                service.as_deref(),
-                force,
-                foreground::journal_sinks(),
-            )) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            println!(
+                "{}: ok, project `{}` with {} services",
+                c.file.display(),
+                c.name,
+                c.services.len()
+            );
+            ExitCode::SUCCESS
         }
-        Cmd::Up { dir, watch } => {
-            let config = match foreground::check(&dir) {
-                Ok(c) => c,
-                Err(e) => return config_error(&e),
-            };
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("locald: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(foreground::up(&config, foreground::journal_sinks(), watch)) {
-                Ok(UpOutcome::Stopped) => ExitCode::SUCCESS,
-                Ok(UpOutcome::Failed(reason)) => {
-                    eprintln!("locald: {reason}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("locald: {e}");
-                    ExitCode::FAILURE
-                }
+        Err(e) => config_error(&e),
+    }
+}
+
+/// `locald build [SERVICE] [--force] [-C DIR]`.
+fn build(dir: &Path, service: Option<&str>, force: bool) -> ExitCode {
+    let config = match foreground::check(dir) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    if let Some(s) = service {
+        match config.services.get(s) {
+            None => {
+                eprintln!("locald: project `{}` has no service `{s}`", config.name);
+                return ExitCode::from(2);
             }
+            Some(svc) if svc.build.is_none() => {
+                eprintln!("locald: service `{s}` has no build");
+                return ExitCode::from(2);
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    if rt.block_on(foreground::build(
+        &config,
+        service,
+        force,
+        foreground::journal_sinks(),
+    )) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `locald up [DIR] [--watch]`.
+fn up(dir: &Path, watch: bool) -> ExitCode {
+    let config = match foreground::check(dir) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(foreground::up(&config, foreground::journal_sinks(), watch)) {
+        Ok(UpOutcome::Stopped) => ExitCode::SUCCESS,
+        Ok(UpOutcome::Failed(reason)) => {
+            eprintln!("locald: {reason}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("locald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The tokio runtime of `up` and `build`; `None` (said) when it cannot be.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("locald: cannot start the runtime: {e}");
+            None
         }
     }
 }

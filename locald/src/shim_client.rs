@@ -263,17 +263,28 @@ impl BundleSpec {
     /// The OCI runtime spec for this bundle, built with `oci-spec`'s types —
     /// the same types the shim parses it with, so the two cannot drift.
     pub fn config(&self) -> Result<Spec, OciSpecError> {
-        let map = |m: &[IdMap]| -> Result<Vec<LinuxIdMapping>, OciSpecError> {
-            m.iter()
-                .map(|m| {
-                    LinuxIdMappingBuilder::default()
-                        .container_id(m.container_id)
-                        .host_id(m.host_id)
-                        .size(m.size)
-                        .build()
-                })
-                .collect()
-        };
+        let mut spec = SpecBuilder::default()
+            .version("1.0.2")
+            .process(self.process()?)
+            .root(
+                RootBuilder::default()
+                    .path(self.rootfs.clone())
+                    .readonly(self.readonly_root)
+                    .build()?,
+            )
+            .hostname(self.hostname.clone())
+            .mounts(self.mounts()?)
+            .linux(self.linux()?)
+            .build()?;
+        spec.set_annotations(None);
+        Ok(spec)
+    }
+
+    /// The container's process: the user, command, environment and the
+    /// small set of capabilities a container's root gets (none inheritable
+    /// or ambient, no new privileges, no rlimits: the shim allows only what
+    /// is asked for, and oci-spec's builders would fill in runc's defaults).
+    fn process(&self) -> Result<oci_spec::runtime::Process, OciSpecError> {
         let caps: Capabilities = [
             Capability::Chown,
             Capability::DacOverride,
@@ -288,20 +299,34 @@ impl BundleSpec {
         ]
         .into_iter()
         .collect();
-        let mut kinds = vec![
-            LinuxNamespaceType::Pid,
-            LinuxNamespaceType::Ipc,
-            LinuxNamespaceType::Uts,
-            LinuxNamespaceType::Mount,
-            LinuxNamespaceType::User,
-        ];
-        if !self.host_network {
-            kinds.push(LinuxNamespaceType::Network);
-        }
-        let namespaces = kinds
-            .into_iter()
-            .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut capabilities = LinuxCapabilitiesBuilder::default()
+            .bounding(caps.clone())
+            .effective(caps.clone())
+            .permitted(caps)
+            .build()?;
+        capabilities.set_inheritable(None);
+        capabilities.set_ambient(None);
+        let mut process = ProcessBuilder::default()
+            .terminal(false)
+            .user(
+                UserBuilder::default()
+                    .uid(self.user.0)
+                    .gid(self.user.1)
+                    .build()?,
+            )
+            .args(self.args.clone())
+            .env(self.env.clone())
+            .cwd(self.cwd.clone())
+            .no_new_privileges(true)
+            .capabilities(capabilities)
+            .build()?;
+        process.set_rlimits(None);
+        Ok(process)
+    }
+
+    /// `/proc`, the standard `/dev` mounts, the service's tmpfs and bind
+    /// mounts.
+    fn mounts(&self) -> Result<Vec<oci_spec::runtime::Mount>, OciSpecError> {
         let mount = |dest: &str, typ: &str, source: &str, opts: &[&str]| {
             MountBuilder::default()
                 .destination(dest)
@@ -361,31 +386,39 @@ impl BundleSpec {
             let opts = ["rbind", if b.readonly { "ro" } else { "rw" }];
             mounts.push(mount(&b.destination, "bind", &source, &opts)?);
         }
+        Ok(mounts)
+    }
+
+    /// The namespaces (a user namespace always; the network one unless the
+    /// container shares the host's), the id mappings, and the paths masked
+    /// or read-only as runc's defaults have them; no resources.
+    fn linux(&self) -> Result<oci_spec::runtime::Linux, OciSpecError> {
+        let map = |m: &[IdMap]| -> Result<Vec<LinuxIdMapping>, OciSpecError> {
+            m.iter()
+                .map(|m| {
+                    LinuxIdMappingBuilder::default()
+                        .container_id(m.container_id)
+                        .host_id(m.host_id)
+                        .size(m.size)
+                        .build()
+                })
+                .collect()
+        };
+        let mut kinds = vec![
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::User,
+        ];
+        if !self.host_network {
+            kinds.push(LinuxNamespaceType::Network);
+        }
+        let namespaces = kinds
+            .into_iter()
+            .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+            .collect::<Result<Vec<_>, _>>()?;
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut capabilities = LinuxCapabilitiesBuilder::default()
-            .bounding(caps.clone())
-            .effective(caps.clone())
-            .permitted(caps)
-            .build()?;
-        // oci-spec's builders fill in runc's defaults for whatever is not
-        // set; the shim allows only what is asked for, so say "none" here.
-        capabilities.set_inheritable(None);
-        capabilities.set_ambient(None);
-        let mut process = ProcessBuilder::default()
-            .terminal(false)
-            .user(
-                UserBuilder::default()
-                    .uid(self.user.0)
-                    .gid(self.user.1)
-                    .build()?,
-            )
-            .args(self.args.clone())
-            .env(self.env.clone())
-            .cwd(self.cwd.clone())
-            .no_new_privileges(true)
-            .capabilities(capabilities)
-            .build()?;
-        process.set_rlimits(None);
         let mut linux = LinuxBuilder::default()
             .uid_mappings(map(&self.uid_mappings)?)
             .gid_mappings(map(&self.gid_mappings)?)
@@ -411,21 +444,7 @@ impl BundleSpec {
             ]))
             .build()?;
         linux.set_resources(None);
-        let mut spec = SpecBuilder::default()
-            .version("1.0.2")
-            .process(process)
-            .root(
-                RootBuilder::default()
-                    .path(self.rootfs.clone())
-                    .readonly(self.readonly_root)
-                    .build()?,
-            )
-            .hostname(self.hostname.clone())
-            .mounts(mounts)
-            .linux(linux)
-            .build()?;
-        spec.set_annotations(None);
-        Ok(spec)
+        Ok(linux)
     }
 
     /// Create `dir` (mode 0700) and write `config.json` into it; the rootfs

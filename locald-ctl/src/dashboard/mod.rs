@@ -136,26 +136,10 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let listener = TcpListener::bind(("127.0.0.1", opts.port))
-        .await
-        .map_err(|e| CtlError::Failed(format!("cannot listen on 127.0.0.1:{}: {e}", opts.port)))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| CtlError::Failed(e.to_string()))?
-        .port();
+    let (listener, port) = listen(opts.port).await?;
     let token = new_token()?;
     let url = format!("http://127.0.0.1:{port}/#token={token}");
-    if let Some(file) = &opts.url_file {
-        write_url(file, &url)?;
-    }
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{url}");
-        let _ = out.flush();
-    }
-    if opts.open {
-        open_browser(&url);
-    }
+    announce(&url, &opts)?;
 
     let hub = model::Hub::new();
     let daemon = model::DaemonRef::new(client.daemon.clone());
@@ -170,15 +154,56 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
         daemon,
         namespace: opts.namespace.clone(),
     });
+    serve(listener, server, follower, opts.url_file.as_deref()).await
+}
+
+/// Binds the dashboard's socket on 127.0.0.1: the listener and the port it
+/// got (`port` 0 lets the kernel pick, and the URL must name the real one).
+async fn listen(port: u16) -> Result<(TcpListener, u16), CtlError> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| CtlError::Failed(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| CtlError::Failed(e.to_string()))?
+        .port();
+    Ok((listener, port))
+}
+
+/// Tells the user (and whatever started us) where the page is: the URL
+/// file if asked for, stdout as the first line, and the browser.
+fn announce(url: &str, opts: &Options) -> Result<(), CtlError> {
+    if let Some(file) = &opts.url_file {
+        write_url(file, url)?;
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{url}");
+        let _ = out.flush();
+    }
+    if opts.open {
+        open_browser(url);
+    }
+    Ok(())
+}
+
+/// Accepts connections until SIGINT or SIGTERM (success, after removing
+/// `url_file`, whose secret is then worthless) or until the task following
+/// the daemon ends (an error: the page would no longer be live).
+async fn serve(
+    listener: TcpListener,
+    server: Arc<http::Server>,
+    mut follower: tokio::task::JoinHandle<zbus::Result<()>>,
+    url_file: Option<&std::path::Path>,
+) -> Result<ExitCode, CtlError> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut follower = follower;
     let stop = stopped();
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             () = &mut stop => {
-                if let Some(file) = &opts.url_file {
+                if let Some(file) = url_file {
                     let _ = std::fs::remove_file(file);
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -204,19 +229,30 @@ pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
             drop(stream);
             continue;
         };
-        let server = server.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| server.clone().handle(req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            // A client that goes away mid-request is not our error.
-            let _ = conn.await;
-            drop(permit);
-        });
+        spawn_connection(stream, server.clone(), permit);
     }
+}
+
+/// Serves one connection in its own task, which holds `permit` (one of the
+/// [`MAX_CONNECTIONS`] slots) until the connection closes. The header
+/// timeout frees the slot of a client that connects and sends nothing; the
+/// buffer cap bounds what one request can make us hold.
+fn spawn_connection(
+    stream: tokio::net::TcpStream,
+    server: Arc<http::Server>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    tokio::spawn(async move {
+        let service = service_fn(move |req| server.clone().handle(req));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), service);
+        // A client that goes away mid-request is not our error.
+        let _ = conn.await;
+        drop(permit);
+    });
 }
 
 #[cfg(test)]

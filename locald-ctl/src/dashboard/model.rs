@@ -470,111 +470,208 @@ async fn fetch(bus: &Bus) -> Result<Vec<crate::status::ProjectStatus>, zbus::Err
     crate::status::decode(&objects).map_err(|e| zbus::Error::Failure(format!("{e:?}")))
 }
 
+/// Follows one signal of the daemon into the model.
 async fn handle(hub: &Hub, bus: &Bus, m: &zbus::Message) {
     let header = m.header();
     let (Some(path), Some(member)) = (header.path(), header.member()) else {
         return;
     };
-    let path = path.as_str().to_owned();
     match member.as_str() {
-        "PropertiesChanged" => {
-            type Changed = (String, HashMap<String, OwnedValue>, Vec<String>);
-            let Ok((iface, changed, _)) = m.body().deserialize::<Changed>() else {
-                return;
-            };
-            if iface == SERVICE_INTERFACE {
-                let Some((p, s)) = names_of(&path) else {
-                    return;
-                };
-                hub.update(|model| {
-                    let svc = service_mut(model, &p, &s)?;
-                    apply(&mut svc.info, &changed);
-                    service_event(model, &p, &s)
-                });
-            } else if iface == PROJECT_INTERFACE {
-                let Some(state) = get::<String>(&changed, "State") else {
-                    return;
-                };
-                let Some(name) = path
-                    .strip_prefix(locald_api::PROJECT_PATH_PREFIX)
-                    .map(|l| l.trim_start_matches('/'))
-                    .and_then(locald_api::unescape_label)
-                else {
-                    return;
-                };
-                hub.update(|model| {
-                    model.projects.get_mut(&name)?.state = state.clone();
-                    Some(Event::Project {
-                        project: name,
-                        state,
-                    })
-                });
+        // Objects came or went: read them all anew, which also subscribes to
+        // the log lines of a new service.
+        "InterfacesAdded" | "InterfacesRemoved" => resync(hub, bus).await,
+        member => {
+            if let Some(change) = Change::decode(member, path.as_str(), &m.body(), now_usec) {
+                hub.update(|model| change.apply_to(model));
             }
         }
-        "InterfacesAdded" | "InterfacesRemoved" => resync(hub, bus).await,
-        "BuildProgress" => {
-            let Ok((project, service, build_id, step, total, label)) =
-                m.body()
+    }
+}
+
+/// What one signal of the daemon changes in the model. Decoding a message
+/// and applying it to the model are two steps so that each can be tested
+/// without a bus.
+#[derive(Debug)]
+enum Change {
+    /// A service's `PropertiesChanged`.
+    Service {
+        /// Project name.
+        project: String,
+        /// Service name.
+        service: String,
+        /// The properties that changed, with their new values.
+        changed: HashMap<String, OwnedValue>,
+    },
+    /// A project's `PropertiesChanged` with a new `State`.
+    Project {
+        /// Project name.
+        project: String,
+        /// New state.
+        state: String,
+    },
+    /// `BuildProgress`: a build went on to its next step.
+    Progress {
+        /// Project name.
+        project: String,
+        /// Service name.
+        service: String,
+        /// The step now running.
+        progress: Progress,
+    },
+    /// `BuildFinished`.
+    Finished {
+        /// Project name.
+        project: String,
+        /// Service name.
+        service: String,
+        /// The finished build.
+        build: BuildInfo,
+    },
+    /// `LogLine`.
+    Log(LogLine),
+}
+
+impl Change {
+    /// The change that signal `member` of the object at `path` carries in
+    /// `body`; `None` for a signal the page does not show or a body that
+    /// does not decode. `now` stamps a log line, whose time the bus does
+    /// not carry.
+    fn decode(
+        member: &str,
+        path: &str,
+        body: &zbus::message::Body,
+        now: impl FnOnce() -> u64,
+    ) -> Option<Change> {
+        match member {
+            "PropertiesChanged" => Self::properties(path, body),
+            "BuildProgress" => {
+                let (project, service, build_id, step, total, label) = body
                     .deserialize::<(String, String, String, u32, u32, String)>()
-            else {
-                return;
-            };
-            hub.update(|model| {
-                service_mut(model, &project, &service)?.progress = Some(Progress {
-                    build_id,
-                    step,
-                    total,
-                    label,
-                });
-                service_event(model, &project, &service)
-            });
+                    .ok()?;
+                Some(Change::Progress {
+                    project,
+                    service,
+                    progress: Progress {
+                        build_id,
+                        step,
+                        total,
+                        label,
+                    },
+                })
+            }
+            "BuildFinished" => {
+                let (project, service, build) =
+                    body.deserialize::<(String, String, BuildInfo)>().ok()?;
+                Some(Change::Finished {
+                    project,
+                    service,
+                    build,
+                })
+            }
+            "LogLine" => Self::log_line(path, body, now),
+            _ => None,
         }
-        "BuildFinished" => {
-            let Ok((project, service, build)) =
-                m.body().deserialize::<(String, String, BuildInfo)>()
-            else {
-                return;
-            };
-            hub.update(|model| {
-                let svc = service_mut(model, &project, &service)?;
-                svc.progress = None;
-                if !svc.builds.iter().any(|b| b.build_id == build.build_id)
-                    || build.build_id.is_empty()
-                {
-                    svc.builds.push_back(build.clone());
-                }
-                while svc.builds.len() > HISTORY {
-                    svc.builds.pop_front();
-                }
-                svc.info.last_build = build;
-                service_event(model, &project, &service)
-            });
-        }
-        "LogLine" => {
-            let Ok((service, phase, stream, line)) =
-                m.body().deserialize::<(String, String, String, Vec<u8>)>()
-            else {
-                return;
-            };
-            let Some((project, _)) = names_of(&path) else {
-                return;
-            };
-            let line = LogLine {
+    }
+
+    /// A `PropertiesChanged` of a service or of a project (only its
+    /// `State` is shown); other interfaces change nothing on the page.
+    fn properties(path: &str, body: &zbus::message::Body) -> Option<Change> {
+        type Changed = (String, HashMap<String, OwnedValue>, Vec<String>);
+        let (iface, changed, _) = body.deserialize::<Changed>().ok()?;
+        if iface == SERVICE_INTERFACE {
+            let (project, service) = names_of(path)?;
+            Some(Change::Service {
                 project,
                 service,
-                // The bus does not carry it (the journal sink derives it
-                // from `stderr_priority` and `<N>` prefixes): no guess.
-                priority: None,
-                phase,
-                stream,
-                time: now_usec(),
-                cursor: None,
-                text: line_text(&line),
-            };
-            hub.update(|_| Some(Event::Log(line)));
+                changed,
+            })
+        } else if iface == PROJECT_INTERFACE {
+            let state = get::<String>(&changed, "State")?;
+            let project = path
+                .strip_prefix(locald_api::PROJECT_PATH_PREFIX)
+                .map(|l| l.trim_start_matches('/'))
+                .and_then(locald_api::unescape_label)?;
+            Some(Change::Project { project, state })
+        } else {
+            None
         }
-        _ => {}
     }
+
+    /// A `LogLine` of the service at `path`, stamped with `now()`.
+    fn log_line(
+        path: &str,
+        body: &zbus::message::Body,
+        now: impl FnOnce() -> u64,
+    ) -> Option<Change> {
+        let (service, phase, stream, line) = body
+            .deserialize::<(String, String, String, Vec<u8>)>()
+            .ok()?;
+        let (project, _) = names_of(path)?;
+        Some(Change::Log(LogLine {
+            project,
+            service,
+            // The bus does not carry it (the journal sink derives it
+            // from `stderr_priority` and `<N>` prefixes): no guess.
+            priority: None,
+            phase,
+            stream,
+            time: now(),
+            cursor: None,
+            text: line_text(&line),
+        }))
+    }
+
+    /// Applies the change to `model` and gives the event that tells the
+    /// pages; `None`, with the model untouched, when it has no such project
+    /// or service (a resync reads it whole when objects come).
+    fn apply_to(self, model: &mut Snapshot) -> Option<Event> {
+        match self {
+            Change::Service {
+                project,
+                service,
+                changed,
+            } => {
+                apply(&mut service_mut(model, &project, &service)?.info, &changed);
+                service_event(model, &project, &service)
+            }
+            Change::Project { project, state } => {
+                model.projects.get_mut(&project)?.state = state.clone();
+                Some(Event::Project { project, state })
+            }
+            Change::Progress {
+                project,
+                service,
+                progress,
+            } => {
+                service_mut(model, &project, &service)?.progress = Some(progress);
+                service_event(model, &project, &service)
+            }
+            Change::Finished {
+                project,
+                service,
+                build,
+            } => {
+                finish_build(service_mut(model, &project, &service)?, build);
+                service_event(model, &project, &service)
+            }
+            Change::Log(line) => Some(Event::Log(line)),
+        }
+    }
+}
+
+/// Ends `svc`'s running build with `build`. It joins the history unless a
+/// build of its id is there already (a resync may have put it there); one
+/// without an id cannot be told apart and always joins. The history keeps
+/// the last [`HISTORY`] builds.
+fn finish_build(svc: &mut Service, build: BuildInfo) {
+    svc.progress = None;
+    if !svc.builds.iter().any(|b| b.build_id == build.build_id) || build.build_id.is_empty() {
+        svc.builds.push_back(build.clone());
+    }
+    while svc.builds.len() > HISTORY {
+        svc.builds.pop_front();
+    }
+    svc.info.last_build = build;
 }
 
 /// The path of a service object.
@@ -615,5 +712,161 @@ mod tests {
         changed.insert("MainPID".to_owned(), OwnedValue::from(42u32));
         apply(&mut info, &changed);
         assert_eq!((info.state.as_str(), info.main_pid), ("running", 42));
+    }
+
+    /// A signal as the daemon sends it, from `path`.
+    fn signal<B>(path: &str, iface: &str, member: &str, body: &B) -> zbus::Message
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        zbus::Message::signal(path, iface, member)
+            .and_then(|b| b.build(body))
+            .expect("a signal")
+    }
+
+    /// What `signal` does to `model`, as `handle` applies it, at time 7.
+    fn follow(model: &mut Snapshot, m: &zbus::Message) -> Option<Event> {
+        let header = m.header();
+        let path = header.path().expect("a path").as_str();
+        let member = header.member().expect("a member").as_str();
+        Change::decode(member, path, &m.body(), || 7)?.apply_to(model)
+    }
+
+    /// A model with project `shop` and its service `web`.
+    fn shop() -> Snapshot {
+        let web = Service {
+            info: ServiceInfo {
+                name: "web".into(),
+                project: "shop".into(),
+                state: "starting".into(),
+                ..ServiceInfo::default()
+            },
+            progress: None,
+            builds: VecDeque::new(),
+        };
+        let mut model = Snapshot::default();
+        model.projects.insert(
+            "shop".into(),
+            Project {
+                name: "shop".into(),
+                path: "/src/shop".into(),
+                state: "starting".into(),
+                services: vec![web],
+            },
+        );
+        model
+    }
+
+    fn web(model: &Snapshot) -> &Service {
+        &model.projects["shop"].services[0]
+    }
+
+    #[test]
+    fn signals_become_model_changes() {
+        let mut model = shop();
+        let web_path = service_object("shop", "web");
+        let web_path = web_path.as_str();
+        let project_path = locald_api::project_path("shop");
+
+        let changed: HashMap<&str, zbus::zvariant::Value<'_>> =
+            HashMap::from([("State", "running".into()), ("MainPID", 42u32.into())]);
+        let props = (SERVICE_INTERFACE, changed, Vec::<String>::new());
+        let event = follow(
+            &mut model,
+            &signal(
+                web_path,
+                "org.freedesktop.DBus.Properties",
+                "PropertiesChanged",
+                &props,
+            ),
+        );
+        assert!(matches!(event, Some(Event::Service { ref project, .. }) if project == "shop"));
+        assert_eq!(
+            (web(&model).info.state.as_str(), web(&model).info.main_pid),
+            ("running", 42)
+        );
+
+        let changed: HashMap<&str, zbus::zvariant::Value<'_>> =
+            HashMap::from([("State", "running".into())]);
+        let props = (PROJECT_INTERFACE, changed, Vec::<String>::new());
+        let event = follow(
+            &mut model,
+            &signal(
+                project_path.as_str(),
+                "org.freedesktop.DBus.Properties",
+                "PropertiesChanged",
+                &props,
+            ),
+        );
+        assert!(matches!(event, Some(Event::Project { ref state, .. }) if state == "running"));
+        assert_eq!(model.projects["shop"].state, "running");
+
+        let step = ("shop", "web", "b1", 2u32, 3u32, "compile");
+        let event = follow(
+            &mut model,
+            &signal(web_path, SERVICE_INTERFACE, "BuildProgress", &step),
+        );
+        assert!(event.is_some());
+        let progress = web(&model).progress.as_ref().expect("a running build");
+        assert_eq!(
+            (progress.step, progress.total, progress.label.as_str()),
+            (2, 3, "compile")
+        );
+
+        let build = BuildInfo {
+            build_id: "b1".into(),
+            result: "succeeded".into(),
+            ..BuildInfo::default()
+        };
+        let finished = ("shop", "web", build.clone());
+        let m = signal(web_path, SERVICE_INTERFACE, "BuildFinished", &finished);
+        follow(&mut model, &m);
+        follow(&mut model, &m);
+        assert!(web(&model).progress.is_none());
+        assert_eq!(web(&model).builds.len(), 1, "one build, once");
+        assert_eq!(web(&model).info.last_build, build);
+
+        let line = ("web", "run", "stdout", b"hello".to_vec());
+        let event = follow(
+            &mut model,
+            &signal(web_path, SERVICE_INTERFACE, "LogLine", &line),
+        );
+        let Some(Event::Log(line)) = event else {
+            panic!("a log line, not {event:?}");
+        };
+        assert_eq!(
+            (
+                line.project.as_str(),
+                line.service.as_str(),
+                line.time,
+                line.text.as_str()
+            ),
+            ("shop", "web", 7, "hello")
+        );
+    }
+
+    #[test]
+    fn signals_about_the_unknown_change_nothing() {
+        let mut model = shop();
+        let before = serde_json::to_string(&model).expect("json");
+        let other = service_object("shop", "db");
+        let changed: HashMap<&str, zbus::zvariant::Value<'_>> =
+            HashMap::from([("State", "running".into())]);
+        let props = (SERVICE_INTERFACE, changed, Vec::<String>::new());
+        let m = signal(
+            other.as_str(),
+            "org.freedesktop.DBus.Properties",
+            "PropertiesChanged",
+            &props,
+        );
+        assert!(follow(&mut model, &m).is_none(), "no such service");
+        let m = signal(
+            service_object("shop", "web").as_str(),
+            SERVICE_INTERFACE,
+            "BuildProgress",
+            &("shop", "web"),
+        );
+        assert!(follow(&mut model, &m).is_none(), "a body of the wrong type");
+        assert_eq!(serde_json::to_string(&model).expect("json"), before);
     }
 }

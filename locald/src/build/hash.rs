@@ -496,6 +496,52 @@ fn full_walk(
     fingerprint: Digest,
 ) -> Result<(Vec<Record>, Option<WalkRecord>), BuildError> {
     let root = scope.root.as_path();
+    let shared = Shared {
+        root,
+        root_fd,
+        inputs: matcher,
+        out: Mutex::new(Vec::new()),
+        dirs: Mutex::new(Vec::new()),
+        aux: Mutex::new(Vec::new()),
+        unrecordable: AtomicBool::new(false),
+        error: Mutex::new(None),
+    };
+    walker(scope)
+        .build_parallel()
+        .visit(&mut VisitorBuilder { shared: &shared });
+
+    if let Some(e) = lock(&shared.error).take() {
+        return Err(e);
+    }
+    let mut records = std::mem::take(&mut *lock(&shared.out));
+    let mut aux = std::mem::take(&mut *lock(&shared.aux));
+    let mut recordable = !shared.unrecordable.load(Ordering::Relaxed);
+    if let Some(m) = matcher {
+        recordable &= add_literal_inputs(scope, root_fd, m, &mut records, &mut aux)?;
+    }
+    records.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    // Two literal inputs may name one file.
+    records.dedup_by(|a, b| a.path == b.path);
+    take_cache_hits(cache, &mut records);
+    recordable &= record_outside_rules(root, &mut aux);
+
+    let walk = recordable.then(|| {
+        let mut dirs = std::mem::take(&mut *lock(&shared.dirs));
+        dirs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        WalkRecord {
+            fingerprint,
+            dirs,
+            aux,
+        }
+    });
+    Ok((records, walk))
+}
+
+/// The walker of `scope`: hidden files included, links not followed, the
+/// ignore rules (parents' only when they can be trusted), `.git`, `.locald`
+/// and the excluded paths skipped.
+fn walker(scope: &HashScope) -> WalkBuilder {
+    let root = scope.root.as_path();
     let exclude: Arc<HashSet<PathBuf>> = Arc::new(scope.exclude.iter().cloned().collect());
     let filter_root = root.to_path_buf();
     let rules = scope.ignore_rules;
@@ -525,57 +571,46 @@ fn full_walk(
                 Err(_) => true,
             }
         });
-
-    let shared = Shared {
-        root,
-        root_fd,
-        inputs: matcher,
-        out: Mutex::new(Vec::new()),
-        dirs: Mutex::new(Vec::new()),
-        aux: Mutex::new(Vec::new()),
-        unrecordable: AtomicBool::new(false),
-        error: Mutex::new(None),
-    };
     builder
-        .build_parallel()
-        .visit(&mut VisitorBuilder { shared: &shared });
+}
 
-    if let Some(e) = lock(&shared.error).take() {
-        return Err(e);
-    }
-    let mut records = std::mem::take(&mut *lock(&shared.out));
-    let mut aux = std::mem::take(&mut *lock(&shared.aux));
-
-    // Literal inputs name their file even when an ignore rule hides it; its
-    // directory may not be walked, so its existence is recorded on its own.
-    if let Some(m) = matcher {
-        let seen: HashSet<&[u8]> = records.iter().map(|r| &*r.path).collect();
-        let mut extra = Vec::new();
-        for lit in &m.literals {
-            let bytes = lit.as_os_str().as_bytes();
-            if skipped_path(lit, &scope.exclude) {
-                continue;
-            }
-            let abs = root.join(lit);
-            match aux_now(&abs) {
-                Some(a) => aux.push((abs, a)),
-                None => shared.unrecordable.store(true, Ordering::Relaxed),
-            }
-            if seen.contains(bytes) {
-                continue;
-            }
-            if let Some(r) = stat_record(root_fd, root, bytes)? {
-                extra.push(r);
-            }
+/// Literal inputs name their file even when an ignore rule hides it; its
+/// directory may not be walked, so its existence is recorded on its own.
+/// Returns whether every one could be recorded.
+fn add_literal_inputs(
+    scope: &HashScope,
+    root_fd: RawFd,
+    m: &InputMatcher,
+    records: &mut Vec<Record>,
+    aux: &mut Vec<(PathBuf, Aux)>,
+) -> Result<bool, BuildError> {
+    let root = scope.root.as_path();
+    let mut recordable = true;
+    let seen: HashSet<&[u8]> = records.iter().map(|r| &*r.path).collect();
+    let mut extra = Vec::new();
+    for lit in &m.literals {
+        let bytes = lit.as_os_str().as_bytes();
+        if skipped_path(lit, &scope.exclude) {
+            continue;
         }
-        records.extend(extra);
+        let abs = root.join(lit);
+        match aux_now(&abs) {
+            Some(a) => aux.push((abs, a)),
+            None => recordable = false,
+        }
+        if seen.contains(bytes) {
+            continue;
+        }
+        if let Some(r) = stat_record(root_fd, root, bytes)? {
+            extra.push(r);
+        }
     }
+    records.extend(extra);
+    Ok(recordable)
+}
 
-    records.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    // Two literal inputs may name one file.
-    records.dedup_by(|a, b| a.path == b.path);
-
-    // Take what the cache vouches for, in one pass over both sorted lists.
+/// Takes what the cache vouches for, in one pass over both sorted lists.
+fn take_cache_hits(cache: &StatCache, records: &mut [Record]) {
     let mut cached = cache.entries().peekable();
     for r in records.iter_mut() {
         while cached.next_if(|(p, _, _)| *p < &*r.path).is_some() {}
@@ -586,51 +621,40 @@ fn full_walk(
             }
         }
     }
+}
 
-    // Ignore rules from above the root and from the user's git config.
+/// Records the ignore rules from above the root and from the user's git
+/// config, which decide what the walk saw. Returns whether each could be.
+fn record_outside_rules(root: &Path, aux: &mut Vec<(PathBuf, Aux)>) -> bool {
+    let mut paths = Vec::new();
     for dir in root.ancestors().skip(1) {
         for name in [".gitignore", ".ignore", ".git", ".git/info/exclude"] {
-            let p = dir.join(name);
-            match aux_now(&p) {
-                Some(a) => aux.push((p, a)),
-                None => shared.unrecordable.store(true, Ordering::Relaxed),
-            }
+            paths.push(dir.join(name));
         }
     }
-    let mut global: Vec<PathBuf> = ignore::gitignore::gitconfig_excludes_path()
-        .into_iter()
-        .collect();
+    paths.extend(ignore::gitignore::gitconfig_excludes_path());
     let var = |v: &str| {
         std::env::var_os(v)
             .filter(|x| !x.is_empty())
             .map(PathBuf::from)
     };
     let home = var("HOME");
-    global.extend(var("GIT_CONFIG_GLOBAL"));
-    global.push(var("GIT_CONFIG_SYSTEM").unwrap_or_else(|| PathBuf::from("/etc/gitconfig")));
-    global.extend(home.as_ref().map(|h| h.join(".gitconfig")));
-    global.extend(
+    paths.extend(var("GIT_CONFIG_GLOBAL"));
+    paths.push(var("GIT_CONFIG_SYSTEM").unwrap_or_else(|| PathBuf::from("/etc/gitconfig")));
+    paths.extend(home.as_ref().map(|h| h.join(".gitconfig")));
+    paths.extend(
         var("XDG_CONFIG_HOME")
             .or_else(|| home.as_ref().map(|h| h.join(".config")))
             .map(|x| x.join("git/config")),
     );
-    for p in global {
+    let mut recordable = true;
+    for p in paths {
         match aux_now(&p) {
             Some(a) => aux.push((p, a)),
-            None => shared.unrecordable.store(true, Ordering::Relaxed),
+            None => recordable = false,
         }
     }
-
-    let walk = (!shared.unrecordable.load(Ordering::Relaxed)).then(|| {
-        let mut dirs = std::mem::take(&mut *lock(&shared.dirs));
-        dirs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        WalkRecord {
-            fingerprint,
-            dirs,
-            aux,
-        }
-    });
-    Ok((records, walk))
+    recordable
 }
 
 /// The tree hash of a sorted file list.

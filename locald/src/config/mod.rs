@@ -1046,6 +1046,73 @@ impl Checker {
         watchdog
     }
 
+    /// A builder's or run image's reference.
+    fn cnb_image(&mut self, what: &str, r: &Spanned<String>) -> Option<String> {
+        let hint = "write `name[:tag][@sha256:…]`, `oci:PATH[:TAG]` or `oci-archive:FILE[:TAG]`, \
+                    e.g. \"paketobuildpacks/builder-jammy-base\"";
+        let text = r.get_ref().trim();
+        match check_image_reference(text) {
+            Ok(()) if !text.contains(char::is_whitespace) => Some(text.to_owned()),
+            Ok(()) => {
+                self.push(
+                    format!("invalid {what} image `{}`", r.get_ref()),
+                    Some(r.span()),
+                    Some(hint.into()),
+                );
+                None
+            }
+            Err(why) => {
+                self.push(
+                    format!("invalid {what} image `{}`: {why}", r.get_ref()),
+                    Some(r.span()),
+                    Some(hint.into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `buildpacks`: ids as they are, local directories made absolute.
+    fn buildpacks(&mut self, raw: Vec<Spanned<String>>) -> Vec<String> {
+        let mut buildpacks = Vec::new();
+        for bp in raw {
+            let text = bp.get_ref().trim();
+            if text.is_empty() || text.contains(char::is_whitespace) {
+                self.push(
+                    format!("invalid buildpack `{}`", bp.get_ref()),
+                    Some(bp.span()),
+                    Some("give a buildpack id (`heroku/nodejs`, `id@1.2.3`) or a local directory (`./buildpacks/mine`)".into()),
+                );
+            } else if text.starts_with("./") || text.starts_with("../") || text.starts_with('/') {
+                if let Some(p) = self.rel_path(&bp, "buildpack directory") {
+                    buildpacks.push(p.to_string_lossy().into_owned());
+                }
+            } else {
+                buildpacks.push(text.to_owned());
+            }
+        }
+        buildpacks
+    }
+
+    /// `process`: a CNB process type's name.
+    fn process_type(&mut self, p: &Spanned<String>) -> Option<String> {
+        let ok = !p.get_ref().is_empty()
+            && p.get_ref()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && !p.get_ref().starts_with('.');
+        if ok {
+            Some(p.get_ref().clone())
+        } else {
+            self.push(
+                format!("invalid process type `{}`", p.get_ref()),
+                Some(p.span()),
+                Some("process types are letters, digits, `-`, `_` and `.`, e.g. \"web\" or \"worker\"".into()),
+            );
+            None
+        }
+    }
+
     fn watch(&mut self, w: Spanned<RawWatch>, has_build: bool) -> Option<WatchSpec> {
         let span = w.span();
         let default_action = if has_build {
@@ -1418,71 +1485,14 @@ impl Checker {
         service: &str,
     ) -> Option<BuildSpec> {
         let before = self.diags.len();
-        let hint = "write `name[:tag][@sha256:…]`, `oci:PATH[:TAG]` or `oci-archive:FILE[:TAG]`, \
-                    e.g. \"paketobuildpacks/builder-jammy-base\"";
-        let image = |this: &mut Self, what: &str, r: &Spanned<String>| {
-            let text = r.get_ref().trim();
-            match check_image_reference(text) {
-                Ok(()) if !text.contains(char::is_whitespace) => Some(text.to_owned()),
-                Ok(()) => {
-                    this.push(
-                        format!("invalid {what} image `{}`", r.get_ref()),
-                        Some(r.span()),
-                        Some(hint.into()),
-                    );
-                    None
-                }
-                Err(why) => {
-                    this.push(
-                        format!("invalid {what} image `{}`: {why}", r.get_ref()),
-                        Some(r.span()),
-                        Some(hint.into()),
-                    );
-                    None
-                }
-            }
-        };
-        let builder_ref = image(self, "builder", &builder);
-        let run_image = t.run_image.as_ref().and_then(|r| image(self, "run", r));
+        let builder_ref = self.cnb_image("builder", &builder);
+        let run_image = t.run_image.as_ref().and_then(|r| self.cnb_image("run", r));
         let path = match &t.path {
             Some(p) => self.rel_path(p, "path"),
             None => Some(self.root.clone()),
         };
-        let mut buildpacks = Vec::new();
-        for bp in t.buildpacks.unwrap_or_default() {
-            let text = bp.get_ref().trim();
-            if text.is_empty() || text.contains(char::is_whitespace) {
-                self.push(
-                    format!("invalid buildpack `{}`", bp.get_ref()),
-                    Some(bp.span()),
-                    Some("give a buildpack id (`heroku/nodejs`, `id@1.2.3`) or a local directory (`./buildpacks/mine`)".into()),
-                );
-            } else if text.starts_with("./") || text.starts_with("../") || text.starts_with('/') {
-                if let Some(p) = self.rel_path(&bp, "buildpack directory") {
-                    buildpacks.push(p.to_string_lossy().into_owned());
-                }
-            } else {
-                buildpacks.push(text.to_owned());
-            }
-        }
-        let process = t.process.as_ref().and_then(|p| {
-            let ok = !p.get_ref().is_empty()
-                && p
-                    .get_ref()
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-                && !p.get_ref().starts_with('.');
-            if ok {
-                Some(p.get_ref().clone())
-            } else {
-                self.push(
-                    format!("invalid process type `{}`", p.get_ref()),
-                    Some(p.span()),
-                    Some("process types are letters, digits, `-`, `_` and `.`, e.g. \"web\" or \"worker\"".into()),
-                );
-                None
-            }
-        });
+        let buildpacks = self.buildpacks(t.buildpacks.unwrap_or_default());
+        let process = t.process.as_ref().and_then(|p| self.process_type(p));
         let pull = match t.pull.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("if-not-present") => PullPolicy::IfNotPresent,
             Some("always") => PullPolicy::Always,

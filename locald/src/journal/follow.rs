@@ -204,15 +204,100 @@ async fn follow_once(
     warned: &mut bool,
     since: Option<std::time::SystemTime>,
 ) -> Ended {
-    let saved = target.cursor_file.as_ref().and_then(|f| {
+    let saved = saved_cursor(target);
+    let Some((mut child, stdout, _stderr_task)) =
+        spawn_journalctl(target, saved.as_deref(), since, warned)
+    else {
+        return Ended::Failed;
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let mut cursor = Cursor {
+        at: saved,
+        saved_at: Instant::now(),
+        dirty: false,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set once the unit ended: until then, deliver what is still coming.
+    let mut drain_until: Option<Instant> = None;
+    let mut last_line = Instant::now();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Ok(Some(line)) = line else {
+                    let _ = child.wait().await;
+                    return if drain_until.is_some() { Ended::Finished } else { Ended::Failed };
+                };
+                last_line = Instant::now();
+                deliver(&line, sink, &mut cursor).await;
+                if cursor.dirty && cursor.saved_at.elapsed() >= TICK {
+                    cursor.save(target);
+                }
+            }
+            drain = &mut *finish, if drain_until.is_none() => {
+                let drain = drain.unwrap_or(Duration::ZERO);
+                drain_until = Some(Instant::now() + drain);
+            }
+            _ = tick.tick() => {
+                if cursor.dirty {
+                    cursor.save(target);
+                }
+                if let Some(until) = drain_until {
+                    // Quiet for a tick, or out of time: what the unit wrote
+                    // has arrived.
+                    if Instant::now() >= until || last_line.elapsed() >= TICK {
+                        return Ended::Finished;
+                    }
+                } else if !sink.is_listening(&target.project, &target.service) {
+                    return Ended::Unheard;
+                }
+            }
+        }
+    }
+}
+
+/// Where following has got to: the last entry's cursor, and whether it was
+/// kept since.
+struct Cursor {
+    at: Option<String>,
+    saved_at: Instant,
+    dirty: bool,
+}
+
+impl Cursor {
+    fn save(&mut self, target: &Target) {
+        save(target, self.at.as_deref());
+        self.saved_at = Instant::now();
+        self.dirty = false;
+    }
+}
+
+/// The cursor a follower of `target` kept last, if any.
+fn saved_cursor(target: &Target) -> Option<String> {
+    target.cursor_file.as_ref().and_then(|f| {
         crate::fsutil::read_state(f, 4096)
             .ok()
             .flatten()
             .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
             .filter(|c| !c.is_empty() && !c.contains('\n'))
-    });
+    })
+}
+
+/// Starts `journalctl --follow` for `target` from `cursor` (else `since`,
+/// else now); what it complains about (no access to the journal files)
+/// goes to the daemon's log once (`warned`).
+fn spawn_journalctl(
+    target: &Target,
+    cursor: Option<&str>,
+    since: Option<std::time::SystemTime>,
+    warned: &mut bool,
+) -> Option<(
+    tokio::process::Child,
+    tokio::process::ChildStdout,
+    AbortOnDrop,
+)> {
     let mut child = match tokio::process::Command::new("journalctl")
-        .args(journalctl_args(target, saved.as_deref(), since))
+        .args(journalctl_args(target, cursor, since))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,21 +315,19 @@ async fn follow_once(
                     target.unit
                 );
             }
-            return Ended::Failed;
+            return None;
         }
     };
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Ended::Failed;
+        return None;
     };
-    // What journalctl complains about (no access to the journal files)
-    // goes to the daemon's log once.
     let (project, service, unit) = (
         target.project.clone(),
         target.service.clone(),
         target.unit.clone(),
     );
     let complain = *warned;
-    let _stderr_task = AbortOnDrop(tokio::spawn(async move {
+    let stderr_task = AbortOnDrop(tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         let mut said = complain;
         while let Ok(Some(l)) = lines.next_line().await {
@@ -255,61 +338,20 @@ async fn follow_once(
         }
     }));
     *warned = true;
+    Some((child, stdout, stderr_task))
+}
 
-    let mut lines = BufReader::new(stdout).lines();
-    let mut cursor: Option<String> = saved;
-    let mut saved_at = Instant::now();
-    let mut dirty = false;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Set once the unit ended: until then, deliver what is still coming.
-    let mut drain_until: Option<Instant> = None;
-    let mut last_line = Instant::now();
-    loop {
-        tokio::select! {
-            line = lines.next_line() => {
-                let Ok(Some(line)) = line else {
-                    let _ = child.wait().await;
-                    return if drain_until.is_some() { Ended::Finished } else { Ended::Failed };
-                };
-                last_line = Instant::now();
-                let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if let Some(c) = entry.get("__CURSOR").and_then(|c| c.as_str()) {
-                    cursor = Some(c.to_owned());
-                    dirty = true;
-                }
-                if let Some(l) = crate::journal::entry::entry_to_line(&entry) {
-                    sink.write(&l).await;
-                }
-                if dirty && saved_at.elapsed() >= TICK {
-                    save(target, cursor.as_deref());
-                    saved_at = Instant::now();
-                    dirty = false;
-                }
-            }
-            drain = &mut *finish, if drain_until.is_none() => {
-                let drain = drain.unwrap_or(Duration::ZERO);
-                drain_until = Some(Instant::now() + drain);
-            }
-            _ = tick.tick() => {
-                if dirty {
-                    save(target, cursor.as_deref());
-                    saved_at = Instant::now();
-                    dirty = false;
-                }
-                if let Some(until) = drain_until {
-                    // Quiet for a tick, or out of time: what the unit wrote
-                    // has arrived.
-                    if Instant::now() >= until || last_line.elapsed() >= TICK {
-                        return Ended::Finished;
-                    }
-                } else if !sink.is_listening(&target.project, &target.service) {
-                    return Ended::Unheard;
-                }
-            }
-        }
+/// One `journalctl --output=json` line: its cursor noted, its line sent.
+async fn deliver(line: &str, sink: &Arc<dyn LogSink>, cursor: &mut Cursor) {
+    let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+        return;
+    };
+    if let Some(c) = entry.get("__CURSOR").and_then(|c| c.as_str()) {
+        cursor.at = Some(c.to_owned());
+        cursor.dirty = true;
+    }
+    if let Some(l) = crate::journal::entry::entry_to_line(&entry) {
+        sink.write(&l).await;
     }
 }
 

@@ -219,11 +219,8 @@ impl ContainerRuntime {
     pub(crate) async fn prepare(&self, spec: &LaunchSpec) -> Result<Prepared, RuntimeError> {
         let Workload::Image {
             reference,
-            command,
-            volumes,
-            workdir,
             read_only,
-            map_user,
+            ..
         } = &spec.workload
         else {
             return Err(unavailable(format!(
@@ -266,66 +263,7 @@ impl ContainerRuntime {
                 .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
             copy
         };
-
-        let args = match command {
-            Some(c) => c.clone(),
-            None => image
-                .entrypoint
-                .iter()
-                .chain(image.cmd.iter())
-                .cloned()
-                .collect(),
-        };
-        if args.is_empty() {
-            return Err(unavailable(format!(
-                "image {reference} has no Entrypoint or Cmd; give the service a `command`"
-            )));
-        }
-        let mut user = resolve_user(&image.rootfs, image.user.as_deref())
-            .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
-        if let Some((uid, gid)) = map_user {
-            user.uid = *uid;
-            user.gid = *gid;
-        }
-        let mut env = image.env.clone();
-        if let Some(home) = &user.home {
-            if !env.iter().any(|e| e.starts_with("HOME=")) {
-                env.push(format!("HOME={home}"));
-            }
-        }
-        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        env.push(format!("LOCALD_IMAGE={}", image.digest));
-        let mut bundle = BundleSpec::for_current_user(&rootfs, args)
-            .map_err(unavailable)?
-            .cwd(
-                workdir
-                    .clone()
-                    .or_else(|| image.workdir.clone())
-                    .filter(|w| !w.is_empty())
-                    .unwrap_or_else(|| "/".into()),
-            )
-            .readonly_root(*read_only)
-            .user(user.uid, user.gid);
-        if let Some((uid, gid)) = map_user {
-            bundle = bundle.own_ids_as(*uid, *gid).map_err(unavailable)?;
-        }
-        for tmp in ["/tmp", "/run", "/var/tmp"] {
-            bundle = bundle.tmpfs(tmp);
-        }
-        if let Some(sock) = &spec.notify_socket {
-            if let (Some(dir), Some(name)) = (sock.parent(), sock.file_name()) {
-                bundle = bundle.bind(dir.to_owned(), NOTIFY_DIR, false);
-                env.push(format!(
-                    "NOTIFY_SOCKET={NOTIFY_DIR}/{}",
-                    name.to_string_lossy()
-                ));
-            }
-        }
-        for v in volumes {
-            bundle = bundle.bind(v.source.clone(), v.target.clone(), v.read_only);
-        }
-        let bundle = bundle
-            .env(env)
+        let bundle = bundle_spec(spec, &image, &rootfs)?
             .write(&dir.join("bundle"))
             .map_err(unavailable)?;
         write_atomic(&dir.join("image"), image.digest.as_bytes())
@@ -486,6 +424,91 @@ fn children(pid: u32) -> Vec<u32> {
                 .collect::<Vec<u32>>()
         })
         .collect()
+}
+
+/// The bundle of the image workload of `spec` on `rootfs`: the command
+/// (the service's, else the image's Entrypoint and Cmd), the user (the
+/// image's, or the CNB user the caller's ids map to), the environment (the
+/// image's, `HOME`, the service's, `LOCALD_IMAGE`, `NOTIFY_SOCKET`), tmpfs
+/// on the usual scratch directories, the notify socket's directory and the
+/// service's volumes.
+fn bundle_spec(
+    spec: &LaunchSpec,
+    image: &PreparedImage,
+    rootfs: &Path,
+) -> Result<BundleSpec, RuntimeError> {
+    let Workload::Image {
+        reference,
+        command,
+        volumes,
+        workdir,
+        read_only,
+        map_user,
+    } = &spec.workload
+    else {
+        return Err(unavailable(format!(
+            "the container runtime cannot run {}",
+            spec.workload.describe()
+        )));
+    };
+    let args = match command {
+        Some(c) => c.clone(),
+        None => image
+            .entrypoint
+            .iter()
+            .chain(image.cmd.iter())
+            .cloned()
+            .collect(),
+    };
+    if args.is_empty() {
+        return Err(unavailable(format!(
+            "image {reference} has no Entrypoint or Cmd; give the service a `command`"
+        )));
+    }
+    let mut user = resolve_user(&image.rootfs, image.user.as_deref())
+        .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
+    if let Some((uid, gid)) = map_user {
+        user.uid = *uid;
+        user.gid = *gid;
+    }
+    let mut env = image.env.clone();
+    if let Some(home) = &user.home {
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={home}"));
+        }
+    }
+    env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+    env.push(format!("LOCALD_IMAGE={}", image.digest));
+    let mut bundle = BundleSpec::for_current_user(rootfs, args)
+        .map_err(unavailable)?
+        .cwd(
+            workdir
+                .clone()
+                .or_else(|| image.workdir.clone())
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
+        )
+        .readonly_root(*read_only)
+        .user(user.uid, user.gid);
+    if let Some((uid, gid)) = map_user {
+        bundle = bundle.own_ids_as(*uid, *gid).map_err(unavailable)?;
+    }
+    for tmp in ["/tmp", "/run", "/var/tmp"] {
+        bundle = bundle.tmpfs(tmp);
+    }
+    if let Some(sock) = &spec.notify_socket {
+        if let (Some(dir), Some(name)) = (sock.parent(), sock.file_name()) {
+            bundle = bundle.bind(dir.to_owned(), NOTIFY_DIR, false);
+            env.push(format!(
+                "NOTIFY_SOCKET={NOTIFY_DIR}/{}",
+                name.to_string_lossy()
+            ));
+        }
+    }
+    for v in volumes {
+        bundle = bundle.bind(v.source.clone(), v.target.clone(), v.read_only);
+    }
+    Ok(bundle.env(env))
 }
 
 /// Whether `pid` is the first process of a pid namespace below ours.
