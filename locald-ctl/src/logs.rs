@@ -116,8 +116,7 @@ pub(crate) use locald_core::journal_entry::{bytes, text};
 
 /// The journal match for entries this user's processes wrote.
 pub(crate) fn own_uid() -> String {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    format!("_UID={}", unsafe { libc::getuid() })
+    format!("_UID={}", rustix::process::getuid().as_raw())
 }
 
 /// When the entry was written, as `output` shows it; `None` for formats

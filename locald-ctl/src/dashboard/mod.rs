@@ -132,10 +132,10 @@ async fn stopped() {
 pub async fn run(client: Client, opts: Options) -> Result<ExitCode, CtlError> {
     // `main` lets SIGPIPE end a printing command quietly; a server must
     // instead live through a browser that closes a connection mid-answer.
-    // SAFETY: ignoring a signal installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
+    // Listening for SIGPIPE installs tokio's handler for it, for the rest
+    // of the process: the signal no longer ends it, and a write to a
+    // closed socket fails with EPIPE instead.
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe());
     let (listener, port) = listen(opts.port).await?;
     let token = new_token()?;
     let url = format!("http://127.0.0.1:{port}/#token={token}");

@@ -7,8 +7,6 @@
 //! the service blocks in `write(2)`, as it would under systemd. Sinks must not
 //! buffer without bound.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::event::{BuildRecord, LogLine};
@@ -23,8 +21,8 @@ pub struct ServiceLogOptions {
     pub stderr_priority: Priority,
 }
 
-/// A boxed future, for object-safe async sinks.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future, for object-safe async sinks (futures' own alias).
+pub use futures_util::future::BoxFuture;
 
 /// Receives output lines.
 pub trait LogSink: Send + Sync + 'static {

@@ -74,46 +74,35 @@ impl<I: Interface> Guarded<I> {
 }
 
 /// Each method of the interfaces in `xml` with the concatenated types of its
-/// `in` arguments. Reads the subset of introspection XML that zbus writes:
-/// comments (documentation) are skipped, so text in them cannot pose as a tag.
+/// `in` arguments, read with zbus's own introspection parser. `xml` is a
+/// document (`<node>…`), or the interface elements alone that zbus's
+/// `introspect_to_writer` writes.
 fn method_inputs(xml: &str) -> HashMap<String, String> {
-    let mut methods = HashMap::new();
-    let mut current: Option<String> = None;
-    let mut rest = xml;
-    while let Some(open) = rest.find('<') {
-        rest = &rest[open..];
-        if let Some(comment) = rest.strip_prefix("<!--") {
-            rest = comment.find("-->").map_or("", |end| &comment[end + 3..]);
-            continue;
-        }
-        let Some(close) = rest.find('>') else { break };
-        let tag = &rest[1..close];
-        rest = &rest[close + 1..];
-        if tag.starts_with("method ") {
-            let name = attribute(tag, "name").unwrap_or_default().to_owned();
-            methods.insert(name.clone(), String::new());
-            // `<method name="X"/>` has no arguments and no end tag.
-            current = (!tag.ends_with('/')).then_some(name);
-        } else if tag.starts_with("/method") {
-            current = None;
-        } else if let (true, Some(method)) = (tag.starts_with("arg "), &current) {
+    let doc = if xml.contains("<node") {
+        xml.to_owned()
+    } else {
+        format!("<node>{xml}</node>")
+    };
+    let Ok(node) = zbus_xml::Node::from_reader(doc.as_bytes()) else {
+        return HashMap::new();
+    };
+    node.interfaces()
+        .iter()
+        .flat_map(|i| i.methods())
+        .map(|m| {
             // A method's arguments are `in` unless they say otherwise.
-            if attribute(tag, "direction").is_none_or(|d| d == "in") {
-                if let (Some(ty), Some(sig)) = (attribute(tag, "type"), methods.get_mut(method)) {
-                    sig.push_str(ty);
-                }
-            }
-        }
-    }
-    methods
-}
-
-/// The value of `name="…"` in a tag's text.
-fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!(" {name}=\"");
-    let start = tag.find(&key)? + key.len();
-    let len = tag[start..].find('"')?;
-    Some(&tag[start..start + len])
+            let inputs: String = m
+                .args()
+                .iter()
+                .filter(|a| {
+                    a.direction()
+                        .is_none_or(|d| d == zbus_xml::ArgDirection::In)
+                })
+                .map(|a| a.ty().to_string())
+                .collect();
+            (m.name().to_string(), inputs)
+        })
+        .collect()
 }
 
 /// A signature for a message: quoted, or "no arguments".
