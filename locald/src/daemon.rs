@@ -32,7 +32,7 @@ use crate::event::{Event, ServiceState};
 use crate::output::{Fanout, LogSink};
 
 /// How to run the daemon.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DaemonOptions {
     /// A D-Bus address to serve instead of the session bus.
     pub bus_address: Option<String>,
@@ -41,6 +41,8 @@ pub struct DaemonOptions {
     pub state_dir: Option<PathBuf>,
     /// The service manager's notify socket and watchdog, from [`take_notify_env`].
     pub notify: NotifyEnv,
+    /// Every directory the daemon uses.
+    pub paths: Paths,
 }
 
 /// Why the daemon could not run.
@@ -193,7 +195,7 @@ impl LogSink for StderrSink {
 
 pub(crate) use locald_core::task::AbortOnDrop;
 
-pub use locald_core::paths::default_state_dir;
+use locald_core::paths::Paths;
 
 /// Takes `DIR/daemon.lock` with `flock`; released when the file is closed,
 /// even when the daemon is killed.
@@ -279,6 +281,7 @@ pub fn main(args: DaemonArgs) -> std::process::ExitCode {
         bus_address: args.bus_address,
         state_dir: args.state_dir,
         notify,
+        paths: Paths::from_env(),
     };
     match runtime.block_on(run(opts)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -300,20 +303,20 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let notifier = Arc::new(Notifier::new(&opts.notify));
     let state_dir = match opts.state_dir {
         Some(d) => d,
-        None => default_state_dir().ok_or(DaemonError::NoStateDir)?,
+        None => opts.paths.state.clone().ok_or(DaemonError::NoStateDir)?,
     };
     // Two daemons restoring from one state directory would stop each other's
     // services; the lock is held for the daemon's whole life.
     let _state_lock = lock_state_dir(&state_dir)?;
     // Pid records and project locks live here; a directory another user
     // planted (the /tmp fallback) is refused before any service starts.
-    crate::runtime::notify::runtime_dir().map_err(DaemonError::RuntimeDir)?;
+    opts.paths.runtime.open().map_err(DaemonError::RuntimeDir)?;
     crate::compose::raise_fd_limit();
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
     let bus_logs = Arc::new(DbusLogSink::new());
-    let (engine, systemd) = compose_engine(state_dir, bus_logs.clone()).await;
+    let (engine, systemd) = compose_engine(state_dir, bus_logs.clone(), opts.paths).await;
     // Refuse a state file from a newer locald before touching anything.
     engine.check_state_version().map_err(DaemonError::State)?;
     let _proxy = start_proxy(&engine).await;
@@ -340,6 +343,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 async fn compose_engine(
     state_dir: std::path::PathBuf,
     bus_logs: Arc<DbusLogSink>,
+    paths: Paths,
 ) -> (Engine, Option<crate::runtime::systemd::SystemdRuntime>) {
     // Output lines go to the journal (with per-service fields) and to live
     // D-Bus subscribers. Without a journal (a test bus, a container without
@@ -353,8 +357,8 @@ async fn compose_engine(
         fanout = fanout.with(j);
     }
     let sink: Arc<dyn LogSink> = Arc::new(fanout.with(bus_logs.clone()));
-    let mut runtimes = crate::runtime::RuntimeSet::detect();
-    let systemd = crate::runtime::systemd::SystemdRuntime::detect().await;
+    let mut runtimes = crate::runtime::RuntimeSet::detect(&paths);
+    let systemd = crate::runtime::systemd::SystemdRuntime::detect(&paths).await;
     if let Some(sd) = &systemd {
         runtimes = runtimes.with_systemd(sd.clone().with_live_logs(bus_logs));
     }
@@ -363,6 +367,7 @@ async fn compose_engine(
             sink,
             state_dir: Some(state_dir),
             instance: "the locald daemon".into(),
+            paths,
         },
         runtimes,
     );
@@ -608,6 +613,7 @@ mod tests {
             sink: Arc::new(Fanout::new()),
             state_dir: None,
             instance: "test".into(),
+            paths: Paths::under(std::path::Path::new("/nonexistent")),
         });
         assert_eq!(status_line(&engine), "0 projects, 0 running, 0 failed");
     }

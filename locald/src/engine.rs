@@ -24,6 +24,7 @@ use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
 use crate::runtime::{Runtime, RuntimeSet};
 use crate::state::{StateError, StateFile};
 use crate::supervisor::{Env, Project, ProjectView, ServiceSender};
+use locald_core::paths::Paths;
 
 /// How to create an [`Engine`].
 pub struct EngineOptions {
@@ -35,6 +36,9 @@ pub struct EngineOptions {
     /// How this instance describes itself to another that finds a project
     /// taken ("the locald daemon", "locald up").
     pub instance: String,
+    /// Every directory the engine uses, resolved by the caller (normally
+    /// [`Paths::from_env`] in `main`).
+    pub paths: Paths,
 }
 
 pub use crate::supervisor::ReloadSummary;
@@ -179,7 +183,8 @@ impl Engine {
     /// Creates an engine with no projects, running host processes and (where
     /// the shim and the image store are there) containers.
     pub fn new(opts: EngineOptions) -> Engine {
-        Self::with_runtimes(opts, RuntimeSet::detect())
+        let runtimes = RuntimeSet::detect(&opts.paths);
+        Self::with_runtimes(opts, runtimes)
     }
 
     /// Creates an engine with a given process runtime.
@@ -196,17 +201,14 @@ impl Engine {
             runtime,
             url_port: crate::supervisor::UrlPort::default(),
             sources: crate::watch::WatchSlot::default(),
+            paths: Arc::new(opts.paths.clone()),
         };
         Engine {
             inner: Arc::new(Inner {
                 env,
                 // The foreground keeps no project list but does remember
                 // ports, in the same place the daemon would by default.
-                ports: PortBook::new(
-                    opts.state_dir
-                        .clone()
-                        .or_else(locald_core::paths::default_state_dir),
-                ),
+                ports: PortBook::new(opts.state_dir.clone().or(opts.paths.state)),
                 state: opts.state_dir.map(StateFile::new),
                 instance: opts.instance,
                 projects: std::sync::Mutex::new(IndexMap::new()),
@@ -388,7 +390,12 @@ impl Engine {
         let key = project_key(name, root);
         let mut tries = 0;
         loop {
-            match ProjectClaim::acquire(&key, root, &self.inner.instance) {
+            match ProjectClaim::acquire(
+                &self.inner.env.paths.runtime,
+                &key,
+                root,
+                &self.inner.instance,
+            ) {
                 Err(ClaimError::CleaningUp { .. }) if tries < 200 => {
                     tries += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -711,10 +718,12 @@ impl Engine {
                 }
             }
         }
-        let others = tokio::task::spawn_blocking(crate::runtime::claim::live_roots)
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?
-            .map_err(EngineError::ImageUsers)?;
+        let runtime = self.inner.env.paths.runtime.clone();
+        let others =
+            tokio::task::spawn_blocking(move || crate::runtime::claim::live_roots(&runtime))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?
+                .map_err(EngineError::ImageUsers)?;
         users.up.extend(others);
         Ok(users)
     }

@@ -15,6 +15,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::event::{BuildResult, Event, ProjectSnapshot, ServiceState};
 use crate::output::{Fanout, LogSink};
 use crate::term::Terminal;
+use locald_core::paths::Paths;
 
 /// How `locald up` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +32,9 @@ pub async fn up(
     config: &Config,
     extra: Vec<Arc<dyn LogSink>>,
     watch: bool,
+    paths: Paths,
 ) -> std::io::Result<UpOutcome> {
-    if let Err(e) = crate::runtime::notify::runtime_dir() {
+    if let Err(e) = paths.runtime.open() {
         return Ok(UpOutcome::Failed(format!(
             "cannot use the runtime directory: {}",
             crate::error_chain(&e)
@@ -49,6 +51,7 @@ pub async fn up(
         sink: Arc::new(sink),
         state_dir: None,
         instance: "locald up".into(),
+        paths,
     });
     let mut events = engine.subscribe();
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -204,6 +207,7 @@ pub async fn build(
     service: Option<&str>,
     force: bool,
     extra: Vec<Arc<dyn LogSink>>,
+    paths: Paths,
 ) -> bool {
     let names: Vec<String> = match service {
         Some(s) => vec![s.to_owned()],
@@ -231,9 +235,11 @@ pub async fn build(
         .values()
         .any(|s| matches!(s.build, Some(crate::config::BuildSpec::Cnb(_))))
     {
-        crate::runtime::RuntimeSet::detect()
+        crate::runtime::RuntimeSet::detect(&paths)
     } else {
-        crate::runtime::RuntimeSet::host(Arc::new(crate::runtime::host::HostRuntime::detect()))
+        crate::runtime::RuntimeSet::host(Arc::new(crate::runtime::host::HostRuntime::detect(
+            paths.runtime.clone(),
+        )))
     };
     let env = crate::supervisor::Env {
         events,
@@ -241,6 +247,7 @@ pub async fn build(
         runtime,
         url_port: crate::supervisor::UrlPort::default(),
         sources: crate::watch::WatchSlot::default(),
+        paths: Arc::new(paths),
     };
     // Progress steps ("Building: step 3/5 – Restoring cache") as lines.
     let printer = {

@@ -22,6 +22,7 @@ pub use locald_image as image;
 pub mod journal;
 pub use locald_core::listeners;
 pub use locald_core::output;
+pub use locald_core::paths;
 pub mod ports;
 pub mod proxy;
 pub mod runtime;

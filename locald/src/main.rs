@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use locald::config::LoadError;
 use locald::foreground::{self, UpOutcome};
+use locald_core::paths::Paths;
 
 /// Local-development service manager.
 #[derive(Parser)]
@@ -144,6 +145,7 @@ fn build(dir: &Path, service: Option<&str>, force: bool) -> ExitCode {
         service,
         force,
         foreground::journal_sinks(),
+        Paths::from_env(),
     )) {
         ExitCode::SUCCESS
     } else {
@@ -160,7 +162,12 @@ fn up(dir: &Path, watch: bool) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
-    match rt.block_on(foreground::up(&config, foreground::journal_sinks(), watch)) {
+    match rt.block_on(foreground::up(
+        &config,
+        foreground::journal_sinks(),
+        watch,
+        Paths::from_env(),
+    )) {
         Ok(UpOutcome::Stopped) => ExitCode::SUCCESS,
         Ok(UpOutcome::Failed(reason)) => {
             eprintln!("locald: {reason}");

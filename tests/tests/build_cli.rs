@@ -113,6 +113,7 @@ async fn up_reuses_the_last_good_artifact() {
             sink,
             state_dir: None,
             instance: "test".into(),
+            paths: locald::paths::Paths::from_env(),
         });
         let name = engine.up(p.path()).await.expect("up");
         let s = wait_for(Duration::from_secs(10), || {

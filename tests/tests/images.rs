@@ -52,6 +52,7 @@ fn setup() -> Option<Setup> {
 fn images_at(root: &Path, insecure: &[&str]) -> Images {
     let config = UserConfig {
         insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
+        path: None,
     };
     let store = Store::open(root).expect("open store");
     Images::new(

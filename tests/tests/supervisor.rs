@@ -23,6 +23,7 @@ async fn up(p: &TestProject) -> Harness {
         sink: sink.clone(),
         state_dir: None,
         instance: "test".into(),
+        paths: locald::paths::Paths::from_env(),
     });
     let events = engine.subscribe();
     let project = engine.up(p.path()).await.expect("up");
@@ -185,7 +186,7 @@ command = ["python3", "-c", "import time; open('app-started','w').write(repr(tim
 #[tokio::test]
 async fn stop_kills_a_setsid_grandchild_that_ignores_sigterm() {
     if require(
-        HostRuntime::detect().has_cgroups(),
+        HostRuntime::detect(locald::paths::Paths::from_env().runtime).has_cgroups(),
         "no writable cgroup v2 hierarchy (run as root, or under systemd with Delegate=yes)",
     ) {
         return;

@@ -218,10 +218,23 @@ impl Images {
         }
     }
 
-    /// The user's store, config and credentials at their default places.
-    pub fn open_default() -> Result<Images, ImageError> {
-        let store = Store::open_default()?;
-        let config = UserConfig::load_default()?;
+    /// The user's store (in `paths.data`) and config (`paths`'
+    /// `config.toml`), with the container tools' credentials files.
+    pub fn open(paths: &locald_core::paths::Paths) -> Result<Images, ImageError> {
+        let root = paths.data.as_deref().ok_or_else(|| {
+            StoreError::io(
+                Path::new("$XDG_DATA_HOME"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "neither XDG_DATA_HOME nor HOME is set to an absolute path",
+                ),
+            )
+        })?;
+        let store = Store::open(root)?;
+        let config = match paths.config_file() {
+            Some(p) => UserConfig::load(&p)?,
+            None => UserConfig::default(),
+        };
         let credentials = Credentials::load(&Credentials::default_paths())?;
         let registry = RegistryClient::new(&config, credentials)
             .map_err(|e| ImageError::Client(Box::new(e)))?;

@@ -49,9 +49,10 @@ impl StoreImages {
         StoreImages { images, helper }
     }
 
-    /// The user's default store, unpacking with the running executable.
-    pub fn open_default() -> Result<Self, String> {
-        let images = Images::open_default().map_err(|e| locald_core::error_chain(&e))?;
+    /// The user's store (see [`Images::open`]), unpacking with the running
+    /// executable.
+    pub fn open(paths: &locald_core::paths::Paths) -> Result<Self, String> {
+        let images = Images::open(paths).map_err(|e| locald_core::error_chain(&e))?;
         let helper =
             std::env::current_exe().map_err(|e| format!("cannot find locald itself: {e}"))?;
         Ok(StoreImages::new(images, helper))

@@ -397,6 +397,8 @@ pub struct RegistryClient {
     client: std::sync::OnceLock<oci_client::Client>,
     credentials: Credentials,
     insecure: Vec<String>,
+    /// The user config file the insecure list comes from, for hints.
+    config_file: Option<PathBuf>,
 }
 
 /// `host:port` (`[v6]:port`) of a registry, the port 80 when none is
@@ -451,6 +453,7 @@ impl RegistryClient {
             client: std::sync::OnceLock::new(),
             credentials,
             insecure: config.insecure_registries.clone(),
+            config_file: config.path.clone(),
         })
     }
 
@@ -687,7 +690,7 @@ impl RegistryClient {
         {
             format!(
                 " (if {registry} serves plain HTTP, list it in insecure_registries in {})",
-                UserConfig::default_path().map_or_else(
+                self.config_file.as_ref().map_or_else(
                     || "~/.config/locald/config.toml".to_owned(),
                     |p| p.display().to_string()
                 )
@@ -1058,6 +1061,7 @@ mod tests {
         let registry = format!("127.0.0.1:{}", sock.local_addr().expect("addr").port());
         let config = UserConfig {
             insecure_registries: vec![registry.clone()],
+            path: None,
         };
         let client = RegistryClient::new(&config, Credentials::none()).expect("client");
         // Our own listener: fine.

@@ -131,7 +131,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn io(path: &Path, source: io::Error) -> StoreError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> StoreError {
         StoreError::Io {
             path: path.to_owned(),
             source,
@@ -251,25 +251,6 @@ pub struct BlobLock {
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
-    /// `$XDG_DATA_HOME/locald`, else `~/.local/share/locald`.
-    pub fn default_root() -> Option<PathBuf> {
-        crate::user_config::xdg_dir("XDG_DATA_HOME", ".local/share").map(|d| d.join("locald"))
-    }
-
-    /// Opens the store at [`Store::default_root`].
-    pub fn open_default() -> Result<Store, StoreError> {
-        let root = Store::default_root().ok_or_else(|| {
-            StoreError::io(
-                Path::new("$XDG_DATA_HOME"),
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "neither XDG_DATA_HOME nor HOME is set to an absolute path",
-                ),
-            )
-        })?;
-        Store::open(&root)
-    }
-
     /// Opens (creating if needed) the store at `root`: a private directory
     /// (ours, mode 0700, not a symlink). Temporaries left by processes that
     /// no longer run are removed.

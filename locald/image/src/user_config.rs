@@ -29,6 +29,9 @@ pub struct UserConfig {
     /// plain HTTP.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// The file this was read from (for hints that name it).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// Why the per-user config cannot be used.
@@ -58,35 +61,23 @@ pub enum UserConfigError {
     },
 }
 
-pub use locald_core::paths::xdg_dir;
-
 impl UserConfig {
-    /// `$XDG_CONFIG_HOME/locald/config.toml`, else
-    /// `~/.config/locald/config.toml`.
-    pub fn default_path() -> Option<PathBuf> {
-        xdg_dir("XDG_CONFIG_HOME", ".config").map(|d| d.join("locald/config.toml"))
-    }
-
-    /// Reads the config at [`UserConfig::default_path`] (empty when there is
-    /// no such file or no home).
-    pub fn load_default() -> Result<UserConfig, UserConfigError> {
-        match UserConfig::default_path() {
-            Some(p) => UserConfig::load(&p),
-            None => Ok(UserConfig::default()),
-        }
-    }
-
-    /// Reads the config at `path`; a missing file is an empty config.
+    /// Reads the config at `path` (the user's is
+    /// [`locald_core::paths::Paths::config_file`]); a missing file is an
+    /// empty config.
     pub fn load(path: &Path) -> Result<UserConfig, UserConfigError> {
         let data = match fsutil::read_input(path, "the user config", LIMIT) {
             Ok(d) => d,
             Err(UnsafeFile::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(UserConfig::default())
+                return Ok(UserConfig {
+                    path: Some(path.to_owned()),
+                    ..UserConfig::default()
+                })
             }
             Err(e) => return Err(e.into()),
         };
         let text = String::from_utf8_lossy(&data);
-        let config: UserConfig =
+        let mut config: UserConfig =
             toml::from_str(&text).map_err(|source| UserConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -100,6 +91,7 @@ impl UserConfig {
                 }
             })?;
         }
+        config.path = Some(path.to_owned());
         Ok(config)
     }
 }
@@ -124,9 +116,13 @@ mod tests {
     #[test]
     fn a_missing_file_is_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("none.toml");
         assert_eq!(
-            UserConfig::load(&dir.path().join("none.toml")).expect("empty"),
-            UserConfig::default()
+            UserConfig::load(&path).expect("empty"),
+            UserConfig {
+                path: Some(path),
+                ..UserConfig::default()
+            }
         );
     }
 

@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::fsutil::{sub_dir, UnsafeFile};
-use crate::runtime::notify::runtime_dir;
+use locald_core::paths::RuntimeDir;
 
 /// The key of a project instance: its name and a hash of its directory,
 /// safe as a file and cgroup name.
@@ -85,8 +85,8 @@ pub struct ProjectClaim {
     _lock: Flock<File>,
 }
 
-fn lock_path(key: &str) -> Result<PathBuf, ClaimError> {
-    let dir = runtime_dir()?.join("projects");
+fn lock_path(runtime: &RuntimeDir, key: &str) -> Result<PathBuf, ClaimError> {
+    let dir = runtime.open()?.join("projects");
     sub_dir(&dir).map_err(|source| ClaimError::Io {
         path: dir.clone(),
         source,
@@ -108,8 +108,13 @@ fn open_lock(path: &Path) -> io::Result<File> {
 impl ProjectClaim {
     /// Claims the project `key` (directory `root`) for this process, which
     /// describes itself as `holder` to anyone refused ("the locald daemon").
-    pub fn acquire(key: &str, root: &Path, holder: &str) -> Result<ProjectClaim, ClaimError> {
-        let path = lock_path(key)?;
+    pub fn acquire(
+        runtime: &RuntimeDir,
+        key: &str,
+        root: &Path,
+        holder: &str,
+    ) -> Result<ProjectClaim, ClaimError> {
+        let path = lock_path(runtime, key)?;
         let io = |source| ClaimError::Io {
             path: path.clone(),
             source,
@@ -152,14 +157,14 @@ impl ProjectClaim {
     /// Claims `key` only if nobody holds it, for cleaning up after a locald
     /// that died; `None` when a live instance holds it (or it cannot be
     /// checked: then nothing of it is touched).
-    pub fn take_abandoned(key: &str) -> Option<ProjectClaim> {
+    pub fn take_abandoned(runtime: &RuntimeDir, key: &str) -> Option<ProjectClaim> {
         // A key is `name-hash` ([`project_key`]); anything else (an empty
         // key read from a half-made record) names no project and must not
         // be "claimed" as abandoned.
         if !is_key(key) {
             return None;
         }
-        let path = lock_path(key).ok()?;
+        let path = lock_path(runtime, key).ok()?;
         let file = open_lock(&path).ok()?;
         let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
         // Says so to an instance that wants the project meanwhile, which
@@ -177,8 +182,8 @@ impl ProjectClaim {
 /// are held. A lock nobody holds is briefly taken as
 /// [`ProjectClaim::take_abandoned`] does, so an instance claiming it at
 /// that moment waits instead of being refused.
-pub fn live_roots() -> Result<Vec<PathBuf>, ClaimError> {
-    let dir = runtime_dir()?.join("projects");
+pub fn live_roots(runtime: &RuntimeDir) -> Result<Vec<PathBuf>, ClaimError> {
+    let dir = runtime.open()?.join("projects");
     let entries = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -194,7 +199,7 @@ pub fn live_roots() -> Result<Vec<PathBuf>, ClaimError> {
         let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
             continue;
         };
-        if ProjectClaim::take_abandoned(key).is_some() {
+        if ProjectClaim::take_abandoned(runtime, key).is_some() {
             continue;
         }
         // Held: its holder wrote its directory on the second line (retry
@@ -217,6 +222,8 @@ mod tests {
 
     #[test]
     fn only_well_formed_keys_are_taken_as_abandoned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = RuntimeDir::new(dir.path().join("rt"));
         assert!(is_key(&project_key("web", Path::new("/p"))));
         for bad in [
             "",
@@ -227,7 +234,10 @@ mod tests {
             "web-0123456789aZ",
         ] {
             assert!(!is_key(bad), "{bad:?}");
-            assert!(ProjectClaim::take_abandoned(bad).is_none(), "{bad:?}");
+            assert!(
+                ProjectClaim::take_abandoned(&runtime, bad).is_none(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -29,8 +29,8 @@ use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Work
 use crate::fsutil::{sub_dir, write_atomic};
 use crate::lock;
 use crate::output::BoxFuture;
-use crate::runtime::notify::runtime_dir;
 use crate::shim_client::{BundleSpec, ShimClient};
+use locald_core::paths::RuntimeDir;
 
 /// Where a container sees its service's notify socket directory.
 pub const NOTIFY_DIR: &str = "/run/locald/notify";
@@ -147,15 +147,20 @@ pub struct ContainerRuntime {
     shim: ShimClient,
     images: Arc<dyn ImageSource>,
     live: Arc<Mutex<HashSet<String>>>,
+    /// Where each container's bundle and state directory lives
+    /// (`containers/`), and the project claims.
+    runtime: RuntimeDir,
 }
 
 impl ContainerRuntime {
-    /// A runtime using the shim at `shim` and images from `images`.
-    pub fn new(shim: ShimClient, images: Arc<dyn ImageSource>) -> Self {
+    /// A runtime using the shim at `shim` and images from `images`, keeping
+    /// its containers' directories in `runtime`.
+    pub fn new(shim: ShimClient, images: Arc<dyn ImageSource>, runtime: RuntimeDir) -> Self {
         Self {
             shim,
             images,
             live: Arc::default(),
+            runtime,
         }
     }
 }
@@ -206,8 +211,8 @@ fn unavailable(what: impl std::fmt::Display) -> RuntimeError {
 }
 
 impl ContainerRuntime {
-    fn state_dir(id: &str) -> Result<PathBuf, RuntimeError> {
-        let dir = runtime_dir()?.join("containers");
+    fn state_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let dir = self.runtime.open()?.join("containers");
         sub_dir(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         Ok(dir.join(id))
     }
@@ -239,7 +244,7 @@ impl ContainerRuntime {
             .map_err(|e| unavailable(format!("image {reference}: {e}")))?;
 
         let id = container_id(&spec.key, &spec.unit);
-        let dir = Self::state_dir(&id)?;
+        let dir = self.state_dir(&id)?;
         // Whatever an earlier run left under this id goes first. Its
         // directory is made before its container and removed after it
         // (`kill`, `clean_stale`), so without one there is nothing to ask
@@ -323,8 +328,8 @@ impl ContainerRuntime {
     }
 
     /// The image digest a container's directory records, if any.
-    pub(crate) fn recorded_image(id: &str) -> Option<String> {
-        let dir = Self::state_dir(id).ok()?;
+    pub(crate) fn recorded_image(&self, id: &str) -> Option<String> {
+        let dir = self.state_dir(id).ok()?;
         crate::fsutil::read_state(&dir.join("image"), 200)
             .ok()
             .flatten()
@@ -333,7 +338,7 @@ impl ContainerRuntime {
 
     /// Removes the directory of container `id` (after it is gone).
     pub(crate) async fn remove_container(&self, id: &str) {
-        if let Ok(dir) = Self::state_dir(id) {
+        if let Ok(dir) = self.state_dir(id) {
             self.remove_dir(&dir).await;
         }
     }
@@ -604,7 +609,7 @@ impl Runtime for ContainerRuntime {
             // One shim call: `delete --force` of an id the user's runc does
             // not have fails without starting runc.
             let found = self.shim.delete(&id, true).await.is_ok();
-            if let Ok(dir) = Self::state_dir(&id) {
+            if let Ok(dir) = self.state_dir(&id) {
                 self.remove_dir(&dir).await;
             }
             usize::from(found)
@@ -613,7 +618,7 @@ impl Runtime for ContainerRuntime {
 
     fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
         Box::pin(async move {
-            let Ok(dir) = runtime_dir().map(|d| d.join("containers")) else {
+            let Ok(dir) = self.runtime.open().map(|d| d.join("containers")) else {
                 return 0;
             };
             let ids: Vec<String> = std::fs::read_dir(&dir)
@@ -638,7 +643,7 @@ impl Runtime for ContainerRuntime {
                     tracing::debug!("{}: no key; left alone", dir.join(&id).display());
                     continue;
                 }
-                let Some(_claim) = ProjectClaim::take_abandoned(key) else {
+                let Some(_claim) = ProjectClaim::take_abandoned(&self.runtime, key) else {
                     continue;
                 };
                 if self.shim.state(&id).await.is_ok() {

@@ -144,7 +144,7 @@ impl ContainerUnitRuntime {
             return None;
         };
         let id = super::container::container_id(&spec.key, &spec.unit);
-        let recorded = ContainerRuntime::recorded_image(&id)?;
+        let recorded = self.containers.recorded_image(&id)?;
         let mut unit = self.systemd.adopt_unit(spec, (false, false)).await?;
         // The reference may name another image by now (a tag moved, a new
         // layout): then the running container is not what would start.

@@ -23,7 +23,7 @@ use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Work
 use crate::fsutil::{read_state, sub_dir, write_atomic};
 use crate::lock;
 use crate::output::BoxFuture;
-use crate::runtime::notify::runtime_dir;
+use locald_core::paths::RuntimeDir;
 
 /// Starts units as host processes.
 #[derive(Debug, Clone)]
@@ -31,14 +31,18 @@ pub struct HostRuntime {
     cgroups: Option<CgroupRoot>,
     /// Units that may still have processes: main pid (= process group) → cgroup.
     live: Arc<Mutex<HashMap<u32, Option<Cgroup>>>>,
+    /// Where pid records and project claims live.
+    runtime: RuntimeDir,
 }
 
 impl HostRuntime {
-    /// A runtime using cgroups when the machine allows.
-    pub fn detect() -> Self {
+    /// A runtime using cgroups when the machine allows, keeping its records
+    /// in `runtime`.
+    pub fn detect(runtime: RuntimeDir) -> Self {
         Self {
             cgroups: CgroupRoot::detect(),
             live: Arc::default(),
+            runtime,
         }
     }
 
@@ -72,7 +76,7 @@ impl HostRuntime {
 
         // Refuse before forking when the records cannot be kept safely: a
         // process nobody can find after a daemon crash is a second copy later.
-        let record = PidRecord::path(&spec.key, &spec.unit)?;
+        let record = PidRecord::path(&self.runtime, &spec.key, &spec.unit)?;
         let cgroup = self
             .cgroups
             .as_ref()
@@ -129,7 +133,7 @@ impl Runtime for HostRuntime {
 
     fn clean_stale<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, usize> {
         Box::pin(async move {
-            let mut n = match PidRecord::path(key, unit) {
+            let mut n = match PidRecord::path(&self.runtime, key, unit) {
                 Ok(p) => PidRecord::kill_stale(&p).await,
                 Err(_) => 0,
             };
@@ -144,7 +148,7 @@ impl Runtime for HostRuntime {
 
     fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
         Box::pin(async move {
-            let mut keys: Vec<String> = match runtime_dir() {
+            let mut keys: Vec<String> = match self.runtime.open() {
                 Ok(d) => list_dirs(&d.join("units")),
                 Err(_) => Vec::new(),
             };
@@ -156,10 +160,10 @@ impl Runtime for HostRuntime {
             let mut n = 0;
             for key in keys {
                 // Held while cleaning, so no new instance starts in between.
-                let Some(_claim) = ProjectClaim::take_abandoned(&key) else {
+                let Some(_claim) = ProjectClaim::take_abandoned(&self.runtime, &key) else {
                     continue;
                 };
-                let units: Vec<String> = match runtime_dir() {
+                let units: Vec<String> = match self.runtime.open() {
                     Ok(d) => list_files(&d.join("units").join(&key), ".pid"),
                     Err(_) => Vec::new(),
                 };
@@ -171,7 +175,7 @@ impl Runtime for HostRuntime {
                         n += self.clean_stale(&key, &unit).await;
                     }
                 }
-                if let Ok(d) = runtime_dir() {
+                if let Ok(d) = self.runtime.open() {
                     let _ = std::fs::remove_dir(d.join("units").join(&key));
                 }
             }
@@ -308,8 +312,9 @@ fn list_files(dir: &Path, suffix: &str) -> Vec<String> {
 struct PidRecord;
 
 impl PidRecord {
-    fn path(key: &str, unit: &str) -> Result<PathBuf, RuntimeError> {
-        Ok(runtime_dir()?
+    fn path(runtime: &RuntimeDir, key: &str, unit: &str) -> Result<PathBuf, RuntimeError> {
+        Ok(runtime
+            .open()?
             .join("units")
             .join(key)
             .join(format!("{unit}.pid")))

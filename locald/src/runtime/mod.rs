@@ -390,13 +390,14 @@ impl RuntimeSet {
     /// user's image store. Without a store (no home directory) image
     /// services are refused with the reason; a missing shim is reported when
     /// an image service starts, with how to install it.
-    pub fn detect() -> RuntimeSet {
-        let set = RuntimeSet::host(Arc::new(host::HostRuntime::detect()));
-        match StoreImages::open_default() {
+    pub fn detect(paths: &locald_core::paths::Paths) -> RuntimeSet {
+        let set = RuntimeSet::host(Arc::new(host::HostRuntime::detect(paths.runtime.clone())));
+        match StoreImages::open(paths) {
             Ok(images) => {
                 let containers = Arc::new(container::ContainerRuntime::new(
                     crate::shim_client::ShimClient::from_env(),
                     Arc::new(images.clone()),
+                    paths.runtime.clone(),
                 ));
                 let mut set = set.with_container(containers.clone()).with_images(images);
                 set.containers = Some(containers);

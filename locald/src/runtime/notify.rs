@@ -87,8 +87,6 @@ impl Drop for NotifySocket {
     }
 }
 
-pub use locald_core::paths::runtime_dir;
-
 #[cfg(test)]
 mod tests {
     use super::*;

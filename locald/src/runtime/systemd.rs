@@ -52,6 +52,7 @@ use crate::lock;
 use crate::output::BoxFuture;
 use crate::output::LogSink;
 use crate::runtime::notify::Notice;
+use locald_core::paths::{Paths, RuntimeDir};
 
 const DEST: &str = "org.freedesktop.systemd1";
 
@@ -258,6 +259,8 @@ pub struct SystemdRuntime {
     locald: PathBuf,
     /// journald's native socket, for the units' output forwarders.
     journal_socket: PathBuf,
+    /// Where followers keep their journal cursors and claims live.
+    runtime: RuntimeDir,
     /// Where lines read back from the journal go (the live `LogLine`
     /// signal), when the daemon wants them.
     follow_sink: Option<Arc<dyn LogSink>>,
@@ -270,9 +273,11 @@ impl SystemdRuntime {
     /// socket exists in `$XDG_RUNTIME_DIR/systemd/` (or `$MANAGERPID` says
     /// locald runs under it) and `org.freedesktop.systemd1` answers on the
     /// session bus. `None` otherwise, with the reason logged at debug level.
-    pub async fn detect() -> Option<SystemdRuntime> {
-        let private = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(|d| PathBuf::from(d).join("systemd/private"))
+    pub async fn detect(paths: &Paths) -> Option<SystemdRuntime> {
+        let private = paths
+            .user_runtime
+            .as_ref()
+            .map(|d| d.join("systemd/private"))
             .is_some_and(|p| p.exists());
         if !private && std::env::var_os("MANAGERPID").is_none() {
             tracing::debug!("no systemd user manager: no $XDG_RUNTIME_DIR/systemd/private");
@@ -285,7 +290,7 @@ impl SystemdRuntime {
                 return None;
             }
         };
-        match Self::with_connection(conn).await {
+        match Self::with_connection(conn, paths.runtime.clone()).await {
             Ok(rt) => Some(rt),
             Err(e) => {
                 tracing::debug!("no systemd user manager on the session bus: {e}");
@@ -294,8 +299,12 @@ impl SystemdRuntime {
         }
     }
 
-    /// A runtime talking to the manager on `conn`.
-    pub async fn with_connection(conn: Connection) -> zbus::Result<SystemdRuntime> {
+    /// A runtime talking to the manager on `conn`, keeping its files in
+    /// `runtime`.
+    pub async fn with_connection(
+        conn: Connection,
+        runtime: RuntimeDir,
+    ) -> zbus::Result<SystemdRuntime> {
         let manager = ManagerProxy::builder(&conn)
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
@@ -310,6 +319,7 @@ impl SystemdRuntime {
             journal_socket: crate::journal::JournalConfig::from_env().socket_path,
             follow_sink: None,
             live: Arc::default(),
+            runtime,
         })
     }
 
@@ -324,11 +334,11 @@ impl SystemdRuntime {
     /// unit, `Start::Fresh(t)` for one started at `t`.
     fn follower(&self, spec: &LaunchSpec, unit: &str, start: Start) -> Option<Follower> {
         let sink = self.follow_sink.clone()?;
-        let cursor_file = crate::runtime::notify::runtime_dir().ok().and_then(|d| {
-            let dir = d.join("cursors");
-            crate::fsutil::private_dir(&dir).ok()?;
-            Some(dir.join(format!("{}.{}", spec.key, spec.unit)))
-        });
+        let cursor_file = self
+            .runtime
+            .sub("cursors")
+            .ok()
+            .map(|dir| dir.join(format!("{}.{}", spec.key, spec.unit)));
         let target = Target {
             project: spec.project.clone(),
             service: spec.service().to_owned(),
@@ -744,7 +754,7 @@ impl Runtime for SystemdRuntime {
                     continue;
                 };
                 // Held while stopping, so no new instance starts in between.
-                let Some(_claim) = ProjectClaim::take_abandoned(key) else {
+                let Some(_claim) = ProjectClaim::take_abandoned(&self.runtime, key) else {
                     continue;
                 };
                 self.stop_unit_now(&u).await;

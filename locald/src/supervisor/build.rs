@@ -36,6 +36,8 @@ pub(crate) struct Builder {
     pub lock: Arc<Mutex<()>>,
     /// The project's running source watcher, if any.
     pub sources: crate::watch::WatchSlot,
+    /// Where a buildpacks build's private scratch lives (`cache`).
+    pub paths: Arc<locald_core::paths::Paths>,
 }
 
 /// A fresh id for a build: 16 hex digits, unique enough to find its lines.

@@ -107,7 +107,8 @@ impl Builder {
         // run's claim (`locald build` claims one of its own), so the cache
         // is found again by every later build of the service.
         let instance = crate::runtime::claim::project_key(&self.project, &self.root);
-        let work = BuildDir::create(scratch_dir(&instance, &self.service)?.join("build"))?;
+        let scratch = scratch_dir(self.paths.cache.as_deref(), &instance, &self.service)?;
+        let work = BuildDir::create(scratch.join("build"))?;
         let files = decision
             .source
             .as_ref()
@@ -402,18 +403,10 @@ fn tag_of(name: &str) -> &str {
 /// Private (0700, ours) and outside the project: the project directory may
 /// be writable by others, who could rename `.locald` between two of the
 /// many steps that fill these directories by name (`fsutil::dir`).
-fn scratch_dir(key: &str, service: &str) -> Result<PathBuf, String> {
-    let from = |var: &str| {
-        std::env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let base = from("XDG_CACHE_HOME")
-        .filter(|p| p.is_absolute())
-        .or_else(|| from("HOME").map(|h| h.join(".cache")))
+fn scratch_dir(cache: Option<&Path>, key: &str, service: &str) -> Result<PathBuf, String> {
+    let mut dir = cache
         .ok_or("neither XDG_CACHE_HOME nor HOME is set: no place for the build directory")?
-        .join("locald");
-    let mut dir = base;
+        .to_owned();
     for part in ["builds", key, service] {
         crate::fsutil::private_dir(&dir).map_err(|e| error_chain(&e))?;
         dir = dir.join(part);

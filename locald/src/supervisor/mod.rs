@@ -40,6 +40,8 @@ pub(crate) struct Env {
     /// The running source watcher of this project, if any, for builds to
     /// ask whether their sources changed (set by whoever starts it).
     pub sources: crate::watch::WatchSlot,
+    /// Where notify sockets, claims and build scratch live.
+    pub paths: Arc<locald_core::paths::Paths>,
 }
 
 /// The proxy's port, shared by the engine and whoever serves the proxy
@@ -166,6 +168,7 @@ impl Project {
             sink: self.env.sink.clone(),
             runtime: self.env.runtime.clone(),
             sources: self.env.sources.clone(),
+            paths: self.env.paths.clone(),
             events: self.env.events.clone(),
             snapshot: snapshot.clone(),
             lock: Arc::new(Mutex::new(())),
@@ -349,17 +352,22 @@ pub(crate) async fn build_services(
         crate::runtime::claim::project_key(&config.name, &config.root),
         std::process::id()
     );
-    let _claim =
-        match crate::runtime::claim::ProjectClaim::acquire(&key, &config.root, "locald build") {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(
-                    "building without a claim on the project: {}",
-                    crate::error_chain(&e)
-                );
-                None
-            }
-        };
+    let claim = crate::runtime::claim::ProjectClaim::acquire(
+        &env.paths.runtime,
+        &key,
+        &config.root,
+        "locald build",
+    );
+    let _claim = match claim {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "building without a claim on the project: {}",
+                crate::error_chain(&e)
+            );
+            None
+        }
+    };
     let mut runs = Vec::new();
     for name in services {
         let Some(cfg) = config.services.get(name) else {
@@ -377,6 +385,7 @@ pub(crate) async fn build_services(
             sink: env.sink.clone(),
             runtime: env.runtime.clone(),
             sources: env.sources.clone(),
+            paths: env.paths.clone(),
             events: env.events.clone(),
             snapshot: Arc::new(watch::Sender::new(ServiceSnapshot::new(name))),
             lock: Arc::new(Mutex::new(())),

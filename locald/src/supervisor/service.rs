@@ -28,7 +28,7 @@ use crate::config::{HealthKind, RestartPolicy, ServiceConfig};
 use crate::error_chain;
 use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
 use crate::output::LogSink;
-use crate::runtime::notify::{runtime_dir, Notice, NotifySocket};
+use crate::runtime::notify::{Notice, NotifySocket};
 use crate::runtime::{ExitStatus, LaunchSpec, Process, RuntimeSet};
 use locald_core::pipe::{pump, PipeOwner};
 
@@ -464,7 +464,7 @@ impl ServiceTask {
     }
 
     fn bind_notify(&self) -> Option<NotifySocket> {
-        let dir = match runtime_dir() {
+        let dir = match self.builder.paths.runtime.open() {
             Ok(d) => d.join("notify"),
             Err(e) => {
                 tracing::warn!(service = %self.name, "no notify socket: {}", error_chain(&e));

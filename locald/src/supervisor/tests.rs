@@ -16,11 +16,17 @@ use crate::output::Fanout;
 use crate::runtime::fake::{Behavior, Call, FakeRuntime};
 use crate::runtime::RuntimeSet;
 
-fn project(toml: &str, rt: &FakeRuntime) -> (Project, broadcast::Receiver<Event>) {
-    // The notify sockets and pid records live in a private runtime dir.
-    let dir = std::env::temp_dir().join(format!("locald-fsm-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    std::env::set_var("XDG_RUNTIME_DIR", &dir);
+fn project(
+    toml: &str,
+    rt: &FakeRuntime,
+) -> (Project, broadcast::Receiver<Event>, tempfile::TempDir) {
+    // The notify sockets and pid records live in a private runtime dir of
+    // the test's own, passed in (the process environment is shared by the
+    // test threads).
+    let dir = tempfile::Builder::new()
+        .prefix("locald-fsm-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("tempdir: {e}"));
     let config = Config::parse(std::path::Path::new("/fsm/locald.toml"), toml)
         .unwrap_or_else(|e| panic!("test config: {e}"));
     let (events, rx) = broadcast::channel(4096);
@@ -30,8 +36,9 @@ fn project(toml: &str, rt: &FakeRuntime) -> (Project, broadcast::Receiver<Event>
         runtime: RuntimeSet::host(Arc::new(rt.clone())),
         url_port: super::UrlPort::default(),
         sources: crate::watch::WatchSlot::default(),
+        paths: Arc::new(locald_core::paths::Paths::under(dir.path())),
     };
-    (Project::start(config, env), rx)
+    (Project::start(config, env), rx, dir)
 }
 
 /// Waits (in paused time) until `service` reaches `state`.
@@ -65,7 +72,7 @@ async fn crash_restarts_back_off_exponentially_then_hit_the_start_limit() {
         code: 1,
     };
     let rt = FakeRuntime::new([crash; 10]);
-    let (mut p, _rx) = project(
+    let (mut p, _rx, _dir) = project(
         "[services.web]\ncommand = \"x\"\nrestart_delay = \"100ms\"\nstart_limit_burst = 5\nstart_limit_interval = \"1h\"\n",
         &rt,
     );
@@ -101,7 +108,7 @@ async fn a_run_longer_than_the_longest_delay_resets_the_doubling() {
             code: 1,
         },
     ]);
-    let (mut p, _rx) = project(
+    let (mut p, _rx, _dir) = project(
         "[services.web]\ncommand = \"x\"\nrestart_delay = \"100ms\"\nrestart_delay_max = \"1s\"\nstart_limit_burst = 50\n",
         &rt,
     );
@@ -124,7 +131,7 @@ async fn a_run_longer_than_the_longest_delay_resets_the_doubling() {
 #[tokio::test(start_paused = true)]
 async fn a_missing_program_fails_at_once_without_backoff() {
     let rt = FakeRuntime::new([Behavior::FailSpawn(std::io::ErrorKind::NotFound)]);
-    let (mut p, _rx) = project("[services.web]\ncommand = [\"/no/such\"]\n", &rt);
+    let (mut p, _rx, _dir) = project("[services.web]\ncommand = [\"/no/such\"]\n", &rt);
     let t0 = Instant::now();
     reach(&p, "web", ServiceState::Failed).await;
     assert!(
@@ -144,7 +151,7 @@ async fn a_missing_program_fails_at_once_without_backoff() {
 #[tokio::test(start_paused = true)]
 async fn starts_that_fail_for_want_of_descriptors_do_not_count_towards_the_start_limit() {
     let rt = FakeRuntime::new([Behavior::FailSpawnErrno(libc::EMFILE); 12]);
-    let (mut p, _rx) = project(
+    let (mut p, _rx, _dir) = project(
         "[services.web]\ncommand = \"x\"\nrestart_delay = \"100ms\"\nstart_limit_burst = 3\nstart_limit_interval = \"1h\"\n",
         &rt,
     );
@@ -161,7 +168,7 @@ async fn starts_that_fail_for_want_of_descriptors_do_not_count_towards_the_start
 #[tokio::test(start_paused = true)]
 async fn stop_asks_with_the_configured_signal_and_timeout_then_kills() {
     let rt = FakeRuntime::new([Behavior::Serve { grace: None }]);
-    let (mut p, _rx) = project(
+    let (mut p, _rx, _dir) = project(
         "[services.web]\ncommand = \"x\"\nstop_signal = \"SIGINT\"\nstop_timeout = \"3s\"\n",
         &rt,
     );
@@ -194,7 +201,7 @@ async fn stop_asks_with_the_configured_signal_and_timeout_then_kills() {
 #[tokio::test(start_paused = true)]
 async fn dependents_start_after_their_dependency_runs_and_stop_before_it() {
     let rt = FakeRuntime::new([]);
-    let (mut p, _rx) = project(
+    let (mut p, _rx, _dir) = project(
         "[services.web]\ncommand = \"x\"\ndepends_on = [\"db\"]\n\n[services.db]\ncommand = \"x\"\n",
         &rt,
     );
@@ -210,7 +217,7 @@ async fn dependents_start_after_their_dependency_runs_and_stop_before_it() {
 #[tokio::test(start_paused = true)]
 async fn a_dependent_waits_while_its_dependency_is_failed() {
     let rt = FakeRuntime::new([Behavior::FailSpawn(std::io::ErrorKind::PermissionDenied)]);
-    let (mut p, _rx) = project(
+    let (mut p, _rx, _dir) = project(
         "[services.db]\ncommand = \"x\"\n\n[services.web]\ncommand = \"x\"\ndepends_on = [\"db\"]\n",
         &rt,
     );

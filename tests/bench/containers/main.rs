@@ -155,6 +155,7 @@ fn header() {
 async fn locald_pull(addr: &str, reference: &str, store: &Path, project: &Path) -> Result<()> {
     let config = UserConfig {
         insecure_registries: vec![addr.to_owned()],
+        path: None,
     };
     let images = Images::new(
         Store::open(store)?,
