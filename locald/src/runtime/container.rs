@@ -616,6 +616,10 @@ impl Runtime for ContainerRuntime {
         })
     }
 
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
     fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
         Box::pin(async move {
             let Ok(dir) = self.runtime.open().map(|d| d.join("containers")) else {
@@ -733,10 +737,6 @@ struct ContainerProcess {
 }
 
 impl Process for ContainerProcess {
-    fn runtime_name(&self) -> &'static str {
-        "container"
-    }
-
     fn pid(&self) -> u32 {
         self.pid
     }

@@ -33,20 +33,20 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::sync::mpsc;
 
 use super::container::{
     container_status, exec_prefix, image_stop_signal, kill_detached, stop_through_shim,
     wait_for_init, ContainerRuntime, Lease, Prepared, PreparedImage,
 };
 use super::systemd::{SystemdRuntime, UnitCommand, UnitProcess};
-use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
+use super::{
+    Adopted, ExitStatus, LaunchSpec, Output, Process, ProcessEvent, Runtime, RuntimeError, Workload,
+};
 use crate::lock;
 use crate::output::BoxFuture;
-use crate::runtime::notify::Notice;
 use crate::shim_client::ShimClient;
 
 /// Runs image workloads as units of the user's systemd manager.
@@ -139,13 +139,13 @@ impl ContainerUnitRuntime {
         }
     }
 
-    async fn adopt_container(&self, spec: &LaunchSpec) -> Option<Box<dyn Process>> {
+    async fn adopt_container(&self, spec: &LaunchSpec) -> Option<Adopted> {
         let Workload::Image { reference, .. } = &spec.workload else {
             return None;
         };
         let id = super::container::container_id(&spec.key, &spec.unit);
         let recorded = self.containers.recorded_image(&id)?;
-        let mut unit = self.systemd.adopt_unit(spec, (false, false)).await?;
+        let mut unit = self.systemd.adopt_unit(spec, false).await?;
         // The reference may name another image by now (a tag moved, a new
         // layout): then the running container is not what would start.
         let image = match self.containers.image(reference, &spec.cwd).await {
@@ -164,7 +164,11 @@ impl ContainerUnitRuntime {
                 return None;
             }
         };
-        Some(Box::new(self.process(unit, id, image).await))
+        let history = unit.history();
+        Some(Adopted {
+            process: Box::new(self.process(unit, id, image).await),
+            history,
+        })
     }
 }
 
@@ -189,8 +193,12 @@ impl Runtime for ContainerUnitRuntime {
         Box::pin(self.start(spec))
     }
 
-    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Box<dyn Process>>> {
+    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Adopted>> {
         Box::pin(self.adopt_container(spec))
+    }
+
+    fn name(&self) -> &'static str {
+        "systemd"
     }
 
     // What is left of a container unit is a container and a unit: the
@@ -308,21 +316,18 @@ impl Process for ContainerUnitProcess {
         Some(exec_prefix(&self.shim, &self.id))
     }
 
-    fn stopped_outside(&self) -> bool {
-        self.unit.stopped_outside()
-    }
-
-    fn take_notices(&mut self) -> Option<mpsc::Receiver<Notice>> {
-        // READY=1 and STATUS= reach locald's own socket.
-        None
-    }
-
-    fn adopted_history(&self) -> Option<(u32, SystemTime)> {
-        self.unit.adopted_history()
-    }
-
-    fn runtime_name(&self) -> &'static str {
-        "systemd"
+    fn next_event(&mut self) -> BoxFuture<'_, ProcessEvent> {
+        // READY=1 and STATUS= reach locald's own socket (bound into the
+        // container); from the unit only its end matters, and whether
+        // someone else stopped it.
+        Box::pin(async move {
+            let status = self.wait().await;
+            if self.unit.stopped_outside() {
+                ProcessEvent::StoppedOutside(status)
+            } else {
+                ProcessEvent::Exited(status)
+            }
+        })
     }
 }
 

@@ -183,6 +183,10 @@ impl Runtime for HostRuntime {
         })
     }
 
+    fn name(&self) -> &'static str {
+        "host"
+    }
+
     fn kill_all(&self) {
         for (pid, cg) in lock(&self.live).iter() {
             let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);

@@ -249,9 +249,21 @@ pub trait Runtime: Send + Sync + 'static {
     /// running, if this kind outlives its daemon (systemd units) and the
     /// running one was started from the same spec; `None` otherwise, and
     /// the caller starts afresh (after [`Runtime::clean_stale`]).
-    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Box<dyn Process>>> {
+    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Adopted>> {
         let _ = spec;
         Box::pin(std::future::ready(None))
+    }
+
+    /// Which kind runs the workloads, as `status` shows: `host`,
+    /// `container` or `systemd`.
+    fn name(&self) -> &'static str;
+
+    /// Whether this runtime enforces a service's `watchdog_sec` itself
+    /// (systemd's `WatchdogSec=`: the pings go to systemd, and a timeout
+    /// arrives as [`ProcessEvent::WatchdogTimeout`]), so locald must not
+    /// time the workload out as well.
+    fn enforces_watchdog(&self) -> bool {
+        false
     }
 
     /// Whether `unit` of project instance `key` still runs from an earlier
@@ -318,39 +330,54 @@ pub trait Process: Send + 'static {
     fn stop_signal(&self) -> Signal {
         Signal::SIGTERM
     }
-    /// Whether the workload was stopped by someone other than locald (a
-    /// `systemctl --user stop` of its unit): the supervisor takes that as a
-    /// stop, not a crash to restart from.
-    fn stopped_outside(&self) -> bool {
-        false
+    /// The next thing that happened to the workload: what the supervisor's
+    /// state machine consumes, as systemd's service state machine consumes
+    /// notify messages and SIGCHLD. Cancel-safe. The last event is an end
+    /// ([`ProcessEvent::end_status`] is `Some`); asked again, it returns the
+    /// same end at once. A runtime that hears nothing but the exit (a child
+    /// process: its notify messages go to the supervisor's own socket)
+    /// keeps this default.
+    fn next_event(&mut self) -> BoxFuture<'_, ProcessEvent> {
+        Box::pin(async move { ProcessEvent::Exited(self.wait().await) })
     }
-    /// Readiness and status notices the runtime gathers itself (systemd
-    /// keeps a unit's `READY=1` and `STATUS=` and publishes them as unit
-    /// properties), taken once. `None`: the workload talks to locald's
-    /// notify socket.
-    fn take_notices(
-        &mut self,
-    ) -> Option<tokio::sync::mpsc::Receiver<crate::runtime::notify::Notice>> {
-        None
+}
+
+/// What happens to a running workload, in order ([`Process::next_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// The workload said something over sd_notify that the runtime heard
+    /// (a systemd unit's `READY=1` and `STATUS=`, which systemd keeps and
+    /// publishes as unit properties).
+    Notice(crate::runtime::notify::Notice),
+    /// The main process ended.
+    Exited(ExitStatus),
+    /// The runtime ended it because no `WATCHDOG=1` came in time
+    /// (systemd's `WatchdogSec=`, `Result=watchdog`).
+    WatchdogTimeout(ExitStatus),
+    /// Someone other than locald stopped it (a `systemctl --user stop` of
+    /// its unit): a stop, not a crash to restart from.
+    StoppedOutside(ExitStatus),
+}
+
+impl ProcessEvent {
+    /// How the main process ended, when this event is its end.
+    pub fn end_status(&self) -> Option<ExitStatus> {
+        match self {
+            ProcessEvent::Notice(_) => None,
+            ProcessEvent::Exited(s)
+            | ProcessEvent::WatchdogTimeout(s)
+            | ProcessEvent::StoppedOutside(s) => Some(*s),
+        }
     }
-    /// Whether the runtime enforces `watchdog_sec` itself (systemd's
-    /// `WatchdogSec=`), so locald must not time the workload out as well.
-    fn enforces_watchdog(&self) -> bool {
-        false
-    }
-    /// Whether the runtime ended the workload for a missed watchdog ping.
-    fn ended_by_watchdog(&self) -> bool {
-        false
-    }
-    /// For a workload an earlier daemon started (an adopted unit): how often
-    /// the service had been restarted then, and when this process started.
-    fn adopted_history(&self) -> Option<(u32, std::time::SystemTime)> {
-        None
-    }
-    /// Which kind runs it, as `status` shows: `host`, `container` or `systemd`.
-    fn runtime_name(&self) -> &'static str {
-        "host"
-    }
+}
+
+/// A workload an earlier daemon started, taken over ([`Runtime::adopt`]).
+pub struct Adopted {
+    /// The running workload.
+    pub process: Box<dyn Process>,
+    /// How often the service had been restarted then, and when this
+    /// process started, when the runtime recorded it.
+    pub history: Option<(u32, std::time::SystemTime)>,
 }
 
 /// One runtime per kind, and the choice of kind per service; also the
@@ -558,6 +585,10 @@ impl Runtime for Unavailable {
 
     fn sweep_abandoned(&self) -> BoxFuture<'_, usize> {
         Box::pin(std::future::ready(0))
+    }
+
+    fn name(&self) -> &'static str {
+        "unavailable"
     }
 
     fn kill_all(&self) {}

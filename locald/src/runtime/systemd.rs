@@ -46,7 +46,9 @@ use zbus::Connection;
 
 use super::claim::ProjectClaim;
 use super::unit_exec::UnitExec;
-use super::{ExitStatus, LaunchSpec, Output, Process, Runtime, RuntimeError, Workload};
+use super::{
+    Adopted, ExitStatus, LaunchSpec, Output, Process, ProcessEvent, Runtime, RuntimeError, Workload,
+};
 use crate::journal::follow::{Follower, Start, Target};
 use crate::lock;
 use crate::output::BoxFuture;
@@ -453,7 +455,7 @@ impl SystemdRuntime {
     ) -> Result<UnitProcess, RuntimeError> {
         let project = project_of(&spec.key).unwrap_or(&spec.project);
         let name = unit_name(project, &spec.unit);
-        let (notify_ready, watchdog) = (cmd.notify_ready, cmd.watchdog);
+        let notify_ready = cmd.notify_ready;
         let program = cmd.program.clone();
         let props = unit_properties(spec, cmd, &self.locald, &self.journal_socket);
         let sd = &self.systemd;
@@ -493,7 +495,7 @@ impl SystemdRuntime {
             name,
             path,
             st.exec_main_pid,
-            (notify_ready, watchdog.is_some()),
+            notify_ready,
             None,
             follower,
         ))
@@ -603,11 +605,11 @@ impl SystemdRuntime {
 
     /// Takes over the running unit of `spec` an earlier daemon started, if
     /// it runs what `spec` would start (same key and fingerprint).
-    /// `notices`: (`Type=notify`, `WatchdogSec=`) as the unit was started.
+    /// `notify_ready`: the unit was started `Type=notify`.
     pub(crate) async fn adopt_unit(
         &self,
         spec: &LaunchSpec,
-        notices: (bool, bool),
+        notify_ready: bool,
     ) -> Option<UnitProcess> {
         let project = project_of(&spec.key).unwrap_or(&spec.project);
         let name = unit_name(project, &spec.unit);
@@ -642,7 +644,7 @@ impl SystemdRuntime {
             name,
             path,
             st.exec_main_pid,
-            notices,
+            notify_ready,
             Some((restarts, since)),
             follower,
         ))
@@ -703,16 +705,25 @@ impl Runtime for SystemdRuntime {
         Box::pin(self.start(spec))
     }
 
-    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Box<dyn Process>>> {
+    fn adopt<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Option<Adopted>> {
         Box::pin(async move {
             if !matches!(spec.workload, Workload::Host { .. }) {
                 return None;
             }
-            let unit = self
-                .adopt_unit(spec, (spec.notify_ready, spec.watchdog.is_some()))
-                .await?;
-            Some(Box::new(unit) as Box<dyn Process>)
+            let unit = self.adopt_unit(spec, spec.notify_ready).await?;
+            Some(Adopted {
+                history: unit.history(),
+                process: Box::new(unit),
+            })
         })
+    }
+
+    fn name(&self) -> &'static str {
+        "systemd"
+    }
+
+    fn enforces_watchdog(&self) -> bool {
+        true
     }
 
     fn outlives_daemon<'a>(&'a self, key: &'a str, unit: &'a str) -> BoxFuture<'a, bool> {
@@ -917,9 +928,10 @@ pub(crate) struct UnitProcess {
     outside: bool,
     live: Arc<Mutex<HashSet<String>>>,
     /// READY=1 and STATUS= as systemd saw them.
-    notices: Option<mpsc::Receiver<Notice>>,
-    /// The unit has `WatchdogSec=`.
-    watchdog: bool,
+    /// Shared so that [`Process::next_event`] can wait on it and on the
+    /// unit's end at once without taking it out of `self` (a cancelled
+    /// wait would lose it).
+    notices: Option<Arc<tokio::sync::Mutex<mpsc::Receiver<Notice>>>>,
     /// systemd ended it for a missed watchdog ping (`Result=watchdog`).
     by_watchdog: bool,
     /// Restarts and start time, for a unit an earlier daemon started.
@@ -934,13 +946,17 @@ impl UnitProcess {
         name: String,
         path: OwnedObjectPath,
         pid: u32,
-        (notify_ready, watchdog): (bool, bool),
+        notify_ready: bool,
         history: Option<(u32, SystemTime)>,
         follower: Option<Follower>,
     ) -> UnitProcess {
         let systemd = rt.systemd.clone();
         let live = rt.live.clone();
-        let notices = Some(watch_notices(systemd.clone(), path.clone(), notify_ready));
+        let notices = Some(Arc::new(tokio::sync::Mutex::new(watch_notices(
+            systemd.clone(),
+            path.clone(),
+            notify_ready,
+        ))));
         UnitProcess {
             systemd,
             name,
@@ -951,7 +967,6 @@ impl UnitProcess {
             outside: false,
             live,
             notices,
-            watchdog,
             by_watchdog: false,
             history,
             follower,
@@ -1052,6 +1067,17 @@ impl UnitProcess {
         st.exit()
     }
 
+    /// Whether someone other than locald stopped the unit (a job on it
+    /// that locald did not ask for).
+    pub(crate) fn stopped_outside(&self) -> bool {
+        self.outside && !self.stopping
+    }
+
+    /// Restarts and start time, for a unit an earlier daemon started.
+    pub(crate) fn history(&self) -> Option<(u32, SystemTime)> {
+        self.history
+    }
+
     /// The stop that follows is locald's own, not someone else's.
     pub(crate) fn expect_stop(&mut self) {
         self.stopping = true;
@@ -1143,28 +1169,29 @@ impl Process for UnitProcess {
         });
     }
 
-    fn stopped_outside(&self) -> bool {
-        self.outside && !self.stopping
-    }
-
-    fn runtime_name(&self) -> &'static str {
-        "systemd"
-    }
-
-    fn take_notices(&mut self) -> Option<mpsc::Receiver<Notice>> {
-        self.notices.take()
-    }
-
-    fn enforces_watchdog(&self) -> bool {
-        self.watchdog
-    }
-
-    fn ended_by_watchdog(&self) -> bool {
-        self.by_watchdog
-    }
-
-    fn adopted_history(&self) -> Option<(u32, SystemTime)> {
-        self.history
+    fn next_event(&mut self) -> BoxFuture<'_, ProcessEvent> {
+        Box::pin(async move {
+            if let Some(notices) = self.notices.clone().filter(|_| self.exit.is_none()) {
+                let mut rx = notices.lock_owned().await;
+                tokio::select! {
+                    biased;
+                    n = rx.recv() => match n {
+                        Some(n) => return ProcessEvent::Notice(n),
+                        // The watcher ends with the unit.
+                        None => self.notices = None,
+                    },
+                    _ = self.wait() => {}
+                }
+            }
+            let status = self.wait().await;
+            if self.by_watchdog {
+                ProcessEvent::WatchdogTimeout(status)
+            } else if self.stopped_outside() {
+                ProcessEvent::StoppedOutside(status)
+            } else {
+                ProcessEvent::Exited(status)
+            }
+        })
     }
 }
 

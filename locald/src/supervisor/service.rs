@@ -29,7 +29,7 @@ use crate::error_chain;
 use crate::event::{BuildRecord, Event, Phase, ServiceSnapshot, ServiceState, Stream};
 use crate::output::LogSink;
 use crate::runtime::notify::{Notice, NotifySocket};
-use crate::runtime::{ExitStatus, LaunchSpec, Process, RuntimeSet};
+use crate::runtime::{ExitStatus, LaunchSpec, Process, ProcessEvent, RuntimeSet};
 use locald_core::pipe::{pump, PipeOwner};
 
 /// A request to a service task. Replies are sent once the request is done.
@@ -90,9 +90,24 @@ enum Next {
     Exit,
 }
 
+/// A started (or adopted) workload and what the supervisor needs to know
+/// of the runtime it runs on.
+struct Running {
+    proc: Box<dyn Process>,
+    notify: Option<NotifySocket>,
+    /// [`crate::runtime::Runtime::name`], for `status`.
+    runtime: &'static str,
+    /// The runtime times the watchdog itself.
+    runtime_watchdog: bool,
+    /// When an earlier daemon started it (adopted), else now.
+    since: Option<SystemTime>,
+}
+
 /// Why a running process ended from the supervisor's point of view.
 enum Ended {
     Exited(ExitStatus),
+    /// Stopped by someone other than locald.
+    Outside(ExitStatus),
     Unhealthy(String),
     Watchdog,
     Stopped(Next),
@@ -109,12 +124,18 @@ impl ServiceTask {
             let runtime = self
                 .runtime
                 .for_service(spec.workload.kind(), self.cfg.runtime);
-            if let Some(proc) = runtime.adopt(&spec).await {
-                self.tell(&format!("adopted the running pid {}", proc.pid()));
-                if let Some((restarts, _)) = proc.adopted_history() {
+            if let Some(a) = runtime.adopt(&spec).await {
+                self.tell(&format!("adopted the running pid {}", a.process.pid()));
+                if let Some((restarts, _)) = a.history {
                     self.update(|s| s.restart_count = restarts);
                 }
-                adopted = Some((proc, notify));
+                adopted = Some(Running {
+                    proc: a.process,
+                    notify,
+                    runtime: runtime.name(),
+                    runtime_watchdog: runtime.enforces_watchdog(),
+                    since: a.history.map(|(_, since)| since),
+                });
             }
         }
         let stale = if adopted.is_some() {
@@ -138,8 +159,8 @@ impl ServiceTask {
         if !start {
             self.set_state(ServiceState::Stopped, "");
         }
-        if let Some((proc, notify)) = adopted {
-            next = self.run_process(&mut fsm, proc, notify).await;
+        if let Some(running) = adopted {
+            next = self.run_process(&mut fsm, running).await;
         }
         loop {
             next = match next {
@@ -302,17 +323,26 @@ impl ServiceTask {
             Err(e) => return self.failure(fsm, error_chain(&e), None).await,
         };
         self.tell(&format!("started (pid {})", proc.pid()));
-        self.run_process(fsm, proc, notify).await
+        let running = Running {
+            proc,
+            notify,
+            runtime: runtime.name(),
+            runtime_watchdog: runtime.enforces_watchdog(),
+            since: None,
+        };
+        self.run_process(fsm, running).await
     }
 
     /// Supervises a started (or adopted) process until it ends, then decides
     /// what comes next.
-    async fn run_process(
-        &mut self,
-        fsm: &mut Fsm,
-        mut proc: Box<dyn Process>,
-        notify: Option<NotifySocket>,
-    ) -> Next {
+    async fn run_process(&mut self, fsm: &mut Fsm, running: Running) -> Next {
+        let Running {
+            mut proc,
+            notify,
+            runtime,
+            runtime_watchdog,
+            since,
+        } = running;
         let pid = proc.pid();
         let pumps = self.start_pumps(proc.as_mut(), pid);
         let started = Instant::now();
@@ -320,19 +350,16 @@ impl ServiceTask {
             s.state = ServiceState::Running;
             s.reason = String::new();
             s.main_pid = Some(pid);
-            s.runtime = proc.runtime_name().to_owned();
-            s.started_at = Some(
-                proc.adopted_history()
-                    .map_or_else(SystemTime::now, |(_, since)| since),
-            );
+            s.runtime = runtime.to_owned();
+            s.started_at = Some(since.unwrap_or_else(SystemTime::now));
             s.status_text = String::new();
         });
 
-        let mut ended = self.supervise(proc.as_mut(), notify.as_ref(), fsm).await;
-        if matches!(ended, Ended::Exited(_)) && proc.ended_by_watchdog() {
-            ended = Ended::Watchdog;
-        }
-        let outside = proc.stopped_outside();
+        // A runtime that enforces the watchdog itself ends the process.
+        let own_watchdog = self.cfg.watchdog.filter(|_| !runtime_watchdog);
+        let ended = self
+            .supervise(proc.as_mut(), notify.as_ref(), own_watchdog, fsm)
+            .await;
         proc.kill().await;
         // A process's last lines belong before what is said about its end
         // (and must not be lost when `locald up` returns right after). A
@@ -345,7 +372,9 @@ impl ServiceTask {
             fsm.consecutive = 0;
         }
         match &ended {
-            Ended::Exited(status) => self.tell(&format!("pid {pid} {status}")),
+            Ended::Exited(status) | Ended::Outside(status) => {
+                self.tell(&format!("pid {pid} {status}"))
+            }
             Ended::Unhealthy(reason) => {
                 self.tell(&format!("pid {pid} stopped: unhealthy: {reason}"))
             }
@@ -362,7 +391,7 @@ impl ServiceTask {
                 self.failure(fsm, "watchdog timeout: no WATCHDOG=1 in time".into(), None)
                     .await
             }
-            Ended::Exited(status) if outside => {
+            Ended::Outside(status) => {
                 // `systemctl --user stop` of its unit: a stop, not a crash.
                 self.update(|s| s.exit_status = Some(status.code()));
                 self.set_state(ServiceState::Stopped, "stopped outside locald");
@@ -521,6 +550,7 @@ impl ServiceTask {
         &mut self,
         proc: &mut dyn Process,
         notify: Option<&NotifySocket>,
+        own_watchdog: Option<Duration>,
         fsm: &mut Fsm,
     ) -> Ended {
         let (health_tx, mut health_rx) = mpsc::channel(4);
@@ -539,16 +569,22 @@ impl ServiceTask {
             .as_ref()
             .is_some_and(|h| h.kind == HealthKind::Notify);
         let far = Instant::now() + Duration::from_secs(86400 * 365);
-        // A runtime that enforces the watchdog itself ends the process.
-        let own_watchdog = self.cfg.watchdog.filter(|_| !proc.enforces_watchdog());
         let mut watchdog = own_watchdog.map_or(far, |w| Instant::now() + w);
-        let mut runtime_notices = proc.take_notices();
 
         loop {
             tokio::select! {
-                status = proc.wait() => {
-                    self.update(|s| s.exit_status = Some(status.code()));
-                    return Ended::Exited(status);
+                ev = proc.next_event() => {
+                    let end = match ev {
+                        ProcessEvent::Notice(n) => {
+                            self.notice(n, notify_health, own_watchdog, &mut watchdog);
+                            continue;
+                        }
+                        ProcessEvent::Exited(s) => (s, Ended::Exited(s)),
+                        ProcessEvent::WatchdogTimeout(s) => (s, Ended::Watchdog),
+                        ProcessEvent::StoppedOutside(s) => (s, Ended::Outside(s)),
+                    };
+                    self.update(|s| s.exit_status = Some(end.0.code()));
+                    return end.1;
                 }
                 Some(ev) = health_rx.recv() => match ev {
                     HealthEvent::Passed => self.set_state(ServiceState::Healthy, ""),
@@ -557,18 +593,9 @@ impl ServiceTask {
                         return Ended::Unhealthy(reason);
                     }
                 },
-                notices = recv_notices(notify, runtime_notices.as_mut()) => {
+                notices = recv_notices(notify) => {
                     for n in notices {
-                        match n {
-                            Notice::Ready if notify_health => self.set_state(ServiceState::Healthy, ""),
-                            Notice::Status(text) => self.update(|s| s.status_text = text),
-                            Notice::Watchdog => {
-                                if let Some(w) = own_watchdog {
-                                    watchdog = Instant::now() + w;
-                                }
-                            }
-                            _ => {}
-                        }
+                        self.notice(n, notify_health, own_watchdog, &mut watchdog);
                     }
                 }
                 _ = sleep_until(watchdog) => {
@@ -604,6 +631,27 @@ impl ServiceTask {
                     }
                 },
             }
+        }
+    }
+
+    /// What a sd_notify message means for the service, from locald's
+    /// socket or from the runtime.
+    fn notice(
+        &self,
+        n: Notice,
+        notify_health: bool,
+        own_watchdog: Option<Duration>,
+        watchdog: &mut Instant,
+    ) {
+        match n {
+            Notice::Ready if notify_health => self.set_state(ServiceState::Healthy, ""),
+            Notice::Status(text) => self.update(|s| s.status_text = text),
+            Notice::Watchdog => {
+                if let Some(w) = own_watchdog {
+                    *watchdog = Instant::now() + w;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -712,19 +760,12 @@ impl ServiceTask {
     }
 }
 
-/// The next notices: from the runtime when it gathers them (a systemd
-/// unit's), else from locald's notify socket.
-async fn recv_notices(
-    sock: Option<&NotifySocket>,
-    runtime: Option<&mut mpsc::Receiver<Notice>>,
-) -> Vec<Notice> {
-    match (runtime, sock) {
-        (Some(rx), _) => match rx.recv().await {
-            Some(n) => vec![n],
-            None => std::future::pending().await,
-        },
-        (None, Some(s)) => s.recv().await,
-        (None, None) => std::future::pending().await,
+/// The next notices on locald's notify socket (a runtime that gathers
+/// them itself sends them as [`ProcessEvent::Notice`]).
+async fn recv_notices(sock: Option<&NotifySocket>) -> Vec<Notice> {
+    match sock {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
