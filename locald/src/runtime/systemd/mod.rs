@@ -19,17 +19,18 @@
 //! Restarts stay locald's decision (`Restart=no`). Readiness and the watchdog
 //! are the unit's: `Type=notify` for `health = { notify = true }`,
 //! `WatchdogSec=` for `watchdog_sec`, `NotifyAccess=all`; locald follows the
-//! unit's `ActiveState` and `StatusText` ([`Process::take_notices`]) and its
-//! `Result=watchdog`.
+//! unit's `ActiveState` and `StatusText` (sent as
+//! [`ProcessEvent::Notice`]) and its `Result=watchdog`
+//! ([`ProcessEvent::WatchdogTimeout`]).
 //!
 //! The unit is created with `AddRef=yes`, so systemd keeps it (and its exit
 //! status) until locald has read how it ended; then locald drops the
 //! reference and `CollectMode=inactive-or-failed` lets systemd forget it.
 //! Exit is followed through the unit's `PropertiesChanged` signals (with a
 //! slow poll as a safety net). A stop that did not come from locald (a
-//! `systemctl --user stop` by hand) is reported by
-//! [`Process::stopped_outside`], so the supervisor treats it as a stop, not
-//! a crash. The description carries the project instance, a fingerprint of
+//! `systemctl --user stop` by hand) is reported as
+//! [`ProcessEvent::StoppedOutside`], so the supervisor treats it as a stop,
+//! not a crash. The description carries the project instance, a fingerprint of
 //! what the unit runs and the restart count, so a new daemon adopts only
 //! what it would start the same and keeps counting restarts.
 
@@ -55,203 +56,9 @@ use crate::output::BoxFuture;
 use crate::output::LogSink;
 use crate::runtime::notify::Notice;
 use locald_core::paths::{Paths, RuntimeDir};
+use manager::{JobNew, ManagerProxy, ReadError, StartError, Systemd, SystemdManager, UnitState};
 
-const DEST: &str = "org.freedesktop.systemd1";
-
-/// One row of `ListUnitsByPatterns`.
-type UnitInfo = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    OwnedObjectPath,
-    u32,
-    String,
-    OwnedObjectPath,
-);
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Manager",
-    default_service = "org.freedesktop.systemd1",
-    default_path = "/org/freedesktop/systemd1",
-    gen_blocking = false
-)]
-trait Manager {
-    fn start_transient_unit(
-        &self,
-        name: &str,
-        mode: &str,
-        properties: &[(&str, Value<'_>)],
-        aux: &[(&str, &[(&str, Value<'_>)])],
-    ) -> zbus::Result<OwnedObjectPath>;
-    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
-    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    #[zbus(name = "GetUnitByPID")]
-    fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
-    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
-    fn subscribe(&self) -> zbus::Result<()>;
-    fn list_units_by_patterns(
-        &self,
-        states: &[&str],
-        patterns: &[&str],
-    ) -> zbus::Result<Vec<UnitInfo>>;
-    #[zbus(signal)]
-    fn job_new(&self, id: u32, job: OwnedObjectPath, unit: String) -> zbus::Result<()>;
-    #[zbus(signal)]
-    fn job_removed(
-        &self,
-        id: u32,
-        job: OwnedObjectPath,
-        unit: String,
-        result: String,
-    ) -> zbus::Result<()>;
-    #[zbus(property)]
-    fn version(&self) -> zbus::Result<String>;
-}
-
-/// What locald reads of a unit to know where it is.
-#[derive(Debug, Clone, Default)]
-struct UnitState {
-    active: String,
-    description: String,
-    exec_main_pid: u32,
-    exec_main_code: i32,
-    exec_main_status: i32,
-    /// systemd's word for how the unit ended (`success`, `watchdog`, …).
-    result: String,
-    /// When the main process started, in µs since the epoch.
-    exec_main_start_us: u64,
-    /// The service's last `STATUS=`.
-    status_text: String,
-}
-
-impl UnitState {
-    /// Whether the main process has ended (the unit may still be stopping
-    /// what is left of it).
-    fn ended(&self) -> bool {
-        matches!(self.active.as_str(), "inactive" | "failed") || self.exec_main_code != 0
-    }
-
-    fn exit(&self) -> ExitStatus {
-        // CLD_EXITED = 1, CLD_KILLED = 2, CLD_DUMPED = 3 (siginfo codes).
-        match self.exec_main_code {
-            1 => ExitStatus::Exited(self.exec_main_status),
-            2 | 3 => ExitStatus::Signaled(self.exec_main_status),
-            // Never ran, or systemd forgot: as good as killed.
-            _ => ExitStatus::Signaled(Signal::SIGKILL as i32),
-        }
-    }
-}
-
-/// Why a unit could not be read.
-enum ReadError {
-    /// systemd has no such unit (any more).
-    Gone,
-    /// The call failed otherwise.
-    Bus(zbus::Error),
-}
-
-/// A connection to the user's systemd manager.
-#[derive(Clone)]
-struct Systemd {
-    conn: Connection,
-    manager: ManagerProxy<'static>,
-}
-
-impl Systemd {
-    async fn get(
-        &self,
-        path: &OwnedObjectPath,
-        iface: &str,
-        prop: &str,
-    ) -> zbus::Result<Value<'static>> {
-        let reply = self
-            .conn
-            .call_method(
-                Some(DEST),
-                path.as_str(),
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &(iface, prop),
-            )
-            .await?;
-        let v: zbus::zvariant::OwnedValue = reply.body().deserialize()?;
-        Ok(Value::from(v))
-    }
-
-    async fn read(&self, path: &OwnedObjectPath) -> Result<UnitState, ReadError> {
-        const UNIT: &str = "org.freedesktop.systemd1.Unit";
-        const SERVICE: &str = "org.freedesktop.systemd1.Service";
-        let map = |e: zbus::Error| match &e {
-            zbus::Error::MethodError(name, _, _)
-                if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject"
-                    || name.as_str() == "org.freedesktop.systemd1.NoSuchUnit"
-                    || name.as_str() == "org.freedesktop.DBus.Error.UnknownInterface" =>
-            {
-                ReadError::Gone
-            }
-            _ => ReadError::Bus(e),
-        };
-        let s = |v: Value<'static>| String::try_from(v).unwrap_or_default();
-        let u = |v: Value<'static>| u32::try_from(v).unwrap_or_default();
-        let i = |v: Value<'static>| i32::try_from(v).unwrap_or_default();
-        let st = UnitState {
-            active: s(self.get(path, UNIT, "ActiveState").await.map_err(map)?),
-            description: s(self.get(path, UNIT, "Description").await.map_err(map)?),
-            exec_main_pid: u(self.get(path, SERVICE, "ExecMainPID").await.map_err(map)?),
-            exec_main_code: i(self.get(path, SERVICE, "ExecMainCode").await.map_err(map)?),
-            exec_main_status: i(self
-                .get(path, SERVICE, "ExecMainStatus")
-                .await
-                .map_err(map)?),
-            result: s(self.get(path, SERVICE, "Result").await.map_err(map)?),
-            exec_main_start_us: u64::try_from(
-                self.get(path, SERVICE, "ExecMainStartTimestamp")
-                    .await
-                    .map_err(map)?,
-            )
-            .unwrap_or_default(),
-            status_text: s(self.get(path, SERVICE, "StatusText").await.map_err(map)?),
-        };
-        // A unit that is not loaded (systemd answers for any name) is gone.
-        if st.active == "inactive" && st.exec_main_pid == 0 && st.description.is_empty() {
-            return Err(ReadError::Gone);
-        }
-        Ok(st)
-    }
-
-    /// The `PropertiesChanged` signals of the unit at `path`, if they can
-    /// be subscribed to.
-    async fn property_changes(
-        &self,
-        path: &OwnedObjectPath,
-    ) -> Option<zbus::fdo::PropertiesChangedStream> {
-        let proxy = zbus::fdo::PropertiesProxy::builder(&self.conn)
-            .destination(DEST)
-            .and_then(|b| b.path(path.clone()))
-            .ok()?
-            .build()
-            .await
-            .ok()?;
-        proxy.receive_properties_changed().await.ok()
-    }
-
-    async fn unit_call(&self, path: &OwnedObjectPath, method: &str) {
-        let _ = self
-            .conn
-            .call_method(
-                Some(DEST),
-                path.as_str(),
-                Some("org.freedesktop.systemd1.Unit"),
-                method,
-                &(),
-            )
-            .await;
-    }
-}
+mod manager;
 
 /// Starts host workloads as transient units of the user's systemd manager.
 #[derive(Clone)]
@@ -461,16 +268,10 @@ impl SystemdRuntime {
         let sd = &self.systemd;
         // Before anything of the unit can have written a line.
         let requested = SystemTime::now();
-        let mut jobs = sd
-            .manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| bus_error(&name, e))?;
-        let job = self.start_with_retry(&name, &props).await?;
+        let mut jobs = sd.jobs_removed().await.map_err(|e| bus_error(&name, e))?;
+        let job = start_with_retry(sd, &name, &props).await?;
         lock(&self.live).insert(name.clone());
-        let result = self
-            .wait_started(&name, &mut jobs, &job, notify_ready)
-            .await;
+        let result = wait_started(sd, &name, &mut jobs, &job, notify_ready).await;
         drop(jobs);
         let path = sd
             .manager
@@ -501,108 +302,6 @@ impl SystemdRuntime {
         ))
     }
 
-    /// `StartTransientUnit`, again while systemd still holds an earlier unit
-    /// of that name of ours that has ended (it goes away by itself); a
-    /// running one is someone else's, and a unit systemd finds invalid
-    /// cannot be mended by trying again. Returns the start job.
-    async fn start_with_retry(
-        &self,
-        name: &str,
-        props: &[(&str, Value<'_>)],
-    ) -> Result<OwnedObjectPath, RuntimeError> {
-        let sd = &self.systemd;
-        let mut attempt = 0;
-        loop {
-            match sd
-                .manager
-                .start_transient_unit(name, "fail", props, &[])
-                .await
-            {
-                Ok(job) => return Ok(job),
-                Err(zbus::Error::MethodError(err, _, _))
-                    if err.as_str() == "org.freedesktop.systemd1.UnitExists" && attempt < 50 =>
-                {
-                    attempt += 1;
-                    if let Ok(path) = sd.manager.get_unit(name).await {
-                        if let Ok(st) = sd.read(&path).await {
-                            if !st.ended() {
-                                return Err(RuntimeError::Unavailable(format!(
-                                    "the systemd unit {name} already runs ({}); \
-                                     stop it with `systemctl --user stop {name}`",
-                                    st.description
-                                )));
-                            }
-                        }
-                        sd.unit_call(&path, "Unref").await;
-                    }
-                    let _ = sd.manager.reset_failed_unit(name).await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(zbus::Error::MethodError(err, msg, _))
-                    if err.as_str() == "org.freedesktop.DBus.Error.InvalidArgs" =>
-                {
-                    return Err(RuntimeError::Unavailable(format!(
-                        "systemd refused the unit {name}: {}",
-                        msg.unwrap_or_default()
-                    )));
-                }
-                Err(e) => return Err(bus_error(name, e)),
-            }
-        }
-    }
-
-    /// How the start went: the start job's result (with `Type=exec` it ends
-    /// once the program executes, or could not); with `Type=notify` the job
-    /// lasts until `READY=1`, so "running" once the unit has a main pid. A
-    /// lost signal must not hang the service in Starting: after 30 s the
-    /// unit's own state says it ("timeout").
-    async fn wait_started(
-        &self,
-        name: &str,
-        jobs: &mut JobRemovedStream,
-        job: &OwnedObjectPath,
-        notify_ready: bool,
-    ) -> String {
-        let sd = &self.systemd;
-        let wait_job = async {
-            loop {
-                let Some(sig) = jobs.next().await else {
-                    return "unknown".to_owned();
-                };
-                if let Ok(args) = sig.args() {
-                    if &args.job == job {
-                        return args.result;
-                    }
-                }
-            }
-        };
-        let has_pid = async {
-            if !notify_ready {
-                return std::future::pending().await;
-            }
-            loop {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                if let Ok(path) = sd.manager.get_unit(name).await {
-                    match sd.read(&path).await {
-                        Ok(st) if st.exec_main_pid != 0 || st.ended() => {
-                            return "running".to_owned()
-                        }
-                        Err(ReadError::Gone) => return "gone".to_owned(),
-                        _ => {}
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), async {
-            tokio::select! {
-                r = wait_job => r,
-                r = has_pid => r,
-            }
-        })
-        .await
-        .unwrap_or_else(|_| "timeout".to_owned())
-    }
-
     /// Takes over the running unit of `spec` an earlier daemon started, if
     /// it runs what `spec` would start (same key and fingerprint).
     /// `notify_ready`: the unit was started `Type=notify`.
@@ -613,28 +312,7 @@ impl SystemdRuntime {
     ) -> Option<UnitProcess> {
         let project = project_of(&spec.key).unwrap_or(&spec.project);
         let name = unit_name(project, &spec.unit);
-        let sd = &self.systemd;
-        let path = sd.manager.get_unit(&name).await.ok()?;
-        let st = sd.read(&path).await.ok()?;
-        let (key, print) = tag_from_description(&st.description)?;
-        if st.active != "active" || key != spec.key || print != fingerprint(spec) {
-            return None;
-        }
-        // Keeps the unit (and its exit status) until this daemon read it.
-        let r = sd
-            .conn
-            .call_method(
-                Some(DEST),
-                path.as_str(),
-                Some("org.freedesktop.systemd1.Unit"),
-                "Ref",
-                &(),
-            )
-            .await;
-        if let Err(e) = r {
-            tracing::warn!("cannot hold on to {name}: {e}; starting it afresh");
-            return None;
-        }
+        let (path, st) = adoptable(&self.systemd, &name, &spec.key, &fingerprint(spec)).await?;
         lock(&self.live).insert(name.clone());
         let restarts = restarts_from_description(&st.description).unwrap_or(0);
         let since = std::time::UNIX_EPOCH + Duration::from_micros(st.exec_main_start_us);
@@ -659,20 +337,12 @@ impl SystemdRuntime {
             .kill_unit(name, "all", Signal::SIGKILL as i32)
             .await;
         let _ = sd.manager.stop_unit(name, "replace").await;
-        for _ in 0..500 {
-            match sd.manager.get_unit(name).await {
-                Ok(path) => match sd.read(&path).await {
-                    Ok(st) if matches!(st.active.as_str(), "inactive" | "failed") => {
-                        sd.unit_call(&path, "Unref").await;
-                        let _ = sd.manager.reset_failed_unit(name).await;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                },
-                Err(_) => break,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let Ok(path) = sd.manager.get_unit(name).await else {
+            return;
+        };
+        if sd.wait_inactive(&path, Duration::from_secs(10)).await {
+            sd.unit_call(&path, "Unref").await;
+            let _ = sd.manager.reset_failed_unit(name).await;
         }
     }
 
@@ -1144,14 +814,9 @@ impl Process for UnitProcess {
             // with its cgroup; then the unit is stopped and collected.
             self.kill_unit(Signal::SIGKILL).await;
             let _ = self.systemd.manager.stop_unit(&self.name, "replace").await;
-            for _ in 0..500 {
-                match self.systemd.read(&self.path).await {
-                    Ok(st) if !matches!(st.active.as_str(), "inactive" | "failed") => {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    _ => break,
-                }
-            }
+            self.systemd
+                .wait_inactive(&self.path, Duration::from_secs(10))
+                .await;
             self.release().await;
         })
     }
@@ -1283,6 +948,136 @@ fn own_binary() -> PathBuf {
         }
         Err(_) => PathBuf::from("locald"),
     }
+}
+
+/// `StartTransientUnit`, again while systemd still holds an earlier unit
+/// of that name of ours that has ended (it goes away by itself); a
+/// running one is someone else's, and a unit systemd finds invalid
+/// cannot be mended by trying again. Returns the start job.
+async fn start_with_retry(
+    sd: &dyn SystemdManager,
+    name: &str,
+    props: &[(&str, Value<'_>)],
+) -> Result<OwnedObjectPath, RuntimeError> {
+    const TRIES: u32 = 50;
+    let mut attempt = 0;
+    loop {
+        match sd.start_transient(name, props).await {
+            Ok(job) => return Ok(job),
+            Err(StartError::Exists) if attempt < TRIES => {
+                attempt += 1;
+                if let Some(path) = sd.unit(name).await {
+                    if let Ok(st) = sd.read_unit(&path).await {
+                        if !st.ended() {
+                            return Err(RuntimeError::Unavailable(format!(
+                                "the systemd unit {name} already runs ({}); \
+                                 stop it with `systemctl --user stop {name}`",
+                                st.description
+                            )));
+                        }
+                    }
+                    let _ = sd.hold(&path, false).await;
+                }
+                sd.reset_failed(name).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(StartError::Exists) => {
+                return Err(RuntimeError::Unavailable(format!(
+                    "systemd still has an ended unit {name} after {TRIES} tries; \
+                     `systemctl --user reset-failed {name}` clears it"
+                )))
+            }
+            Err(StartError::Invalid(msg)) => {
+                return Err(RuntimeError::Unavailable(format!(
+                    "systemd refused the unit {name}: {msg}"
+                )))
+            }
+            Err(StartError::Bus(e)) => return Err(bus_error(name, e)),
+        }
+    }
+}
+
+/// How the start went: the start job's result (with `Type=exec` it ends
+/// once the program executes, or could not); with `Type=notify` the job
+/// lasts until `READY=1`, so "running" once the unit has a main pid
+/// (systemd announces `ExecMainPID` in `PropertiesChanged`; a short poll
+/// covers a missed signal). A lost job signal must not hang the service
+/// in Starting: after 30 s the unit's own state says it ("timeout").
+async fn wait_started(
+    sd: &dyn SystemdManager,
+    name: &str,
+    jobs: &mut futures_util::stream::BoxStream<'static, (OwnedObjectPath, String)>,
+    job: &OwnedObjectPath,
+    notify_ready: bool,
+) -> String {
+    let wait_job = async {
+        while let Some((j, result)) = jobs.next().await {
+            if &j == job {
+                return result;
+            }
+        }
+        "unknown".to_owned()
+    };
+    let has_pid = async {
+        if !notify_ready {
+            return std::future::pending().await;
+        }
+        let mut changes = match sd.unit(name).await {
+            Some(path) => sd.changes(&path).await,
+            None => None,
+        };
+        loop {
+            if let Some(path) = sd.unit(name).await {
+                match sd.read_unit(&path).await {
+                    Ok(st) if st.exec_main_pid != 0 || st.ended() => return "running".to_owned(),
+                    Err(ReadError::Gone) => return "gone".to_owned(),
+                    _ => {}
+                }
+            }
+            let poll = Duration::from_millis(if changes.is_some() { 100 } else { 10 });
+            let change = async {
+                match changes.as_mut() {
+                    Some(c) => c.next().await.is_none(),
+                    None => std::future::pending().await,
+                }
+            };
+            // A stream that ended would wake the loop at once, forever.
+            if tokio::time::timeout(poll, change).await == Ok(true) {
+                changes = None;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            r = wait_job => r,
+            r = has_pid => r,
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "timeout".to_owned())
+}
+
+/// The unit `name` if an earlier daemon started it for the project
+/// instance `key` and it runs what would start now (`print`, the spec's
+/// [`fingerprint`]): then it is held (`Ref`, so systemd keeps its exit
+/// status until locald read it) and returned with its state.
+async fn adoptable(
+    sd: &dyn SystemdManager,
+    name: &str,
+    key: &str,
+    print: &str,
+) -> Option<(OwnedObjectPath, UnitState)> {
+    let path = sd.unit(name).await?;
+    let st = sd.read_unit(&path).await.ok()?;
+    let (k, p) = tag_from_description(&st.description)?;
+    if st.active != "active" || k != key || p != print {
+        return None;
+    }
+    if let Err(e) = sd.hold(&path, true).await {
+        tracing::warn!("cannot hold on to {name}: {e}; starting it afresh");
+        return None;
+    }
+    Some((path, st))
 }
 
 fn bus_error(name: &str, e: zbus::Error) -> RuntimeError {
@@ -1586,5 +1381,180 @@ mod tests {
         assert_eq!(st(2, 15).exit(), ExitStatus::Signaled(15));
         assert!(!st(0, 0).ended());
         assert!(st(1, 0).ended());
+    }
+
+    mod on_a_fake_manager {
+        //! Starting and adopting a unit against [`manager::fake`]: the
+        //! decisions, without a user manager.
+
+        use super::*;
+        use manager::fake::{path_of, FakeManager, StartAnswer};
+
+        const NAME: &str = "locald-shop-web.service";
+
+        fn running(description: String) -> UnitState {
+            UnitState {
+                active: "active".into(),
+                description,
+                exec_main_pid: 4242,
+                exec_main_start_us: 1_700_000_000_000_000,
+                ..UnitState::default()
+            }
+        }
+
+        fn ended() -> UnitState {
+            UnitState {
+                active: "failed".into(),
+                description: "locald shop/web: x [shop-0123456789ab 00 r0]".into(),
+                exec_main_code: 1,
+                exec_main_status: 1,
+                ..UnitState::default()
+            }
+        }
+
+        fn job(result: Option<&'static str>) -> StartAnswer {
+            StartAnswer::Job {
+                state: running(describe(&spec())),
+                result,
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn unit_exists_for_an_ended_unit_is_cleared_and_retried() {
+            let sd = FakeManager::default()
+                .with_unit(NAME, ended())
+                .answering(StartAnswer::Exists)
+                .answering(job(Some("done")));
+            let job = start_with_retry(&sd, NAME, &[]).await.expect("started");
+            assert_eq!(job.as_str(), "/org/freedesktop/systemd1/job/1");
+            let calls = sd.calls();
+            let unit = path_of(NAME);
+            let leaf = unit.as_str().rsplit('/').next().unwrap_or_default();
+            assert_eq!(
+                calls,
+                [
+                    format!("StartTransientUnit {NAME}"),
+                    format!("GetUnit {NAME}"),
+                    format!("Unref {leaf}"),
+                    format!("ResetFailedUnit {NAME}"),
+                    format!("StartTransientUnit {NAME}"),
+                ]
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn unit_exists_for_a_running_unit_is_refused_naming_it() {
+            let sd = FakeManager::default()
+                .with_unit(NAME, running("someone's own unit".into()))
+                .answering(StartAnswer::Exists);
+            let err = start_with_retry(&sd, NAME, &[])
+                .await
+                .expect_err("someone else's unit");
+            let text = err.to_string();
+            assert!(text.contains("already runs (someone's own unit)"), "{text}");
+            assert!(
+                text.contains(&format!("systemctl --user stop {NAME}")),
+                "{text}"
+            );
+            // Nothing of the running unit is touched.
+            assert!(!sd.calls().iter().any(|c| c.starts_with("Unref")));
+            assert!(!sd.calls().iter().any(|c| c.starts_with("ResetFailed")));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_unit_that_keeps_existing_is_given_up_on() {
+            let mut sd = FakeManager::default();
+            for _ in 0..60 {
+                sd = sd.answering(StartAnswer::Exists);
+            }
+            let err = start_with_retry(&sd, NAME, &[])
+                .await
+                .expect_err("gives up");
+            assert!(err.to_string().contains("after 50 tries"), "{err}");
+            let starts = sd
+                .calls()
+                .iter()
+                .filter(|c| c.starts_with("StartTransientUnit"))
+                .count();
+            assert_eq!(starts, 51);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_invalid_unit_is_refused_at_once() {
+            let sd = FakeManager::default().answering(StartAnswer::Invalid("bad ExecStart"));
+            let err = start_with_retry(&sd, NAME, &[]).await.expect_err("invalid");
+            assert!(err.is_permanent());
+            assert!(err.to_string().contains("bad ExecStart"), "{err}");
+            assert_eq!(sd.calls().len(), 1);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_start_job_result_says_how_the_start_went() {
+            for result in ["done", "failed", "dependency"] {
+                let sd = FakeManager::default().answering(job(Some(result)));
+                let mut jobs = sd.jobs_removed().await.expect("jobs");
+                let j = start_with_retry(&sd, NAME, &[]).await.expect("job");
+                assert_eq!(wait_started(&sd, NAME, &mut jobs, &j, false).await, result);
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_notify_unit_counts_as_started_once_it_has_a_main_pid() {
+            // Type=notify: the job lasts until READY=1.
+            let sd = FakeManager::default().answering(job(None));
+            let mut jobs = sd.jobs_removed().await.expect("jobs");
+            let j = start_with_retry(&sd, NAME, &[]).await.expect("job");
+            assert_eq!(
+                wait_started(&sd, NAME, &mut jobs, &j, true).await,
+                "running"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_lost_job_signal_times_out_instead_of_hanging() {
+            let sd = FakeManager::default().answering(job(None));
+            let mut jobs = sd.jobs_removed().await.expect("jobs");
+            let j = start_with_retry(&sd, NAME, &[]).await.expect("job");
+            let t0 = tokio::time::Instant::now();
+            assert_eq!(
+                wait_started(&sd, NAME, &mut jobs, &j, false).await,
+                "timeout"
+            );
+            assert_eq!(t0.elapsed(), Duration::from_secs(30));
+        }
+
+        #[tokio::test]
+        async fn only_a_running_unit_of_the_same_instance_and_spec_is_adopted() {
+            let spec = spec();
+            let print = fingerprint(&spec);
+            let sd = FakeManager::default().with_unit(NAME, running(describe(&spec)));
+            let (path, st) = adoptable(&sd, NAME, &spec.key, &print)
+                .await
+                .expect("adopted");
+            assert_eq!(path, path_of(NAME));
+            assert_eq!(st.exec_main_pid, 4242);
+            assert_eq!(restarts_from_description(&st.description), Some(3));
+            assert!(sd.calls().iter().any(|c| c.starts_with("Ref ")), "held");
+
+            // Another instance of the project, another spec, an ended
+            // unit, no unit: started afresh, and nothing is held.
+            let other_key = "shop-fedcba987654";
+            assert!(adoptable(&sd, NAME, other_key, &print).await.is_none());
+            assert!(adoptable(&sd, NAME, &spec.key, "0000").await.is_none());
+            let gone = FakeManager::default().with_unit(NAME, ended());
+            assert!(adoptable(&gone, NAME, &spec.key, &print).await.is_none());
+            let none = FakeManager::default();
+            assert!(adoptable(&none, NAME, &spec.key, &print).await.is_none());
+            for fake in [&gone, &none] {
+                assert!(!fake.calls().iter().any(|c| c.starts_with("Ref ")));
+            }
+        }
+
+        #[tokio::test]
+        async fn a_unit_with_a_foreign_description_is_never_adopted() {
+            let sd = FakeManager::default()
+                .with_unit(NAME, running("locald shop/web: x [../etc 00 r0]".into()));
+            assert!(adoptable(&sd, NAME, "../etc", "00").await.is_none());
+        }
     }
 }
