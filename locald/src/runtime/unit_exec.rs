@@ -104,64 +104,58 @@ impl UnitExec {
         v
     }
 
-    /// Parses what [`UnitExec::to_args`] made (without the subcommand).
+    /// Parses what [`UnitExec::to_args`] made (without the subcommand),
+    /// with clap, as every other command line of locald is parsed.
     pub fn parse(args: &[OsString]) -> Result<UnitExec, String> {
-        let mut it = args.iter();
-        let mut project = None;
-        let mut service = None;
-        let mut phase = Phase::Run;
-        let mut build_id = None;
-        let mut arg0 = None;
-        let mut image = None;
-        let mut stderr_priority = Priority::INFO;
-        let mut socket = PathBuf::from(crate::journal::DEFAULT_SOCKET);
-        loop {
-            let Some(flag) = it.next() else {
-                return Err("no `--` before the command".into());
-            };
-            let flag = flag.to_string_lossy();
-            if flag == "--" {
-                break;
-            }
-            let value = it
-                .next()
-                .map(|v| v.to_string_lossy().into_owned())
-                .ok_or_else(|| format!("{flag} needs a value"))?;
-            match &*flag {
-                "--project" => project = Some(value),
-                "--service" => service = Some(value),
-                "--phase" => {
-                    phase = match value.as_str() {
-                        "run" => Phase::Run,
-                        "build" => Phase::Build,
-                        other => return Err(format!("unknown phase {other}")),
-                    }
-                }
-                "--build-id" => build_id = Some(value),
-                "--arg0" => arg0 = Some(value),
-                "--image" => image = Some(value),
-                "--stderr-priority" => {
-                    stderr_priority = value.parse().map_err(|e| format!("{e}"))?;
-                }
-                "--socket" => socket = PathBuf::from(value),
-                other => return Err(format!("unknown option {other}")),
-            }
-        }
-        let argv: Vec<OsString> = it.cloned().collect();
-        if argv.is_empty() {
-            return Err("no command after `--`".into());
-        }
+        use clap::Parser;
+        let a = Args::try_parse_from(
+            std::iter::once(OsString::from(SUBCOMMAND)).chain(args.iter().cloned()),
+        )
+        .map_err(|e| e.to_string().trim_end().to_owned())?;
         Ok(UnitExec {
-            project: project.ok_or("--project is missing")?,
-            service: service.ok_or("--service is missing")?,
-            phase,
-            build_id,
-            stderr_priority,
-            socket,
-            image,
-            arg0,
-            argv,
+            project: a.project,
+            service: a.service,
+            phase: a.phase,
+            build_id: a.build_id,
+            stderr_priority: a.stderr_priority,
+            socket: a.socket,
+            image: a.image,
+            arg0: a.arg0,
+            argv: a.argv,
         })
+    }
+}
+
+/// The command line of `locald internal-unit-exec` (see [`UnitExec`]).
+#[derive(clap::Parser)]
+#[command(disable_help_flag = true, disable_version_flag = true)]
+struct Args {
+    #[arg(long)]
+    project: String,
+    #[arg(long)]
+    service: String,
+    #[arg(long, default_value = "run", value_parser = parse_phase)]
+    phase: Phase,
+    #[arg(long)]
+    build_id: Option<String>,
+    #[arg(long, default_value_t = Priority::INFO)]
+    stderr_priority: Priority,
+    #[arg(long, default_value = crate::journal::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long)]
+    arg0: Option<String>,
+    /// The service, after `--`.
+    #[arg(last = true, required = true)]
+    argv: Vec<OsString>,
+}
+
+fn parse_phase(s: &str) -> Result<Phase, String> {
+    match s {
+        "run" => Ok(Phase::Run),
+        "build" => Ok(Phase::Build),
+        other => Err(format!("unknown phase {other}")),
     }
 }
 
