@@ -4,7 +4,7 @@
 //! One task follows the same signals an editor would (`PropertiesChanged`,
 //! `InterfacesAdded`/`Removed`, `BuildProgress`, `BuildFinished`) plus
 //! `LogLine`, for which it calls `SubscribeLogs` on every service. Each
-//! change updates the [`Model`] and goes out as one [`Event`] on a broadcast
+//! change updates the model and goes out as one [`Event`] on a broadcast
 //! channel, under the model's lock, so a page that takes a snapshot and a
 //! receiver together sees every change after its snapshot exactly once.
 

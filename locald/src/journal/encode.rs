@@ -2,7 +2,7 @@
 //! `<N>` level prefix and splitting lines longer than journald's `LineMax`.
 //!
 //! Everything here is pure so that it can be tested without a journald; the
-//! socket side lives in [`super::native`].
+//! socket side lives in `native.rs`.
 
 use crate::event::LogLine;
 

@@ -14,7 +14,7 @@
 //! A [`RuntimeSet`] holds one runtime per kind; each service gets the one
 //! its workload needs, and stale-run clean-up at start sweeps every kind, so
 //! a service switched from one kind to another never leaves its old copy
-//! running. [`fake`] is a scripted runtime for the state machine's tests.
+//! running. `fake.rs` is a scripted runtime for the state machine's tests.
 
 pub mod accounting;
 pub mod cgroup;
@@ -69,10 +69,10 @@ pub struct LaunchSpec {
     pub notify_socket: Option<PathBuf>,
     /// The workload says `READY=1` when it is ready (`health = { notify =
     /// true }`). A runtime that tracks readiness itself (a systemd unit of
-    /// `Type=notify`) reports it through [`Process::take_notices`].
+    /// `Type=notify`) reports it as [`ProcessEvent::Notice`].
     pub notify_ready: bool,
     /// `watchdog_sec`: a runtime that enforces it itself (systemd's
-    /// `WatchdogSec=`) says so through [`Process::enforces_watchdog`].
+    /// `WatchdogSec=`) says so through [`Runtime::enforces_watchdog`].
     pub watchdog: Option<std::time::Duration>,
     /// Priority of stderr lines without a `<N>` prefix, for a runtime that
     /// writes the workload's output to the journal itself.
@@ -87,7 +87,7 @@ pub struct LaunchSpec {
     /// `stop_timeout`, likewise (a unit's `TimeoutStopSec=`).
     pub stop_timeout: Duration,
     /// How often the service was restarted so far; a workload that outlives
-    /// the daemon keeps it for the next one ([`Process::adopted_history`]).
+    /// the daemon keeps it for the next one ([`Adopted::history`]).
     pub restarts: u32,
     /// Where the runtime reports how far it got in making the workload
     /// ready to start (an image pulled or imported for its first start).

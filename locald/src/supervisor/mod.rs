@@ -1,6 +1,6 @@
 //! Supervising one project: a task per service, wired to its dependencies.
 //!
-//! [`Project`] owns the service tasks and their snapshot channels. A
+//! `Project` owns the service tasks and their snapshot channels. A
 //! service's snapshot channel outlives its task, so when a reload replaces a
 //! service, dependents that watch it keep working. Stopping goes in reverse
 //! dependency order, layer by layer: a service stops only after everything

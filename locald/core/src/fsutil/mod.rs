@@ -389,7 +389,7 @@ pub(crate) fn temporary_name(name: &str) -> String {
 
 /// Writes `data` to `path` so that a reader sees the old or the new
 /// content, never a mix: a temporary file with an unpredictable name
-/// ([`temporary_name`], `O_EXCL|O_NOFOLLOW`, mode 0600; another name is
+/// (`temporary_name`, `O_EXCL|O_NOFOLLOW`, mode 0600; another name is
 /// tried if one is taken), fsync, rename over `path`, fsync of the
 /// directory. A symlink at `path` is replaced, never followed.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
