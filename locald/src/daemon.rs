@@ -357,7 +357,8 @@ async fn compose_engine(
         fanout = fanout.with(j);
     }
     let sink: Arc<dyn LogSink> = Arc::new(fanout.with(bus_logs.clone()));
-    let mut runtimes = crate::runtime::RuntimeSet::detect(&paths);
+    let images = crate::runtime::ImageStore::open(&paths);
+    let mut runtimes = crate::runtime::RuntimeSet::detect(&paths, &images);
     let systemd = crate::runtime::systemd::SystemdRuntime::detect(&paths).await;
     if let Some(sd) = &systemd {
         runtimes = runtimes.with_systemd(sd.clone().with_live_logs(bus_logs));
@@ -370,6 +371,7 @@ async fn compose_engine(
             paths,
         },
         runtimes,
+        images,
     );
     (engine, systemd)
 }

@@ -21,7 +21,7 @@ use crate::lock;
 use crate::output::LogSink;
 use crate::ports::{InUse, PortBook, PortError};
 use crate::runtime::claim::{project_key, ClaimError, ProjectClaim};
-use crate::runtime::{Runtime, RuntimeSet};
+use crate::runtime::{ImageStore, Runtime, RuntimeSet};
 use crate::state::{StateError, StateFile};
 use crate::supervisor::{Env, Project, ProjectView, ServiceSender};
 use locald_core::paths::Paths;
@@ -183,17 +183,20 @@ impl Engine {
     /// Creates an engine with no projects, running host processes and (where
     /// the shim and the image store are there) containers.
     pub fn new(opts: EngineOptions) -> Engine {
-        let runtimes = RuntimeSet::detect(&opts.paths);
-        Self::with_runtimes(opts, runtimes)
+        let images = ImageStore::open(&opts.paths);
+        let runtimes = RuntimeSet::detect(&opts.paths, &images);
+        Self::with_runtimes(opts, runtimes, images)
     }
 
     /// Creates an engine with a given process runtime.
     pub fn with_runtime(opts: EngineOptions, runtime: Arc<dyn Runtime>) -> Engine {
-        Self::with_runtimes(opts, RuntimeSet::host(runtime))
+        let images = ImageStore::none("this engine was given no image store");
+        Self::with_runtimes(opts, RuntimeSet::host(runtime), images)
     }
 
-    /// Creates an engine with a runtime per kind.
-    pub fn with_runtimes(opts: EngineOptions, runtime: RuntimeSet) -> Engine {
+    /// Creates an engine with a runtime per kind and the image store they
+    /// were given.
+    pub fn with_runtimes(opts: EngineOptions, runtime: RuntimeSet, images: ImageStore) -> Engine {
         let (events, _) = broadcast::channel(4096);
         let env = Env {
             events,
@@ -202,6 +205,7 @@ impl Engine {
             url_port: crate::supervisor::UrlPort::default(),
             sources: crate::watch::WatchSlot::default(),
             paths: Arc::new(opts.paths.clone()),
+            images,
         };
         Engine {
             inner: Arc::new(Inner {
@@ -437,7 +441,7 @@ impl Engine {
     /// that `images` no longer names it and `prune` may remove what only it
     /// used.
     async fn forget_images(&self, root: &Path) {
-        let Ok(images) = self.inner.env.runtime.images() else {
+        let Ok(images) = self.inner.env.images.get() else {
             return;
         };
         let store = images.images().store().clone();
@@ -686,8 +690,8 @@ impl Engine {
     fn store_images(&self) -> Result<StoreImages, EngineError> {
         self.inner
             .env
-            .runtime
-            .images()
+            .images
+            .get()
             .cloned()
             .map_err(|why| EngineError::NoImageStore(why.to_owned()))
     }
@@ -800,7 +804,7 @@ impl Engine {
         }
         // What interrupted unpacks left in the image store (possibly a
         // large tree) goes in the background: restoring does not wait.
-        if let Ok(images) = self.inner.env.runtime.images().cloned() {
+        if let Ok(images) = self.inner.env.images.get().cloned() {
             tokio::spawn(async move {
                 images.sweep_leftovers().await;
             });

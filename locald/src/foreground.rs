@@ -230,16 +230,19 @@ pub async fn build(
     let (events, mut rx) = tokio::sync::broadcast::channel(1024);
     // Buildpacks builds run in containers from the image store; the same
     // runtimes `locald up` uses.
-    let runtime = if config
+    let (runtime, images) = if config
         .services
         .values()
         .any(|s| matches!(s.build, Some(crate::config::BuildSpec::Cnb(_))))
     {
-        crate::runtime::RuntimeSet::detect(&paths)
+        let images = crate::runtime::ImageStore::open(&paths);
+        (crate::runtime::RuntimeSet::detect(&paths, &images), images)
     } else {
-        crate::runtime::RuntimeSet::host(Arc::new(crate::runtime::host::HostRuntime::detect(
-            paths.runtime.clone(),
-        )))
+        let host = crate::runtime::host::HostRuntime::detect(paths.runtime.clone());
+        (
+            crate::runtime::RuntimeSet::host(Arc::new(host)),
+            crate::runtime::ImageStore::none("no buildpacks build here"),
+        )
     };
     let env = crate::supervisor::Env {
         events,
@@ -248,6 +251,7 @@ pub async fn build(
         url_port: crate::supervisor::UrlPort::default(),
         sources: crate::watch::WatchSlot::default(),
         paths: Arc::new(paths),
+        images,
     };
     // Progress steps ("Building: step 3/5 – Restoring cache") as lines.
     let printer = {

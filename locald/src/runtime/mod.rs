@@ -380,9 +380,9 @@ pub struct Adopted {
     pub history: Option<(u32, std::time::SystemTime)>,
 }
 
-/// One runtime per kind, and the choice of kind per service; also the
-/// image store the container kind prepares images from, for the engine's
-/// `pull`, `images` and `prune`.
+/// One runtime per kind, and the choice of kind per service. (The image
+/// store is not found through it: whoever composes the engine opens an
+/// [`ImageStore`] and gives it to the container runtime and the engine.)
 #[derive(Clone)]
 pub struct RuntimeSet {
     host: Arc<dyn Runtime>,
@@ -393,7 +393,30 @@ pub struct RuntimeSet {
     containers: Option<Arc<container::ContainerRuntime>>,
     /// Image services as units ([`container_unit`]).
     container_unit: Option<Arc<dyn Runtime>>,
-    images: Result<StoreImages, String>,
+}
+
+/// The user's image store, or why there is none: opened once by whoever
+/// composes the engine and handed to the container runtime, the builder and
+/// the engine's `pull`/`images`/`prune`, each of which says the reason when
+/// there is no store.
+#[derive(Clone)]
+pub struct ImageStore(Result<StoreImages, String>);
+
+impl ImageStore {
+    /// The store at `paths.data` ([`StoreImages::open`]).
+    pub fn open(paths: &locald_core::paths::Paths) -> ImageStore {
+        ImageStore(StoreImages::open(paths))
+    }
+
+    /// No store, for `why`.
+    pub fn none(why: impl Into<String>) -> ImageStore {
+        ImageStore(Err(why.into()))
+    }
+
+    /// The store, or why there is none.
+    pub fn get(&self) -> Result<&StoreImages, &str> {
+        self.0.as_ref().map_err(String::as_str)
+    }
 }
 
 impl RuntimeSet {
@@ -408,47 +431,32 @@ impl RuntimeSet {
             systemd: None,
             containers: None,
             container_unit: None,
-            images: Err("this locald has no image store".into()),
         }
     }
 
     /// What this machine and user can run: host processes, and containers
-    /// through the shim (`$LOCALD_SHIM`, else the packaged path) from the
-    /// user's image store. Without a store (no home directory) image
-    /// services are refused with the reason; a missing shim is reported when
-    /// an image service starts, with how to install it.
-    pub fn detect(paths: &locald_core::paths::Paths) -> RuntimeSet {
+    /// through the shim (`$LOCALD_SHIM`, else the packaged path) from
+    /// `images`. Without a store (no home directory) image services are
+    /// refused with the reason; a missing shim is reported when an image
+    /// service starts, with how to install it.
+    pub fn detect(paths: &locald_core::paths::Paths, images: &ImageStore) -> RuntimeSet {
         let set = RuntimeSet::host(Arc::new(host::HostRuntime::detect(paths.runtime.clone())));
-        match StoreImages::open(paths) {
+        match images.get() {
             Ok(images) => {
                 let containers = Arc::new(container::ContainerRuntime::new(
                     crate::shim_client::ShimClient::from_env(),
                     Arc::new(images.clone()),
                     paths.runtime.clone(),
                 ));
-                let mut set = set.with_container(containers.clone()).with_images(images);
+                let mut set = set.with_container(containers.clone());
                 set.containers = Some(containers);
                 set
             }
             Err(why) => {
                 let why = format!("image services need the image store: {why}");
-                let mut set = set.with_container(Arc::new(Unavailable(why.clone())));
-                set.images = Err(why);
-                set
+                set.with_container(Arc::new(Unavailable(why)))
             }
         }
-    }
-
-    /// The same set with `images` as its image store (the one the
-    /// container runtime was given).
-    pub fn with_images(mut self, images: StoreImages) -> RuntimeSet {
-        self.images = Ok(images);
-        self
-    }
-
-    /// The image store, or why there is none.
-    pub fn images(&self) -> Result<&StoreImages, &str> {
-        self.images.as_ref().map_err(String::as_str)
     }
 
     /// The same set with `container` running image workloads.

@@ -38,6 +38,8 @@ pub(crate) struct Builder {
     pub sources: crate::watch::WatchSlot,
     /// Where a buildpacks build's private scratch lives (`cache`).
     pub paths: Arc<locald_core::paths::Paths>,
+    /// The image store buildpacks builds use.
+    pub images: crate::runtime::ImageStore,
 }
 
 /// A fresh id for a build: 16 hex digits, unique enough to find its lines.

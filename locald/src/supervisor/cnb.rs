@@ -76,8 +76,8 @@ impl Builder {
         record: &mut BuildRecord,
     ) -> Result<BuildResult, String> {
         let images = self
-            .runtime
-            .images()
+            .images
+            .get()
             .map_err(|e| format!("buildpacks builds need the image store: {e}"))?
             .clone();
         let plan = self.cnb_plan(cnb, &images, force, build_id).await?;

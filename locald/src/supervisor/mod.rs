@@ -42,6 +42,8 @@ pub(crate) struct Env {
     pub sources: crate::watch::WatchSlot,
     /// Where notify sockets, claims and build scratch live.
     pub paths: Arc<locald_core::paths::Paths>,
+    /// The user's image store (buildpacks builds), or why there is none.
+    pub images: crate::runtime::ImageStore,
 }
 
 /// The proxy's port, shared by the engine and whoever serves the proxy
@@ -169,6 +171,7 @@ impl Project {
             runtime: self.env.runtime.clone(),
             sources: self.env.sources.clone(),
             paths: self.env.paths.clone(),
+            images: self.env.images.clone(),
             events: self.env.events.clone(),
             snapshot: snapshot.clone(),
             lock: Arc::new(Mutex::new(())),
@@ -386,6 +389,7 @@ pub(crate) async fn build_services(
             runtime: env.runtime.clone(),
             sources: env.sources.clone(),
             paths: env.paths.clone(),
+            images: env.images.clone(),
             events: env.events.clone(),
             snapshot: Arc::new(watch::Sender::new(ServiceSnapshot::new(name))),
             lock: Arc::new(Mutex::new(())),

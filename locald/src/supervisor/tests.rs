@@ -41,6 +41,7 @@ fn project(
         url_port: super::UrlPort::default(),
         sources: crate::watch::WatchSlot::default(),
         paths: Arc::new(locald_core::paths::Paths::under(dir.path())),
+        images: crate::runtime::ImageStore::none("no image store in these tests"),
     };
     (Project::start(config, env), rx, dir)
 }
