@@ -198,6 +198,28 @@ pub fn dead_end(p: &ProjectSnapshot) -> Option<String> {
     })
 }
 
+/// What `locald build` runs builds with: the image store and its runtimes
+/// when a buildpacks build needs them, else host processes only.
+fn build_runtimes(
+    config: &Config,
+    paths: &Paths,
+) -> (crate::runtime::RuntimeSet, crate::runtime::ImageStore) {
+    let cnb = config
+        .services
+        .values()
+        .any(|s| matches!(s.build, Some(crate::config::BuildSpec::Cnb(_))));
+    if cnb {
+        let images = crate::runtime::ImageStore::open(paths);
+        (crate::runtime::RuntimeSet::detect(paths, &images), images)
+    } else {
+        let host = crate::runtime::host::HostRuntime::detect(paths.runtime.clone());
+        (
+            crate::runtime::RuntimeSet::host(Arc::new(host)),
+            crate::runtime::ImageStore::none("no buildpacks build here"),
+        )
+    }
+}
+
 /// `locald build [SERVICE] [--force]` in the foreground, with no daemon:
 /// builds one service (or every service that has a build), printing build
 /// output and one line per service with what happened. Returns whether every
@@ -230,20 +252,7 @@ pub async fn build(
     let (events, mut rx) = tokio::sync::broadcast::channel(1024);
     // Buildpacks builds run in containers from the image store; the same
     // runtimes `locald up` uses.
-    let (runtime, images) = if config
-        .services
-        .values()
-        .any(|s| matches!(s.build, Some(crate::config::BuildSpec::Cnb(_))))
-    {
-        let images = crate::runtime::ImageStore::open(&paths);
-        (crate::runtime::RuntimeSet::detect(&paths, &images), images)
-    } else {
-        let host = crate::runtime::host::HostRuntime::detect(paths.runtime.clone());
-        (
-            crate::runtime::RuntimeSet::host(Arc::new(host)),
-            crate::runtime::ImageStore::none("no buildpacks build here"),
-        )
-    };
+    let (runtime, images) = build_runtimes(config, &paths);
     let env = crate::supervisor::Env {
         events,
         sink: Arc::new(sink),

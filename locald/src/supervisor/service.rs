@@ -371,6 +371,12 @@ impl ServiceTask {
         if started.elapsed() > self.cfg.restart.delay_max {
             fsm.consecutive = 0;
         }
+        self.after(fsm, pid, ended).await
+    }
+
+    /// What comes after the process `pid` ended as `ended`: said, then a
+    /// stop, a restart after backoff, or the end of the service.
+    async fn after(&mut self, fsm: &mut Fsm, pid: u32, ended: Ended) -> Next {
         match &ended {
             Ended::Exited(status) | Ended::Outside(status) => {
                 self.tell(&format!("pid {pid} {status}"))
@@ -602,36 +608,54 @@ impl ServiceTask {
                     self.stop_process(proc, "watchdog timeout").await;
                     return Ended::Watchdog;
                 }
-                cmd = self.cmds.recv() => match cmd {
-                    None => {
-                        self.stop_process(proc, "shutting down").await;
-                        return Ended::Stopped(Next::Exit);
+                cmd = self.cmds.recv() => {
+                    if let Some(ended) = self.command(cmd, proc, fsm).await {
+                        return ended;
                     }
-                    Some(Command::Start) => {}
-                    Some(Command::Stop(reply)) => {
-                        return self.stop_for_good(proc, "stop requested", reply, Next::Idle).await;
-                    }
-                    Some(Command::Shutdown(reply)) => {
-                        return self.stop_for_good(proc, "shutting down", reply, Next::Exit).await;
-                    }
-                    Some(Command::Restart { reply, why, build }) => {
-                        self.tell(&format!("restarting: {why}"));
-                        self.stop_process(proc, &why).await;
-                        proc.kill().await;
-                        fsm.build_needed |= build;
-                        fsm.reset();
-                        let _ = reply.send(());
-                        return Ended::Stopped(Next::Run);
-                    }
-                    Some(Command::Build { force, reply }) => {
-                        let builder = self.builder.clone();
-                        tokio::spawn(async move {
-                            let _ = reply.send(builder.build(force).await);
-                        });
-                    }
-                },
+                }
             }
         }
+    }
+
+    /// A request while the process runs; `Some` when it ended the process.
+    async fn command(
+        &mut self,
+        cmd: Option<Command>,
+        proc: &mut dyn Process,
+        fsm: &mut Fsm,
+    ) -> Option<Ended> {
+        let ended = match cmd {
+            None => {
+                self.stop_process(proc, "shutting down").await;
+                Ended::Stopped(Next::Exit)
+            }
+            Some(Command::Start) => return None,
+            Some(Command::Stop(reply)) => {
+                self.stop_for_good(proc, "stop requested", reply, Next::Idle)
+                    .await
+            }
+            Some(Command::Shutdown(reply)) => {
+                self.stop_for_good(proc, "shutting down", reply, Next::Exit)
+                    .await
+            }
+            Some(Command::Restart { reply, why, build }) => {
+                self.tell(&format!("restarting: {why}"));
+                self.stop_process(proc, &why).await;
+                proc.kill().await;
+                fsm.build_needed |= build;
+                fsm.reset();
+                let _ = reply.send(());
+                Ended::Stopped(Next::Run)
+            }
+            Some(Command::Build { force, reply }) => {
+                let builder = self.builder.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(builder.build(force).await);
+                });
+                return None;
+            }
+        };
+        Some(ended)
     }
 
     /// What a sd_notify message means for the service, from locald's
