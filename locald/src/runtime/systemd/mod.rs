@@ -56,7 +56,9 @@ use crate::output::BoxFuture;
 use crate::output::LogSink;
 use crate::runtime::notify::Notice;
 use locald_core::paths::{Paths, RuntimeDir};
-use manager::{JobNew, ManagerProxy, ReadError, StartError, Systemd, SystemdManager, UnitState};
+use manager::{
+    JobNew, JobNewStream, ManagerProxy, ReadError, StartError, Systemd, SystemdManager, UnitState,
+};
 
 mod manager;
 
@@ -608,6 +610,17 @@ pub(crate) struct UnitProcess {
     history: Option<(u32, SystemTime)>,
     /// Reads the unit's lines back for live listeners.
     follower: Option<Follower>,
+    /// The unit's `PropertiesChanged` and the manager's `JobNew` signals,
+    /// subscribed once and kept: a wait that is cancelled (the supervisor
+    /// waits on other things too) must not lose a signal that came in
+    /// meanwhile, least of all the job of a `systemctl --user stop`.
+    signals: Option<UnitSignals>,
+}
+
+/// See [`UnitProcess::signals`].
+struct UnitSignals {
+    changes: Option<zbus::fdo::PropertiesChangedStream>,
+    jobs: Option<JobNewStream>,
 }
 
 impl UnitProcess {
@@ -640,6 +653,7 @@ impl UnitProcess {
             by_watchdog: false,
             history,
             follower,
+            signals: None,
         }
     }
 
@@ -657,18 +671,25 @@ impl UnitProcess {
     /// Follows the unit until its main process has ended.
     async fn wait_exit(&mut self) -> ExitStatus {
         let sd = self.systemd.clone();
-        let mut changes = sd.property_changes(&self.path).await;
-        // A job on the unit that locald did not ask for is someone's
-        // `systemctl --user stop` (or restart): systemd announces it before
-        // the unit's state changes, so it is in the queue by the time a read
-        // shows the unit ended.
-        let mut jobs = sd.manager.receive_job_new().await.ok();
+        if self.signals.is_none() {
+            let changes = sd.property_changes(&self.path).await;
+            // A job on the unit that locald did not ask for is someone's
+            // `systemctl --user stop` (or restart): systemd announces it
+            // before the unit's state changes, so it is in the queue by the
+            // time a read shows the unit ended.
+            let jobs = sd.manager.receive_job_new().await.ok();
+            self.signals = Some(UnitSignals { changes, jobs });
+        }
         loop {
             let read = sd.read(&self.path).await;
-            while let Some(Some(sig)) = jobs.as_mut().map(|j| j.next().now_or_never().flatten()) {
-                if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
-                    self.outside = true;
+            let mut foreign_job = false;
+            if let Some(jobs) = self.signals.as_mut().and_then(|s| s.jobs.as_mut()) {
+                while let Some(Some(sig)) = jobs.next().now_or_never() {
+                    foreign_job |= sig.args().is_ok_and(|a| a.unit == self.name);
                 }
+            }
+            if foreign_job && !self.stopping {
+                self.outside = true;
             }
             let mut poll = Duration::from_secs(5);
             match read {
@@ -693,10 +714,13 @@ impl UnitProcess {
             // A stream that ended (its connection closed) is dropped, or it
             // would wake the loop at once, forever (`next_change` does so
             // for the property changes).
+            let Some(signals) = self.signals.as_mut() else {
+                continue;
+            };
             let next = async {
-                let change = next_change(&mut changes);
+                let change = next_change(&mut signals.changes);
                 let job = async {
-                    match jobs.as_mut() {
+                    match signals.jobs.as_mut() {
                         Some(j) => j.next().await,
                         None => std::future::pending().await,
                     }
@@ -707,7 +731,7 @@ impl UnitProcess {
                 }
             };
             match tokio::time::timeout(poll, next).await {
-                Ok(Wake::Job(None)) => jobs = None,
+                Ok(Wake::Job(None)) => signals.jobs = None,
                 Ok(Wake::Job(Some(sig))) => {
                     if sig.args().is_ok_and(|a| a.unit == self.name) && !self.stopping {
                         self.outside = true;
