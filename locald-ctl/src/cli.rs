@@ -110,9 +110,12 @@ pub enum Command {
         #[arg(long, value_parser = ["build", "run"])]
         phase: Option<String>,
         /// Lines since this time (journalctl syntax: "-10m", "today", "2026-11-22 10:00").
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
         since: Option<String>,
-        /// Only the last N lines.
+        /// Lines until this time (same syntax as --since).
+        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+        until: Option<String>,
+        /// Only the last N lines (of those --since/--until select).
         #[arg(short = 'n', long = "lines")]
         lines: Option<u64>,
         /// Start each line with the time it was written, as journalctl does (`-o short`).

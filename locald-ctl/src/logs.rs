@@ -1,4 +1,4 @@
-//! `logs [SERVICE] [-f] [--phase build|run] [--since …] [-n N]
+//! `logs [SERVICE] [-f] [--phase build|run] [--since …] [--until …] [-n N]
 //! [--timestamps | -o FORMAT | --json]`: a project's build and run output
 //! from the journal, printed the way `locald up` prints it, after the time
 //! each line was written (`__REALTIME_TIMESTAMP`) in journalctl's format
@@ -9,10 +9,15 @@
 //! journal files, access rights, `--since` parsing, following, and journal
 //! namespaces, and keeps `locald-ctl` free of a C library. It needs no
 //! daemon: the lines are in the journal whether or not locald runs.
+//!
+//! `-n N` is always the *last* N lines. journalctl alone gives the first N
+//! after `--since` when both are set (its seek to the time wins over the
+//! seek to the tail), so then the history is read whole, the last N kept,
+//! and following resumes after the last one's cursor.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
 
 use locald_core::term::Terminal;
 use serde_json::Value;
@@ -51,6 +56,8 @@ pub struct LogsArgs {
     pub phase: Option<String>,
     /// journalctl's `--since`.
     pub since: Option<String>,
+    /// journalctl's `--until`.
+    pub until: Option<String>,
     /// Last N lines.
     pub lines: Option<u64>,
     /// How to print.
@@ -59,8 +66,27 @@ pub struct LogsArgs {
     pub namespace: Option<String>,
 }
 
-/// The journalctl arguments for `args`.
-pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
+/// Which part of the journal one journalctl run reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// What `args` asks for, as journalctl does it.
+    Direct,
+    /// Everything `--since`/`--until` select, without `--follow` or
+    /// `--lines` (the caller keeps the last N).
+    History,
+    /// Following, after the entry with this cursor.
+    FollowAfter(String),
+    /// Following, from now on.
+    FollowNew,
+}
+
+/// Whether `args` needs [`Pass::History`]: `-n` with a time range.
+pub fn needs_history(args: &LogsArgs) -> bool {
+    args.lines.is_some() && (args.since.is_some() || args.until.is_some())
+}
+
+/// The journalctl arguments for `args`, for one `pass`.
+pub fn journalctl_args(args: &LogsArgs, pass: &Pass) -> Vec<String> {
     let mut v = vec![
         "--output=json".to_owned(),
         "--all".to_owned(),
@@ -69,14 +95,37 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
     if let Some(ns) = &args.namespace {
         v.push(format!("--namespace={ns}"));
     }
-    if args.follow {
-        v.push("--follow".into());
-    }
-    if let Some(s) = &args.since {
-        v.push(format!("--since={s}"));
-    }
-    if let Some(n) = args.lines {
-        v.push(format!("--lines={n}"));
+    match pass {
+        Pass::Direct => {
+            if args.follow {
+                v.push("--follow".into());
+            }
+            if let Some(s) = &args.since {
+                v.push(format!("--since={s}"));
+            }
+            if let Some(u) = &args.until {
+                v.push(format!("--until={u}"));
+            }
+            if let Some(n) = args.lines {
+                v.push(format!("--lines={n}"));
+            }
+        }
+        Pass::History => {
+            if let Some(s) = &args.since {
+                v.push(format!("--since={s}"));
+            }
+            if let Some(u) = &args.until {
+                v.push(format!("--until={u}"));
+            }
+        }
+        Pass::FollowAfter(cursor) => {
+            v.push("--follow".into());
+            v.push(format!("--after-cursor={cursor}"));
+        }
+        Pass::FollowNew => {
+            v.push("--follow".into());
+            v.push("--lines=0".into());
+        }
     }
     // LOCALD_* are fields a writer chooses: any local user can log
     // `LOCALD_PROJECT=shop` (logger --journald), and a user who may read
@@ -148,8 +197,54 @@ pub use locald_core::journal_entry::entry_to_line;
 
 /// Runs journalctl and prints what it finds.
 pub fn run(args: &LogsArgs) -> ExitCode {
+    let term = Terminal::new(&args.services);
+    if !needs_history(args) {
+        return journalctl(args, &Pass::Direct, |line| print(args, &term, line));
+    }
+    // The last N of the range, then (with -f) what comes after them.
+    let keep = args
+        .lines
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut last: VecDeque<String> = VecDeque::new();
+    let code = journalctl(args, &Pass::History, |line| {
+        if keep > 0 {
+            if last.len() == keep {
+                last.pop_front();
+            }
+            last.push_back(line.to_owned());
+        }
+        Ok(())
+    });
+    let mut cursor = None;
+    for line in &last {
+        cursor = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|e| text(&e, "__CURSOR"))
+            .or(cursor);
+        if print(args, &term, line).is_err() {
+            return ExitCode::SUCCESS;
+        }
+    }
+    if !args.follow || code != ExitCode::SUCCESS {
+        return code;
+    }
+    let pass = match cursor {
+        Some(c) => Pass::FollowAfter(c),
+        // Nothing in the range: what comes from now on.
+        None => Pass::FollowNew,
+    };
+    journalctl(args, &pass, |line| print(args, &term, line))
+}
+
+/// Runs journalctl for `pass`, handing each output line to `each` until
+/// it fails (a closed pipe: `| head`), which ends the command quietly.
+fn journalctl(
+    args: &LogsArgs,
+    pass: &Pass,
+    mut each: impl FnMut(&str) -> std::io::Result<()>,
+) -> ExitCode {
     let mut child = match Command::new("journalctl")
-        .args(journalctl_args(args))
+        .args(journalctl_args(args, pass))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -163,29 +258,9 @@ pub fn run(args: &LogsArgs) -> ExitCode {
     let Some(stdout) = child.stdout.take() else {
         return ExitCode::FAILURE;
     };
-    let term = Arc::new(Terminal::new(&args.services));
-    let out = std::io::stdout();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        let written = if args.output == Output::Json {
-            writeln!(out.lock(), "{line}")
-        } else {
-            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            match entry_to_line(&entry) {
-                Some(l) => {
-                    let mut text = stamp(&entry, args.output)
-                        .map(|s| format!("{s} ").into_bytes())
-                        .unwrap_or_default();
-                    text.extend(term.format_line(&l));
-                    out.lock().write_all(&text)
-                }
-                None => Ok(()),
-            }
-        };
-        // A closed pipe (`| head`) ends the command quietly.
-        if written.is_err() {
+        if each(&line).is_err() {
             let _ = child.kill();
             break;
         }
@@ -193,6 +268,28 @@ pub fn run(args: &LogsArgs) -> ExitCode {
     match child.wait() {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
+    }
+}
+
+/// Prints one journal entry (a line of journalctl's JSON) as `args` asks;
+/// an error is a closed output.
+fn print(args: &LogsArgs, term: &Terminal, line: &str) -> std::io::Result<()> {
+    let out = std::io::stdout();
+    if args.output == Output::Json {
+        return writeln!(out.lock(), "{line}");
+    }
+    let Ok(entry) = serde_json::from_str::<Value>(line) else {
+        return Ok(());
+    };
+    match entry_to_line(&entry) {
+        Some(l) => {
+            let mut text = stamp(&entry, args.output)
+                .map(|s| format!("{s} ").into_bytes())
+                .unwrap_or_default();
+            text.extend(term.format_line(&l));
+            out.lock().write_all(&text)
+        }
+        None => Ok(()),
     }
 }
 
@@ -210,14 +307,16 @@ mod tests {
             follow: true,
             phase: Some("build".into()),
             since: Some("-10m".into()),
+            until: Some("-1m".into()),
             lines: Some(5),
             output: Output::Plain,
             namespace: None,
         };
-        let v = journalctl_args(&a);
+        let v = journalctl_args(&a, &Pass::Direct);
         for want in [
             "--follow",
             "--since=-10m",
+            "--until=-1m",
             "--lines=5",
             "LOCALD_PROJECT=shop",
             "LOCALD_SERVICE=web",
@@ -228,6 +327,18 @@ mod tests {
         // Only the user's own entries, in every alternative of the match.
         let groups: Vec<&[String]> = v.split(|x| x == "+").collect();
         assert!(groups.iter().all(|g| g.contains(&own_uid())), "{v:?}");
+
+        // -n with a range: the whole range without --lines (the last N
+        // are kept here), then following after the last one.
+        assert!(needs_history(&a));
+        let h = journalctl_args(&a, &Pass::History);
+        assert!(h.iter().any(|x| x == "--since=-10m"), "{h:?}");
+        assert!(!h
+            .iter()
+            .any(|x| x.starts_with("--lines") || x == "--follow"));
+        let f = journalctl_args(&a, &Pass::FollowAfter("s=1".into()));
+        assert!(f.iter().any(|x| x == "--after-cursor=s=1"), "{f:?}");
+        assert!(!f.iter().any(|x| x.starts_with("--since")), "{f:?}");
     }
 
     #[test]
@@ -252,11 +363,12 @@ mod tests {
             follow: false,
             phase: None,
             since: None,
+            until: None,
             lines: None,
             output: Output::Plain,
             namespace: None,
         };
-        let v = journalctl_args(&a);
+        let v = journalctl_args(&a, &Pass::Direct);
         let plus = v.iter().position(|x| x == "+").expect("an OR");
         assert_eq!(
             v[plus + 1..],
@@ -279,7 +391,7 @@ mod tests {
             phase: Some("build".into()),
             ..a
         };
-        assert!(!journalctl_args(&b).iter().any(|x| x == "+"));
+        assert!(!journalctl_args(&b, &Pass::Direct).iter().any(|x| x == "+"));
     }
 
     #[test]

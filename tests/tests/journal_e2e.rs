@@ -253,12 +253,12 @@ fn locald_ctl_logs_reads_the_journal_by_field() -> Result<()> {
     let j = journald_or_skip!("locald_ctl_logs_reads_the_journal_by_field");
     let project = unique("jlogs");
     let p = TestProject::new(&format!(
-        "[project]\nname = \"{project}\"\n\n[services.web]\nbuild = \"echo compiled\"\ncommand = \"echo hello; echo oops >&2; touch done; exec sleep 100\"\n\n[services.db]\ncommand = \"echo db ready; exec sleep 100\"\n"
+        "[project]\nname = \"{project}\"\n\n[services.web]\nbuild = \"echo compiled\"\ncommand = \"echo hello; echo oops >&2; touch done; exec sleep 100\"\n\n[services.db]\ncommand = \"echo db ready; for i in 1 2 3 4 5 6; do echo n$i; done; exec sleep 100\"\n"
     ));
     let child = up(&j, &p)?;
     let q = [("LOCALD_PROJECT", project.as_str())];
     let deadline = Instant::now() + Duration::from_secs(20);
-    while j.synced_query(&q)?.len() < 4 && Instant::now() < deadline {
+    while j.synced_query(&q)?.len() < 10 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop(child)?;
@@ -294,6 +294,15 @@ fn locald_ctl_logs_reads_the_journal_by_field() -> Result<()> {
     );
     let run = ctl(&["web", "--phase", "run", "-n", "1"])?;
     ensure!(run.lines().count() == 1, "{run}");
+    // As docs/logging.md says: a time written as "-10m", and -n is the
+    // *last* N of the range (journalctl alone gives the first N).
+    let last = ctl(&["db", "--since", "-10m", "-n", "2"])?;
+    ensure!(
+        last.lines().map(str::trim).collect::<Vec<_>>() == ["db | n5", "db | n6"],
+        "{last}"
+    );
+    let none = ctl(&["db", "--since", "-10m", "--until", "-5m"])?;
+    ensure!(none.is_empty(), "{none}");
     let json = ctl(&["db", "--json"])?;
     let first: serde_json::Value = serde_json::from_str(json.lines().next().context("a line")?)?;
     ensure!(
