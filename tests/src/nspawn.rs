@@ -7,7 +7,7 @@
 //! `/var/cache/locald-tests/rootfs-bookworm-v2`; the suffix changes with what it holds); each container runs on an
 //! overlay of it, so tests never change the cache. Host PID 1 need not be
 //! systemd: the container gets its own host cgroups, created here and removed
-//! on drop, as `shared/testing-notes.md` describes.
+//! on drop, as `tests/README.md` ("A systemd user manager") describes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

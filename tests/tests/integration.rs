@@ -2,8 +2,8 @@
 //! ripgrep's are): one link instead of thirty, and tests of every area run
 //! side by side on the test threads. Each module starts the real
 //! components it needs (processes, a private bus, journald namespaces,
-//! runc through the setuid shim, a registry) and cleans up; `README.md`
-//! beside this file lists what the suite needs.
+//! runc through the setuid shim, a registry) and cleans up; `tests/README.md`
+//! lists what the suite needs and starts.
 //!
 //! The tests that boot a systemd user manager under `systemd-nspawn` are a
 //! binary of their own (`systemd.rs`): they are heavy, and each boots its

@@ -68,7 +68,7 @@ fn boot(marker: &str) -> Option<Container> {
     }
     let c = nspawn::boot_or_skip(|root| install(root, marker))?;
     // nspawn mounts the v1 controllers read-only; runc needs to make the
-    // shim's cgroups in them (shared/testing-notes.md).
+    // shim's cgroups in them (tests/README.md, "A systemd user manager").
     let rw = c.root(&[
         "sh",
         "-c",
