@@ -106,11 +106,12 @@ fn check(dir: &Path) -> ExitCode {
             for w in c.warnings() {
                 eprintln!("warning: {w}");
             }
+            let n = c.services.len();
             println!(
-                "{}: ok, project `{}` with {} services",
+                "{}: ok, project `{}` with {n} service{}",
                 c.file.display(),
                 c.name,
-                c.services.len()
+                if n == 1 { "" } else { "s" }
             );
             ExitCode::SUCCESS
         }

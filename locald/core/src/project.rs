@@ -68,16 +68,22 @@ pub fn find_project_file(dir: &Path) -> Result<PathBuf, FindError> {
     for d in dir.ancestors() {
         let here = std::fs::metadata(d).map_err(|e| read(d, e))?;
         if d != dir {
-            if here.dev() != meta.dev() {
-                stopped = Some(format!("{}: another file system", d.display()));
-                break;
-            }
-            if !trusted_owner(here.uid()) {
-                stopped = Some(format!(
-                    "{}: owned by uid {}, not by you or root",
-                    d.display(),
-                    here.uid()
-                ));
+            let why = if here.dev() != meta.dev() {
+                Some("another file system".to_owned())
+            } else if !trusted_owner(here.uid()) {
+                Some(format!("owned by uid {}, not by you or root", here.uid()))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                // Worth saying only when the search missed a file for it.
+                stopped = beyond(d).map(|file| {
+                    format!(
+                        "{}: {why}; {} is not used from below it",
+                        d.display(),
+                        file.display()
+                    )
+                });
                 break;
             }
         }
@@ -93,6 +99,14 @@ pub fn find_project_file(dir: &Path) -> Result<PathBuf, FindError> {
         }
     }
     Err(FindError::NotFound { dir, stopped })
+}
+
+/// The first project file in `from` or a parent, looked for only to say
+/// that the search stopped before it.
+fn beyond(from: &Path) -> Option<PathBuf> {
+    from.ancestors()
+        .flat_map(|d| [d.join(FILE_NAME), d.join(PROCFILE)])
+        .find(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()))
 }
 
 /// Turns a directory name into a valid project name (the rule written

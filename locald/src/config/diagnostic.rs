@@ -147,7 +147,13 @@ impl ConfigError {
     /// The first message, for one-line reports.
     pub fn summary(&self) -> String {
         match self.diagnostics.first() {
-            Some(d) => format!("{}: {}", self.location(), d.message),
+            // One line: a TOML parser's message has a second line
+            // ("expected ..."), and the reply's first line is the summary.
+            Some(d) => format!(
+                "{}: {}",
+                self.location(),
+                d.message.lines().collect::<Vec<_>>().join("; ")
+            ),
             None => format!("{}: invalid", self.path.display()),
         }
     }
@@ -240,6 +246,24 @@ mod tests {
         assert!(rest.contains("2 | comand = \"x\"\n  | ^^^^^^"), "{rest}");
         assert!(rest.contains("= hint: did you mean `command`?"), "{rest}");
         assert!(!text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
+    fn a_two_line_parser_message_is_one_summary_line_and_said_once() {
+        let Err(e) = super::super::Config::parse(
+            std::path::Path::new("/p/locald.toml"),
+            "[services.web]\ncommand = \"x\"\nbad = = 1\n",
+        ) else {
+            panic!("broken TOML must be rejected");
+        };
+        let text = e.summary_and_report();
+        let (first, rest) = text.split_once('\n').unwrap_or_default();
+        assert_eq!(
+            first,
+            "/p/locald.toml:3:7: invalid string; expected `\"`, `'`"
+        );
+        assert_eq!(rest, e.to_string());
+        assert_eq!(rest.matches("invalid string").count(), 1, "{rest}");
     }
 
     #[test]
