@@ -319,7 +319,7 @@ fn journald_gone_mid_run_is_reported_once_and_the_service_keeps_running() -> Res
     let mut j = journald_or_skip!("journald_gone_mid_run");
     let project = unique("jgone");
     let p = TestProject::new(&format!(
-        "[project]\nname = \"{project}\"\n\n[services.ticker]\ncommand = [\"python3\", \"-c\", \"import time\\nfor i in range(100000):\\n    print(i, flush=True); open('count', 'w').write(str(i)); time.sleep(0.02)\"]\n"
+        "[project]\nname = \"{project}\"\n\n[services.ticker]\ncommand = [\"python3\", \"-c\", \"import os, time\\nfor i in range(100000):\\n    print(i, flush=True); open('count.new', 'w').write(str(i)); os.replace('count.new', 'count'); time.sleep(0.02)\"]\n"
     ));
     let child = up(&j, &p)?;
     let q = [("LOCALD_PROJECT", project.as_str())];
@@ -332,6 +332,8 @@ fn journald_gone_mid_run_is_reported_once_and_the_service_keeps_running() -> Res
         "lines reached the journal before it stopped"
     );
     j.stop()?;
+    // Written by rename, so a read never sees it half-written (a read
+    // between a truncate and the write once gave 0 here).
     let count = || p.read("count").parse::<u64>().unwrap_or(0);
     std::thread::sleep(Duration::from_millis(500));
     let before = count();
