@@ -38,6 +38,14 @@ pub enum Command {
         /// change, as if each had `watch = true`, until the project goes down.
         #[arg(long)]
         watch: bool,
+        /// Return once every service is ready (healthy, or running when it
+        /// has no health check, or exited successfully): 0; or once one
+        /// has failed: 1, with its reason. For scripts and CI.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits before it gives up (exit 1).
+        #[arg(long, value_name = "DURATION", default_value = "2m", requires = "wait")]
+        timeout: humantime::Duration,
     },
     /// Stop every service of the project and forget it.
     Down {

@@ -248,8 +248,8 @@ impl Client {
         }
     }
 
-    /// `up [DIR] [--watch]`.
-    pub async fn up(&self, dir: Option<&Path>, watch: bool) -> Result<ExitCode, CtlError> {
+    /// `up [DIR] [--watch]`; returns the project's name.
+    pub async fn up(&self, dir: Option<&Path>, watch: bool) -> Result<String, CtlError> {
         let dir = absolute(dir)?;
         let text = dir
             .to_str()
@@ -276,7 +276,7 @@ impl Client {
                 } else {
                     println!("{name} is up; `locald-ctl status` shows its services");
                 }
-                Ok(ExitCode::SUCCESS)
+                Ok(name)
             }
             // A broken locald.toml comes with the daemon's full report,
             // printed by `CtlError::report`.
@@ -333,9 +333,19 @@ fn absolute(dir: Option<&Path>) -> Result<PathBuf, CtlError> {
 
 /// The directory of the `locald.toml` that governs `dir`, canonical.
 fn project_root(dir: Option<&Path>) -> Result<PathBuf, CtlError> {
+    let given = dir;
     let dir = absolute(dir)?;
-    let file = locald_core::project::find_project_file(&dir)
-        .map_err(|e| CtlError::Usage(e.to_string()))?;
+    let file = locald_core::project::find_project_file(&dir).map_err(|e| {
+        let mut text = locald_core::error_chain(&e);
+        // `down hello` where `hello` is a project's name, not a directory.
+        if let Some(name) = given.filter(|g| !dir.exists() && g.components().count() == 1) {
+            let name = name.display();
+            text.push_str(&format!(
+                "; to name a project rather than a directory: `locald-ctl -p {name} …`"
+            ));
+        }
+        CtlError::Usage(text)
+    })?;
     Ok(file.parent().map_or(file.clone(), ToOwned::to_owned))
 }
 

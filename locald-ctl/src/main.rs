@@ -14,6 +14,7 @@ mod dashboard;
 mod images;
 mod logs;
 mod status;
+mod wait;
 mod watch;
 
 use std::io::Write;
@@ -134,7 +135,19 @@ fn logs_output(json: bool, timestamps: bool, output: Option<logs::Output>) -> lo
 async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let client = Client::connect(cli.bus_address.as_deref(), cli.project.clone()).await?;
     match cli.command {
-        Command::Up { dir, watch } => client.up(dir.as_deref(), watch).await,
+        Command::Up {
+            dir,
+            watch,
+            wait,
+            timeout,
+        } => {
+            let project = client.up(dir.as_deref(), watch).await?;
+            if wait {
+                wait::wait(&client, &project, timeout.into()).await
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
+        }
         Command::Down { dir } => {
             let project = client.resolve(dir.as_deref()).await?;
             client

@@ -305,13 +305,11 @@ pub async fn status(client: &Client, json: bool) -> Result<ExitCode, CtlError> {
         Selection::All => {}
     }
     if json {
+        // Always an array of projects, also when one is selected: one shape
+        // for scripts (`jq '.[0].services'`).
         let views: Vec<ProjectJson<'_>> = projects.iter().map(ProjectJson::new).collect();
-        let text = if !matches!(selection, Selection::All) {
-            serde_json::to_string_pretty(&views[0])
-        } else {
-            serde_json::to_string_pretty(&views)
-        }
-        .map_err(|e| CtlError::Failed(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&views).map_err(|e| CtlError::Failed(e.to_string()))?;
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }

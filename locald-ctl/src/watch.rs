@@ -230,7 +230,7 @@ pub async fn watch(client: &Client) -> Result<ExitCode, CtlError> {
 
 /// The signals of `daemon` (a checked owner of the name) under the
 /// manager's path: every object it announces lives there.
-async fn signals_of(
+pub(crate) async fn signals_of(
     conn: &zbus::Connection,
     daemon: UniqueName<'_>,
 ) -> Result<MessageStream, CtlError> {

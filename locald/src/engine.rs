@@ -100,7 +100,7 @@ pub enum EngineError {
     /// Another locald instance (the daemon, a foreground `locald up`) runs
     /// the project in this directory.
     #[error(
-        "project `{name}`: {source}; stop it there first (`locald-ctl down {name}` for the daemon)"
+        "project `{name}`: {source}; stop it there first (`locald-ctl -p {name} down` for the daemon)"
     )]
     Busy {
         /// Project name.

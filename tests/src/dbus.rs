@@ -302,11 +302,15 @@ pub fn ctl(bus: &TestBus, cwd: &Path, args: &[&str]) -> CtlOutput {
     }
 }
 
-/// `locald-ctl status --json` for the project in `cwd`, parsed.
+/// `locald-ctl status --json` for the project in `cwd`, parsed: the one
+/// project of the array it prints.
 pub fn status_json(bus: &TestBus, cwd: &Path) -> serde_json::Value {
     let out = ctl(bus, cwd, &["status", "--json"]);
     assert_eq!(out.code, 0, "status failed: {out:?}");
-    serde_json::from_str(&out.stdout).expect("status --json is JSON")
+    let all: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json is JSON");
+    let projects = all.as_array().expect("status --json is an array");
+    assert_eq!(projects.len(), 1, "one project from its directory: {all}");
+    projects[0].clone()
 }
 
 /// The state of each service, from `status --json`.

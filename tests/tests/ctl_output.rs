@@ -91,6 +91,107 @@ fn assert_quiet_end(what: &str, out: &Output) {
 
 /// `locald-ctl reload` printed one line (`ConfigError::summary()`, all the
 /// daemon sent) where `locald check` shows the line, a caret and a hint.
+/// `up --wait` for scripts: 0 once every service is ready (a one-shot
+/// task that exited 0 counts), 1 with the reason once one failed, 1 naming
+/// what it waited for when the time is up.
+#[test]
+fn ctl_up_wait_returns_when_ready_or_failed_or_out_of_time() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let marker = unique("wait-marker");
+    let _reaper = Reaper(marker.clone());
+    let good = project(
+        &marker,
+        "[services.web]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"MARKER\"]\n\n\
+         [services.migrate]\ncommand = \"true\"\nrestart = \"never\"\n",
+    );
+    let out = ctl(&bus, good.path(), &["up", "--wait", "--timeout", "30s"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("is ready"), "{out:?}");
+    let states = status_json(&bus, good.path())["services"].clone();
+    assert!(
+        states.to_string().contains("exited successfully"),
+        "{states}"
+    );
+    assert_eq!(ctl(&bus, good.path(), &["down"]).code, 0);
+
+    let bad = project(
+        &marker,
+        "[services.bad]\ncommand = \"exit 3\"\nrestart = \"never\"\n",
+    );
+    let out = ctl(&bus, bad.path(), &["up", "--wait", "--timeout", "30s"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("did not come up: bad:"), "{out:?}");
+    assert!(out.stderr.contains("status 3"), "{out:?}");
+    assert_eq!(ctl(&bus, bad.path(), &["down"]).code, 0);
+
+    // A health check nobody answers: running, never healthy.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let slow = project(
+        &marker,
+        &format!(
+            "[services.web]\ncommand = [\"sh\", \"-c\", \"sleep 1000; true\", \"MARKER\"]\n\
+             health = {{ tcp = {port}, interval = \"200ms\", retries = 1000 }}\n"
+        ),
+    );
+    let t0 = Instant::now();
+    let out = ctl(&bus, slow.path(), &["up", "--wait", "--timeout", "1s"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("not ready after 1s: waiting for web"),
+        "{out:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(ctl(&bus, slow.path(), &["down"]).code, 0);
+}
+
+/// `locald-ctl down hello` names a project the way `up` named it, but
+/// `down`'s argument is a directory: the error says why it cannot be read
+/// and how to name a project; a broken TOML file's message is said once.
+#[test]
+fn ctl_says_how_to_name_a_project_and_a_parse_error_once() {
+    if no_bus() {
+        return;
+    }
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&bus);
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = ctl(&bus, empty.path(), &["down", "hello"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("No such file or directory"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("`locald-ctl -p hello …`"),
+        "{}",
+        out.stderr
+    );
+
+    let p = TestProject::new("[services.web]\ncommand = \"x\"\nbad = = 1\n");
+    let up = ctl(&bus, p.path(), &["up"]);
+    assert_eq!(up.code, 2, "{up:?}");
+    assert_eq!(
+        up.stderr.matches("invalid string").count(),
+        1,
+        "{}",
+        up.stderr
+    );
+    assert_eq!(
+        up.stderr.matches("expected `\"`").count(),
+        1,
+        "{}",
+        up.stderr
+    );
+}
+
 #[test]
 fn ctl_reload_of_a_broken_file_prints_the_caret_and_the_hint() {
     if no_bus() {

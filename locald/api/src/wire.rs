@@ -180,6 +180,10 @@ pub struct ServiceInfo {
     /// start (or from a daemon that predates the property).
     #[serde(default)]
     pub runtime: String,
+    /// `HasHealth`: ready when `healthy` rather than `running` (false from
+    /// a daemon that predates it).
+    #[serde(default)]
+    pub has_health: bool,
     /// `MemoryCurrent`, bytes; `u64::MAX` when unknown.
     #[serde(default = "unknown")]
     pub memory_current: u64,
@@ -264,6 +268,7 @@ impl ServiceInfo {
                 .unwrap_or_default(),
             url: get(props, "Url").unwrap_or_default(),
             runtime: get(props, "Runtime").unwrap_or_default(),
+            has_health: get(props, "HasHealth").unwrap_or_default(),
             memory_current: get(props, "MemoryCurrent").unwrap_or(u64::MAX),
             cpu_usage_nsec: get(props, "CPUUsageNSec").unwrap_or(u64::MAX),
             tasks_current: get(props, "TasksCurrent").unwrap_or(u64::MAX),

@@ -222,6 +222,10 @@ pub struct ServiceSnapshot {
     /// the first start.
     #[serde(default)]
     pub runtime: String,
+    /// It has a health check: it is ready when `healthy`, not when
+    /// `running`.
+    #[serde(default)]
+    pub has_health: bool,
 }
 
 impl ServiceSnapshot {
@@ -241,6 +245,7 @@ impl ServiceSnapshot {
             url_default: false,
             url: String::new(),
             runtime: String::new(),
+            has_health: false,
         }
     }
 }

@@ -84,6 +84,7 @@ fn properties(s: &ServiceSnapshot) -> Vec<(&'static str, Value<'static>)> {
         ("Ports", Value::from(ports(s))),
         ("Url", Value::from(s.url.clone())),
         ("Runtime", Value::from(s.runtime.clone())),
+        ("HasHealth", Value::from(s.has_health)),
     ]
 }
 
@@ -223,6 +224,13 @@ impl Service1 {
     #[zbus(property(emits_changed_signal = "true"))]
     async fn runtime(&self) -> String {
         self.snapshot().runtime.clone()
+    }
+
+    /// Whether the service has a health check: it is ready when `healthy`;
+    /// without one, when `running`.
+    #[zbus(property(emits_changed_signal = "true"))]
+    async fn has_health(&self) -> bool {
+        self.snapshot().has_health
     }
 
     /// Memory of the service's unit in bytes, as systemd's `MemoryCurrent`

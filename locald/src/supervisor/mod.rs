@@ -137,11 +137,16 @@ impl Project {
             .env
             .url_port
             .url_of(&self.config.name, name, !ports.is_empty());
+        let has_health = cfg.health.is_some();
         snapshot.send_if_modified(|s| {
-            let changed = s.ports != ports || s.url_default != url_default || s.url != url;
+            let changed = s.ports != ports
+                || s.url_default != url_default
+                || s.url != url
+                || s.has_health != has_health;
             s.ports = ports;
             s.url_default = url_default;
             s.url = url;
+            s.has_health = has_health;
             changed
         });
         let deps = cfg
