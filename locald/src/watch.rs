@@ -785,6 +785,12 @@ pub(crate) fn spawn(
         .collect();
     let project = config.name.clone();
     let root = config.root.clone();
+    // The project's own file: a change is told, not acted on (below).
+    let config_file = config
+        .file
+        .strip_prefix(&config.root)
+        .map(Path::to_path_buf)
+        .ok();
     let inbox = Arc::new(Inbox::new(&root));
     let task_inbox = inbox.clone();
     let task = tokio::spawn(async move {
@@ -845,6 +851,7 @@ pub(crate) fn spawn(
                     st.quiet_since = Some(Instant::now());
                 }
             }
+            let changed = without_config(&project, config_file.as_deref(), changed);
             if !changed.is_empty() {
                 dispatch(
                     &project,
@@ -861,6 +868,26 @@ pub(crate) fn spawn(
 }
 
 /// "src/app.py changed", "src/app.py and 3 more changed".
+/// `changed` without the project's `locald.toml` (or `Procfile`). A
+/// restart would run the old configuration again, the new one only
+/// applies on reload (a half-saved file may not even parse): so its change
+/// is said, with what to do, and restarts nothing.
+fn without_config(project: &str, config: Option<&Path>, changed: Vec<PathBuf>) -> Vec<PathBuf> {
+    let Some(config) = config else {
+        return changed;
+    };
+    let before = changed.len();
+    let rest: Vec<PathBuf> = changed.into_iter().filter(|p| p != config).collect();
+    if rest.len() != before {
+        tracing::warn!(
+            project = %project,
+            "{project}: {} changed: run `locald-ctl reload` to apply it (nothing was restarted for it)",
+            config.display()
+        );
+    }
+    rest
+}
+
 fn describe(paths: &[&PathBuf]) -> String {
     match paths {
         [] => "files changed".into(),
@@ -956,6 +983,19 @@ mod tests {
         std::fs::write(root.join("src/app.py"), "v3").expect("write");
         let c = t.check(set(&["src"])).ok().expect("check");
         assert_eq!(c, [PathBuf::from("src/app.py")]);
+    }
+
+    #[test]
+    fn a_change_of_the_project_file_restarts_nothing() {
+        let cfg = Path::new("locald.toml");
+        let changed = vec![PathBuf::from("locald.toml"), PathBuf::from("src/app.py")];
+        assert_eq!(
+            without_config("p", Some(cfg), changed),
+            [PathBuf::from("src/app.py")]
+        );
+        assert!(without_config("p", Some(cfg), vec![cfg.to_path_buf()]).is_empty());
+        let sub = vec![PathBuf::from("sub/locald.toml")];
+        assert_eq!(without_config("p", Some(cfg), sub.clone()), sub);
     }
 
     #[test]

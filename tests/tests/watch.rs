@@ -190,6 +190,37 @@ fn edits_restart_and_nothing_else_does() {
     });
 }
 
+/// Until config edits are applied on save, an edit of `locald.toml` (even
+/// into broken TOML) restarts nothing, which would run the old config
+/// again, and says how to apply it.
+#[test]
+fn an_edit_of_locald_toml_restarts_nothing_and_says_reload() {
+    let d = project();
+    let p = d.path();
+    let up = up(p, &[]);
+    wait_until(Duration::from_secs(10), "first start", || {
+        lines(p, "out/web-starts") == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let toml = std::fs::read_to_string(p.join("locald.toml")).expect("read");
+    std::fs::write(p.join("locald.toml"), format!("{toml}\n[broken\n")).expect("edit");
+    wait_until(Duration::from_secs(5), "the note", || {
+        up.output()
+            .contains("locald.toml changed: run `locald-ctl reload`")
+    });
+    stays(
+        p,
+        "out/web-starts",
+        1,
+        "an edit of locald.toml restarted web",
+    );
+    // Sources still restart it.
+    std::fs::write(p.join("src/app.py"), "v2").expect("edit");
+    wait_until(Duration::from_secs(5), "restart after an edit", || {
+        last(p) == "v2"
+    });
+}
+
 #[test]
 fn up_watch_watches_services_without_watch() {
     let d = project();
