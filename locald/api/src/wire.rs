@@ -134,10 +134,11 @@ pub struct PruneResult {
     pub bytes: u64,
 }
 
-/// Values of a project's `State`: `degraded` when any service is failed or
-/// in error, else `starting` while any is pending, building, starting or in
-/// backoff, else `stopping` while any stops, else `stopped` when none runs,
-/// else `running`.
+/// Values of a project's `State`: `degraded` while any service is failed,
+/// in error or backing off, else `running` while any is running or
+/// healthy, else `starting` while any is pending, building or starting,
+/// else `stopping` while any stops, else `stopped`. One service's restart
+/// does not change a running project's state.
 pub const PROJECT_STATES: &[&str] = &["running", "starting", "degraded", "stopping", "stopped"];
 
 /// Values of a service's `State`, in lifecycle order.

@@ -98,22 +98,25 @@ impl ProjectCell {
     }
 }
 
-/// The summary state of a project whose services are in `states`.
+/// The summary state of a project whose services are in `states`: a
+/// summary, so one service's restart (stopping, starting) does not make a
+/// running project flap. `degraded` while any service is failing (failed,
+/// in error or backing off); else `running` while any is up; else
+/// `starting` while any is on its way up, `stopping` while any stops, and
+/// `stopped`.
 pub fn project_state(states: &[ServiceState]) -> &'static str {
     use ServiceState as S;
-    if states.iter().any(|s| matches!(s, S::Failed | S::Error)) {
+    let any = |f: fn(&S) -> bool| states.iter().any(f);
+    if any(|s| matches!(s, S::Failed | S::Error | S::Backoff)) {
         "degraded"
-    } else if states
-        .iter()
-        .any(|s| matches!(s, S::Pending | S::Building | S::Starting | S::Backoff))
-    {
-        "starting"
-    } else if states.iter().any(|s| matches!(s, S::Stopping)) {
-        "stopping"
-    } else if states.iter().all(|s| matches!(s, S::Stopped)) {
-        "stopped"
-    } else {
+    } else if any(|s| matches!(s, S::Running | S::Healthy)) {
         "running"
+    } else if any(|s| matches!(s, S::Pending | S::Building | S::Starting)) {
+        "starting"
+    } else if any(|s| matches!(s, S::Stopping)) {
+        "stopping"
+    } else {
+        "stopped"
     }
 }
 
@@ -367,9 +370,14 @@ mod tests {
         assert_eq!(project_state(&[]), "stopped");
         assert_eq!(project_state(&[S::Healthy, S::Running]), "running");
         assert_eq!(project_state(&[S::Healthy, S::Stopped]), "running");
-        assert_eq!(project_state(&[S::Healthy, S::Building]), "starting");
+        assert_eq!(project_state(&[S::Healthy, S::Building]), "running");
         assert_eq!(project_state(&[S::Backoff, S::Failed]), "degraded");
         assert_eq!(project_state(&[S::Stopping, S::Stopped]), "stopping");
         assert_eq!(project_state(&[S::Stopped, S::Stopped]), "stopped");
+        // One service restarting in a running project: still running.
+        assert_eq!(project_state(&[S::Healthy, S::Stopping]), "running");
+        assert_eq!(project_state(&[S::Healthy, S::Starting]), "running");
+        assert_eq!(project_state(&[S::Pending, S::Starting]), "starting");
+        assert_eq!(project_state(&[S::Healthy, S::Backoff]), "degraded");
     }
 }

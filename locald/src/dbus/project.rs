@@ -72,8 +72,9 @@ impl Project1 {
         services(&self.cell)
     }
 
-    /// Summary state: `degraded` when any service failed, else `starting`
-    /// while any is on its way up, else `stopping`, `stopped` or `running`.
+    /// Summary state: `degraded` while any service is failing (failed, in
+    /// error, backing off), else `running` while any is up, else `starting`
+    /// while any is on its way up, else `stopping` or `stopped`.
     #[zbus(property(emits_changed_signal = "true"))]
     async fn state(&self) -> String {
         self.cell.state().to_owned()
