@@ -106,6 +106,14 @@ fn check(dir: &Path) -> ExitCode {
             for w in c.warnings() {
                 eprintln!("warning: {w}");
             }
+            // Not an error: the daemon's PATH may differ from this shell's.
+            for (name, s) in &c.services {
+                if let Some(p) = s.missing_program() {
+                    eprintln!(
+                        "warning: service `{name}`: `{p}` is not found in PATH; it will be marked failed when started"
+                    );
+                }
+            }
             let n = c.services.len();
             println!(
                 "{}: ok, project `{}` with {n} service{}",

@@ -403,6 +403,45 @@ async fn missing_program_is_an_error_with_the_reason() {
     h.engine.shutdown().await;
 }
 
+/// A `sh -c` line whose program is not on PATH fails at once with the
+/// same words as an argv's, instead of exiting 127 start after start; and
+/// `locald check` warns of both forms.
+#[tokio::test]
+async fn a_shell_line_whose_program_is_missing_fails_at_once_and_check_warns() {
+    let toml = project_toml(
+        &unique("noprog-sh"),
+        "[services.x]\ncommand = \"PORT=1 no-such-program-zz --flag\"\nrestart_delay = \"10ms\"\n\n\
+         [services.y]\ncommand = [\"no-such-program-yy\"]\n\n\
+         [services.z]\ncommand = \"echo fine; exec sleep 100\"\n",
+    );
+    let p = TestProject::new(&toml);
+    let h = up(&p).await;
+    let s = h
+        .wait_state("x", ServiceState::Failed, Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        s.reason, "cannot start `no-such-program-zz`: not found in PATH",
+        "{s:?}"
+    );
+    assert_eq!(s.restart_count, 0, "{s:?}");
+    h.engine.shutdown().await;
+
+    let check = std::process::Command::new(locald_tests::bin("locald"))
+        .arg("check")
+        .arg(p.path())
+        .output()
+        .expect("locald check");
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{err}");
+    for name in ["no-such-program-zz", "no-such-program-yy"] {
+        assert!(
+            err.contains(&format!("`{name}` is not found in PATH")),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("`echo`"), "{err}");
+}
+
 #[tokio::test]
 async fn first_health_pass_does_not_wait_a_whole_interval() {
     let port = free_port();

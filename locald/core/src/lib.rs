@@ -20,6 +20,7 @@ pub mod output;
 pub mod paths;
 pub mod pipe;
 pub mod priority;
+pub mod program;
 pub mod project;
 pub mod task;
 pub mod term;

@@ -256,6 +256,31 @@ pub struct ImageSpec {
 pub use locald_core::workload::Volume;
 
 impl ServiceConfig {
+    /// The program of a host command that is not on `PATH` (from the
+    /// service's `env`, else this process's), found as the start will look
+    /// for it: the argv's first word, or a `sh -c` line's when it can be
+    /// told. `None` when found, or not a host command.
+    pub fn missing_program(&self) -> Option<String> {
+        if self.image.is_some() || matches!(self.build, Some(BuildSpec::Cnb(_))) {
+            return None;
+        }
+        let program = match self.command.as_ref()? {
+            CommandSpec::Argv(v) => v.first()?.as_str(),
+            CommandSpec::Shell(line) => locald_core::program::shell_program(line)?,
+        };
+        let path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        locald_core::program::find_program(program, &path, &self.workdir)
+            .is_none()
+            .then(|| program.to_owned())
+    }
+
     /// What the service runs, as the runtime takes it.
     pub fn workload(&self) -> locald_core::workload::Workload {
         if let Some(BuildSpec::Cnb(cnb)) = &self.build {

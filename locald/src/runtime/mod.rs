@@ -342,6 +342,39 @@ pub trait Process: Send + 'static {
     }
 }
 
+/// The error a start of `spec` would end in because its program is not on
+/// `PATH`, for `sh -c LINE` too (see [`locald_core::program::shell_program`]),
+/// where the shell would only exit 127, start after start. `None` when the
+/// program is found, or cannot be told without a shell. (An argv's missing
+/// program already fails its `exec`, permanently.)
+pub fn missing_program(spec: &LaunchSpec) -> Option<RuntimeError> {
+    let Workload::Host { argv } = &spec.workload else {
+        return None;
+    };
+    let [sh, c, line] = argv.as_slice() else {
+        return None;
+    };
+    if sh != "/bin/sh" || c != "-c" {
+        return None;
+    }
+    let program = locald_core::program::shell_program(line)?;
+    let path = spec
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    match locald_core::program::find_program(program, &path, &spec.cwd) {
+        Some(_) => None,
+        None => Some(RuntimeError::Spawn {
+            program: program.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found in PATH"),
+        }),
+    }
+}
+
 /// What happens to a running workload, in order ([`Process::next_event`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcessEvent {

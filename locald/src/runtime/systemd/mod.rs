@@ -56,6 +56,7 @@ use crate::output::BoxFuture;
 use crate::output::LogSink;
 use crate::runtime::notify::Notice;
 use locald_core::paths::{Paths, RuntimeDir};
+use locald_core::program::find_program;
 use manager::{
     JobNew, JobNewStream, ManagerProxy, ReadError, StartError, Systemd, SystemdManager, UnitState,
 };
@@ -1187,27 +1188,6 @@ fn project_of(key: &str) -> Option<&str> {
 
 pub use locald_core::units::{escape, project_of_slice, slice_name, unescape, unit_name};
 
-/// `program` as an absolute path: as is when it has a `/` (relative to
-/// `cwd`), else the first executable file of that name in `path_var`.
-fn find_program(program: &str, path_var: &str, cwd: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.is_empty() {
-        return None;
-    }
-    if program.contains('/') {
-        let p = cwd.join(program);
-        return executable(&p).then_some(p);
-    }
-    path_var
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| cwd.join(d).join(program))
-        .find(|p| executable(p))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1245,17 +1225,6 @@ mod tests {
         assert_eq!(restarts_from_description(d), Some(7));
         assert_eq!(restarts_from_description("locald a/b: x [a-01 00]"), None);
         assert_eq!(project_of("my-shop-0123456789ab"), Some("my-shop"));
-    }
-
-    #[test]
-    fn programs_are_found_in_path() {
-        let sh = find_program("sh", "/nonexistent:/bin:/usr/bin", Path::new("/"));
-        assert!(sh.is_some_and(|p| p.is_absolute()));
-        assert_eq!(
-            find_program("no-such-program-x", "/bin", Path::new("/")),
-            None
-        );
-        assert_eq!(find_program("", "/bin", Path::new("/")), None);
     }
 
     fn spec() -> LaunchSpec {
