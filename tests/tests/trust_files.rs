@@ -148,14 +148,18 @@ fn the_search_stops_at_a_file_system_boundary() {
     .expect("write");
     let mnt = top.path().join("mnt");
     mkdir(&mnt, 0o755);
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs none "$1" && mkdir "$1/proj" && exec "$0" check "$1/proj""#)
-        .arg(bin("locald"))
-        .arg(&mnt);
-    let out = run_within(c, Duration::from_secs(10));
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    // `locald check` of a directory on a tmpfs mounted below the project.
+    let check_below = || {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount -t tmpfs none "$1" && mkdir "$1/proj" && exec "$0" check "$1/proj""#)
+            .arg(bin("locald"))
+            .arg(&mnt);
+        let out = run_within(c, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let err = check_below();
     let note = format!(
         "another file system; {} is not used from below it",
         top.path().join("locald.toml").display()
@@ -164,14 +168,7 @@ fn the_search_stops_at_a_file_system_boundary() {
 
     // Nothing beyond the boundary: nothing to say about it.
     std::fs::remove_file(top.path().join("locald.toml")).expect("remove");
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs none "$1" && mkdir "$1/proj" && exec "$0" check "$1/proj""#)
-        .arg(bin("locald"))
-        .arg(&mnt);
-    let out = run_within(c, Duration::from_secs(10));
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = check_below();
     assert!(err.contains("no locald.toml or Procfile in"), "{err}");
     assert!(!err.contains("search stopped"), "{err}");
 }

@@ -26,6 +26,17 @@ pub fn find_program(program: &str, path_var: &str, cwd: &Path) -> Option<PathBuf
         .find(|p| executable(p))
 }
 
+/// The `PATH` a workload with environment `env` looks programs up in: its
+/// own `PATH` (the last one set), else this process's.
+pub fn search_path(env: &[(String, String)]) -> String {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default()
+}
+
 /// Words a shell runs itself, or that start something other than a simple
 /// command: the program of such a line cannot be told without a shell.
 const SHELL_WORDS: &[&str] = &[

@@ -268,14 +268,7 @@ impl ServiceConfig {
             CommandSpec::Argv(v) => v.first()?.as_str(),
             CommandSpec::Shell(line) => locald_core::program::shell_program(line)?,
         };
-        let path = self
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var("PATH").ok())
-            .unwrap_or_default();
+        let path = locald_core::program::search_path(&self.env);
         locald_core::program::find_program(program, &path, &self.workdir)
             .is_none()
             .then(|| program.to_owned())

@@ -59,6 +59,9 @@ impl HostRuntime {
                 spec.workload.describe()
             )));
         };
+        if let Some(e) = super::missing_program(spec) {
+            return Err(e);
+        }
         let program = argv.first().cloned().unwrap_or_default();
         let mut cmd = Command::new(&program);
         cmd.args(argv.iter().skip(1))

@@ -358,14 +358,7 @@ pub fn missing_program(spec: &LaunchSpec) -> Option<RuntimeError> {
         return None;
     }
     let program = locald_core::program::shell_program(line)?;
-    let path = spec
-        .env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .or_else(|| std::env::var("PATH").ok())
-        .unwrap_or_default();
+    let path = locald_core::program::search_path(&spec.env);
     match locald_core::program::find_program(program, &path, &spec.cwd) {
         Some(_) => None,
         None => Some(RuntimeError::Spawn {

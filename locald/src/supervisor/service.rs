@@ -307,9 +307,6 @@ impl ServiceTask {
         // The notify socket lives as long as this attempt.
         let notify = self.bind_notify();
         let spec = self.launch_spec(notify.as_ref());
-        if let Some(e) = crate::runtime::missing_program(&spec) {
-            return self.permanent(error_chain(&e));
-        }
         self.set_state(ServiceState::Starting, "");
         let runtime = self
             .runtime

@@ -202,15 +202,11 @@ impl SystemdRuntime {
                 spec.workload.describe()
             )));
         };
+        if let Some(e) = super::missing_program(spec) {
+            return Err(e);
+        }
         let program = argv.first().cloned().unwrap_or_default();
-        let path_var = spec
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var("PATH").ok())
-            .unwrap_or_default();
+        let path_var = locald_core::program::search_path(&spec.env);
         // systemd wants an absolute path; look it up as a shell would, so a
         // missing program fails here, at once and permanently, as on the host.
         let exe =
