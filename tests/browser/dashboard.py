@@ -40,7 +40,7 @@ def ctl(*args, check=True):
 
 
 def status():
-    return {s["name"]: s for s in json.loads(ctl("status", "--json").stdout)["services"]}
+    return {s["name"]: s for s in json.loads(ctl("status", "--json").stdout)[0]["services"]}
 
 
 def wait(what, f, timeout=15.0, every=0.05):

@@ -54,7 +54,7 @@ def main():
     while True:
         out = subprocess.run([a.ctl, "status", "--json"], cwd=a.project, capture_output=True, text=True)
         if out.returncode == 0:
-            states = [s["state"] for s in json.loads(out.stdout)["services"]]
+            states = [s["state"] for s in json.loads(out.stdout)[0]["services"]]
             if len(states) == a.services and all(s in ("running", "healthy") for s in states):
                 break
         if time.time() > deadline:
