@@ -52,7 +52,7 @@ pub enum Command {
         /// A directory inside the project.
         dir: Option<PathBuf>,
     },
-    /// Show each service: state, pid, uptime, restarts, last build.
+    /// Show each service: state, pid, port, URL, uptime, restarts, runtime, CPU, memory, last build, reason.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -5,9 +5,11 @@
 //! the image config with the service (command, env, volumes, workdir, the
 //! notify socket's directory bind-mounted at [`NOTIFY_DIR`]), and runs it with
 //! `locald-shim run`, whose stdout and stderr are the container's. The shared
-//! rootfs is mounted read-only and is never changed by a container; `/tmp`,
-//! `/run` and `/var/tmp` are per-container tmpfs mounts, and anything meant
-//! to last goes in `volumes`.
+//! rootfs is never changed by a container: each start runs on a private
+//! writable copy of it (removed when the container ends), or on the shared
+//! tree mounted read-only with `read_only = true`; `/tmp`, `/run` and
+//! `/var/tmp` are per-container tmpfs mounts, and anything meant to last
+//! goes in `volumes`.
 //!
 //! Stopping sends the service's stop signal through `locald-shim kill`, then
 //! `KILL` after the timeout; the end is `locald-shim delete --force`, so no
