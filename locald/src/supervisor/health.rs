@@ -23,6 +23,9 @@ const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(25);
 pub enum HealthEvent {
     /// The first passing probe (or the first after a failing streak).
     Passed,
+    /// A probe failed and counted: `.1` of the `.2` failures in a row that
+    /// make the service unhealthy (said at once, not only at the last).
+    Failing(String, u32, u32),
     /// Probes failed `retries` times in a row after the start period.
     Failed(String),
 }
@@ -70,9 +73,11 @@ pub async fn run_checker(check: HealthCheck, ctx: ProbeContext, tx: mpsc::Sender
         };
         match result {
             Ok(()) => {
+                // Said again after a failing streak, which clears its reason.
+                let was_failing = failures > 0;
                 failures = 0;
                 last_counted = None;
-                if !healthy {
+                if !healthy || was_failing {
                     healthy = true;
                     if tx.send(HealthEvent::Passed).await.is_err() {
                         return;
@@ -88,8 +93,16 @@ pub async fn run_checker(check: HealthCheck, ctx: ProbeContext, tx: mpsc::Sender
                 if !in_grace && due {
                     last_counted = Some(Instant::now());
                     failures += 1;
-                    if failures >= check.retries.max(1) {
+                    let of = check.retries.max(1);
+                    if failures >= of {
                         let _ = tx.send(HealthEvent::Failed(reason)).await;
+                        return;
+                    }
+                    if tx
+                        .send(HealthEvent::Failing(reason, failures, of))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -126,7 +139,7 @@ async fn http_get(url: &HttpUrl) -> Result<(), String> {
         .await
         .map_err(|e| format!("{}: {e}", url.text))?;
     let req = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: locald\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: locald-health\r\nConnection: close\r\n\r\n",
         url.path, url.host
     );
     s.write_all(req.as_bytes())
@@ -157,7 +170,7 @@ async fn http_get(url: &HttpUrl) -> Result<(), String> {
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("{} answered {code}", url.text))
+        Err(format!("GET {} → {code}", url.path))
     }
 }
 
@@ -178,5 +191,45 @@ async fn command(cmd: &CommandSpec, ctx: &ProbeContext) -> Result<(), String> {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(format!("health command {s}")),
         Err(e) => Err(format!("health command: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers one request with `status` and hands back the
+    /// request it read.
+    async fn answer_once(status: u16) -> (u16, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let served = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.expect("read");
+            let reply = format!("HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n");
+            s.write_all(reply.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (port, served)
+    }
+
+    #[tokio::test]
+    async fn an_http_probe_says_what_it_asked_and_what_came_back() {
+        let (port, served) = answer_once(404).await;
+        let url = HttpUrl::parse(&format!("http://127.0.0.1:{port}/ready")).expect("url");
+        let err = http_get(&url).await.expect_err("404 fails");
+        assert_eq!(err, "GET /ready → 404");
+        let request = served.await.expect("served");
+        assert!(
+            request.contains("User-Agent: locald-health\r\n"),
+            "{request}"
+        );
+
+        let (port, _served) = answer_once(204).await;
+        let url = HttpUrl::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
+        assert_eq!(http_get(&url).await, Ok(()));
     }
 }

@@ -594,6 +594,11 @@ impl ServiceTask {
                 }
                 Some(ev) = health_rx.recv() => match ev {
                     HealthEvent::Passed => self.set_state(ServiceState::Healthy, ""),
+                    // Failing but not yet unhealthy: the reason says so at
+                    // once, in the state the service is in.
+                    HealthEvent::Failing(reason, n, of) => {
+                        self.update(|s| s.reason = format!("health: {reason} ({n} of {of})"));
+                    }
                     HealthEvent::Failed(reason) => {
                         self.stop_process(proc, &reason).await;
                         return Ended::Unhealthy(reason);

@@ -432,6 +432,15 @@ async fn a_failing_health_check_stops_and_restarts_the_service() {
          health = {{ tcp = {port}, interval = \"1s\", retries = 2 }}\n"
     );
     let (mut p, _rx, _dir) = project(&toml, &rt);
+    // The first counted failure shows at once, in the running state.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !snapshot(&p, "web").reason.ends_with("(1 of 2)") {
+        assert!(Instant::now() < deadline, "{:?}", snapshot(&p, "web"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let web = snapshot(&p, "web");
+    assert_eq!(web.state, ServiceState::Running, "{web:?}");
+    assert!(web.reason.starts_with("health: tcp port "), "{web:?}");
     reach(&p, "web", ServiceState::Backoff).await;
     assert!(snapshot(&p, "web").reason.contains(": unhealthy"));
     assert_eq!(stops(&rt, "web").len(), 1, "{:?}", rt.calls());
