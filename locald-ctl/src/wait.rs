@@ -36,6 +36,11 @@ fn ready(s: &ServiceInfo) -> bool {
 
 /// Judges a project by its services.
 pub fn judge(services: &[ServiceInfo]) -> Verdict {
+    // A project has at least one service; none yet means its objects are
+    // not all on the bus yet (read right after `Up`), not that it is ready.
+    if services.is_empty() {
+        return Verdict::Waiting(vec!["its services to appear".into()]);
+    }
     if let Some(f) = services.iter().find(|s| s.state == "failed") {
         return Verdict::Failed(format!("{}: {}", f.name, f.state_reason));
     }
@@ -138,6 +143,11 @@ mod tests {
             judge(&[svc("migrate", "stopped", false, 3)]),
             Verdict::Waiting(vec!["migrate (stopped)".into()])
         );
+    }
+
+    #[test]
+    fn a_project_read_before_its_services_is_not_ready() {
+        assert!(matches!(judge(&[]), Verdict::Waiting(_)));
     }
 
     #[test]
